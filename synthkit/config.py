@@ -1,0 +1,425 @@
+"""Typed pipeline configuration.
+
+One frozen dataclass per stage; a pipeline YAML file maps onto :class:`PipelineConfig` one to one.
+Unknown keys and values of the wrong type are errors that name the offending key, raised before any
+work starts. Overrides use the CLI form ``--section.key=value`` (the value is parsed as YAML).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A pipeline file or override is malformed; the message names the key."""
+
+
+DATA_SOURCES = ("digits", "fashion-mnist", "cifar10", "cifar100", "folder")
+BACKBONES = ("convnet", "resnet18", "resnet50")
+OBJECTIVES = ("simclr",)
+GENERATORS = ("cgan",)
+CONDITION_MODES = ("kmeans", "none", "labels")
+MIXED_PRECISION = ("no", "bf16", "fp16")
+
+
+def _check(cond: bool, key: str, msg: str) -> None:
+    if not cond:
+        raise ConfigError(f"{key}: {msg}")
+
+
+def _choice(value: str, key: str, choices: tuple[str, ...]) -> None:
+    _check(value in choices, key, f"{value!r} is not one of {', '.join(choices)}")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """The real, unlabeled training data.
+
+    ``size`` is the side length every image is resized to; ``channels`` forces 1 (grayscale) or 3 (RGB),
+    ``None`` keeps the source's own. ``subset`` takes a fixed random subset of the training split (seeded by
+    ``subset_seed``), for data-efficiency runs and quick experiments.
+    """
+
+    name: str = "digits"
+    root: str | None = None
+    size: int = 16
+    channels: int | None = None
+    subset: int | None = None
+    subset_seed: int = 0
+
+    def __post_init__(self) -> None:
+        _choice(self.name, "data.name", DATA_SOURCES)
+        _check(self.size >= 8, "data.size", f"must be >= 8, got {self.size}")
+        _check(self.channels in (None, 1, 3), "data.channels", f"must be 1, 3 or null, got {self.channels}")
+        _check(self.subset is None or self.subset > 0, "data.subset", "must be positive or null")
+        _check(
+            self.name != "folder" or self.root is not None, "data.root", "is required for data.name=folder"
+        )
+
+
+@dataclass(frozen=True)
+class ViewsConfig:
+    """SimCLR-style augmentations (Chen et al., 2020), adapted to small images and grayscale."""
+
+    crop_scale: tuple[float, float] = (0.3, 1.0)
+    flip_p: float = 0.5
+    jitter_p: float = 0.8
+    brightness: float = 0.4
+    contrast: float = 0.4
+    saturation: float = 0.4
+    hue: float = 0.1
+    grayscale_p: float = 0.2
+
+    def __post_init__(self) -> None:
+        lo, hi = self.crop_scale
+        _check(0 < lo <= hi <= 1, "views.crop_scale", f"needs 0 < min <= max <= 1, got {self.crop_scale}")
+        for name in ("flip_p", "jitter_p", "grayscale_p"):
+            v = getattr(self, name)
+            _check(0 <= v <= 1, f"views.{name}", f"must be a probability, got {v}")
+        for name in ("brightness", "contrast", "saturation"):
+            _check(getattr(self, name) >= 0, f"views.{name}", "must be >= 0")
+        _check(0 <= self.hue <= 0.5, "views.hue", "must be in [0, 0.5]")
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    """Backbone h and projection head g; f = g(h(x))."""
+
+    backbone: str = "convnet"
+    width: int = 32
+    proj_hidden: int = 256
+    proj_dim: int = 128
+
+    def __post_init__(self) -> None:
+        _choice(self.backbone, "encoder.backbone", BACKBONES)
+        for name in ("width", "proj_hidden", "proj_dim"):
+            _check(getattr(self, name) > 0, f"encoder.{name}", "must be positive")
+
+
+@dataclass(frozen=True)
+class ObjectiveConfig:
+    """The contrastive objective."""
+
+    name: str = "simclr"
+    temperature: float = 0.5
+
+    def __post_init__(self) -> None:
+        _choice(self.name, "objective.name", OBJECTIVES)
+        _check(self.temperature > 0, "objective.temperature", "must be > 0")
+
+
+@dataclass(frozen=True)
+class GeneratorConfig:
+    """Conditional GAN: conditional-BN generator, spectral-norm projection discriminator, hinge loss."""
+
+    kind: str = "cgan"
+    z_dim: int = 64
+    g_channels: int = 64
+    d_channels: int = 64
+    lr_g: float = 2e-4
+    lr_d: float = 2e-4
+    betas: tuple[float, float] = (0.0, 0.9)
+    ema_decay: float = 0.999
+    diffaugment: str = "color,translation,cutout"
+
+    def __post_init__(self) -> None:
+        _choice(self.kind, "generator.kind", GENERATORS)
+        for name in ("z_dim", "g_channels", "d_channels"):
+            _check(getattr(self, name) > 0, f"generator.{name}", "must be positive")
+        _check(self.lr_g > 0 and self.lr_d > 0, "generator.lr_g/lr_d", "must be > 0")
+        _check(0 <= self.ema_decay < 1, "generator.ema_decay", "must be in [0, 1)")
+        for part in filter(None, self.diffaugment.split(",")):
+            _choice(part.strip(), "generator.diffaugment", ("color", "translation", "cutout"))
+
+
+@dataclass(frozen=True)
+class ConditionsConfig:
+    """What the generators are conditioned on.
+
+    ``kmeans``: pseudo-classes from k-means (``k`` clusters) over backbone features of the real data,
+    refreshed every ``refresh_every`` epochs. ``none``: unconditional. ``labels``: the true labels; this
+    uses label information the method otherwise never sees, so it must be switched on explicitly with
+    ``allow_labels: true`` and is recorded in every output.
+    """
+
+    mode: str = "kmeans"
+    k: int = 10
+    refresh_every: int = 5
+    allow_labels: bool = False
+
+    def __post_init__(self) -> None:
+        _choice(self.mode, "conditions.mode", CONDITION_MODES)
+        _check(self.k >= 1, "conditions.k", "must be >= 1")
+        _check(self.refresh_every >= 1, "conditions.refresh_every", "must be >= 1")
+        _check(
+            self.mode != "labels" or self.allow_labels,
+            "conditions.mode",
+            "'labels' conditions the generator on true labels; set conditions.allow_labels=true to opt in",
+        )
+
+
+@dataclass(frozen=True)
+class HSGConfig:
+    """Hard sample generation (Wu et al., AAAI 2023): the generator maximises the encoder's CL loss.
+
+    ``synthetic_ratio`` is B_hard / B_real in every encoder step. For ``warmup_epochs`` the GAN trains on
+    realism alone and the encoder on real data alone; then ``lambda_hard`` ramps linearly from 0 over
+    ``ramp_epochs``.
+    """
+
+    enabled: bool = True
+    lambda_hard: float = 1.0
+    warmup_epochs: int = 2
+    ramp_epochs: int = 3
+    synthetic_ratio: float = 0.25
+
+    def __post_init__(self) -> None:
+        _check(self.lambda_hard >= 0, "hsg.lambda_hard", "must be >= 0")
+        _check(self.warmup_epochs >= 0, "hsg.warmup_epochs", "must be >= 0")
+        _check(self.ramp_epochs >= 0, "hsg.ramp_epochs", "must be >= 0")
+        _check(0 < self.synthetic_ratio <= 4, "hsg.synthetic_ratio", "must be in (0, 4]")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The encoder's optimisation and the loop's bookkeeping."""
+
+    epochs: int = 30
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 1e-6
+    seed: int = 0
+    mixed_precision: str = "no"
+    checkpoint_every: int = 5
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    knn_every: int = 5
+    knn_k: int = 200
+    knn_temperature: float = 0.1
+    record_indices: bool = False
+
+    def __post_init__(self) -> None:
+        _check(self.epochs >= 1, "train.epochs", "must be >= 1")
+        _check(self.batch_size >= 2, "train.batch_size", "must be >= 2")
+        _check(self.lr > 0, "train.lr", "must be > 0")
+        _check(self.weight_decay >= 0, "train.weight_decay", "must be >= 0")
+        _choice(self.mixed_precision, "train.mixed_precision", MIXED_PRECISION)
+        for name in ("checkpoint_every", "keep_checkpoints", "log_every", "knn_k"):
+            _check(getattr(self, name) >= 1, f"train.{name}", "must be >= 1")
+        _check(self.knn_every >= 0, "train.knn_every", "must be >= 0 (0 disables the monitor)")
+        _check(self.knn_temperature > 0, "train.knn_temperature", "must be > 0")
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """Defaults for ``synthkit generate``."""
+
+    n: int = 1000
+    seed: int = 0
+    maxcount: int = 1000
+    batch_size: int = 256
+    name: str = "synthkit"
+
+    def __post_init__(self) -> None:
+        _check(self.n >= 1, "export.n", "must be >= 1")
+        _check(self.maxcount >= 1, "export.maxcount", "must be >= 1")
+        _check(self.batch_size >= 1, "export.batch_size", "must be >= 1")
+        _check(
+            self.name.isidentifier() or self.name.replace("-", "_").isidentifier(),
+            "export.name",
+            f"{self.name!r} must be letters, digits, '_' or '-'",
+        )
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Frozen-encoder evaluation: weighted kNN (Wu et al., 2018 protocol) and a linear probe."""
+
+    knn_k: int = 200
+    knn_temperature: float = 0.1
+    probe_epochs: int = 100
+    probe_lr: float = 1e-2
+    probe_weight_decay: float = 1e-5
+
+    def __post_init__(self) -> None:
+        _check(self.knn_k >= 1, "eval.knn_k", "must be >= 1")
+        _check(self.knn_temperature > 0, "eval.knn_temperature", "must be > 0")
+        _check(self.probe_epochs >= 1, "eval.probe_epochs", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """A whole pipeline; the defaults are the quickstart (HSG on the embedded digits)."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    views: ViewsConfig = field(default_factory=ViewsConfig)
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    conditions: ConditionsConfig = field(default_factory=ConditionsConfig)
+    hsg: HSGConfig = field(default_factory=HSGConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+# --------------------------------------------------------------------------- conversion
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against annotation ``tp``; return it converted (lists to tuples, ints to floats)."""
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(f"{key}: expected {' or '.join(_type_name(a) for a in args)}, got {value!r}")
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise ConfigError(f"{key}: {value!r} is not one of {typing.get_args(tp)}")
+        return value
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise ConfigError(f"{key}: expected a list of {len(args)} values, got {value!r}")
+        return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True)))
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported config annotation {tp!r} at {key}")
+
+
+def _build(cls: type, raw: Any, prefix: str) -> Any:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{prefix or 'pipeline'}: expected a mapping, got {type(raw).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - names)
+    if unknown:
+        where = f"{prefix}." if prefix else ""
+        raise ConfigError(
+            f"unknown key{'s' if len(unknown) > 1 else ''} {', '.join(where + str(u) for u in unknown)}"
+            f" (known: {', '.join(sorted(names))})"
+        )
+    kwargs = {}
+    for name, value in raw.items():
+        key = f"{prefix}.{name}" if prefix else name
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = _build(tp, value, key)
+        else:
+            kwargs[name] = _coerce(value, tp, key)
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except TypeError as e:  # pragma: no cover - defensive: dataclass signature mismatch
+        raise ConfigError(f"{prefix}: {e}") from e
+
+
+def from_dict(raw: dict[str, Any]) -> PipelineConfig:
+    """Build and validate a :class:`PipelineConfig` from nested plain data."""
+    return _build(PipelineConfig, raw, "")
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """Plain nested data (tuples as lists) suitable for YAML/JSON."""
+
+    def conv(v: Any) -> Any:
+        if dataclasses.is_dataclass(v):
+            return {f.name: conv(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        if isinstance(v, tuple):
+            return [conv(x) for x in v]
+        return v
+
+    return conv(cfg)
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """Turn ``["--train.epochs=3", "data.name=digits"]`` into a nested dict; values are parsed as YAML."""
+    nested: dict[str, Any] = {}
+    for item in items:
+        text = item[2:] if item.startswith("--") else item
+        if "=" not in text:
+            raise ConfigError(f"override {item!r}: expected --section.key=value")
+        dotted, value_text = text.split("=", 1)
+        parts = dotted.split(".")
+        if len(parts) != 2 or not all(parts):
+            raise ConfigError(f"override {item!r}: expected --section.key=value")
+        try:
+            value = yaml.safe_load(value_text) if value_text != "" else ""
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override {dotted}: cannot parse {value_text!r}: {e}") from e
+        nested.setdefault(parts[0], {})[parts[1]] = value
+    return nested
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in extra.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def load_pipeline(path: str | Path | None = None, overrides: list[str] | None = None) -> PipelineConfig:
+    """Load a pipeline YAML file (or the defaults when ``path`` is None) and apply overrides."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"pipeline file {p} does not exist")
+        try:
+            loaded = yaml.safe_load(p.read_text())
+        except yaml.YAMLError as e:
+            raise ConfigError(f"pipeline file {p} is not valid YAML: {e}") from e
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"pipeline file {p}: expected a mapping of sections at the top level")
+        raw = loaded or {}
+    if overrides:
+        raw = _merge(raw, parse_overrides(overrides))
+    return from_dict(raw)
+
+
+def dump_yaml(cfg: PipelineConfig) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def save_pipeline(cfg: PipelineConfig, path: str | Path) -> None:
+    Path(path).write_text(dump_yaml(cfg))

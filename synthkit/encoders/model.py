@@ -1,0 +1,61 @@
+"""The contrastive encoder f = g . h: backbone h plus projection head g (SimCLR's MLP head)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from synthkit.config import EncoderConfig
+from synthkit.encoders.backbones import build_backbone
+
+
+class ProjectionHead(nn.Sequential):
+    """Linear-BN-ReLU-Linear, as in SimCLR (Chen et al., 2020)."""
+
+    def __init__(self, in_dim: int, hidden: int, out_dim: int) -> None:
+        super().__init__(
+            nn.Linear(in_dim, hidden, bias=False),
+            nn.BatchNorm1d(hidden),
+            nn.ReLU(inplace=True),
+            nn.Linear(hidden, out_dim),
+        )
+
+
+class Encoder(nn.Module):
+    """Inputs are images in [0, 1]; they are centred to [-1, 1] inside, so views stay in image space."""
+
+    def __init__(self, cfg: EncoderConfig, in_channels: int) -> None:
+        super().__init__()
+        self.backbone = build_backbone(cfg.backbone, in_channels, cfg.width)
+        self.head = ProjectionHead(self.backbone.out_dim, cfg.proj_hidden, cfg.proj_dim)
+        self.in_channels = in_channels
+
+    @property
+    def feature_dim(self) -> int:
+        return self.backbone.out_dim
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """h(x): the representation that is evaluated and clustered."""
+        return self.backbone(x * 2.0 - 1.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """f(x) = g(h(x)): the projection the contrastive loss sees."""
+        return self.head(self.features(x))
+
+
+@torch.no_grad()
+def extract_features(
+    encoder: Encoder, images: torch.Tensor, batch_size: int = 512, device: torch.device | str = "cpu"
+) -> torch.Tensor:
+    """Backbone features of uint8 or [0, 1] float images, in eval mode, batched; returns float32 on CPU."""
+    was_training = encoder.training
+    encoder.eval()
+    out = []
+    for i in range(0, len(images), batch_size):
+        x = images[i : i + batch_size].to(device)
+        x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
+        out.append(encoder.features(x).float().cpu())
+    encoder.train(was_training)
+    if not out:
+        return torch.empty(0, encoder.feature_dim)
+    return torch.cat(out)

@@ -1,0 +1,124 @@
+"""Conditional GAN for small images.
+
+Generator: conditional batch norm (de Vries et al., 2017; Miyato & Koyama, 2018) in DCGAN-style
+up-sampling blocks. Discriminator: spectral normalisation (Miyato et al., ICLR 2018) with a projection
+head for the condition (Miyato & Koyama, "cGANs with Projection Discriminator", ICLR 2018).
+``num_classes = 0`` makes both unconditional. Images are in [0, 1] at the interface.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn.utils import spectral_norm
+
+from synthkit.config import GeneratorConfig
+
+
+def num_upsamplings(size: int) -> int:
+    """Most doublings (<= 3) such that the start resolution is an integer >= 4."""
+    for n in (3, 2, 1):
+        if size % (2**n) == 0 and size // (2**n) >= 4:
+            return n
+    raise ValueError(f"image size {size} cannot be built by doubling from a start resolution >= 4")
+
+
+class ConditionalBatchNorm2d(nn.Module):
+    """BN without affine parameters, followed by a per-condition scale and shift."""
+
+    def __init__(self, channels: int, num_classes: int) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.bn = nn.BatchNorm2d(channels, affine=num_classes == 0)
+        if num_classes > 0:
+            self.gamma = nn.Embedding(num_classes, channels)
+            self.beta = nn.Embedding(num_classes, channels)
+            nn.init.ones_(self.gamma.weight)
+            nn.init.zeros_(self.beta.weight)
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:
+        out = self.bn(x)
+        if self.num_classes == 0:
+            return out
+        return out * self.gamma(c)[:, :, None, None] + self.beta(c)[:, :, None, None]
+
+
+class _UpBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, num_classes: int) -> None:
+        super().__init__()
+        self.up = nn.Upsample(scale_factor=2, mode="nearest")
+        self.conv = nn.Conv2d(cin, cout, 3, padding=1, bias=False)
+        self.bn = ConditionalBatchNorm2d(cout, num_classes)
+        self.act = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:
+        return self.act(self.bn(self.conv(self.up(x)), c))
+
+
+class Generator(nn.Module):
+    """G(z, c) -> image in [0, 1], shape N x channels x size x size."""
+
+    def __init__(self, z_dim: int, channels: int, size: int, num_classes: int, base: int = 64) -> None:
+        super().__init__()
+        self.z_dim, self.channels, self.size, self.num_classes = z_dim, channels, size, num_classes
+        n_up = num_upsamplings(size)
+        self.start = size // (2**n_up)
+        widths = [base * 2 ** (n_up - i) for i in range(n_up + 1)]  # e.g. 512, 256, 128, 64
+        self.fc = nn.Linear(z_dim, widths[0] * self.start * self.start)
+        self.bn0 = ConditionalBatchNorm2d(widths[0], num_classes)
+        self.blocks = nn.ModuleList(_UpBlock(widths[i], widths[i + 1], num_classes) for i in range(n_up))
+        self.out = nn.Conv2d(widths[-1], channels, 3, padding=1)
+        self.widths = widths
+
+    def forward(self, z: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+        if self.num_classes > 0:
+            if c is None:
+                raise ValueError("this generator is conditional: pass condition ids c")
+            if c.min() < 0 or c.max() >= self.num_classes:
+                raise ValueError(
+                    f"condition ids must be in [0, {self.num_classes}), got {c.min()}..{c.max()}"
+                )
+        h = self.fc(z).view(len(z), self.widths[0], self.start, self.start)
+        h = torch.relu(self.bn0(h, c))
+        for block in self.blocks:
+            h = block(h, c)
+        return torch.sigmoid(self.out(h))
+
+
+class Discriminator(nn.Module):
+    """D(x, c) -> one logit per image; x in [0, 1]."""
+
+    def __init__(self, channels: int, size: int, num_classes: int, base: int = 64) -> None:
+        super().__init__()
+        n_down = num_upsamplings(size)
+        layers: list[nn.Module] = [spectral_norm(nn.Conv2d(channels, base, 3, padding=1)), nn.LeakyReLU(0.1)]
+        width = base
+        for _ in range(n_down):
+            layers += [
+                spectral_norm(nn.Conv2d(width, width * 2, 4, stride=2, padding=1)),
+                nn.LeakyReLU(0.1),
+                spectral_norm(nn.Conv2d(width * 2, width * 2, 3, padding=1)),
+                nn.LeakyReLU(0.1),
+            ]
+            width *= 2
+        self.body = nn.Sequential(*layers)
+        self.linear = spectral_norm(nn.Linear(width, 1))
+        self.num_classes = num_classes
+        if num_classes > 0:
+            self.embed = spectral_norm(nn.Embedding(num_classes, width))
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.body(x * 2.0 - 1.0).sum(dim=(2, 3))  # global sum pooling, as in SNGAN
+        out = self.linear(h).squeeze(1)
+        if self.num_classes > 0:
+            out = out + (self.embed(c) * h).sum(dim=1)
+        return out
+
+
+def build_cgan(
+    cfg: GeneratorConfig, channels: int, size: int, num_classes: int
+) -> tuple[Generator, Discriminator]:
+    return (
+        Generator(cfg.z_dim, channels, size, num_classes, base=cfg.g_channels),
+        Discriminator(channels, size, num_classes, base=cfg.d_channels),
+    )

@@ -1,0 +1,91 @@
+"""Conditions without labels: k-means pseudo-classes over the encoder's backbone features.
+
+METHOD.md, "Conditions without labels". Clusters are refreshed as the encoder improves; each refresh is
+matched to the previous assignment (Hungarian matching on the overlap of the two labelings), so that
+condition id j keeps meaning roughly the same group of images and the generator's class embeddings stay
+useful across refreshes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from scipy.optimize import linear_sum_assignment
+from sklearn.cluster import KMeans
+
+from synthkit.config import ConditionsConfig
+
+
+@dataclass(frozen=True)
+class Conditions:
+    """One condition id per real training image, plus how they were derived (recorded in outputs)."""
+
+    labels: torch.Tensor  # int64, one per real training image
+    num_classes: int  # 0 = unconditional
+    source: str  # "kmeans" | "labels" | "none"
+
+    def probabilities(self) -> torch.Tensor:
+        """Empirical frequency of each condition, used to draw conditions for generated samples."""
+        counts = torch.bincount(self.labels, minlength=max(self.num_classes, 1)).float()
+        return counts / counts.sum()
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor | None:
+        if self.num_classes == 0:
+            return None
+        return torch.multinomial(self.probabilities(), n, replacement=True, generator=generator)
+
+
+def num_conditions(cfg: ConditionsConfig, num_label_classes: int | None) -> int:
+    if cfg.mode == "none":
+        return 0
+    if cfg.mode == "labels":
+        if not num_label_classes:
+            raise ValueError("conditions.mode=labels needs a data source with labels")
+        return num_label_classes
+    return cfg.k
+
+
+def match_to_previous(new: np.ndarray, previous: np.ndarray, k: int) -> np.ndarray:
+    """Relabel ``new`` cluster ids to maximise agreement with ``previous`` (Hungarian algorithm)."""
+    overlap = np.zeros((k, k), dtype=np.int64)
+    np.add.at(overlap, (new, previous), 1)
+    rows, cols = linear_sum_assignment(-overlap)
+    mapping = np.empty(k, dtype=np.int64)
+    mapping[rows] = cols
+    return mapping[new]
+
+
+def kmeans_conditions(
+    features: torch.Tensor, k: int, seed: int, previous: torch.Tensor | None = None
+) -> torch.Tensor:
+    """k-means on L2-normalised features (cosine geometry, as the contrastive loss uses)."""
+    x = torch.nn.functional.normalize(features.float(), dim=1).numpy().astype(np.float64)
+    if len(x) < k:
+        raise ValueError(f"conditions.k={k} is larger than the number of real images ({len(x)})")
+    labels = KMeans(n_clusters=k, n_init=3, random_state=seed).fit_predict(x).astype(np.int64)
+    if previous is not None:
+        labels = match_to_previous(labels, previous.numpy(), k)
+    return torch.from_numpy(labels)
+
+
+def make_conditions(
+    cfg: ConditionsConfig,
+    features: torch.Tensor | None,
+    true_labels: torch.Tensor | None,
+    seed: int,
+    previous: Conditions | None = None,
+    num_label_classes: int | None = None,
+) -> Conditions:
+    """Build the condition assignment for the real training images in the configured mode."""
+    n = len(features) if features is not None else len(true_labels)  # type: ignore[arg-type]
+    if cfg.mode == "none":
+        return Conditions(torch.zeros(n, dtype=torch.long), 0, "none")
+    if cfg.mode == "labels":
+        if true_labels is None:
+            raise ValueError("conditions.mode=labels needs a data source with labels")
+        return Conditions(true_labels.long(), num_label_classes or int(true_labels.max()) + 1, "labels")
+    assert features is not None
+    prev = previous.labels if previous is not None and previous.source == "kmeans" else None
+    return Conditions(kmeans_conditions(features, cfg.k, seed, prev), cfg.k, "kmeans")

@@ -1,0 +1,112 @@
+"""A run's published weights: what ``synthkit generate`` and ``synthkit eval`` load.
+
+``RUN_DIR/final/`` holds safetensors weights (encoder, EMA generator), the condition assignment, and
+``final.json`` with the resolved config and the content hash of every weight file; it is written to a
+temporary directory, checksummed and renamed, so it either exists complete or not at all. Loading checks
+the checksums first, so a truncated or corrupt file is reported by name rather than half-loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from synthkit.config import PipelineConfig, dump_yaml, from_dict, to_dict
+from synthkit.encoders.model import Encoder
+from synthkit.generators.cgan import Generator
+from synthkit.producers.conditions import Conditions
+from synthkit.producers.hard_samples import HardSampleProducer
+from synthkit.provenance import created_by, state_dict_hash
+from synthkit.train import checkpoint as ckpt
+
+FINAL = "final"
+
+
+@dataclass
+class FinalArtifacts:
+    cfg: PipelineConfig
+    encoder: Encoder
+    generator: Generator | None
+    conditions: Conditions | None
+    meta: dict[str, Any]
+
+
+def save_final(
+    run_dir: Path,
+    cfg: PipelineConfig,
+    encoder: Encoder,
+    producer: HardSampleProducer | None,
+    conditions: Conditions | None,
+) -> dict[str, str]:
+    """Write ``run_dir/final`` atomically; return the content hash of each weight set."""
+    tmp = run_dir / f".tmp_{FINAL}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    enc_state = {k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}
+    save_file(enc_state, str(tmp / "encoder.safetensors"))
+    hashes = {"encoder": state_dict_hash(enc_state)}
+    meta: dict[str, Any] = {
+        "config": to_dict(cfg),
+        "in_channels": encoder.in_channels,
+        "created_by": created_by(),
+    }
+    if producer is not None:
+        g_state = {k: v.detach().cpu().contiguous() for k, v in producer.ema_generator.state_dict().items()}
+        save_file(g_state, str(tmp / "generator_ema.safetensors"))
+        hashes["generator_ema"] = state_dict_hash(g_state)
+        gen = producer.generator
+        meta["generator"] = {
+            "z_dim": gen.z_dim,
+            "channels": gen.channels,
+            "size": gen.size,
+            "num_classes": gen.num_classes,
+        }
+    if conditions is not None:
+        save_file({"labels": conditions.labels.contiguous()}, str(tmp / "conditions.safetensors"))
+        meta["conditions"] = {"num_classes": conditions.num_classes, "source": conditions.source}
+    meta["hashes"] = hashes
+    (tmp / "final.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
+    (tmp / "config.yaml").write_text(dump_yaml(cfg))
+    ckpt.publish(tmp, run_dir / FINAL)
+    return hashes
+
+
+def load_final(run_dir: str | Path) -> FinalArtifacts:
+    """Load a run's final weights, after checking every file against its checksum."""
+    run_dir = Path(run_dir)
+    final = run_dir / FINAL
+    if not final.is_dir():
+        raise ckpt.CheckpointError(
+            f"{run_dir} has no finished training run ({final} is missing); train it first or resume it"
+        )
+    ckpt.verify_checkpoint(final)
+    try:
+        meta = json.loads((final / "final.json").read_text())
+        cfg = from_dict(meta["config"])
+        encoder = Encoder(cfg.encoder, meta["in_channels"])
+        encoder.load_state_dict(load_file(str(final / "encoder.safetensors")))
+        generator = None
+        if "generator" in meta:
+            g = meta["generator"]
+            generator = Generator(
+                cfg.generator.z_dim, g["channels"], g["size"], g["num_classes"], base=cfg.generator.g_channels
+            )
+            generator.load_state_dict(load_file(str(final / "generator_ema.safetensors")))
+        conditions = None
+        if "conditions" in meta:
+            c = meta["conditions"]
+            labels = load_file(str(final / "conditions.safetensors"))["labels"]
+            conditions = Conditions(labels, c["num_classes"], c["source"])
+    except (SafetensorError, KeyError, RuntimeError, json.JSONDecodeError) as e:
+        raise ckpt.CheckpointError(f"cannot load the final weights in {final}: {e}") from e
+    encoder.eval()
+    if generator is not None:
+        generator.eval()
+    return FinalArtifacts(cfg, encoder, generator, conditions, meta)

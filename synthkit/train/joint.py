@@ -1,0 +1,371 @@
+"""The joint training loop: contrastive encoder + hard-sample generator, under Accelerate.
+
+One loop serves both the method and its baseline: with ``hsg.enabled = false`` it is plain SimCLR on the
+real data. Read top to bottom:
+
+1. set up the run directory, the Accelerator and the data;
+2. build encoder, views and (with HSG) the conditional GAN; prepare them;
+3. resume from the newest checkpoint when asked;
+4. per epoch: refresh the conditions, then per step: D step, then one shared encoder pass that trains
+   the encoder on real + synthetic views and G on realism + hardness (METHOD.md, "HSG with a
+   conditional GAN");
+5. monitor (kNN), log, checkpoint;
+6. publish the final weights for ``synthkit generate`` and ``synthkit eval``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import broadcast, set_seed
+from tqdm.auto import tqdm
+
+from synthkit.config import PipelineConfig, dump_yaml, load_pipeline, to_dict
+from synthkit.data.sources import ImageSet, load_source
+from synthkit.data.views import Views, to_float
+from synthkit.encoders.model import Encoder, extract_features
+from synthkit.metrics.knn import knn_accuracy
+from synthkit.producers.conditions import Conditions, make_conditions, num_conditions
+from synthkit.producers.hard_samples import HardSampleProducer, hsg_lambda
+from synthkit.provenance import created_by
+from synthkit.train import checkpoint as ckpt
+from synthkit.train.artifacts import save_final
+from synthkit.train.batches import EpochBatches
+from synthkit.train.state import LoopState, load_loop_state, save_loop_state
+from synthkit.train.steps import StepParts, joint_step, plain_step
+
+MONITOR_MAX_TRAIN = 10_000
+
+
+class RunError(RuntimeError):
+    """The run directory cannot be used as asked (exists already, config mismatch on resume, ...)."""
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    summary: dict[str, Any]
+
+
+def _trackers() -> list[str]:
+    return ["tensorboard"] if importlib.util.find_spec("tensorboard") is not None else []
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flat(v, key + "."))
+        else:
+            out[key] = v if isinstance(v, (int, float, str, bool)) else str(v)
+    return out
+
+
+def _check_run_dir(cfg: PipelineConfig, run_dir: Path, resume: bool) -> None:
+    saved = run_dir / "config.yaml"
+    if not resume:
+        if saved.exists():
+            raise RunError(
+                f"{run_dir} already holds a run; pass --resume to continue it or choose another --out"
+            )
+        return
+    if not saved.exists():
+        raise RunError(f"cannot resume: {run_dir} holds no run (no config.yaml)")
+    old = to_dict(load_pipeline(saved))
+    new = to_dict(cfg)
+    old["train"]["epochs"] = new["train"]["epochs"]  # extending a run is allowed
+    diffs = [
+        f"{s}.{k}: {old[s][k]!r} -> {new[s][k]!r}" for s in new for k in new[s] if old[s].get(k) != new[s][k]
+    ]
+    if diffs:
+        raise RunError(
+            "cannot resume with a different config (only train.epochs may change): " + "; ".join(diffs)
+        )
+
+
+class _JsonlLog:
+    """Metrics to a JSONL file in the run directory (always) and to Accelerate's trackers (if any)."""
+
+    def __init__(self, accelerator: Accelerator, path: Path) -> None:
+        self.accelerator, self.path = accelerator, path
+
+    def __call__(self, record: dict[str, Any], step: int) -> None:
+        if self.accelerator.is_main_process:
+            with open(self.path, "a") as f:
+                f.write(json.dumps({"step": step, **record}) + "\n")
+        numeric = {k: v for k, v in record.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        self.accelerator.log(numeric, step=step)
+
+
+def _refresh_conditions(
+    cfg: PipelineConfig,
+    accelerator: Accelerator,
+    encoder: Encoder,
+    real: ImageSet,
+    previous: Conditions | None,
+    epoch: int,
+    num_classes: int,
+) -> Conditions:
+    """Compute the conditions on the main process and broadcast them, so every process agrees."""
+    labels = torch.zeros(len(real), dtype=torch.long, device=accelerator.device)
+    if accelerator.is_main_process:
+        feats = (
+            extract_features(encoder, real.images, device=accelerator.device)
+            if cfg.conditions.mode == "kmeans"
+            else None
+        )
+        cond = make_conditions(
+            cfg.conditions,
+            feats,
+            real.labels,
+            seed=cfg.train.seed + epoch,
+            previous=previous,
+            num_label_classes=len(real.classes) if real.classes else None,
+        )
+        labels = cond.labels.to(accelerator.device)
+    labels = broadcast(labels, from_process=0).cpu()
+    return Conditions(labels, num_classes, cfg.conditions.mode)
+
+
+@torch.no_grad()
+def _knn_monitor(
+    cfg: PipelineConfig, encoder: Encoder, real: ImageSet, test: ImageSet, device: torch.device
+) -> float:
+    n = min(len(real), MONITOR_MAX_TRAIN)
+    train_f = extract_features(encoder, real.images[:n], device=device)
+    test_f = extract_features(encoder, test.images, device=device)
+    return knn_accuracy(
+        train_f,
+        real.labels[:n],
+        test_f,
+        test.labels,
+        k=cfg.train.knn_k,
+        temperature=cfg.train.knn_temperature,
+    )
+
+
+def _fingerprint(module: torch.nn.Module) -> torch.Tensor:
+    flat = torch.cat([p.detach().double().flatten() for p in module.parameters()])
+    return torch.stack([flat.sum(), flat.square().sum()])
+
+
+def train(
+    cfg: PipelineConfig,
+    run_dir: str | Path,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    accelerator: Accelerator | None = None,
+) -> RunResult:
+    """Train the encoder (with HSG when ``cfg.hsg.enabled``) and publish its final weights in ``run_dir``."""
+    # 1. Run directory, Accelerator, data ---
+    run_dir = Path(run_dir)
+    _check_run_dir(cfg, run_dir, resume)
+    accelerator = accelerator or Accelerator(
+        mixed_precision=cfg.train.mixed_precision, log_with=_trackers(), project_dir=str(run_dir)
+    )
+    world, rank = accelerator.num_processes, accelerator.process_index
+    if cfg.train.batch_size % world:
+        raise RunError(f"train.batch_size={cfg.train.batch_size} is not divisible by {world} processes")
+    real = load_source(cfg.data, "train")
+    test = load_source(cfg.data, "test") if real.labels is not None and cfg.train.knn_every else None
+    channels, size = real.images.shape[1], real.images.shape[-1]
+    if accelerator.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(dump_yaml(cfg))
+        (run_dir / "run.json").write_text(
+            json.dumps(
+                {
+                    "created_by": created_by(),
+                    "seed": cfg.train.seed,
+                    "num_processes": world,
+                    "data": {
+                        "name": real.name,
+                        "train_images": len(real),
+                        "channels": channels,
+                        "size": size,
+                    },
+                },
+                indent=2,
+            )
+        )
+    accelerator.wait_for_everyone()
+    log = _JsonlLog(accelerator, run_dir / "metrics.jsonl")
+    if _trackers():
+        accelerator.init_trackers("synthkit", config=_flat(to_dict(cfg)))
+
+    # 2. Models ---
+    set_seed(cfg.train.seed)  # identical initial weights on every process
+    encoder = Encoder(cfg.encoder, channels)
+    views = Views(cfg.views, channels, size)
+    opt_enc = torch.optim.Adam(encoder.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    hsg = cfg.hsg.enabled
+    n_cond = num_conditions(cfg.conditions, len(real.classes) if real.classes else None) if hsg else 0
+    producer = HardSampleProducer(cfg.generator, cfg.hsg, channels, size, n_cond) if hsg else None
+    if producer is not None:
+        opt_g, opt_d = producer.optimizers()
+        encoder_ddp, opt_enc, g_ddp, d_ddp, opt_g, opt_d = accelerator.prepare(
+            encoder, opt_enc, producer.generator, producer.discriminator, opt_g, opt_d
+        )
+        producer.ema.to(accelerator.device)
+        parts = StepParts(
+            accelerator,
+            encoder_ddp,
+            views,
+            opt_enc,
+            cfg.objective.temperature,
+            producer,
+            g_ddp,
+            d_ddp,
+            opt_g,
+            opt_d,
+        )
+    else:
+        encoder_ddp, opt_enc = accelerator.prepare(encoder, opt_enc)
+        parts = StepParts(accelerator, encoder_ddp, views, opt_enc, cfg.objective.temperature)
+    b_real = cfg.train.batch_size // world
+    b_syn = max(1, round(b_real * cfg.hsg.synthetic_ratio)) if hsg else 0
+    batches = EpochBatches(len(real), b_real, rank, world, seed=cfg.train.seed)
+    steps_per_epoch = len(batches)
+    if steps_per_epoch == 0:
+        raise RunError(f"{len(real)} real images are fewer than one batch of {cfg.train.batch_size}")
+
+    # 3. Resume ---
+    state = LoopState()
+    ckpt_root = run_dir / "checkpoints"
+    if resume:
+        found = ckpt.checkpoint_dirs(ckpt_root)
+        if not found:
+            raise RunError(f"cannot resume: no checkpoint under {ckpt_root}")
+        ckpt.verify_checkpoint(found[-1])
+        accelerator.load_state(str(found[-1]))
+        state = load_loop_state(found[-1], producer)
+    else:
+        # distinct augmentations and latents per process; same weights (set above)
+        torch.manual_seed(cfg.train.seed * 1009 + 7919 * (rank + 1))
+    conditions = state.conditions
+
+    # 4. Epochs ---
+    device = accelerator.device
+    for epoch in range(state.epoch, cfg.train.epochs):
+        if producer is not None and (conditions is None or epoch % cfg.conditions.refresh_every == 0):
+            conditions = _refresh_conditions(
+                cfg, accelerator, accelerator.unwrap_model(encoder_ddp), real, conditions, epoch, n_cond
+            )
+        encoder_ddp.train()
+        sums: dict[str, float] = {}
+        bar = tqdm(
+            batches.epoch(epoch),
+            total=steps_per_epoch,
+            desc=f"epoch {epoch + 1}/{cfg.train.epochs}",
+            disable=not (progress and accelerator.is_main_process),
+            leave=False,
+        )
+        for i, idx in enumerate(bar):
+            x_real = to_float(real.images[idx]).to(device)
+            if producer is None:
+                rec = plain_step(parts, x_real)
+            else:
+                c_real = conditions.labels[idx].to(device) if n_cond else None
+                c_fake = conditions.sample(b_syn) if n_cond else None
+                rec = joint_step(
+                    parts,
+                    x_real,
+                    c_real,
+                    z=torch.randn(b_syn, cfg.generator.z_dim, device=device),
+                    c_fake=c_fake.to(device) if c_fake is not None else None,
+                    lambda_hard=hsg_lambda(cfg.hsg, epoch + i / steps_per_epoch),
+                    use_synthetic=epoch >= cfg.hsg.warmup_epochs,
+                )
+            state.step += 1
+            if cfg.train.record_indices:
+                state.seen.append(accelerator.gather(idx.to(device)).view(world, -1).cpu())
+            for k, v in rec.items():
+                sums[k] = sums.get(k, 0.0) + v
+            if state.step % cfg.train.log_every == 0:
+                log({"epoch": epoch, **rec}, state.step)
+                bar.set_postfix(loss=f"{rec.get('loss_cl', 0):.3f}")
+        bar.close()
+
+        # 5. Monitor, log, checkpoint ---
+        state.epoch = epoch + 1
+        state.conditions = conditions
+        epoch_rec: dict[str, Any] = {
+            "epoch": state.epoch,
+            **{f"epoch_{k}": v / steps_per_epoch for k, v in sums.items()},
+        }
+        if (
+            test is not None
+            and cfg.train.knn_every
+            and (state.epoch % cfg.train.knn_every == 0 or state.epoch == cfg.train.epochs)
+        ):
+            if accelerator.is_main_process:
+                epoch_rec["knn_acc"] = _knn_monitor(
+                    cfg, accelerator.unwrap_model(encoder_ddp), real, test, device
+                )
+            accelerator.wait_for_everyone()
+        log(epoch_rec, state.step)
+        if accelerator.is_main_process and progress:
+            shown = {k: round(v, 4) for k, v in epoch_rec.items() if isinstance(v, float)}
+            tqdm.write(f"epoch {state.epoch}/{cfg.train.epochs} {shown}")
+        if state.epoch % cfg.train.checkpoint_every == 0 or state.epoch == cfg.train.epochs:
+            _save_checkpoint(accelerator, ckpt_root, state, producer, cfg.train.keep_checkpoints)
+
+    # 6. Publish final weights and a summary ---
+    fingerprints = {"encoder": accelerator.gather(_fingerprint(encoder_ddp).to(device)).view(world, -1)}
+    if producer is not None:
+        fingerprints["generator"] = accelerator.gather(_fingerprint(g_ddp).to(device)).view(world, -1)
+    summary: dict[str, Any] = {}
+    if accelerator.is_main_process:
+        enc = accelerator.unwrap_model(encoder_ddp)
+        hashes = save_final(run_dir, cfg, enc, producer, conditions)
+        in_sync = all(bool((f == f[0]).all()) for f in fingerprints.values())
+        summary = {
+            "epochs": state.epoch,
+            "steps": state.step,
+            "num_processes": world,
+            "weights_in_sync": in_sync,
+            "fingerprints": {k: v.tolist() for k, v in fingerprints.items()},
+            "hashes": hashes,
+        }
+        last = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        epoch_lines = [r for r in last if "epoch_loss_cl" in r]
+        if epoch_lines:
+            summary["last_epoch"] = epoch_lines[-1]
+        if cfg.train.record_indices and state.seen:
+            seen = torch.cat(state.seen, dim=1)
+            (run_dir / "indices.json").write_text(
+                json.dumps({f"rank{r}": seen[r].tolist() for r in range(world)})
+            )
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return RunResult(run_dir, summary)
+
+
+def _save_checkpoint(
+    accelerator: Accelerator, root: Path, state: LoopState, producer: HardSampleProducer | None, keep: int
+) -> None:
+    name = ckpt.checkpoint_name(state.epoch)
+    tmp = root / f".tmp_{name}"
+    if accelerator.is_main_process:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    if accelerator.is_main_process:
+        save_loop_state(tmp, state, producer)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        ckpt.publish(tmp, root / name)
+        ckpt.prune(root, keep)
+    accelerator.wait_for_everyone()
