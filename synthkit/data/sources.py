@@ -46,9 +46,9 @@ class DataSourceError(ValueError):
     """A data source is missing, incomplete or unreadable; the message says which file and what to do."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class ImageSet:
-    """Images of one split of a source.
+    """Images of one split of a source (compared by identity: tensors have no single truth value).
 
     Args:
         images: uint8 ``N x C x H x W`` with ``C`` in (1, 3).
@@ -103,7 +103,7 @@ def _to_size_and_channels(images: torch.Tensor, size: int, channels: int | None)
             x = x.expand(-1, 3, -1, -1)
         if (h, w) != (size, size):
             x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-        out[start : start + x.shape[0]] = x.round_().clamp_(0, 255).to(torch.uint8)
+        out[start : start + x.shape[0]] = x.round().clamp_(0, 255).to(torch.uint8)
     return out
 
 

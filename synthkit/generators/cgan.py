@@ -86,21 +86,22 @@ class Generator(nn.Module):
 
 
 class Discriminator(nn.Module):
-    """D(x, c) -> one logit per image; x in [0, 1]."""
+    """D(x, c) -> one logit per image; x in [0, 1].
+
+    DCGAN-style: strided 4x4 convolutions halve the resolution from the first layer on, then one 3x3
+    convolution; global sum pooling (SNGAN). No full-resolution layer, so D costs a fraction of the
+    encoder, which keeps the joint step cheap.
+    """
 
     def __init__(self, channels: int, size: int, num_classes: int, base: int = 64) -> None:
         super().__init__()
         n_down = num_upsamplings(size)
-        layers: list[nn.Module] = [spectral_norm(nn.Conv2d(channels, base, 3, padding=1)), nn.LeakyReLU(0.1)]
-        width = base
+        layers: list[nn.Module] = []
+        prev, width = channels, base
         for _ in range(n_down):
-            layers += [
-                spectral_norm(nn.Conv2d(width, width * 2, 4, stride=2, padding=1)),
-                nn.LeakyReLU(0.1),
-                spectral_norm(nn.Conv2d(width * 2, width * 2, 3, padding=1)),
-                nn.LeakyReLU(0.1),
-            ]
-            width *= 2
+            layers += [spectral_norm(nn.Conv2d(prev, width, 4, stride=2, padding=1)), nn.LeakyReLU(0.1)]
+            prev, width = width, width * 2
+        layers += [spectral_norm(nn.Conv2d(prev, width, 3, padding=1)), nn.LeakyReLU(0.1)]
         self.body = nn.Sequential(*layers)
         self.linear = spectral_norm(nn.Linear(width, 1))
         self.num_classes = num_classes
@@ -108,7 +109,7 @@ class Discriminator(nn.Module):
             self.embed = spectral_norm(nn.Embedding(num_classes, width))
 
     def forward(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
-        h = self.body(x * 2.0 - 1.0).sum(dim=(2, 3))  # global sum pooling, as in SNGAN
+        h = self.body(x * 2.0 - 1.0).sum(dim=(2, 3))
         out = self.linear(h).squeeze(1)
         if self.num_classes > 0:
             out = out + (self.embed(c) * h).sum(dim=1)

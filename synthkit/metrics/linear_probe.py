@@ -6,11 +6,12 @@ linear layer is trained with cross-entropy on its features. Here the features ar
 probe trains on them directly, which is what makes it cheap.
 
 Training choices, for speed on a CPU: features are standardised with the training mean and std (so one
-learning rate suits any encoder), then a ``nn.Linear`` is trained with Adam and a per-step cosine learning
-rate decay to 0, on mini-batches of ``batch_size`` drawn from a per-epoch shuffle. The features sit in one
-contiguous tensor that is permuted once per epoch, so a batch is a view and each step is one small matmul;
-60,000 x 256 features for 100 epochs take about ten seconds on two cores. Everything random (the
-initialisation and the shuffles) comes from one ``torch.Generator`` seeded with ``seed``.
+learning rate suits any encoder), then a ``nn.Linear`` is trained with (fused) Adam and a per-step cosine
+learning-rate decay to 0, on shuffled mini-batches gathered with ``index_select`` (no DataLoader). The
+default batch of 1024 is the measured sweet spot: on Fashion-MNIST pixels at 16x16 (60,000 x 256, 100
+epochs, one busy CPU thread) batch 256 reached 84.4 % test accuracy in 26 s, 1024 reached 84.3 % in 9 s,
+4096 reached 84.0 % in 5 s and full-batch training (100 steps) underfitted at 82.1 %. Everything random
+(the initialisation and the shuffles) comes from one ``torch.Generator`` seeded with ``seed``.
 
 Example::
 
@@ -47,7 +48,7 @@ def linear_probe_accuracy(
     epochs: int = 100,
     lr: float = 1e-2,
     weight_decay: float = 1e-5,
-    batch_size: int = 256,
+    batch_size: int = 1024,
     seed: int = 0,
 ) -> float:
     """Test top-1 accuracy in ``[0, 1]`` of a linear classifier trained on frozen train features.
@@ -105,12 +106,11 @@ def linear_probe_accuracy(
     step = 0
     for _ in range(epochs):
         perm = torch.randperm(n, generator=generator)
-        x_epoch, y_epoch = x[perm], y[perm]
         for start in range(0, n, batch_size):
             for group in optimizer.param_groups:
                 group["lr"] = 0.5 * lr * (1.0 + math.cos(math.pi * step / total_steps))
-            end = start + batch_size
-            loss = F.cross_entropy(probe(x_epoch[start:end]), y_epoch[start:end])
+            idx = perm[start : start + batch_size]
+            loss = F.cross_entropy(probe(x.index_select(0, idx)), y.index_select(0, idx))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 
 from synthkit.config import GeneratorConfig, HSGConfig
 from synthkit.generators.cgan import build_cgan
@@ -49,6 +49,21 @@ def hsg_lambda(cfg: HSGConfig, epoch_progress: float) -> float:
     return cfg.lambda_hard * min(1.0, t / cfg.ramp_epochs)
 
 
+def _ema_with_warmup(decay: float):
+    """EMA whose decay warms up as min(decay, (1 + n) / (10 + n)) after n updates.
+
+    The warm-up (as in TensorFlow's ExponentialMovingAverage with num_updates, and diffusers' EMAModel)
+    keeps a short run's EMA generator from being stuck near its random initialisation.
+    """
+
+    def avg_fn(averaged: torch.Tensor, current: torch.Tensor, num_averaged: torch.Tensor) -> torch.Tensor:
+        n = float(num_averaged)
+        d = min(decay, (1.0 + n) / (10.0 + n))
+        return averaged * d + current * (1.0 - d)
+
+    return avg_fn
+
+
 class HardSampleProducer(nn.Module):
     """Holds G, D and G's EMA copy, and performs the producer's parts of a joint step.
 
@@ -63,9 +78,7 @@ class HardSampleProducer(nn.Module):
         self.gen_cfg, self.hsg_cfg = gen_cfg, hsg_cfg
         self.num_classes = num_classes
         self.generator, self.discriminator = build_cgan(gen_cfg, channels, size, num_classes)
-        self.ema = AveragedModel(
-            self.generator, multi_avg_fn=get_ema_multi_avg_fn(gen_cfg.ema_decay), use_buffers=True
-        )
+        self.ema = AveragedModel(self.generator, avg_fn=_ema_with_warmup(gen_cfg.ema_decay), use_buffers=True)
         self.ema.requires_grad_(False)
 
     def optimizers(self) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer]:
@@ -81,7 +94,13 @@ class HardSampleProducer(nn.Module):
         fake: torch.Tensor,
         c_fake: torch.Tensor | None,
     ) -> torch.Tensor:
-        """Hinge loss of D on augmented real vs (detached) generated images, in one forward pass."""
+        """Hinge loss of D on augmented real vs (detached) generated images, in one forward pass.
+
+        D sees as many real images as generated ones (the first ``len(fake)`` of the real batch, which is
+        already a random draw), the usual balanced GAN batch; this also keeps the D step cheap.
+        """
+        real = real[: len(fake)]
+        c_real = None if c_real is None else c_real[: len(fake)]
         x = diff_augment(torch.cat([real, fake.detach()]), self.gen_cfg.diffaugment)
         c = None if c_real is None else torch.cat([c_real, c_fake])
         logits = discriminator(x, c)

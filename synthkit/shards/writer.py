@@ -287,7 +287,7 @@ class ShardSetWriter:
 
     def _fail(self, exc: OSError, path: Path) -> ShardError:
         self.abort()
-        return ShardError(f"cannot write {path}: {_os_reason(exc)}")
+        return ShardError(f"cannot write {path}: {_os_reason(exc)}; the shard set was not published")
 
     def write(self, key: str, image: np.ndarray, meta: dict, cls: int | None = None) -> None:
         """Add one sample; invalid input raises ValueError before anything is written."""
@@ -348,9 +348,9 @@ class ShardSetWriter:
         try:
             _write_json(self.out_dir / SIZES, {s["name"]: s["count"] for s in self._shards}, indent=2)
             _write_json(self.out_dir / MANIFEST, manifest, indent=2)
-        except ShardError:
+        except ShardError as exc:
             self._failed = True
-            raise
+            raise ShardError(f"{exc}; the shard set was not published") from exc.__cause__
         self._closed = True
         self._manifest = manifest
         return manifest

@@ -43,6 +43,9 @@ def save_final(
     encoder: Encoder,
     producer: HardSampleProducer | None,
     conditions: Conditions | None,
+    *,
+    epochs: int,
+    steps: int,
 ) -> dict[str, str]:
     """Write ``run_dir/final`` atomically; return the content hash of each weight set."""
     tmp = run_dir / f".tmp_{FINAL}"
@@ -55,6 +58,8 @@ def save_final(
     meta: dict[str, Any] = {
         "config": to_dict(cfg),
         "in_channels": encoder.in_channels,
+        "epochs": epochs,
+        "steps": steps,
         "created_by": created_by(),
     }
     if producer is not None:

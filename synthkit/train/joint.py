@@ -326,7 +326,7 @@ def train(
     summary: dict[str, Any] = {}
     if accelerator.is_main_process:
         enc = accelerator.unwrap_model(encoder_ddp)
-        hashes = save_final(run_dir, cfg, enc, producer, conditions)
+        hashes = save_final(run_dir, cfg, enc, producer, conditions, epochs=state.epoch, steps=state.step)
         in_sync = all(bool((f == f[0]).all()) for f in fingerprints.values())
         summary = {
             "epochs": state.epoch,

@@ -35,9 +35,16 @@ class StepParts:
     opt_d: torch.optim.Optimizer | None = None
 
 
-def _contrastive(parts: StepParts, batch: torch.Tensor) -> torch.Tensor:
-    """Per-view NT-Xent of two fresh views of every image in ``batch`` (one encoder forward)."""
-    v1, v2 = parts.views.two_views(batch)
+def _contrastive(parts: StepParts, real: torch.Tensor, synthetic: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-view NT-Xent of two fresh views of every real and synthetic image, in one encoder forward.
+
+    Views of real and synthetic images are drawn separately, so autograd differentiates through the
+    augmentations of the synthetic images only. Rows: [real, synthetic] views 1, then the same for views 2.
+    """
+    v1, v2 = parts.views.two_views(real)
+    if synthetic is not None:
+        s1, s2 = parts.views.two_views(synthetic)
+        v1, v2 = torch.cat([v1, s1]), torch.cat([v2, s2])
     z = parts.encoder(torch.cat([v1, v2]))
     return nt_xent_per_view(*z.chunk(2), temperature=parts.temperature)
 
@@ -76,8 +83,8 @@ def joint_step(
         loss_adv = producer.adversarial_loss(fake, c_fake)
         # (c) one encoder pass over real + synthetic: the reversal turns the encoder's descent on L_CL into
         # G's ascent, scaled by lambda_hard; the encoder itself sees the synthetic images as plain data
-        batch = torch.cat([x_real, grad_reverse(fake, lambda_hard)]) if use_synthetic else x_real
-        per_view = _contrastive(parts, batch)
+        synthetic = grad_reverse(fake, lambda_hard) if use_synthetic else None
+        per_view = _contrastive(parts, x_real, synthetic)
         loss_cl = per_view.mean()
     parts.opt_enc.zero_grad(set_to_none=True)
     parts.opt_g.zero_grad(set_to_none=True)

@@ -129,19 +129,29 @@ def test_existing_set_is_refused_and_stale_temps_are_removed(tmp_path):
     assert _published(killed) == ["manifest.json", "other-000000.tar", "sizes.json"]
 
 
-def _disk_full(fd: int, data: bytes) -> int:
-    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+def _failing_write(code: int):
+    def write(fd: int, data: bytes) -> int:
+        raise OSError(code, os.strerror(code))
+
+    return write
 
 
-@pytest.mark.parametrize("fail_at", ["shard", "manifest"])
-def test_disk_full_surfaces_as_shard_error_and_publishes_nothing(tmp_path, monkeypatch, fail_at):
+@pytest.mark.parametrize(
+    ("fail_at", "code", "reason"),
+    [
+        ("shard", errno.ENOSPC, "disk full"),
+        ("manifest", errno.ENOSPC, "disk full"),
+        ("shard", errno.EACCES, "ermission"),
+    ],
+)
+def test_os_errors_surface_as_shard_error_and_publish_nothing(tmp_path, monkeypatch, fail_at, code, reason):
     out = tmp_path / "s"
-    with pytest.raises(ShardError, match="disk full") as info, _writer(out, maxcount=2) as w:
+    with pytest.raises(ShardError, match=reason) as info, _writer(out, maxcount=2) as w:
         if fail_at == "shard":
-            monkeypatch.setattr(os, "write", _disk_full)
+            monkeypatch.setattr(os, "write", _failing_write(code))
         w.write("k0", IMAGE, META)
         w.write("k1", IMAGE, META)  # completes shard 0: its bytes reach os.write now
-        monkeypatch.setattr(os, "write", _disk_full)
+        monkeypatch.setattr(os, "write", _failing_write(code))
     monkeypatch.undo()
     expected = "hard-000000.tar" if fail_at == "shard" else "sizes.json"
     assert expected in str(info.value)

@@ -1,0 +1,93 @@
+"""Wall time of one joint HSG step against one plain SimCLR step, same real batch, same encoder.
+
+METHOD.md: sharing one encoder forward/backward between the encoder's descent and G's ascent (gradient
+reversal) should keep a joint step within about 1.5x of a plain step. Both steps are the loop's own
+functions (synthkit.train.steps); they are timed interleaved, after warm-up, and the medians are reported.
+
+    python eval/bench_joint_step.py [--data fashion-mnist] [--batch 256] [--repeats 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+from accelerate import Accelerator
+
+from synthkit.config import load_pipeline
+from synthkit.data.sources import load_source
+from synthkit.data.views import Views, to_float
+from synthkit.encoders.model import Encoder
+from synthkit.producers.hard_samples import HardSampleProducer
+from synthkit.train.steps import StepParts, joint_step, plain_step
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--pipeline", default="pipelines/fashion-mnist-hsg.yaml")
+    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--warmup", type=int, default=3)
+    args, overrides = ap.parse_known_args()  # the rest: --section.key=value pipeline overrides
+    cfg = load_pipeline(args.pipeline, [*overrides, f"--train.batch_size={args.batch}"])
+    torch.manual_seed(0)
+    real = load_source(cfg.data, "train")
+    channels, size = real.images.shape[1], real.images.shape[-1]
+    acc = Accelerator(cpu=not torch.cuda.is_available())
+    x_real = to_float(real.images[: args.batch]).to(acc.device)
+
+    def build(hsg: bool) -> StepParts:
+        torch.manual_seed(0)
+        enc = Encoder(cfg.encoder, channels)
+        opt = torch.optim.Adam(enc.parameters(), lr=cfg.train.lr)
+        views = Views(cfg.views, channels, size).to(acc.device)
+        if not hsg:
+            enc, opt = acc.prepare(enc, opt)
+            return StepParts(acc, enc, views, opt, cfg.objective.temperature)
+        prod = HardSampleProducer(cfg.generator, cfg.hsg, channels, size, cfg.conditions.k).to(acc.device)
+        og, od = prod.optimizers()
+        enc, opt, g, d, og, od = acc.prepare(enc, opt, prod.generator, prod.discriminator, og, od)
+        return StepParts(acc, enc, views, opt, cfg.objective.temperature, prod, g, d, og, od)
+
+    plain, joint = build(False), build(True)
+    b_syn = max(1, round(args.batch * cfg.hsg.synthetic_ratio))
+    k = cfg.conditions.k
+    c_real = torch.randint(0, k, (args.batch,), device=acc.device)
+
+    def run_joint() -> None:
+        z = torch.randn(b_syn, cfg.generator.z_dim, device=acc.device)
+        c = torch.randint(0, k, (b_syn,), device=acc.device)
+        joint_step(joint, x_real, c_real, z, c, lambda_hard=cfg.hsg.lambda_hard, use_synthetic=True)
+
+    def timed(fn) -> float:
+        if acc.device.type == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        fn()
+        if acc.device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - t
+
+    for _ in range(args.warmup):
+        plain_step(plain, x_real)
+        run_joint()
+    tp, tj = [], []
+    for _ in range(args.repeats):
+        tp.append(timed(lambda: plain_step(plain, x_real)))
+        tj.append(timed(run_joint))
+    mp, mj = statistics.median(tp), statistics.median(tj)
+    result = {
+        "device": str(acc.device), "threads": torch.get_num_threads(), "data": cfg.data.name,
+        "image": [channels, size, size], "backbone": cfg.encoder.backbone, "real_batch": args.batch,
+        "synthetic_batch": b_syn, "plain_step_s": round(mp, 4), "joint_step_s": round(mj, 4),
+        "ratio": round(mj / mp, 3), "goal": "<= 1.5",
+    }
+    print(f"plain SimCLR step: {mp * 1000:.1f} ms   joint HSG step: {mj * 1000:.1f} ms   ratio {mj / mp:.2f}x")
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,198 @@
+"""The ``synthkit`` command line: a thin layer over the Python API.
+
+    synthkit quickstart [--out DIR]
+    synthkit train PIPELINE.yaml [--out RUN_DIR] [--resume] [--section.key=value ...]
+    synthkit generate --run RUN_DIR --n N --seed S --out DIR
+    synthkit eval --run RUN_DIR [--data NAME] [--json]
+    synthkit shards verify DIR
+    synthkit config PIPELINE.yaml [--section.key=value ...]
+
+Multi-process: ``accelerate launch --num_processes 2 -m synthkit.cli train PIPELINE.yaml ...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from synthkit import __version__
+from synthkit.config import DATA_SOURCES, ConfigError, dump_yaml, load_pipeline
+
+EXIT_USAGE = 2
+
+
+def _overrides(extra: list[str]) -> list[str]:
+    bad = [x for x in extra if not (x.startswith("--") and "=" in x and "." in x.split("=", 1)[0])]
+    if bad:
+        raise ConfigError(f"unrecognised arguments {' '.join(bad)} (overrides look like --section.key=value)")
+    return extra
+
+
+def _cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
+    from synthkit.train.joint import train
+
+    cfg = load_pipeline(args.pipeline, _overrides(extra))
+    out = Path(args.out) if args.out else Path("runs") / Path(args.pipeline).stem
+    result = train(cfg, out, resume=args.resume, progress=not args.no_progress)
+    if result.summary:
+        last = result.summary.get("last_epoch", {})
+        knn = f", kNN {last['knn_acc']:.4f}" if "knn_acc" in last else ""
+        print(f"trained {result.summary['epochs']} epochs ({result.summary['steps']} steps){knn}; run: {out}")
+    return 0
+
+
+def _cmd_generate(args: argparse.Namespace, extra: list[str]) -> int:
+    from synthkit.export import generate
+
+    _no_extra(extra)
+    res = generate(
+        args.run,
+        args.out,
+        n=args.n,
+        seed=args.seed,
+        name=args.name,
+        maxcount=args.maxcount,
+        progress=not args.no_progress,
+    )
+    m = res.manifest
+    if res.reused:
+        print(f"{args.out} already holds this exact shard set ({m['total']} samples); nothing to do")
+    else:
+        h = res.hardness
+        print(
+            f"wrote {m['total']} samples in {len(m['shards'])} shards to {args.out}; "
+            f"hardness mean {h.mean():.4f} (min {h.min():.4f}, max {h.max():.4f})"
+        )
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace, extra: list[str]) -> int:
+    from synthkit.evaluate import evaluate
+
+    _no_extra(extra)
+    res = evaluate(args.run, args.data, root=args.root, full_train=args.full_train)
+    if args.json:
+        print(json.dumps(res, indent=2))
+    else:
+        print(
+            f"{res['data']}: kNN accuracy {res['knn_accuracy']:.4f}, "
+            f"linear accuracy {res['linear_accuracy']:.4f} "
+            f"(train {res['train_images']}, test {res['test_images']})"
+        )
+    return 0
+
+
+def _cmd_quickstart(args: argparse.Namespace, extra: list[str]) -> int:
+    from synthkit.quickstart import quickstart
+
+    summary = quickstart(args.out, overrides=_overrides(extra), progress=not args.no_progress)
+    print(summary["text"])
+    return 0
+
+
+def _cmd_shards_verify(args: argparse.Namespace, extra: list[str]) -> int:
+    from synthkit.shards import verify_shard_set
+
+    _no_extra(extra)
+    report = verify_shard_set(args.dir)
+    if report.ok:
+        print(f"{args.dir}: OK ({report.total} samples in {report.shards} shards)")
+        return 0
+    print(f"{args.dir}: {len(report.problems)} problem(s)", file=sys.stderr)
+    for p in report.problems:
+        print(f"  - {p}", file=sys.stderr)
+    return 1
+
+
+def _cmd_config(args: argparse.Namespace, extra: list[str]) -> int:
+    print(dump_yaml(load_pipeline(args.pipeline, _overrides(extra))), end="")
+    return 0
+
+
+def _no_extra(extra: list[str]) -> None:
+    if extra:
+        raise ConfigError(f"unrecognised arguments: {' '.join(extra)}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="synthkit", description="Synthetic data that teaches contrastive encoders."
+    )
+    p.add_argument("--version", action="version", version=f"synthkit {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="joint HSG + contrastive training (or the plain baseline)")
+    t.add_argument("pipeline", help="pipeline YAML file (see pipelines/)")
+    t.add_argument("--out", help="run directory (default runs/PIPELINE_NAME)")
+    t.add_argument("--resume", action="store_true", help="continue from the run's newest checkpoint")
+    t.add_argument("--no-progress", action="store_true")
+    t.set_defaults(fn=_cmd_train)
+
+    g = sub.add_parser("generate", help="export a run's hard samples as a WebDataset shard set")
+    g.add_argument("--run", required=True, help="a finished run directory")
+    g.add_argument("--out", required=True, help="output directory of the shard set")
+    g.add_argument("--n", type=int, help="number of samples (default: the run's export.n)")
+    g.add_argument("--seed", type=int, help="sampling seed (default: the run's export.seed)")
+    g.add_argument("--name", help="shard set name / file prefix")
+    g.add_argument("--maxcount", type=int, help="samples per shard")
+    g.add_argument("--no-progress", action="store_true")
+    g.set_defaults(fn=_cmd_generate)
+
+    e = sub.add_parser("eval", help="kNN and linear-probe accuracy of a run's frozen encoder")
+    e.add_argument("--run", required=True)
+    e.add_argument("--data", choices=DATA_SOURCES, help="labeled data set (default: the run's)")
+    e.add_argument("--root", help="data root for --data")
+    e.add_argument(
+        "--full-train", action="store_true", help="fit on the whole train split, not the run's subset"
+    )
+    e.add_argument("--json", action="store_true", help="print the result as JSON")
+    e.set_defaults(fn=_cmd_eval)
+
+    q = sub.add_parser(
+        "quickstart", help="train HSG on the embedded digits, export, evaluate (a few minutes)"
+    )
+    q.add_argument("--out", default="runs/quickstart", help="output directory (default runs/quickstart)")
+    q.add_argument("--no-progress", action="store_true")
+    q.set_defaults(fn=_cmd_quickstart)
+
+    s = sub.add_parser("shards", help="shard set tools")
+    ssub = s.add_subparsers(dest="shards_command", required=True)
+    v = ssub.add_parser("verify", help="check a shard set against its manifest; non-zero exit on problems")
+    v.add_argument("dir")
+    v.set_defaults(fn=_cmd_shards_verify)
+
+    c = sub.add_parser("config", help="print the resolved config of a pipeline with overrides")
+    c.add_argument("pipeline", nargs="?", help="pipeline YAML (default: the built-in quickstart defaults)")
+    c.set_defaults(fn=_cmd_config)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    try:
+        return args.fn(args, extra)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - turn known user errors into one clear line
+        if _is_user_error(e):
+            print(f"synthkit {args.command}: error: {e}", file=sys.stderr)
+            return EXIT_USAGE
+        raise
+
+
+def _is_user_error(e: Exception) -> bool:
+    from synthkit.data.sources import DataSourceError
+    from synthkit.export import ExportError
+    from synthkit.shards import ShardError
+    from synthkit.train.checkpoint import CheckpointError
+    from synthkit.train.joint import RunError
+
+    return isinstance(e, (ConfigError, DataSourceError, ExportError, ShardError, CheckpointError, RunError))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
