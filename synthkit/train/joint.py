@@ -97,6 +97,11 @@ class _JsonlLog:
     def __init__(self, accelerator: Accelerator, path: Path) -> None:
         self.accelerator, self.path = accelerator, path
 
+    def truncate_after(self, step: int) -> None:
+        if self.path.exists():
+            keep = [line for line in self.path.read_text().splitlines() if json.loads(line)["step"] <= step]
+            self.path.write_text("".join(line + "\n" for line in keep))
+
     def __call__(self, record: dict[str, Any], step: int) -> None:
         if self.accelerator.is_main_process:
             with open(self.path, "a") as f:
@@ -175,6 +180,8 @@ def train(
     world, rank = accelerator.num_processes, accelerator.process_index
     if cfg.train.batch_size % world:
         raise RunError(f"train.batch_size={cfg.train.batch_size} is not divisible by {world} processes")
+    ckpt_root = run_dir / "checkpoints"
+    resume_from = _newest_checkpoint(ckpt_root) if resume else None
     real = load_source(cfg.data, "train")
     test = load_source(cfg.data, "test") if real.labels is not None and cfg.train.knn_every else None
     channels, size = real.images.shape[1], real.images.shape[-1]
@@ -238,16 +245,13 @@ def train(
     if steps_per_epoch == 0:
         raise RunError(f"{len(real)} real images are fewer than one batch of {cfg.train.batch_size}")
 
-    # 3. Resume ---
+    # 3. Resume (the checkpoint was verified before anything was written) ---
     state = LoopState()
-    ckpt_root = run_dir / "checkpoints"
-    if resume:
-        found = ckpt.checkpoint_dirs(ckpt_root)
-        if not found:
-            raise RunError(f"cannot resume: no checkpoint under {ckpt_root}")
-        ckpt.verify_checkpoint(found[-1])
-        accelerator.load_state(str(found[-1]))
-        state = load_loop_state(found[-1], producer)
+    if resume_from is not None:
+        accelerator.load_state(str(resume_from))
+        state = load_loop_state(resume_from, producer)
+        if accelerator.is_main_process:
+            log.truncate_after(state.step)  # drop records of steps the checkpoint does not include
     else:
         # distinct augmentations and latents per process; same weights (set above)
         torch.manual_seed(cfg.train.seed * 1009 + 7919 * (rank + 1))
@@ -349,6 +353,14 @@ def train(
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return RunResult(run_dir, summary)
+
+
+def _newest_checkpoint(root: Path) -> Path:
+    found = ckpt.checkpoint_dirs(root)
+    if not found:
+        raise RunError(f"cannot resume: no checkpoint under {root}")
+    ckpt.verify_checkpoint(found[-1])
+    return found[-1]
 
 
 def _save_checkpoint(

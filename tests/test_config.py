@@ -1,0 +1,323 @@
+"""Pipeline configuration: defaults, YAML round trips, shipped pipelines, and errors that name the key."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from synthkit.config import (
+    ConditionsConfig,
+    ConfigError,
+    DataConfig,
+    EncoderConfig,
+    EvalConfig,
+    ExportConfig,
+    GeneratorConfig,
+    HSGConfig,
+    ObjectiveConfig,
+    PipelineConfig,
+    TrainConfig,
+    ViewsConfig,
+    dump_yaml,
+    from_dict,
+    load_pipeline,
+    parse_overrides,
+    save_pipeline,
+    to_dict,
+)
+
+PIPELINES = Path(__file__).resolve().parents[1] / "pipelines"
+
+
+def assert_names(excinfo: pytest.ExceptionInfo[ConfigError], key: str) -> None:
+    """The message names ``key`` as a whole dotted token (``train.epoch`` must not match ``train.epochs``)."""
+    msg = str(excinfo.value)
+    assert re.search(rf"(?<![\w.]){re.escape(key)}(?!\w)", msg), f"{key!r} not named in: {msg}"
+
+
+def write(tmp_path: Path, text: str, name: str = "p.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+# --------------------------------------------------------------------------- defaults and round trips
+
+
+def test_defaults_construct_every_stage() -> None:
+    cfg = PipelineConfig()
+    stages = {
+        "data": DataConfig,
+        "views": ViewsConfig,
+        "encoder": EncoderConfig,
+        "objective": ObjectiveConfig,
+        "generator": GeneratorConfig,
+        "conditions": ConditionsConfig,
+        "hsg": HSGConfig,
+        "train": TrainConfig,
+        "export": ExportConfig,
+        "eval": EvalConfig,
+    }
+    assert [f.name for f in dataclasses.fields(cfg)] == list(stages)
+    for name, cls in stages.items():
+        assert getattr(cfg, name) == cls()
+    assert from_dict({}) == cfg
+    assert load_pipeline(None) == cfg
+
+
+def _non_default() -> PipelineConfig:
+    d = PipelineConfig()
+    return dataclasses.replace(
+        d,
+        data=dataclasses.replace(d.data, name="folder", root="/tmp/imgs", channels=3, subset=50, size=28),
+        views=dataclasses.replace(d.views, crop_scale=(0.5, 0.75), grayscale_p=0.0),
+        generator=dataclasses.replace(d.generator, betas=(0.5, 0.99), diffaugment="translation", lr_g=1e-5),
+        conditions=dataclasses.replace(d.conditions, mode="none", k=3),
+        hsg=dataclasses.replace(d.hsg, enabled=False, lambda_hard=2.5),
+        train=dataclasses.replace(d.train, epochs=3, weight_decay=0.0, mixed_precision="bf16"),
+    )
+
+
+@pytest.mark.parametrize("cfg", [PipelineConfig(), _non_default()], ids=["defaults", "non-default"])
+def test_yaml_round_trip(cfg: PipelineConfig, tmp_path: Path) -> None:
+    path = write(tmp_path, dump_yaml(cfg))
+    back = load_pipeline(path)
+    assert back == cfg
+    assert isinstance(back.views.crop_scale, tuple) and isinstance(back.generator.betas, tuple)
+    save_pipeline(cfg, tmp_path / "saved.yaml")
+    assert load_pipeline(tmp_path / "saved.yaml") == cfg
+    assert from_dict(to_dict(cfg)) == cfg
+
+
+def test_shipped_pipelines_exist() -> None:
+    assert {p.name for p in PIPELINES.glob("*.yaml")} >= {"quickstart.yaml", "fashion-mnist-hsg.yaml"}
+
+
+@pytest.mark.parametrize("path", sorted(PIPELINES.glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_pipelines_load(path: Path) -> None:
+    cfg = load_pipeline(path)
+    assert isinstance(cfg, PipelineConfig)
+    # every key the file sets is honoured, not silently replaced by a default
+    import yaml
+
+    raw = yaml.safe_load(path.read_text())
+    resolved = to_dict(cfg)
+    for section, values in raw.items():
+        for key, value in values.items():
+            assert resolved[section][key] == value, f"{section}.{key}"
+
+
+def test_quickstart_pipeline_equals_defaults() -> None:
+    assert load_pipeline(PIPELINES / "quickstart.yaml") == PipelineConfig()
+
+
+# --------------------------------------------------------------------------- unknown keys
+
+
+def test_unknown_section_is_named() -> None:
+    with pytest.raises(ConfigError) as e:
+        from_dict({"trian": {"epochs": 3}})
+    assert_names(e, "trian")
+
+
+def test_unknown_key_inside_section_is_named() -> None:
+    with pytest.raises(ConfigError) as e:
+        from_dict({"train": {"epoch": 3}})
+    assert_names(e, "train.epoch")
+
+
+def test_unknown_key_in_file_is_named(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as e:
+        load_pipeline(write(tmp_path, "hsg:\n  lambda: 2.0\n"))
+    assert_names(e, "hsg.lambda")
+
+
+# --------------------------------------------------------------------------- types
+
+WRONG_TYPES: list[tuple[dict[str, Any], str]] = [
+    ({"train": {"epochs": "3"}}, "train.epochs"),
+    ({"train": {"epochs": 3.0}}, "train.epochs"),
+    ({"train": {"epochs": True}}, "train.epochs"),  # bool is not an int here
+    ({"train": {"lr": False}}, "train.lr"),  # nor a float
+    ({"hsg": {"enabled": 1}}, "hsg.enabled"),
+    ({"hsg": {"enabled": "yes please"}}, "hsg.enabled"),
+    ({"data": {"name": 3}}, "data.name"),
+    ({"data": {"channels": "3"}}, "data.channels"),
+    ({"data": {"subset": 1.5}}, "data.subset"),
+    ({"views": {"crop_scale": [0.5]}}, "views.crop_scale"),
+    ({"views": {"crop_scale": [0.1, 0.5, 1.0]}}, "views.crop_scale"),
+    ({"views": {"crop_scale": 0.5}}, "views.crop_scale"),
+    ({"views": {"crop_scale": ["a", 1.0]}}, "views.crop_scale[0]"),
+    ({"generator": {"betas": [0.0, "0.9"]}}, "generator.betas[1]"),
+    ({"train": [1, 2]}, "train"),
+    ({"encoder": "convnet"}, "encoder"),
+]
+
+
+@pytest.mark.parametrize(("raw", "key"), WRONG_TYPES, ids=[f"{k}={r}" for r, k in WRONG_TYPES])
+def test_wrong_type_names_the_key(raw: dict[str, Any], key: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        from_dict(raw)
+    assert_names(e, key)
+
+
+def test_int_is_accepted_and_converted_for_float() -> None:
+    cfg = from_dict({"train": {"lr": 1}, "views": {"crop_scale": [1, 1]}, "hsg": {"lambda_hard": 3}})
+    assert cfg.train.lr == 1.0 and type(cfg.train.lr) is float
+    assert cfg.views.crop_scale == (1.0, 1.0) and all(type(v) is float for v in cfg.views.crop_scale)
+    assert type(cfg.hsg.lambda_hard) is float
+
+
+def test_optional_fields_accept_null() -> None:
+    cfg = from_dict({"data": {"channels": None, "subset": None, "root": None}})
+    assert cfg.data == DataConfig()
+
+
+# --------------------------------------------------------------------------- values
+
+BAD_VALUES: list[tuple[dict[str, Any], str]] = [
+    ({"train": {"lr": -1e-3}}, "train.lr"),
+    ({"train": {"epochs": 0}}, "train.epochs"),
+    ({"train": {"mixed_precision": "fp8"}}, "train.mixed_precision"),
+    ({"data": {"name": "mnist"}}, "data.name"),
+    ({"data": {"size": 4}}, "data.size"),
+    ({"data": {"channels": 2}}, "data.channels"),
+    ({"data": {"name": "folder"}}, "data.root"),
+    ({"views": {"flip_p": 1.5}}, "views.flip_p"),
+    ({"views": {"grayscale_p": -0.1}}, "views.grayscale_p"),
+    ({"views": {"crop_scale": [0.9, 0.5]}}, "views.crop_scale"),
+    ({"views": {"crop_scale": [0.0, 0.5]}}, "views.crop_scale"),
+    ({"objective": {"temperature": 0.0}}, "objective.temperature"),
+    ({"encoder": {"backbone": "vit"}}, "encoder.backbone"),
+    ({"generator": {"diffaugment": "color,zoom"}}, "generator.diffaugment"),
+    ({"generator": {"ema_decay": 1.0}}, "generator.ema_decay"),
+    ({"conditions": {"k": 0}}, "conditions.k"),
+    ({"hsg": {"synthetic_ratio": 0.0}}, "hsg.synthetic_ratio"),
+    ({"hsg": {"lambda_hard": -1.0}}, "hsg.lambda_hard"),
+    ({"export": {"name": "a b"}}, "export.name"),
+]
+
+
+@pytest.mark.parametrize(("raw", "key"), BAD_VALUES, ids=[f"{k}={r}" for r, k in BAD_VALUES])
+def test_bad_value_names_the_key(raw: dict[str, Any], key: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        from_dict(raw)
+    assert_names(e, key)
+
+
+def test_constructors_validate_too() -> None:
+    with pytest.raises(ConfigError) as e:
+        TrainConfig(lr=-1.0)
+    assert_names(e, "train.lr")
+    with pytest.raises(ConfigError) as e:
+        ViewsConfig(crop_scale=(0.8, 0.2))
+    assert_names(e, "views.crop_scale")
+
+
+def test_labels_mode_needs_explicit_opt_in() -> None:
+    with pytest.raises(ConfigError) as e:
+        from_dict({"conditions": {"mode": "labels"}})
+    assert_names(e, "conditions.mode")
+    assert "allow_labels" in str(e.value)
+    cfg = from_dict({"conditions": {"mode": "labels", "allow_labels": True}})
+    assert cfg.conditions.mode == "labels" and cfg.conditions.allow_labels
+
+
+# --------------------------------------------------------------------------- overrides
+
+
+def test_parse_overrides_reads_yaml_values() -> None:
+    nested = parse_overrides(
+        ["--train.epochs=3", "data.name=digits", "--views.crop_scale=[0.5, 1.0]", "--data.root=null",
+         "--hsg.enabled=false", "--export.name=a=b"]
+    )  # fmt: skip
+    assert nested == {
+        "train": {"epochs": 3},
+        "data": {"name": "digits", "root": None},
+        "views": {"crop_scale": [0.5, 1.0]},
+        "hsg": {"enabled": False},
+        "export": {"name": "a=b"},
+    }
+
+
+def test_overrides_beat_file_values_and_keep_the_rest(tmp_path: Path) -> None:
+    path = write(tmp_path, "train:\n  epochs: 7\n  batch_size: 64\nhsg:\n  lambda_hard: 2.0\n")
+    cfg = load_pipeline(path, ["--train.epochs=3", "--encoder.width=8"])
+    assert cfg.train.epochs == 3
+    assert cfg.train.batch_size == 64 and cfg.hsg.lambda_hard == 2.0
+    assert cfg.encoder.width == 8
+    assert cfg.train.lr == TrainConfig().lr
+    assert load_pipeline(path).train.epochs == 7  # the file itself is untouched
+
+
+def test_overrides_are_validated_like_the_file() -> None:
+    with pytest.raises(ConfigError) as e:
+        load_pipeline(None, ["--train.epochs=three"])
+    assert_names(e, "train.epochs")
+    with pytest.raises(ConfigError) as e:
+        load_pipeline(None, ["--train.epoch=3"])
+    assert_names(e, "train.epoch")
+
+
+@pytest.mark.parametrize(
+    "item", ["--train", "--epochs=3", "--a.b.c=1", "--.epochs=3", "--train.=3", "--train.epochs=[1"]
+)
+def test_malformed_override_is_an_error(item: str) -> None:
+    with pytest.raises(ConfigError):
+        parse_overrides([item])
+    with pytest.raises(ConfigError):
+        load_pipeline(None, [item])
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=ConfigError,
+    reason="PyYAML (YAML 1.1) reads '1e-3' (no dot) as a string, so the common way to write a learning "
+    "rate is refused: 'train.lr: expected a number, got '1e-3''",
+)
+def test_scientific_notation_without_dot_is_a_number(tmp_path: Path) -> None:
+    assert load_pipeline(None, ["--train.lr=1e-3"]).train.lr == 1e-3
+    assert load_pipeline(write(tmp_path, "train:\n  lr: 1e-3\n")).train.lr == 1e-3
+
+
+# --------------------------------------------------------------------------- files
+
+
+def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
+    path = tmp_path / "nope.yaml"
+    with pytest.raises(ConfigError, match=re.escape(str(path))):
+        load_pipeline(path)
+
+
+def test_invalid_yaml_names_the_file(tmp_path: Path) -> None:
+    path = write(tmp_path, "train: {epochs: [1\n", "broken.yaml")
+    with pytest.raises(ConfigError, match=re.escape(str(path))):
+        load_pipeline(path)
+
+
+@pytest.mark.parametrize("text", ["- train\n- data\n", "42\n", "just a string\n"])
+def test_non_mapping_yaml_names_the_file(tmp_path: Path, text: str) -> None:
+    path = write(tmp_path, text, "list.yaml")
+    with pytest.raises(ConfigError, match=re.escape(str(path))):
+        load_pipeline(path)
+
+
+def test_empty_file_and_empty_section_give_defaults(tmp_path: Path) -> None:
+    assert load_pipeline(write(tmp_path, "", "empty.yaml")) == PipelineConfig()
+    assert load_pipeline(write(tmp_path, "train:\n", "section.yaml")) == PipelineConfig()
+
+
+# --------------------------------------------------------------------------- immutability
+
+
+def test_configs_are_frozen() -> None:
+    cfg = PipelineConfig()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.train.epochs = 3  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.train = TrainConfig(epochs=3)  # type: ignore[misc]
+    assert cfg == PipelineConfig()
