@@ -2,7 +2,7 @@
 
 METHOD.md: sharing one encoder forward/backward between the encoder's descent and G's ascent (gradient
 reversal) should keep a joint step within about 1.5x of a plain step. Both steps are the loop's own
-functions (synthkit.train.steps); they are timed interleaved, after warm-up, and the medians are reported.
+functions (synthkit.training.steps); they are timed interleaved, after warm-up, and the medians are reported.
 
     python eval/bench_joint_step.py [--data fashion-mnist] [--batch 256] [--repeats 20]
 """
@@ -22,7 +22,7 @@ from synthkit.data.sources import load_source
 from synthkit.data.views import Views, to_float
 from synthkit.encoders.model import Encoder
 from synthkit.producers.hard_samples import HardSampleProducer
-from synthkit.train.steps import StepParts, joint_step, plain_step
+from synthkit.training.steps import StepParts, joint_step, plain_step
 
 
 def main() -> None:
@@ -85,7 +85,7 @@ def main() -> None:
         "synthetic_batch": b_syn, "plain_step_s": round(mp, 4), "joint_step_s": round(mj, 4),
         "ratio": round(mj / mp, 3), "goal": "<= 1.5",
     }
-    print(f"plain SimCLR step: {mp * 1000:.1f} ms   joint HSG step: {mj * 1000:.1f} ms   ratio {mj / mp:.2f}x")
+    print(f"plain SimCLR step {mp * 1000:.1f} ms, joint HSG step {mj * 1000:.1f} ms, ratio {mj / mp:.2f}x")
     print(json.dumps(result))
 
 

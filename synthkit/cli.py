@@ -31,7 +31,7 @@ def _overrides(extra: list[str]) -> list[str]:
 
 
 def _cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
-    from synthkit.train.joint import train
+    from synthkit.training.joint import train
 
     cfg = load_pipeline(args.pipeline, _overrides(extra))
     out = Path(args.out) if args.out else Path("runs") / Path(args.pipeline).stem
@@ -188,8 +188,8 @@ def _is_user_error(e: Exception) -> bool:
     from synthkit.data.sources import DataSourceError
     from synthkit.export import ExportError
     from synthkit.shards import ShardError
-    from synthkit.train.checkpoint import CheckpointError
-    from synthkit.train.joint import RunError
+    from synthkit.training.checkpoint import CheckpointError
+    from synthkit.training.joint import RunError
 
     return isinstance(e, (ConfigError, DataSourceError, ExportError, ShardError, CheckpointError, RunError))
 

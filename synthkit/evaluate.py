@@ -15,7 +15,7 @@ from synthkit.data.sources import DataSourceError, load_source
 from synthkit.encoders.model import extract_features
 from synthkit.metrics.knn import knn_accuracy
 from synthkit.metrics.linear_probe import linear_probe_accuracy
-from synthkit.train.artifacts import load_final
+from synthkit.training.artifacts import load_final
 
 
 def evaluate(

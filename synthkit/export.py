@@ -27,7 +27,7 @@ from synthkit.losses.nt_xent import nt_xent_per_view, per_sample_hardness
 from synthkit.provenance import created_by
 from synthkit.shards import ShardSetExistsError, ShardSetWriter, read_manifest
 from synthkit.shards.format import shard_pattern
-from synthkit.train.artifacts import FinalArtifacts, load_final
+from synthkit.training.artifacts import FinalArtifacts, load_final
 
 IN_PROGRESS = ".export-in-progress.json"
 PRODUCER = "hsg-cgan"

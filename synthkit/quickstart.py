@@ -17,7 +17,7 @@ from synthkit.config import load_pipeline
 from synthkit.evaluate import evaluate
 from synthkit.export import generate
 from synthkit.shards import verify_shard_set
-from synthkit.train.joint import train
+from synthkit.training.joint import train
 
 
 def quickstart(

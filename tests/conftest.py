@@ -51,7 +51,7 @@ def tiny_pipeline(tmp_path: Path) -> Path:
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One tiny HSG run shared by the tests that only read it."""
-    from synthkit.train.joint import train
+    from synthkit.training.joint import train
 
     run = tmp_path_factory.mktemp("runs") / "tiny"
     train(tiny_config(), run, progress=False)

@@ -11,8 +11,8 @@ import yaml
 from safetensors.torch import load_file
 
 from synthkit.config import load_pipeline, to_dict
-from synthkit.train import checkpoint as ckpt
-from synthkit.train.joint import RunError, train
+from synthkit.training import checkpoint as ckpt
+from synthkit.training.joint import RunError, train
 from tests.conftest import tiny_config
 
 

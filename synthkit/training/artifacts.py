@@ -23,7 +23,7 @@ from synthkit.generators.cgan import Generator
 from synthkit.producers.conditions import Conditions
 from synthkit.producers.hard_samples import HardSampleProducer
 from synthkit.provenance import created_by, state_dict_hash
-from synthkit.train import checkpoint as ckpt
+from synthkit.training import checkpoint as ckpt
 
 FINAL = "final"
 

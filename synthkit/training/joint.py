@@ -35,11 +35,11 @@ from synthkit.metrics.knn import knn_accuracy
 from synthkit.producers.conditions import Conditions, make_conditions, num_conditions
 from synthkit.producers.hard_samples import HardSampleProducer, hsg_lambda
 from synthkit.provenance import created_by
-from synthkit.train import checkpoint as ckpt
-from synthkit.train.artifacts import save_final
-from synthkit.train.batches import EpochBatches
-from synthkit.train.state import LoopState, load_loop_state, save_loop_state
-from synthkit.train.steps import StepParts, joint_step, plain_step
+from synthkit.training import checkpoint as ckpt
+from synthkit.training.artifacts import save_final
+from synthkit.training.batches import EpochBatches
+from synthkit.training.state import LoopState, load_loop_state, save_loop_state
+from synthkit.training.steps import StepParts, joint_step, plain_step
 
 MONITOR_MAX_TRAIN = 10_000
 
