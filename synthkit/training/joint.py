@@ -185,6 +185,11 @@ def train(
     real = load_source(cfg.data, "train")
     test = load_source(cfg.data, "test") if real.labels is not None and cfg.train.knn_every else None
     channels, size = real.images.shape[1], real.images.shape[-1]
+    b_real = cfg.train.batch_size // world
+    batches = EpochBatches(len(real), b_real, rank, world, seed=cfg.train.seed)
+    steps_per_epoch = len(batches)
+    if steps_per_epoch == 0:
+        raise RunError(f"{len(real)} real images are fewer than one batch of {cfg.train.batch_size}")
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(dump_yaml(cfg))
@@ -238,12 +243,7 @@ def train(
     else:
         encoder_ddp, opt_enc = accelerator.prepare(encoder, opt_enc)
         parts = StepParts(accelerator, encoder_ddp, views, opt_enc, cfg.objective.temperature)
-    b_real = cfg.train.batch_size // world
     b_syn = max(1, round(b_real * cfg.hsg.synthetic_ratio)) if hsg else 0
-    batches = EpochBatches(len(real), b_real, rank, world, seed=cfg.train.seed)
-    steps_per_epoch = len(batches)
-    if steps_per_epoch == 0:
-        raise RunError(f"{len(real)} real images are fewer than one batch of {cfg.train.batch_size}")
 
     # 3. Resume (the checkpoint was verified before anything was written) ---
     state = LoopState()
@@ -321,7 +321,7 @@ def train(
             shown = {k: round(v, 4) for k, v in epoch_rec.items() if isinstance(v, float)}
             tqdm.write(f"epoch {state.epoch}/{cfg.train.epochs} {shown}")
         if state.epoch % cfg.train.checkpoint_every == 0 or state.epoch == cfg.train.epochs:
-            _save_checkpoint(accelerator, ckpt_root, state, producer, cfg.train.keep_checkpoints)
+            _save_checkpoint(accelerator, ckpt_root, state, producer, cfg)
 
     # 6. Publish final weights and a summary ---
     fingerprints = {"encoder": accelerator.gather(_fingerprint(encoder_ddp).to(device)).view(world, -1)}
@@ -364,7 +364,11 @@ def _newest_checkpoint(root: Path) -> Path:
 
 
 def _save_checkpoint(
-    accelerator: Accelerator, root: Path, state: LoopState, producer: HardSampleProducer | None, keep: int
+    accelerator: Accelerator,
+    root: Path,
+    state: LoopState,
+    producer: HardSampleProducer | None,
+    cfg: PipelineConfig,
 ) -> None:
     name = ckpt.checkpoint_name(state.epoch)
     tmp = root / f".tmp_{name}"
@@ -376,8 +380,9 @@ def _save_checkpoint(
     accelerator.save_state(str(tmp))
     if accelerator.is_main_process:
         save_loop_state(tmp, state, producer)
+        (tmp / "config.yaml").write_text(dump_yaml(cfg))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         ckpt.publish(tmp, root / name)
-        ckpt.prune(root, keep)
+        ckpt.prune(root, cfg.train.keep_checkpoints)
     accelerator.wait_for_everyone()

@@ -34,6 +34,7 @@ def test_run_directory_describes_itself(trained_run: Path) -> None:
     for c in ckpt.checkpoint_dirs(trained_run / "checkpoints"):
         ckpt.verify_checkpoint(c)
         assert (c / "loop_state.json").is_file()
+        assert load_pipeline(c / "config.yaml") == cfg
 
 
 def test_metrics_log_hsg_schedule_and_monitor(trained_run: Path) -> None:
