@@ -15,6 +15,7 @@ real data. Read top to bottom:
 
 from __future__ import annotations
 
+import errno
 import importlib.util
 import json
 import shutil
@@ -377,12 +378,18 @@ def _save_checkpoint(
             shutil.rmtree(tmp)
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
-    if accelerator.is_main_process:
-        save_loop_state(tmp, state, producer)
-        (tmp / "config.yaml").write_text(dump_yaml(cfg))
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        ckpt.publish(tmp, root / name)
-        ckpt.prune(root, cfg.train.keep_checkpoints)
+    try:
+        accelerator.save_state(str(tmp))
+        if accelerator.is_main_process:
+            save_loop_state(tmp, state, producer)
+            (tmp / "config.yaml").write_text(dump_yaml(cfg))
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            ckpt.publish(tmp, root / name)
+            ckpt.prune(root, cfg.train.keep_checkpoints)
+    except OSError as e:
+        reason = "disk full" if e.errno == errno.ENOSPC else (e.strerror or str(e))
+        raise ckpt.CheckpointError(
+            f"could not write checkpoint {root / name}: {reason}; earlier checkpoints are intact"
+        ) from e
     accelerator.wait_for_everyone()

@@ -16,7 +16,7 @@ from synthkit.data.views import Views
 from synthkit.encoders.model import Encoder
 from synthkit.losses.nt_xent import nt_xent, nt_xent_per_view
 from synthkit.producers.hard_samples import HardSampleProducer, grad_reverse, hsg_lambda
-from synthkit.train.steps import StepParts, joint_step
+from synthkit.training.steps import StepParts, joint_step
 
 SIZE, Z, K = 8, 8, 2
 GEN = GeneratorConfig(z_dim=Z, g_channels=8, d_channels=8)
