@@ -8,6 +8,7 @@ work starts. Overrides use the CLI form ``--section.key=value`` (the value is pa
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -15,6 +16,28 @@ from pathlib import Path
 from typing import Any, Literal, Union
 
 import yaml
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 reads ``1e-3`` (no dot) as a string; pipelines write learning rates that way, so accept it."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+][0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
+def _yaml_load(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
 
 
 class ConfigError(ValueError):
@@ -135,6 +158,7 @@ class GeneratorConfig:
             _check(getattr(self, name) > 0, f"generator.{name}", "must be positive")
         _check(self.lr_g > 0 and self.lr_d > 0, "generator.lr_g/lr_d", "must be > 0")
         _check(0 <= self.ema_decay < 1, "generator.ema_decay", "must be in [0, 1)")
+        _check(all(0 <= b < 1 for b in self.betas), "generator.betas", f"must be in [0, 1), got {self.betas}")
         for part in filter(None, self.diffaugment.split(",")):
             _choice(part.strip(), "generator.diffaugment", ("color", "translation", "cutout"))
 
@@ -269,6 +293,12 @@ class PipelineConfig:
     export: ExportConfig = field(default_factory=ExportConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
+    def __post_init__(self) -> None:
+        if self.hsg.enabled:
+            size = self.data.size
+            ok = any(size % (2**n) == 0 and size // (2**n) >= 4 for n in (1, 2, 3))
+            _check(ok, "data.size", f"{size} cannot be built by the cGAN (size = s * 2^n, s >= 4, n in 1..3)")
+
 
 # --------------------------------------------------------------------------- conversion
 
@@ -381,7 +411,7 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
         if len(parts) != 2 or not all(parts):
             raise ConfigError(f"override {item!r}: expected --section.key=value")
         try:
-            value = yaml.safe_load(value_text) if value_text != "" else ""
+            value = _yaml_load(value_text) if value_text != "" else ""
         except yaml.YAMLError as e:
             raise ConfigError(f"override {dotted}: cannot parse {value_text!r}: {e}") from e
         nested.setdefault(parts[0], {})[parts[1]] = value
@@ -406,12 +436,13 @@ def load_pipeline(path: str | Path | None = None, overrides: list[str] | None = 
         if not p.is_file():
             raise ConfigError(f"pipeline file {p} does not exist")
         try:
-            loaded = yaml.safe_load(p.read_text())
+            loaded = _yaml_load(p.read_text())
         except yaml.YAMLError as e:
             raise ConfigError(f"pipeline file {p} is not valid YAML: {e}") from e
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"pipeline file {p}: expected a mapping of sections at the top level")
         raw = loaded or {}
+        from_dict(raw)  # the file must be valid on its own; an override must not hide a broken section
     if overrides:
         raw = _merge(raw, parse_overrides(overrides))
     return from_dict(raw)

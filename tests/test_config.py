@@ -273,12 +273,6 @@ def test_malformed_override_is_an_error(item: str) -> None:
         load_pipeline(None, [item])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ConfigError,
-    reason="PyYAML (YAML 1.1) reads '1e-3' (no dot) as a string, so the common way to write a learning "
-    "rate is refused: 'train.lr: expected a number, got '1e-3''",
-)
 def test_scientific_notation_without_dot_is_a_number(tmp_path: Path) -> None:
     assert load_pipeline(None, ["--train.lr=1e-3"]).train.lr == 1e-3
     assert load_pipeline(write(tmp_path, "train:\n  lr: 1e-3\n")).train.lr == 1e-3
@@ -321,3 +315,17 @@ def test_configs_are_frozen() -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.train = TrainConfig(epochs=3)  # type: ignore[misc]
     assert cfg == PipelineConfig()
+
+
+def test_generator_betas_and_image_size_are_validated() -> None:
+    with pytest.raises(ConfigError, match=r"\bgenerator\.betas\b"):
+        load_pipeline(None, ["--generator.betas=[1.5, 0.9]"])
+    with pytest.raises(ConfigError, match=r"\bdata\.size\b"):
+        load_pipeline(None, ["--data.size=9"])
+    # without a generator any size >= 8 is fine
+    assert load_pipeline(None, ["--data.size=9", "--hsg.enabled=false"]).data.size == 9
+
+
+def test_override_does_not_hide_a_broken_file_section(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"\btrain\b"):
+        load_pipeline(write(tmp_path, "train: 5\n"), ["--train.epochs=3"])

@@ -51,11 +51,13 @@ def extract_features(
     was_training = encoder.training
     encoder.eval()
     out = []
-    for i in range(0, len(images), batch_size):
-        x = images[i : i + batch_size].to(device)
-        x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
-        out.append(encoder.features(x).float().cpu())
-    encoder.train(was_training)
+    try:
+        for i in range(0, len(images), batch_size):
+            x = images[i : i + batch_size].to(device)
+            x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
+            out.append(encoder.features(x).float().cpu())
+    finally:
+        encoder.train(was_training)
     if not out:
         return torch.empty(0, encoder.feature_dim)
     return torch.cat(out)

@@ -109,6 +109,8 @@ class Discriminator(nn.Module):
             self.embed = spectral_norm(nn.Embedding(num_classes, width))
 
     def forward(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+        if self.num_classes > 0 and c is None:
+            raise ValueError("this discriminator is conditional: pass condition ids c")
         h = self.body(x * 2.0 - 1.0).sum(dim=(2, 3))
         out = self.linear(h).squeeze(1)
         if self.num_classes > 0:

@@ -79,13 +79,14 @@ def make_conditions(
     num_label_classes: int | None = None,
 ) -> Conditions:
     """Build the condition assignment for the real training images in the configured mode."""
-    n = len(features) if features is not None else len(true_labels)  # type: ignore[arg-type]
-    if cfg.mode == "none":
+    if cfg.mode == "none":  # unconditional: the labels are never read, only their count is kept
+        n = len(features) if features is not None else len(true_labels) if true_labels is not None else 0
         return Conditions(torch.zeros(n, dtype=torch.long), 0, "none")
     if cfg.mode == "labels":
         if true_labels is None:
             raise ValueError("conditions.mode=labels needs a data source with labels")
         return Conditions(true_labels.long(), num_label_classes or int(true_labels.max()) + 1, "labels")
-    assert features is not None
+    if features is None:
+        raise ValueError("conditions.mode=kmeans needs encoder features of the real images")
     prev = previous.labels if previous is not None and previous.source == "kmeans" else None
     return Conditions(kmeans_conditions(features, cfg.k, seed, prev), cfg.k, "kmeans")

@@ -172,3 +172,9 @@ def test_spectral_norm_bounds_the_largest_singular_value() -> None:
 
 def test_generator_has_no_spectral_norm() -> None:
     assert not any(_spectral_normed(m) for m in _g().modules())
+
+
+def test_conditional_discriminator_needs_conditions() -> None:
+    d = Discriminator(1, 16, 3, base=8)
+    with pytest.raises(ValueError, match="conditional"):
+        d(torch.rand(2, 1, 16, 16))

@@ -123,13 +123,6 @@ def test_mode_none_is_unconditional() -> None:
     assert cond.sample(4, generator=torch.Generator().manual_seed(0)) is None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=TypeError,
-    reason="make_conditions computes n = len(true_labels) when features is None, so mode 'none' on an "
-    "unlabeled source (folder of images without class folders; train/joint.py passes features=None "
-    "outside kmeans mode) raises TypeError: object of type 'NoneType' has no len()",
-)
 def test_mode_none_needs_neither_features_nor_labels() -> None:
     cond = make_conditions(ConditionsConfig(mode="none"), None, None, seed=0)
     assert cond.num_classes == 0 and cond.sample(3) is None
