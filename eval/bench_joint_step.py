@@ -80,10 +80,17 @@ def main() -> None:
         tj.append(timed(run_joint))
     mp, mj = statistics.median(tp), statistics.median(tj)
     result = {
-        "device": str(acc.device), "threads": torch.get_num_threads(), "data": cfg.data.name,
-        "image": [channels, size, size], "backbone": cfg.encoder.backbone, "real_batch": args.batch,
-        "synthetic_batch": b_syn, "plain_step_s": round(mp, 4), "joint_step_s": round(mj, 4),
-        "ratio": round(mj / mp, 3), "goal": "<= 1.5",
+        "device": str(acc.device),
+        "threads": torch.get_num_threads(),
+        "data": cfg.data.name,
+        "image": [channels, size, size],
+        "backbone": cfg.encoder.backbone,
+        "real_batch": args.batch,
+        "synthetic_batch": b_syn,
+        "plain_step_s": round(mp, 4),
+        "joint_step_s": round(mj, 4),
+        "ratio": round(mj / mp, 3),
+        "goal": "<= 1.5",
     }
     print(f"plain SimCLR step {mp * 1000:.1f} ms, joint HSG step {mj * 1000:.1f} ms, ratio {mj / mp:.2f}x")
     print(json.dumps(result))

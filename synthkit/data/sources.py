@@ -31,7 +31,16 @@ from synthkit.config import DataConfig
 SPLITS = ("train", "test")
 FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_CLASSES = (
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
 )
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
@@ -121,7 +130,10 @@ def _subset_indices(n: int, cfg: DataConfig) -> np.ndarray | None:
 
 
 def _finish(
-    cfg: DataConfig, split: str, images: torch.Tensor, labels: torch.Tensor | None,
+    cfg: DataConfig,
+    split: str,
+    images: torch.Tensor,
+    labels: torch.Tensor | None,
     classes: tuple[str, ...] | None,
 ) -> ImageSet:
     """Apply the training subset (before resizing, to save work), then size and channels."""
@@ -293,8 +305,10 @@ def _read_image(path: Path) -> np.ndarray:
 def _image_files(directory: Path, recursive: bool) -> list[Path]:
     pattern = "**/*" if recursive else "*"
     return sorted(
-        p for p in directory.glob(pattern)
-        if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+        p
+        for p in directory.glob(pattern)
+        if p.is_file()
+        and p.suffix.lower() in IMAGE_EXTENSIONS
         and not any(part.startswith(".") for part in p.relative_to(directory).parts)
     )
 

@@ -111,7 +111,12 @@ def knn_accuracy(
     if test_features.shape[0] == 0:
         raise ValueError("kNN accuracy needs at least one test point")
     pred = knn_predict(
-        train_features, train_labels, test_features,
-        k=k, temperature=temperature, num_classes=num_classes, chunk_size=chunk_size,
+        train_features,
+        train_labels,
+        test_features,
+        k=k,
+        temperature=temperature,
+        num_classes=num_classes,
+        chunk_size=chunk_size,
     )
     return (pred == test_labels.to(pred.device)).double().mean().item()

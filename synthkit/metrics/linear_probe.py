@@ -72,8 +72,10 @@ def linear_probe_accuracy(
             f"{test_features.shape[1]}"
         )
     if epochs < 1 or batch_size < 1 or lr <= 0 or weight_decay < 0:
-        raise ValueError(f"need epochs, batch_size >= 1, lr > 0, weight_decay >= 0; got {epochs}, "
-                         f"{batch_size}, {lr}, {weight_decay}")
+        raise ValueError(
+            f"need epochs, batch_size >= 1, lr > 0, weight_decay >= 0; got {epochs}, "
+            f"{batch_size}, {lr}, {weight_decay}"
+        )
 
     x = train_features.detach().to("cpu", torch.float32)
     y = train_labels.detach().to("cpu", torch.int64)

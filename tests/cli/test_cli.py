@@ -276,3 +276,26 @@ def test_preview_grid_has_one_row_per_condition(trained_run: Path, tmp_path: Pat
     conds = {json.loads(m)["condition"] for (m,) in wds.WebDataset(urls, shardshuffle=False).to_tuple("json")}
     # each row is (16 + 2) px tall before the 2x upscale
     assert grid.shape[0] == len(conds) * 18 * 2
+
+
+def test_rgb_pipeline_trains_and_exports_rgb(tiny_pipeline: Path, tmp_path: Path, capsys) -> None:
+    run, out = tmp_path / "rgb", tmp_path / "s"
+    code, _, err = _run(
+        capsys,
+        "train",
+        str(tiny_pipeline),
+        "--out",
+        str(run),
+        "--no-progress",
+        "--data.channels=3",
+        "--train.epochs=2",
+    )
+    assert code == 0, err
+    assert _run(capsys, "generate", "--run", str(run), "--n", "8", "--out", str(out), "--no-progress")[0] == 0
+    urls = sorted(str(p) for p in out.glob("*.tar"))
+    images = [
+        Image.open(io.BytesIO(png)) for (png,) in wds.WebDataset(urls, shardshuffle=False).to_tuple("png")
+    ]
+    assert len(images) == 8 and all(im.mode == "RGB" and im.size == (16, 16) for im in images)
+    res = json.loads(_run(capsys, "eval", "--run", str(run), "--json")[1])
+    assert 0.0 <= res["linear_accuracy"] <= 1.0

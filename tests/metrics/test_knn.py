@@ -39,11 +39,24 @@ def test_matches_reference(k: int, t: float) -> None:
     sims = unit(train) @ unit(test).T
     assert all(np.diff(np.sort(col)).min() > 1e-9 for col in sims.T)
     expected = reference_knn(train, labels, test, k, t, 5)
-    got = knn_predict(torch.from_numpy(train), torch.from_numpy(labels), torch.from_numpy(test), k=k,
-                      temperature=t, num_classes=5)
+    got = knn_predict(
+        torch.from_numpy(train),
+        torch.from_numpy(labels),
+        torch.from_numpy(test),
+        k=k,
+        temperature=t,
+        num_classes=5,
+    )
     assert got.dtype == torch.int64 and got.tolist() == expected.tolist()
-    acc = knn_accuracy(torch.from_numpy(train), torch.from_numpy(labels), torch.from_numpy(test),
-                       torch.from_numpy(test_labels), k=k, temperature=t, num_classes=5)
+    acc = knn_accuracy(
+        torch.from_numpy(train),
+        torch.from_numpy(labels),
+        torch.from_numpy(test),
+        torch.from_numpy(test_labels),
+        k=k,
+        temperature=t,
+        num_classes=5,
+    )
     assert acc == pytest.approx(float(np.mean(expected == test_labels)))
 
 
@@ -56,8 +69,10 @@ def test_k_larger_than_train_size_is_clipped() -> None:
 
 def test_chunk_size_does_not_change_predictions() -> None:
     train, labels, test, _ = _random_problem(1, m=37)
-    x, y, q = (torch.from_numpy(a).float() if a.dtype == np.float64 else torch.from_numpy(a)
-               for a in (train, labels, test))
+    x, y, q = (
+        torch.from_numpy(a).float() if a.dtype == np.float64 else torch.from_numpy(a)
+        for a in (train, labels, test)
+    )
     full = knn_predict(x, y, q, k=10)
     for chunk in (1, 5, 36, 1000):
         assert torch.equal(knn_predict(x, y, q, k=10, chunk_size=chunk), full)
