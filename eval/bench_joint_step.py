@@ -29,7 +29,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--pipeline", default="pipelines/fashion-mnist-hsg.yaml")
     ap.add_argument("--batch", type=int, default=256)
-    ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--repeats", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=3)
     args, overrides = ap.parse_known_args()  # the rest: --section.key=value pipeline overrides
     cfg = load_pipeline(args.pipeline, [*overrides, f"--train.batch_size={args.batch}"])

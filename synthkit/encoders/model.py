@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
@@ -34,11 +36,16 @@ class Encoder(nn.Module):
     def feature_dim(self) -> int:
         return self.backbone.out_dim
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        """h(x): the representation that is evaluated and clustered."""
-        return self.backbone(x * 2.0 - 1.0)
+    def features(self, x: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
+        """h(x): the representation that is evaluated and clustered.
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ``x`` may be a list of batches, treated as their concatenation (see ``backbones``).
+        """
+        if isinstance(x, torch.Tensor):
+            return self.backbone(x * 2.0 - 1.0)
+        return self.backbone([chunk * 2.0 - 1.0 for chunk in x])
+
+    def forward(self, x: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
         """f(x) = g(h(x)): the projection the contrastive loss sees."""
         return self.head(self.features(x))
 

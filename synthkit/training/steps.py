@@ -36,16 +36,18 @@ class StepParts:
 
 
 def _contrastive(parts: StepParts, real: torch.Tensor, synthetic: torch.Tensor | None = None) -> torch.Tensor:
-    """Per-view NT-Xent of two fresh views of every real and synthetic image, in one encoder forward.
+    """Per-view NT-Xent of two fresh views of every real and synthetic image, in one encoder pass.
 
-    Views of real and synthetic images are drawn separately, so autograd differentiates through the
-    augmentations of the synthetic images only. Rows: [real, synthetic] views 1, then the same for views 2.
+    Rows are [real, synthetic] views 1, then the same for views 2. Views of real and synthetic images are
+    drawn separately and handed to the encoder as chunks, so autograd differentiates through the
+    augmentations and the encoder's first layer for the synthetic images only.
     """
     v1, v2 = parts.views.two_views(real)
-    if synthetic is not None:
+    if synthetic is None:
+        z = parts.encoder(torch.cat([v1, v2]))
+    else:
         s1, s2 = parts.views.two_views(synthetic)
-        v1, v2 = torch.cat([v1, s1]), torch.cat([v2, s2])
-    z = parts.encoder(torch.cat([v1, v2]))
+        z = parts.encoder([v1, s1, v2, s2])
     return nt_xent_per_view(*z.chunk(2), temperature=parts.temperature)
 
 

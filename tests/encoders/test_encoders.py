@@ -34,7 +34,7 @@ def test_resnet18_dims(channels: int) -> None:
     torch.manual_seed(0)
     enc = Encoder(EncoderConfig(backbone="resnet18", proj_hidden=16, proj_dim=8), channels).eval()
     assert enc.feature_dim == 512
-    assert enc.backbone.conv1.in_channels == channels
+    assert enc.backbone.stem.in_channels == channels
     x = torch.rand(2, channels, 16, 16)
     with torch.no_grad():
         assert enc.features(x).shape == (2, 512)
@@ -43,8 +43,11 @@ def test_resnet18_dims(channels: int) -> None:
 
 def test_resnet_keeps_small_images_at_full_resolution() -> None:
     net = build_backbone("resnet18", 3, 0)
-    assert net.conv1.stride == (1, 1) and net.conv1.kernel_size == (3, 3)
-    assert isinstance(net.maxpool, nn.Identity)
+    assert net.stem.stride == (1, 1) and net.stem.kernel_size == (3, 3)
+    assert not any(isinstance(m, nn.MaxPool2d) for m in net.modules())
+    # 16 px in, 2 px before pooling: three stride-2 stages only (no stem stride, no max-pool)
+    trunk_out = net.trunk[:-2](net.stem(torch.rand(1, 3, 16, 16)))
+    assert trunk_out.shape[-1] == 2
 
 
 def test_input_channels_must_match() -> None:
@@ -79,7 +82,7 @@ def test_extract_features_runs_in_eval_mode_and_restores_the_flag(training: bool
     enc = Encoder(SMALL, 1).train(training)
     modes: list[bool] = []
     enc.backbone.register_forward_pre_hook(lambda m, _: modes.append(m.training))
-    bn = enc.backbone.features[1]
+    bn = enc.backbone.trunk[0]
     stats = bn.running_mean.clone()
     feats = extract_features(enc, _images(), batch_size=4)
     assert modes and not any(modes)
@@ -115,3 +118,17 @@ def test_extract_features_of_nothing_is_empty() -> None:
     enc = Encoder(SMALL, 1)
     out = extract_features(enc, torch.zeros(0, 1, 16, 16, dtype=torch.uint8))
     assert out.shape == (0, enc.feature_dim)
+
+
+@pytest.mark.parametrize("backbone", ["convnet", "resnet18"])
+def test_chunked_input_equals_concatenated_batch(backbone: str) -> None:
+    """The stem-per-chunk path HSG uses is the same function as one concatenated batch."""
+    torch.manual_seed(0)
+    enc = Encoder(EncoderConfig(backbone=backbone, width=4, proj_hidden=16, proj_dim=8), 1).train()
+    a, b, c = torch.rand(3, 1, 16, 16), torch.rand(2, 1, 16, 16), torch.rand(3, 1, 16, 16)
+    whole = enc(torch.cat([a, b, c]))
+    b = b.clone().requires_grad_()
+    chunked = enc([a, b, c])
+    torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=1e-5)
+    chunked.sum().backward()
+    assert b.grad is not None and b.grad.abs().sum() > 0
