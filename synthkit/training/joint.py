@@ -218,11 +218,16 @@ def train(
     # 2. Models ---
     set_seed(cfg.train.seed)  # identical initial weights on every process
     encoder = Encoder(cfg.encoder, channels)
+    if cfg.train.channels_last:
+        encoder = encoder.to(memory_format=torch.channels_last)
     views = Views(cfg.views, channels, size)
     opt_enc = torch.optim.Adam(encoder.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     hsg = cfg.hsg.enabled
     n_cond = num_conditions(cfg.conditions, len(real.classes) if real.classes else None) if hsg else 0
     producer = HardSampleProducer(cfg.generator, cfg.hsg, channels, size, n_cond) if hsg else None
+    if producer is not None and cfg.train.channels_last:
+        producer.generator.to(memory_format=torch.channels_last)
+        producer.discriminator.to(memory_format=torch.channels_last)
     if producer is not None:
         opt_g, opt_d = producer.optimizers()
         encoder_ddp, opt_enc, g_ddp, d_ddp, opt_g, opt_d = accelerator.prepare(
