@@ -5,6 +5,8 @@
     synthkit generate --run RUN_DIR --n N --seed S --out DIR
     synthkit eval --run RUN_DIR [--data NAME] [--json]
     synthkit shards verify DIR
+    synthkit shards convert --data NAME [--split train] --out DIR
+    synthkit shards inspect DIR [--grid PATH] [--json]
     synthkit config PIPELINE.yaml [--section.key=value ...]
 
 Multi-process: ``accelerate launch --num_processes 2 -m synthkit.cli train PIPELINE.yaml ...``.
@@ -106,6 +108,47 @@ def _cmd_shards_verify(args: argparse.Namespace, extra: list[str]) -> int:
     return 1
 
 
+def _cmd_shards_convert(args: argparse.Namespace, extra: list[str]) -> int:
+    from synthkit.config import DataConfig
+    from synthkit.shards.convert import convert_source, default_name
+    from synthkit.shards.format import is_safe_name
+
+    _no_extra(extra)
+    if args.maxcount < 1:
+        raise ConfigError(f"--maxcount must be >= 1, got {args.maxcount}")
+    if args.name is not None and not is_safe_name(args.name):
+        raise ConfigError(f"--name {args.name!r} must be letters, digits, '_', '-' or '.', not hidden")
+    data_cfg = DataConfig(
+        name=args.data,
+        root=args.root,
+        size=args.size,
+        channels=args.channels,
+        subset=args.subset,
+        subset_seed=args.subset_seed,
+    )
+    name = args.name or default_name(data_cfg, args.split)
+    out = Path(args.out) if args.out else Path("shards") / name
+    m = convert_source(
+        data_cfg, args.split, out, name=name, maxcount=args.maxcount, progress=not args.no_progress
+    )
+    labels = "with true labels as cls" if m["classes"] is not None else "unlabelled"
+    print(
+        f"wrote {m['total']} {args.data} {args.split} images in {len(m['shards'])} shards to {out} ({labels})"
+    )
+    return 0
+
+
+def _cmd_shards_inspect(args: argparse.Namespace, extra: list[str]) -> int:
+    from synthkit.shards.inspect import format_summary, inspect_shard_set
+
+    _no_extra(extra)
+    if args.per_row < 1:
+        raise ConfigError(f"--per-row must be >= 1, got {args.per_row}")
+    summary = inspect_shard_set(args.dir, grid=args.grid, per_row=args.per_row)
+    print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
+    return 0
+
+
 def _cmd_config(args: argparse.Namespace, extra: list[str]) -> int:
     print(dump_yaml(load_pipeline(args.pipeline, _overrides(extra))), end="")
     return 0
@@ -162,6 +205,31 @@ def build_parser() -> argparse.ArgumentParser:
     v = ssub.add_parser("verify", help="check a shard set against its manifest; non-zero exit on problems")
     v.add_argument("dir")
     v.set_defaults(fn=_cmd_shards_verify)
+    cv = ssub.add_parser(
+        "convert", help="write a real data source as a shard set (kind real, true labels as cls)"
+    )
+    cv.add_argument("--data", required=True, choices=DATA_SOURCES, help="the source")
+    cv.add_argument("--root", help="data root for --data (required for folder)")
+    cv.add_argument("--split", choices=("train", "test"), default="train", help="(default train)")
+    cv.add_argument("--size", type=int, default=16, help="side length images are resized to (default 16)")
+    cv.add_argument(
+        "--channels", type=int, choices=(1, 3), help="force grayscale or RGB (default: the source's)"
+    )
+    cv.add_argument("--subset", type=int, help="a fixed random subset of N training images")
+    cv.add_argument("--subset-seed", type=int, default=0, help="seed of --subset (default 0)")
+    cv.add_argument("--out", help="output directory (default shards/NAME)")
+    cv.add_argument("--name", help="shard set name / file prefix (default DATA-SPLIT)")
+    cv.add_argument("--maxcount", type=int, default=1000, help="samples per shard (default 1000)")
+    cv.add_argument("--no-progress", action="store_true")
+    cv.set_defaults(fn=_cmd_shards_convert)
+    ins = ssub.add_parser(
+        "inspect", help="counts, hardness and image statistics of a shard set; optional grid"
+    )
+    ins.add_argument("dir")
+    ins.add_argument("--grid", help="write a PNG grid here, one row per condition (never inside DIR)")
+    ins.add_argument("--per-row", type=int, default=10, help="images per grid row (default 10)")
+    ins.add_argument("--json", action="store_true", help="print the summary as JSON")
+    ins.set_defaults(fn=_cmd_shards_inspect)
 
     c = sub.add_parser("config", help="print the resolved config of a pipeline with overrides")
     c.add_argument("pipeline", nargs="?", help="pipeline YAML (default: the built-in quickstart defaults)")

@@ -116,7 +116,7 @@ def _to_size_and_channels(images: torch.Tensor, size: int, channels: int | None)
     return out
 
 
-def _subset_indices(n: int, cfg: DataConfig) -> np.ndarray | None:
+def subset_indices(n: int, cfg: DataConfig) -> np.ndarray | None:
     """The fixed random subset of ``cfg.subset`` training images, in their original order (or None)."""
     if cfg.subset is None:
         return None
@@ -138,7 +138,7 @@ def _finish(
 ) -> ImageSet:
     """Apply the training subset (before resizing, to save work), then size and channels."""
     if split == "train":
-        keep = _subset_indices(images.shape[0], cfg)
+        keep = subset_indices(images.shape[0], cfg)
         if keep is not None:
             idx = torch.from_numpy(keep)
             images = images[idx]
@@ -366,7 +366,7 @@ def _load_folder(cfg: DataConfig, split: str) -> ImageSet:
     labels = torch.tensor(label_list, dtype=torch.int64) if classes is not None else None
 
     if split == "train":
-        keep = _subset_indices(len(files), cfg)
+        keep = subset_indices(len(files), cfg)
         if keep is not None:
             files = [files[i] for i in keep]
             labels = labels[torch.from_numpy(keep)] if labels is not None else None
