@@ -26,7 +26,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from synthkit.config import DataConfig, to_dict
-from synthkit.data.sources import SPLITS, DataSourceError, subset_indices, load_source
+from synthkit.data.sources import SPLITS, DataSourceError, load_source, subset_indices
 from synthkit.provenance import created_by
 from synthkit.shards.format import ShardSetExistsError, is_safe_name
 from synthkit.shards.manifest import read_manifest
