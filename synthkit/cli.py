@@ -2,6 +2,7 @@
 
     synthkit quickstart [--out DIR]
     synthkit train PIPELINE.yaml [--out RUN_DIR] [--resume] [--section.key=value ...]
+    synthkit train PIPELINE.yaml --data real=DIR:0.7 --data syn=DIR:0.3 --hsg.enabled=false
     synthkit generate --run RUN_DIR --n N --seed S --out DIR
     synthkit eval --run RUN_DIR [--data NAME] [--json]
     synthkit shards verify DIR
@@ -35,7 +36,10 @@ def _overrides(extra: list[str]) -> list[str]:
 def _cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
     from synthkit.training.joint import train
 
-    cfg = load_pipeline(args.pipeline, _overrides(extra))
+    overrides = _overrides(extra)
+    if args.data:  # sugar for --mix.sources=[...]
+        overrides.append(f"--mix.sources={json.dumps(args.data)}")
+    cfg = load_pipeline(args.pipeline, overrides)
     out = Path(args.out) if args.out else Path("runs") / Path(args.pipeline).stem
     result = train(cfg, out, resume=args.resume, progress=not args.no_progress)
     if result.summary:
@@ -171,6 +175,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", help="run directory (default runs/PIPELINE_NAME)")
     t.add_argument("--resume", action="store_true", help="continue from the run's newest checkpoint")
     t.add_argument("--no-progress", action="store_true")
+    t.add_argument(
+        "--data",
+        action="append",
+        metavar="NAME=DIR:WEIGHT",
+        help="train from shard sets mixed in these proportions (repeatable; plain CL: --hsg.enabled=false)",
+    )
     t.set_defaults(fn=_cmd_train)
 
     g = sub.add_parser("generate", help="export a run's hard samples as a WebDataset shard set")

@@ -270,6 +270,29 @@ class ExportConfig:
 
 
 @dataclass(frozen=True)
+class MixConfig:
+    """Train from shard sets instead of in-memory real data and live generators: plain CL on a mix.
+
+    ``sources`` are ``NAME=DIR:WEIGHT`` specs (e.g. ``real=shards/fmnist-real:0.7``); each set is streamed
+    through synthkit's safe reader, resampled, split by process and DataLoader worker, and mixed in the given
+    proportions. ``epoch_samples`` is the global number of samples per epoch (default: the sets' total).
+    ``on_error``: ``raise`` on a corrupt shard or image, or ``skip`` it and report the count.
+    """
+
+    sources: tuple[str, ...] = ()
+    epoch_samples: int | None = None
+    num_workers: int = 0
+    on_error: str = "raise"
+
+    def __post_init__(self) -> None:
+        for spec in self.sources:
+            _check("=" in spec and ":" in spec, "mix.sources", f"{spec!r} is not NAME=DIR:WEIGHT")
+        _check(self.epoch_samples is None or self.epoch_samples > 0, "mix.epoch_samples", "must be positive")
+        _check(self.num_workers >= 0, "mix.num_workers", "must be >= 0")
+        _choice(self.on_error, "mix.on_error", ("raise", "skip"))
+
+
+@dataclass(frozen=True)
 class EvalConfig:
     """Frozen-encoder evaluation: weighted kNN (Wu et al., 2018 protocol) and a linear probe."""
 
@@ -299,8 +322,14 @@ class PipelineConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    mix: MixConfig = field(default_factory=MixConfig)
 
     def __post_init__(self) -> None:
+        _check(
+            not (self.mix.sources and self.hsg.enabled),
+            "mix.sources",
+            "training from shard sets is plain contrastive learning on the mix; set hsg.enabled=false",
+        )
         if self.hsg.enabled:
             size = self.data.size
             ok = any(size % (2**n) == 0 and size // (2**n) >= 4 for n in (1, 2, 3))
@@ -334,6 +363,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if value not in typing.get_args(tp):
             raise ConfigError(f"{key}: {value!r} is not one of {typing.get_args(tp)}")
         return value
+    if origin is tuple and typing.get_args(tp)[-1] is Ellipsis:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        item = typing.get_args(tp)[0]
+        return tuple(_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value))
     if origin is tuple:
         args = typing.get_args(tp)
         if not isinstance(value, (list, tuple)) or len(value) != len(args):

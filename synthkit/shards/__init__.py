@@ -13,7 +13,9 @@ from synthkit.shards.format import (
     shard_name,
     validate_meta,
 )
+from synthkit.shards.index import write_wids_index
 from synthkit.shards.manifest import read_manifest, sha256_file
+from synthkit.shards.mix import MixedShardStream, MixSource, collate_images, parse_mix_spec
 from synthkit.shards.reader import decode_sample, iter_samples, iter_shard, iter_shard_members
 from synthkit.shards.verify import VerifyReport, verify_shard_set
 from synthkit.shards.writer import ShardSetWriter
@@ -21,6 +23,8 @@ from synthkit.shards.writer import ShardSetWriter
 __all__ = [
     "FORMAT",
     "KINDS",
+    "MixSource",
+    "MixedShardStream",
     "MANIFEST",
     "SIZES",
     "VERSION",
@@ -28,13 +32,16 @@ __all__ = [
     "ShardSetExistsError",
     "ShardSetWriter",
     "VerifyReport",
+    "collate_images",
     "decode_sample",
     "iter_samples",
     "iter_shard",
     "iter_shard_members",
+    "parse_mix_spec",
     "read_manifest",
     "sha256_file",
     "shard_name",
     "validate_meta",
     "verify_shard_set",
+    "write_wids_index",
 ]

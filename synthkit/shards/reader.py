@@ -34,6 +34,8 @@ DEFAULT_MAX_MEMBER_BYTES = 256 * 1024 * 1024
 # Extension -> the only PIL plugin allowed to parse it, so bytes cannot select an exotic decoder.
 IMAGE_FORMATS = {"png": "PNG", "jpg": "JPEG", "jpeg": "JPEG", "webp": "WEBP"}
 DECODED_EXTENSIONS = (*IMAGE_FORMATS, "json", "cls")
+# What to do with a malformed sample or shard: stop with a ShardError, or drop it and record why.
+ON_ERROR = ("raise", "skip")
 
 _GRAY_MODES = {"1", "L", "LA", "La"}
 _COLOR_MODES = {"RGB", "RGBA", "RGBa", "RGBX", "P", "PA", "CMYK", "YCbCr", "LAB", "HSV"}
@@ -198,13 +200,66 @@ def iter_shard_members(
         raw.close()
 
 
+def _check_on_error(on_error: str) -> None:
+    if on_error not in ON_ERROR:
+        raise ValueError(f"on_error must be one of {', '.join(ON_ERROR)}, got {on_error!r}")
+
+
+def _record(errors: list[tuple[str, str]] | None, where: str, reason: str) -> None:
+    """Report one skipped item; without a collector a skip must still be visible, so it warns."""
+    if errors is None:
+        warnings.warn(f"skipped (on_error='skip'): {reason}", stacklevel=3)  # reason names the shard
+    else:
+        errors.append((where, reason))
+
+
+def _forward(found: list[tuple[str, str]], done: int, errors: list[tuple[str, str]] | None) -> int:
+    """Record the skips in ``found`` after the first ``done``; return how many are recorded now."""
+    for where, reason in found[done:]:
+        _record(errors, where, reason)
+    return len(found)
+
+
+def _iter_shard_skipping(
+    path: str | os.PathLike[str], max_pixels: int, max_member_bytes: int, errors: list[tuple[str, str]] | None
+) -> Iterator[dict[str, Any]]:
+    """iter_shard with on_error="skip": a bad sample is dropped, a bad tar ends its shard early.
+
+    A tar-level error (truncation, a refused member, a broken header) leaves the stream at an unknown
+    position, so the rest of that shard cannot be trusted and is dropped; samples completed before it
+    were read whole and are yielded.
+    """
+    shard = str(path)
+    members = iter_shard_members(path, max_member_bytes=max_member_bytes)
+    while True:
+        try:
+            key, parts = next(members)
+        except StopIteration:
+            return
+        except ShardError as exc:
+            _record(errors, shard, str(exc))
+            return
+        try:
+            sample = decode_sample(shard, key, parts, max_pixels=max_pixels)
+        except ShardError as exc:
+            _record(errors, f"{shard}:{key}", str(exc))
+            continue
+        yield sample
+
+
 def iter_shard(
     path: str | os.PathLike[str],
     *,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES,
+    on_error: str = "raise",
+    errors: list[tuple[str, str]] | None = None,
 ) -> Iterator[dict[str, Any]]:
-    """Stream the decoded samples of one tar shard; see iter_samples."""
+    """Stream the decoded samples of one tar shard; see iter_samples (also for ``on_error``/``errors``)."""
+    _check_on_error(on_error)
+    if on_error == "skip":
+        yield from _iter_shard_skipping(path, max_pixels, max_member_bytes, errors)
+        return
     shard = str(path)
     for key, parts in iter_shard_members(path, max_member_bytes=max_member_bytes):
         yield decode_sample(shard, key, parts, max_pixels=max_pixels)
@@ -236,20 +291,49 @@ def iter_samples(
     *,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES,
+    on_error: str = "raise",
+    errors: list[tuple[str, str]] | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Yield every sample of a shard set directory (shards in manifest order) or of the given tar paths.
 
     Each sample is ``{"__key__", "__shard__", "image", "meta", "cls"}`` with ``image`` a uint8 HxWxC array
-    (C=1 for grayscale, 3 for colour) and ``cls`` an int or None. Raises ShardError on anything malformed,
-    including a shard holding fewer or more samples than its manifest says.
+    (C=1 for grayscale, 3 for colour) and ``cls`` an int or None. By default raises ShardError on anything
+    malformed, including a shard holding fewer or more samples than its manifest says.
+
+    Long training runs may prefer to lose a few samples over stopping: with ``on_error="skip"`` an
+    undecodable sample is dropped and recorded as ``("SHARD:KEY", reason)``, and a shard whose tar is
+    broken (truncated, a refused member such as a pickle, a count that differs from the manifest) is
+    recorded as ``("SHARD", reason)`` and read no further. Nothing malformed is ever yielded, and nothing
+    is unpickled in either mode. A set directory without a manifest still raises: that is a wrong path or an
+    unpublished set, not damaged data.
 
     Args:
         dir_or_paths: a set directory (its manifest is required), a tar path, or an iterable of either.
         max_pixels: images declaring more pixels are refused before decoding.
         max_member_bytes: larger tar members are refused before being read.
+        on_error: ``"raise"`` (default) or ``"skip"``.
+        errors: with ``on_error="skip"``, skipped items are appended here as ``(where, reason)``; without a
+            list, each skip is a warning.
     """
+    _check_on_error(on_error)
     for path, expected in _resolve(dir_or_paths):
         count = 0
+        if on_error == "skip":
+            # Forward each skip as soon as it happens: a consumer may stop in the middle of a shard.
+            found: list[tuple[str, str]] = []
+            done = 0
+            for sample in iter_shard(
+                path, max_pixels=max_pixels, max_member_bytes=max_member_bytes, on_error="skip", errors=found
+            ):
+                done = _forward(found, done, errors)
+                count += 1
+                yield sample
+            broken = any(where == str(path) for where, _ in found)
+            count += sum(where != str(path) for where, _ in found)  # undecodable samples still count
+            if expected is not None and count != expected and not broken:
+                found.append((str(path), f"{path}: holds {count} samples, the manifest says {expected}"))
+            _forward(found, done, errors)
+            continue
         for sample in iter_shard(path, max_pixels=max_pixels, max_member_bytes=max_member_bytes):
             count += 1
             yield sample

@@ -12,6 +12,8 @@ from collections.abc import Iterator
 
 import torch
 
+from synthkit.config import MixConfig
+
 
 class EpochBatches:
     def __init__(self, n: int, batch_size: int, rank: int = 0, world: int = 1, seed: int = 0) -> None:
@@ -26,3 +28,73 @@ class EpochBatches:
         for i in range(len(self)):
             start = (i * self.world + self.rank) * self.batch_size
             yield perm[start : start + self.batch_size]
+
+
+class MemoryBatches(EpochBatches):
+    """``EpochBatches`` over an in-memory uint8 image tensor: yields (indices, images)."""
+
+    def __init__(self, images: torch.Tensor, batch_size: int, rank: int, world: int, seed: int) -> None:
+        super().__init__(len(images), batch_size, rank, world, seed)
+        self.images = images
+
+    def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:  # type: ignore[override]
+        for idx in super().epoch(epoch):
+            yield idx, self.images[idx]
+
+
+class MixBatches:
+    """Batches of uint8 images streamed from a mix of shard sets (``mix.sources``), for plain CL on a mix.
+
+    The stream splits by process and worker itself (see ``synthkit.shards.mix``), so it is deliberately not
+    passed through ``accelerator.prepare``. Every image must have the size and channel count of the first
+    sample of the first source; a mismatch is an error naming the sample.
+    """
+
+    def __init__(self, mix: MixConfig, batch_size: int, rank: int, world: int, seed: int) -> None:
+        from synthkit.shards import iter_samples
+        from synthkit.shards.manifest import read_manifest
+        from synthkit.shards.mix import MixedShardStream, parse_mix_spec
+
+        sources = [parse_mix_spec(spec) for spec in mix.sources]
+        first = next(iter(iter_samples(sources[0].path)), None)
+        if first is None:
+            raise ValueError(f"mix source {sources[0].name!r} ({sources[0].path}) holds no samples")
+        h, w, c = first["image"].shape
+        if h != w:
+            raise ValueError(f"mix source {sources[0].name!r}: images must be square, got {h}x{w}")
+        self.size, self.channels = h, c
+        total = sum((read_manifest(s.path) or {}).get("total", 0) for s in sources)
+        self.stream = MixedShardStream(
+            sources,
+            seed=seed,
+            epoch_samples=mix.epoch_samples or total,
+            rank=rank,
+            world=world,
+            on_error=mix.on_error,
+        )
+        self.batch_size, self.num_workers = batch_size, mix.num_workers
+        self._per_rank = self.stream.samples_per_rank(mix.num_workers)
+
+    def __len__(self) -> int:
+        return self._per_rank // self.batch_size
+
+    def epoch(self, epoch: int) -> Iterator[tuple[None, torch.Tensor]]:
+        from torch.utils.data import DataLoader
+
+        from synthkit.shards.mix import collate_images
+
+        self.stream.set_epoch(epoch)
+        loader = DataLoader(
+            self.stream,
+            batch_size=self.batch_size,
+            num_workers=self.num_workers,
+            collate_fn=collate_images,
+            drop_last=True,
+        )
+        for _, (images, metas) in zip(range(len(self)), loader, strict=False):
+            if images.shape[1:] != (self.channels, self.size, self.size):
+                raise ValueError(
+                    f"mix: a batch of {len(metas)} images has shape {tuple(images.shape[1:])}, but the first "
+                    f"source's are {(self.channels, self.size, self.size)}; all sets in a mix must match"
+                )
+            yield None, images

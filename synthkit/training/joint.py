@@ -38,7 +38,7 @@ from synthkit.producers.hard_samples import HardSampleProducer, hsg_lambda
 from synthkit.provenance import created_by
 from synthkit.training import checkpoint as ckpt
 from synthkit.training.artifacts import save_final
-from synthkit.training.batches import EpochBatches
+from synthkit.training.batches import MemoryBatches, MixBatches
 from synthkit.training.state import LoopState, load_loop_state, save_loop_state
 from synthkit.training.steps import StepParts, joint_step, plain_step
 
@@ -183,14 +183,29 @@ def train(
         raise RunError(f"train.batch_size={cfg.train.batch_size} is not divisible by {world} processes")
     ckpt_root = run_dir / "checkpoints"
     resume_from = _newest_checkpoint(ckpt_root) if resume else None
-    real = load_source(cfg.data, "train")
-    test = load_source(cfg.data, "test") if real.labels is not None and cfg.train.knn_every else None
-    channels, size = real.images.shape[1], real.images.shape[-1]
     b_real = cfg.train.batch_size // world
-    batches = EpochBatches(len(real), b_real, rank, world, seed=cfg.train.seed)
+    mix = MixBatches(cfg.mix, b_real, rank, world, cfg.train.seed) if cfg.mix.sources else None
+    real = load_source(cfg.data, "train") if mix is None or cfg.train.knn_every else None
+    test = (
+        load_source(cfg.data, "test")
+        if real is not None and real.labels is not None and cfg.train.knn_every
+        else None
+    )
+    if mix is not None:
+        channels, size = mix.channels, mix.size
+        if real is not None and real.images.shape[1:] != (channels, size, size):
+            raise RunError(
+                f"the mix's images are {channels}x{size}x{size} but the monitor data ({cfg.data.name}) is "
+                f"{tuple(real.images.shape[1:])}; set --data.size/--data.channels to match, or "
+                "--train.knn_every=0"
+            )
+        batches: MixBatches | MemoryBatches = mix
+    else:
+        channels, size = real.images.shape[1], real.images.shape[-1]
+        batches = MemoryBatches(real.images, b_real, rank, world, seed=cfg.train.seed)
     steps_per_epoch = len(batches)
     if steps_per_epoch == 0:
-        raise RunError(f"{len(real)} real images are fewer than one batch of {cfg.train.batch_size}")
+        raise RunError(f"the training data hold fewer images than one batch of {cfg.train.batch_size}")
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(dump_yaml(cfg))
@@ -201,8 +216,9 @@ def train(
                     "seed": cfg.train.seed,
                     "num_processes": world,
                     "data": {
-                        "name": real.name,
-                        "train_images": len(real),
+                        "name": real.name if mix is None else "mix",
+                        "train_images": len(real) if mix is None else mix.stream.epoch_samples,
+                        "mix": list(cfg.mix.sources),
                         "channels": channels,
                         "size": size,
                     },
@@ -279,8 +295,8 @@ def train(
             disable=not (progress and accelerator.is_main_process),
             leave=False,
         )
-        for i, idx in enumerate(bar):
-            x_real = to_float(real.images[idx]).to(device)
+        for i, (idx, images) in enumerate(bar):
+            x_real = to_float(images).to(device)
             if producer is None:
                 rec = plain_step(parts, x_real)
             else:
@@ -296,7 +312,7 @@ def train(
                     use_synthetic=epoch >= cfg.hsg.warmup_epochs,
                 )
             state.step += 1
-            if cfg.train.record_indices:
+            if cfg.train.record_indices and idx is not None:
                 state.seen.append(accelerator.gather(idx.to(device)).view(world, -1).cpu())
             for k, v in rec.items():
                 sums[k] = sums.get(k, 0.0) + v
