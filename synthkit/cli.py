@@ -65,12 +65,14 @@ def _cmd_generate(args: argparse.Namespace, extra: list[str]) -> int:
     m = res.manifest
     if res.reused:
         print(f"{args.out} already holds this exact shard set ({m['total']} samples); nothing to do")
-    else:
-        h = res.hardness
-        print(
-            f"wrote {m['total']} samples in {len(m['shards'])} shards to {args.out}; "
-            f"hardness mean {h.mean():.4f} (min {h.min():.4f}, max {h.max():.4f})"
-        )
+        return 0
+    if res.resumed_from:
+        print(f"resumed an interrupted export: {res.resumed_from} samples were already on disk")
+    h = res.hardness
+    print(
+        f"wrote {m['total']} samples in {len(m['shards'])} shards to {args.out}; "
+        f"hardness mean {h.mean():.4f} (min {h.min():.4f}, max {h.max():.4f})"
+    )
     return 0
 
 

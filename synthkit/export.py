@@ -6,11 +6,20 @@ two views as anchors) in a batch of ``export.batch_size`` generated images toget
 seeded reference batch of ``train.batch_size`` real training images, mirroring the composition of a
 training step; the encoder is in eval mode. Everything is seeded, so the same run, N and seed give
 byte-identical shards.
+
+An export killed at any point (even SIGKILL) resumes when the same command is run again: the writer's journal
+says which shards are complete and intact, the seeded draws of the samples before them are replayed without
+running the generator, the chunk holding the first missing sample is recomputed whole (its hardness depends
+on the whole chunk) and only the missing samples are written. The result is byte-identical to an
+uninterrupted run; the per-sample results of the kept shards are read back from them, not regenerated.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,12 +34,22 @@ from synthkit.data.sources import load_source
 from synthkit.data.views import Views, to_float
 from synthkit.losses.nt_xent import nt_xent_per_view, per_sample_hardness
 from synthkit.provenance import created_by
-from synthkit.shards import ShardSetExistsError, ShardSetWriter, read_manifest
-from synthkit.shards.format import shard_pattern
+from synthkit.shards import (
+    ShardSetExistsError,
+    ShardSetWriter,
+    decode_sample,
+    iter_shard_members,
+    read_manifest,
+)
+from synthkit.shards.format import shard_pattern, temp_name
+from synthkit.shards.writer import journal_name, write_json_atomic
 from synthkit.training.artifacts import FinalArtifacts, load_final
 
 IN_PROGRESS = ".export-in-progress.json"
 PRODUCER = "hsg-cgan"
+PREVIEW = "preview.png"
+# the preview grid draws from the samples of the chunks that start before this index
+PREVIEW_SAMPLES = 400
 
 
 class ExportError(RuntimeError):
@@ -39,11 +58,17 @@ class ExportError(RuntimeError):
 
 @dataclass
 class ExportResult:
+    """A finished export; ``hardness`` and ``conditions`` (-1: none) are per sample, as written to the shards.
+
+    ``resumed_from`` is the number of samples an interrupted earlier attempt had already made durable.
+    """
+
     out_dir: Path
     manifest: dict[str, Any]
     hardness: np.ndarray
     conditions: np.ndarray
     reused: bool = False
+    resumed_from: int = 0
 
 
 def _request(art: FinalArtifacts, n: int, seed: int, name: str, batch_size: int, maxcount: int) -> dict:
@@ -59,37 +84,104 @@ def _request(art: FinalArtifacts, n: int, seed: int, name: str, batch_size: int,
     }
 
 
+def _read_marker(marker: Path) -> dict | None:
+    try:
+        return json.loads(marker.read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def _prepare_out_dir(out_dir: Path, name: str, request: dict) -> ExportResult | None:
-    """Reuse a finished identical set, clear our own interrupted attempt, refuse anything else."""
+    """Reuse a finished identical set, let our own interrupted attempt resume, refuse anything else.
+
+    The in-progress marker (the request, written before the writer starts) says an unfinished directory is
+    ours; the writer's journal then says which of its shards are complete. Our marker without a journal (an
+    attempt from before journals existed) leaves shards nothing can vouch for, so they are deleted.
+    """
     manifest = read_manifest(out_dir) if out_dir.is_dir() else None
+    marker, journal = out_dir / IN_PROGRESS, out_dir / journal_name(name)
     if manifest is not None:
         if manifest.get("request") == request:
+            for p in (journal, marker):  # a kill after the manifest was published can leave these
+                with contextlib.suppress(OSError):
+                    p.unlink(missing_ok=True)
             return ExportResult(out_dir, manifest, np.array([]), np.array([]), reused=True)
         raise ShardSetExistsError(
             f"{out_dir} already holds a different shard set ({manifest.get('name')!r}, "
             f"{manifest.get('total')} samples); choose another --out or delete it"
         )
-    marker = out_dir / IN_PROGRESS
     leftovers = (
         [p for p in out_dir.glob("*.tar") if shard_pattern(name).fullmatch(p.name)]
         if out_dir.is_dir()
         else []
     )
-    if leftovers:
-        try:
-            ours = json.loads(marker.read_text()) == request
-        except (OSError, json.JSONDecodeError):
-            ours = False
-        if not ours:
-            raise ShardSetExistsError(
-                f"{out_dir} holds shards without a manifest that this export did not start "
-                f"({len(leftovers)} files); choose another --out or delete them"
-            )
-        for p in leftovers:  # an interrupted attempt of this same export: start it again
+    ours = _read_marker(marker) == request
+    if (leftovers or journal.exists()) and not ours:
+        raise ShardSetExistsError(
+            f"{out_dir} holds shards without a manifest that this export did not start "
+            f"({len(leftovers)} files); choose another --out or delete them"
+        )
+    if leftovers and not journal.exists():
+        for p in leftovers:
             p.unlink()
     out_dir.mkdir(parents=True, exist_ok=True)
-    marker.write_text(json.dumps(request, sort_keys=True))
+    for temp in (temp_name(IN_PROGRESS), temp_name(PREVIEW)):  # left by a kill mid-write
+        (out_dir / temp).unlink(missing_ok=True)
+    if not ours:
+        write_json_atomic(marker, request)
     return None
+
+
+def _read_back(
+    out_dir: Path, shards: list[dict[str, Any]], name: str, seed: int, previews: int
+) -> tuple[list[float], list[int], list[np.ndarray]]:
+    """Per-sample hardness, condition (-1: none) and the first ``previews`` images of the kept shards.
+
+    Read with the safe reader (tar structure and member names checked, nothing unpickled) rather than
+    regenerated; only the preview's images are decoded, since PNG decoding is half the cost of reading back.
+    Keys and latent ids are checked so that a shard which is intact but not this export's cannot slip in.
+    """
+    hardness: list[float] = []
+    conditions: list[int] = []
+    images: list[np.ndarray] = []
+    for shard in shards:
+        path = out_dir / shard["name"]
+        for key, parts in iter_shard_members(path):
+            i = len(hardness)
+            if i < previews:
+                sample = decode_sample(str(path), key, parts)
+                meta = sample["meta"]
+                images.append(sample["image"])
+            else:
+                try:
+                    meta = json.loads(parts.get("json", b"").decode("utf-8"))
+                except (UnicodeDecodeError, ValueError) as exc:
+                    raise ExportError(f"{path}: sample {key!r}: unreadable metadata: {exc}") from exc
+            if (
+                key != f"{name}_{i:08d}"
+                or not isinstance(meta, dict)
+                or meta.get("latent_id") != i
+                or meta.get("seed") != seed
+                or not isinstance(meta.get("hardness"), (int, float))
+            ):
+                raise ExportError(
+                    f"{path}: sample {key!r} is not sample {i} of this export; delete the directory to "
+                    "start over"
+                )
+            hardness.append(float(meta["hardness"]))
+            conditions.append(-1 if meta.get("condition") is None else int(meta["condition"]))
+    return hardness, conditions, images
+
+
+def _save_atomic(image: Image.Image, path: Path) -> None:
+    """Save a PNG under a temp name and rename it, so a kill never leaves half an image under ``path``."""
+    temp = path.with_name(temp_name(path.name))
+    try:
+        image.save(temp, format="PNG")
+        os.replace(temp, path)
+    except OSError as exc:
+        temp.unlink(missing_ok=True)
+        raise ExportError(f"cannot write {path}: {exc.strerror or exc}") from exc
 
 
 def _to_uint8(x: torch.Tensor) -> np.ndarray:
@@ -123,7 +215,11 @@ def generate(
     batch_size: int | None = None,
     progress: bool = True,
 ) -> ExportResult:
-    """Write ``n`` hard samples of the run in ``run_dir`` as a shard set in ``out_dir``."""
+    """Write ``n`` hard samples of the run in ``run_dir`` as a shard set in ``out_dir``.
+
+    The same request again is a no-op on a finished set and a resume on an interrupted one (the module
+    docstring says how); a directory holding anything else is refused with ShardSetExistsError.
+    """
     art = load_final(run_dir)
     cfg = art.cfg
     if art.generator is None:
@@ -166,14 +262,19 @@ def generate(
         "seed": seed,
         "request": request,
     }
-    all_hard, all_cond = [], []
-    previews: list[np.ndarray] = []
-    with ShardSetWriter(out_dir, name, maxcount=maxcount, manifest_fields=fields) as writer:
-        bar = tqdm(total=n, desc="generate", disable=not progress, unit="img")
+    preview_n = min(n, math.ceil(PREVIEW_SAMPLES / batch_size) * batch_size)
+    with ShardSetWriter(out_dir, name, maxcount=maxcount, manifest_fields=fields, resume=True) as writer:
+        done = writer.resume_from
+        all_hard, all_cond, previews = _read_back(out_dir, writer.completed_shards, name, seed, preview_n)
+        if len(all_hard) != done:  # the journal's counts and the shards' content disagree
+            raise ExportError(f"{out_dir}: the kept shards hold {len(all_hard)} samples, expected {done}")
+        bar = tqdm(total=n, initial=done, desc="generate", disable=not progress, unit="img")
         for start in range(0, n, batch_size):
             m = min(batch_size, n - start)
             z = torch.randn(m, gen.z_dim, generator=g)
             c = cond.sample(m, generator=g) if cond is not None and cond.num_classes else None
+            if start + m <= done:  # durable already: only its draws are replayed, to keep g in step
+                continue
             images = gen(z, c)
             torch.manual_seed(seed * 1_000_003 + start)  # the views' randomness, per chunk
             v1, v2 = views.two_views(torch.cat([reference, images]))
@@ -181,7 +282,7 @@ def generate(
             hardness = per_sample_hardness(per_view)[len(reference) :]
             arrays = _to_uint8(images)
             c_list = c.tolist() if c is not None else [None] * m
-            for j in range(m):
+            for j in range(max(0, done - start), m):  # the chunk's first samples may be durable already
                 latent = start + j
                 meta = {
                     "kind": "hard",
@@ -195,16 +296,15 @@ def generate(
                     "hardness": round(float(hardness[j]), 6),
                 }
                 writer.write(f"{name}_{latent:08d}", arrays[j], meta)
-            all_hard.append(hardness.numpy())
-            all_cond.append(np.array([-1 if x is None else x for x in c_list]))
-            if sum(len(p) for p in previews) < 400:
-                previews.append(arrays)
-            bar.update(m)
+                all_hard.append(meta["hardness"])
+                all_cond.append(-1 if c_list[j] is None else c_list[j])
+                if latent < preview_n:
+                    previews.append(arrays[j])
+            bar.update(m - max(0, done - start))
         bar.close()
+        conds = np.array(all_cond, dtype=np.int64)
+        # before the manifest: a rerun after a kill between the two finds a finished set and does nothing
+        _save_atomic(condition_grid(np.stack(previews), conds[:preview_n]), out_dir / PREVIEW)
         manifest = writer.close()
     (out_dir / IN_PROGRESS).unlink(missing_ok=True)
-    conds = np.concatenate(all_cond)
-    condition_grid(np.concatenate(previews), conds[: sum(len(p) for p in previews)]).save(
-        out_dir / "preview.png"
-    )
-    return ExportResult(out_dir, manifest, np.concatenate(all_hard), conds)
+    return ExportResult(out_dir, manifest, np.array(all_hard), conds, resumed_from=done)

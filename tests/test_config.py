@@ -18,6 +18,7 @@ from synthkit.config import (
     ExportConfig,
     GeneratorConfig,
     HSGConfig,
+    MixConfig,
     ObjectiveConfig,
     PipelineConfig,
     TrainConfig,
@@ -61,6 +62,7 @@ def test_defaults_construct_every_stage() -> None:
         "train": TrainConfig,
         "export": ExportConfig,
         "eval": EvalConfig,
+        "mix": MixConfig,
     }
     assert [f.name for f in dataclasses.fields(cfg)] == list(stages)
     for name, cls in stages.items():
@@ -329,3 +331,14 @@ def test_generator_betas_and_image_size_are_validated() -> None:
 def test_override_does_not_hide_a_broken_file_section(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"\btrain\b"):
         load_pipeline(write(tmp_path, "train: 5\n"), ["--train.epochs=3"])
+
+
+def test_mix_sources_are_a_list_of_specs() -> None:
+    cfg = load_pipeline(None, ['--mix.sources=["real=/a:0.7", "syn=/b:0.3"]', "--hsg.enabled=false"])
+    assert cfg.mix.sources == ("real=/a:0.7", "syn=/b:0.3")
+    with pytest.raises(ConfigError, match=r"\bmix\.sources\b"):
+        load_pipeline(None, ["--mix.sources=real", "--hsg.enabled=false"])
+    with pytest.raises(ConfigError, match=r"mix\.sources\[0\]"):
+        load_pipeline(None, ["--mix.sources=[3]", "--hsg.enabled=false"])
+    with pytest.raises(ConfigError, match="NAME=DIR:WEIGHT"):
+        load_pipeline(None, ['--mix.sources=["nocolon"]', "--hsg.enabled=false"])

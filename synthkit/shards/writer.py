@@ -7,6 +7,11 @@ Two guarantees drive the design:
   half-written set, whatever point a crash or a full disk interrupts the writer at.
 * Byte-identical output for identical inputs. Tar headers are pinned (mtime, owner, mode, GNU format, UTF-8)
   and PNGs carry no timestamps or text chunks, so shard hashes identify content and reruns can be compared.
+* Resumable after a kill (``resume=True``). A hidden journal ``.NAME.journal.json`` records each completed
+  shard (count, bytes, sha256) *before* the shard is renamed to its final name, so at every instant each
+  ``NAME-*.tar`` in the directory is listed in the journal with its true hash. A reopened writer keeps the
+  shards that still match, deletes everything else of the set, and a deterministic caller continues from
+  ``writer.resume_from`` to the same bytes an uninterrupted run writes.
 
 Example:
     >>> with ShardSetWriter("out/hard", "hard", manifest_fields={"producer": "hsg"}) as w:  # doctest: +SKIP
@@ -23,6 +28,7 @@ import json
 import os
 import re
 import tarfile
+import warnings
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -44,6 +50,7 @@ from synthkit.shards.format import (
     temp_name,
     validate_meta,
 )
+from synthkit.shards.manifest import sha256_file
 
 # Fixed so that PNG bytes (and hence shard hashes) depend only on the pixels.
 PNG_COMPRESS_LEVEL = 6
@@ -52,6 +59,23 @@ PNG_COMPRESS_LEVEL = 6
 _KEY = re.compile(r"[!-~]+")
 _KEY_FORBIDDEN = "./\\"
 _BUFFER_BYTES = 1 << 20
+JOURNAL_FORMAT = "synthkit-shards-journal"
+JOURNAL_VERSION = 1
+
+
+class ShardResumeWarning(UserWarning):
+    """A resumed writer found a completed shard that no longer matches its journal and will rewrite it."""
+
+
+def journal_name(name: str) -> str:
+    """Hidden file that records the completed shards of set ``name`` while a resumable writer runs."""
+    return f".{name}.journal.json"
+
+
+def fields_digest(manifest_fields: dict[str, Any]) -> str:
+    """SHA-256 of the canonical JSON of ``manifest_fields``: what ties a journal to one request."""
+    text = json.dumps(manifest_fields, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def _os_reason(exc: OSError) -> str:
@@ -115,13 +139,20 @@ class _AtomicFile:
                 done += os.write(self._fd, view[done:])
         self._buf.clear()
 
-    def publish(self) -> None:
+    def seal(self) -> None:
+        """Make the temp file's bytes durable; ``size`` and ``sha256`` are final from here on."""
         self._flush()
         os.fsync(self._fd)
         fd, self._fd = self._fd, -1
         os.close(fd)
+
+    def rename(self) -> None:
         os.replace(self.temp, self.final)
         _fsync_dir(self.final.parent)
+
+    def publish(self) -> None:
+        self.seal()
+        self.rename()
 
     def discard(self) -> None:
         """Best-effort cleanup on the failure path; the original error is what the caller must see."""
@@ -189,13 +220,28 @@ def _tar_member(name: str, size: int) -> tarfile.TarInfo:
     return info
 
 
-def _write_json(path: Path, obj: Any, **dump_kwargs: Any) -> None:
-    out = _AtomicFile(path)
+def _publish_json(path: Path, obj: Any, **dump_kwargs: Any) -> None:
+    """Atomically replace ``path`` with ``obj`` as JSON; raises the OSError after removing the temp file."""
+    out: _AtomicFile | None = None
     try:
+        out = _AtomicFile(path)
         out.write((json.dumps(obj, sort_keys=True, **dump_kwargs) + "\n").encode("utf-8"))
         out.publish()
+    except OSError:
+        if out is not None:
+            out.discard()
+        raise
+
+
+def write_json_atomic(path: str | os.PathLike[str], obj: Any, **dump_kwargs: Any) -> None:
+    """Write ``obj`` as JSON under a temp name, fsync, ``os.replace``: readers see the old file or the new.
+
+    Raises ShardError naming the file and the reason (disk full, permission, ...).
+    """
+    path = Path(path)
+    try:
+        _publish_json(path, obj, **dump_kwargs)
     except OSError as exc:
-        out.discard()
         raise ShardError(f"cannot write {path}: {_os_reason(exc)}") from exc
 
 
@@ -206,12 +252,39 @@ class ShardSetWriter:
     Use it as a context manager: a clean exit publishes (``sizes.json``, then ``manifest.json``), an exception
     removes the shard in progress and publishes nothing, so a failed run can never pass for a complete set.
 
+    Resuming (``resume=True``) is for deterministic producers that can be killed mid-set (``synthkit
+    generate``). The writer then keeps a journal, ``.NAME.journal.json``::
+
+        {"format": "synthkit-shards-journal", "version": 1, "name": NAME, "maxcount": M,
+         "fields_sha256": sha256(canonical JSON of manifest_fields),
+         "shards": [{"name", "count", "bytes", "sha256"}, ...]}
+
+    It is created (empty) before the first shard and rewritten atomically (temp + fsync + ``os.replace``)
+    after each shard's bytes are fsynced and *before* the shard is renamed into place, so every ``NAME-*.tar``
+    present is always listed with its true hash. Reopening a directory that holds a journal (and no manifest):
+
+    * a journal for other ``manifest_fields``, name or ``maxcount`` (another request) -> ShardSetExistsError;
+    * journaled shards are checked in order (size, then SHA-256); the matching prefix is kept, the first one
+      that is missing or differs ends it (a ShardResumeWarning names a shard whose content changed), and it
+      and every later shard are written again;
+    * shard files of the set not in the kept prefix and temp files are deleted (they were never recorded);
+    * shard files without any journal were not written by a resumable writer -> ShardSetExistsError.
+
+    ``resume_from`` is then the number of samples already durable, and **the caller must skip its first
+    ``resume_from`` samples** and call ``write`` for the rest in the original order; a deterministic caller
+    thus writes the same shards and manifest as an uninterrupted run. (Skipping keeps the writer from having
+    to re-encode and compare samples it would throw away; the caller still has to reproduce its own random
+    state up to that point.) The duplicate-key check covers only the samples written since this writer was
+    opened. Publishing the manifest removes the journal. Without ``resume`` nothing of this happens and no
+    journal is written.
+
     Args:
         out_dir: directory of this one set; created if missing; must not already hold a set named ``name``.
         name: set name, used as the shard file prefix.
         maxcount: most samples per shard.
         manifest_fields: provenance merged into the manifest (``config``, ``producer``, ``created_by``,
             ``seed``, ...); must be JSON-serialisable and may not use the reserved manifest keys.
+        resume: continue an interrupted writer of the same set (see above) instead of refusing its shards.
     """
 
     def __init__(
@@ -221,6 +294,7 @@ class ShardSetWriter:
         *,
         maxcount: int = 1000,
         manifest_fields: dict[str, Any],
+        resume: bool = False,
     ) -> None:
         if not isinstance(name, str) or not is_safe_name(name):
             raise ValueError(f"shard set name {name!r} must be letters, digits, '_', '-' or '.', not hidden")
@@ -239,6 +313,8 @@ class ShardSetWriter:
         self.out_dir = Path(out_dir)
         self.name = name
         self.maxcount = maxcount
+        self.resume = resume
+        self.resume_from = 0
         self._fields = dict(manifest_fields)
         self._shards: list[dict[str, Any]] = []
         self._file: _AtomicFile | None = None
@@ -248,12 +324,22 @@ class ShardSetWriter:
         self._closed = False
         self._failed = False
         self._manifest: dict[str, Any] | None = None
+        self._journal = self.out_dir / journal_name(name)
         self._prepare_directory()
 
     @property
     def total(self) -> int:
-        """Samples written so far."""
+        """Samples written so far, including those kept from an interrupted run."""
         return sum(s["count"] for s in self._shards) + self._in_shard
+
+    @property
+    def completed_shards(self) -> list[dict[str, Any]]:
+        """The published shards so far (``name``, ``count``, ``bytes``, ``sha256``), in order.
+
+        Right after a resume these are the kept shards, which a caller can read back (safely, with
+        ``iter_shard``) to rebuild per-sample results without regenerating them.
+        """
+        return [dict(s) for s in self._shards]
 
     def _prepare_directory(self) -> None:
         try:
@@ -262,22 +348,144 @@ class ShardSetWriter:
         except OSError as exc:
             raise ShardError(f"cannot use output directory {self.out_dir}: {_os_reason(exc)}") from exc
         pattern = shard_pattern(self.name)
+        if self.resume:
+            self._prepare_resume(entries)
+            return
         existing = [e for e in entries if e == MANIFEST or pattern.fullmatch(e)]
         if existing:
             raise ShardSetExistsError(
                 f"{self.out_dir} already holds shard set files ({', '.join(sorted(existing)[:3])}); "
                 "remove them or choose another directory"
             )
-        # Leftovers of a killed writer: never published, so removing them loses nothing.
+        self._remove(self._stale_temps(entries), "stale temp file")
+
+    def _stale_temps(self, entries: list[str]) -> list[str]:
+        """Leftovers of a killed writer: never published, so removing them loses nothing."""
         stale = [e for e in entries if e.startswith(".") and e.endswith(".tar.tmp")]
-        stale += [e for e in (temp_name(MANIFEST), temp_name(SIZES)) if e in entries]
-        for entry in stale:
+        names = (temp_name(MANIFEST), temp_name(SIZES), temp_name(self._journal.name))
+        return stale + [e for e in names if e in entries]
+
+    def _remove(self, entries: list[str], what: str) -> None:
+        for entry in entries:
             try:
-                (self.out_dir / entry).unlink()
+                (self.out_dir / entry).unlink(missing_ok=True)
             except OSError as exc:
+                raise ShardError(f"cannot remove {what} {self.out_dir / entry}: {_os_reason(exc)}") from exc
+
+    def _prepare_resume(self, entries: list[str]) -> None:
+        pattern = shard_pattern(self.name)
+        if MANIFEST in entries:
+            raise ShardSetExistsError(
+                f"{self.out_dir} already holds a published shard set ({MANIFEST}); there is nothing to "
+                "resume: remove it or choose another directory"
+            )
+        shards = sorted(e for e in entries if pattern.fullmatch(e))
+        if self._journal.name not in entries:
+            if shards:
+                raise ShardSetExistsError(
+                    f"{self.out_dir} holds shards without a manifest or a journal ({', '.join(shards[:3])}); "
+                    "they were not written by a resumable writer of this set: remove them or choose another "
+                    "directory"
+                )
+            kept: list[dict[str, Any]] = []
+            journal_ok = False
+        else:
+            recorded = self._read_journal()
+            kept = self._verify_journal(recorded, set(entries))
+            journal_ok = kept == recorded
+        keep = {s["name"] for s in kept}
+        # Delete before the journal is shortened, so no shard is ever present without its journal entry.
+        self._remove([e for e in shards if e not in keep], "unrecorded shard")
+        self._remove(self._stale_temps(entries), "stale temp file")
+        self._shards = kept
+        self.resume_from = sum(s["count"] for s in kept)
+        if not journal_ok:
+            try:
+                self._write_journal(kept)
+            except OSError as exc:
+                raise ShardError(f"cannot write {self._journal}: {_os_reason(exc)}") from exc
+
+    def _read_journal(self) -> list[dict[str, Any]]:
+        path = self._journal
+        try:
+            journal = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            raise ShardError(
+                f"{path}: cannot read the resume journal: {exc}; remove the directory to start over"
+            ) from exc
+        if not isinstance(journal, dict) or journal.get("format") != JOURNAL_FORMAT:
+            raise ShardError(f"{path}: not a {JOURNAL_FORMAT} file; remove the directory to start over")
+        if journal.get("version") != JOURNAL_VERSION:
+            raise ShardError(
+                f"{path}: journal version {journal.get('version')!r}, this synthkit resumes version "
+                f"{JOURNAL_VERSION}; remove the directory to start over"
+            )
+        mine = {"name": self.name, "maxcount": self.maxcount, "fields_sha256": fields_digest(self._fields)}
+        differs = [k for k, v in mine.items() if journal.get(k) != v]
+        if differs:
+            raise ShardSetExistsError(
+                f"{self.out_dir} holds an interrupted shard set that cannot be resumed as this one: it was "
+                f"started by a different request (its journal {path.name} differs in {', '.join(differs)}; "
+                "the manifest fields include the config and software versions); remove it or choose another "
+                "directory"
+            )
+        shards = journal.get("shards")
+        if not isinstance(shards, list):
+            raise ShardError(f"{path}: 'shards' must be a list; remove the directory to start over")
+        for i, entry in enumerate(shards):
+            ok = (
+                isinstance(entry, dict)
+                and entry.get("name") == shard_name(self.name, i)
+                and _is_int(entry.get("count"))
+                and 1 <= entry["count"] <= self.maxcount
+                and (entry["count"] == self.maxcount or i == len(shards) - 1)
+                and _is_int(entry.get("bytes"))
+                and isinstance(entry.get("sha256"), str)
+            )
+            if not ok:
                 raise ShardError(
-                    f"cannot remove stale temp file {self.out_dir / entry}: {_os_reason(exc)}"
-                ) from exc
+                    f"{path}: shards[{i}] is malformed ({entry!r}); remove the directory to start over"
+                )
+        return [{k: e[k] for k in ("name", "count", "bytes", "sha256")} for e in shards]
+
+    def _verify_journal(self, recorded: list[dict[str, Any]], entries: set[str]) -> list[dict[str, Any]]:
+        """The longest prefix of journaled shards whose files match; see the class docstring."""
+        kept: list[dict[str, Any]] = []
+        for i, entry in enumerate(recorded):
+            path = self.out_dir / entry["name"]
+            temp = path.with_name(temp_name(path.name))
+            last = i == len(recorded) - 1
+            if entry["name"] not in entries and last and temp.name in entries and _matches(temp, entry):
+                # killed between the journal update and the rename: finish the publication
+                try:
+                    os.replace(temp, path)
+                    _fsync_dir(self.out_dir)
+                except OSError as exc:
+                    raise ShardError(f"cannot publish {path}: {_os_reason(exc)}") from exc
+            elif entry["name"] not in entries:  # not renamed yet, or removed: either way, write it again
+                break
+            elif not _matches(path, entry):
+                warnings.warn(
+                    f"{path}: does not match its journal entry (size or sha256 differ): it was changed after "
+                    "it was written; it and every later shard will be rewritten",
+                    ShardResumeWarning,
+                    stacklevel=5,  # the code that opened the writer
+                )
+                break
+            kept.append(entry)
+        return kept
+
+    def _write_journal(self, shards: list[dict[str, Any]]) -> None:
+        """Record ``shards`` as complete; raises OSError (the old journal stays intact)."""
+        journal = {
+            "format": JOURNAL_FORMAT,
+            "version": JOURNAL_VERSION,
+            "name": self.name,
+            "maxcount": self.maxcount,
+            "fields_sha256": fields_digest(self._fields),
+            "shards": shards,
+        }
+        _publish_json(self._journal, journal, indent=1)
 
     def _check_open(self) -> None:
         if self._failed:
@@ -292,6 +500,11 @@ class ShardSetWriter:
     def write(self, key: str, image: np.ndarray, meta: dict, cls: int | None = None) -> None:
         """Add one sample; invalid input raises ValueError before anything is written."""
         self._check_open()
+        if self._file is None and self._shards and self._shards[-1]["count"] < self.maxcount:
+            raise ValueError(
+                f"shard set {self.out_dir} was resumed after its last, partial shard "
+                f"({self._shards[-1]['name']}); only close() remains, writing more would change the layout"
+            )
         _check_key(key)
         if key in self._keys:
             raise ValueError(f"sample key {key!r} was already written to this set")
@@ -322,12 +535,20 @@ class ShardSetWriter:
         out = self._file
         try:
             self._tar.close()
-            out.publish()
+            out.seal()
         except OSError as exc:
             raise self._fail(exc, out.final) from exc
-        self._shards.append(
-            {"name": out.final.name, "count": self._in_shard, "bytes": out.size, "sha256": out.sha256}
-        )
+        entry = {"name": out.final.name, "count": self._in_shard, "bytes": out.size, "sha256": out.sha256}
+        if self.resume:  # journal first: a shard under its final name is always recorded
+            try:
+                self._write_journal([*self._shards, entry])
+            except OSError as exc:
+                raise self._fail(exc, self._journal) from exc
+        try:
+            out.rename()
+        except OSError as exc:
+            raise self._fail(exc, out.final) from exc
+        self._shards.append(entry)
         self._file, self._tar, self._in_shard = None, None, 0
 
     def close(self) -> dict[str, Any]:
@@ -346,17 +567,21 @@ class ShardSetWriter:
             "total": sum(s["count"] for s in self._shards),
         }
         try:
-            _write_json(self.out_dir / SIZES, {s["name"]: s["count"] for s in self._shards}, indent=2)
-            _write_json(self.out_dir / MANIFEST, manifest, indent=2)
+            write_json_atomic(self.out_dir / SIZES, {s["name"]: s["count"] for s in self._shards}, indent=2)
+            write_json_atomic(self.out_dir / MANIFEST, manifest, indent=2)
         except ShardError as exc:
             self._failed = True
             raise ShardError(f"{exc}; the shard set was not published") from exc.__cause__
         self._closed = True
         self._manifest = manifest
+        if self.resume:  # the manifest now vouches for the set; a journal left by a crash here is inert
+            with contextlib.suppress(OSError):
+                self._journal.unlink(missing_ok=True)
+                _fsync_dir(self.out_dir)
         return manifest
 
     def abort(self) -> None:
-        """Drop the shard in progress and never publish; completed shards stay, but without a manifest."""
+        """Drop the shard in progress and never publish; completed shards (and a journal) stay."""
         if self._file is not None:
             self._file.discard()
         self._file, self._tar, self._in_shard = None, None, 0
@@ -375,3 +600,15 @@ class ShardSetWriter:
             self.close()
         elif self._manifest is None:
             self.abort()
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _matches(path: Path, entry: dict[str, Any]) -> bool:
+    """Size first, so that a truncated shard costs a stat rather than a full read."""
+    try:
+        return path.stat().st_size == entry["bytes"] and sha256_file(path) == entry["sha256"]
+    except OSError:
+        return False
