@@ -109,7 +109,16 @@ def load_final(run_dir: str | Path) -> FinalArtifacts:
             c = meta["conditions"]
             labels = load_file(str(final / "conditions.safetensors"))["labels"]
             conditions = Conditions(labels, c["num_classes"], c["source"])
-    except (SafetensorError, KeyError, RuntimeError, json.JSONDecodeError) as e:
+    except RuntimeError as e:
+        if "state_dict" not in str(e):
+            raise ckpt.CheckpointError(f"cannot load the final weights in {final}: {e}") from e
+        version = meta.get("created_by", {}).get("synthkit", "?")
+        first = str(e).strip().splitlines()[1].strip()[:200] if "\n" in str(e).strip() else str(e)[:200]
+        raise ckpt.CheckpointError(
+            f"the weights in {final} (written by synthkit {version}) do not fit this synthkit's models "
+            f"({first} ...); retrain the run with this version"
+        ) from e
+    except (SafetensorError, KeyError, json.JSONDecodeError) as e:
         raise ckpt.CheckpointError(f"cannot load the final weights in {final}: {e}") from e
     encoder.eval()
     if generator is not None:

@@ -176,7 +176,7 @@ def train(
     run_dir = Path(run_dir)
     _check_run_dir(cfg, run_dir, resume)
     accelerator = accelerator or Accelerator(
-        mixed_precision=cfg.train.mixed_precision, log_with=_trackers(), project_dir=str(run_dir)
+        mixed_precision=cfg.train.mixed_precision, log_with=_trackers() or None, project_dir=str(run_dir)
     )
     world, rank = accelerator.num_processes, accelerator.process_index
     if cfg.train.batch_size % world:
