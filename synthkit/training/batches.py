@@ -42,6 +42,12 @@ class MemoryBatches(EpochBatches):
             yield idx, self.images[idx]
 
 
+def _with_origin(sample: dict) -> dict:
+    """Keep where a sample came from in its metadata, so a batch can name its samples."""
+    sample["meta"] = {**sample["meta"], "__source__": sample["source"], "__key__": sample["__key__"]}
+    return sample
+
+
 class MixBatches:
     """Batches of uint8 images streamed from a mix of shard sets (``mix.sources``), for plain CL on a mix.
 
@@ -71,6 +77,7 @@ class MixBatches:
             rank=rank,
             world=world,
             on_error=mix.on_error,
+            transform=_with_origin,
         )
         self.batch_size, self.num_workers = batch_size, mix.num_workers
         self._per_rank = self.stream.samples_per_rank(mix.num_workers)
@@ -78,7 +85,7 @@ class MixBatches:
     def __len__(self) -> int:
         return self._per_rank // self.batch_size
 
-    def epoch(self, epoch: int) -> Iterator[tuple[None, torch.Tensor]]:
+    def epoch(self, epoch: int) -> Iterator[tuple[list[str], torch.Tensor]]:
         from torch.utils.data import DataLoader
 
         from synthkit.shards.mix import collate_images
@@ -97,4 +104,4 @@ class MixBatches:
                     f"mix: a batch of {len(metas)} images has shape {tuple(images.shape[1:])}, but the first "
                     f"source's are {(self.channels, self.size, self.size)}; all sets in a mix must match"
                 )
-            yield None, images
+            yield [f"{m['__source__']}/{m['__key__']}" for m in metas], images

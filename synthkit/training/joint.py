@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import broadcast, set_seed
+from accelerate.utils import broadcast, gather_object, set_seed
 from tqdm.auto import tqdm
 
 from synthkit.config import PipelineConfig, dump_yaml, load_pipeline, to_dict
@@ -312,8 +312,11 @@ def train(
                     use_synthetic=epoch >= cfg.hsg.warmup_epochs,
                 )
             state.step += 1
-            if cfg.train.record_indices and idx is not None:
-                state.seen.append(accelerator.gather(idx.to(device)).view(world, -1).cpu())
+            if cfg.train.record_indices:
+                if isinstance(idx, list):  # streamed from shards: sample keys, gathered as objects
+                    state.seen_keys.append(gather_object([idx]))
+                else:
+                    state.seen.append(accelerator.gather(idx.to(device)).view(world, -1).cpu())
             for k, v in rec.items():
                 sums[k] = sums.get(k, 0.0) + v
             if state.step % cfg.train.log_every == 0:
@@ -366,7 +369,13 @@ def train(
         epoch_lines = [r for r in last if "epoch_loss_cl" in r]
         if epoch_lines:
             summary["last_epoch"] = epoch_lines[-1]
-        if cfg.train.record_indices and state.seen:
+        if cfg.train.record_indices and state.seen_keys:
+            (run_dir / "indices.json").write_text(
+                json.dumps(
+                    {f"rank{r}": [k for step in state.seen_keys for k in step[r]] for r in range(world)}
+                )
+            )
+        elif cfg.train.record_indices and state.seen:
             seen = torch.cat(state.seen, dim=1)
             (run_dir / "indices.json").write_text(
                 json.dumps({f"rank{r}": seen[r].tolist() for r in range(world)})

@@ -27,6 +27,8 @@ class LoopState:
     step: int = 0
     conditions: Conditions | None = None
     seen: list[torch.Tensor] = field(default_factory=list)
+    # sample keys per step and rank when streaming from shards (train.record_indices; not checkpointed)
+    seen_keys: list[list[list[str]]] = field(default_factory=list)
 
 
 def save_loop_state(directory: Path, state: LoopState, producer: HardSampleProducer | None) -> None:

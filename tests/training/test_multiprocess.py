@@ -70,3 +70,62 @@ def test_two_process_cpu_launch(tiny_pipeline: Path, tmp_path: Path) -> None:
     recs = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     step_ids = [r["step"] for r in recs if "loss_cl" in r]
     assert step_ids == sorted(set(step_ids)) and len(step_ids) == steps
+
+
+def test_two_process_training_on_a_shard_mix(trained_run: Path, tiny_pipeline: Path, tmp_path: Path) -> None:
+    """Streaming a mix with 2 processes x 2 DataLoader workers: every process sees different samples."""
+    from synthkit.config import DataConfig
+    from synthkit.export import generate
+    from synthkit.shards.convert import convert_source
+
+    real, syn = tmp_path / "real", tmp_path / "syn"
+    convert_source(DataConfig(name="digits", size=16, subset=256), "train", real, maxcount=32)
+    generate(trained_run, syn, n=128, seed=0, maxcount=16, progress=False)
+    run = tmp_path / "mixrun"
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "-m",
+        "synthkit.cli",
+        "train",
+        str(tiny_pipeline),
+        "--out",
+        str(run),
+        "--no-progress",
+        "--data",
+        f"real={real}:0.7",
+        "--data",
+        f"syn={syn}:0.3",
+        "--hsg.enabled=false",
+        "--mix.num_workers=2",
+        "--mix.epoch_samples=256",
+        "--train.epochs=2",
+        "--train.knn_every=0",
+        "--train.record_indices=true",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["num_processes"] == 2 and summary["weights_in_sync"] is True
+    seen = json.loads((run / "indices.json").read_text())
+    per_epoch = 256 // 2  # each rank's share of the global epoch
+    assert len(seen["rank0"]) == len(seen["rank1"]) == 2 * per_epoch
+    sources = set()
+    for e in range(2):
+        a = seen["rank0"][e * per_epoch : (e + 1) * per_epoch]
+        b = seen["rank1"][e * per_epoch : (e + 1) * per_epoch]
+        assert len(set(a)) == len(a) and len(set(b)) == len(b)  # no repeats within a rank's epoch
+        assert not set(a) & set(b)  # and none across ranks
+        sources |= {k.split("/")[0] for k in a + b}
+    assert sources == {"real", "syn"}
