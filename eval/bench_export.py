@@ -29,29 +29,7 @@ from synthkit.shards import ShardSetWriter
 from synthkit.training.artifacts import load_final
 from synthkit.training.joint import train
 
-# The tiny pipeline of tests/conftest.py (TINY), kept in step by hand: a benchmark must not import tests.
-TINY = [
-    "--data.name=digits",
-    "--data.size=16",
-    "--data.subset=256",
-    "--encoder.width=8",
-    "--encoder.proj_hidden=32",
-    "--encoder.proj_dim=16",
-    "--generator.z_dim=16",
-    "--generator.g_channels=8",
-    "--generator.d_channels=8",
-    "--conditions.k=3",
-    "--conditions.refresh_every=1",
-    "--hsg.warmup_epochs=1",
-    "--hsg.ramp_epochs=1",
-    "--train.epochs=2",
-    "--train.batch_size=64",
-    "--train.checkpoint_every=1",
-    "--train.knn_every=1",
-    "--train.knn_k=20",
-    "--train.log_every=1",
-    "--export.batch_size=16",
-]
+TINY_PIPELINE = Path(__file__).resolve().parents[1] / "pipelines" / "tiny.yaml"
 
 
 @torch.no_grad()
@@ -120,7 +98,7 @@ def main() -> None:
         if run is None:
             run = work / "run"
             t = time.perf_counter()
-            train(load_pipeline(None, TINY), run, progress=False)
+            train(load_pipeline(TINY_PIPELINE), run, progress=False)
             print(f"trained a tiny HSG run on digits in {time.perf_counter() - t:.1f} s")
         art = load_final(run)
         if art.generator is None:

@@ -8,34 +8,11 @@ import pytest
 
 from synthkit.config import PipelineConfig, load_pipeline
 
-TINY = [
-    "--data.name=digits",
-    "--data.size=16",
-    "--data.subset=256",
-    "--encoder.width=8",
-    "--encoder.proj_hidden=32",
-    "--encoder.proj_dim=16",
-    "--generator.z_dim=16",
-    "--generator.g_channels=8",
-    "--generator.d_channels=8",
-    "--conditions.k=3",
-    "--conditions.refresh_every=1",
-    "--hsg.warmup_epochs=1",
-    "--hsg.ramp_epochs=1",
-    "--train.epochs=2",
-    "--train.batch_size=64",
-    "--train.checkpoint_every=1",
-    "--train.knn_every=1",
-    "--train.knn_k=20",
-    "--train.log_every=1",
-    "--export.n=40",
-    "--export.batch_size=16",
-    "--export.maxcount=16",
-]
+TINY_PIPELINE = Path(__file__).resolve().parents[1] / "pipelines" / "tiny.yaml"
 
 
 def tiny_config(*extra: str) -> PipelineConfig:
-    return load_pipeline(None, [*TINY, *extra])
+    return load_pipeline(TINY_PIPELINE, list(extra))
 
 
 @pytest.fixture

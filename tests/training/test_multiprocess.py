@@ -18,8 +18,8 @@ import pytest
 pytestmark = pytest.mark.slow
 
 
-def test_two_process_cpu_launch(tiny_pipeline: Path, tmp_path: Path) -> None:
-    run = tmp_path / "run2"
+def _launch_two_cpu_processes(*args: str) -> None:
+    """``synthkit train`` under a real two-process CPU launch (gloo); fails with the processes' stderr."""
     cmd = [
         sys.executable,
         "-m",
@@ -36,16 +36,18 @@ def test_two_process_cpu_launch(tiny_pipeline: Path, tmp_path: Path) -> None:
         "-m",
         "synthkit.cli",
         "train",
-        str(tiny_pipeline),
-        "--out",
-        str(run),
+        *args,
         "--no-progress",
         "--train.record_indices=true",
-        "--train.epochs=2",
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def test_two_process_cpu_launch(tiny_pipeline: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run2"
+    _launch_two_cpu_processes(str(tiny_pipeline), "--out", str(run), "--train.epochs=2")
 
     summary = json.loads((run / "summary.json").read_text())
     assert summary["num_processes"] == 2
@@ -82,26 +84,10 @@ def test_two_process_training_on_a_shard_mix(trained_run: Path, tiny_pipeline: P
     convert_source(DataConfig(name="digits", size=16, subset=256), "train", real, maxcount=32)
     generate(trained_run, syn, n=128, seed=0, maxcount=16, progress=False)
     run = tmp_path / "mixrun"
-    cmd = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "-m",
-        "synthkit.cli",
-        "train",
+    _launch_two_cpu_processes(
         str(tiny_pipeline),
         "--out",
         str(run),
-        "--no-progress",
         "--data",
         f"real={real}:0.7",
         "--data",
@@ -111,11 +97,7 @@ def test_two_process_training_on_a_shard_mix(trained_run: Path, tiny_pipeline: P
         "--mix.epoch_samples=256",
         "--train.epochs=2",
         "--train.knn_every=0",
-        "--train.record_indices=true",
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    )
     summary = json.loads((run / "summary.json").read_text())
     assert summary["num_processes"] == 2 and summary["weights_in_sync"] is True
     seen = json.loads((run / "indices.json").read_text())
