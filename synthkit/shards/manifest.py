@@ -6,25 +6,14 @@ is also untrusted input: shard names in it are checked to be plain file names be
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
 from pathlib import Path
 from typing import Any
 
+from synthkit.provenance import sha256_file as sha256_file  # re-exported for synthkit.shards
 from synthkit.shards.format import FORMAT, MANIFEST, VERSION, ShardError, is_safe_name
-
-_CHUNK = 1 << 20
-
-
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    """Hex SHA-256 of a file, read in chunks so multi-GB shards do not need to fit in memory."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(_CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _is_count(value: Any) -> bool:

@@ -9,11 +9,12 @@ from damaged state.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
 from pathlib import Path
+
+from synthkit.provenance import sha256_file
 
 CHECKSUMS = "checksums.json"
 PREFIX = "epoch_"
@@ -21,14 +22,6 @@ PREFIX = "epoch_"
 
 class CheckpointError(RuntimeError):
     """A checkpoint is missing, truncated or corrupt."""
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def write_checksums(directory: Path) -> None:
