@@ -3,7 +3,7 @@
     synthkit quickstart [--out DIR]
     synthkit train PIPELINE.yaml [--out RUN_DIR] [--resume] [--section.key=value ...]
     synthkit train PIPELINE.yaml --data real=DIR:0.7 --data syn=DIR:0.3 --hsg.enabled=false
-    synthkit generate --run RUN_DIR --n N --seed S --out DIR
+    synthkit generate --run RUN_DIR --n N --seed S --out DIR [--kind hard|pair|all]
     synthkit eval --run RUN_DIR [--data NAME] [--json]
     synthkit shards verify DIR
     synthkit shards convert --data NAME [--split train] --out DIR
@@ -60,6 +60,7 @@ def _cmd_generate(args: argparse.Namespace, extra: list[str]) -> int:
         seed=args.seed,
         name=args.name,
         maxcount=args.maxcount,
+        kind=args.kind,
         progress=not args.no_progress,
     )
     m = res.manifest
@@ -185,10 +186,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.set_defaults(fn=_cmd_train)
 
-    g = sub.add_parser("generate", help="export a run's hard samples as a WebDataset shard set")
+    g = sub.add_parser("generate", help="export a run's hard samples and/or positive pairs as a shard set")
     g.add_argument("--run", required=True, help="a finished run directory")
     g.add_argument("--out", required=True, help="output directory of the shard set")
-    g.add_argument("--n", type=int, help="number of samples (default: the run's export.n)")
+    g.add_argument("--n", type=int, help="number of samples per kind (default: the run's export.n)")
+    g.add_argument(
+        "--kind",
+        choices=("hard", "pair", "all"),
+        help="hard samples, positive pairs (pair_a/pair_b), or both (default: all the run has)",
+    )
     g.add_argument("--seed", type=int, help="sampling seed (default: the run's export.seed)")
     g.add_argument("--name", help="shard set name / file prefix")
     g.add_argument("--maxcount", type=int, help="samples per shard")

@@ -46,7 +46,8 @@ class ConfigError(ValueError):
 
 DATA_SOURCES = ("digits", "fashion-mnist", "cifar10", "cifar100", "folder")
 BACKBONES = ("convnet", "resnet18", "resnet50")
-OBJECTIVES = ("simclr",)
+OBJECTIVES = ("simclr", "moco")
+HPG_SCHEDULES = ("linear", "cosine", "adaptive")
 GENERATORS = ("cgan",)
 CONDITION_MODES = ("kmeans", "none", "labels")
 MIXED_PRECISION = ("no", "bf16", "fp16")
@@ -128,14 +129,25 @@ class EncoderConfig:
 
 @dataclass(frozen=True)
 class ObjectiveConfig:
-    """The contrastive objective."""
+    """The contrastive objective: ``simclr`` (NT-Xent, Chen et al. 2020) or ``moco`` (MoCo v2, Chen et al.).
+
+    MoCo keeps a momentum copy of the encoder (``moco_momentum``) and a queue of ``queue_size`` keys as its
+    negatives. ``queue_synthetic``: whether the keys of synthetic images (hard samples, pair members) are
+    enqueued too. On by default: MoCo has no in-batch negatives, so without it synthetic images would act only
+    as anchors, never as negatives, which METHOD.md asks of them.
+    """
 
     name: str = "simclr"
     temperature: float = 0.5
+    moco_momentum: float = 0.99
+    queue_size: int = 4096
+    queue_synthetic: bool = True
 
     def __post_init__(self) -> None:
         _choice(self.name, "objective.name", OBJECTIVES)
         _check(self.temperature > 0, "objective.temperature", "must be > 0")
+        _check(0 <= self.moco_momentum < 1, "objective.moco_momentum", "must be in [0, 1)")
+        _check(self.queue_size >= 1, "objective.queue_size", "must be >= 1")
 
 
 @dataclass(frozen=True)
@@ -209,6 +221,57 @@ class HSGConfig:
         _check(self.warmup_epochs >= 0, "hsg.warmup_epochs", "must be >= 0")
         _check(self.ramp_epochs >= 0, "hsg.ramp_epochs", "must be >= 0")
         _check(0 < self.synthetic_ratio <= 4, "hsg.synthetic_ratio", "must be in (0, 4]")
+
+
+@dataclass(frozen=True)
+class HPGConfig:
+    """Hard positive pair generation (Wu et al., AAAI 2023) with a pair of generators G_a, G_b (METHOD.md).
+
+    G_a and G_b take the same (z, c); G_b starts as a copy of G_a. Their similarity s = cos(h(x_a), h(x_b))
+    in the encoder's backbone space is held near a target s*(t) by ``lambda_pair * (relu(s - s*) +
+    mu * relu(s* - s))``. s*(t) falls from ``s_start`` to ``s_end`` after ``warmup_epochs`` (``linear`` or
+    ``cosine`` in training progress), or, with ``adaptive``, follows the encoder's mean similarity of two
+    augmented views of a real image (an EMA with ``adaptive_momentum``) minus ``adaptive_margin``, clipped
+    to [s_end, s_start]. ``pair_ratio`` is the number of pairs per real image in a step; each pair's two
+    images with two views each form one positive group of four views in the encoder's loss.
+    """
+
+    enabled: bool = False
+    pair_ratio: float = 0.125
+    lambda_pair: float = 1.0
+    mu: float = 1.0
+    schedule: str = "linear"
+    s_start: float = 0.9
+    s_end: float = 0.5
+    warmup_epochs: int = 2
+    adaptive_momentum: float = 0.9
+    adaptive_margin: float = 0.1
+
+    def __post_init__(self) -> None:
+        _check(0 < self.pair_ratio <= 2, "hpg.pair_ratio", "must be in (0, 2]")
+        _check(self.lambda_pair >= 0, "hpg.lambda_pair", "must be >= 0")
+        _check(self.mu >= 0, "hpg.mu", "must be >= 0")
+        _choice(self.schedule, "hpg.schedule", HPG_SCHEDULES)
+        _check(-1 <= self.s_end <= self.s_start <= 1, "hpg.s_start/s_end", "need -1 <= s_end <= s_start <= 1")
+        _check(self.warmup_epochs >= 0, "hpg.warmup_epochs", "must be >= 0")
+        _check(0 <= self.adaptive_momentum < 1, "hpg.adaptive_momentum", "must be in [0, 1)")
+
+
+@dataclass(frozen=True)
+class NaiveConfig:
+    """The naive-synthetic baseline: samples of a generator trained once on the real data, not customised.
+
+    ``generator_run`` is a finished run directory whose EMA generator is frozen and sampled every step
+    (conditions drawn from its final condition frequencies); ``synthetic_ratio`` is B_synthetic / B_real,
+    as ``hsg.synthetic_ratio``. Train such a generator with realism alone, e.g. ``--hsg.lambda_hard=0
+    --hsg.warmup_epochs=<epochs>`` (the encoder of that run never sees its samples).
+    """
+
+    generator_run: str | None = None
+    synthetic_ratio: float = 0.25
+
+    def __post_init__(self) -> None:
+        _check(0 < self.synthetic_ratio <= 4, "naive.synthetic_ratio", "must be in (0, 4]")
 
 
 @dataclass(frozen=True)
@@ -319,6 +382,8 @@ class PipelineConfig:
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     conditions: ConditionsConfig = field(default_factory=ConditionsConfig)
     hsg: HSGConfig = field(default_factory=HSGConfig)
+    hpg: HPGConfig = field(default_factory=HPGConfig)
+    naive: NaiveConfig = field(default_factory=NaiveConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -326,11 +391,19 @@ class PipelineConfig:
 
     def __post_init__(self) -> None:
         _check(
-            not (self.mix.sources and self.hsg.enabled),
+            not (self.mix.sources and (self.hsg.enabled or self.hpg.enabled)),
             "mix.sources",
-            "training from shard sets is plain contrastive learning on the mix; set hsg.enabled=false",
+            "training from shard sets is plain contrastive learning on the mix; set hsg.enabled=false "
+            "and hpg.enabled=false",
         )
-        if self.hsg.enabled:
+        _check(
+            self.naive.generator_run is None
+            or not (self.hsg.enabled or self.hpg.enabled or self.mix.sources),
+            "naive.generator_run",
+            "the naive-synthetic baseline replaces the joint producers; set hsg.enabled=false, "
+            "hpg.enabled=false and no mix.sources",
+        )
+        if self.hsg.enabled or self.hpg.enabled:
             size = self.data.size
             ok = any(size % (2**n) == 0 and size // (2**n) >= 4 for n in (1, 2, 3))
             _check(ok, "data.size", f"{size} cannot be built by the cGAN (size = s * 2^n, s >= 4, n in 1..3)")

@@ -1,10 +1,13 @@
-"""``synthkit generate``: export a trained run's hard samples as a shard set.
+"""``synthkit generate``: export a trained run's hard samples and hard positive pairs as a shard set.
 
-Samples come from the run's EMA generator; conditions are drawn from the run's final condition
-frequencies. Each sample records its hardness under the run's encoder: its NT-Xent loss (mean over its
-two views as anchors) in a batch of ``export.batch_size`` generated images together with a fixed,
-seeded reference batch of ``train.batch_size`` real training images, mirroring the composition of a
-training step; the encoder is in eval mode. Everything is seeded, so the same run, N and seed give
+``kind`` picks what is written: ``hard`` (the HSG generator's samples), ``pair`` (G_a/G_b pairs: samples
+``pair_a`` and ``pair_b`` sharing a ``pair_id``, with their backbone similarity under the run's encoder) or
+``all`` (N hard samples, then N pair samples). Samples come from the run's EMA generators; conditions are
+drawn from the run's final condition frequencies. Each sample records its hardness under the run's
+encoder: its contrastive loss (mean over its two views as anchors; a pair's four views are one positive
+group) in a batch of ``export.batch_size`` generated images together with a fixed, seeded reference batch
+of ``train.batch_size`` real training images, mirroring the composition of a training step; the encoder
+is in eval mode. Everything is seeded, so the same run, N and seed give
 byte-identical shards.
 
 An export killed at any point (even SIGKILL) resumes when the same command is run again: the writer's journal
@@ -26,12 +29,14 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm
 
 from synthkit.config import to_dict
 from synthkit.data.sources import load_source
 from synthkit.data.views import Views, to_float
+from synthkit.losses.multi_positive import multi_positive_nt_xent_per_view
 from synthkit.losses.nt_xent import nt_xent_per_view, per_sample_hardness
 from synthkit.provenance import created_by
 from synthkit.shards import (
@@ -47,6 +52,8 @@ from synthkit.training.artifacts import FinalArtifacts, load_final
 
 IN_PROGRESS = ".export-in-progress.json"
 PRODUCER = "hsg-cgan"
+PAIR_PRODUCER = "hpg-cgan"
+KINDS = ("hard", "pair", "all")
 PREVIEW = "preview.png"
 # the preview grid draws from the samples of the chunks that start before this index
 PREVIEW_SAMPLES = 400
@@ -71,7 +78,9 @@ class ExportResult:
     resumed_from: int = 0
 
 
-def _request(art: FinalArtifacts, n: int, seed: int, name: str, batch_size: int, maxcount: int) -> dict:
+def _request(
+    art: FinalArtifacts, n: int, seed: int, name: str, batch_size: int, maxcount: int, kind: str = "hard"
+) -> dict:
     """What identifies an export: the same request on the same weights gives the same bytes."""
     return {
         "run_hashes": art.meta["hashes"],
@@ -80,7 +89,7 @@ def _request(art: FinalArtifacts, n: int, seed: int, name: str, batch_size: int,
         "name": name,
         "batch_size": batch_size,
         "maxcount": maxcount,
-        "kind": "hard",
+        "kind": kind,
     }
 
 
@@ -203,6 +212,19 @@ def condition_grid(
     return img.resize((img.width * scale, img.height * scale), Image.NEAREST)
 
 
+def _segments(kind: str, n: int, batch_size: int) -> list[tuple[str, int, int, int]]:
+    """(kind, first global index, chunk start within the segment, chunk size) of every chunk, in order."""
+    out: list[tuple[str, int, int, int]] = []
+    offset = 0
+    for seg in ("hard", "pair"):
+        if kind not in (seg, "all"):
+            continue
+        bs = batch_size if seg == "hard" else max(2, batch_size - batch_size % 2)
+        out += [(seg, offset, start, min(bs, n - start)) for start in range(0, n, bs)]
+        offset += n
+    return out
+
+
 @torch.no_grad()
 def generate(
     run_dir: str | Path,
@@ -213,18 +235,33 @@ def generate(
     name: str | None = None,
     maxcount: int | None = None,
     batch_size: int | None = None,
+    kind: str | None = None,
     progress: bool = True,
 ) -> ExportResult:
-    """Write ``n`` hard samples of the run in ``run_dir`` as a shard set in ``out_dir``.
+    """Write ``n`` samples of each requested ``kind`` of the run in ``run_dir`` as a shard set in ``out_dir``.
 
+    ``kind``: ``hard``, ``pair`` or ``all``; by default everything the run has (``all`` for an HSG+HPG run).
     The same request again is a no-op on a finished set and a resume on an interrupted one (the module
     docstring says how); a directory holding anything else is refused with ShardSetExistsError.
     """
     art = load_final(run_dir)
     cfg = art.cfg
-    if art.generator is None:
+    have = [
+        k for k, ok in (("hard", art.generator is not None), ("pair", art.pair_generators is not None)) if ok
+    ]
+    if not have:
         raise ExportError(
-            f"{run_dir} was trained without HSG (hsg.enabled=false): it has no generator to sample"
+            f"{run_dir} was trained without HSG and HPG (hsg.enabled=false, hpg.enabled=false): it has no "
+            "generator to sample"
+        )
+    kind = kind or ("all" if len(have) == 2 else have[0])
+    if kind not in KINDS:
+        raise ExportError(f"--kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    missing = [k for k in ("hard", "pair") if kind in (k, "all") and k not in have]
+    if missing:
+        why = {"hard": "HSG (hsg.enabled=false)", "pair": "HPG (hpg.enabled=false)"}
+        raise ExportError(
+            f"{run_dir} was trained without {why[missing[0]]}: it has no {missing[0]} generator"
         )
     n = cfg.export.n if n is None else n
     seed = cfg.export.seed if seed is None else seed
@@ -233,27 +270,33 @@ def generate(
     batch_size = batch_size or cfg.export.batch_size
     if n < 1:
         raise ExportError(f"--n must be >= 1, got {n}")
+    if kind in ("pair", "all") and n % 2:
+        raise ExportError(f"--n must be even for pairs (two samples per pair), got {n}")
     out_dir = Path(out_dir)
-    request = _request(art, n, seed, name, batch_size, maxcount)
+    request = _request(art, n, seed, name, batch_size, maxcount, kind)
     reused = _prepare_out_dir(out_dir, name, request)
     if reused is not None:
         return reused
 
-    gen, enc, cond = art.generator, art.encoder, art.conditions
-    channels, size = gen.channels, gen.size
+    enc, cond = art.encoder, art.conditions
+    some_gen = art.generator if art.generator is not None else art.pair_generators[0]  # type: ignore[index]
+    channels, size, z_dim = some_gen.channels, some_gen.size, some_gen.z_dim
     views = Views(cfg.views, channels, size)
     g = torch.Generator().manual_seed(seed)
     real = load_source(cfg.data, "train")
     ref_idx = torch.randperm(len(real), generator=g)[: min(cfg.train.batch_size, len(real))]
     reference = to_float(real.images[ref_idx])
+    producer_name = {"hard": PRODUCER, "pair": PAIR_PRODUCER, "all": "hsg+hpg-cgan"}[kind]
     producer_info = {
-        "name": PRODUCER,
+        "name": producer_name,
+        "kind": kind,
         "run_dir": str(Path(run_dir).resolve()),
         "hashes": art.meta["hashes"],
         "generator_step": art.meta.get("steps"),
         "epochs": art.meta.get("epochs"),
         "condition_source": cond.source if cond else "none",
-        "hardness": "NT-Xent per sample, encoder eval mode",
+        "hardness": "contrastive loss per sample (pairs as one positive group), encoder eval mode",
+        "pair_similarity": "cosine of backbone features h(x_a), h(x_b), encoder eval mode",
     }
     fields = {
         "config": to_dict(cfg),
@@ -262,32 +305,51 @@ def generate(
         "seed": seed,
         "request": request,
     }
-    preview_n = min(n, math.ceil(PREVIEW_SAMPLES / batch_size) * batch_size)
+    total = n * (2 if kind == "all" else 1)
+    preview_n = min(total, math.ceil(PREVIEW_SAMPLES / batch_size) * batch_size)
+    step = int(art.meta.get("steps", 0))
     with ShardSetWriter(out_dir, name, maxcount=maxcount, manifest_fields=fields, resume=True) as writer:
         done = writer.resume_from
         all_hard, all_cond, previews = _read_back(out_dir, writer.completed_shards, name, seed, preview_n)
         if len(all_hard) != done:  # the journal's counts and the shards' content disagree
             raise ExportError(f"{out_dir}: the kept shards hold {len(all_hard)} samples, expected {done}")
-        bar = tqdm(total=n, initial=done, desc="generate", disable=not progress, unit="img")
-        for start in range(0, n, batch_size):
-            m = min(batch_size, n - start)
-            z = torch.randn(m, gen.z_dim, generator=g)
-            c = cond.sample(m, generator=g) if cond is not None and cond.num_classes else None
-            if start + m <= done:  # durable already: only its draws are replayed, to keep g in step
+        bar = tqdm(total=total, initial=done, desc="generate", disable=not progress, unit="img")
+        for seg, offset, start, m in _segments(kind, n, batch_size):
+            first = offset + start  # global index of the chunk's first sample
+            k = m if seg == "hard" else m // 2
+            z = torch.randn(k, z_dim, generator=g)
+            c = cond.sample(k, generator=g) if cond is not None and cond.num_classes else None
+            if first + m <= done:  # durable already: only its draws are replayed, to keep g in step
                 continue
-            images = gen(z, c)
-            torch.manual_seed(seed * 1_000_003 + start)  # the views' randomness, per chunk
+            similarity = None
+            if seg == "hard":
+                images = art.generator(z, c)  # type: ignore[misc]
+                groups = None
+                c_list = c.tolist() if c is not None else [None] * m
+            else:
+                gen_a, gen_b = art.pair_generators  # type: ignore[misc]
+                x_a, x_b = gen_a(z, c), gen_b(z, c)
+                images = torch.stack([x_a, x_b], dim=1).flatten(0, 1)  # a0, b0, a1, b1, ...
+                similarity = F.cosine_similarity(enc.features(x_a), enc.features(x_b), dim=1)
+                groups = torch.arange(k).repeat_interleave(2) + len(reference)
+                c_list = [v for v in (c.tolist() if c is not None else [None] * k) for _ in (0, 1)]
+            torch.manual_seed(seed * 1_000_003 + first)  # the views' randomness, per chunk
             v1, v2 = views.two_views(torch.cat([reference, images]))
-            per_view = nt_xent_per_view(enc(v1), enc(v2), temperature=cfg.objective.temperature)
+            if groups is None:
+                per_view = nt_xent_per_view(enc(v1), enc(v2), temperature=cfg.objective.temperature)
+            else:
+                ids = torch.cat([torch.arange(len(reference)), groups])
+                per_view = multi_positive_nt_xent_per_view(
+                    enc(torch.cat([v1, v2])), torch.cat([ids, ids]), cfg.objective.temperature
+                )
             hardness = per_sample_hardness(per_view)[len(reference) :]
             arrays = _to_uint8(images)
-            c_list = c.tolist() if c is not None else [None] * m
-            for j in range(max(0, done - start), m):  # the chunk's first samples may be durable already
-                latent = start + j
+            for j in range(max(0, done - first), m):  # the chunk's first samples may be durable already
+                latent = first + j
                 meta = {
-                    "kind": "hard",
-                    "producer": PRODUCER,
-                    "generator_step": int(art.meta.get("steps", 0)),
+                    "kind": "hard" if seg == "hard" else ("pair_a", "pair_b")[j % 2],
+                    "producer": PRODUCER if seg == "hard" else PAIR_PRODUCER,
+                    "generator_step": step,
                     "seed": seed,
                     "latent_id": latent,
                     "condition": c_list[j],
@@ -295,12 +357,15 @@ def generate(
                     "condition_k": cond.num_classes if cond and cond.source == "kmeans" else None,
                     "hardness": round(float(hardness[j]), 6),
                 }
+                if similarity is not None:
+                    meta["pair_id"] = (start + j) // 2
+                    meta["pair_similarity"] = round(float(similarity[j // 2]), 6)
                 writer.write(f"{name}_{latent:08d}", arrays[j], meta)
                 all_hard.append(meta["hardness"])
                 all_cond.append(-1 if c_list[j] is None else c_list[j])
                 if latent < preview_n:
                     previews.append(arrays[j])
-            bar.update(m - max(0, done - start))
+            bar.update(m - max(0, done - first))
         bar.close()
         conds = np.array(all_cond, dtype=np.int64)
         # before the manifest: a rerun after a kill between the two finds a finished set and does nothing

@@ -17,8 +17,10 @@ from synthkit.config import (
     EvalConfig,
     ExportConfig,
     GeneratorConfig,
+    HPGConfig,
     HSGConfig,
     MixConfig,
+    NaiveConfig,
     ObjectiveConfig,
     PipelineConfig,
     TrainConfig,
@@ -59,6 +61,8 @@ def test_defaults_construct_every_stage() -> None:
         "generator": GeneratorConfig,
         "conditions": ConditionsConfig,
         "hsg": HSGConfig,
+        "hpg": HPGConfig,
+        "naive": NaiveConfig,
         "train": TrainConfig,
         "export": ExportConfig,
         "eval": EvalConfig,
@@ -342,3 +346,18 @@ def test_mix_sources_are_a_list_of_specs() -> None:
         load_pipeline(None, ["--mix.sources=[3]", "--hsg.enabled=false"])
     with pytest.raises(ConfigError, match="NAME=DIR:WEIGHT"):
         load_pipeline(None, ['--mix.sources=["nocolon"]', "--hsg.enabled=false"])
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("--hpg.schedule=exponential", "hpg.schedule: 'exponential' is not one of linear, cosine, adaptive"),
+        ("--hpg.s_start=0.3", "hpg.s_start/s_end"),
+        ("--objective.name=byol", "objective.name: 'byol' is not one of simclr, moco"),
+        ("--objective.moco_momentum=1.0", "objective.moco_momentum"),
+        ("--naive.synthetic_ratio=0", "naive.synthetic_ratio"),
+    ],
+)
+def test_hpg_moco_naive_errors_name_the_key(override: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_pipeline(None, [override])

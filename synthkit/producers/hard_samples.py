@@ -64,6 +64,49 @@ def _ema_with_warmup(decay: float):
     return avg_fn
 
 
+def discriminator_loss(
+    discriminator: nn.Module,
+    gen_cfg: GeneratorConfig,
+    real: torch.Tensor,
+    c_real: torch.Tensor | None,
+    fake: torch.Tensor,
+    c_fake: torch.Tensor | None,
+) -> torch.Tensor:
+    """Hinge loss of D on augmented real vs (detached) generated images, in one forward pass.
+
+    D sees as many real images as generated ones (the first ``len(fake)`` of the real batch, which is
+    already a random draw), the usual balanced GAN batch; this also keeps the D step cheap. With more
+    generated images than real ones (several producers), the first ``len(real)`` generated ones are used.
+    """
+    n = min(len(real), len(fake))
+    real, fake = real[:n], fake[:n]
+    c_real = None if c_real is None else c_real[:n]
+    c_fake = None if c_fake is None else c_fake[:n]
+    x = diff_augment(torch.cat([real, fake.detach()]), gen_cfg.diffaugment)
+    c = None if c_real is None else torch.cat([c_real, c_fake])
+    logits = discriminator(x, c)
+    return d_hinge(logits[:n], logits[n:])
+
+
+def adversarial_loss(
+    discriminator: nn.Module, gen_cfg: GeneratorConfig, fake: torch.Tensor, c_fake: torch.Tensor | None
+) -> torch.Tensor:
+    """L_adv(G) with D frozen. Takes the bare D (not a DDP wrapper): D receives no gradient here."""
+    discriminator.requires_grad_(False)
+    try:
+        logits = discriminator(diff_augment(fake, gen_cfg.diffaugment), c_fake)
+    finally:
+        discriminator.requires_grad_(True)
+    return g_hinge(logits)
+
+
+def ema_copy(generator: nn.Module, decay: float) -> AveragedModel:
+    """An EMA copy of ``generator`` (with decay warm-up), for sampling."""
+    ema = AveragedModel(generator, avg_fn=_ema_with_warmup(decay), use_buffers=True)
+    ema.requires_grad_(False)
+    return ema
+
+
 class HardSampleProducer(nn.Module):
     """Holds G, D and G's EMA copy, and performs the producer's parts of a joint step.
 
@@ -78,8 +121,7 @@ class HardSampleProducer(nn.Module):
         self.gen_cfg, self.hsg_cfg = gen_cfg, hsg_cfg
         self.num_classes = num_classes
         self.generator, self.discriminator = build_cgan(gen_cfg, channels, size, num_classes)
-        self.ema = AveragedModel(self.generator, avg_fn=_ema_with_warmup(gen_cfg.ema_decay), use_buffers=True)
-        self.ema.requires_grad_(False)
+        self.ema = ema_copy(self.generator, gen_cfg.ema_decay)
 
     def optimizers(self) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer]:
         g = torch.optim.Adam(self.generator.parameters(), lr=self.gen_cfg.lr_g, betas=self.gen_cfg.betas)
@@ -94,26 +136,10 @@ class HardSampleProducer(nn.Module):
         fake: torch.Tensor,
         c_fake: torch.Tensor | None,
     ) -> torch.Tensor:
-        """Hinge loss of D on augmented real vs (detached) generated images, in one forward pass.
-
-        D sees as many real images as generated ones (the first ``len(fake)`` of the real batch, which is
-        already a random draw), the usual balanced GAN batch; this also keeps the D step cheap.
-        """
-        real = real[: len(fake)]
-        c_real = None if c_real is None else c_real[: len(fake)]
-        x = diff_augment(torch.cat([real, fake.detach()]), self.gen_cfg.diffaugment)
-        c = None if c_real is None else torch.cat([c_real, c_fake])
-        logits = discriminator(x, c)
-        return d_hinge(logits[: len(real)], logits[len(real) :])
+        return discriminator_loss(discriminator, self.gen_cfg, real, c_real, fake, c_fake)
 
     def adversarial_loss(self, fake: torch.Tensor, c_fake: torch.Tensor | None) -> torch.Tensor:
-        """L_adv(G) with D frozen. Calls the bare D (not a DDP wrapper): D receives no gradient here."""
-        self.discriminator.requires_grad_(False)
-        try:
-            logits = self.discriminator(diff_augment(fake, self.gen_cfg.diffaugment), c_fake)
-        finally:
-            self.discriminator.requires_grad_(True)
-        return g_hinge(logits)
+        return adversarial_loss(self.discriminator, self.gen_cfg, fake, c_fake)
 
     @torch.no_grad()
     def update_ema(self) -> None:

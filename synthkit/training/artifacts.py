@@ -1,6 +1,7 @@
 """A run's published weights: what ``synthkit generate`` and ``synthkit eval`` load.
 
-``RUN_DIR/final/`` holds safetensors weights (encoder, EMA generator), the condition assignment, and
+``RUN_DIR/final/`` holds safetensors weights (encoder, EMA generator, EMA pair generators G_a and G_b when
+the run used HPG), the condition assignment, and
 ``final.json`` with the resolved config and the content hash of every weight file; it is written to a
 temporary directory, checksummed and renamed, so it either exists complete or not at all. Loading checks
 the checksums first, so a truncated or corrupt file is reported by name rather than half-loaded.
@@ -22,6 +23,7 @@ from synthkit.encoders.model import Encoder
 from synthkit.generators.cgan import Generator
 from synthkit.producers.conditions import Conditions
 from synthkit.producers.hard_samples import HardSampleProducer
+from synthkit.producers.positive_pairs import PairProducer
 from synthkit.provenance import created_by, state_dict_hash
 from synthkit.training import checkpoint as ckpt
 
@@ -35,6 +37,7 @@ class FinalArtifacts:
     generator: Generator | None
     conditions: Conditions | None
     meta: dict[str, Any]
+    pair_generators: tuple[Generator, Generator] | None = None
 
 
 def save_final(
@@ -46,6 +49,7 @@ def save_final(
     *,
     epochs: int,
     steps: int,
+    pairs: PairProducer | None = None,
 ) -> dict[str, str]:
     """Write ``run_dir/final`` atomically; return the content hash of each weight set."""
     tmp = run_dir / f".tmp_{FINAL}"
@@ -68,6 +72,18 @@ def save_final(
         hashes["generator_ema"] = state_dict_hash(g_state)
         gen = producer.generator
         meta["generator"] = {
+            "z_dim": gen.z_dim,
+            "channels": gen.channels,
+            "size": gen.size,
+            "num_classes": gen.num_classes,
+        }
+    if pairs is not None:
+        for side, ema in (("a", pairs.ema_a), ("b", pairs.ema_b)):
+            state = {k: v.detach().cpu().contiguous() for k, v in ema.module.state_dict().items()}
+            save_file(state, str(tmp / f"generator_{side}_ema.safetensors"))
+            hashes[f"generator_{side}_ema"] = state_dict_hash(state)
+        gen = pairs.generator_a
+        meta["pair_generator"] = {
             "z_dim": gen.z_dim,
             "channels": gen.channels,
             "size": gen.size,
@@ -104,6 +120,22 @@ def load_final(run_dir: str | Path) -> FinalArtifacts:
                 cfg.generator.z_dim, g["channels"], g["size"], g["num_classes"], base=cfg.generator.g_channels
             )
             generator.load_state_dict(load_file(str(final / "generator_ema.safetensors")))
+        pair_generators = None
+        if "pair_generator" in meta:
+            g = meta["pair_generator"]
+            pair = []
+            for side in ("a", "b"):
+                gen = Generator(
+                    cfg.generator.z_dim,
+                    g["channels"],
+                    g["size"],
+                    g["num_classes"],
+                    base=cfg.generator.g_channels,
+                )
+                gen.load_state_dict(load_file(str(final / f"generator_{side}_ema.safetensors")))
+                gen.eval()
+                pair.append(gen)
+            pair_generators = (pair[0], pair[1])
         conditions = None
         if "conditions" in meta:
             c = meta["conditions"]
@@ -123,4 +155,4 @@ def load_final(run_dir: str | Path) -> FinalArtifacts:
     encoder.eval()
     if generator is not None:
         generator.eval()
-    return FinalArtifacts(cfg, encoder, generator, conditions, meta)
+    return FinalArtifacts(cfg, encoder, generator, conditions, meta, pair_generators)

@@ -32,12 +32,20 @@ from synthkit.config import PipelineConfig, dump_yaml, load_pipeline, to_dict
 from synthkit.data.sources import ImageSet, load_source
 from synthkit.data.views import Views, to_float
 from synthkit.encoders.model import Encoder, extract_features
+from synthkit.encoders.momentum import MomentumEncoder
+from synthkit.generators.cgan import build_cgan
 from synthkit.metrics.knn import knn_accuracy
 from synthkit.producers.conditions import Conditions, make_conditions, num_conditions
 from synthkit.producers.hard_samples import HardSampleProducer, hsg_lambda
+from synthkit.producers.positive_pairs import (
+    AdaptiveTarget,
+    PairProducer,
+    schedule_progress,
+    target_similarity,
+)
 from synthkit.provenance import created_by
 from synthkit.training import checkpoint as ckpt
-from synthkit.training.artifacts import save_final
+from synthkit.training.artifacts import load_final, save_final
 from synthkit.training.batches import MemoryBatches, MixBatches
 from synthkit.training.state import LoopState, load_loop_state, save_loop_state
 from synthkit.training.steps import StepParts, joint_step, plain_step
@@ -158,6 +166,34 @@ def _knn_monitor(
     )
 
 
+class _NaiveSynthetic:
+    """The naive-synthetic baseline's sampler: a frozen EMA generator of another, finished run."""
+
+    def __init__(self, cfg: PipelineConfig, channels: int, size: int) -> None:
+        source = cfg.naive.generator_run
+        art = load_final(source)
+        if art.generator is None:
+            raise RunError(
+                f"naive.generator_run={source} holds no generator (trained with hsg.enabled=false)"
+            )
+        gen = art.generator
+        if (gen.channels, gen.size) != (channels, size):
+            raise RunError(
+                f"naive.generator_run={source} makes {gen.channels}x{gen.size}x{gen.size} images but the "
+                f"training data are {channels}x{size}x{size}"
+            )
+        self.generator, self.conditions = gen.requires_grad_(False), art.conditions
+        self.hashes = art.meta["hashes"]
+
+    @torch.no_grad()
+    def sample(self, n: int, device: torch.device) -> torch.Tensor:
+        self.generator.to(device)
+        c = None
+        if self.conditions is not None and self.conditions.num_classes:
+            c = self.conditions.sample(n).to(device)
+        return self.generator(torch.randn(n, self.generator.z_dim, device=device), c)
+
+
 def _fingerprint(module: torch.nn.Module) -> torch.Tensor:
     flat = torch.cat([p.detach().double().flatten() for p in module.parameters()])
     return torch.stack([flat.sum(), flat.square().sum()])
@@ -238,40 +274,83 @@ def train(
         encoder = encoder.to(memory_format=torch.channels_last)
     views = Views(cfg.views, channels, size)
     opt_enc = torch.optim.Adam(encoder.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
-    hsg = cfg.hsg.enabled
-    n_cond = num_conditions(cfg.conditions, len(real.classes) if real.classes else None) if hsg else 0
+    hsg, hpg = cfg.hsg.enabled, cfg.hpg.enabled
+    gan = hsg or hpg
+    n_cond = num_conditions(cfg.conditions, len(real.classes) if real.classes else None) if gan else 0
     producer = HardSampleProducer(cfg.generator, cfg.hsg, channels, size, n_cond) if hsg else None
-    if producer is not None and cfg.train.channels_last:
-        producer.generator.to(memory_format=torch.channels_last)
-        producer.discriminator.to(memory_format=torch.channels_last)
+    pairs: PairProducer | None = None
+    discriminator = producer.discriminator if producer is not None else None
+    if hpg:
+        g_a, d_own = build_cgan(cfg.generator, channels, size, n_cond)
+        pairs = PairProducer(cfg.generator, cfg.hpg, g_a)
+        discriminator = discriminator if discriminator is not None else d_own  # one D judges every generator
+    if cfg.train.channels_last:
+        for module in (producer.generator if producer else None, discriminator, pairs):
+            if module is not None:
+                module.to(memory_format=torch.channels_last)
+    momentum = (
+        MomentumEncoder(encoder, cfg.objective.queue_size, cfg.encoder.proj_dim, seed=cfg.train.seed)
+        if cfg.objective.name == "moco"
+        else None
+    )
+    naive = _NaiveSynthetic(cfg, channels, size) if cfg.naive.generator_run else None
+    prepare: list[Any] = [encoder, opt_enc]
+    if gan:
+        assert discriminator is not None
+        opt_d = torch.optim.Adam(discriminator.parameters(), lr=cfg.generator.lr_d, betas=cfg.generator.betas)
+        prepare += [discriminator, opt_d]
     if producer is not None:
-        opt_g, opt_d = producer.optimizers()
-        encoder_ddp, opt_enc, g_ddp, d_ddp, opt_g, opt_d = accelerator.prepare(
-            encoder, opt_enc, producer.generator, producer.discriminator, opt_g, opt_d
+        opt_g = torch.optim.Adam(
+            producer.generator.parameters(), lr=cfg.generator.lr_g, betas=cfg.generator.betas
         )
+        prepare += [producer.generator, opt_g]
+    if pairs is not None:
+        prepare += [pairs.generator_a, pairs.generator_b]
+    prepared = accelerator.prepare(*prepare)
+    prepared = list(prepared) if isinstance(prepared, (list, tuple)) else [prepared]
+    encoder_ddp, opt_enc = prepared[0], prepared[1]
+    parts = StepParts(
+        accelerator,
+        encoder_ddp,
+        views,
+        opt_enc,
+        cfg.objective.temperature,
+        gen_cfg=cfg.generator,
+        momentum=momentum,
+        moco_momentum=cfg.objective.moco_momentum,
+        queue_synthetic=cfg.objective.queue_synthetic,
+    )
+    rest = prepared[2:]
+    if gan:
+        parts.discriminator, parts.opt_d, rest = rest[0], rest[1], rest[2:]
+    if producer is not None:
+        parts.producer, parts.generator, parts.opt_g, rest = producer, rest[0], rest[1], rest[2:]
         producer.ema.to(accelerator.device)
-        parts = StepParts(
-            accelerator,
-            encoder_ddp,
-            views,
-            opt_enc,
-            cfg.objective.temperature,
-            producer,
-            g_ddp,
-            d_ddp,
-            opt_g,
-            opt_d,
-        )
-    else:
-        encoder_ddp, opt_enc = accelerator.prepare(encoder, opt_enc)
-        parts = StepParts(accelerator, encoder_ddp, views, opt_enc, cfg.objective.temperature)
+    if pairs is not None:
+        parts.pairs, parts.generator_a, parts.generator_b = pairs, rest[0], rest[1]
+        # one optimizer over both generators, built on the prepared modules' parameters
+        parts.opt_pair = accelerator.prepare(pairs.optimizer(rest[0], rest[1]))
+        pairs.ema_a.to(accelerator.device)
+        pairs.ema_b.to(accelerator.device)
+    if momentum is not None:
+        momentum.to(accelerator.device)
+    loop_modules: dict[str, torch.nn.Module] = {}
+    if pairs is not None:
+        loop_modules.update(pair_ema_a=pairs.ema_a, pair_ema_b=pairs.ema_b)
+    if momentum is not None:
+        loop_modules["momentum"] = momentum
     b_syn = max(1, round(b_real * cfg.hsg.synthetic_ratio)) if hsg else 0
+    b_pair = max(1, round(b_real * cfg.hpg.pair_ratio)) if hpg else 0
+    b_naive = max(1, round(b_real * cfg.naive.synthetic_ratio)) if naive else 0
+    adaptive = AdaptiveTarget(cfg.hpg.adaptive_momentum)
+    probe = min(32, b_real) if hpg else 0
 
     # 3. Resume (the checkpoint was verified before anything was written) ---
     state = LoopState()
     if resume_from is not None:
         accelerator.load_state(str(resume_from))
-        state = load_loop_state(resume_from, producer)
+        state = load_loop_state(resume_from, producer, loop_modules)
+        adaptive.value = state.hpg_adaptive
         if accelerator.is_main_process:
             log.truncate_after(state.step)  # drop records of steps the checkpoint does not include
     else:
@@ -282,7 +361,7 @@ def train(
     # 4. Epochs ---
     device = accelerator.device
     for epoch in range(state.epoch, cfg.train.epochs):
-        if producer is not None and (conditions is None or epoch % cfg.conditions.refresh_every == 0):
+        if gan and (conditions is None or epoch % cfg.conditions.refresh_every == 0):
             conditions = _refresh_conditions(
                 cfg, accelerator, accelerator.unwrap_model(encoder_ddp), real, conditions, epoch, n_cond
             )
@@ -297,20 +376,34 @@ def train(
         )
         for i, (idx, images) in enumerate(bar):
             x_real = to_float(images).to(device)
-            if producer is None:
-                rec = plain_step(parts, x_real)
+            t = epoch + i / steps_per_epoch
+            if not gan:
+                synthetic = naive.sample(b_naive, device) if naive is not None else None
+                rec = plain_step(parts, x_real, synthetic)
             else:
                 c_real = conditions.labels[idx].to(device) if n_cond else None
-                c_fake = conditions.sample(b_syn) if n_cond else None
+                c_fake = conditions.sample(b_syn) if n_cond and hsg else None
+                pair_c = conditions.sample(b_pair) if n_cond and hpg else None
+                target = 1.0
+                if hpg:
+                    progress_hpg = schedule_progress(cfg.hpg, t, cfg.train.epochs)
+                    target = target_similarity(cfg.hpg, progress_hpg, adaptive.value)
                 rec = joint_step(
                     parts,
                     x_real,
                     c_real,
-                    z=torch.randn(b_syn, cfg.generator.z_dim, device=device),
+                    z=torch.randn(b_syn, cfg.generator.z_dim, device=device) if hsg else None,
                     c_fake=c_fake.to(device) if c_fake is not None else None,
-                    lambda_hard=hsg_lambda(cfg.hsg, epoch + i / steps_per_epoch),
-                    use_synthetic=epoch >= cfg.hsg.warmup_epochs,
+                    lambda_hard=hsg_lambda(cfg.hsg, t),
+                    use_synthetic=hsg and epoch >= cfg.hsg.warmup_epochs,
+                    pair_z=torch.randn(b_pair, cfg.generator.z_dim, device=device) if hpg else None,
+                    pair_c=pair_c.to(device) if pair_c is not None else None,
+                    pair_target=target,
+                    use_pairs=hpg and epoch >= cfg.hpg.warmup_epochs,
+                    real_positive_probe=probe,
                 )
+                if hpg and "real_positive_similarity" in rec:
+                    state.hpg_adaptive = adaptive.update(rec["real_positive_similarity"])
             state.step += 1
             if cfg.train.record_indices:
                 if isinstance(idx, list):  # streamed from shards: sample keys, gathered as objects
@@ -346,16 +439,24 @@ def train(
             shown = {k: round(v, 4) for k, v in epoch_rec.items() if isinstance(v, float)}
             tqdm.write(f"epoch {state.epoch}/{cfg.train.epochs} {shown}")
         if state.epoch % cfg.train.checkpoint_every == 0 or state.epoch == cfg.train.epochs:
-            _save_checkpoint(accelerator, ckpt_root, state, producer, cfg)
+            _save_checkpoint(accelerator, ckpt_root, state, producer, cfg, loop_modules)
 
     # 6. Publish final weights and a summary ---
     fingerprints = {"encoder": accelerator.gather(_fingerprint(encoder_ddp).to(device)).view(world, -1)}
     if producer is not None:
-        fingerprints["generator"] = accelerator.gather(_fingerprint(g_ddp).to(device)).view(world, -1)
+        fingerprints["generator"] = accelerator.gather(_fingerprint(parts.generator).to(device)).view(
+            world, -1
+        )
+    if pairs is not None:
+        fingerprints["generator_b"] = accelerator.gather(_fingerprint(parts.generator_b).to(device)).view(
+            world, -1
+        )
     summary: dict[str, Any] = {}
     if accelerator.is_main_process:
         enc = accelerator.unwrap_model(encoder_ddp)
-        hashes = save_final(run_dir, cfg, enc, producer, conditions, epochs=state.epoch, steps=state.step)
+        hashes = save_final(
+            run_dir, cfg, enc, producer, conditions, epochs=state.epoch, steps=state.step, pairs=pairs
+        )
         in_sync = all(bool((f == f[0]).all()) for f in fingerprints.values())
         summary = {
             "epochs": state.epoch,
@@ -400,6 +501,7 @@ def _save_checkpoint(
     state: LoopState,
     producer: HardSampleProducer | None,
     cfg: PipelineConfig,
+    modules: dict[str, torch.nn.Module] | None = None,
 ) -> None:
     name = ckpt.checkpoint_name(state.epoch)
     tmp = root / f".tmp_{name}"
@@ -411,7 +513,7 @@ def _save_checkpoint(
     try:
         accelerator.save_state(str(tmp))
         if accelerator.is_main_process:
-            save_loop_state(tmp, state, producer)
+            save_loop_state(tmp, state, producer, modules)
             (tmp / "config.yaml").write_text(dump_yaml(cfg))
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:

@@ -1,0 +1,310 @@
+"""The method-versus-baselines table on real Fashion-MNIST (METHOD.md, "Baselines every comparison needs").
+
+    python eval/method_table.py [--out eval/results/method_table] [--seeds 0 1 2] [--quick]
+                                [--objectives simclr moco] [--rows real-only naive hsg hpg hsg+hpg]
+                                [--pipeline pipelines/fashion-mnist-method.yaml] [--set section.key=value ...]
+
+Rows, each at the same real data, epochs and encoder, for every objective and seed:
+- ``real-only``: CL on the real subset alone;
+- ``naive``: a cGAN trained once on the real data with realism alone (``hsg.lambda_hard=0``, its warm-up
+  spanning the whole run, so neither it nor that run's encoder ever sees the other's signal), then frozen;
+  its samples are mixed into CL at ``hsg.synthetic_ratio``;
+- ``hsg``, ``hpg``, ``hsg+hpg``: the method's producers, trained jointly with the encoder;
+- data efficiency (SimCLR): ``hsg+hpg`` and ``real-only`` on half of the real subset (``half``), to set
+  against ``real-only`` on all of it.
+
+Every encoder is scored with a weighted kNN (k=200, t=0.1) and a linear probe on frozen backbone features,
+both fitted on the full real subset with its labels (the same labeled set for every row, so rows differ only
+in their representation) and scored on (a) a validation split of 5,000 other training images, which is
+what settings may be chosen on, and (b) the 10,000 test images, which are reported and never tuned on.
+
+Writes ``table.md``, ``table.json`` (mean, standard deviation and per-seed values, wall time per run),
+``table.png`` (linear accuracy per row) and ``similarity.png`` (HPG's pair similarity against its target
+s*(t) over training steps). Runs already finished under ``OUT/runs`` are reused, so an interrupted table
+resumes. ``--quick`` is a smoke run: 1 seed, 1,000 images, 2 epochs, small nets.
+
+Default budget (measured on this project's 2-core CPU; see eval/README.md): 3 seeds x 5 rows x 2 objectives
++ 3 naive generators + 6 half-data runs, about two hours.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from synthkit.config import PipelineConfig, load_pipeline  # noqa: E402
+from synthkit.data.sources import ImageSet, load_source, subset_indices  # noqa: E402
+from synthkit.encoders.model import extract_features  # noqa: E402
+from synthkit.metrics.knn import knn_accuracy  # noqa: E402
+from synthkit.metrics.linear_probe import linear_probe_accuracy  # noqa: E402
+from synthkit.training.artifacts import load_final  # noqa: E402
+from synthkit.training.joint import train  # noqa: E402
+
+ROWS: dict[str, tuple[str, ...]] = {
+    "real-only": ("--hsg.enabled=false",),
+    "naive": ("--hsg.enabled=false",),  # + naive.generator_run, set per seed
+    "hsg": (),
+    "hpg": ("--hsg.enabled=false", "--hpg.enabled=true"),
+    "hsg+hpg": ("--hpg.enabled=true",),
+}
+OBJECTIVES: dict[str, tuple[str, ...]] = {
+    "simclr": (),
+    # MoCo v2's temperature (Chen et al., 2020); queue = 4096 keys
+    "moco": ("--objective.name=moco", "--objective.temperature=0.2"),
+}
+HALF_ROWS = ("real-only", "hsg+hpg")
+VAL_SIZE = 5000
+QUICK = (
+    "--data.subset=1000",
+    "--train.epochs=2",
+    "--train.batch_size=128",
+    "--encoder.width=8",
+    "--generator.g_channels=8",
+    "--generator.d_channels=8",
+    "--hsg.warmup_epochs=1",
+    "--hsg.ramp_epochs=1",
+    "--hpg.warmup_epochs=1",
+    "--conditions.refresh_every=1",
+    "--objective.queue_size=512",
+    "--eval.probe_epochs=20",
+)
+
+
+@dataclasses.dataclass
+class Splits:
+    fit: ImageSet  # the real subset, with labels
+    val: ImageSet  # held-out training images
+    test: ImageSet
+
+
+def _splits(cfg: PipelineConfig, quick: bool) -> Splits:
+    full_cfg = dataclasses.replace(cfg.data, subset=None)
+    full = load_source(full_cfg, "train")
+    keep = subset_indices(len(full), cfg.data)
+    assert keep is not None, "the method table needs data.subset"
+    rest = np.setdiff1d(np.arange(len(full)), keep)
+    rng = np.random.default_rng(1234)
+    val_idx = np.sort(rng.choice(rest, size=min(VAL_SIZE if not quick else 1000, len(rest)), replace=False))
+    test = load_source(full_cfg, "test")
+    if quick:
+        test = ImageSet(test.images[:2000], test.labels[:2000], test.name, test.classes)
+    k, v = torch.from_numpy(keep), torch.from_numpy(val_idx)
+    return Splits(
+        ImageSet(full.images[k], full.labels[k], full.name, full.classes),
+        ImageSet(full.images[v], full.labels[v], full.name, full.classes),
+        test,
+    )
+
+
+def _score(run: Path, splits: Splits, cfg: PipelineConfig) -> dict[str, float]:
+    enc = load_final(run).encoder
+    f_fit = extract_features(enc, splits.fit.images)
+    out: dict[str, float] = {}
+    for name, split in (("val", splits.val), ("test", splits.test)):
+        f = extract_features(enc, split.images)
+        out[f"{name}_knn"] = knn_accuracy(
+            f_fit, splits.fit.labels, f, split.labels, k=cfg.eval.knn_k, temperature=cfg.eval.knn_temperature
+        )
+        out[f"{name}_linear"] = linear_probe_accuracy(
+            f_fit,
+            splits.fit.labels,
+            f,
+            split.labels,
+            epochs=cfg.eval.probe_epochs,
+            lr=cfg.eval.probe_lr,
+            weight_decay=cfg.eval.probe_weight_decay,
+            seed=0,
+        )
+    return out
+
+
+def _train_once(run: Path, pipeline: Path, overrides: list[str]) -> float:
+    """Train ``run`` unless it finished before; returns the training wall time (recorded in the run)."""
+    timing = run / "wall_time.json"
+    if (run / "final").is_dir() and timing.exists():
+        return json.loads(timing.read_text())["seconds"]
+    if run.exists():  # an interrupted run: start it again from scratch for a clean wall time
+        import shutil
+
+        shutil.rmtree(run)
+    cfg = load_pipeline(pipeline, overrides)
+    t0 = time.perf_counter()
+    train(cfg, run, progress=False)
+    seconds = time.perf_counter() - t0
+    timing.write_text(json.dumps({"seconds": seconds}))
+    return seconds
+
+
+def _summarise(values: list[float]) -> dict[str, float]:
+    return {
+        "mean": statistics.fmean(values),
+        "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+    }
+
+
+def _plots(out: Path, table: list[dict[str, Any]], pair_run: Path | None) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 0.45 * len(table) + 1.5))
+    labels = [f"{r['row']} / {r['objective']}" + (" (half real)" if r["half"] else "") for r in table]
+    means = [100 * r["test_linear"]["mean"] for r in table]
+    stds = [100 * r["test_linear"]["std"] for r in table]
+    ax.barh(range(len(table)), means, xerr=stds, color="#4c72b0", capsize=3)
+    ax.set_yticks(range(len(table)), labels)
+    ax.invert_yaxis()
+    lo = min(means) - 3 * max(max(stds), 0.5)
+    ax.set_xlim(max(0, lo), min(100, max(means) + 3 * max(max(stds), 0.5)))
+    ax.set_xlabel("linear-probe test accuracy (%), mean +- std over seeds")
+    ax.set_title("Fashion-MNIST: method vs baselines")
+    fig.tight_layout()
+    fig.savefig(out / "table.png", dpi=120)
+    plt.close(fig)
+    if pair_run is None:
+        return
+    recs = [json.loads(line) for line in (pair_run / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in recs if "pair_similarity" in r]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    x = [r["step"] for r in steps]
+    ax.plot(x, [r["pair_similarity"] for r in steps], label="pair similarity s = cos(h(x_a), h(x_b))")
+    ax.plot(x, [r["pair_target"] for r in steps], "--", label="target s*(t)")
+    if "real_positive_similarity" in steps[0]:
+        ax.plot(x, [r["real_positive_similarity"] for r in steps], ":", label="real augmented positives")
+    ax.set_xlabel("training step")
+    ax.set_ylabel("cosine similarity (backbone)")
+    ax.set_title(f"HPG pair similarity vs target: {pair_run.name}")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "similarity.png", dpi=120)
+    plt.close(fig)
+
+
+def _markdown(table: list[dict[str, Any]], meta: dict[str, Any]) -> str:
+    lines = [
+        f"Fashion-MNIST method table: {meta['command']}",
+        "",
+        f"Real subset {meta['subset']} images (half: {meta['subset'] // 2}), {meta['epochs']} epochs, "
+        f"seeds {meta['seeds']}; accuracies in %, mean +- std over seeds; probes fitted on the full real "
+        f"subset; val = {meta['val_size']} held-out training images, test = {meta['test_size']} test images.",
+        "",
+        "| row | objective | real data | test linear | test kNN | val linear | val kNN | train s/run |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in table:
+
+        def f(key: str, r: dict[str, Any] = r) -> str:
+            return f"{100 * r[key]['mean']:.2f} +- {100 * r[key]['std']:.2f}"
+
+        lines.append(
+            f"| {r['row']} | {r['objective']} | {'half' if r['half'] else 'all'} | {f('test_linear')} | "
+            f"{f('test_knn')} | {f('val_linear')} | {f('val_knn')} | {r['train_seconds']['mean']:.0f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", type=Path, default=ROOT / "eval" / "results" / "method_table")
+    ap.add_argument("--pipeline", type=Path, default=ROOT / "pipelines" / "fashion-mnist-method.yaml")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--objectives", nargs="+", default=list(OBJECTIVES), choices=list(OBJECTIVES))
+    ap.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
+    ap.add_argument("--no-half", action="store_true", help="skip the data-efficiency rows")
+    ap.add_argument("--set", nargs="*", default=[], help="extra overrides for every run: section.key=value")
+    ap.add_argument("--quick", action="store_true", help="smoke run: 1 seed, 1,000 images, 2 epochs")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.seeds = args.seeds[:1]
+    extra = list(QUICK if args.quick else ()) + [f"--{s}" for s in args.set]
+    base = load_pipeline(args.pipeline, extra)
+    out: Path = args.out
+    (out / "runs").mkdir(parents=True, exist_ok=True)
+    splits = _splits(base, args.quick)
+    subset = base.data.subset
+    assert subset is not None
+    plan: list[tuple[str, str, bool, int]] = [
+        (row, obj, False, seed) for obj in args.objectives for row in args.rows for seed in args.seeds
+    ]
+    if not args.no_half and "simclr" in args.objectives:
+        plan += [(row, "simclr", True, seed) for row in HALF_ROWS for seed in args.seeds]
+    results: dict[tuple[str, str, bool], list[dict[str, float]]] = {}
+    t_start = time.perf_counter()
+    for row, obj, half, seed in plan:
+        overrides = [*extra, *ROWS[row], *OBJECTIVES[obj], f"--train.seed={seed}"]
+        if half:
+            # half of the same fixed subset: the first subset/2 of its seeded permutation
+            overrides.append(f"--data.subset={subset // 2}")
+        if row == "naive":
+            gan = out / "runs" / f"naive-generator-s{seed}"
+            epochs = base.train.epochs
+            gan_overrides = [
+                *extra,
+                "--hsg.lambda_hard=0",
+                f"--hsg.warmup_epochs={epochs}",
+                f"--train.seed={seed}",
+            ]
+            gan_seconds = _train_once(gan, args.pipeline, gan_overrides)
+            overrides.append(f"--naive.generator_run={gan}")
+        name = f"{row.replace('+', '_')}-{obj}-{'half' if half else 'all'}-s{seed}"
+        run = out / "runs" / name
+        seconds = _train_once(run, args.pipeline, overrides)
+        scores_path = run / "scores.json"
+        if scores_path.exists():
+            scores = json.loads(scores_path.read_text())
+        else:
+            scores = _score(run, splits, base)
+            scores_path.write_text(json.dumps(scores))
+        scores = {**scores, "train_seconds": seconds}
+        if row == "naive":
+            scores["generator_seconds"] = gan_seconds
+        results.setdefault((row, obj, half), []).append(scores)
+        print(
+            f"[{time.perf_counter() - t_start:7.0f}s] {name}: test linear {100 * scores['test_linear']:.2f} "
+            f"kNN {100 * scores['test_knn']:.2f} | val linear {100 * scores['val_linear']:.2f} "
+            f"({seconds:.0f} s)",
+            flush=True,
+        )
+    table: list[dict[str, Any]] = []
+    for (row, obj, half), per_seed in results.items():
+        entry: dict[str, Any] = {"row": row, "objective": obj, "half": half, "seeds": args.seeds}
+        for key in ("test_linear", "test_knn", "val_linear", "val_knn", "train_seconds"):
+            entry[key] = _summarise([s[key] for s in per_seed])
+        entry["per_seed"] = per_seed
+        table.append(entry)
+    meta = {
+        "command": "python eval/method_table.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "pipeline": str(args.pipeline),
+        "overrides": extra,
+        "subset": subset,
+        "epochs": base.train.epochs,
+        "seeds": args.seeds,
+        "val_size": len(splits.val),
+        "test_size": len(splits.test),
+        "total_seconds": time.perf_counter() - t_start,
+    }
+    (out / "table.json").write_text(json.dumps({"meta": meta, "rows": table}, indent=2))
+    md = _markdown(table, meta)
+    (out / "table.md").write_text(md)
+    pair_runs = sorted((out / "runs").glob("hsg_hpg-simclr-all-s*")) or sorted((out / "runs").glob("hpg-*"))
+    _plots(out, table, pair_runs[0] if pair_runs else None)
+    print(md)
+    print(json.dumps({"total_seconds": round(meta["total_seconds"], 1), "out": str(out)}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,117 @@
+"""Hard positive pair generation (HPG) with a pair of conditional generators.
+
+Wu, Wang, Zeng, Shi, Hu, "Synthetic Data Can Also Teach", AAAI 2023: a pair of generators produces two
+similar-but-distinct samples that form a positive pair, and the pair's similarity is lowered as training
+goes on, so that positives get harder as the encoder learns.
+
+Our formulation (METHOD.md): G_a and G_b take the same (z, c); G_b starts as a copy of G_a and is free to
+drift. With s = cos(h(x_a), h(x_b)) in the encoder's backbone space (the encoder fixed), the generators
+minimise
+
+    L_adv(G_a) + L_adv(G_b) + lambda_pair * (relu(s - s*(t)) + mu * relu(s*(t) - s)),
+
+"distinct enough" (the first term) "but still a positive" (the second). In the encoder's step the two
+views of x_a and the two of x_b form one positive group (``losses/multi_positive.py``).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from synthkit.config import GeneratorConfig, HPGConfig
+from synthkit.generators.cgan import Generator
+from synthkit.producers.hard_samples import ema_copy
+
+
+def schedule_progress(cfg: HPGConfig, epoch_progress: float, total_epochs: int) -> float:
+    """Fraction in [0, 1] of the way from the end of HPG's warm-up to the end of training."""
+    span = total_epochs - cfg.warmup_epochs
+    if span <= 0:
+        return 1.0 if epoch_progress >= cfg.warmup_epochs else 0.0
+    return min(1.0, max(0.0, (epoch_progress - cfg.warmup_epochs) / span))
+
+
+def target_similarity(
+    cfg: HPGConfig, progress: float, real_positive_similarity: float | None = None
+) -> float:
+    """s*(t) at ``progress`` in [0, 1] (see :func:`schedule_progress`).
+
+    ``linear``: s_start + (s_end - s_start) * p. ``cosine``: s_end + (s_start - s_end) * (1 + cos(pi p)) / 2,
+    flat at both ends. ``adaptive``: the encoder's current similarity of real augmented positives minus
+    ``adaptive_margin``, clipped to [s_end, s_start] (s_start before any measurement).
+    """
+    p = min(1.0, max(0.0, progress))
+    if cfg.schedule == "linear":
+        return cfg.s_start + (cfg.s_end - cfg.s_start) * p
+    if cfg.schedule == "cosine":
+        return cfg.s_end + (cfg.s_start - cfg.s_end) * 0.5 * (1.0 + math.cos(math.pi * p))
+    if real_positive_similarity is None:
+        return cfg.s_start
+    return min(cfg.s_start, max(cfg.s_end, real_positive_similarity - cfg.adaptive_margin))
+
+
+def pair_loss(similarity: torch.Tensor, target: float, lambda_pair: float, mu: float) -> torch.Tensor:
+    """lambda_pair * mean(relu(s - s*) + mu * relu(s* - s)) over the pairs."""
+    return lambda_pair * (F.relu(similarity - target) + mu * F.relu(target - similarity)).mean()
+
+
+class AdaptiveTarget:
+    """An EMA of the encoder's mean backbone similarity of two augmented views of a real image."""
+
+    def __init__(self, momentum: float, value: float | None = None) -> None:
+        self.momentum, self.value = momentum, value
+
+    def update(self, measured: float) -> float:
+        m = self.momentum
+        self.value = measured if self.value is None else m * self.value + (1 - m) * measured
+        return self.value
+
+
+class PairProducer(nn.Module):
+    """Holds G_a, G_b (G_b a copy of G_a at the start) and their EMA copies for sampling.
+
+    D is not part of the producer: one discriminator judges every generator's samples for realism (owned by
+    the loop, or by the HSG producer when both run).
+    """
+
+    def __init__(self, gen_cfg: GeneratorConfig, hpg_cfg: HPGConfig, generator: Generator) -> None:
+        super().__init__()
+        self.gen_cfg, self.hpg_cfg = gen_cfg, hpg_cfg
+        self.generator_a = generator
+        self.generator_b = copy.deepcopy(generator)
+        self.ema_a = ema_copy(self.generator_a, gen_cfg.ema_decay)
+        self.ema_b = ema_copy(self.generator_b, gen_cfg.ema_decay)
+
+    def optimizer(self, generator_a: nn.Module | None = None, generator_b: nn.Module | None = None):
+        params = list((generator_a or self.generator_a).parameters()) + list(
+            (generator_b or self.generator_b).parameters()
+        )
+        return torch.optim.Adam(params, lr=self.gen_cfg.lr_g, betas=self.gen_cfg.betas)
+
+    @torch.no_grad()
+    def update_ema(self) -> None:
+        self.ema_a.update_parameters(self.generator_a)
+        self.ema_b.update_parameters(self.generator_b)
+
+
+def backbone_similarity(encoder: nn.Module, x_a: torch.Tensor, x_b: torch.Tensor) -> torch.Tensor:
+    """cos(h(x_a), h(x_b)) per pair with the encoder fixed: gradients reach the images, not the encoder.
+
+    Runs the bare encoder (not a DDP wrapper) in eval mode, so batch-norm uses its running statistics and
+    does not update them, and with its parameters frozen for this forward pass.
+    """
+    was_training = encoder.training
+    encoder.eval()
+    encoder.requires_grad_(False)
+    try:
+        h = encoder.features(torch.cat([x_a, x_b]))
+    finally:
+        encoder.requires_grad_(True)
+        encoder.train(was_training)
+    h_a, h_b = h.float().chunk(2)
+    return F.cosine_similarity(h_a, h_b, dim=1)
