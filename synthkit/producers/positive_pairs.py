@@ -5,8 +5,9 @@ similar-but-distinct samples that form a positive pair, and the pair's similarit
 goes on, so that positives get harder as the encoder learns.
 
 Our formulation (METHOD.md): G_a and G_b take the same (z, c); G_b starts as a copy of G_a and is free to
-drift. With s = cos(h(x_a), h(x_b)) in the encoder's backbone space (the encoder fixed), the generators
-minimise
+drift (it starts perturbed by ``hpg.init_noise``: at s = 1 the cosine's gradient vanishes, so an exact
+copy could not be pushed apart by the pair term). With s = cos(h(x_a), h(x_b)) in the encoder's backbone
+space (the encoder fixed), the generators minimise
 
     L_adv(G_a) + L_adv(G_b) + lambda_pair * (relu(s - s*(t)) + mu * relu(s*(t) - s)),
 
@@ -73,7 +74,7 @@ class AdaptiveTarget:
 
 
 class PairProducer(nn.Module):
-    """Holds G_a, G_b (G_b a copy of G_a at the start) and their EMA copies for sampling.
+    """Holds G_a, G_b (G_b a perturbed copy of G_a at the start) and their EMA copies for sampling.
 
     D is not part of the producer: one discriminator judges every generator's samples for realism (owned by
     the loop, or by the HSG producer when both run).
@@ -84,6 +85,11 @@ class PairProducer(nn.Module):
         self.gen_cfg, self.hpg_cfg = gen_cfg, hpg_cfg
         self.generator_a = generator
         self.generator_b = copy.deepcopy(generator)
+        if hpg_cfg.init_noise > 0:
+            with torch.no_grad():
+                for p in self.generator_b.parameters():
+                    scale = p.std() if p.numel() > 1 else p.abs()
+                    p.add_(torch.randn_like(p) * hpg_cfg.init_noise * scale)
         self.ema_a = ema_copy(self.generator_a, gen_cfg.ema_decay)
         self.ema_b = ema_copy(self.generator_b, gen_cfg.ema_decay)
 
