@@ -447,6 +447,10 @@ def train(
         fingerprints["generator"] = accelerator.gather(_fingerprint(parts.generator).to(device)).view(
             world, -1
         )
+    if momentum is not None:  # the key encoder and the queue (filled from every process's keys)
+        flat = torch.cat([momentum.queue.flatten(), *(q.detach().flatten() for q in momentum.parameters())])
+        fp = torch.stack([flat.double().sum(), flat.double().square().sum()])
+        fingerprints["momentum"] = accelerator.gather(fp.to(device)).view(world, -1)
     if pairs is not None:
         fingerprints["generator_b"] = accelerator.gather(_fingerprint(parts.generator_b).to(device)).view(
             world, -1

@@ -74,6 +74,26 @@ def test_two_process_cpu_launch(tiny_pipeline: Path, tmp_path: Path) -> None:
     assert step_ids == sorted(set(step_ids)) and len(step_ids) == steps
 
 
+def test_two_process_hsg_hpg_moco_stay_in_sync(tiny_pipeline: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run_pairs"
+    _launch_two_cpu_processes(
+        str(tiny_pipeline),
+        "--out",
+        str(run),
+        "--train.epochs=2",
+        "--hpg.enabled=true",
+        "--hpg.warmup_epochs=1",
+        "--objective.name=moco",
+        "--objective.queue_size=64",
+    )
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["num_processes"] == 2 and summary["weights_in_sync"] is True
+    # encoder, HSG generator, G_b, and MoCo's key encoder + queue (keys gathered from both ranks)
+    assert {"encoder", "generator", "generator_b", "momentum"} <= set(summary["fingerprints"])
+    for fp in summary["fingerprints"].values():
+        assert fp[0] == fp[1]
+
+
 def test_two_process_training_on_a_shard_mix(trained_run: Path, tiny_pipeline: Path, tmp_path: Path) -> None:
     """Streaming a mix with 2 processes x 2 DataLoader workers: every process sees different samples."""
     from synthkit.config import DataConfig
