@@ -201,8 +201,8 @@ def _markdown(table: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         f"seeds {meta['seeds']}; accuracies in %, mean +- std over seeds; probes fitted on the full real "
         f"subset; val = {meta['val_size']} held-out training images, test = {meta['test_size']} test images.",
         "",
-        "| row | objective | real data | test linear | test kNN | val linear | val kNN | train s/run |",
-        "|---|---|---|---|---|---|---|---|",
+        "| row | objective | real data | seeds | test linear | test kNN | val linear | val kNN | train s |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in table:
 
@@ -210,7 +210,8 @@ def _markdown(table: list[dict[str, Any]], meta: dict[str, Any]) -> str:
             return f"{100 * r[key]['mean']:.2f} +- {100 * r[key]['std']:.2f}"
 
         lines.append(
-            f"| {r['row']} | {r['objective']} | {'half' if r['half'] else 'all'} | {f('test_linear')} | "
+            f"| {r['row']} | {r['objective']} | {'half' if r['half'] else 'all'} | {r['n_seeds']} | "
+            f"{f('test_linear')} | "
             f"{f('test_knn')} | {f('val_linear')} | {f('val_knn')} | {r['train_seconds']['mean']:.0f} |"
         )
     return "\n".join(lines) + "\n"
@@ -226,6 +227,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-half", action="store_true", help="skip the data-efficiency rows")
     ap.add_argument("--set", nargs="*", default=[], help="extra overrides for every run: section.key=value")
     ap.add_argument("--quick", action="store_true", help="smoke run: 1 seed, 1,000 images, 2 epochs")
+    ap.add_argument(
+        "--summarise-only",
+        action="store_true",
+        help="tabulate the runs already scored under OUT/runs (while a table still runs); train nothing",
+    )
     args = ap.parse_args(argv)
     if args.quick:
         args.seeds = args.seeds[:1]
@@ -244,6 +250,14 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[tuple[str, str, bool], list[dict[str, float]]] = {}
     t_start = time.perf_counter()
     for row, obj, half, seed in plan:
+        name = f"{row.replace('+', '_')}-{obj}-{'half' if half else 'all'}-s{seed}"
+        if args.summarise_only:
+            run = out / "runs" / name
+            if (run / "scores.json").exists() and (run / "wall_time.json").exists():
+                scores = json.loads((run / "scores.json").read_text())
+                scores["train_seconds"] = json.loads((run / "wall_time.json").read_text())["seconds"]
+                results.setdefault((row, obj, half), []).append(scores)
+            continue
         overrides = [*extra, *ROWS[row], *OBJECTIVES[obj], f"--train.seed={seed}"]
         if half:
             # half of the same fixed subset: the first subset/2 of its seeded permutation
@@ -259,7 +273,6 @@ def main(argv: list[str] | None = None) -> int:
             ]
             gan_seconds = _train_once(gan, args.pipeline, gan_overrides)
             overrides.append(f"--naive.generator_run={gan}")
-        name = f"{row.replace('+', '_')}-{obj}-{'half' if half else 'all'}-s{seed}"
         run = out / "runs" / name
         seconds = _train_once(run, args.pipeline, overrides)
         scores_path = run / "scores.json"
@@ -280,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     table: list[dict[str, Any]] = []
     for (row, obj, half), per_seed in results.items():
-        entry: dict[str, Any] = {"row": row, "objective": obj, "half": half, "seeds": args.seeds}
+        entry: dict[str, Any] = {"row": row, "objective": obj, "half": half, "n_seeds": len(per_seed)}
         for key in ("test_linear", "test_knn", "val_linear", "val_knn", "train_seconds"):
             entry[key] = _summarise([s[key] for s in per_seed])
         entry["per_seed"] = per_seed
