@@ -302,6 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     a = sub.add_parser(
         "audit",
         help="sample-quality metrics and an HTML report of a shard set (also: audit train-extractor)",
+        epilog="In-domain classifier extractor: synthkit audit train-extractor --data NAME --out DIR",
     )
     a.add_argument("shards", help="the shard set to audit")
     a.add_argument("--real", required=True, help="real data: a shard set directory or a source name")
@@ -322,7 +323,9 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--no-progress", action="store_true")
     a.set_defaults(fn=_cmd_audit)
     te = sub.add_parser(
-        "audit-train-extractor", help="train the in-domain classifier extractor (= audit train-extractor)"
+        "audit-train-extractor",
+        prog="synthkit audit train-extractor",
+        help="train the in-domain classifier extractor (= audit train-extractor)",
     )
     te.add_argument("--data", required=True, choices=DATA_SOURCES, help="a labeled source")
     te.add_argument("--root", help="data root for --data")
