@@ -35,10 +35,17 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return run
 
 
-# Real digits (train split, 16 px) that the audit set below copies from; see audit_shards.
+# What audit_shards plants: indices of the real digits (train split, 16 px) it copies, blanks, pairs.
+AUDIT_HARD = 60
 AUDIT_COPIED = (5, 50, 500)
 AUDIT_BLANKS = 4
 AUDIT_PAIRS = 24
+
+
+@pytest.fixture(scope="session")
+def audit_layout() -> dict[str, object]:
+    """The layout of audit_shards (tests cannot import conftest reliably: tests/shards has one too)."""
+    return {"hard": AUDIT_HARD, "copied": AUDIT_COPIED, "blanks": AUDIT_BLANKS, "pairs": AUDIT_PAIRS}
 
 
 @pytest.fixture(scope="session")
@@ -63,7 +70,7 @@ def audit_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     out = tmp_path_factory.mktemp("audit") / "set"
     with ShardSetWriter(out, "audit", maxcount=50, manifest_fields={"producer": {"name": "test"}}) as w:
-        for i in range(60):
+        for i in range(AUDIT_HARD):
             meta = {
                 "kind": "hard",
                 "producer": "test",

@@ -6,13 +6,11 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import AUDIT_BLANKS, AUDIT_COPIED, AUDIT_PAIRS
 
 from synthkit.audit import REPORT_HTML, REPORT_JSON, AuditConfig, AuditError, audit
 from synthkit.shards import ShardSetWriter
 
 FAST = AuditConfig(extractor="pixels", kid_subsets=10, kid_subset_size=50)
-N_HARD = 60
 
 
 @pytest.fixture(scope="module")
@@ -48,25 +46,28 @@ def test_every_score_names_its_extractor(pixel_report: tuple[dict, Path]) -> Non
     assert report["metrics"]["broken"]["extractor"] is None
 
 
-def test_planted_copies_are_memorisation_suspects(pixel_report: tuple[dict, Path]) -> None:
+def test_planted_copies_are_memorisation_suspects(
+    pixel_report: tuple[dict, Path], audit_layout: dict
+) -> None:
     report, _ = pixel_report
-    first_copy = N_HARD + 2 * AUDIT_PAIRS
+    first_copy = audit_layout["hard"] + 2 * audit_layout["pairs"]
     suspects = {(s["fake_index"], s["real_index"]) for s in report["details"]["memorisation"]["suspects"]}
-    assert {(first_copy + j, i) for j, i in enumerate(AUDIT_COPIED)} <= suspects
+    assert {(first_copy + j, i) for j, i in enumerate(audit_layout["copied"])} <= suspects
 
 
-def test_planted_blanks_are_broken(pixel_report: tuple[dict, Path]) -> None:
+def test_planted_blanks_are_broken(pixel_report: tuple[dict, Path], audit_layout: dict) -> None:
     report, _ = pixel_report
-    first_blank = N_HARD + 2 * AUDIT_PAIRS + len(AUDIT_COPIED)
+    blanks = audit_layout["blanks"]
+    first_blank = audit_layout["hard"] + 2 * audit_layout["pairs"] + len(audit_layout["copied"])
     b = report["details"]["broken"]
-    assert b["constant"] == AUDIT_BLANKS and report["metrics"]["broken"]["value"] == AUDIT_BLANKS
-    assert b["indices"]["constant"] == list(range(first_blank, first_blank + AUDIT_BLANKS))
+    assert b["constant"] == blanks and report["metrics"]["broken"]["value"] == blanks
+    assert b["indices"]["constant"] == list(range(first_blank, first_blank + blanks))
 
 
-def test_pairs_and_their_trend(pixel_report: tuple[dict, Path]) -> None:
+def test_pairs_and_their_trend(pixel_report: tuple[dict, Path], audit_layout: dict) -> None:
     report, _ = pixel_report
     pairs = report["details"]["pairs"]
-    assert pairs["count"] == AUDIT_PAIRS
+    assert pairs["count"] == audit_layout["pairs"]
     assert pairs["recorded_similarity"]["trend"]["decreasing"] is True
     assert [p["step"] for p in pairs["feature_similarity"]["per_step"]] == [0, 100, 200]
     # more noise on pair_b at later steps: the pixel-space similarity falls too
