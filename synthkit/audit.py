@@ -57,6 +57,7 @@ AUDIT_FORMAT = "synthkit-audit"
 AUDIT_VERSION = 1
 REPORT_JSON, REPORT_HTML = "report.json", "report.html"
 PAIR_KINDS = ("pair_a", "pair_b")
+MAX_LISTED = 1000  # broken-image indices listed per reason
 
 
 class AuditError(ValueError):
@@ -455,6 +456,8 @@ def audit(
             "entropy of condition counts / log(number of conditions); 1 = uniform",
         )
     bad = broken.broken_images(syn, saturated_fraction=cfg.saturated_fraction)
+    # report.json stays small even for a set that is all blank: the first indices per reason are enough
+    bad["indices"] = {r: idx[:MAX_LISTED] for r, idx in bad["indices"].items()}
     details[broken.BROKEN] = bad
     metrics["broken"] = _score(
         bad["broken"], None, "constant, saturated or non-finite images", fraction=bad["fraction"]
