@@ -9,6 +9,8 @@
     synthkit shards convert --data NAME [--split train] --out DIR
     synthkit shards inspect DIR [--grid PATH] [--json]
     synthkit config PIPELINE.yaml [--section.key=value ...]
+    synthkit audit SHARDS --real REAL --out DIR [--extractor KIND] [--encoder RUN_DIR] [--classifier DIR]
+    synthkit audit train-extractor --data NAME --out DIR
 
 Multi-process: ``accelerate launch --num_processes 2 -m synthkit.cli train PIPELINE.yaml ...``.
 """
@@ -21,7 +23,7 @@ import sys
 from pathlib import Path
 
 from synthkit import __version__
-from synthkit.config import DATA_SOURCES, ConfigError, dump_yaml, load_pipeline
+from synthkit.config import AUDIT_EXTRACTORS, DATA_SOURCES, ConfigError, dump_yaml, load_pipeline
 
 EXIT_USAGE = 2
 
@@ -161,6 +163,60 @@ def _cmd_config(args: argparse.Namespace, extra: list[str]) -> int:
     return 0
 
 
+def _cmd_audit(args: argparse.Namespace, extra: list[str]) -> int:
+    from synthkit.audit import AuditConfig, audit
+
+    _no_extra(extra)
+    extractor = args.extractor or ("encoder" if args.encoder else "classifier" if args.classifier else None)
+    if extractor is None:
+        raise ConfigError("choose a feature space: --extractor KIND, --encoder RUN_DIR or --classifier DIR")
+    cfg = AuditConfig(
+        extractor=extractor,
+        real_split=args.split,
+        k=args.k,
+        max_samples=args.max_samples,
+        max_real=args.max_real,
+        seed=args.seed,
+    )
+    report = audit(
+        args.shards,
+        args.real,
+        args.out,
+        config=cfg,
+        encoder_run=args.encoder,
+        classifier=args.classifier,
+        inception_weights=args.inception_weights,
+        real_root=args.root,
+        progress=not args.no_progress,
+    )
+    if args.json:
+        print(json.dumps(report["metrics"], indent=2))
+    else:
+        print(
+            f"extractor {report['extractor']['id']}; {report['shards']['audited']} samples vs "
+            f"{report['real']['count']} real"
+        )
+        for name, m in report["metrics"].items():
+            value = f"{m['value']:.4f}" if isinstance(m["value"], float) else str(m["value"])
+            print(f"  {name:<24} {value}")
+        print(f"report: {Path(args.out) / 'report.html'}")
+    return 0
+
+
+def _cmd_audit_train_extractor(args: argparse.Namespace, extra: list[str]) -> int:
+    from synthkit.config import DataConfig
+    from synthkit.metrics.extractors import train_classifier
+
+    _no_extra(extra)
+    data = DataConfig(name=args.data, root=args.root, size=args.size, subset=args.subset)
+    meta = train_classifier(data, args.out, epochs=args.epochs, seed=args.seed, progress=not args.no_progress)
+    print(
+        f"trained a {meta['num_classes']}-class classifier on {meta['train_images']} {args.data} images: "
+        f"test accuracy {meta['test_accuracy']:.4f}; sha256 {meta['sha256'][:12]}; saved in {args.out}"
+    )
+    return 0
+
+
 def _no_extra(extra: list[str]) -> None:
     if extra:
         raise ConfigError(f"unrecognised arguments: {' '.join(extra)}")
@@ -249,6 +305,44 @@ def build_parser() -> argparse.ArgumentParser:
     ins.add_argument("--json", action="store_true", help="print the summary as JSON")
     ins.set_defaults(fn=_cmd_shards_inspect)
 
+    a = sub.add_parser(
+        "audit",
+        help="sample-quality metrics and an HTML report of a shard set (also: audit train-extractor)",
+        epilog="In-domain classifier extractor: synthkit audit train-extractor --data NAME --out DIR",
+    )
+    a.add_argument("shards", help="the shard set to audit")
+    a.add_argument("--real", required=True, help="real data: a shard set directory or a source name")
+    a.add_argument("--out", required=True, help="directory for report.json and report.html")
+    a.add_argument(
+        "--extractor", choices=AUDIT_EXTRACTORS, help="feature space (default: encoder with --encoder)"
+    )
+    a.add_argument("--encoder", help="a finished run: encoder features, and hardness under its encoder")
+    a.add_argument("--classifier", help="a classifier directory from `synthkit audit train-extractor`")
+    a.add_argument("--inception-weights", help="local torchvision inception_v3 weights (never downloaded)")
+    a.add_argument("--root", help="data root of a named --real source")
+    a.add_argument("--split", choices=("train", "test"), default="train", help="real split (default train)")
+    a.add_argument("--k", type=int, default=5, help="k of the PRDC manifolds (default 5)")
+    a.add_argument("--max-samples", type=int, help="audit only the first N samples of the set")
+    a.add_argument("--max-real", type=int, help="a seeded random subset of N real images")
+    a.add_argument("--seed", type=int, default=0)
+    a.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    a.add_argument("--no-progress", action="store_true")
+    a.set_defaults(fn=_cmd_audit)
+    te = sub.add_parser(
+        "audit-train-extractor",
+        prog="synthkit audit train-extractor",
+        help="train the in-domain classifier extractor (= audit train-extractor)",
+    )
+    te.add_argument("--data", required=True, choices=DATA_SOURCES, help="a labeled source")
+    te.add_argument("--root", help="data root for --data")
+    te.add_argument("--size", type=int, default=28, help="image side length (default 28)")
+    te.add_argument("--subset", type=int, help="a fixed random subset of N training images")
+    te.add_argument("--epochs", type=int, default=3, help="(default 3)")
+    te.add_argument("--seed", type=int, default=0)
+    te.add_argument("--out", required=True, help="directory for the weights and extractor.json")
+    te.add_argument("--no-progress", action="store_true")
+    te.set_defaults(fn=_cmd_audit_train_extractor)
+
     c = sub.add_parser("config", help="print the resolved config of a pipeline with overrides")
     c.add_argument("pipeline", nargs="?", help="pipeline YAML (default: the built-in quickstart defaults)")
     c.set_defaults(fn=_cmd_config)
@@ -257,6 +351,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:2] == ["audit", "train-extractor"]:  # a sub-subcommand next to audit's positional SHARDS
+        argv = ["audit-train-extractor", *argv[2:]]
     args, extra = parser.parse_known_args(argv)
     try:
         return args.fn(args, extra)
@@ -271,13 +368,27 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _is_user_error(e: Exception) -> bool:
+    from synthkit.audit import AuditError
     from synthkit.data.sources import DataSourceError
     from synthkit.export import ExportError
+    from synthkit.metrics.extractors import ExtractorError
     from synthkit.shards import ShardError
     from synthkit.training.checkpoint import CheckpointError
     from synthkit.training.joint import RunError
 
-    return isinstance(e, (ConfigError, DataSourceError, ExportError, ShardError, CheckpointError, RunError))
+    return isinstance(
+        e,
+        (
+            ConfigError,
+            DataSourceError,
+            ExportError,
+            ShardError,
+            CheckpointError,
+            RunError,
+            AuditError,
+            ExtractorError,
+        ),
+    )
 
 
 if __name__ == "__main__":

@@ -51,6 +51,7 @@ HPG_SCHEDULES = ("linear", "cosine", "adaptive")
 GENERATORS = ("cgan",)
 CONDITION_MODES = ("kmeans", "none", "labels")
 MIXED_PRECISION = ("no", "bf16", "fp16")
+AUDIT_EXTRACTORS = ("encoder", "classifier", "inception", "pixels")  # synthkit.metrics.extractors
 
 
 def _check(cond: bool, key: str, msg: str) -> None:

@@ -33,3 +33,77 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     run = tmp_path_factory.mktemp("runs") / "tiny"
     train(tiny_config(), run, progress=False)
     return run
+
+
+# What audit_shards plants: indices of the real digits (train split, 16 px) it copies, blanks, pairs.
+AUDIT_HARD = 60
+AUDIT_COPIED = (5, 50, 500)
+AUDIT_BLANKS = 4
+AUDIT_PAIRS = 24
+
+
+@pytest.fixture(scope="session")
+def audit_layout() -> dict[str, object]:
+    """The layout of audit_shards (tests cannot import conftest reliably: tests/shards has one too)."""
+    return {"hard": AUDIT_HARD, "copied": AUDIT_COPIED, "blanks": AUDIT_BLANKS, "pairs": AUDIT_PAIRS}
+
+
+@pytest.fixture(scope="session")
+def audit_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A hand-written shard set for the audit: noisy digits with conditions and hardness, HPG-style pairs
+    whose similarity falls over generator steps, exact copies of real training images, and blank images.
+
+    Sample order: 60 hard samples, then AUDIT_PAIRS pairs (a, b), then the copies, then the blanks.
+    """
+    import numpy as np
+
+    from synthkit.config import DataConfig
+    from synthkit.data.sources import load_source
+    from synthkit.shards import ShardSetWriter
+
+    rng = np.random.default_rng(0)
+    train = load_source(DataConfig(name="digits", size=16), "train").images.permute(0, 2, 3, 1).numpy()
+    test = load_source(DataConfig(name="digits", size=16), "test").images.permute(0, 2, 3, 1).numpy()
+
+    def noisy(im: np.ndarray, sigma: float) -> np.ndarray:
+        return np.clip(im + rng.normal(0, sigma, im.shape), 0, 255).astype(np.uint8)
+
+    out = tmp_path_factory.mktemp("audit") / "set"
+    with ShardSetWriter(out, "audit", maxcount=50, manifest_fields={"producer": {"name": "test"}}) as w:
+        for i in range(AUDIT_HARD):
+            meta = {
+                "kind": "hard",
+                "producer": "test",
+                "condition": i % 5,
+                "condition_source": "kmeans",
+                "condition_k": 5,
+                "hardness": float(rng.uniform(4, 6)),
+                "generator_step": 300,
+            }
+            w.write(f"hard_{i:04d}", noisy(test[i], 20), meta)
+        for p in range(AUDIT_PAIRS):
+            step = 100 * (p % 3)
+            base = test[100 + p]
+            for side, sigma in (("a", 5), ("b", 5 + step / 4)):
+                meta = {
+                    "kind": f"pair_{side}",
+                    "producer": "test",
+                    "pair_id": p,
+                    "generator_step": step,
+                    "pair_similarity": 0.9 - step / 1000,
+                    "condition": p % 5,
+                    "hardness": 5.0,
+                }
+                w.write(f"pair_{p:04d}_{side}", noisy(base, sigma), meta)
+        for j, i in enumerate(AUDIT_COPIED):
+            w.write(
+                f"copy_{j:04d}",
+                train[i],
+                {"kind": "hard", "producer": "test", "condition": 0, "hardness": 5.0},
+            )
+        for j in range(AUDIT_BLANKS):
+            blank = np.zeros_like(train[0])
+            w.write(
+                f"blank_{j:04d}", blank, {"kind": "hard", "producer": "test", "condition": 1, "hardness": 5.0}
+            )
+    return out

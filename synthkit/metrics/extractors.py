@@ -1,0 +1,377 @@
+"""Feature extractors for the audit: which network's features the metrics are computed in.
+
+Scores such as FID are only comparable within one feature space, so every extractor has a stable ``ident``
+and a content ``sha256`` that the audit writes beside each score. The registry:
+
+- ``encoder``: the backbone h of a finished synthkit run (``RUN_DIR/final``, checksummed; the hash is the
+  encoder's weight hash from ``final.json``);
+- ``classifier``: a small in-domain classifier (the 4-block conv net plus a linear layer) trained on
+  labeled real data by ``synthkit audit train-extractor``; its penultimate features are used. Saved as
+  ``classifier.safetensors`` + ``extractor.json`` (the weight hash, the file's sha256, test accuracy);
+- ``inception``: torchvision's Inception-v3 pool features (2048-D) from a **local** weights file
+  (safetensors, or a ``torch.save`` state dict read with ``weights_only=True``); nothing is downloaded;
+- ``pixels``: the raw pixels in [0, 1], a sanity baseline that needs no network.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from synthkit.config import AUDIT_EXTRACTORS, DataConfig
+from synthkit.data.sources import _to_size_and_channels, load_source  # one resize for sources and audit
+from synthkit.encoders.backbones import build_backbone
+from synthkit.provenance import created_by, sha256_file, state_dict_hash
+
+EXTRACTORS = AUDIT_EXTRACTORS  # the registry below; the names live in config for a light CLI import
+CLASSIFIER_WEIGHTS = "classifier.safetensors"
+CLASSIFIER_META = "extractor.json"
+CLASSIFIER_FORMAT = "synthkit-audit-classifier"
+INCEPTION_SIZE = 299
+_IMAGENET_MEAN = (0.485, 0.456, 0.406)
+_IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class ExtractorError(ValueError):
+    """A feature extractor cannot be built: missing or corrupt weights, wrong arguments."""
+
+
+class DomainClassifier(nn.Module):
+    """A conv net classifier of real images; its penultimate (backbone) output is the feature."""
+
+    def __init__(self, in_channels: int, num_classes: int, width: int = 32) -> None:
+        super().__init__()
+        self.backbone = build_backbone("convnet", in_channels, width)
+        self.fc = nn.Linear(self.backbone.out_dim, num_classes)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(x * 2.0 - 1.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.features(x))
+
+
+@dataclass
+class FeatureExtractor:
+    """A network (or none) mapping uint8 ``N x C x H x W`` images to ``N x feature_dim`` float32 features.
+
+    ``size`` / ``channels``: what the network takes; other images are converted explicitly (antialiased
+    bilinear resize, 601 luma or repeated gray) by :meth:`prepare`, and the audit records that it did.
+    """
+
+    kind: str
+    ident: str
+    sha256: str
+    size: int | None
+    channels: int | None
+    feature_dim: int
+    module: nn.Module | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "id": self.ident,
+            "sha256": self.sha256,
+            "feature_dim": self.feature_dim,
+            "input": {"size": self.size, "channels": self.channels},
+            **self.info,
+        }
+
+    def prepare(self, images: torch.Tensor) -> torch.Tensor:
+        size = self.size or images.shape[-1]
+        if images.shape[-2] != images.shape[-1] and self.size is None:
+            raise ExtractorError(
+                f"the {self.kind} extractor needs square images, got {tuple(images.shape[-2:])}"
+            )
+        return _to_size_and_channels(images, size, self.channels)
+
+    @torch.no_grad()
+    def features(self, images: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+        """Features of uint8 images (already :meth:`prepare` d), batched, in eval mode, float32 on CPU."""
+        out = []
+        for i in range(0, images.shape[0], batch_size):
+            x = images[i : i + batch_size].float() / 255.0
+            out.append(self._forward(x).float().reshape(x.shape[0], -1))
+        return torch.cat(out) if out else torch.empty(0, self.feature_dim)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kind == "pixels":
+            return x
+        assert self.module is not None
+        self.module.eval()
+        if self.kind == "inception":
+            if x.shape[1] == 1:
+                x = x.expand(-1, 3, -1, -1)
+            x = F.interpolate(x, size=(INCEPTION_SIZE, INCEPTION_SIZE), mode="bilinear", antialias=True)
+            mean = torch.tensor(_IMAGENET_MEAN).view(1, 3, 1, 1)
+            std = torch.tensor(_IMAGENET_STD).view(1, 3, 1, 1)
+            return self.module((x - mean) / std)
+        return self.module.features(x)
+
+
+def pixels_extractor(size: int, channels: int) -> FeatureExtractor:
+    return FeatureExtractor(
+        kind="pixels",
+        ident=f"pixels:{size}x{size}x{channels}",
+        sha256="none",
+        size=size,
+        channels=channels,
+        feature_dim=size * size * channels,
+        info={"note": "raw pixels in [0, 1]; a sanity baseline, not a perceptual space"},
+    )
+
+
+def encoder_extractor(run_dir: str | os.PathLike[str]) -> FeatureExtractor:
+    from synthkit.training.artifacts import load_final  # imports the training stack
+
+    art = load_final(run_dir)
+    digest = art.meta["hashes"]["encoder"]
+    return FeatureExtractor(
+        kind="encoder",
+        ident=f"encoder:{digest[:12]}",
+        sha256=digest,
+        size=art.cfg.data.size,
+        channels=art.encoder.in_channels,
+        feature_dim=art.encoder.feature_dim,
+        module=art.encoder,
+        info={"run_dir": str(Path(run_dir).resolve()), "backbone": art.cfg.encoder.backbone},
+    )
+
+
+def _read_classifier_meta(directory: Path) -> dict[str, Any]:
+    path = directory / CLASSIFIER_META
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ExtractorError(
+            f"{directory} holds no trained classifier ({CLASSIFIER_META} is missing); train one with "
+            "`synthkit audit train-extractor --data NAME --out DIR`"
+        ) from exc
+    except (OSError, ValueError) as exc:
+        raise ExtractorError(f"cannot read {path}: {exc}") from exc
+    if not isinstance(meta, dict) or meta.get("format") != CLASSIFIER_FORMAT:
+        raise ExtractorError(f"{path} is not a {CLASSIFIER_FORMAT} file")
+    return meta
+
+
+def classifier_extractor(directory: str | os.PathLike[str]) -> FeatureExtractor:
+    """Load a classifier written by :func:`train_classifier`, after checking the weights' sha256."""
+    directory = Path(directory)
+    meta = _read_classifier_meta(directory)
+    weights = directory / CLASSIFIER_WEIGHTS
+    if not weights.is_file():
+        raise ExtractorError(f"{weights} is missing")
+    if sha256_file(weights) != meta["file_sha256"]:
+        raise ExtractorError(f"{weights} does not match the sha256 in {CLASSIFIER_META}: corrupt or replaced")
+    model = DomainClassifier(meta["channels"], meta["num_classes"], meta["width"])
+    try:
+        state = load_file(str(weights))
+        model.load_state_dict(state)
+    except (SafetensorError, RuntimeError) as exc:
+        raise ExtractorError(f"cannot load {weights}: {exc}") from exc
+    model.eval()
+    return FeatureExtractor(
+        kind="classifier",
+        ident=f"classifier:{meta['sha256'][:12]}",
+        sha256=meta["sha256"],
+        size=meta["size"],
+        channels=meta["channels"],
+        feature_dim=model.backbone.out_dim,
+        module=model,
+        info={
+            "path": str(directory.resolve()),
+            "data": meta["data"],
+            "test_accuracy": meta["test_accuracy"],
+            "classes": meta.get("classes"),
+        },
+    )
+
+
+def inception_extractor(weights: str | os.PathLike[str] | None) -> FeatureExtractor:
+    """torchvision Inception-v3 (pool features, 2048-D) from a local weights file; never downloads."""
+    from torchvision.models import inception_v3
+
+    if weights is None:
+        raise ExtractorError(
+            "the inception extractor needs a local weights file (--inception-weights PATH: torchvision's "
+            "inception_v3 state dict as .safetensors or .pth); synthkit never downloads weights"
+        )
+    path = Path(weights)
+    if not path.is_file():
+        raise ExtractorError(f"Inception weights {path} not found; synthkit never downloads weights")
+    try:
+        if path.suffix == ".safetensors":
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)  # never unpickles code
+    except Exception as exc:  # noqa: BLE001 - any unreadable file becomes one clear message
+        raise ExtractorError(f"cannot read Inception weights {path}: {type(exc).__name__}: {exc}") from exc
+    model = inception_v3(weights=None, aux_logits=True, init_weights=False, transform_input=False)
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, TypeError) as exc:
+        raise ExtractorError(
+            f"{path} is not a torchvision inception_v3 state dict: {str(exc)[:200]}"
+        ) from exc
+    model.fc = nn.Identity()
+    model.eval()
+    digest = sha256_file(path)
+    return FeatureExtractor(
+        kind="inception",
+        ident=f"inception:{digest[:12]}",
+        sha256=digest,
+        size=None,
+        channels=3,
+        feature_dim=2048,
+        module=model,
+        info={"path": str(path.resolve())},
+    )
+
+
+def load_extractor(
+    kind: str,
+    *,
+    encoder_run: str | os.PathLike[str] | None = None,
+    classifier: str | os.PathLike[str] | None = None,
+    inception_weights: str | os.PathLike[str] | None = None,
+    pixels_shape: tuple[int, int] | None = None,
+) -> FeatureExtractor:
+    """Build the extractor ``kind`` (one of :data:`EXTRACTORS`) from the argument it needs."""
+    if kind == "encoder":
+        if encoder_run is None:
+            raise ExtractorError("the encoder extractor needs a run directory (--encoder RUN_DIR)")
+        return encoder_extractor(encoder_run)
+    if kind == "classifier":
+        if classifier is None:
+            raise ExtractorError(
+                "the classifier extractor needs --classifier DIR (from audit train-extractor)"
+            )
+        return classifier_extractor(classifier)
+    if kind == "inception":
+        return inception_extractor(inception_weights)
+    if kind == "pixels":
+        if pixels_shape is None:
+            raise ExtractorError("the pixels extractor needs the image size and channels")
+        return pixels_extractor(*pixels_shape)
+    raise ExtractorError(f"unknown extractor {kind!r} (known: {', '.join(EXTRACTORS)})")
+
+
+def train_classifier(
+    data: DataConfig,
+    out_dir: str | os.PathLike[str],
+    *,
+    epochs: int = 3,
+    batch_size: int = 256,
+    lr: float = 1e-3,
+    width: int = 32,
+    seed: int = 0,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Train :class:`DomainClassifier` on the labeled train split of ``data``; publish it in ``out_dir``.
+
+    Random crops (pad 2) and horizontal flips, Adam with cosine decay, cross-entropy; test accuracy on the
+    test split is recorded. ``out_dir`` is written to a temp directory and renamed when complete.
+
+    Returns:
+        The ``extractor.json`` contents (``sha256``, ``test_accuracy``, ...).
+    """
+    out = Path(out_dir)
+    if (out / CLASSIFIER_META).exists():
+        raise ExtractorError(
+            f"{out} already holds a trained classifier; remove it or choose another directory"
+        )
+    train_set, test_set = load_source(data, "train"), load_source(data, "test")
+    if train_set.labels is None or test_set.labels is None:
+        raise ExtractorError(f"data source {data.name!r} has no labels; an in-domain classifier needs them")
+    num_classes = int(max(train_set.labels.max(), test_set.labels.max())) + 1
+    channels = train_set.images.shape[1]
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    model = DomainClassifier(channels, num_classes, width)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    n = len(train_set)
+    steps = epochs * math.ceil(n / batch_size)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    model.train()
+    for epoch in range(epochs):
+        perm = torch.randperm(n, generator=g)
+        total = 0.0
+        for start in range(0, n, batch_size):
+            idx = perm[start : start + batch_size]
+            x = train_set.images[idx].float() / 255.0
+            x = _augment(x, g)
+            loss = F.cross_entropy(model(x), train_set.labels[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += loss.item() * len(idx)
+        if progress:
+            print(f"epoch {epoch + 1}/{epochs}: loss {total / n:.4f}", flush=True)
+    model.eval()
+    with torch.no_grad():
+        pred = torch.cat(
+            [
+                model(test_set.images[i : i + 1024].float() / 255.0).argmax(1)
+                for i in range(0, len(test_set), 1024)
+            ]
+        )
+    accuracy = (pred == test_set.labels).double().mean().item()
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    tmp = out.parent / f".{out.name}.tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    save_file(state, str(tmp / CLASSIFIER_WEIGHTS))
+    meta = {
+        "format": CLASSIFIER_FORMAT,
+        "version": 1,
+        "sha256": state_dict_hash(state),
+        "file_sha256": sha256_file(tmp / CLASSIFIER_WEIGHTS),
+        "data": {"name": data.name, "root": data.root, "subset": data.subset},
+        "size": data.size,
+        "channels": channels,
+        "num_classes": num_classes,
+        "classes": list(train_set.classes) if train_set.classes else None,
+        "width": width,
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "lr": lr,
+        "seed": seed,
+        "train_images": n,
+        "test_images": len(test_set),
+        "test_accuracy": accuracy,
+        "created_by": created_by(),
+    }
+    (tmp / CLASSIFIER_META).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    if out.exists() and not any(out.iterdir()):
+        out.rmdir()
+    os.replace(tmp, out)
+    return meta
+
+
+def _augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """Random shifts of up to 2 pixels (zero pad + crop) and horizontal flips, drawn per image."""
+    n, c, h, w = x.shape
+    padded = F.pad(x, (2, 2, 2, 2))
+    dy = torch.randint(0, 5, (n,), generator=g)
+    dx = torch.randint(0, 5, (n,), generator=g)
+    rows = (dy[:, None] + torch.arange(h)).view(n, 1, h, 1).expand(n, c, h, w + 4)
+    out = padded.gather(2, rows)
+    cols = (dx[:, None] + torch.arange(w)).view(n, 1, 1, w).expand(n, c, h, w)
+    out = out.gather(3, cols)
+    flip = torch.rand(n, generator=g) < 0.5
+    out[flip] = out[flip].flip(-1)
+    return out

@@ -1,0 +1,304 @@
+"""The audit report as one self-contained HTML file: inline CSS, images as base64 ``data:`` URIs.
+
+Nothing is loaded from the network, so the file reads offline and can be mailed or archived as is. Sections
+carry stable ids (:data:`SECTIONS`) that tests and links rely on. Every string that comes from a shard set
+(metadata is untrusted) is HTML-escaped.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from PIL import Image
+
+if TYPE_CHECKING:
+    from synthkit.audit import AuditImages
+
+SECTIONS = (
+    "summary",
+    "metrics",
+    "grids",
+    "hardest",
+    "pairs",
+    "histograms",
+    "memorisation",
+    "broken",
+    "classes",
+)
+
+_CSS = """
+body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:2em auto;max-width:1100px;color:#222;
+padding:0 1em}
+h1{font-size:1.6em}h2{border-bottom:2px solid #ddd;padding-bottom:.2em;margin-top:1.8em}
+table{border-collapse:collapse;margin:.6em 0}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:left}
+th{background:#f3f3f3}td.num{text-align:right;font-variant-numeric:tabular-nums}
+img.grid{image-rendering:pixelated;border:1px solid #ccc;max-width:100%}
+figure{display:inline-block;margin:.4em 1em .4em 0;vertical-align:top}figcaption{font-size:.85em;color:#555}
+.note{color:#666;font-size:.9em}code{background:#f3f3f3;padding:0 .2em}
+"""
+
+
+def _esc(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _png_uri(image: Image.Image) -> str:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _img(image: Image.Image, alt: str, cls: str = "grid") -> str:
+    return f'<img class="{cls}" alt="{_esc(alt)}" src="{_png_uri(image)}">'
+
+
+def _rows_grid(rows: list[list[np.ndarray]], scale: int = 3) -> Image.Image:
+    """One grid row per list of images (all converted to one size and channel count)."""
+    from synthkit.export import condition_grid
+    from synthkit.shards.inspect import _common_shape  # the grid's own size/mode rule, not a copy
+
+    flat = _common_shape([im for row in rows for im in row])
+    row_of = np.array([r for r, row in enumerate(rows) for _ in row])
+    per_row = max(len(row) for row in rows)
+    return condition_grid(np.stack(flat), row_of, per_row=per_row, scale=scale)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return _esc(value)
+
+
+def _histogram(values: np.ndarray, title: str, xlabel: str) -> Image.Image:
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.2, 2.8), dpi=90)
+    finite = values[np.isfinite(values)]
+    ax.hist(finite, bins=40, color="#4a78b5")
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel(xlabel, fontsize=9)
+    ax.set_ylabel("count", fontsize=9)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    buf.seek(0)
+    return Image.open(buf).convert("RGB")
+
+
+def _bars(labels: list[str], values: list[float], title: str) -> Image.Image:
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.8, 2.8), dpi=90)
+    ax.bar(range(len(values)), values, color="#4a78b5")
+    ax.set_xticks(range(len(values)))
+    ax.set_xticklabels(labels, rotation=60, fontsize=7)
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    buf.seek(0)
+    return Image.open(buf).convert("RGB")
+
+
+def _figure(image: Image.Image, caption: str, cls: str = "plot") -> str:
+    return f"<figure>{_img(image, caption, cls)}<figcaption>{_esc(caption)}</figcaption></figure>"
+
+
+def _section(sid: str, title: str, body: str) -> str:
+    return f'<section id="{sid}"><h2>{_esc(title)}</h2>\n{body}\n</section>'
+
+
+def _summary(report: dict[str, Any]) -> str:
+    s, r, e = report["shards"], report["real"], report["extractor"]
+    conv = [f"{k}: {v['from']} -> {v['to']}" for k, v in report["conversions"].items() if v]
+    rows = [
+        ("shard set", f"{s['dir']} ({s['audited']} of {s['total']} samples; producer {s['producer']})"),
+        ("kinds", ", ".join(f"{k}: {v}" for k, v in s["by_kind"].items())),
+        ("real", json.dumps({k: v for k, v in r.items() if k != "kind"}, sort_keys=True)),
+        ("extractor", f"{e['id']} ({e['kind']}, {e['feature_dim']}-D, sha256 {e['sha256']})"),
+        ("conversions", "; ".join(conv) if conv else "none (images already fit the extractor)"),
+        ("synthkit", json.dumps(report["created_by"], sort_keys=True)),
+    ]
+    return "<table>" + "".join(f"<tr><th>{_esc(a)}</th><td>{_esc(b)}</td></tr>" for a, b in rows) + "</table>"
+
+
+def _metrics_table(report: dict[str, Any]) -> str:
+    head = "<tr><th>metric</th><th>value</th><th>extractor</th><th>meaning</th></tr>"
+    rows = []
+    for name, m in report["metrics"].items():
+        extractor = m["extractor"] if m["extractor"] is not None else "none (pixels / metadata)"
+        rows.append(
+            f"<tr><td><code>{_esc(name)}</code></td><td class='num'>{_fmt(m['value'])}</td>"
+            f"<td>{_esc(extractor)}</td><td>{_esc(m['description'])}</td></tr>"
+        )
+    return f"<table>{head}{''.join(rows)}</table>"
+
+
+def _grids(images: AuditImages, per_row: int) -> str:
+    by_cond: dict[Any, list[int]] = {}
+    for i, c in enumerate(images.conditions):
+        by_cond.setdefault(c, []).append(i)
+    keys = sorted(by_cond, key=lambda c: (c is None, c if c is not None else 0))
+    if len(keys) == 1 and keys[0] is None:
+        idx = list(range(min(len(images.synthetic), per_row * 4)))
+        rows = [[images.synthetic[i] for i in idx[j : j + per_row]] for j in range(0, len(idx), per_row)]
+        caption = "no conditions in this set: the first samples"
+    else:
+        rows = [[images.synthetic[i] for i in by_cond[k][:per_row]] for k in keys]
+        caption = "one row per condition: " + ", ".join("none" if k is None else str(k) for k in keys)
+    return _figure(_rows_grid(rows), caption, "grid")
+
+
+def _hardest(images: AuditImages, per_row: int) -> str:
+    if images.hardness is None:
+        return "<p>no hardness in this set (no <code>hardness</code> metadata and no encoder given)</p>"
+    order = np.argsort(images.hardness, kind="stable")
+    hardest, easiest = order[::-1][:per_row], order[:per_row]
+    parts = []
+    for name, idx in (("hardest", hardest), ("easiest", easiest)):
+        values = ", ".join(f"{images.hardness[i]:.3f}" for i in idx)
+        parts.append(
+            _figure(_rows_grid([[images.synthetic[i] for i in idx]]), f"{name}: hardness {values}", "grid")
+        )
+    return "".join(parts)
+
+
+def _pairs(report: dict[str, Any], images: AuditImages, limit: int) -> str:
+    if not images.pairs:
+        return (
+            "<p>no pairs in this set (no <code>pair_a</code>/<code>pair_b</code> samples sharing a "
+            "<code>pair_id</code>)</p>"
+        )
+    shown = images.pairs[:limit]
+    rows = [[images.synthetic[a], images.synthetic[b]] for a, b in shown]
+    info = report["details"]["pairs"]
+    trend = info["feature_similarity"]["trend"]
+    text = (
+        f"<p>{info['count']} pairs; mean cosine similarity under the extractor "
+        f"{_fmt(info['feature_similarity']['distribution']['mean'])}"
+        + (f", trend {_fmt(trend['slope_per_1k_steps'])} per 1,000 generator steps" if trend else "")
+        + "</p>"
+    )
+    return text + _figure(_rows_grid(rows), f"the first {len(shown)} pairs: pair_a | pair_b", "grid")
+
+
+def _histograms(report: dict[str, Any], images: AuditImages) -> str:
+    figs = []
+    if images.hardness is not None:
+        figs.append(_figure(_histogram(images.hardness, "hardness", "per-sample NT-Xent"), "hardness"))
+    sims = report["details"]["pairs"]
+    if images.pairs:
+        per_step = sims["feature_similarity"]["per_step"]
+        if len(per_step) >= 2:
+            figs.append(
+                _figure(
+                    _bars(
+                        [str(p["step"]) for p in per_step], [p["mean"] for p in per_step], "pair sim. by step"
+                    ),
+                    "mean pair similarity per generator step",
+                )
+            )
+    for key, title in (
+        ("nearest_real_distance", "distance to nearest real"),
+        ("memorisation_ratio", "ratio"),
+    ):
+        figs.append(_figure(_histogram(images.values[key], title, key.replace("_", " ")), title))
+    cond = report["details"]["condition_coverage"]
+    if cond["counts"]:
+        figs.append(
+            _figure(
+                _bars(list(cond["counts"]), list(cond["counts"].values()), "samples per condition"),
+                "conditions",
+            )
+        )
+    return "".join(figs)
+
+
+def _memorisation(report: dict[str, Any], images: AuditImages) -> str:
+    mem = report["details"]["memorisation"]
+    pairs = mem["nearest_pairs"]
+    text = (
+        f"<p>{mem['suspect_count']} suspects ({_fmt(100 * mem['suspect_fraction'])} %) with distance "
+        "ratio below "
+        f"{_fmt(mem['threshold'])}; the {len(pairs)} nearest pairs, sample | nearest real image:</p>"
+    )
+    rows = [[images.synthetic[p["fake_index"]], images.real[p["real_index"]]] for p in pairs]
+    table = (
+        "<table><tr><th>sample</th><th>real</th><th>distance</th><th>ratio</th><th>suspect</th></tr>"
+        + "".join(
+            f"<tr><td>{p['fake_index']}</td><td>{p['real_index']}</td>"
+            f"<td class='num'>{_fmt(p['distance'])}</td>"
+            f"<td class='num'>{_fmt(p['ratio'])}</td><td>{'yes' if p['suspect'] else ''}</td></tr>"
+            for p in pairs
+        )
+        + "</table>"
+    )
+    return text + _figure(_rows_grid(rows), "nearest pairs: sample | real neighbour", "grid") + table
+
+
+def _broken(report: dict[str, Any], images: AuditImages, limit: int) -> str:
+    b = report["details"]["broken"]
+    text = (
+        f"<p>{b['broken']} broken ({_fmt(100 * b['fraction'])} %): constant {b['constant']}, saturated "
+        f"{b['saturated']}, non-finite {b['non_finite']}</p>"
+    )
+    idx = [i for r in ("constant", "saturated") for i in b["indices"][r]][:limit]
+    if idx:
+        text += _figure(_rows_grid([[images.synthetic[i] for i in idx]]), "examples of broken images", "grid")
+    return text
+
+
+def _classes(report: dict[str, Any]) -> str:
+    cc = report["details"].get("class_coverage")
+    if cc is None:
+        return "<p>the real data has no labels, so there is no per-class view</p>"
+    head = (
+        "<tr><th>class</th><th>real images</th><th>coverage</th><th>samples assigned</th><th>share</th></tr>"
+    )
+    rows = "".join(
+        f"<tr><td>{_esc(p['name'])}</td><td class='num'>{p['real']}</td>"
+        f"<td class='num'>{_fmt(p['coverage'])}</td>"
+        f"<td class='num'>{p['generated']}</td><td class='num'>{_fmt(p['generated_share'])}</td></tr>"
+        for p in cc["per_class"]
+    )
+    return (
+        f"<p>samples assigned to classes by {_esc(cc['predicted_by'])} in {_esc(cc['extractor'])}; "
+        f"{cc['classes_generated']} of {cc['num_classes']} classes generated</p><table>{head}{rows}</table>"
+    )
+
+
+def render_report(report: dict[str, Any], images: AuditImages) -> str:
+    """The HTML text of the report (see the module docstring)."""
+    per_row = report["config"]["grid_per_row"]
+    top = report["config"]["top"]
+    sections = [
+        _section("summary", "What was audited", _summary(report)),
+        _section("metrics", f"Metrics (extractor {report['extractor']['id']})", _metrics_table(report)),
+        _section("grids", "Samples per condition", _grids(images, per_row)),
+        _section("hardest", "Hardest and easiest samples", _hardest(images, per_row)),
+        _section("pairs", "Positive pairs", _pairs(report, images, top)),
+        _section("histograms", "Distributions", _histograms(report, images)),
+        _section("memorisation", "Memorisation suspects", _memorisation(report, images)),
+        _section("broken", "Broken images", _broken(report, images, top)),
+        _section("classes", "Class coverage", _classes(report)),
+    ]
+    title = f"synthkit audit: {report['shards']['name']}"
+    return (
+        "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
+        f"<title>{_esc(title)}</title><style>{_CSS}</style></head><body>\n<h1>{_esc(title)}</h1>\n"
+        + "\n".join(sections)
+        + "\n</body></html>\n"
+    )
