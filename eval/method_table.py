@@ -242,12 +242,13 @@ def main(argv: list[str] | None = None) -> int:
     splits = _splits(base, args.quick)
     subset = base.data.subset
     assert subset is not None
-    # SimCLR's rows and the data-efficiency rows first, then the other objectives
+    # seed by seed, so that an interrupted table has every row at the seeds it finished
     plan: list[tuple[str, str, bool, int]] = []
-    for obj in args.objectives:
-        plan += [(row, obj, False, seed) for row in args.rows for seed in args.seeds]
-        if obj == "simclr" and not args.no_half:
-            plan += [(row, "simclr", True, seed) for row in HALF_ROWS for seed in args.seeds]
+    for seed in args.seeds:
+        for obj in args.objectives:
+            plan += [(row, obj, False, seed) for row in args.rows]
+            if obj == "simclr" and not args.no_half:
+                plan += [(row, "simclr", True, seed) for row in HALF_ROWS]
     results: dict[tuple[str, str, bool], list[dict[str, float]]] = {}
     t_start = time.perf_counter()
     for row, obj, half, seed in plan:
