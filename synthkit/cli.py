@@ -61,6 +61,7 @@ def _cmd_generate(args: argparse.Namespace, extra: list[str]) -> int:
         name=args.name,
         maxcount=args.maxcount,
         progress=not args.no_progress,
+        kind=args.kind,
     )
     m = res.manifest
     if res.reused:
@@ -192,6 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, help="sampling seed (default: the run's export.seed)")
     g.add_argument("--name", help="shard set name / file prefix")
     g.add_argument("--maxcount", type=int, help="samples per shard")
+    g.add_argument("--kind", choices=("hard", "pair", "all"), help="diffusion runs: what to export (all)")
     g.add_argument("--no-progress", action="store_true")
     g.set_defaults(fn=_cmd_generate)
 

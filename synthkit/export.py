@@ -214,12 +214,26 @@ def generate(
     maxcount: int | None = None,
     batch_size: int | None = None,
     progress: bool = True,
+    kind: str | None = None,
 ) -> ExportResult:
     """Write ``n`` hard samples of the run in ``run_dir`` as a shard set in ``out_dir``.
 
     The same request again is a no-op on a finished set and a resume on an interrupted one (the module
     docstring says how); a directory holding anything else is refused with ShardSetExistsError.
+    A diffusion run (``generator.kind: diffusion``) is exported by ``synthkit.export_diffusion``, where
+    ``kind`` (hard | pair | all) chooses hard samples, pairs or both.
     """
+    from synthkit.training.diffusion_joint import is_diffusion_run
+
+    if is_diffusion_run(run_dir):
+        from synthkit.export_diffusion import generate_diffusion
+
+        return generate_diffusion(
+            run_dir, out_dir, n=n, seed=seed, name=name, maxcount=maxcount, batch_size=batch_size,
+            kind=kind, progress=progress,
+        )  # fmt: skip
+    if kind not in (None, "hard"):
+        raise ExportError(f"--kind {kind} needs a diffusion run; this run's generator exports hard samples")
     art = load_final(run_dir)
     cfg = art.cfg
     if art.generator is None:
