@@ -214,7 +214,7 @@ def train_diffusion_run(
             cond.labels if n_cond else None,
             n_cond,
             seed=cfg.train.seed,
-            log=lambda rec, s: log({"stage": "diffusion", **rec}, state["step"] + s),
+            log=lambda rec, _s: log({"stage": "diffusion", **rec}, state["step"]),
             log_every=cfg.train.log_every,
             progress=progress,
         )
