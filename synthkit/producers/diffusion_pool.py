@@ -126,7 +126,7 @@ def write_pool(
     bs = cfg.sample_batch_size
     device = next(producer.unet.parameters()).device
     with ShardSetWriter(
-        out_dir, name, maxcount=maxcount, manifest_fields=manifest_fields, resume=resume
+        out_dir, name, maxcount=maxcount, manifest_fields=manifest_fields or {}, resume=resume
     ) as w:
         done = w.resume_from
         index = 0
@@ -143,7 +143,7 @@ def write_pool(
 
         for start in range(0, n_hard, bs):
             m = min(bs, n_hard - start)
-            if start + m <= done and start + m > previews:  # durable and not needed for the preview
+            if start + m <= done and start >= previews:  # durable, and none of it is in the preview
                 index += m
                 continue
             g = torch.Generator(device=device).manual_seed(chunk_seed(seed, start, pairs=False))
@@ -176,7 +176,7 @@ def write_pool(
                 emit(arrays[j], meta)
         for start in range(0, n_pairs, bs):
             m = min(bs, n_pairs - start)
-            if n_hard + 2 * (start + m) <= done and n_hard + 2 * (start + m) > previews:
+            if n_hard + 2 * (start + m) <= done and n_hard + 2 * start >= previews:
                 index += 2 * m
                 continue
             g = torch.Generator(device=device).manual_seed(chunk_seed(seed, start, pairs=True))
