@@ -3,7 +3,7 @@
     synthkit quickstart [--out DIR]
     synthkit train PIPELINE.yaml [--out RUN_DIR] [--resume] [--section.key=value ...]
     synthkit train PIPELINE.yaml --data real=DIR:0.7 --data syn=DIR:0.3 --hsg.enabled=false
-    synthkit generate --run RUN_DIR --n N --seed S --out DIR
+    synthkit generate --run RUN_DIR --n N --seed S --out DIR [--kind hard|pair|all]
     synthkit eval --run RUN_DIR [--data NAME] [--json]
     synthkit shards verify DIR
     synthkit shards convert --data NAME [--split train] --out DIR

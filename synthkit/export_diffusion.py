@@ -7,7 +7,7 @@ images), ``all`` both. Each hard sample records its hardness (as in the GAN expo
 seeded reference batch of real images, encoder in eval mode), each pair member its ``pair_id``,
 ``pair_similarity`` (cosine of backbone features) and ``t_split``. Chunks are seeded on their own, so the
 same run, request and seed give byte-identical shards, and an interrupted export resumes (the durable shards
-are kept, the rest is resampled).
+are kept, the rest is resampled). Unlike the GAN export, ``preview.png`` is written just after the manifest.
 """
 
 from __future__ import annotations
