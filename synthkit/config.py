@@ -48,7 +48,9 @@ DATA_SOURCES = ("digits", "fashion-mnist", "cifar10", "cifar100", "folder")
 BACKBONES = ("convnet", "resnet18", "resnet50")
 OBJECTIVES = ("simclr", "moco")
 HPG_SCHEDULES = ("linear", "cosine", "adaptive")
-GENERATORS = ("cgan",)
+GENERATORS = ("cgan", "diffusion")
+BRANCH_MODES = ("noise", "sdedit")
+GUIDANCE_SCHEDULES = ("constant", "linear")
 CONDITION_MODES = ("kmeans", "none", "labels")
 MIXED_PRECISION = ("no", "bf16", "fp16")
 AUDIT_EXTRACTORS = ("encoder", "classifier", "inception", "pixels")  # synthkit.metrics.extractors
@@ -174,6 +176,80 @@ class GeneratorConfig:
         _check(all(0 <= b < 1 for b in self.betas), "generator.betas", f"must be in [0, 1), got {self.betas}")
         for part in filter(None, self.diffaugment.split(",")):
             _choice(part.strip(), "generator.diffaugment", ("color", "translation", "cutout"))
+
+
+@dataclass(frozen=True)
+class DiffusionConfig:
+    """The diffusion producers, for ``generator.kind: diffusion`` (METHOD.md, "... with diffusion").
+
+    Model: a (pseudo-)class-conditional diffusers ``UNet2DModel`` (one resolution level per entry of
+    ``block_out_channels``; 3 levels suit 16-32 px), trained for ``train_steps`` with ``DDPMScheduler``
+    (epsilon prediction) and an ``EMAModel`` copy. Sampling: DDIM with ``ddim_steps`` and ``ddim_eta``.
+    HSG: encoder guidance with scale ``guidance_scale`` (x ``hsg``'s warm-up/ramp over epochs, shaped over
+    the sampling steps by ``guidance_schedule``). HPG (``hpg``): pairs share noise and trajectory down to
+    ``t_split`` (a fraction of the noise levels), which moves from ``t_split_start`` to ``t_split_end`` over
+    training; ``branch_mode`` ``noise`` branches with fresh DDIM noise (``branch_eta``), ``sdedit`` re-noises
+    the finished x_a. Joint: every ``refresh_every`` epochs a pool of ``pool_size`` images (a
+    ``pair_fraction`` of them in pairs) is sampled with the current encoder, written as a shard set and mixed
+    into training at ``hsg.synthetic_ratio``.
+    """
+
+    block_out_channels: tuple[int, ...] = (32, 64, 64)
+    layers_per_block: int = 1
+    norm_num_groups: int = 8
+    attention: bool = False
+    num_train_timesteps: int = 1000
+    beta_schedule: str = "squaredcos_cap_v2"
+    train_steps: int = 2000
+    batch_size: int = 64
+    lr: float = 2e-4
+    ema_decay: float = 0.999
+    ddim_steps: int = 20
+    ddim_eta: float = 0.0
+    guidance_scale: float = 0.05
+    guidance_schedule: str = "constant"
+    hpg: bool = True
+    branch_mode: str = "noise"
+    branch_eta: float = 1.0
+    t_split_start: float = 0.2
+    t_split_end: float = 0.6
+    pool_size: int = 512
+    pair_fraction: float = 0.5
+    refresh_every: int = 2
+    sample_batch_size: int = 64
+
+    def __post_init__(self) -> None:
+        _check(
+            len(self.block_out_channels) >= 2 and all(c > 0 for c in self.block_out_channels),
+            "diffusion.block_out_channels",
+            "needs >= 2 positive channel counts (one per resolution level)",
+        )
+        _check(
+            all(c % self.norm_num_groups == 0 for c in self.block_out_channels),
+            "diffusion.norm_num_groups",
+            f"{self.norm_num_groups} must divide every entry of block_out_channels",
+        )
+        for name in ("layers_per_block", "num_train_timesteps", "train_steps", "batch_size", "ddim_steps"):
+            _check(getattr(self, name) >= 1, f"diffusion.{name}", "must be >= 1")
+        for name in ("pool_size", "refresh_every", "sample_batch_size"):
+            _check(getattr(self, name) >= 1, f"diffusion.{name}", "must be >= 1")
+        _check(self.ddim_steps <= self.num_train_timesteps, "diffusion.ddim_steps", "must be <= timesteps")
+        _choice(
+            self.beta_schedule, "diffusion.beta_schedule", ("linear", "scaled_linear", "squaredcos_cap_v2")
+        )
+        _check(self.lr > 0, "diffusion.lr", "must be > 0")
+        _check(0 <= self.ema_decay < 1, "diffusion.ema_decay", "must be in [0, 1)")
+        _check(
+            0 <= self.ddim_eta <= 1 and 0 <= self.branch_eta <= 1,
+            "diffusion.ddim_eta/branch_eta",
+            "in [0, 1]",
+        )
+        _check(self.guidance_scale >= 0, "diffusion.guidance_scale", "must be >= 0")
+        _choice(self.guidance_schedule, "diffusion.guidance_schedule", GUIDANCE_SCHEDULES)
+        _choice(self.branch_mode, "diffusion.branch_mode", BRANCH_MODES)
+        for name in ("t_split_start", "t_split_end", "pair_fraction"):
+            v = getattr(self, name)
+            _check(0 <= v <= 1, f"diffusion.{name}", f"must be in [0, 1], got {v}")
 
 
 @dataclass(frozen=True)
@@ -398,6 +474,7 @@ class PipelineConfig:
     export: ExportConfig = field(default_factory=ExportConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     mix: MixConfig = field(default_factory=MixConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
 
     def __post_init__(self) -> None:
         _check(
@@ -413,7 +490,18 @@ class PipelineConfig:
             "the naive-synthetic baseline replaces the joint producers; set hsg.enabled=false, "
             "hpg.enabled=false and no mix.sources",
         )
-        if self.hsg.enabled or self.hpg.enabled:
+        if self.generator.kind == "diffusion":
+            _check(
+                not self.hpg.enabled,
+                "hpg.enabled",
+                "hpg is the cGAN pair of generators; diffusion runs make pairs by branching (diffusion.*)",
+            )
+            _check(
+                self.objective.name == "simclr",
+                "objective.name",
+                "the diffusion producers' loop trains SimCLR only; use generator.kind=cgan for MoCo v2",
+            )
+        if (self.hsg.enabled or self.hpg.enabled) and self.generator.kind == "cgan":
             size = self.data.size
             ok = any(size % (2**n) == 0 and size // (2**n) >= 4 for n in (1, 2, 3))
             _check(ok, "data.size", f"{size} cannot be built by the cGAN (size = s * 2^n, s >= 4, n in 1..3)")

@@ -243,7 +243,18 @@ def generate(
     ``kind``: ``hard``, ``pair`` or ``all``; by default everything the run has (``all`` for an HSG+HPG run).
     The same request again is a no-op on a finished set and a resume on an interrupted one (the module
     docstring says how); a directory holding anything else is refused with ShardSetExistsError.
+    A diffusion run (``generator.kind: diffusion``) is exported by ``synthkit.export_diffusion`` with the
+    same ``kind`` choices.
     """
+    from synthkit.training.diffusion_joint import is_diffusion_run
+
+    if is_diffusion_run(run_dir):
+        from synthkit.export_diffusion import generate_diffusion
+
+        return generate_diffusion(
+            run_dir, out_dir, n=n, seed=seed, name=name, maxcount=maxcount, batch_size=batch_size,
+            kind=kind, progress=progress,
+        )  # fmt: skip
     art = load_final(run_dir)
     cfg = art.cfg
     have = [

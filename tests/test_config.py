@@ -13,6 +13,7 @@ from synthkit.config import (
     ConditionsConfig,
     ConfigError,
     DataConfig,
+    DiffusionConfig,
     EncoderConfig,
     EvalConfig,
     ExportConfig,
@@ -67,6 +68,7 @@ def test_defaults_construct_every_stage() -> None:
         "export": ExportConfig,
         "eval": EvalConfig,
         "mix": MixConfig,
+        "diffusion": DiffusionConfig,
     }
     assert [f.name for f in dataclasses.fields(cfg)] == list(stages)
     for name, cls in stages.items():

@@ -208,6 +208,10 @@ def train(
     accelerator: Accelerator | None = None,
 ) -> RunResult:
     """Train the encoder (with HSG when ``cfg.hsg.enabled``) and publish its final weights in ``run_dir``."""
+    if cfg.generator.kind == "diffusion" and cfg.hsg.enabled:  # the diffusion producers' own loop
+        from synthkit.training.diffusion_joint import train_diffusion_run
+
+        return train_diffusion_run(cfg, run_dir, resume=resume, progress=progress, accelerator=accelerator)
     # 1. Run directory, Accelerator, data ---
     run_dir = Path(run_dir)
     _check_run_dir(cfg, run_dir, resume)

@@ -104,23 +104,39 @@ def _after_encoder_step(parts: StepParts, scored: Scored) -> None:
 
 
 def plain_step(
-    parts: StepParts, x_real: torch.Tensor, synthetic: torch.Tensor | None = None
+    parts: StepParts,
+    x_real: torch.Tensor,
+    synthetic: torch.Tensor | None = None,
+    pairs: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> dict[str, float]:
-    """CL on real images, plus ``synthetic`` images as plain data (the naive-synthetic baseline)."""
+    """CL on real images plus fixed synthetic images as plain data: ``synthetic`` (e.g. the naive baseline's
+    samples or a diffusion pool's hard samples) as their own instances, ``pairs`` (x_a, x_b) as positive
+    groups of four views, as in the joint step."""
     acc = parts.accelerator
     with acc.autocast():
-        chunks = [x_real] if synthetic is None else [x_real, synthetic]
-        scored = _contrastive(parts, chunks)
+        chunks, paired = [x_real], [False]
+        if synthetic is not None and len(synthetic):
+            chunks.append(synthetic)
+            paired.append(False)
+        if pairs is not None and len(pairs[0]):
+            chunks += [pairs[0], pairs[1]]
+            paired += [True, False]
+        scored = _contrastive(parts, chunks, paired)
         loss = scored.per_view.mean()
     parts.opt_enc.zero_grad(set_to_none=True)
     acc.backward(loss)
     parts.opt_enc.step()
     _after_encoder_step(parts, scored)
     rec = {"loss_cl": loss.item()}
-    if synthetic is not None:
+    if len(chunks) > 1:
         hard = per_sample_hardness(scored.per_view.detach())
-        rec["hardness_real"] = hard[: len(x_real)].mean().item()
-        rec["hardness_syn"] = hard[len(x_real) :].mean().item()
+        n = len(x_real)
+        rec["hardness_real"] = hard[:n].mean().item()
+        if synthetic is not None and len(synthetic):
+            rec["hardness_syn"] = hard[n : n + len(synthetic)].mean().item()
+            n += len(synthetic)
+        if pairs is not None and len(pairs[0]):
+            rec["hardness_pair"] = hard[n:].mean().item()
     return rec
 
 

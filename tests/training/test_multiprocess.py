@@ -131,3 +131,14 @@ def test_two_process_training_on_a_shard_mix(trained_run: Path, tiny_pipeline: P
         assert not set(a) & set(b)  # and none across ranks
         sources |= {k.split("/")[0] for k in a + b}
     assert sources == {"real", "syn"}
+
+
+def test_two_process_diffusion_run(tmp_path: Path) -> None:
+    """The diffusion loop: UNet under DDP, pools written by rank 0 and read by both, weights in sync."""
+    run = tmp_path / "diffusion2"
+    pipeline = Path(__file__).resolve().parents[2] / "pipelines" / "tiny-diffusion.yaml"
+    _launch_two_cpu_processes(str(pipeline), "--out", str(run))
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["num_processes"] == 2 and summary["weights_in_sync"] is True
+    assert [p["epoch"] for p in summary["pools"]] == [1, 2]
+    assert (run / "diffusion" / "unet" / "config.json").is_file()
