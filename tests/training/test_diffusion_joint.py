@@ -80,8 +80,8 @@ def test_diffusion_runs_refuse_resume(tmp_path: Path) -> None:
         train(load_pipeline(TINY), tmp_path / "r", resume=True, progress=False)
 
 
-def test_gan_runs_refuse_pair_exports(trained_run: Path, tmp_path: Path) -> None:
+def test_gan_runs_without_hpg_refuse_pair_exports(trained_run: Path, tmp_path: Path) -> None:
     from synthkit.export import ExportError
 
-    with pytest.raises(ExportError, match="needs a diffusion run"):
+    with pytest.raises(ExportError, match="without HPG"):
         generate(trained_run, tmp_path / "x", n=4, kind="pair", progress=False)
