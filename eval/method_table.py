@@ -23,8 +23,8 @@ Writes ``table.md``, ``table.json`` (mean, standard deviation and per-seed value
 s*(t) over training steps). Runs already finished under ``OUT/runs`` are reused, so an interrupted table
 resumes. ``--quick`` is a smoke run: 1 seed, 1,000 images, 2 epochs, small nets.
 
-Default budget (measured on this project's 2-core CPU; see eval/README.md): 3 seeds x 5 rows x 2 objectives
-+ 3 naive generators + 6 half-data runs, about two hours.
+Default budget (from per-run times measured on this project's idle 2-core CPU; see eval/README.md): 3 seeds
+x 5 rows x 2 objectives + 3 naive generators + 6 half-data runs, about 75 minutes.
 """
 
 from __future__ import annotations
