@@ -25,6 +25,7 @@ from synthkit.data.sources import load_source
 from synthkit.data.views import Views
 from synthkit.export import (
     IN_PROGRESS,
+    KINDS,
     PREVIEW,
     PREVIEW_SAMPLES,
     ExportError,
@@ -39,8 +40,6 @@ from synthkit.producers.diffusion_sampling import guidance_scale_at
 from synthkit.provenance import created_by
 from synthkit.training.artifacts import load_final
 from synthkit.training.diffusion_joint import DIFFUSION_DIR, diffusion_meta_path, reference_batch
-
-KINDS = ("hard", "pair", "all")
 
 
 def generate_diffusion(

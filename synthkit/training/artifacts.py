@@ -40,6 +40,10 @@ class FinalArtifacts:
     pair_generators: tuple[Generator, Generator] | None = None
 
 
+def _generator_meta(gen: Generator) -> dict[str, int]:
+    return {"z_dim": gen.z_dim, "channels": gen.channels, "size": gen.size, "num_classes": gen.num_classes}
+
+
 def save_final(
     run_dir: Path,
     cfg: PipelineConfig,
@@ -71,24 +75,14 @@ def save_final(
         save_file(g_state, str(tmp / "generator_ema.safetensors"))
         hashes["generator_ema"] = state_dict_hash(g_state)
         gen = producer.generator
-        meta["generator"] = {
-            "z_dim": gen.z_dim,
-            "channels": gen.channels,
-            "size": gen.size,
-            "num_classes": gen.num_classes,
-        }
+        meta["generator"] = _generator_meta(gen)
     if pairs is not None:
         for side, ema in (("a", pairs.ema_a), ("b", pairs.ema_b)):
             state = {k: v.detach().cpu().contiguous() for k, v in ema.module.state_dict().items()}
             save_file(state, str(tmp / f"generator_{side}_ema.safetensors"))
             hashes[f"generator_{side}_ema"] = state_dict_hash(state)
         gen = pairs.generator_a
-        meta["pair_generator"] = {
-            "z_dim": gen.z_dim,
-            "channels": gen.channels,
-            "size": gen.size,
-            "num_classes": gen.num_classes,
-        }
+        meta["pair_generator"] = _generator_meta(gen)
     if conditions is not None:
         save_file({"labels": conditions.labels.contiguous()}, str(tmp / "conditions.safetensors"))
         meta["conditions"] = {"num_classes": conditions.num_classes, "source": conditions.source}

@@ -33,7 +33,7 @@ from accelerate.utils import set_seed
 from diffusers import DDPMScheduler
 from tqdm.auto import tqdm
 
-from synthkit.config import PipelineConfig, dump_yaml, to_dict
+from synthkit.config import PipelineConfig, to_dict
 from synthkit.data.sources import load_source
 from synthkit.data.views import Views, to_float
 from synthkit.encoders.model import Encoder
@@ -42,7 +42,7 @@ from synthkit.producers.conditions import Conditions, num_conditions
 from synthkit.producers.diffusion_pool import DiffusionProducer, Pool, Scorer, read_pool, write_pool
 from synthkit.producers.diffusion_sampling import guidance_scale_at, t_split_at
 from synthkit.producers.hard_samples import hsg_lambda
-from synthkit.provenance import created_by, state_dict_hash
+from synthkit.provenance import state_dict_hash
 from synthkit.training.artifacts import save_final
 from synthkit.training.batches import MemoryBatches
 from synthkit.training.diffusion_model import train_unet
@@ -54,6 +54,7 @@ from synthkit.training.joint import (
     _knn_monitor,
     _refresh_conditions,
     _trackers,
+    _write_run_files,
 )
 from synthkit.training.steps import StepParts, plain_step
 
@@ -126,26 +127,13 @@ def train_diffusion_run(
     steps_per_epoch = len(batches)
     if steps_per_epoch == 0:
         raise RunError(f"the training data hold fewer images than one batch of {cfg.train.batch_size}")
-    if accelerator.is_main_process:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(dump_yaml(cfg))
-        (run_dir / "run.json").write_text(
-            json.dumps(
-                {
-                    "created_by": created_by(),
-                    "seed": cfg.train.seed,
-                    "num_processes": world,
-                    "producer": "diffusion",
-                    "data": {
-                        "name": real.name,
-                        "train_images": len(real),
-                        "channels": channels,
-                        "size": size,
-                    },
-                },
-                indent=2,
-            )
-        )
+    _write_run_files(
+        accelerator,
+        run_dir,
+        cfg,
+        {"name": real.name, "train_images": len(real), "channels": channels, "size": size},
+        producer="diffusion",
+    )
     accelerator.wait_for_everyone()
     log = _JsonlLog(accelerator, run_dir / "metrics.jsonl")
     set_seed(cfg.train.seed)

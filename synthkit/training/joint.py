@@ -67,6 +67,24 @@ def _trackers() -> list[str]:
     return ["tensorboard"] if importlib.util.find_spec("tensorboard") is not None else []
 
 
+def _write_run_files(
+    accelerator: Accelerator, run_dir: Path, cfg: PipelineConfig, data: dict[str, Any], **extra: Any
+) -> None:
+    """Write ``config.yaml`` (resolved) and ``run.json`` (version, seed, processes, data) on rank 0."""
+    if not accelerator.is_main_process:
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(dump_yaml(cfg))
+    info = {
+        "created_by": created_by(),
+        "seed": cfg.train.seed,
+        "num_processes": accelerator.num_processes,
+        **extra,
+        "data": data,
+    }
+    (run_dir / "run.json").write_text(json.dumps(info, indent=2))
+
+
 def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in d.items():
@@ -246,26 +264,18 @@ def train(
     steps_per_epoch = len(batches)
     if steps_per_epoch == 0:
         raise RunError(f"the training data hold fewer images than one batch of {cfg.train.batch_size}")
-    if accelerator.is_main_process:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(dump_yaml(cfg))
-        (run_dir / "run.json").write_text(
-            json.dumps(
-                {
-                    "created_by": created_by(),
-                    "seed": cfg.train.seed,
-                    "num_processes": world,
-                    "data": {
-                        "name": real.name if mix is None else "mix",
-                        "train_images": len(real) if mix is None else mix.stream.epoch_samples,
-                        "mix": list(cfg.mix.sources),
-                        "channels": channels,
-                        "size": size,
-                    },
-                },
-                indent=2,
-            )
-        )
+    _write_run_files(
+        accelerator,
+        run_dir,
+        cfg,
+        {
+            "name": real.name if mix is None else "mix",
+            "train_images": len(real) if mix is None else mix.stream.epoch_samples,
+            "mix": list(cfg.mix.sources),
+            "channels": channels,
+            "size": size,
+        },
+    )
     accelerator.wait_for_everyone()
     log = _JsonlLog(accelerator, run_dir / "metrics.jsonl")
     if _trackers():
