@@ -226,6 +226,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
     ap.add_argument("--no-half", action="store_true", help="skip the data-efficiency rows")
     ap.add_argument("--set", nargs="*", default=[], help="extra overrides for every run: section.key=value")
+    ap.add_argument(
+        "--pretrain-steps",
+        type=int,
+        default=0,
+        help="pre-train a cGAN per seed and real-data size for this many steps (realism alone); the naive "
+        "generator and the HSG/HPG generators start from it (0: every generator starts from scratch)",
+    )
     ap.add_argument("--quick", action="store_true", help="smoke run: 1 seed, 1,000 images, 2 epochs")
     ap.add_argument(
         "--summarise-only",
@@ -261,14 +268,37 @@ def main(argv: list[str] | None = None) -> int:
                 results.setdefault((row, obj, half), []).append(scores)
             continue
         overrides = [*extra, *ROWS[row], *OBJECTIVES[obj], f"--train.seed={seed}"]
-        if half:
-            # half of the same fixed subset: the first subset/2 of its seeded permutation
-            overrides.append(f"--data.subset={subset // 2}")
+        data = [f"--data.subset={subset // 2}"] if half else []
+        # half of the same fixed subset: the first subset/2 of its seeded permutation
+        overrides += data
+        init: list[str] = []
+        pre_seconds = 0.0
+        if args.pretrain_steps and row != "real-only":
+            # one GAN per seed and real data, trained on realism alone before any encoder step; the
+            # naive generator and the joint producers start from it (the half rows' from half the data)
+            pre = out / "runs" / f"gan-pretrain-{'half' if half else 'all'}-s{seed}"
+            pre_seconds = _train_once(
+                pre,
+                args.pipeline,
+                [
+                    *extra,
+                    *data,
+                    "--hsg.enabled=true",
+                    "--train.epochs=0",
+                    f"--generator.pretrain_steps={args.pretrain_steps}",
+                    f"--train.seed={seed}",
+                ],
+            )
+            init = [f"--generator.init_run={pre}"]
+            if row != "naive":
+                overrides += init
         if row == "naive":
-            gan = out / "runs" / f"naive-generator-s{seed}"
+            gan = out / "runs" / f"naive-generator-{'half-' if half else ''}s{seed}"
             epochs = base.train.epochs
             gan_overrides = [
                 *extra,
+                *data,
+                *init,
                 "--hsg.lambda_hard=0",
                 f"--hsg.warmup_epochs={epochs}",
                 f"--train.seed={seed}",
@@ -286,6 +316,8 @@ def main(argv: list[str] | None = None) -> int:
         scores = {**scores, "train_seconds": seconds}
         if row == "naive":
             scores["generator_seconds"] = gan_seconds
+        if pre_seconds:
+            scores["pretrain_seconds"] = pre_seconds
         results.setdefault((row, obj, half), []).append(scores)
         print(
             f"[{time.perf_counter() - t_start:7.0f}s] {name}: test linear {100 * scores['test_linear']:.2f} "
@@ -306,6 +338,7 @@ def main(argv: list[str] | None = None) -> int:
         "overrides": extra,
         "subset": subset,
         "epochs": base.train.epochs,
+        "pretrain_steps": args.pretrain_steps,
         "seeds": args.seeds,
         "val_size": len(splits.val),
         "test_size": len(splits.test),

@@ -155,7 +155,16 @@ class ObjectiveConfig:
 
 @dataclass(frozen=True)
 class GeneratorConfig:
-    """Conditional GAN: conditional-BN generator, spectral-norm projection discriminator, hinge loss."""
+    """Conditional GAN: conditional-BN generator, spectral-norm projection discriminator, hinge loss.
+
+    ``pretrain_steps``: G and D train on realism alone for that many steps before the encoder's first
+    step (conditions from the initial encoder's k-means; the encoder is untouched). A GAN gets one step per
+    encoder step, so a short run's generator would otherwise make blobs for most of the run. With
+    ``train.epochs=0`` the run trains the GAN alone, e.g. as the naive baseline's generator.
+    ``init_run``: start G (and its EMA), D, and, with HPG, G_a and G_b (G_b perturbed by
+    ``hpg.init_noise``) from that finished run's final weights, and its conditions as the starting
+    pseudo-classes; the run must have the same ``data`` section and generator shape.
+    """
 
     kind: str = "cgan"
     z_dim: int = 64
@@ -166,9 +175,12 @@ class GeneratorConfig:
     betas: tuple[float, float] = (0.0, 0.9)
     ema_decay: float = 0.999
     diffaugment: str = "color,translation,cutout"
+    pretrain_steps: int = 0
+    init_run: str | None = None
 
     def __post_init__(self) -> None:
         _choice(self.kind, "generator.kind", GENERATORS)
+        _check(self.pretrain_steps >= 0, "generator.pretrain_steps", "must be >= 0")
         for name in ("z_dim", "g_channels", "d_channels"):
             _check(getattr(self, name) > 0, f"generator.{name}", "must be positive")
         _check(self.lr_g > 0 and self.lr_d > 0, "generator.lr_g/lr_d", "must be > 0")
@@ -353,7 +365,8 @@ class NaiveConfig:
     ``generator_run`` is a finished run directory whose EMA generator is frozen and sampled every step
     (conditions drawn from its final condition frequencies); ``synthetic_ratio`` is B_synthetic / B_real,
     as ``hsg.synthetic_ratio``. Train such a generator with realism alone, e.g. ``--hsg.lambda_hard=0
-    --hsg.warmup_epochs=<epochs>`` (the encoder of that run never sees its samples).
+    --hsg.warmup_epochs=<epochs>`` (the encoder of that run never sees its samples), from the same
+    ``generator.init_run`` as the method's runs when they start from a pre-trained GAN.
     """
 
     generator_run: str | None = None
@@ -389,7 +402,7 @@ class TrainConfig:
     record_indices: bool = False
 
     def __post_init__(self) -> None:
-        _check(self.epochs >= 1, "train.epochs", "must be >= 1")
+        _check(self.epochs >= 0, "train.epochs", "must be >= 0 (0 only for a GAN pre-training run)")
         _check(self.batch_size >= 2, "train.batch_size", "must be >= 2")
         _check(self.lr > 0, "train.lr", "must be > 0")
         _check(self.weight_decay >= 0, "train.weight_decay", "must be >= 0")
@@ -504,7 +517,19 @@ class PipelineConfig:
                 "objective.name",
                 "the diffusion producers' loop trains SimCLR only; use generator.kind=cgan for MoCo v2",
             )
-        if (self.hsg.enabled or self.hpg.enabled) and self.generator.kind == "cgan":
+        gan = (self.hsg.enabled or self.hpg.enabled) and self.generator.kind == "cgan"
+        for key in ("pretrain_steps", "init_run"):
+            _check(
+                gan or not getattr(self.generator, key),
+                f"generator.{key}",
+                "starts the cGAN producers; it needs generator.kind=cgan and hsg.enabled or hpg.enabled",
+            )
+        _check(
+            self.train.epochs >= 1 or self.generator.pretrain_steps > 0,
+            "train.epochs",
+            "must be >= 1 (0 trains the GAN alone, and needs generator.pretrain_steps > 0)",
+        )
+        if gan:
             size = self.data.size
             ok = any(size % (2**n) == 0 and size // (2**n) >= 4 for n in (1, 2, 3))
             _check(ok, "data.size", f"{size} cannot be built by the cGAN (size = s * 2^n, s >= 4, n in 1..3)")

@@ -73,6 +73,20 @@ class AdaptiveTarget:
         return self.value
 
 
+@torch.no_grad()
+def _perturb(module: nn.Module, noise: float, generator: torch.Generator | None = None) -> None:
+    """Add Gaussian noise of ``noise`` times each parameter's own scale (its std, or |p| for scalars)."""
+    if noise <= 0:
+        return
+    for p in module.parameters():
+        scale = p.std() if p.numel() > 1 else p.abs()
+        if generator is None:
+            eps = torch.randn_like(p)
+        else:
+            eps = torch.randn(p.shape, generator=generator, dtype=p.dtype).to(p.device)
+        p.add_(eps * noise * scale)
+
+
 class PairProducer(nn.Module):
     """Holds G_a, G_b (G_b a perturbed copy of G_a at the start) and their EMA copies for sampling.
 
@@ -85,13 +99,21 @@ class PairProducer(nn.Module):
         self.gen_cfg, self.hpg_cfg = gen_cfg, hpg_cfg
         self.generator_a = generator
         self.generator_b = copy.deepcopy(generator)
-        if hpg_cfg.init_noise > 0:
-            with torch.no_grad():
-                for p in self.generator_b.parameters():
-                    scale = p.std() if p.numel() > 1 else p.abs()
-                    p.add_(torch.randn_like(p) * hpg_cfg.init_noise * scale)
+        _perturb(self.generator_b, hpg_cfg.init_noise)
         self.ema_a = ema_copy(self.generator_a, gen_cfg.ema_decay)
         self.ema_b = ema_copy(self.generator_b, gen_cfg.ema_decay)
+
+    @torch.no_grad()
+    def restart_from(self, state: dict[str, torch.Tensor], seed: int) -> None:
+        """Start over from the weights ``state`` (e.g. a pre-trained G): G_a = state, G_b = state
+        perturbed by ``hpg.init_noise`` (noise from ``seed``, so every process draws the same), EMAs reset.
+        Loads in place, so modules already wrapped for distributed training stay valid."""
+        self.generator_a.load_state_dict(state)
+        self.generator_b.load_state_dict(state)
+        _perturb(self.generator_b, self.hpg_cfg.init_noise, torch.Generator().manual_seed(seed))
+        for ema, gen in ((self.ema_a, self.generator_a), (self.ema_b, self.generator_b)):
+            ema.module.load_state_dict(gen.state_dict())
+            ema.n_averaged.zero_()
 
     def optimizer(self, generator_a: nn.Module | None = None, generator_b: nn.Module | None = None):
         params = list((generator_a or self.generator_a).parameters()) + list(

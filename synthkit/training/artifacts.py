@@ -1,7 +1,8 @@
 """A run's published weights: what ``synthkit generate`` and ``synthkit eval`` load.
 
 ``RUN_DIR/final/`` holds safetensors weights (encoder, EMA generator, EMA pair generators G_a and G_b when
-the run used HPG), the condition assignment, and
+the run used HPG, the discriminator of a cGAN run, so that another run can start from this GAN), the
+condition assignment, and
 ``final.json`` with the resolved config and the content hash of every weight file; it is written to a
 temporary directory, checksummed and renamed, so it either exists complete or not at all. Loading checks
 the checksums first, so a truncated or corrupt file is reported by name rather than half-loaded.
@@ -17,6 +18,7 @@ from typing import Any
 
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+from torch import nn
 
 from synthkit.config import PipelineConfig, dump_yaml, from_dict, to_dict
 from synthkit.encoders.model import Encoder
@@ -54,6 +56,7 @@ def save_final(
     epochs: int,
     steps: int,
     pairs: PairProducer | None = None,
+    discriminator: nn.Module | None = None,
 ) -> dict[str, str]:
     """Write ``run_dir/final`` atomically; return the content hash of each weight set."""
     tmp = run_dir / f".tmp_{FINAL}"
@@ -83,6 +86,10 @@ def save_final(
             hashes[f"generator_{side}_ema"] = state_dict_hash(state)
         gen = pairs.generator_a
         meta["pair_generator"] = _generator_meta(gen)
+    if discriminator is not None:
+        d_state = {k: v.detach().cpu().contiguous() for k, v in discriminator.state_dict().items()}
+        save_file(d_state, str(tmp / "discriminator.safetensors"))
+        hashes["discriminator"] = state_dict_hash(d_state)
     if conditions is not None:
         save_file({"labels": conditions.labels.contiguous()}, str(tmp / "conditions.safetensors"))
         meta["conditions"] = {"num_classes": conditions.num_classes, "source": conditions.source}
@@ -150,3 +157,34 @@ def load_final(run_dir: str | Path) -> FinalArtifacts:
     if generator is not None:
         generator.eval()
     return FinalArtifacts(cfg, encoder, generator, conditions, meta, pair_generators)
+
+
+@dataclass
+class GanInit:
+    """What ``generator.init_run`` starts a run's cGAN from: a finished run's G (EMA) and D weights."""
+
+    run: Path
+    cfg: PipelineConfig
+    generator: dict[str, Any]
+    discriminator: dict[str, Any]
+    conditions: Conditions | None
+    hashes: dict[str, str]
+
+
+def load_gan_init(run_dir: str | Path) -> GanInit:
+    """Load a finished cGAN run's generator (its EMA weights; G_a's for a pairs-only run), discriminator and
+    conditions, checksums verified first."""
+    run_dir = Path(run_dir)
+    art = load_final(run_dir)
+    gen = art.generator if art.generator is not None else (art.pair_generators or (None,))[0]
+    d_path = run_dir / FINAL / "discriminator.safetensors"
+    if gen is None or not d_path.exists():
+        raise ckpt.CheckpointError(
+            f"generator.init_run={run_dir} holds no cGAN with its discriminator; start from a cGAN run "
+            "(hsg.enabled or hpg.enabled, e.g. --train.epochs=0 --generator.pretrain_steps=N)"
+        )
+    try:
+        d_state = load_file(str(d_path))
+    except SafetensorError as e:
+        raise ckpt.CheckpointError(f"cannot load {d_path}: {e}") from e
+    return GanInit(run_dir, art.cfg, gen.state_dict(), d_state, art.conditions, art.meta["hashes"])

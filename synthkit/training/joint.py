@@ -45,12 +45,13 @@ from synthkit.producers.positive_pairs import (
 )
 from synthkit.provenance import created_by
 from synthkit.training import checkpoint as ckpt
-from synthkit.training.artifacts import load_final, save_final
+from synthkit.training.artifacts import GanInit, load_final, load_gan_init, save_final
 from synthkit.training.batches import MemoryBatches, MixBatches
 from synthkit.training.state import LoopState, load_loop_state, save_loop_state
-from synthkit.training.steps import StepParts, joint_step, plain_step
+from synthkit.training.steps import StepParts, gan_step, joint_step, plain_step
 
 MONITOR_MAX_TRAIN = 10_000
+PRETRAIN_EPOCH_BASE = 1_000_000
 
 
 class RunError(RuntimeError):
@@ -212,6 +213,88 @@ class _NaiveSynthetic:
         return self.generator(torch.randn(n, self.generator.z_dim, device=device), c)
 
 
+def _gan_init(cfg: PipelineConfig, real: ImageSet, n_cond: int) -> GanInit:
+    """``generator.init_run``, checked against this run: same real data, same generator shape."""
+    init = load_gan_init(cfg.generator.init_run)
+    src = init.cfg
+    same_data = {k: v for k, v in to_dict(src.data).items() if k != "root"} == {
+        k: v for k, v in to_dict(cfg.data).items() if k != "root"
+    }
+    if not same_data or (init.conditions is not None and len(init.conditions.labels) != len(real)):
+        raise RunError(
+            f"generator.init_run={init.run} was trained on other real data ({to_dict(src.data)}); a GAN "
+            f"started from it must train on the same images ({to_dict(cfg.data)})"
+        )
+    shape = (src.generator.z_dim, src.generator.g_channels, src.generator.d_channels)
+    ours = (cfg.generator.z_dim, cfg.generator.g_channels, cfg.generator.d_channels)
+    cond = init.conditions.num_classes if init.conditions is not None else 0
+    if shape != ours or cond != n_cond or src.conditions.mode != cfg.conditions.mode:
+        raise RunError(
+            f"generator.init_run={init.run} has generator (z_dim, g_channels, d_channels) = {shape} with "
+            f"{cond} {src.conditions.mode} conditions; this run needs {ours} with {n_cond} "
+            f"{cfg.conditions.mode} conditions"
+        )
+    return init
+
+
+def _load_init(init: GanInit, part: str, module: torch.nn.Module) -> None:
+    try:
+        module.load_state_dict(getattr(init, part))
+    except RuntimeError as e:
+        raise RunError(f"the {part} of generator.init_run={init.run} does not fit this run: {e}") from e
+
+
+def _pretrain_gan(
+    cfg: PipelineConfig,
+    parts: StepParts,
+    batches: MemoryBatches | MixBatches,
+    conditions: Conditions,
+    b_fake: int,
+    log: _JsonlLog,
+) -> None:
+    """``generator.pretrain_steps`` GAN steps on realism alone, before the encoder's first step.
+
+    Trains the HSG generator (or G_a when HPG runs alone) against D; with HPG, G_a and G_b then restart
+    from it (G_b perturbed), so every generator starts from the same pre-trained G.
+    """
+    acc, device = parts.accelerator, parts.accelerator.device
+    if parts.producer is not None:
+        gen, opt, ema = parts.generator, parts.opt_g, parts.producer.ema
+    else:
+        assert parts.pairs is not None
+        gen, opt, ema = parts.generator_a, parts.opt_pair, parts.pairs.ema_a
+    assert gen is not None and opt is not None
+    z_dim, n_cond = cfg.generator.z_dim, conditions.num_classes
+    done, pass_ = 0, 0
+    while done < cfg.generator.pretrain_steps:
+        # the batches' own permutations, at "epochs" the encoder's epochs never reach
+        for idx, images in batches.epoch(PRETRAIN_EPOCH_BASE + pass_):
+            x_real = to_float(images).to(device)
+            c_real = conditions.labels[idx].to(device) if n_cond else None
+            c_fake = conditions.sample(b_fake) if n_cond else None
+            rec = gan_step(
+                parts,
+                gen,
+                opt,
+                x_real,
+                c_real,
+                torch.randn(b_fake, z_dim, device=device),
+                c_fake.to(device) if c_fake is not None else None,
+            )
+            ema.update_parameters(acc.unwrap_model(gen))
+            done += 1
+            if done % cfg.train.log_every == 0 or done == cfg.generator.pretrain_steps:
+                log({"pretrain_step": done, **rec}, 0)
+            if done == cfg.generator.pretrain_steps:
+                break
+        pass_ += 1
+    if parts.pairs is not None:
+        source = ema.module if parts.producer is not None else parts.pairs.ema_a.module
+        parts.pairs.restart_from(
+            {k: v.detach().clone() for k, v in source.state_dict().items()}, seed=cfg.train.seed
+        )
+
+
 def _fingerprint(module: torch.nn.Module) -> torch.Tensor:
     flat = torch.cat([p.detach().double().flatten() for p in module.parameters()])
     return torch.stack([flat.sum(), flat.square().sum()])
@@ -264,6 +347,10 @@ def train(
     steps_per_epoch = len(batches)
     if steps_per_epoch == 0:
         raise RunError(f"the training data hold fewer images than one batch of {cfg.train.batch_size}")
+    gan = cfg.hsg.enabled or cfg.hpg.enabled
+    n_cond = num_conditions(cfg.conditions, len(real.classes) if real.classes else None) if gan else 0
+    # checked before anything is written
+    init = _gan_init(cfg, real, n_cond) if gan and cfg.generator.init_run else None
     _write_run_files(
         accelerator,
         run_dir,
@@ -289,15 +376,20 @@ def train(
     views = Views(cfg.views, channels, size)
     opt_enc = torch.optim.Adam(encoder.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     hsg, hpg = cfg.hsg.enabled, cfg.hpg.enabled
-    gan = hsg or hpg
-    n_cond = num_conditions(cfg.conditions, len(real.classes) if real.classes else None) if gan else 0
     producer = HardSampleProducer(cfg.generator, cfg.hsg, channels, size, n_cond) if hsg else None
+    if producer is not None and init is not None:
+        _load_init(init, "generator", producer.generator)
+        producer.ema.module.load_state_dict(producer.generator.state_dict())
     pairs: PairProducer | None = None
     discriminator = producer.discriminator if producer is not None else None
     if hpg:
         g_a, d_own = build_cgan(cfg.generator, channels, size, n_cond)
+        if init is not None:
+            _load_init(init, "generator", g_a)
         pairs = PairProducer(cfg.generator, cfg.hpg, g_a)
         discriminator = discriminator if discriminator is not None else d_own  # one D judges every generator
+    if init is not None and discriminator is not None:
+        _load_init(init, "discriminator", discriminator)
     if cfg.train.channels_last:
         for module in (producer.generator if producer else None, discriminator, pairs):
             if module is not None:
@@ -370,12 +462,22 @@ def train(
     else:
         # distinct augmentations and latents per process; same weights (set above)
         torch.manual_seed(cfg.train.seed * 1009 + 7919 * (rank + 1))
+        if init is not None:  # the starting pseudo-classes; epoch 0's k-means is matched to them
+            state.conditions = init.conditions
     conditions = state.conditions
+    refreshed_at: int | None = None
+    if resume_from is None and gan and cfg.generator.pretrain_steps:
+        conditions = _refresh_conditions(
+            cfg, accelerator, accelerator.unwrap_model(encoder_ddp), real, conditions, 0, n_cond
+        )
+        refreshed_at = 0  # the encoder does not change during pre-training: epoch 0 keeps these
+        _pretrain_gan(cfg, parts, batches, conditions, b_syn if hsg else 2 * b_pair, log)
 
     # 4. Epochs ---
     device = accelerator.device
     for epoch in range(state.epoch, cfg.train.epochs):
-        if gan and (conditions is None or epoch % cfg.conditions.refresh_every == 0):
+        due = conditions is None or epoch % cfg.conditions.refresh_every == 0
+        if gan and due and refreshed_at != epoch:
             conditions = _refresh_conditions(
                 cfg, accelerator, accelerator.unwrap_model(encoder_ddp), real, conditions, epoch, n_cond
             )
@@ -473,7 +575,15 @@ def train(
     if accelerator.is_main_process:
         enc = accelerator.unwrap_model(encoder_ddp)
         hashes = save_final(
-            run_dir, cfg, enc, producer, conditions, epochs=state.epoch, steps=state.step, pairs=pairs
+            run_dir,
+            cfg,
+            enc,
+            producer,
+            conditions,
+            epochs=state.epoch,
+            steps=state.step,
+            pairs=pairs,
+            discriminator=accelerator.unwrap_model(parts.discriminator) if gan else None,
         )
         in_sync = all(bool((f == f[0]).all()) for f in fingerprints.values())
         summary = {
@@ -484,6 +594,8 @@ def train(
             "fingerprints": {k: v.tolist() for k, v in fingerprints.items()},
             "hashes": hashes,
         }
+        if init is not None:
+            summary["generator_init"] = {"run": str(init.run), "hashes": init.hashes}
         last = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
         epoch_lines = [r for r in last if "epoch_loss_cl" in r]
         if epoch_lines:

@@ -140,6 +140,35 @@ def plain_step(
     return rec
 
 
+def gan_step(
+    parts: StepParts,
+    generator: nn.Module,
+    opt_g: torch.optim.Optimizer,
+    x_real: torch.Tensor,
+    c_real: torch.Tensor | None,
+    z: torch.Tensor,
+    c_fake: torch.Tensor | None,
+) -> dict[str, float]:
+    """One step of the GAN alone (``generator.pretrain_steps``): D on real vs G, then G on realism.
+
+    The same losses as the joint step's (a) and (b); the encoder takes no part.
+    """
+    acc, gen_cfg = parts.accelerator, parts.gen_cfg
+    assert parts.discriminator is not None and parts.opt_d is not None and gen_cfg is not None
+    with acc.autocast():
+        fake = generator(z, c_fake)
+        loss_d = discriminator_loss(parts.discriminator, gen_cfg, x_real, c_real, fake, c_fake)
+    parts.opt_d.zero_grad(set_to_none=True)
+    acc.backward(loss_d)
+    parts.opt_d.step()
+    with acc.autocast():
+        loss_g = adversarial_loss(acc.unwrap_model(parts.discriminator), gen_cfg, fake, c_fake)
+    opt_g.zero_grad(set_to_none=True)
+    acc.backward(loss_g)
+    opt_g.step()
+    return {"loss_d": loss_d.item(), "loss_g_adv": loss_g.item()}
+
+
 def joint_step(
     parts: StepParts,
     x_real: torch.Tensor,

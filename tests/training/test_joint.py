@@ -27,7 +27,7 @@ def test_run_directory_describes_itself(trained_run: Path) -> None:
     assert run["seed"] == cfg.train.seed and run["created_by"]["synthkit"]
     final = json.loads((trained_run / "final" / "final.json").read_text())
     assert final["config"] == to_dict(cfg)
-    assert set(final["hashes"]) == {"encoder", "generator_ema"}
+    assert set(final["hashes"]) == {"encoder", "generator_ema", "discriminator"}
     assert final["conditions"] == {"num_classes": 3, "source": "kmeans"}
     ckpt.verify_checkpoint(trained_run / "final")
     # the config is inside every checkpoint's models too: accelerate's state + our loop state

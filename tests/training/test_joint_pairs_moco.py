@@ -61,7 +61,7 @@ def test_pairs_enter_after_warmup_and_follow_the_schedule(tmp_path: Path) -> Non
     assert all(a >= b for a, b in zip(targets, targets[1:], strict=False))  # linear: never rises
     assert targets[-1] < cfg.hpg.s_start
     final = json.loads((run / "final" / "final.json").read_text())
-    assert set(final["hashes"]) == {"encoder", "generator_a_ema", "generator_b_ema"}
+    assert set(final["hashes"]) == {"encoder", "generator_a_ema", "generator_b_ema", "discriminator"}
 
 
 def test_naive_synthetic_baseline_uses_a_frozen_generator(trained_run: Path, tmp_path: Path) -> None:

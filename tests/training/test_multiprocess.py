@@ -85,10 +85,12 @@ def test_two_process_hsg_hpg_moco_stay_in_sync(tiny_pipeline: Path, tmp_path: Pa
         "--hpg.warmup_epochs=1",
         "--objective.name=moco",
         "--objective.queue_size=64",
+        "--generator.pretrain_steps=3",
     )
     summary = json.loads((run / "summary.json").read_text())
     assert summary["num_processes"] == 2 and summary["weights_in_sync"] is True
-    # encoder, HSG generator, G_b, and MoCo's key encoder + queue (keys gathered from both ranks)
+    # encoder, HSG generator (pre-trained first, then G_a and G_b restarted from it), G_b, and MoCo's key
+    # encoder + queue (keys gathered from both ranks)
     assert {"encoder", "generator", "generator_b", "momentum"} <= set(summary["fingerprints"])
     for fp in summary["fingerprints"].values():
         assert fp[0] == fp[1]
