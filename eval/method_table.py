@@ -46,7 +46,8 @@ sys.path.insert(0, str(ROOT))
 
 from synthkit.config import PipelineConfig, load_pipeline  # noqa: E402
 from synthkit.data.sources import ImageSet, load_source, subset_indices  # noqa: E402
-from synthkit.encoders.model import extract_features  # noqa: E402
+from synthkit.data.views import to_float  # noqa: E402
+from synthkit.encoders.model import Encoder, extract_features  # noqa: E402
 from synthkit.metrics.knn import knn_accuracy  # noqa: E402
 from synthkit.metrics.linear_probe import linear_probe_accuracy  # noqa: E402
 from synthkit.training.artifacts import load_final  # noqa: E402
@@ -65,6 +66,7 @@ OBJECTIVES: dict[str, tuple[str, ...]] = {
     "moco": ("--objective.name=moco", "--objective.temperature=0.2"),
 }
 HALF_ROWS = ("real-only", "hsg+hpg")
+KEYS = ("test_linear", "test_knn", "val_linear", "val_knn")
 VAL_SIZE = 5000
 QUICK = (
     "--data.subset=1000",
@@ -108,12 +110,12 @@ def _splits(cfg: PipelineConfig, quick: bool) -> Splits:
     )
 
 
-def _score(run: Path, splits: Splits, cfg: PipelineConfig) -> dict[str, float]:
-    enc = load_final(run).encoder
-    f_fit = extract_features(enc, splits.fit.images)
+def _score_features(featurize: Any, splits: Splits, cfg: PipelineConfig) -> dict[str, float]:
+    """kNN and linear-probe accuracy on val and test of features fitted on the real subset."""
+    f_fit = featurize(splits.fit.images)
     out: dict[str, float] = {}
     for name, split in (("val", splits.val), ("test", splits.test)):
-        f = extract_features(enc, split.images)
+        f = featurize(split.images)
         out[f"{name}_knn"] = knn_accuracy(
             f_fit, splits.fit.labels, f, split.labels, k=cfg.eval.knn_k, temperature=cfg.eval.knn_temperature
         )
@@ -128,6 +130,32 @@ def _score(run: Path, splits: Splits, cfg: PipelineConfig) -> dict[str, float]:
             seed=0,
         )
     return out
+
+
+def _score(run: Path, splits: Splits, cfg: PipelineConfig) -> dict[str, float]:
+    enc = load_final(run).encoder
+    return _score_features(lambda x: extract_features(enc, x), splits, cfg)
+
+
+def _references(out: Path, splits: Splits, cfg: PipelineConfig, seeds: list[int]) -> dict[str, Any]:
+    """What needs no training, scored the same way: raw pixels, and the encoder at its random
+    initialisation (per seed). The head-room a table's rows compete for lies above these."""
+    path = out / "references.json"
+    refs = json.loads(path.read_text()) if path.exists() else {}
+    if "pixels" not in refs:
+        refs["pixels"] = _score_features(lambda x: to_float(x).flatten(1), splits, cfg)
+    for seed in seeds:
+        key = f"random-init-s{seed}"
+        if key not in refs:
+            torch.manual_seed(seed)  # the loop's set_seed(train.seed) before building the encoder
+            enc = Encoder(cfg.encoder, splits.fit.images.shape[1])
+            refs[key] = _score_features(lambda x, enc=enc: extract_features(enc, x), splits, cfg)
+    path.write_text(json.dumps(refs, indent=2))
+    per_seed = [refs[f"random-init-s{s}"] for s in seeds]
+    return {
+        "pixels": refs["pixels"],
+        "random-init": {k: _summarise([r[k] for r in per_seed]) for k in per_seed[0]},
+    }
 
 
 def _train_once(run: Path, pipeline: Path, overrides: list[str]) -> float:
@@ -214,6 +242,20 @@ def _markdown(table: list[dict[str, Any]], meta: dict[str, Any]) -> str:
             f"{f('test_linear')} | "
             f"{f('test_knn')} | {f('val_linear')} | {f('val_knn')} | {r['train_seconds']['mean']:.0f} |"
         )
+    refs = meta.get("references")
+    if refs:
+        pix, rnd = refs["pixels"], refs["random-init"]
+        lines += [
+            "",
+            "Without any training, scored the same way (the rows compete for the head-room above these):",
+            "",
+            "| features | test linear | test kNN | val linear | val kNN |",
+            "|---|---|---|---|---|",
+            "| raw pixels | " + " | ".join(f"{100 * pix[k]:.2f}" for k in KEYS) + " |",
+            "| encoder at its random initialisation (per seed) | "
+            + " | ".join(f"{100 * rnd[k]['mean']:.2f} +- {100 * rnd[k]['std']:.2f}" for k in KEYS)
+            + " |",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -345,6 +387,7 @@ def main(argv: list[str] | None = None) -> int:
         "total_seconds": time.perf_counter() - t_start,
     }
     (out / "table.json").write_text(json.dumps({"meta": meta, "rows": table}, indent=2))
+    meta["references"] = _references(out, splits, base, args.seeds)
     md = _markdown(table, meta)
     (out / "table.md").write_text(md)
     pair_runs = sorted((out / "runs").glob("hsg_hpg-simclr-all-s*")) or sorted((out / "runs").glob("hpg-*"))
