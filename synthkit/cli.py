@@ -47,7 +47,10 @@ def _cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
     if result.summary:
         last = result.summary.get("last_epoch", {})
         knn = f", kNN {last['knn_acc']:.4f}" if "knn_acc" in last else ""
-        print(f"trained {result.summary['epochs']} epochs ({result.summary['steps']} steps){knn}; run: {out}")
+        pre = cfg.generator.pretrain_steps if cfg.hsg.enabled or cfg.hpg.enabled else 0
+        gan = f" after {pre} GAN pre-training steps" if pre else ""
+        done = f"{result.summary['epochs']} epochs ({result.summary['steps']} steps)"
+        print(f"trained {done}{gan}{knn}; run: {out}")
     return 0
 
 

@@ -303,7 +303,7 @@ def generate(
         "kind": kind,
         "run_dir": str(Path(run_dir).resolve()),
         "hashes": art.meta["hashes"],
-        "generator_step": art.meta.get("steps"),
+        "generator_step": art.meta.get("generator_steps", art.meta.get("steps")),
         "epochs": art.meta.get("epochs"),
         "condition_source": cond.source if cond else "none",
         "hardness": "contrastive loss per sample (pairs as one positive group), encoder eval mode",
@@ -318,7 +318,7 @@ def generate(
     }
     total = n * (2 if kind == "all" else 1)
     preview_n = min(total, math.ceil(PREVIEW_SAMPLES / batch_size) * batch_size)
-    step = int(art.meta.get("steps", 0))
+    step = int(art.meta.get("generator_steps", art.meta.get("steps", 0)))
     with ShardSetWriter(out_dir, name, maxcount=maxcount, manifest_fields=fields, resume=True) as writer:
         done = writer.resume_from
         all_hard, all_cond, previews = _read_back(out_dir, writer.completed_shards, name, seed, preview_n)

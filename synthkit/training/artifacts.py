@@ -57,6 +57,7 @@ def save_final(
     steps: int,
     pairs: PairProducer | None = None,
     discriminator: nn.Module | None = None,
+    generator_steps: int | None = None,
 ) -> dict[str, str]:
     """Write ``run_dir/final`` atomically; return the content hash of each weight set."""
     tmp = run_dir / f".tmp_{FINAL}"
@@ -73,6 +74,8 @@ def save_final(
         "steps": steps,
         "created_by": created_by(),
     }
+    if generator_steps is not None:  # G's own updates: pre-training and its init run's included
+        meta["generator_steps"] = generator_steps
     if producer is not None:
         g_state = {k: v.detach().cpu().contiguous() for k, v in producer.ema_generator.state_dict().items()}
         save_file(g_state, str(tmp / "generator_ema.safetensors"))
@@ -169,6 +172,7 @@ class GanInit:
     discriminator: dict[str, Any]
     conditions: Conditions | None
     hashes: dict[str, str]
+    generator_steps: int
 
 
 def load_gan_init(run_dir: str | Path) -> GanInit:
@@ -187,4 +191,5 @@ def load_gan_init(run_dir: str | Path) -> GanInit:
         d_state = load_file(str(d_path))
     except SafetensorError as e:
         raise ckpt.CheckpointError(f"cannot load {d_path}: {e}") from e
-    return GanInit(run_dir, art.cfg, gen.state_dict(), d_state, art.conditions, art.meta["hashes"])
+    steps = int(art.meta.get("generator_steps", art.meta.get("steps", 0)))
+    return GanInit(run_dir, art.cfg, gen.state_dict(), d_state, art.conditions, art.meta["hashes"], steps)

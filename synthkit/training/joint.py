@@ -584,6 +584,11 @@ def train(
             steps=state.step,
             pairs=pairs,
             discriminator=accelerator.unwrap_model(parts.discriminator) if gan else None,
+            generator_steps=(
+                (init.generator_steps if init else 0) + cfg.generator.pretrain_steps + state.step
+                if gan
+                else None
+            ),
         )
         in_sync = all(bool((f == f[0]).all()) for f in fingerprints.values())
         summary = {

@@ -84,6 +84,9 @@ def test_a_run_starts_from_a_pretrained_gan(pretrained: Path, tmp_path: Path) ->
     assert res.summary["generator_init"]["run"] == str(pretrained)
     pre_hashes = json.loads((pretrained / "final" / "final.json").read_text())["hashes"]
     assert res.summary["generator_init"]["hashes"] == pre_hashes
+    # G's steps count its init run's: 12 pre-training steps + this run's joint steps
+    meta = json.loads((run / "final" / "final.json").read_text())
+    assert meta["generator_steps"] == 12 + meta["steps"] and meta["steps"] > 0
     fresh = tmp_path / "fresh"
     train(tiny_config("--train.epochs=1"), fresh, progress=False)
     start = _weights(pretrained, "generator_ema")
@@ -133,3 +136,17 @@ def test_gan_init_refusals(pretrained: Path, tmp_path: Path) -> None:
         train(tiny_config(f"--generator.init_run={plain}"), tmp_path / "c", progress=False)
     with pytest.raises(CheckpointError, match="no finished training run"):
         train(tiny_config(f"--generator.init_run={tmp_path / 'missing'}"), tmp_path / "d", progress=False)
+
+
+def test_cli_trains_a_gan_alone_and_exports_its_samples(tiny_pipeline: Path, tmp_path: Path, capsys) -> None:
+    from synthkit.cli import main
+
+    run, shards = tmp_path / "gan", tmp_path / "shards"
+    argv = ["train", str(tiny_pipeline), "--out", str(run), "--no-progress", "--train.epochs=0"]
+    assert main([*argv, "--generator.pretrain_steps=4"]) == 0
+    assert "trained 0 epochs (0 steps) after 4 GAN pre-training steps" in capsys.readouterr().out
+    assert main(["generate", "--run", str(run), "--out", str(shards), "--n", "8", "--no-progress"]) == 0
+    manifest = json.loads((shards / "manifest.json").read_text())
+    assert manifest["total"] == 8
+    # the generator's own steps: its 4 pre-training steps, though the encoder took none
+    assert manifest["producer"]["generator_step"] == 4
