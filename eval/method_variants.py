@@ -7,8 +7,8 @@ real-only at the same epochs and seeds.
 The reference table's own rows come first (the defaults), then every variant's. For every row it reports val
 and test accuracy (mean +- std over seeds) and the paired difference to real-only: per seed, variant minus
 real-only at that seed (same real data, epochs and seed), then mean +- std of those differences. The real-
-only runs are the variant directory's own when it has them (e.g. a variant that changes the epochs),
-otherwise the reference table's, which must have the same epochs and subset.
+only runs are the variant directory's own when it has them, otherwise the first other table's (the
+reference first) with the same epochs and subset.
 Settings are compared on val; test is reported, never used to choose.
 """
 
@@ -50,13 +50,13 @@ def _fmt(values: list[float]) -> str:
 
 
 def tabulate(variants: Path, reference: Path) -> str:
-    ref = _load(reference)
     lines = [
         "| variant | overrides | row | objective | seeds | val linear | val kNN | test linear | test kNN | "
         "val linear - real-only (paired) | test linear - real-only (paired) |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     dirs = [reference] + sorted(p for p in variants.iterdir() if p.is_dir())
+    every = [t for t in map(_load, dirs) if t is not None]
     for d in dirs:
         t = _load(d)
         if t is None:
@@ -68,7 +68,7 @@ def tabulate(variants: Path, reference: Path) -> str:
         for row in t["rows"]:
             if row["half"]:
                 continue
-            base = _real_only([t] + ([ref] if ref else []), row["objective"], meta["epochs"], meta["subset"])
+            base = _real_only([t, *every], row["objective"], meta["epochs"], meta["subset"])
             seeds = meta["seeds"][: len(row["per_seed"])]
             per_seed = dict(zip(seeds, row["per_seed"], strict=False))
             cells = [_fmt([s[k] for s in row["per_seed"]]) for k in KEYS]
