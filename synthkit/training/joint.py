@@ -288,11 +288,9 @@ def _pretrain_gan(
             if done == cfg.generator.pretrain_steps:
                 break
         pass_ += 1
-    if parts.pairs is not None:
-        source = ema.module if parts.producer is not None else parts.pairs.ema_a.module
-        parts.pairs.restart_from(
-            {k: v.detach().clone() for k, v in source.state_dict().items()}, seed=cfg.train.seed
-        )
+    if parts.pairs is not None:  # G_a and G_b start from the pre-trained G's EMA, as from an init_run
+        state = {k: v.detach().clone() for k, v in ema.module.state_dict().items()}
+        parts.pairs.restart_from(state, seed=cfg.train.seed)
 
 
 def _fingerprint(module: torch.nn.Module) -> torch.Tensor:
