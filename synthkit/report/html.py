@@ -74,43 +74,46 @@ def _fmt(value: Any) -> str:
     return _esc(value)
 
 
-def _histogram(values: np.ndarray, title: str, xlabel: str) -> Image.Image:
+def _pyplot() -> Any:
+    """matplotlib.pyplot on the headless Agg backend, imported on first use."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _rendered(fig: Any) -> Image.Image:
+    """A matplotlib figure as an RGB image; the figure is closed."""
+    plt = _pyplot()
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    buf.seek(0)
+    return Image.open(buf).convert("RGB")
+
+
+def _histogram(values: np.ndarray, title: str, xlabel: str) -> Image.Image:
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(4.2, 2.8), dpi=90)
     finite = values[np.isfinite(values)]
     ax.hist(finite, bins=40, color="#4a78b5")
     ax.set_title(title, fontsize=10)
     ax.set_xlabel(xlabel, fontsize=9)
     ax.set_ylabel("count", fontsize=9)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    buf.seek(0)
-    return Image.open(buf).convert("RGB")
+    return _rendered(fig)
 
 
 def _bars(labels: list[str], values: list[float], title: str) -> Image.Image:
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(4.8, 2.8), dpi=90)
     ax.bar(range(len(values)), values, color="#4a78b5")
     ax.set_xticks(range(len(values)))
     ax.set_xticklabels(labels, rotation=60, fontsize=7)
     ax.set_title(title, fontsize=10)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    buf.seek(0)
-    return Image.open(buf).convert("RGB")
+    return _rendered(fig)
 
 
 def _figure(image: Image.Image, caption: str, cls: str = "plot") -> str:
