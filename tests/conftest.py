@@ -25,6 +25,32 @@ def tiny_pipeline(tmp_path: Path) -> Path:
     return path
 
 
+def write_idx(path: Path, magic: int, arr) -> None:
+    """One idx file (LeCun's MNIST format): big-endian magic and dimensions, then the unsigned bytes."""
+    header = magic.to_bytes(4, "big") + b"".join(int(d).to_bytes(4, "big") for d in arr.shape)
+    path.write_bytes(header + arr.astype("uint8").tobytes())
+
+
+@pytest.fixture(scope="session")
+def fashion_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny stand-in for Debian's Fashion-MNIST files (28 px idx files, 400 train / 100 test images), so
+    no test needs ``dataset-fashion-mnist`` installed."""
+    import numpy as np
+
+    root = tmp_path_factory.mktemp("fashion-mnist")
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", 400), ("t10k", 100)):
+        labels = (np.arange(n) % 10).astype(np.uint8)
+        # class-dependent blobs, so features carry some signal
+        yy, xx = np.mgrid[:28, :28]
+        centres = np.stack([6 + 16 * (labels % 2), 4 + 2 * (labels // 2)], axis=1)[:, :, None, None]
+        blob = 255 * np.exp(-((yy - centres[:, 0]) ** 2 + (xx - centres[:, 1]) ** 2) / 30.0)
+        images = np.clip(blob + rng.normal(0, 20, blob.shape), 0, 255).astype(np.uint8)
+        write_idx(root / f"{prefix}-images-idx3-ubyte", 2051, images)
+        write_idx(root / f"{prefix}-labels-idx1-ubyte", 2049, labels)
+    return root
+
+
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One tiny HSG run shared by the tests that only read it."""

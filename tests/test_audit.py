@@ -118,9 +118,10 @@ def test_bad_inputs_are_clear_errors(audit_shards: Path, tmp_path: Path) -> None
         audit(mixed, "digits", tmp_path / "b", config=FAST)
 
 
-def test_other_sizes_are_converted_explicitly(audit_shards: Path, tmp_path: Path) -> None:
+def test_other_sizes_are_converted_explicitly(audit_shards: Path, fashion_root: Path, tmp_path: Path) -> None:
     cfg = AuditConfig(extractor="pixels", kid_subsets=5, kid_subset_size=30, max_real=300)
-    report = audit(audit_shards, "fashion-mnist", tmp_path / "fm", config=cfg)  # 28 px real vs 16 px samples
+    # 28 px real (idx files written by the fixture) vs 16 px samples
+    report = audit(audit_shards, "fashion-mnist", tmp_path / "fm", config=cfg, real_root=str(fashion_root))
     assert report["real"]["size"] == 16 and report["real"]["count"] == 300  # loaded at the extractor's size
     assert report["conversions"] == {"synthetic": None, "real": None}
 
