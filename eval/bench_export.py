@@ -27,7 +27,7 @@ from synthkit.config import load_pipeline
 from synthkit.export import generate
 from synthkit.shards import ShardSetWriter
 from synthkit.training.artifacts import load_final
-from synthkit.training.joint import train
+from synthkit.training.loop import train
 
 TINY_PIPELINE = Path(__file__).resolve().parents[1] / "pipelines" / "tiny.yaml"
 

@@ -14,7 +14,7 @@ __version__ = "0.1.0"
 _API = {
     "load_pipeline": ("synthkit.config", "load_pipeline"),
     "PipelineConfig": ("synthkit.config", "PipelineConfig"),
-    "train": ("synthkit.training.joint", "train"),
+    "train": ("synthkit.training.loop", "train"),
     "generate": ("synthkit.export", "generate"),
     "evaluate": ("synthkit.evaluate", "evaluate"),
     "quickstart": ("synthkit.quickstart", "quickstart"),

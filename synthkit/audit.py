@@ -34,8 +34,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from synthkit.config import DATA_SOURCES, ConfigError, DataConfig
+from synthkit.atomic import write_json_atomic, write_text_atomic
+from synthkit.config import DataConfig
 from synthkit.data.sources import load_source
+from synthkit.errors import AuditError, ConfigError, ShardError
 from synthkit.metrics import (
     alignment_uniformity,
     broken,
@@ -48,20 +50,16 @@ from synthkit.metrics import (
 from synthkit.metrics.extractors import EXTRACTORS, FeatureExtractor, load_extractor
 from synthkit.metrics.knn import knn_predict
 from synthkit.provenance import created_by
+from synthkit.registry import SOURCES
+from synthkit.report.html import AuditImages, render_report
 from synthkit.shards import iter_samples, read_manifest
-from synthkit.shards.format import ShardError
 from synthkit.shards.inspect import describe
-from synthkit.shards.writer import write_json_atomic
 
 AUDIT_FORMAT = "synthkit-audit"
 AUDIT_VERSION = 1
 REPORT_JSON, REPORT_HTML = "report.json", "report.html"
 PAIR_KINDS = ("pair_a", "pair_b")
 MAX_LISTED = 1000  # broken-image indices listed per reason
-
-
-class AuditError(ValueError):
-    """The inputs of an audit are unusable (empty set, mixed image sizes, too few samples, ...)."""
 
 
 @dataclass(frozen=True)
@@ -110,18 +108,6 @@ class AuditConfig:
                 raise ConfigError(f"audit.{key} {msg}, got {getattr(self, key.split('/')[0])!r}")
 
 
-@dataclass
-class AuditImages:
-    """What the HTML report draws: uint8 N x H x W x C arrays and the indices it picks from them."""
-
-    synthetic: np.ndarray
-    real: np.ndarray
-    conditions: list[Any]
-    hardness: np.ndarray | None
-    pairs: list[tuple[int, int]]
-    values: dict[str, np.ndarray]
-
-
 # --------------------------------------------------------------------------- inputs
 
 
@@ -164,14 +150,14 @@ def _load_real(
         y = torch.tensor(labels, dtype=torch.int64) if all(c is not None for c in labels) else None
         classes = manifest.get("classes")
         desc = {"kind": "shards", "dir": str(path.resolve()), "name": manifest.get("name")}
-    elif real in DATA_SOURCES:
+    elif real in SOURCES:
         source = load_source(DataConfig(name=real, root=root, size=size, channels=channels), split)
         x, y, classes = source.images, source.labels, source.classes
         desc = {"kind": "source", "name": real, "root": root, "split": split, "size": size}
     else:
         raise AuditError(
             f"real data {real!r} is neither a shard set directory nor a known source "
-            f"({', '.join(DATA_SOURCES)})"
+            f"({', '.join(SOURCES.names())})"
         )
     if limit is not None and x.shape[0] > limit:
         keep = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed))[:limit].sort().values
@@ -233,26 +219,21 @@ def _subsample(x: torch.Tensor, limit: int, seed: int) -> torch.Tensor:
 def _hardness_under_encoder(
     encoder_run: str | os.PathLike[str], syn: torch.Tensor, real: torch.Tensor, seed: int
 ) -> tuple[np.ndarray, str]:
+    """Hardness recomputed under a run: its encoder and objective, a reference batch of ``real``."""
     from synthkit.data.views import Views
     from synthkit.metrics.extractors import encoder_extractor
-    from synthkit.metrics.hardness import hardness_under_encoder
+    from synthkit.metrics.hardness import hardness_of
+    from synthkit.objectives.scoring import Scorer, reference_batch
     from synthkit.training.artifacts import load_final
 
     art = load_final(encoder_run)
     ext = encoder_extractor(encoder_run)
     syn_x, real_x = ext.prepare(syn), ext.prepare(real)
     views = Views(art.cfg.views, ext.channels or syn_x.shape[1], syn_x.shape[-1])
-    g = torch.Generator().manual_seed(seed)
-    ref = real_x[torch.randperm(real_x.shape[0], generator=g)[: min(art.cfg.train.batch_size, len(real_x))]]
-    values = hardness_under_encoder(
-        art.encoder,
-        views,
-        syn_x.float() / 255.0,
-        ref.float() / 255.0,
-        temperature=art.cfg.objective.temperature,
-        seed=seed,
+    scorer = Scorer(
+        art.encoder, views, art.objective, reference_batch(real_x, art.cfg.train.batch_size, seed)
     )
-    return values.numpy(), ext.ident
+    return hardness_of(scorer, syn_x.float() / 255.0, seed=seed).numpy(), ext.ident
 
 
 def _num_conditions(metas: list[dict], manifest: dict) -> int | None:
@@ -295,8 +276,6 @@ def audit(
     Returns:
         The report dict, as written to ``report.json``.
     """
-    from synthkit.report.html import render_report
-
     cfg = config or AuditConfig()
     set_dir, out = Path(shards), Path(out_dir)
     if set_dir.resolve() in (out.resolve(), *out.resolve().parents):
@@ -498,20 +477,6 @@ def audit(
     html = render_report(report, images)
     step("render")  # the last timing: report.json holds them all
     out.mkdir(parents=True, exist_ok=True)
-    _write_text_atomic(out / REPORT_HTML, html)
+    write_text_atomic(out / REPORT_HTML, html)
     write_json_atomic(out / REPORT_JSON, report, indent=2)
     return report
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    """Temp file, fsync, rename: a reader sees the old report or the new one, never half of one."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise AuditError(f"cannot write {path}: {exc.strerror or exc}") from exc

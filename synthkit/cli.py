@@ -23,7 +23,9 @@ import sys
 from pathlib import Path
 
 from synthkit import __version__
-from synthkit.config import AUDIT_EXTRACTORS, DATA_SOURCES, ConfigError, dump_yaml, load_pipeline
+from synthkit.config import dump_yaml, load_pipeline
+from synthkit.errors import ConfigError, SynthkitError
+from synthkit.registry import EXTRACTORS, SOURCES
 
 EXIT_USAGE = 2
 
@@ -36,7 +38,7 @@ def _overrides(extra: list[str]) -> list[str]:
 
 
 def _cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
-    from synthkit.training.joint import train
+    from synthkit.training.loop import train
 
     overrides = _overrides(extra)
     if args.data:  # sugar for --mix.sources=[...]
@@ -47,7 +49,7 @@ def _cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
     if result.summary:
         last = result.summary.get("last_epoch", {})
         knn = f", kNN {last['knn_acc']:.4f}" if "knn_acc" in last else ""
-        pre = cfg.generator.pretrain_steps if cfg.hsg.enabled or cfg.hpg.enabled else 0
+        pre = getattr(cfg.generator, "pretrain_steps", 0) if cfg.hsg.enabled or cfg.hpg.enabled else 0
         gan = f" after {pre} GAN pre-training steps" if pre else ""
         done = f"{result.summary['epochs']} epochs ({result.summary['steps']} steps)"
         print(f"trained {done}{gan}{knn}; run: {out}")
@@ -248,7 +250,12 @@ def build_parser() -> argparse.ArgumentParser:
     g = sub.add_parser("generate", help="export a run's hard samples and/or positive pairs as a shard set")
     g.add_argument("--run", required=True, help="a finished run directory")
     g.add_argument("--out", required=True, help="output directory of the shard set")
-    g.add_argument("--n", type=int, help="number of samples per kind (default: the run's export.n)")
+    g.add_argument(
+        "--n",
+        type=int,
+        help="samples per kind, for every producer: --kind pair --n 10 writes 5 pairs, --kind all --n 10 "
+        "writes 10 hard samples and 5 pairs (default: the run's export.n)",
+    )
     g.add_argument(
         "--kind",
         choices=("hard", "pair", "all"),
@@ -262,7 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("eval", help="kNN and linear-probe accuracy of a run's frozen encoder")
     e.add_argument("--run", required=True)
-    e.add_argument("--data", choices=DATA_SOURCES, help="labeled data set (default: the run's)")
+    e.add_argument("--data", choices=SOURCES.names(), help="labeled data set (default: the run's)")
     e.add_argument("--root", help="data root for --data")
     e.add_argument(
         "--full-train", action="store_true", help="fit on the whole train split, not the run's subset"
@@ -285,7 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     cv = ssub.add_parser(
         "convert", help="write a real data source as a shard set (kind real, true labels as cls)"
     )
-    cv.add_argument("--data", required=True, choices=DATA_SOURCES, help="the source")
+    cv.add_argument("--data", required=True, choices=SOURCES.names(), help="the source")
     cv.add_argument("--root", help="data root for --data (required for folder)")
     cv.add_argument("--split", choices=("train", "test"), default="train", help="(default train)")
     cv.add_argument("--size", type=int, default=16, help="side length images are resized to (default 16)")
@@ -317,7 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--real", required=True, help="real data: a shard set directory or a source name")
     a.add_argument("--out", required=True, help="directory for report.json and report.html")
     a.add_argument(
-        "--extractor", choices=AUDIT_EXTRACTORS, help="feature space (default: encoder with --encoder)"
+        "--extractor", choices=EXTRACTORS.names(), help="feature space (default: encoder with --encoder)"
     )
     a.add_argument("--encoder", help="a finished run: encoder features, and hardness under its encoder")
     a.add_argument("--classifier", help="a classifier directory from `synthkit audit train-extractor`")
@@ -336,7 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="synthkit audit train-extractor",
         help="train the in-domain classifier extractor (= audit train-extractor)",
     )
-    te.add_argument("--data", required=True, choices=DATA_SOURCES, help="a labeled source")
+    te.add_argument("--data", required=True, choices=SOURCES.names(), help="a labeled source")
     te.add_argument("--root", help="data root for --data")
     te.add_argument("--size", type=int, default=28, help="image side length (default 28)")
     te.add_argument("--subset", type=int, help="a fixed random subset of N training images")
@@ -371,27 +378,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _is_user_error(e: Exception) -> bool:
-    from synthkit.audit import AuditError
-    from synthkit.data.sources import DataSourceError
-    from synthkit.export import ExportError
-    from synthkit.metrics.extractors import ExtractorError
-    from synthkit.shards import ShardError
-    from synthkit.training.checkpoint import CheckpointError
-    from synthkit.training.joint import RunError
-
-    return isinstance(
-        e,
-        (
-            ConfigError,
-            DataSourceError,
-            ExportError,
-            ShardError,
-            CheckpointError,
-            RunError,
-            AuditError,
-            ExtractorError,
-        ),
-    )
+    return isinstance(e, SynthkitError)
 
 
 if __name__ == "__main__":

@@ -8,14 +8,18 @@ work starts. Overrides use the CLI form ``--section.key=value`` (the value is pa
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, ClassVar, Literal, Union
 
 import yaml
+
+from synthkit.errors import ConfigError
+from synthkit.registry import BACKBONES, OBJECTIVES, PRODUCERS, SOURCES
 
 
 class _Loader(yaml.SafeLoader):
@@ -36,24 +40,34 @@ _Loader.add_implicit_resolver(
 )
 
 
+def _unique_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    """A YAML mapping whose keys are unique: PyYAML would silently keep the last of two equal keys."""
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node)
+        if key in seen:
+            line = key_node.start_mark.line + 1
+            raise ConfigError(f"key {key!r} appears twice (line {line}); a later value would silently win")
+        seen.add(key)
+    return loader.construct_mapping(node)
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+
+
 def _yaml_load(text: str) -> Any:
     return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
 
 
-class ConfigError(ValueError):
-    """A pipeline file or override is malformed; the message names the key."""
+__all__ = ["ConfigError", "PipelineConfig", "load_pipeline", "from_dict", "to_dict", "dump_yaml"]
 
-
-DATA_SOURCES = ("digits", "fashion-mnist", "cifar10", "cifar100", "folder")
-BACKBONES = ("convnet", "resnet18", "resnet50")
-OBJECTIVES = ("simclr", "moco")
+# Small closed choices of one key each; the open ones (sources, backbones, objectives, producers) are
+# registries (synthkit.registry), which third-party packages can extend.
 HPG_SCHEDULES = ("linear", "cosine", "adaptive")
-GENERATORS = ("cgan", "diffusion")
 BRANCH_MODES = ("noise", "sdedit")
 GUIDANCE_SCHEDULES = ("constant", "linear")
 CONDITION_MODES = ("kmeans", "none", "labels")
 MIXED_PRECISION = ("no", "bf16", "fp16")
-AUDIT_EXTRACTORS = ("encoder", "classifier", "inception", "pixels")  # synthkit.metrics.extractors
 
 
 def _check(cond: bool, key: str, msg: str) -> None:
@@ -82,7 +96,7 @@ class DataConfig:
     subset_seed: int = 0
 
     def __post_init__(self) -> None:
-        _choice(self.name, "data.name", DATA_SOURCES)
+        SOURCES.check(self.name, "data.name")
         _check(self.size >= 8, "data.size", f"must be >= 8, got {self.size}")
         _check(self.channels in (None, 1, 3), "data.channels", f"must be 1, 3 or null, got {self.channels}")
         _check(self.subset is None or self.subset > 0, "data.subset", "must be positive or null")
@@ -125,36 +139,75 @@ class EncoderConfig:
     proj_dim: int = 128
 
     def __post_init__(self) -> None:
-        _choice(self.backbone, "encoder.backbone", BACKBONES)
+        BACKBONES.check(self.backbone, "encoder.backbone")
         for name in ("width", "proj_hidden", "proj_dim"):
             _check(getattr(self, name) > 0, f"encoder.{name}", "must be positive")
 
 
 @dataclass(frozen=True)
 class ObjectiveConfig:
-    """The contrastive objective: ``simclr`` (NT-Xent, Chen et al. 2020) or ``moco`` (MoCo v2, Chen et al.).
+    """The contrastive objective; ``name`` picks it (registry ``OBJECTIVES``) and which keys exist.
 
-    MoCo keeps a momentum copy of the encoder (``moco_momentum``) and a queue of ``queue_size`` keys as its
-    negatives. ``queue_synthetic``: whether the keys of synthetic images (hard samples, pair members) are
-    enqueued too. On by default: MoCo has no in-batch negatives, so without it synthetic images would act only
-    as anchors, never as negatives, which METHOD.md asks of them.
+    ``temperature``: tau of the InfoNCE-type loss every objective here uses.
     """
 
+    TAG: ClassVar[str] = "name"
     name: str = "simclr"
     temperature: float = 0.5
+
+    def __post_init__(self) -> None:
+        OBJECTIVES.check(self.name, "objective.name")
+        _check(self.temperature > 0, "objective.temperature", "must be > 0")
+
+
+@dataclass(frozen=True)
+class SimCLRConfig(ObjectiveConfig):
+    """SimCLR (Chen et al., ICML 2020): NT-Xent over the batch's views; a positive group may hold more than
+    two views (a generated pair's four), in the supervised-contrastive form (``losses/multi_positive.py``)."""
+
+    name: str = "simclr"
+
+
+@dataclass(frozen=True)
+class MoCoConfig(ObjectiveConfig):
+    """MoCo v2 (Chen et al., 2020): a momentum encoder (``moco_momentum``) and a queue of ``queue_size`` keys
+    as negatives.
+
+    ``queue_synthetic``: whether the keys of synthetic images (hard samples, pair members) are enqueued too.
+    On by default: MoCo has no in-batch negatives, so without it synthetic images would act only as anchors,
+    never as negatives, which METHOD.md asks of them.
+    """
+
+    name: str = "moco"
     moco_momentum: float = 0.99
     queue_size: int = 4096
     queue_synthetic: bool = True
 
     def __post_init__(self) -> None:
-        _choice(self.name, "objective.name", OBJECTIVES)
-        _check(self.temperature > 0, "objective.temperature", "must be > 0")
+        super().__post_init__()
         _check(0 <= self.moco_momentum < 1, "objective.moco_momentum", "must be in [0, 1)")
         _check(self.queue_size >= 1, "objective.queue_size", "must be >= 1")
 
 
 @dataclass(frozen=True)
 class GeneratorConfig:
+    """The producer of synthetic data; ``kind`` picks it (registry ``PRODUCERS``) and which keys exist.
+
+    Each kind is a subclass below with its own keys; a key of another kind is an unknown key. ``READS`` names
+    the keys of the ``hsg`` and ``hpg`` sections the kind uses (None: all of them); setting another of them
+    away from its default is an error, since the producer would silently ignore it.
+    """
+
+    TAG: ClassVar[str] = "kind"
+    READS: ClassVar[dict[str, tuple[str, ...] | None]] = {"hsg": None, "hpg": None}
+    kind: str = "cgan"
+
+    def __post_init__(self) -> None:
+        PRODUCERS.check(self.kind, "generator.kind")
+
+
+@dataclass(frozen=True)
+class CGanConfig(GeneratorConfig):
     """Conditional GAN: conditional-BN generator, spectral-norm projection discriminator, hinge loss.
 
     ``pretrain_steps``: G and D train on realism alone for that many steps before the encoder's first
@@ -179,7 +232,7 @@ class GeneratorConfig:
     init_run: str | None = None
 
     def __post_init__(self) -> None:
-        _choice(self.kind, "generator.kind", GENERATORS)
+        super().__post_init__()
         _check(self.pretrain_steps >= 0, "generator.pretrain_steps", "must be >= 0")
         for name in ("z_dim", "g_channels", "d_channels"):
             _check(getattr(self, name) > 0, f"generator.{name}", "must be positive")
@@ -189,23 +242,43 @@ class GeneratorConfig:
         for part in filter(None, self.diffaugment.split(",")):
             _choice(part.strip(), "generator.diffaugment", ("color", "translation", "cutout"))
 
+    def check_pipeline(self, cfg: PipelineConfig) -> None:
+        """What the cGAN needs of the other sections."""
+        active = cfg.hsg.enabled or cfg.hpg.enabled
+        for key in ("pretrain_steps", "init_run"):
+            _check(
+                active or not getattr(self, key),
+                f"generator.{key}",
+                "starts the cGAN producers; it needs hsg.enabled or hpg.enabled",
+            )
+        if active:
+            size = cfg.data.size
+            ok = any(size % (2**n) == 0 and size // (2**n) >= 4 for n in (1, 2, 3))
+            _check(ok, "data.size", f"{size} cannot be built by the cGAN (size = s * 2^n, s >= 4, n in 1..3)")
+
 
 @dataclass(frozen=True)
-class DiffusionConfig:
-    """The diffusion producers, for ``generator.kind: diffusion`` (METHOD.md, "... with diffusion").
+class DiffusionConfig(GeneratorConfig):
+    """The diffusion producers (METHOD.md, "The same two producers with diffusion").
 
     Model: a (pseudo-)class-conditional diffusers ``UNet2DModel`` (one resolution level per entry of
-    ``block_out_channels``; 3 levels suit 16-32 px), trained for ``train_steps`` with ``DDPMScheduler``
-    (epsilon prediction) and an ``EMAModel`` copy. Sampling: DDIM with ``ddim_steps`` and ``ddim_eta``.
-    HSG: encoder guidance with scale ``guidance_scale`` (x ``hsg``'s warm-up/ramp over epochs, shaped over
-    the sampling steps by ``guidance_schedule``). HPG (``hpg``): pairs share noise and trajectory down to
+    ``block_out_channels``; 3 levels suit 16-32 px; ``attention`` adds self-attention at the coarsest level),
+    trained for ``train_steps`` with ``DDPMScheduler`` (epsilon prediction) and an ``EMAModel`` copy.
+    Sampling: DDIM with ``ddim_steps`` and ``ddim_eta``. HSG (``hsg.enabled``): encoder guidance with scale
+    ``guidance_scale`` (x ``hsg.lambda_hard`` and its warm-up/ramp over epochs, shaped over the sampling
+    steps by ``guidance_schedule``). HPG (``hpg.enabled``): pairs share noise and trajectory down to
     ``t_split`` (a fraction of the noise levels), which moves from ``t_split_start`` to ``t_split_end`` over
     training; ``branch_mode`` ``noise`` branches with fresh DDIM noise (``branch_eta``), ``sdedit`` re-noises
-    the finished x_a. Joint: every ``refresh_every`` epochs a pool of ``pool_size`` images (a
-    ``pair_fraction`` of them in pairs) is sampled with the current encoder, written as a shard set and mixed
-    into training at ``hsg.synthetic_ratio``.
+    the finished x_a. Joint: every ``refresh_every`` epochs a pool of ``pool_size`` images is sampled with
+    the current encoder (hard samples and pair members in the proportion of ``hsg.synthetic_ratio`` to
+    2 x ``hpg.pair_ratio``), written as a shard set and mixed into training at those ratios.
     """
 
+    READS: ClassVar[dict[str, tuple[str, ...] | None]] = {
+        "hsg": ("enabled", "lambda_hard", "warmup_epochs", "ramp_epochs", "synthetic_ratio"),
+        "hpg": ("enabled", "pair_ratio", "warmup_epochs"),
+    }
+    kind: str = "diffusion"
     block_out_channels: tuple[int, ...] = (32, 64, 64)
     layers_per_block: int = 1
     norm_num_groups: int = 8
@@ -220,48 +293,70 @@ class DiffusionConfig:
     ddim_eta: float = 0.0
     guidance_scale: float = 0.05
     guidance_schedule: str = "constant"
-    hpg: bool = True
     branch_mode: str = "noise"
     branch_eta: float = 1.0
     t_split_start: float = 0.2
     t_split_end: float = 0.6
     pool_size: int = 512
-    pair_fraction: float = 0.5
     refresh_every: int = 2
     sample_batch_size: int = 64
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         _check(
             len(self.block_out_channels) >= 2 and all(c > 0 for c in self.block_out_channels),
-            "diffusion.block_out_channels",
+            "generator.block_out_channels",
             "needs >= 2 positive channel counts (one per resolution level)",
         )
         _check(
-            all(c % self.norm_num_groups == 0 for c in self.block_out_channels),
-            "diffusion.norm_num_groups",
+            self.norm_num_groups >= 1 and all(c % self.norm_num_groups == 0 for c in self.block_out_channels),
+            "generator.norm_num_groups",
             f"{self.norm_num_groups} must divide every entry of block_out_channels",
         )
         for name in ("layers_per_block", "num_train_timesteps", "train_steps", "batch_size", "ddim_steps"):
-            _check(getattr(self, name) >= 1, f"diffusion.{name}", "must be >= 1")
+            _check(getattr(self, name) >= 1, f"generator.{name}", "must be >= 1")
         for name in ("pool_size", "refresh_every", "sample_batch_size"):
-            _check(getattr(self, name) >= 1, f"diffusion.{name}", "must be >= 1")
-        _check(self.ddim_steps <= self.num_train_timesteps, "diffusion.ddim_steps", "must be <= timesteps")
+            _check(getattr(self, name) >= 1, f"generator.{name}", "must be >= 1")
+        _check(self.ddim_steps <= self.num_train_timesteps, "generator.ddim_steps", "must be <= timesteps")
         _choice(
-            self.beta_schedule, "diffusion.beta_schedule", ("linear", "scaled_linear", "squaredcos_cap_v2")
+            self.beta_schedule, "generator.beta_schedule", ("linear", "scaled_linear", "squaredcos_cap_v2")
         )
-        _check(self.lr > 0, "diffusion.lr", "must be > 0")
-        _check(0 <= self.ema_decay < 1, "diffusion.ema_decay", "must be in [0, 1)")
+        _check(self.lr > 0, "generator.lr", "must be > 0")
+        _check(0 <= self.ema_decay < 1, "generator.ema_decay", "must be in [0, 1)")
         _check(
             0 <= self.ddim_eta <= 1 and 0 <= self.branch_eta <= 1,
-            "diffusion.ddim_eta/branch_eta",
+            "generator.ddim_eta/branch_eta",
             "in [0, 1]",
         )
-        _check(self.guidance_scale >= 0, "diffusion.guidance_scale", "must be >= 0")
-        _choice(self.guidance_schedule, "diffusion.guidance_schedule", GUIDANCE_SCHEDULES)
-        _choice(self.branch_mode, "diffusion.branch_mode", BRANCH_MODES)
-        for name in ("t_split_start", "t_split_end", "pair_fraction"):
+        _check(self.guidance_scale >= 0, "generator.guidance_scale", "must be >= 0")
+        _choice(self.guidance_schedule, "generator.guidance_schedule", GUIDANCE_SCHEDULES)
+        _choice(self.branch_mode, "generator.branch_mode", BRANCH_MODES)
+        for name in ("t_split_start", "t_split_end"):
             v = getattr(self, name)
-            _check(0 <= v <= 1, f"diffusion.{name}", f"must be in [0, 1], got {v}")
+            _check(0 <= v <= 1, f"generator.{name}", f"must be in [0, 1], got {v}")
+
+
+@dataclass(frozen=True)
+class NaiveConfig(GeneratorConfig):
+    """The naive-synthetic baseline: samples of a generator trained once on the real data, not customised.
+
+    ``run`` is a finished run directory whose producer is frozen and sampled every step without guidance
+    (for a cGAN run: its EMA generator, conditions drawn from its final condition frequencies);
+    ``synthetic_ratio`` is B_synthetic / B_real, as ``hsg.synthetic_ratio``. The baseline takes no part in
+    HSG or HPG, so both must be off. Train such a generator with realism alone, e.g. ``--hsg.lambda_hard=0
+    --hsg.warmup_epochs=<epochs>`` (the encoder of that run never sees its samples), from the same
+    ``generator.init_run`` as the method's runs when they start from a pre-trained GAN.
+    """
+
+    READS: ClassVar[dict[str, tuple[str, ...] | None]] = {"hsg": ("enabled",), "hpg": ("enabled",)}
+    kind: str = "naive"
+    run: str | None = None
+    synthetic_ratio: float = 0.25
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check(self.run is not None, "generator.run", "the naive baseline needs a finished run to sample")
+        _check(0 < self.synthetic_ratio <= 4, "generator.synthetic_ratio", "must be in (0, 4]")
 
 
 @dataclass(frozen=True)
@@ -356,24 +451,6 @@ class HPGConfig:
         _check(-1 <= self.s_end <= self.s_start <= 1, "hpg.s_start/s_end", "need -1 <= s_end <= s_start <= 1")
         _check(self.warmup_epochs >= 0, "hpg.warmup_epochs", "must be >= 0")
         _check(0 <= self.adaptive_momentum < 1, "hpg.adaptive_momentum", "must be in [0, 1)")
-
-
-@dataclass(frozen=True)
-class NaiveConfig:
-    """The naive-synthetic baseline: samples of a generator trained once on the real data, not customised.
-
-    ``generator_run`` is a finished run directory whose EMA generator is frozen and sampled every step
-    (conditions drawn from its final condition frequencies); ``synthetic_ratio`` is B_synthetic / B_real,
-    as ``hsg.synthetic_ratio``. Train such a generator with realism alone, e.g. ``--hsg.lambda_hard=0
-    --hsg.warmup_epochs=<epochs>`` (the encoder of that run never sees its samples), from the same
-    ``generator.init_run`` as the method's runs when they start from a pre-trained GAN.
-    """
-
-    generator_run: str | None = None
-    synthetic_ratio: float = 0.25
-
-    def __post_init__(self) -> None:
-        _check(0 < self.synthetic_ratio <= 4, "naive.synthetic_ratio", "must be in (0, 4]")
 
 
 @dataclass(frozen=True)
@@ -480,59 +557,57 @@ class PipelineConfig:
     data: DataConfig = field(default_factory=DataConfig)
     views: ViewsConfig = field(default_factory=ViewsConfig)
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
-    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
-    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    objective: ObjectiveConfig = field(default_factory=SimCLRConfig)
+    generator: GeneratorConfig = field(default_factory=CGanConfig)
     conditions: ConditionsConfig = field(default_factory=ConditionsConfig)
     hsg: HSGConfig = field(default_factory=HSGConfig)
     hpg: HPGConfig = field(default_factory=HPGConfig)
-    naive: NaiveConfig = field(default_factory=NaiveConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     mix: MixConfig = field(default_factory=MixConfig)
-    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+
+    @property
+    def producer_active(self) -> bool:
+        """Whether a producer makes synthetic data for the encoder (else: plain CL on the real data)."""
+        return self.generator.kind == "naive" or self.hsg.enabled or self.hpg.enabled
 
     def __post_init__(self) -> None:
-        _check(
-            not (self.mix.sources and (self.hsg.enabled or self.hpg.enabled)),
-            "mix.sources",
-            "training from shard sets is plain contrastive learning on the mix; set hsg.enabled=false "
-            "and hpg.enabled=false",
-        )
-        _check(
-            self.naive.generator_run is None
-            or not (self.hsg.enabled or self.hpg.enabled or self.mix.sources),
-            "naive.generator_run",
-            "the naive-synthetic baseline replaces the joint producers; set hsg.enabled=false, "
-            "hpg.enabled=false and no mix.sources",
-        )
-        if self.generator.kind == "diffusion":
+        gen = self.generator
+        if gen.kind == "naive":
             _check(
-                not self.hpg.enabled,
-                "hpg.enabled",
-                "hpg is the cGAN pair of generators; diffusion runs make pairs by branching (diffusion.*)",
+                not (self.hsg.enabled or self.hpg.enabled),
+                "generator.kind",
+                "naive samples a frozen generator and takes no part in HSG or HPG; set hsg.enabled=false "
+                "and hpg.enabled=false",
             )
+        elif self.producer_active:
             _check(
-                self.objective.name == "simclr",
-                "objective.name",
-                "the diffusion producers' loop trains SimCLR only; use generator.kind=cgan for MoCo v2",
+                not self.mix.sources,
+                "mix.sources",
+                "HSG and HPG train on the in-memory real data (data.*); training from shard sets is "
+                "plain contrastive learning on the mix or the naive baseline: set hsg.enabled=false and "
+                "hpg.enabled=false",
             )
-        gan = (self.hsg.enabled or self.hpg.enabled) and self.generator.kind == "cgan"
-        for key in ("pretrain_steps", "init_run"):
-            _check(
-                gan or not getattr(self.generator, key),
-                f"generator.{key}",
-                "starts the cGAN producers; it needs generator.kind=cgan and hsg.enabled or hpg.enabled",
-            )
+        if self.producer_active:
+            for section, reads in gen.READS.items():
+                if reads is None or not getattr(self, section).enabled:  # a section that is off reads nothing
+                    continue
+                ours, default = getattr(self, section), type(getattr(self, section))()
+                for f in dataclasses.fields(ours):
+                    if f.name not in reads and getattr(ours, f.name) != getattr(default, f.name):
+                        raise ConfigError(
+                            f"{section}.{f.name} is set to {getattr(ours, f.name)!r}, but generator.kind="
+                            f"{gen.kind} does not use it (it reads {section}.{', '.join(reads)}); remove it"
+                        )
+        check = getattr(gen, "check_pipeline", None)
+        if check is not None:
+            check(self)
         _check(
-            self.train.epochs >= 1 or self.generator.pretrain_steps > 0,
+            self.train.epochs >= 1 or getattr(gen, "pretrain_steps", 0) > 0,
             "train.epochs",
             "must be >= 1 (0 trains the GAN alone, and needs generator.pretrain_steps > 0)",
         )
-        if gan:
-            size = self.data.size
-            ok = any(size % (2**n) == 0 and size // (2**n) >= 4 for n in (1, 2, 3))
-            _check(ok, "data.size", f"{size} cannot be built by the cGAN (size = s * 2^n, s >= 4, n in 1..3)")
 
 
 # --------------------------------------------------------------------------- conversion
@@ -583,6 +658,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{key}: expected a finite number, got {value!r}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
@@ -591,19 +668,39 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     raise TypeError(f"unsupported config annotation {tp!r} at {key}")
 
 
+def _tagged(cls: type, raw: dict[str, Any], prefix: str) -> tuple[type, str]:
+    """The class of a tagged section (``generator`` by ``kind``, ``objective`` by ``name``) and a note for
+    error messages; ``cls`` itself for an untagged one."""
+    tag = getattr(cls, "TAG", None)
+    if tag is None:
+        return cls, ""
+    registry = PRODUCERS if issubclass(cls, GeneratorConfig) else OBJECTIVES
+    name = raw.get(tag, cls.__dataclass_fields__[tag].default)
+    if not isinstance(name, str):
+        raise ConfigError(f"{prefix}.{tag}: expected a string, got {name!r}")
+    registry.check(name, f"{prefix}.{tag}")
+    sub = registry.get(name).config_class()
+    if not (isinstance(sub, type) and issubclass(sub, cls)):
+        raise ConfigError(f"{prefix}.{tag}={name}: its config class {sub!r} is not a {cls.__name__}")
+    return sub, f"keys of {prefix}.{tag}={name}"
+
+
 def _build(cls: type, raw: Any, prefix: str) -> Any:
     if raw is None:
-        raw = {}
+        raise ConfigError(
+            f"{prefix or 'pipeline'}: is empty (null); give its keys, or leave the section out for defaults"
+        )
     if not isinstance(raw, dict):
         raise ConfigError(f"{prefix or 'pipeline'}: expected a mapping, got {type(raw).__name__}")
+    cls, note = _tagged(cls, raw, prefix)
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(raw) - names)
+    unknown = sorted(set(raw) - names, key=str)
     if unknown:
         where = f"{prefix}." if prefix else ""
         raise ConfigError(
             f"unknown key{'s' if len(unknown) > 1 else ''} {', '.join(where + str(u) for u in unknown)}"
-            f" (known: {', '.join(sorted(names))})"
+            f" ({note or 'known'}: {', '.join(sorted(names))})"
         )
     kwargs = {}
     for name, value in raw.items():
@@ -669,22 +766,47 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_pipeline(path: str | Path | None = None, overrides: list[str] | None = None) -> PipelineConfig:
-    """Load a pipeline YAML file (or the defaults when ``path`` is None) and apply overrides."""
+    """Load a pipeline YAML file (or the defaults when ``path`` is None) and apply overrides.
+
+    An override that switches a tagged section to another kind (``--generator.kind=diffusion`` on a cGAN
+    pipeline, ``--objective.name=moco`` on a SimCLR one) starts that section afresh: the file's keys of the
+    section belong to its own kind, and the new kind's keys come from the other overrides.
+    """
     raw: dict[str, Any] = {}
     if path is not None:
         p = Path(path)
         if not p.is_file():
             raise ConfigError(f"pipeline file {p} does not exist")
         try:
-            loaded = _yaml_load(p.read_text())
+            text = p.read_bytes().decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise ConfigError(
+                f"pipeline file {p} is not UTF-8 text (byte {e.start}); save it as UTF-8"
+            ) from e
+        except OSError as e:
+            raise ConfigError(f"pipeline file {p} cannot be read: {e.strerror or e}") from e
+        try:
+            loaded = _yaml_load(text)
+        except ConfigError as e:
+            raise ConfigError(f"pipeline file {p}: {e}") from e
         except yaml.YAMLError as e:
-            raise ConfigError(f"pipeline file {p} is not valid YAML: {e}") from e
-        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"pipeline file {p} is not valid YAML: {' '.join(str(e).split())}") from e
+        if loaded is None:
+            raise ConfigError(f"pipeline file {p} is empty; give at least one section (e.g. train: {{}})")
+        if not isinstance(loaded, dict):
             raise ConfigError(f"pipeline file {p}: expected a mapping of sections at the top level")
-        raw = loaded or {}
+        raw = loaded
         from_dict(raw)  # the file must be valid on its own; an override must not hide a broken section
     if overrides:
-        raw = _merge(raw, parse_overrides(overrides))
+        extra = parse_overrides(overrides)
+        for section, cls in (("generator", GeneratorConfig), ("objective", ObjectiveConfig)):
+            tag = cls.TAG
+            old, new = raw.get(section), extra.get(section, {})
+            default = cls.__dataclass_fields__[tag].default
+            if isinstance(old, dict) and tag in new and old.get(tag, default) != new[tag]:
+                # another kind: the file's keys belong to its own kind; the new kind's come from overrides
+                raw = {**raw, section: {}}
+        raw = _merge(raw, extra)
     return from_dict(raw)
 
 

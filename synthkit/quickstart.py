@@ -17,7 +17,7 @@ from synthkit.config import load_pipeline
 from synthkit.evaluate import evaluate
 from synthkit.export import generate
 from synthkit.shards import verify_shard_set
-from synthkit.training.joint import train
+from synthkit.training.loop import train
 
 
 def quickstart(

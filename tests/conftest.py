@@ -54,7 +54,7 @@ def fashion_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One tiny HSG run shared by the tests that only read it."""
-    from synthkit.training.joint import train
+    from synthkit.training.loop import train
 
     run = tmp_path_factory.mktemp("runs") / "tiny"
     train(tiny_config(), run, progress=False)

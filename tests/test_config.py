@@ -10,20 +10,18 @@ from typing import Any
 import pytest
 
 from synthkit.config import (
+    CGanConfig,
     ConditionsConfig,
     ConfigError,
     DataConfig,
-    DiffusionConfig,
     EncoderConfig,
     EvalConfig,
     ExportConfig,
-    GeneratorConfig,
     HPGConfig,
     HSGConfig,
     MixConfig,
-    NaiveConfig,
-    ObjectiveConfig,
     PipelineConfig,
+    SimCLRConfig,
     TrainConfig,
     ViewsConfig,
     dump_yaml,
@@ -58,17 +56,15 @@ def test_defaults_construct_every_stage() -> None:
         "data": DataConfig,
         "views": ViewsConfig,
         "encoder": EncoderConfig,
-        "objective": ObjectiveConfig,
-        "generator": GeneratorConfig,
+        "objective": SimCLRConfig,
+        "generator": CGanConfig,
         "conditions": ConditionsConfig,
         "hsg": HSGConfig,
         "hpg": HPGConfig,
-        "naive": NaiveConfig,
         "train": TrainConfig,
         "export": ExportConfig,
         "eval": EvalConfig,
         "mix": MixConfig,
-        "diffusion": DiffusionConfig,
     }
     assert [f.name for f in dataclasses.fields(cfg)] == list(stages)
     for name, cls in stages.items():
@@ -308,9 +304,14 @@ def test_non_mapping_yaml_names_the_file(tmp_path: Path, text: str) -> None:
         load_pipeline(path)
 
 
-def test_empty_file_and_empty_section_give_defaults(tmp_path: Path) -> None:
-    assert load_pipeline(write(tmp_path, "", "empty.yaml")) == PipelineConfig()
-    assert load_pipeline(write(tmp_path, "train:\n", "section.yaml")) == PipelineConfig()
+def test_empty_file_and_null_section_are_errors(tmp_path: Path) -> None:
+    # an empty document or a section with no keys is a mistake more often than a wish for defaults
+    empty = write(tmp_path, "", "empty.yaml")
+    with pytest.raises(ConfigError, match=re.escape(f"{empty}") + ".*empty"):
+        load_pipeline(empty)
+    with pytest.raises(ConfigError, match=r"train: is empty \(null\)"):
+        load_pipeline(write(tmp_path, "train:\n", "section.yaml"))
+    assert load_pipeline(write(tmp_path, "train: {}\n", "explicit.yaml")) == PipelineConfig()
 
 
 # --------------------------------------------------------------------------- immutability
@@ -356,10 +357,13 @@ def test_mix_sources_are_a_list_of_specs() -> None:
         ("--hpg.schedule=exponential", "hpg.schedule: 'exponential' is not one of linear, cosine, adaptive"),
         ("--hpg.s_start=0.3", "hpg.s_start/s_end"),
         ("--objective.name=byol", "objective.name: 'byol' is not one of simclr, moco"),
-        ("--objective.moco_momentum=1.0", "objective.moco_momentum"),
-        ("--naive.synthetic_ratio=0", "naive.synthetic_ratio"),
+        ("--objective.name=moco --objective.moco_momentum=1.0", "objective.moco_momentum"),
+        (
+            "--generator.kind=naive --generator.run=R --hsg.enabled=false --generator.synthetic_ratio=0",
+            "generator.synthetic_ratio",
+        ),
     ],
 )
 def test_hpg_moco_naive_errors_name_the_key(override: str, message: str) -> None:
     with pytest.raises(ConfigError, match=re.escape(message)):
-        load_pipeline(None, [override])
+        load_pipeline(None, override.split())

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import gzip
 import zlib
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +26,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from synthkit.config import DataConfig
+from synthkit.errors import DataSourceError
+from synthkit.registry import SOURCES
 
 SPLITS = ("train", "test")
 FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
@@ -51,8 +52,7 @@ _RESIZE_CHUNK = 4096
 _LUMA = (0.299, 0.587, 0.114)
 
 
-class DataSourceError(ValueError):
-    """A data source is missing, incomplete or unreadable; the message says which file and what to do."""
+__all__ = ["DataSourceError", "ImageSet", "load_source"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -150,7 +150,7 @@ def _finish(
 # --------------------------------------------------------------------------- digits
 
 
-def _load_digits(cfg: DataConfig, split: str) -> ImageSet:
+def load_digits(cfg: DataConfig, split: str) -> ImageSet:
     """scikit-learn's bundled 8x8 digits (UCI optical digits test set), 1,797 images, 10 classes.
 
     The held-out split is fixed: stratified, 20 % test, ``train_test_split(random_state=0)``; train and test
@@ -214,7 +214,7 @@ def _idx_path(root: Path, stem: str) -> Path:
     raise _fashion_mnist_missing(root / f"{stem}.gz")
 
 
-def _load_fashion_mnist(cfg: DataConfig, split: str) -> ImageSet:
+def load_fashion_mnist(cfg: DataConfig, split: str) -> ImageSet:
     """Fashion-MNIST (Xiao et al., 2017) from its idx files, 28x28 grayscale, 10 classes, 60k/10k."""
     root = Path(cfg.root or FASHION_MNIST_ROOT)
     if not root.is_dir():
@@ -237,7 +237,7 @@ def _load_fashion_mnist(cfg: DataConfig, split: str) -> ImageSet:
 # --------------------------------------------------------------------------- cifar
 
 
-def _load_cifar(cfg: DataConfig, split: str) -> ImageSet:
+def load_cifar(cfg: DataConfig, split: str) -> ImageSet:
     """CIFAR-10 / CIFAR-100 (Krizhevsky, 2009) through torchvision, from a local copy only.
 
     torchvision unpickles the CIFAR batch files; pickle is the official distribution format of the python
@@ -317,7 +317,7 @@ def _class_dirs(directory: Path) -> list[Path]:
     return sorted(p for p in directory.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def _load_folder(cfg: DataConfig, split: str) -> ImageSet:
+def load_folder(cfg: DataConfig, split: str) -> ImageSet:
     """Images from ``data.root``, laid out like torchvision's ``ImageFolder`` or flat.
 
     ``root/<class>/**/*.png`` gives labels from the sorted class folder names; a folder of images with no
@@ -388,14 +388,6 @@ def _load_folder(cfg: DataConfig, split: str) -> ImageSet:
 
 # --------------------------------------------------------------------------- registry
 
-SOURCES: dict[str, Callable[[DataConfig, str], ImageSet]] = {
-    "digits": _load_digits,
-    "fashion-mnist": _load_fashion_mnist,
-    "cifar10": _load_cifar,
-    "cifar100": _load_cifar,
-    "folder": _load_folder,
-}
-
 
 def load_source(cfg: DataConfig, split: str = "train") -> ImageSet:
     """Load one split (``"train"`` or ``"test"``) of the source ``cfg.name``.
@@ -410,5 +402,5 @@ def load_source(cfg: DataConfig, split: str = "train") -> ImageSet:
     if split not in SPLITS:
         raise DataSourceError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
     if cfg.name not in SOURCES:
-        raise DataSourceError(f"no loader for data source {cfg.name!r} (known: {', '.join(SOURCES)})")
-    return SOURCES[cfg.name](cfg, split)
+        raise DataSourceError(f"no loader for data source {cfg.name!r} (known: {', '.join(SOURCES.names())})")
+    return SOURCES.get(cfg.name)(cfg, split)

@@ -19,6 +19,8 @@ import torch
 import torchvision
 from torch import nn
 
+from synthkit.registry import BACKBONES
+
 
 class _StemTrunk(nn.Module):
     stem: nn.Module
@@ -61,15 +63,21 @@ class SmallStemResNet(_StemTrunk):
         self.out_dim = net.fc.in_features
 
 
-BACKBONES: dict[str, Callable[[int, int], nn.Module]] = {
-    "convnet": lambda c, w: ConvNet(c, w),
-    "resnet18": lambda c, w: SmallStemResNet(torchvision.models.resnet18, c),
-    "resnet50": lambda c, w: SmallStemResNet(torchvision.models.resnet50, c),
-}
+# The builders the BACKBONES registry (synthkit.registry) names: (in_channels, width) -> module.
+
+
+def convnet(in_channels: int, width: int) -> nn.Module:
+    return ConvNet(in_channels, width)
+
+
+def resnet18(in_channels: int, width: int) -> nn.Module:
+    return SmallStemResNet(torchvision.models.resnet18, in_channels)
+
+
+def resnet50(in_channels: int, width: int) -> nn.Module:
+    return SmallStemResNet(torchvision.models.resnet50, in_channels)
 
 
 def build_backbone(name: str, in_channels: int, width: int) -> nn.Module:
-    """Build a backbone from the registry; the module exposes ``out_dim``."""
-    if name not in BACKBONES:
-        raise ValueError(f"unknown backbone {name!r}; choose from {', '.join(BACKBONES)}")
-    return BACKBONES[name](in_channels, width)
+    """Build a backbone from the registry (``encoder.backbone``); the module exposes ``out_dim``."""
+    return BACKBONES.get(name)(in_channels, width)

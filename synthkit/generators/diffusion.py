@@ -40,7 +40,7 @@ def build_unet(cfg: DiffusionConfig, channels: int, size: int, num_classes: int)
         )
     down = ["DownBlock2D"] * levels
     up = ["UpBlock2D"] * levels
-    if cfg.attention:  # self-attention at the coarsest level only: cheap at 7-8 px
+    if cfg.attention:  # self-attention at the coarsest level (and the mid block) only: cheap at 7-8 px
         down[-1], up[0] = "AttnDownBlock2D", "AttnUpBlock2D"
     return UNet2DModel(
         sample_size=size,
@@ -51,6 +51,7 @@ def build_unet(cfg: DiffusionConfig, channels: int, size: int, num_classes: int)
         down_block_types=tuple(down),
         up_block_types=tuple(up),
         norm_num_groups=cfg.norm_num_groups,
+        add_attention=cfg.attention,  # diffusers' default puts attention in the mid block regardless
         num_class_embeds=num_classes or None,
     )
 
@@ -126,7 +127,8 @@ def load_diffusion(directory: str | Path) -> tuple[UNet2DModel, DDPMScheduler]:
     directory = Path(directory)
     if not (directory / UNET_DIR / "config.json").is_file():
         raise FileNotFoundError(f"{directory} holds no diffusers UNet ({directory / UNET_DIR} is missing)")
-    unet = UNet2DModel.from_pretrained(directory / UNET_DIR)
+    # safetensors only: a pickled diffusion_pytorch_model.bin next to it is never loaded
+    unet = UNet2DModel.from_pretrained(directory / UNET_DIR, use_safetensors=True)
     scheduler = DDPMScheduler.from_pretrained(directory / SCHEDULER_DIR)
     unet.eval()
     return unet, scheduler

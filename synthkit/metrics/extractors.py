@@ -29,22 +29,20 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from synthkit.config import AUDIT_EXTRACTORS, DataConfig
+from synthkit.config import DataConfig
 from synthkit.data.sources import _to_size_and_channels, load_source  # one resize for sources and audit
 from synthkit.encoders.backbones import build_backbone
+from synthkit.errors import ExtractorError
 from synthkit.provenance import created_by, sha256_file, state_dict_hash
+from synthkit.registry import EXTRACTORS
 
-EXTRACTORS = AUDIT_EXTRACTORS  # the registry below; the names live in config for a light CLI import
+__all__ = ["EXTRACTORS", "ExtractorError", "FeatureExtractor", "load_extractor", "train_classifier"]
 CLASSIFIER_WEIGHTS = "classifier.safetensors"
 CLASSIFIER_META = "extractor.json"
 CLASSIFIER_FORMAT = "synthkit-audit-classifier"
 INCEPTION_SIZE = 299
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-class ExtractorError(ValueError):
-    """A feature extractor cannot be built: missing or corrupt weights, wrong arguments."""
 
 
 class DomainClassifier(nn.Module):

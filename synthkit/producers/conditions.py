@@ -9,13 +9,21 @@ useful across refreshes.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+from accelerate.utils import broadcast
 from scipy.optimize import linear_sum_assignment
 from sklearn.cluster import KMeans
 
 from synthkit.config import ConditionsConfig
+from synthkit.encoders.model import extract_features
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
+
+    from synthkit.data.sources import ImageSet
 
 
 @dataclass(frozen=True)
@@ -32,9 +40,13 @@ class Conditions:
         return counts / counts.sum()
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor | None:
+        """``n`` condition ids drawn from the frequencies (on ``generator``'s device when one is given)."""
         if self.num_classes == 0:
             return None
-        return torch.multinomial(self.probabilities(), n, replacement=True, generator=generator)
+        probs = self.probabilities()
+        if generator is not None:
+            probs = probs.to(generator.device)
+        return torch.multinomial(probs, n, replacement=True, generator=generator)
 
 
 def num_conditions(cfg: ConditionsConfig, num_label_classes: int | None) -> int:
@@ -90,3 +102,34 @@ def make_conditions(
         raise ValueError("conditions.mode=kmeans needs encoder features of the real images")
     prev = previous.labels if previous is not None and previous.source == "kmeans" else None
     return Conditions(kmeans_conditions(features, cfg.k, seed, prev), cfg.k, "kmeans")
+
+
+def refresh_conditions(
+    cfg: ConditionsConfig,
+    accelerator: Accelerator,
+    encoder: torch.nn.Module,
+    real: ImageSet,
+    previous: Conditions | None,
+    seed: int,
+    num_classes: int,
+) -> Conditions:
+    """The conditions of the real images under ``encoder``, computed on the main process and broadcast, so
+    every process agrees (k-means is not bit-stable across processes)."""
+    labels = torch.zeros(len(real), dtype=torch.long, device=accelerator.device)
+    if accelerator.is_main_process:
+        feats = (
+            extract_features(encoder, real.images, device=accelerator.device)
+            if cfg.mode == "kmeans"
+            else None
+        )
+        cond = make_conditions(
+            cfg,
+            feats,
+            real.labels,
+            seed=seed,
+            previous=previous,
+            num_label_classes=len(real.classes) if real.classes else None,
+        )
+        labels = cond.labels.to(accelerator.device)
+    labels = broadcast(labels, from_process=0).cpu()
+    return Conditions(labels, num_classes, cfg.mode)

@@ -24,48 +24,24 @@ unguided code path.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
-import torch.nn.functional as F
 from diffusers import DDIMScheduler
 
 from synthkit.config import DiffusionConfig
-from synthkit.data.views import Views
 from synthkit.generators.diffusion import ddim_scheduler, to_image_range
-from synthkit.losses.nt_xent import nt_xent_per_view, per_sample_hardness
 
-
-def contrastive_hardness(
-    encoder: torch.nn.Module,
-    views: Views,
-    images: torch.Tensor,
-    reference: torch.Tensor,
-    temperature: float,
-) -> torch.Tensor:
-    """Per-sample NT-Xent of ``images`` (in [0, 1]) in one batch with real ``reference`` images.
-
-    The hardness of METHOD.md: each image's loss (mean over its two views as anchors) when it and the
-    reference batch form one contrastive batch, as in a training step. Differentiable w.r.t. ``images``.
-    """
-    v1, v2 = views.two_views(torch.cat([reference, images]))
-    per_view = nt_xent_per_view(encoder(v1), encoder(v2), temperature=temperature)
-    return per_sample_hardness(per_view)[len(reference) :]
-
-
-@torch.no_grad()
-def pair_similarity(encoder: torch.nn.Module, x_a: torch.Tensor, x_b: torch.Tensor) -> torch.Tensor:
-    """s = cos(h(x_a), h(x_b)) per pair, on backbone features (METHOD.md, HPG); images in [0, 1]."""
-    return F.cosine_similarity(encoder.features(x_a), encoder.features(x_b), dim=1)
+if TYPE_CHECKING:
+    from synthkit.objectives.scoring import Scorer
 
 
 @dataclass
 class Guidance:
-    """What encoder guidance needs: the encoder (eval mode), its views, a real reference batch in [0, 1]."""
+    """What encoder guidance needs: the run's scorer (encoder in eval mode, its views and objective, a real
+    reference batch; ``objectives/scoring.py``), the scale and its schedule over the noise levels."""
 
-    encoder: torch.nn.Module
-    views: Views
-    reference: torch.Tensor
-    temperature: float
+    scorer: Scorer
     scale: float
     schedule: str = "constant"
 
@@ -95,9 +71,7 @@ def _guided_eps(
     x0 = ((x - (1 - a).sqrt() * eps) / a.sqrt()).clamp(-1.0, 1.0).detach().requires_grad_(True)
     with torch.enable_grad(), torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)  # the views' randomness (kornia draws from the global generator)
-        h = contrastive_hardness(
-            guidance.encoder, guidance.views, to_image_range(x0), guidance.reference, guidance.temperature
-        )
+        h = guidance.scorer.hardness_grad(to_image_range(x0))
         (grad,) = torch.autograd.grad(h.sum(), x0)
     rms = grad.flatten(1).square().mean(dim=1).sqrt().clamp_min(1e-12)
     x0 = (x0.detach() + w * grad / rms.view(-1, 1, 1, 1)).clamp(-1.0, 1.0)

@@ -11,13 +11,26 @@ import base64
 import html
 import io
 import json
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
-if TYPE_CHECKING:
-    from synthkit.audit import AuditImages
+from synthkit.images import rows_grid
+
+
+@dataclass
+class AuditImages:
+    """What the HTML report draws: uint8 N x H x W x C arrays and the indices it picks from them."""
+
+    synthetic: np.ndarray
+    real: np.ndarray
+    conditions: list[Any]
+    hardness: np.ndarray | None
+    pairs: list[tuple[int, int]]
+    values: dict[str, np.ndarray]
+
 
 SECTIONS = (
     "summary",
@@ -55,17 +68,6 @@ def _png_uri(image: Image.Image) -> str:
 
 def _img(image: Image.Image, alt: str, cls: str = "grid") -> str:
     return f'<img class="{cls}" alt="{_esc(alt)}" src="{_png_uri(image)}">'
-
-
-def _rows_grid(rows: list[list[np.ndarray]], scale: int = 3) -> Image.Image:
-    """One grid row per list of images (all converted to one size and channel count)."""
-    from synthkit.export import condition_grid
-    from synthkit.shards.inspect import _common_shape  # the grid's own size/mode rule, not a copy
-
-    flat = _common_shape([im for row in rows for im in row])
-    row_of = np.array([r for r, row in enumerate(rows) for _ in row])
-    per_row = max(len(row) for row in rows)
-    return condition_grid(np.stack(flat), row_of, per_row=per_row, scale=scale)
 
 
 def _fmt(value: Any) -> str:
@@ -162,7 +164,7 @@ def _grids(images: AuditImages, per_row: int) -> str:
     else:
         rows = [[images.synthetic[i] for i in by_cond[k][:per_row]] for k in keys]
         caption = "one row per condition: " + ", ".join("none" if k is None else str(k) for k in keys)
-    return _figure(_rows_grid(rows), caption, "grid")
+    return _figure(rows_grid(rows), caption, "grid")
 
 
 def _hardest(images: AuditImages, per_row: int) -> str:
@@ -174,7 +176,7 @@ def _hardest(images: AuditImages, per_row: int) -> str:
     for name, idx in (("hardest", hardest), ("easiest", easiest)):
         values = ", ".join(f"{images.hardness[i]:.3f}" for i in idx)
         parts.append(
-            _figure(_rows_grid([[images.synthetic[i] for i in idx]]), f"{name}: hardness {values}", "grid")
+            _figure(rows_grid([[images.synthetic[i] for i in idx]]), f"{name}: hardness {values}", "grid")
         )
     return "".join(parts)
 
@@ -195,7 +197,7 @@ def _pairs(report: dict[str, Any], images: AuditImages, limit: int) -> str:
         + (f", trend {_fmt(trend['slope_per_1k_steps'])} per 1,000 generator steps" if trend else "")
         + "</p>"
     )
-    return text + _figure(_rows_grid(rows), f"the first {len(shown)} pairs: pair_a | pair_b", "grid")
+    return text + _figure(rows_grid(rows), f"the first {len(shown)} pairs: pair_a | pair_b", "grid")
 
 
 def _histograms(report: dict[str, Any], images: AuditImages) -> str:
@@ -249,7 +251,7 @@ def _memorisation(report: dict[str, Any], images: AuditImages) -> str:
         )
         + "</table>"
     )
-    return text + _figure(_rows_grid(rows), "nearest pairs: sample | real neighbour", "grid") + table
+    return text + _figure(rows_grid(rows), "nearest pairs: sample | real neighbour", "grid") + table
 
 
 def _broken(report: dict[str, Any], images: AuditImages, limit: int) -> str:
@@ -260,7 +262,7 @@ def _broken(report: dict[str, Any], images: AuditImages, limit: int) -> str:
     )
     idx = [i for r in ("constant", "saturated") for i in b["indices"][r]][:limit]
     if idx:
-        text += _figure(_rows_grid([[images.synthetic[i] for i in idx]]), "examples of broken images", "grid")
+        text += _figure(rows_grid([[images.synthetic[i] for i in idx]]), "examples of broken images", "grid")
     return text
 
 

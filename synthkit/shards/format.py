@@ -10,6 +10,9 @@ import math
 import re
 from typing import Any
 
+from synthkit.atomic import temp_name
+from synthkit.errors import ShardError, ShardSetExistsError
+
 FORMAT = "synthkit-shards"
 VERSION = 1
 KINDS = ("hard", "pair_a", "pair_b", "sample", "real")
@@ -26,12 +29,7 @@ _OPTIONAL_INT_KEYS = ("condition", "condition_k")
 _FLOAT_KEYS = ("hardness", "pair_similarity")
 
 
-class ShardError(Exception):
-    """A shard set cannot be written, read or trusted; the message names the file and the reason."""
-
-
-class ShardSetExistsError(ShardError):
-    """The output directory already holds a shard set; we never overwrite or mix two sets."""
+__all__ = ["ShardError", "ShardSetExistsError", "temp_name"]  # re-exported: shard code names them here
 
 
 def shard_name(name: str, index: int) -> str:
@@ -50,11 +48,6 @@ def is_safe_name(name: str) -> bool:
 def shard_pattern(name: str) -> re.Pattern[str]:
     """Regex matching exactly the shard files of set ``name`` (not those of a set named ``name-other``)."""
     return re.compile(rf"{re.escape(name)}-\d{{6,}}\.tar")
-
-
-def temp_name(final_name: str) -> str:
-    """Hidden name a file is written under until complete, so a glob for ``*.tar`` never sees half a shard."""
-    return f".{final_name}.tmp"
 
 
 def _is_int(value: Any) -> bool:

@@ -35,10 +35,10 @@ import os
 from pathlib import Path
 from typing import Any
 
+from synthkit.atomic import write_json_atomic
 from synthkit.shards.format import ShardError
 from synthkit.shards.manifest import read_manifest
 from synthkit.shards.reader import DECODED_EXTENSIONS, decode_sample
-from synthkit.shards.writer import write_json_atomic
 
 WIDS_INDEX = "wids-index.json"
 WIDS_KIND = "wids-shard-index-v1"

@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
+from synthkit.images import common_shape, condition_grid
 from synthkit.shards.format import ShardError
 from synthkit.shards.manifest import read_manifest
 from synthkit.shards.reader import iter_samples
@@ -118,31 +118,13 @@ class _Grid:
         return "none", [None] * len(chunks), chunks
 
 
-def _common_shape(images: list[np.ndarray]) -> list[np.ndarray]:
-    """Bring mixed sizes and modes to one H x W x C for the grid: the most common size, RGB if any is RGB."""
-    sizes = Counter(im.shape[:2] for im in images)
-    h, w = sizes.most_common(1)[0][0]
-    channels = max(im.shape[2] for im in images)
-    out = []
-    for im in images:
-        if im.shape[:2] != (h, w):
-            pil = Image.fromarray(im[:, :, 0] if im.shape[2] == 1 else im)
-            im = np.asarray(pil.resize((w, h), Image.BILINEAR)).reshape(h, w, -1)
-        if im.shape[2] != channels:
-            im = np.repeat(im, channels, axis=2)
-        out.append(im)
-    return out
-
-
 def _write_grid(grid: _Grid, set_dir: Path, path: str | os.PathLike[str]) -> dict[str, Any]:
-    from synthkit.export import condition_grid  # imports the training stack; only needed for a grid
-
     out = Path(path)
     group_by, labels, rows = grid.rows()
     flat = [im for row in rows for im in row]
     if not flat:
         raise ShardError(f"{set_dir}: the set holds no samples, so there is no grid to draw")
-    images = np.stack(_common_shape(flat))
+    images = np.stack(common_shape(flat))
     row_of = np.array([r for r, row in enumerate(rows) for _ in row])
     out.parent.mkdir(parents=True, exist_ok=True)
     condition_grid(images, row_of, per_row=grid.per_row).save(out, format="PNG")
@@ -226,7 +208,7 @@ def inspect_grid(
 
     Each row holds the first ``per_row`` samples (in set order) of its condition or class; a set with
     neither gives a block of its first ``per_row`` x ``BLOCK_ROWS`` samples. Images of other sizes than the
-    most common one are resized to it. Drawn by :func:`synthkit.export.condition_grid` (2x nearest upscale,
+    most common one are resized to it. Drawn by :func:`synthkit.images.condition_grid` (2x nearest upscale,
     1 px white border), so the PNG is ``rows * (H + 2) * 2`` pixels high. ``path`` may not lie inside the set.
 
     Returns:

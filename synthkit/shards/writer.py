@@ -21,7 +21,6 @@ Example:
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import io
 import json
@@ -36,6 +35,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from synthkit.atomic import fsync_dir, os_reason, write_json_atomic
+from synthkit.errors import OutputError
 from synthkit.shards.format import (
     FORMAT,
     MANIFEST,
@@ -76,28 +77,6 @@ def fields_digest(manifest_fields: dict[str, Any]) -> str:
     """SHA-256 of the canonical JSON of ``manifest_fields``: what ties a journal to one request."""
     text = json.dumps(manifest_fields, sort_keys=True, separators=(",", ":"), allow_nan=False)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-def _os_reason(exc: OSError) -> str:
-    if exc.errno == errno.ENOSPC:
-        return "disk full (ENOSPC)"
-    if exc.errno == getattr(errno, "EDQUOT", None):
-        return "disk quota exceeded (EDQUOT)"
-    code = errno.errorcode.get(exc.errno or 0, "")
-    reason = exc.strerror or str(exc)
-    return f"{reason} ({code})" if code else reason
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make a rename durable; platforms that cannot open directories (Windows) skip it."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class _AtomicFile:
@@ -148,7 +127,7 @@ class _AtomicFile:
 
     def rename(self) -> None:
         os.replace(self.temp, self.final)
-        _fsync_dir(self.final.parent)
+        fsync_dir(self.final.parent)
 
     def publish(self) -> None:
         self.seal()
@@ -231,18 +210,6 @@ def _publish_json(path: Path, obj: Any, **dump_kwargs: Any) -> None:
         if out is not None:
             out.discard()
         raise
-
-
-def write_json_atomic(path: str | os.PathLike[str], obj: Any, **dump_kwargs: Any) -> None:
-    """Write ``obj`` as JSON under a temp name, fsync, ``os.replace``: readers see the old file or the new.
-
-    Raises ShardError naming the file and the reason (disk full, permission, ...).
-    """
-    path = Path(path)
-    try:
-        _publish_json(path, obj, **dump_kwargs)
-    except OSError as exc:
-        raise ShardError(f"cannot write {path}: {_os_reason(exc)}") from exc
 
 
 class ShardSetWriter:
@@ -346,7 +313,7 @@ class ShardSetWriter:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             entries = [p.name for p in self.out_dir.iterdir()]
         except OSError as exc:
-            raise ShardError(f"cannot use output directory {self.out_dir}: {_os_reason(exc)}") from exc
+            raise ShardError(f"cannot use output directory {self.out_dir}: {os_reason(exc)}") from exc
         pattern = shard_pattern(self.name)
         if self.resume:
             self._prepare_resume(entries)
@@ -370,7 +337,7 @@ class ShardSetWriter:
             try:
                 (self.out_dir / entry).unlink(missing_ok=True)
             except OSError as exc:
-                raise ShardError(f"cannot remove {what} {self.out_dir / entry}: {_os_reason(exc)}") from exc
+                raise ShardError(f"cannot remove {what} {self.out_dir / entry}: {os_reason(exc)}") from exc
 
     def _prepare_resume(self, entries: list[str]) -> None:
         pattern = shard_pattern(self.name)
@@ -403,7 +370,7 @@ class ShardSetWriter:
             try:
                 self._write_journal(kept)
             except OSError as exc:
-                raise ShardError(f"cannot write {self._journal}: {_os_reason(exc)}") from exc
+                raise ShardError(f"cannot write {self._journal}: {os_reason(exc)}") from exc
 
     def _read_journal(self) -> list[dict[str, Any]]:
         path = self._journal
@@ -459,9 +426,9 @@ class ShardSetWriter:
                 # killed between the journal update and the rename: finish the publication
                 try:
                     os.replace(temp, path)
-                    _fsync_dir(self.out_dir)
+                    fsync_dir(self.out_dir)
                 except OSError as exc:
-                    raise ShardError(f"cannot publish {path}: {_os_reason(exc)}") from exc
+                    raise ShardError(f"cannot publish {path}: {os_reason(exc)}") from exc
             elif entry["name"] not in entries:  # not renamed yet, or removed: either way, write it again
                 break
             elif not _matches(path, entry):
@@ -495,7 +462,7 @@ class ShardSetWriter:
 
     def _fail(self, exc: OSError, path: Path) -> ShardError:
         self.abort()
-        return ShardError(f"cannot write {path}: {_os_reason(exc)}; the shard set was not published")
+        return ShardError(f"cannot write {path}: {os_reason(exc)}; the shard set was not published")
 
     def write(self, key: str, image: np.ndarray, meta: dict, cls: int | None = None) -> None:
         """Add one sample; invalid input raises ValueError before anything is written."""
@@ -569,7 +536,7 @@ class ShardSetWriter:
         try:
             write_json_atomic(self.out_dir / SIZES, {s["name"]: s["count"] for s in self._shards}, indent=2)
             write_json_atomic(self.out_dir / MANIFEST, manifest, indent=2)
-        except ShardError as exc:
+        except OutputError as exc:
             self._failed = True
             raise ShardError(f"{exc}; the shard set was not published") from exc.__cause__
         self._closed = True
@@ -577,7 +544,7 @@ class ShardSetWriter:
         if self.resume:  # the manifest now vouches for the set; a journal left by a crash here is inert
             with contextlib.suppress(OSError):
                 self._journal.unlink(missing_ok=True)
-                _fsync_dir(self.out_dir)
+                fsync_dir(self.out_dir)
         return manifest
 
     def abort(self) -> None:

@@ -14,14 +14,14 @@ import os
 import shutil
 from pathlib import Path
 
+from synthkit.errors import CheckpointError
 from synthkit.provenance import sha256_file
 
 CHECKSUMS = "checksums.json"
 PREFIX = "epoch_"
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint is missing, truncated or corrupt."""
+__all__ = ["CheckpointError", "publish", "verify_checkpoint"]
 
 
 def write_checksums(directory: Path) -> None:

@@ -15,7 +15,7 @@ from PIL import Image
 
 from synthkit.cli import main
 from synthkit.training.artifacts import load_final
-from synthkit.training.joint import train
+from synthkit.training.loop import train
 from tests.conftest import tiny_config
 
 

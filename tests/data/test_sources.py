@@ -10,19 +10,14 @@ import pytest
 import torch
 from PIL import Image
 
-from synthkit.config import DATA_SOURCES, DataConfig
+from synthkit.config import DataConfig
 from synthkit.data.sources import (
     FASHION_MNIST_CLASSES,
     FASHION_MNIST_ROOT,
-    SOURCES,
     DataSourceError,
     ImageSet,
     load_source,
 )
-
-
-def test_registry_matches_config_choices() -> None:
-    assert set(SOURCES) == set(DATA_SOURCES)
 
 
 def test_unknown_split_is_an_error() -> None:

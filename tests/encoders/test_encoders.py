@@ -6,16 +6,11 @@ import pytest
 import torch
 from torch import nn
 
-from synthkit.config import BACKBONES as CONFIG_BACKBONES
 from synthkit.config import EncoderConfig
-from synthkit.encoders.backbones import BACKBONES, build_backbone
+from synthkit.encoders.backbones import build_backbone
 from synthkit.encoders.model import Encoder, extract_features
 
 SMALL = EncoderConfig(backbone="convnet", width=4, proj_hidden=16, proj_dim=8)
-
-
-def test_registry_matches_config_choices() -> None:
-    assert set(BACKBONES) == set(CONFIG_BACKBONES)
 
 
 @pytest.mark.parametrize("channels", [1, 3])

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from synthkit.config import GeneratorConfig
+from synthkit.config import CGanConfig
 from synthkit.generators.cgan import Discriminator, Generator, build_cgan, num_upsamplings
 
 Z = 8
@@ -43,7 +43,7 @@ def test_shapes_and_range(size: int, channels: int) -> None:
 
 
 def test_build_cgan_uses_the_config_widths() -> None:
-    cfg = GeneratorConfig(z_dim=Z, g_channels=4, d_channels=6)
+    cfg = CGanConfig(z_dim=Z, g_channels=4, d_channels=6)
     g, d = build_cgan(cfg, channels=3, size=16, num_classes=2)
     assert g.z_dim == Z and g.widths[-1] == 4 and g.out.out_channels == 3
     assert d.body[0].out_channels == 6 and d.body[0].in_channels == 3

@@ -77,9 +77,10 @@ def test_diffusion_loss_decreases() -> None:
 
 
 def test_config_errors_name_the_key() -> None:
-    with pytest.raises(ConfigError, match="diffusion.norm_num_groups"):
+    # the diffusion producer's keys live in the generator section, under generator.kind=diffusion
+    with pytest.raises(ConfigError, match="generator.norm_num_groups"):
         DiffusionConfig(block_out_channels=(12, 16), norm_num_groups=8)
-    with pytest.raises(ConfigError, match="diffusion.branch_mode"):
-        load_pipeline(None, ["--diffusion.branch_mode=swap"])
-    with pytest.raises(ConfigError, match="diffusion.t_split_end"):
-        load_pipeline(None, ["--diffusion.t_split_end=1.5"])
+    with pytest.raises(ConfigError, match="generator.branch_mode"):
+        load_pipeline(None, ["--generator.kind=diffusion", "--generator.branch_mode=swap"])
+    with pytest.raises(ConfigError, match="generator.t_split_end"):
+        load_pipeline(None, ["--generator.kind=diffusion", "--generator.t_split_end=1.5"])

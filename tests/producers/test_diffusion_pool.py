@@ -1,4 +1,4 @@
-"""Pools of diffusion samples as shard sets: layout, determinism, resume after an interruption, read-back."""
+"""Pools of diffusion samples as shard sets (the export's writer): layout, determinism, resume, read-back."""
 
 from __future__ import annotations
 
@@ -8,44 +8,57 @@ from pathlib import Path
 import pytest
 import torch
 
-from synthkit.config import DiffusionConfig, EncoderConfig, ViewsConfig
+from synthkit.config import EncoderConfig, ViewsConfig, from_dict
 from synthkit.data.views import Views
 from synthkit.encoders.model import Encoder
-from synthkit.generators.diffusion import build_scheduler, build_unet
+from synthkit.export import write_samples
+from synthkit.generators.diffusion import build_unet
+from synthkit.objectives.base import build_objective
+from synthkit.objectives.scoring import Scorer
 from synthkit.producers.conditions import Conditions
-from synthkit.producers.diffusion_pool import DiffusionProducer, Scorer, read_pool, write_pool
+from synthkit.producers.diffusion import DiffusionProducer, read_pool
 from synthkit.shards import verify_shard_set
 
-CFG = DiffusionConfig(
-    block_out_channels=(8, 16, 16),
-    norm_num_groups=4,
-    num_train_timesteps=50,
-    ddim_steps=4,
-    sample_batch_size=4,
+CFG = from_dict(
+    {
+        "generator": {
+            "kind": "diffusion",
+            "block_out_channels": [8, 16, 16],
+            "norm_num_groups": 4,
+            "num_train_timesteps": 50,
+            "ddim_steps": 4,
+            "sample_batch_size": 4,
+        },
+        "hpg": {"enabled": True},
+    }
 )
 
 
 @pytest.fixture(scope="module")
 def parts() -> tuple[DiffusionProducer, Scorer]:
     torch.manual_seed(0)
-    unet = build_unet(CFG, 1, 8, num_classes=3).eval()
-    cond = Conditions(torch.tensor([0, 1, 2, 2]), 3, "kmeans")
-    producer = DiffusionProducer(unet, dict(build_scheduler(CFG).config), cond, CFG, step=7)
+    unet = build_unet(CFG.generator, 1, 8, num_classes=3)
+    producer = DiffusionProducer(CFG, 1, 8, 3, unet=unet)
+    producer.conditions = Conditions(torch.tensor([0, 1, 2, 2]), 3, "kmeans")
+    producer.trained_steps = 7
     enc = Encoder(EncoderConfig(width=8, proj_hidden=16, proj_dim=8), 1).eval()
-    scorer = Scorer(enc, Views(ViewsConfig(), 1, 8), torch.rand(8, 1, 8, 8), 0.5)
+    objective = build_objective(CFG.objective, enc, 8, seed=0)
+    scorer = Scorer(enc, Views(ViewsConfig(), 1, 8), objective, torch.rand(8, 1, 8, 8))
     return producer, scorer
 
 
-def _write(parts, out: Path, **kw):
+def _write(parts, out: Path, guidance_scale: float = 0.05, n_pairs: int = 5, **kw):
     producer, scorer = parts
-    args = {"n_hard": 6, "n_pairs": 5, "seed": 1, "guidance_scale": 0.05, "t_split": 0.5, "maxcount": 4}
-    return write_pool(out, "pool", producer, scorer, **{**args, **kw})
+    producer.guidance_scale, producer.t_split = guidance_scale, 0.5
+    args = {"seed": 1, "batch_size": 4, "maxcount": 4, "manifest_fields": {}}
+    return write_samples(out, "pool", producer, scorer, {"hard": 6, "pair": 2 * n_pairs}, **{**args, **kw})
 
 
 def test_pool_holds_hard_samples_and_linked_pairs(parts, tmp_path: Path) -> None:
     res = _write(parts, tmp_path / "p")
     assert res.manifest["total"] == 16 and verify_shard_set(tmp_path / "p").ok
-    assert len(res.hardness) == 6 and len(res.pair_similarity) == 5
+    # one hardness per sample, pairs included; one similarity per pair
+    assert len(res.hardness) == 16 and len(res.pair_similarity) == 5
     pool = read_pool(tmp_path / "p")
     assert pool.hard.shape == (6, 1, 8, 8) and pool.pair_a.shape == pool.pair_b.shape == (5, 1, 8, 8)
     assert not torch.equal(pool.pair_a, pool.pair_b)
@@ -61,15 +74,17 @@ def test_same_seed_same_bytes_and_interrupted_pool_resumes_identically(parts, tm
 
     def stop_after_9(k: int) -> None:
         seen.append(k)
-        if len(seen) == 9:
+        if sum(seen) >= 9:
             raise Stop
 
     with pytest.raises(Stop):
-        _write(parts, tmp_path / "cut", resume=True, progress=stop_after_9)
+        _write(parts, tmp_path / "cut", progress=stop_after_9)
     assert not (tmp_path / "cut" / "manifest.json").exists()
     assert len(list((tmp_path / "cut").glob("pool-*.tar"))) == 2  # two complete shards of 4 stay
-    resumed = _write(parts, tmp_path / "cut", resume=True)
+    resumed = _write(parts, tmp_path / "cut")
+    assert resumed.resumed_from == 8
     assert [s["sha256"] for s in resumed.manifest["shards"]] == [s["sha256"] for s in full.manifest["shards"]]
+    assert resumed.hardness == full.hardness  # the kept shards' hardness read back, the rest recomputed
     meta = json.loads((tmp_path / "full" / "manifest.json").read_text())
     assert meta["total"] == 16
 

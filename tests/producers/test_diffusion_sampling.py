@@ -5,14 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from synthkit.config import DiffusionConfig, EncoderConfig, ViewsConfig
+from synthkit.config import DiffusionConfig, EncoderConfig, SimCLRConfig, ViewsConfig
 from synthkit.data.views import Views
 from synthkit.encoders.model import Encoder
 from synthkit.generators.diffusion import build_scheduler, build_unet, diffusion_loss
 from synthkit.losses.nt_xent import nt_xent
+from synthkit.objectives.base import build_objective
+from synthkit.objectives.scoring import Scorer
 from synthkit.producers.diffusion_sampling import (
     Guidance,
-    contrastive_hardness,
     ddim_pairs,
     ddim_sample,
     t_split_at,
@@ -32,7 +33,7 @@ def black_white() -> tuple[torch.nn.Module, dict]:
     labels = torch.tensor([0, 1] * 16)
     x0 = (labels.float() * 2 - 1).view(-1, 1, 1, 1).expand(-1, 1, SIZE, SIZE).contiguous()
     g = torch.Generator().manual_seed(0)
-    for _ in range(200):
+    for _ in range(300):  # the UNet has no mid-block attention (diffusion.attention: false)
         loss = diffusion_loss(unet, scheduler, x0, labels, generator=g)
         opt.zero_grad()
         loss.backward()
@@ -65,7 +66,8 @@ def encoder() -> Encoder:
 
 def _guidance(encoder: Encoder, scale: float) -> Guidance:
     reference = torch.rand(16, 1, SIZE, SIZE, generator=torch.Generator().manual_seed(3))
-    return Guidance(encoder, Views(ViewsConfig(), 1, SIZE), reference, 0.5, scale)
+    objective = build_objective(SimCLRConfig(temperature=0.5), encoder, 8, seed=0)
+    return Guidance(Scorer(encoder, Views(ViewsConfig(), 1, SIZE), objective, reference), scale)
 
 
 def test_conditional_samples_respect_labels(black_white) -> None:
@@ -115,9 +117,7 @@ def test_guidance_makes_samples_harder_for_the_encoder(random_model, encoder) ->
     assert not torch.equal(guided, plain)
 
     def hardness(x: torch.Tensor) -> float:
-        with torch.no_grad():
-            torch.manual_seed(9)
-            return float(contrastive_hardness(gd.encoder, gd.views, x, gd.reference, gd.temperature).mean())
+        return float(gd.scorer.hardness(x, seed=9).mean())
 
     assert hardness(guided) > hardness(plain)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,20 +12,23 @@ from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from torch import nn
 
-from synthkit.config import EncoderConfig, GeneratorConfig, HSGConfig, ViewsConfig
+from synthkit.config import CGanConfig, EncoderConfig, HSGConfig, PipelineConfig, SimCLRConfig, ViewsConfig
 from synthkit.data.views import Views
 from synthkit.encoders.model import Encoder
 from synthkit.losses.nt_xent import nt_xent, nt_xent_per_view
+from synthkit.objectives.base import build_objective
+from synthkit.producers.base import TrainContext
+from synthkit.producers.cgan import CGanProducer
 from synthkit.producers.hard_samples import HardSampleProducer, grad_reverse, hsg_lambda
-from synthkit.training.steps import StepParts, joint_step
+from synthkit.training.steps import EncoderStep
 
 SIZE, Z, K = 8, 8, 2
-GEN = GeneratorConfig(z_dim=Z, g_channels=8, d_channels=8)
+GEN = CGanConfig(z_dim=Z, g_channels=8, d_channels=8)
 
 
 def _producer(num_classes: int = K, ema_decay: float = 0.999) -> HardSampleProducer:
     torch.manual_seed(0)
-    cfg = GeneratorConfig(z_dim=Z, g_channels=8, d_channels=8, ema_decay=ema_decay)
+    cfg = CGanConfig(z_dim=Z, g_channels=8, d_channels=8, ema_decay=ema_decay)
     return HardSampleProducer(cfg, HSGConfig(), 1, SIZE, num_classes)
 
 
@@ -245,37 +249,56 @@ def _cl_loss(views: ReplayViews, encoder: nn.Module, generator: nn.Module, real,
 
 
 def _joint_setup(accelerator: Accelerator, monkeypatch: pytest.MonkeyPatch):
-    producer = _producer()
+    """A cGAN producer (HSG) and the encoder step, with plain SGD so that one step's direction shows."""
+    cfg = PipelineConfig(generator=CGanConfig(z_dim=Z, g_channels=8, d_channels=8))
+    torch.manual_seed(0)
+    producer = CGanProducer(cfg, 1, SIZE, K)
     # realism term off: what is left of G's update comes from the reversed contrastive gradient alone
-    monkeypatch.setattr(producer, "adversarial_loss", lambda fake, c: fake.sum() * 0.0)
+    monkeypatch.setattr(producer, "realism", lambda fake, c: fake.sum() * 0.0)
     encoder = _encoder()
     views = ReplayViews(Views(ViewsConfig(), 1, SIZE))
-    parts = StepParts(
+    objective = build_objective(SimCLRConfig(temperature=0.5), encoder, 8, seed=0)
+    producer.ctx = TrainContext(
+        cfg,
         accelerator,
-        encoder,
-        views,  # type: ignore[arg-type]
-        torch.optim.SGD(encoder.parameters(), lr=0.05),
-        0.5,
-        producer,
-        producer.generator,
-        producer.discriminator,
-        torch.optim.SGD(producer.generator.parameters(), lr=0.05),
-        torch.optim.SGD(producer.discriminator.parameters(), lr=0.05),
+        1,
+        SIZE,
+        None,
+        None,
+        views,
+        objective,
+        Path("."),
+        lambda: encoder,
+        lambda r: None,  # type: ignore[arg-type]
     )
-    return parts, views, producer, encoder
+    producer.prepare(accelerator)
+    assert producer.hsg is not None
+    producer.opt_g = torch.optim.SGD(producer.hsg.generator.parameters(), lr=0.05)
+    producer.opt_d = torch.optim.SGD(producer.discriminator.parameters(), lr=0.05)
+    step = EncoderStep(accelerator, encoder, views, torch.optim.SGD(encoder.parameters(), lr=0.05), objective)  # type: ignore[arg-type]
+
+    def joint_step(real, c_real, z, c_fake, *, lambda_hard: float, use_synthetic: bool) -> dict[str, float]:
+        contribution = producer.step_terms(
+            real, c_real, z, c_fake, lambda_hard=lambda_hard, use_synthetic=use_synthetic
+        )
+        rec = step(real, contribution)
+        producer.after_step(rec)
+        return rec
+
+    return joint_step, views, producer.hsg, encoder
 
 
 def test_joint_step_g_ascends_and_encoder_descends_the_same_loss(
     accelerator: Accelerator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    parts, views, producer, encoder = _joint_setup(accelerator, monkeypatch)
+    joint_step, views, producer, encoder = _joint_setup(accelerator, monkeypatch)
     real, _, c_real = _batch(8, seed=1)
     _, z, c_fake = _batch(4, seed=2)
     enc0, g0 = copy.deepcopy(encoder), copy.deepcopy(producer.generator)
     before = _cl_loss(views, enc0, g0, real, z, c_fake)
 
     views.reset()
-    rec = joint_step(parts, real, c_real, z, c_fake, lambda_hard=2.0, use_synthetic=True)
+    rec = joint_step(real, c_real, z, c_fake, lambda_hard=2.0, use_synthetic=True)
     assert rec["loss_cl"] == pytest.approx(before, rel=1e-5)  # the replay reproduces the step's loss
     assert {"hardness_real", "hardness_syn", "loss_d"} <= set(rec) and rec["lambda_hard"] == 2.0
 
@@ -289,16 +312,16 @@ def test_joint_step_g_ascends_and_encoder_descends_the_same_loss(
 def test_joint_step_with_lambda_zero_leaves_g_to_the_realism_term(
     accelerator: Accelerator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    parts, _, producer, encoder = _joint_setup(accelerator, monkeypatch)
+    joint_step, _, producer, encoder = _joint_setup(accelerator, monkeypatch)
     real, _, c_real = _batch(8, seed=1)
     _, z, c_fake = _batch(4, seed=2)
     g_before, enc_before = _params(producer.generator), _params(encoder)
-    joint_step(parts, real, c_real, z, c_fake, lambda_hard=0.0, use_synthetic=True)
+    joint_step(real, c_real, z, c_fake, lambda_hard=0.0, use_synthetic=True)
     assert all(torch.equal(a, b) for a, b in zip(_params(producer.generator), g_before, strict=True))
     assert any(not torch.equal(a, b) for a, b in zip(_params(encoder), enc_before, strict=True))
 
     g_before = _params(producer.generator)
-    rec = joint_step(parts, real, c_real, z, c_fake, lambda_hard=5.0, use_synthetic=False)
+    rec = joint_step(real, c_real, z, c_fake, lambda_hard=5.0, use_synthetic=False)
     assert "hardness_syn" not in rec
     assert all(torch.equal(a, b) for a, b in zip(_params(producer.generator), g_before, strict=True))
 

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from synthkit.config import EncoderConfig, GeneratorConfig, HPGConfig
+from synthkit.config import CGanConfig, EncoderConfig, HPGConfig
 from synthkit.encoders.model import Encoder
 from synthkit.generators.cgan import build_cgan
 from synthkit.producers.positive_pairs import (
@@ -66,7 +66,7 @@ def test_pair_loss_is_zero_at_the_target_and_asymmetric_by_mu() -> None:
 
 def test_g_b_starts_as_a_perturbed_copy_and_drifts_independently() -> None:
     torch.manual_seed(0)
-    gen_cfg = GeneratorConfig(z_dim=8, g_channels=8, d_channels=8)
+    gen_cfg = CGanConfig(z_dim=8, g_channels=8, d_channels=8)
     g_a, _ = build_cgan(gen_cfg, 1, 16, 3)
     z, c = torch.randn(4, 8), torch.tensor([0, 1, 2, 0])
     exact = PairProducer(gen_cfg, HPGConfig(init_noise=0.0), g_a).eval()

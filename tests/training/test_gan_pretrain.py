@@ -13,7 +13,7 @@ from synthkit.config import ConfigError
 from synthkit.encoders.model import Encoder
 from synthkit.training.artifacts import load_final
 from synthkit.training.checkpoint import CheckpointError
-from synthkit.training.joint import RunError, train
+from synthkit.training.loop import RunError, train
 from tests.conftest import tiny_config
 
 PRE = ("--train.epochs=0", "--generator.pretrain_steps=12", "--train.log_every=4")
@@ -86,7 +86,7 @@ def test_a_run_starts_from_a_pretrained_gan(pretrained: Path, tmp_path: Path) ->
     assert res.summary["generator_init"]["hashes"] == pre_hashes
     # G's steps count its init run's: 12 pre-training steps + this run's joint steps
     meta = json.loads((run / "final" / "final.json").read_text())
-    assert meta["generator_steps"] == 12 + meta["steps"] and meta["steps"] > 0
+    assert meta["producer"]["generator_steps"] == 12 + meta["steps"] and meta["steps"] > 0
     fresh = tmp_path / "fresh"
     train(tiny_config("--train.epochs=1"), fresh, progress=False)
     start = _weights(pretrained, "generator_ema")

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from synthkit.config import load_pipeline, to_dict
 from synthkit.training import checkpoint as ckpt
-from synthkit.training.joint import RunError, train
+from synthkit.training.loop import RunError, train
 from tests.conftest import tiny_config
 
 
@@ -28,7 +28,8 @@ def test_run_directory_describes_itself(trained_run: Path) -> None:
     final = json.loads((trained_run / "final" / "final.json").read_text())
     assert final["config"] == to_dict(cfg)
     assert set(final["hashes"]) == {"encoder", "generator_ema", "discriminator"}
-    assert final["conditions"] == {"num_classes": 3, "source": "kmeans"}
+    assert final["producer"]["kind"] == "cgan"  # the run records its producer
+    assert final["producer"]["conditions"] == {"num_classes": 3, "source": "kmeans"}
     ckpt.verify_checkpoint(trained_run / "final")
     # the config is inside every checkpoint's models too: accelerate's state + our loop state
     for c in ckpt.checkpoint_dirs(trained_run / "checkpoints"):

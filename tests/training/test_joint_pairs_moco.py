@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from synthkit.config import ConfigError
-from synthkit.training.joint import RunError, train
+from synthkit.training.loop import RunError, train
 from tests.conftest import tiny_config
 
 ALL = ("--hpg.enabled=true", "--hpg.warmup_epochs=1", "--hpg.schedule=adaptive")
@@ -41,7 +41,7 @@ def test_hsg_hpg_moco_resume_matches_uninterrupted_run(tmp_path: Path) -> None:
         assert [r[key] for r in la] == [r[key] for r in lb], key
     # the momentum encoder and queue are part of the checkpoint
     last = sorted((part / "checkpoints").glob("epoch_*"))[-1]
-    state = load_file(last / "momentum.safetensors")
+    state = load_file(last / "objective_momentum.safetensors")
     assert state["queue"].shape == (96, 16) and int(state["filled"]) > 0
 
 
@@ -67,7 +67,9 @@ def test_pairs_enter_after_warmup_and_follow_the_schedule(tmp_path: Path) -> Non
 def test_naive_synthetic_baseline_uses_a_frozen_generator(trained_run: Path, tmp_path: Path) -> None:
     run = tmp_path / "naive"
     source = (trained_run / "final" / "generator_ema.safetensors").read_bytes()
-    cfg = tiny_config("--hsg.enabled=false", f"--naive.generator_run={trained_run}", "--train.epochs=1")
+    cfg = tiny_config(
+        "--hsg.enabled=false", "--generator.kind=naive", f"--generator.run={trained_run}", "--train.epochs=1"
+    )
     res = train(cfg, run, progress=False)
     steps = [r for r in _records(run) if "loss_cl" in r]
     assert steps and all("hardness_syn" in r and "hardness_real" in r for r in steps)
@@ -78,13 +80,15 @@ def test_naive_synthetic_baseline_uses_a_frozen_generator(trained_run: Path, tmp
 
 
 def test_naive_baseline_config_errors(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="naive.generator_run"):
-        tiny_config("--naive.generator_run=somewhere")  # HSG is on in the tiny pipeline
+    with pytest.raises(ConfigError, match="takes no part in HSG or HPG"):
+        tiny_config("--generator.kind=naive", "--generator.run=somewhere")  # HSG is on in the tiny pipeline
+    with pytest.raises(ConfigError, match="generator.run"):
+        tiny_config("--hsg.enabled=false", "--generator.kind=naive")
     plain = tmp_path / "plain"
     train(tiny_config("--hsg.enabled=false", "--train.epochs=1"), plain, progress=False)
     with pytest.raises(RunError, match="holds no generator"):
         train(
-            tiny_config("--hsg.enabled=false", f"--naive.generator_run={plain}"),
+            tiny_config("--hsg.enabled=false", "--generator.kind=naive", f"--generator.run={plain}"),
             tmp_path / "x",
             progress=False,
         )

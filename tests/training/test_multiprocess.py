@@ -143,4 +143,4 @@ def test_two_process_diffusion_run(tmp_path: Path) -> None:
     summary = json.loads((run / "summary.json").read_text())
     assert summary["num_processes"] == 2 and summary["weights_in_sync"] is True
     assert [p["epoch"] for p in summary["pools"]] == [1, 2]
-    assert (run / "diffusion" / "unet" / "config.json").is_file()
+    assert (run / "final" / "diffusion" / "unet" / "config.json").is_file()

@@ -13,7 +13,7 @@ from synthkit.cli import main
 from synthkit.config import ConfigError, DataConfig
 from synthkit.export import generate
 from synthkit.shards.convert import convert_source
-from synthkit.training.joint import train
+from synthkit.training.loop import train
 from tests.conftest import tiny_config
 
 MIX_ARGS = ("--hsg.enabled=false", "--mix.epoch_samples=256", "--train.epochs=2")

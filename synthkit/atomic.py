@@ -1,0 +1,91 @@
+"""Files that appear whole or not at all: written under a hidden temp name, fsynced, then renamed.
+
+Every stage that publishes a file a reader may trust (manifests, reports, previews, run files) writes it
+through here, so a kill or a full disk leaves the old file or none, never half of one, and the failure is
+one line naming the file (``OutputError``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import io
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from synthkit.errors import OutputError
+
+
+def os_reason(exc: OSError) -> str:
+    """A short reason for an OSError: 'disk full (ENOSPC)', 'Permission denied (EACCES)', ..."""
+    if exc.errno == errno.ENOSPC:
+        return "disk full (ENOSPC)"
+    if exc.errno == getattr(errno, "EDQUOT", None):
+        return "disk quota exceeded (EDQUOT)"
+    code = errno.errorcode.get(exc.errno or 0, "")
+    reason = exc.strerror or str(exc)
+    return f"{reason} ({code})" if code else reason
+
+
+def temp_name(final_name: str) -> str:
+    """Hidden name a file is written under until complete, so a glob for the final names never sees it."""
+    return f".{final_name}.tmp"
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make a rename durable; platforms that cannot open directories (Windows) skip it."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> None:
+    """Replace ``path`` with ``data``: temp file, fsync, rename. Raises OutputError naming the file.
+
+    Bytes go through ``os.write`` on a raw descriptor, the one place every published byte passes (as in the
+    shard writer), so an OSError at any point becomes one clean failure with the temp file removed.
+    """
+    path = Path(path)
+    tmp = path.with_name(temp_name(path.name))
+    fd = -1
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0), 0o644)
+        with memoryview(data) as view:
+            done = 0
+            while done < len(view):
+                done += os.write(fd, view[done:])
+        os.fsync(fd)
+        os.close(fd)
+        fd = -1
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+    except OSError as exc:
+        if fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise OutputError(f"cannot write {path}: {os_reason(exc)}") from exc
+
+
+def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
+    write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_json_atomic(path: str | os.PathLike[str], obj: Any, **dump_kwargs: Any) -> None:
+    """``obj`` as JSON (sorted keys, NaN refused), published atomically."""
+    write_text_atomic(path, json.dumps(obj, sort_keys=True, allow_nan=False, **dump_kwargs) + "\n")
+
+
+def save_image_atomic(path: str | os.PathLike[str], image: Any, format: str = "PNG") -> None:
+    """A PIL image, published atomically."""
+    buf = io.BytesIO()
+    image.save(buf, format=format)
+    write_bytes_atomic(path, buf.getvalue())

@@ -1,0 +1,72 @@
+"""MoCo v2's objective: queries against a momentum encoder's keys and a queue of negatives.
+
+He et al., CVPR 2020; Chen et al., "Improved Baselines with Momentum Contrastive Learning", 2020
+(``losses/moco.py`` for the loss, with positive groups). The momentum encoder and the queue are the
+objective's state: updated after every step (the keys of every process are gathered before they enter the
+queue, so the queue is the same on all of them), checkpointed, and published with the run, so that
+hardness under a MoCo run is its own loss against its final queue. ``queue_synthetic`` decides whether the
+keys of synthetic images enter the queue too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, ClassVar
+
+import torch
+from torch import nn
+
+from synthkit.encoders.momentum import MomentumEncoder
+from synthkit.losses.moco import moco_per_view
+from synthkit.objectives.base import Objective
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
+
+    from synthkit.config import MoCoConfig
+
+
+class MoCo(Objective):
+    name: ClassVar[str] = "moco"
+
+    def __init__(self, cfg: MoCoConfig, encoder: nn.Module, proj_dim: int, seed: int) -> None:
+        super().__init__(cfg, encoder, proj_dim, seed)
+        self.momentum_value = cfg.moco_momentum
+        self.queue_synthetic = cfg.queue_synthetic
+        self.momentum = MomentumEncoder(encoder, cfg.queue_size, proj_dim, seed=seed)
+        self._pending: torch.Tensor | None = None
+
+    def per_view(
+        self,
+        z: torch.Tensor,
+        inputs: torch.Tensor | Sequence[torch.Tensor],
+        groups: torch.Tensor,
+        n_real: int,
+        *,
+        train: bool,
+    ) -> torch.Tensor:
+        views = inputs if isinstance(inputs, torch.Tensor) else torch.cat(list(inputs))
+        keys = self.momentum.keys(views.detach())
+        per_view = moco_per_view(z, keys, groups, self.momentum.queue.clone(), self.temperature)
+        if train:
+            n_images = z.shape[0] // 2
+            # the second views' keys, as MoCo enqueues one key per image
+            self._pending = keys[n_images:] if self.queue_synthetic else keys[n_images : n_images + n_real]
+        return per_view
+
+    def after_step(self, encoder: nn.Module, accelerator: Accelerator) -> None:
+        if self._pending is None:
+            return
+        self.momentum.update(accelerator.unwrap_model(encoder), self.momentum_value)
+        self.momentum.enqueue(accelerator.gather(self._pending.contiguous()))
+        self._pending = None
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {"momentum": self.momentum}
+
+    def describe(self) -> dict:
+        return {
+            **super().describe(),
+            "momentum": self.momentum_value,
+            "queue": int(self.momentum.queue.shape[0]),
+        }

@@ -1,0 +1,187 @@
+"""The producer protocol: anything that makes synthetic data for the encoder.
+
+A producer is one kind of ``generator.kind`` (registry ``PRODUCERS``): the cGAN family (HSG generator, HPG
+pair, one shared discriminator), the diffusion pool producer, the naive baseline, or a third party's.
+The training loop (``training/loop.py``), the export (``export.py``) and the run files know producers only
+through this protocol:
+
+training (built by ``for_training`` inside a run, on every process)
+    ``prepare`` its modules and optimizers with the run's Accelerator (so checkpoints hold them);
+    ``start`` once before the first epoch (e.g. GAN pre-training); ``on_epoch_start`` (condition or pool
+    refresh); ``contribute`` to an encoder step: synthetic chunks, and a generator loss the same backward
+    pass carries, with the optimizers to step; ``after_step`` (EMAs); ``finish`` after the last epoch;
+    ``save_state``/``load_state`` for what Accelerate does not checkpoint; ``publish`` its final weights.
+export (built by ``load`` from a finished run's ``final/``, verified against the recorded hashes)
+    ``export_kinds`` it can make; ``make(kind, start, count, seed, scorer)``: a chunk of samples with their
+    per-sample metadata, a pure function of its arguments, so that any process can make any chunk and a
+    killed export can recompute one; ``export_info`` for the manifest; ``sampler`` for the naive baseline.
+
+Pairs are always two consecutive samples, a then b, so ``count`` is even for ``kind="pair"``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+from torch import nn
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
+
+    from synthkit.config import PipelineConfig
+    from synthkit.data.sources import ImageSet
+    from synthkit.data.views import Views
+    from synthkit.objectives.base import Objective
+    from synthkit.objectives.scoring import Scorer
+
+#: What ``make`` can be asked for: hard samples, or positive pairs (a, b, a, b, ...).
+EXPORT_KINDS = ("hard", "pair")
+
+
+@dataclass
+class TrainContext:
+    """What a producer may use of the run it trains in.
+
+    ``batches`` iterates the loop's real batches (``epoch(e)`` -> (indices, uint8 images)); ``encoder()``
+    returns the current bare encoder; ``log(record)`` writes to the run's metrics at the current step.
+    """
+
+    cfg: PipelineConfig
+    accelerator: Accelerator
+    channels: int
+    size: int
+    real: ImageSet | None
+    batches: Any
+    views: Views
+    objective: Objective
+    run_dir: Path
+    encoder: Callable[[], nn.Module]
+    log: Callable[[dict[str, Any]], None]
+    progress: bool = True
+
+
+@dataclass
+class StepInput:
+    """One encoder step's real data, as the producer sees it."""
+
+    images: torch.Tensor  # float in [0, 1], on the device
+    index: Any  # the batch's indices into ``ctx.real`` (a tensor) or sample keys (streamed data)
+    epoch: int
+    t: float  # training progress in epochs (epoch + fraction of the epoch)
+
+
+@dataclass
+class Chunk:
+    """Synthetic images for the encoder's batch; with ``partner``, image j and partner j are one positive pair
+    (their four views one group). ``name`` keys the step's records (``hardness_<name>``)."""
+
+    images: torch.Tensor
+    name: str
+    partner: torch.Tensor | None = None
+
+
+@dataclass
+class Contribution:
+    """What a producer adds to one encoder step."""
+
+    chunks: list[Chunk] = field(default_factory=list)
+    loss: torch.Tensor | None = None  # generator terms, back-propagated with the encoder's loss
+    optimizers: list[torch.optim.Optimizer] = field(default_factory=list)  # zeroed before, stepped after
+    records: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Samples:
+    """A chunk made for export: images (floats in [0, 1], N x C x H x W, on the CPU) and, per sample, the
+    metadata the producer knows (condition, pair fields, sampler settings); the export adds the rest."""
+
+    images: torch.Tensor
+    meta: list[dict[str, Any]]
+
+
+class Producer:
+    """Base class with the protocol's defaults; subclasses override what they do."""
+
+    kind: ClassVar[str] = ""
+    #: the config dataclass of the ``generator`` section for this kind
+    Config: ClassVar[type]
+
+    # ------------------------------------------------------------------ training
+    @classmethod
+    def for_training(cls, cfg: PipelineConfig, ctx: TrainContext) -> Producer:
+        raise NotImplementedError
+
+    def prepare(self, accelerator: Accelerator) -> None:
+        """Hand trainable modules and optimizers to ``accelerator.prepare``."""
+
+    def start(self, resumed: bool) -> None:
+        """Once, before the first epoch of this process's run (``resumed``: from a checkpoint)."""
+
+    def on_epoch_start(self, epoch: int) -> None:
+        """At the start of every epoch, before its first step."""
+
+    def contribute(self, batch: StepInput) -> Contribution | None:
+        """Synthetic chunks (and a generator loss) for this step, or None."""
+        return None
+
+    def after_step(self, records: dict[str, float]) -> None:
+        """After the optimizers stepped; ``records`` are the step's logged values."""
+
+    def finish(self) -> None:
+        """After the last epoch, before the run publishes (e.g. train what no epoch reached)."""
+
+    def save_state(self, directory: Path) -> None:
+        """Write what Accelerate does not checkpoint (EMAs, conditions, ...) into ``directory``."""
+
+    def load_state(self, directory: Path) -> None:
+        """Read what ``save_state`` wrote; every process."""
+
+    def fingerprint_modules(self) -> dict[str, nn.Module]:
+        """Modules whose weights must agree on every process at the end (the summary checks them)."""
+        return {}
+
+    def publish(self, directory: Path) -> dict[str, Any]:
+        """Write the final weights into ``directory`` (``RUN/final`` before its checksums); return the record
+        stored as ``final.json["producer"]``: at least ``{"kind": ..., "hashes": {file stem: hash}}``."""
+        return {"kind": self.kind, "hashes": {}}
+
+    def summary(self) -> dict[str, Any]:
+        """Extra figures for ``summary.json``."""
+        return {}
+
+    # ------------------------------------------------------------------ export
+    @classmethod
+    def load(cls, cfg: PipelineConfig, directory: Path, record: dict[str, Any]) -> Producer:
+        """The published producer of a finished run, its weights verified against ``record["hashes"]``."""
+        raise NotImplementedError
+
+    #: what ``make`` can make, of ``EXPORT_KINDS``
+    export_kinds: tuple[str, ...] = ()
+
+    def make(self, kind: str, start: int, count: int, seed: int, scorer: Scorer) -> Samples:
+        """``count`` samples of ``kind`` (pairs: ``count`` even, a then b) numbered from ``start``, drawn
+        from a generator seeded by (``seed``, ``kind``, ``start``) alone."""
+        raise NotImplementedError
+
+    def export_info(self) -> dict[str, Any]:
+        """Fields of the manifest's ``producer`` entry (generator step, sampler, ...)."""
+        return {}
+
+    def sampler(self, seed: int) -> Callable[[int, torch.device], torch.Tensor]:
+        """A frozen sampler for the naive baseline: ``n, device -> n images in [0, 1]``."""
+        raise NotImplementedError(f"generator.kind={self.kind} cannot serve as a naive baseline")
+
+
+def chunk_generator(seed: int, kind: str, start: int, device: torch.device | str = "cpu") -> torch.Generator:
+    """The RNG of one export chunk: a function of the set's seed, the kind and the chunk's first index."""
+    offset = {"hard": 0, "pair": 7_777_777}.get(kind, 3_333_333)
+    return torch.Generator(device=device).manual_seed((seed * 1_000_003 + start + offset) % (2**63))
+
+
+def interleave(x_a: torch.Tensor, x_b: torch.Tensor) -> torch.Tensor:
+    """a0, b0, a1, b1, ...: the layout of pairs in a chunk and in a shard set."""
+    return torch.stack([x_a, x_b], dim=1).flatten(0, 1)

@@ -1,0 +1,190 @@
+"""The training loop: a contrastive encoder and, when the config asks for one, a producer, under Accelerate.
+
+One loop for every producer (``producers/``: the cGAN's HSG and HPG, the diffusion pools, the naive
+baseline, a third party's) and every objective (``objectives/``): it knows them only by their protocols.
+Without a producer it is plain contrastive learning on the real data (``hsg.enabled=false``), or on a mix of
+shard sets (``mix.sources``). Read top to bottom:
+
+1. the run (directory, Accelerator, log, trackers: ``training/run.py``) and the real data;
+2. encoder, views, objective and producer, all seeded alike on every process; prepared;
+3. resume from the newest checkpoint when asked, then the producer's start (e.g. GAN pre-training);
+4. per epoch: the producer's epoch work (conditions, pools), then per step the producer's contribution and
+   one encoder step that carries it (``training/steps.py``);
+5. per epoch: monitor (kNN), log, checkpoint;
+6. publish the final weights (encoder, objective, producer) and a summary.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import gather_object, set_seed
+from tqdm.auto import tqdm
+
+from synthkit.config import PipelineConfig
+from synthkit.data.batches import MemoryBatches, MixBatches
+from synthkit.data.sources import ImageSet, load_source
+from synthkit.data.views import Views, to_float
+from synthkit.encoders.model import Encoder
+from synthkit.errors import RunError
+from synthkit.objectives.base import build_objective
+from synthkit.producers.base import Producer, StepInput, TrainContext
+from synthkit.registry import PRODUCERS
+from synthkit.training.run import Run, RunResult
+from synthkit.training.state import LoopState
+from synthkit.training.steps import EncoderStep
+
+__all__ = ["RunError", "RunResult", "train"]
+
+
+def _real_data(cfg: PipelineConfig, run: Run) -> tuple[Any, ImageSet | None, ImageSet | None, int, int]:
+    """The batches a step trains on (in-memory real images, or a mix of shard sets), the real training
+    images in memory (the producer's and the monitor's), the labeled test split for the monitor, and the
+    images' channels and size."""
+    b_real = cfg.train.batch_size // run.world
+    mix = MixBatches(cfg.mix, b_real, run.rank, run.world, cfg.train.seed) if cfg.mix.sources else None
+    real = load_source(cfg.data, "train") if mix is None or cfg.train.knn_every else None
+    test = (
+        load_source(cfg.data, "test")
+        if real is not None and real.labels is not None and cfg.train.knn_every
+        else None
+    )
+    if mix is not None:
+        if real is not None and real.images.shape[1:] != (mix.channels, mix.size, mix.size):
+            raise RunError(
+                f"the mix's images are {mix.channels}x{mix.size}x{mix.size} but the monitor data "
+                f"({cfg.data.name}) is {tuple(real.images.shape[1:])}; set --data.size/--data.channels to "
+                "match, or --train.knn_every=0"
+            )
+        return mix, real, test, mix.channels, mix.size
+    assert real is not None
+    batches = MemoryBatches(real.images, b_real, run.rank, run.world, seed=cfg.train.seed)
+    return batches, real, test, real.images.shape[1], real.images.shape[-1]
+
+
+def train(
+    cfg: PipelineConfig,
+    run_dir: str | Path,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    accelerator: Accelerator | None = None,
+) -> RunResult:
+    """Train the encoder (with the configured producer) and publish its final weights in ``run_dir``."""
+    # 1. The run and the real data ---
+    run = Run(cfg, Path(run_dir), resume=resume, accelerator=accelerator)
+    acc, device = run.accelerator, run.accelerator.device
+    batches, real, test, channels, size = _real_data(cfg, run)
+    steps_per_epoch = len(batches)
+    if steps_per_epoch == 0:
+        raise RunError(f"the training data hold fewer images than one batch of {cfg.train.batch_size}")
+
+    # 2. Models: identical initial weights on every process ---
+    set_seed(cfg.train.seed)
+    encoder = Encoder(cfg.encoder, channels)
+    if cfg.train.channels_last:
+        encoder = encoder.to(memory_format=torch.channels_last)
+    views = Views(cfg.views, channels, size)
+    objective = build_objective(cfg.objective, encoder, cfg.encoder.proj_dim, cfg.train.seed).to(device)
+    opt = torch.optim.Adam(encoder.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    encoder_ddp, opt = acc.prepare(encoder, opt)
+    ctx = TrainContext(
+        cfg=cfg,
+        accelerator=acc,
+        channels=channels,
+        size=size,
+        real=real if cfg.mix.sources == () else None,
+        batches=batches,
+        views=views,
+        objective=objective,
+        run_dir=run.dir,
+        encoder=lambda: acc.unwrap_model(encoder_ddp),
+        log=run.log,
+        progress=progress,
+    )
+    producer: Producer | None = None
+    if cfg.producer_active:  # built (and an init run checked) before anything is written
+        producer = PRODUCERS.get(cfg.generator.kind).impl_class().for_training(cfg, ctx)
+        producer.prepare(acc)
+    step = EncoderStep(acc, encoder_ddp, views, opt, objective)
+    run.write_files(
+        {
+            "name": real.name if real is not None and not cfg.mix.sources else "mix",
+            "train_images": len(real)
+            if not cfg.mix.sources and real is not None
+            else batches.stream.epoch_samples,
+            "mix": list(cfg.mix.sources),
+            "channels": channels,
+            "size": size,
+        },
+        producer.kind if producer is not None else None,
+    )
+
+    # 3. Resume (the checkpoint was verified before anything was written), then the producer's start ---
+    state = LoopState()
+    if run.resume_from is not None:
+        state = run.load_checkpoint(objective, producer)
+    else:  # distinct augmentations and latents per process; same weights (set above)
+        torch.manual_seed(cfg.train.seed * 1009 + 7919 * (run.rank + 1))
+    if producer is not None:
+        producer.start(resumed=run.resume_from is not None)
+
+    # 4. Epochs ---
+    for epoch in range(state.epoch, cfg.train.epochs):
+        if producer is not None:
+            producer.on_epoch_start(epoch)
+        encoder_ddp.train()
+        sums: dict[str, float] = {}
+        bar = tqdm(
+            batches.epoch(epoch),
+            total=steps_per_epoch,
+            desc=f"epoch {epoch + 1}/{cfg.train.epochs}",
+            disable=not (progress and run.is_main),
+            leave=False,
+        )
+        for i, (idx, images) in enumerate(bar):
+            x_real = to_float(images).to(device)
+            batch = StepInput(x_real, idx, epoch, epoch + i / steps_per_epoch)
+            contribution = producer.contribute(batch) if producer is not None else None
+            rec = step(x_real, contribution)
+            if producer is not None:
+                producer.after_step(rec)
+            state.step = run.step = state.step + 1
+            if cfg.train.record_indices:
+                if isinstance(idx, list):  # streamed from shards: sample keys, gathered as objects
+                    state.seen_keys.append(gather_object([idx]))
+                else:
+                    state.seen.append(acc.gather(idx.to(device)).view(run.world, -1).cpu())
+            for k, v in rec.items():
+                sums[k] = sums.get(k, 0.0) + v
+            if state.step % cfg.train.log_every == 0:
+                run.log({"epoch": epoch, **rec})
+                bar.set_postfix(loss=f"{rec.get('loss_cl', 0):.3f}")
+        bar.close()
+
+        # 5. Monitor, log, checkpoint ---
+        state.epoch = epoch + 1
+        epoch_rec: dict[str, Any] = {
+            "epoch": state.epoch,
+            **{f"epoch_{k}": v / steps_per_epoch for k, v in sums.items()},
+        }
+        last = state.epoch == cfg.train.epochs
+        if test is not None and real is not None and (state.epoch % cfg.train.knn_every == 0 or last):
+            if run.is_main:
+                epoch_rec["knn_acc"] = run.knn_monitor(acc.unwrap_model(encoder_ddp), real, test)
+            acc.wait_for_everyone()
+        run.log(epoch_rec)
+        if run.is_main and progress:
+            shown = {k: round(v, 4) for k, v in epoch_rec.items() if isinstance(v, float)}
+            tqdm.write(f"epoch {state.epoch}/{cfg.train.epochs} {shown}")
+        if state.epoch % cfg.train.checkpoint_every == 0 or last:
+            run.save_checkpoint(state, objective, producer)
+
+    # 6. Publish the final weights and a summary ---
+    if producer is not None:
+        producer.finish()
+    summary = run.publish(encoder_ddp, objective, producer, state)
+    return RunResult(run.dir, summary)

@@ -1,0 +1,304 @@
+"""The run: its directory, run files, log and trackers, kNN monitor, checkpoints, final weights and summary.
+
+Everything a training loop needs around the training itself, for every producer and objective, so the loop
+(``training/loop.py``) reads as the training alone. Only the main process writes; every method that writes
+is safe to call on every process.
+
+A run directory holds ``config.yaml`` (resolved), ``run.json`` (version, git commit, seed, processes, the
+producer's kind, the data), ``metrics.jsonl`` (one JSON object per logged step), tracker logs, verified
+checkpoints under ``checkpoints/`` (``--resume`` continues from the newest), ``final/`` (the published
+weights, ``training/artifacts.py``) and ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import errno
+import importlib.util
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from accelerate import Accelerator
+from torch import nn
+
+from synthkit.config import PipelineConfig, dump_yaml, load_pipeline, to_dict
+from synthkit.encoders.model import extract_features
+from synthkit.errors import RunError
+from synthkit.metrics.knn import knn_accuracy
+from synthkit.provenance import created_by
+from synthkit.training import checkpoint as ckpt
+from synthkit.training.artifacts import publish_final
+from synthkit.training.state import LoopState, load_loop_state, save_loop_state
+
+if TYPE_CHECKING:
+    from synthkit.data.sources import ImageSet
+    from synthkit.objectives.base import Objective
+    from synthkit.producers.base import Producer
+
+__all__ = ["MONITOR_MAX_TRAIN", "Run", "RunError", "RunResult"]
+
+MONITOR_MAX_TRAIN = 10_000
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    summary: dict[str, Any]
+
+
+def _trackers() -> list[str]:
+    return ["tensorboard"] if importlib.util.find_spec("tensorboard") is not None else []
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flat(v, key + "."))
+        else:
+            out[key] = v if isinstance(v, (int, float, str, bool)) else str(v)
+    return out
+
+
+def _fingerprint(tensors: list[torch.Tensor]) -> torch.Tensor:
+    flat = torch.cat([t.detach().double().flatten() for t in tensors])
+    return torch.stack([flat.sum(), flat.square().sum()])
+
+
+def _synced_tensors(module: nn.Module) -> list[torch.Tensor]:
+    """Parameters and buffers that every process must hold alike; batch-norm statistics are each process's
+    own (DDP broadcasts rank 0's at every forward pass, and each process updates them with its batch)."""
+    norm_buffers = {
+        id(b)
+        for m in module.modules()
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+        for b in m.buffers()
+    }
+    return list(module.parameters()) + [b for b in module.buffers() if id(b) not in norm_buffers]
+
+
+def check_run_dir(cfg: PipelineConfig, run_dir: Path, resume: bool) -> None:
+    """A new run needs an unused directory; a resumed one the same config (only ``train.epochs`` may grow)."""
+    saved = run_dir / "config.yaml"
+    if not resume:
+        if saved.exists():
+            raise RunError(
+                f"{run_dir} already holds a run; pass --resume to continue it or choose another --out"
+            )
+        return
+    if not saved.exists():
+        raise RunError(f"cannot resume: {run_dir} holds no run (no config.yaml)")
+    old = to_dict(load_pipeline(saved))
+    new = to_dict(cfg)
+    old["train"]["epochs"] = new["train"]["epochs"]  # extending a run is allowed
+    diffs = [
+        f"{s}.{k}: {old[s].get(k)!r} -> {new[s][k]!r}"
+        for s in new
+        for k in new[s]
+        if old[s].get(k) != new[s][k]
+    ]
+    diffs += [f"{s}.{k}: {old[s][k]!r} -> (none)" for s in old for k in old[s] if k not in new.get(s, {})]
+    if diffs:
+        raise RunError(
+            "cannot resume with a different config (only train.epochs may change): " + "; ".join(diffs)
+        )
+
+
+class Run:
+    """One training run's directory and bookkeeping.
+
+    Args:
+        cfg: the resolved pipeline.
+        run_dir: where everything goes.
+        resume: continue from the newest checkpoint (verified before anything is written).
+        accelerator: an Accelerator to use (tests, notebooks); by default one is made from the config.
+    """
+
+    def __init__(
+        self, cfg: PipelineConfig, run_dir: Path, *, resume: bool, accelerator: Accelerator | None = None
+    ) -> None:
+        check_run_dir(cfg, run_dir, resume)
+        self.cfg, self.dir = cfg, run_dir
+        self.trackers = _trackers()
+        self.accelerator = accelerator or Accelerator(
+            mixed_precision=cfg.train.mixed_precision,
+            log_with=self.trackers or None,
+            project_dir=str(run_dir),
+        )
+        self.world, self.rank = self.accelerator.num_processes, self.accelerator.process_index
+        if cfg.train.batch_size % self.world:
+            raise RunError(
+                f"train.batch_size={cfg.train.batch_size} is not divisible by {self.world} processes"
+            )
+        self.ckpt_root = run_dir / "checkpoints"
+        self.resume_from = self._newest_checkpoint() if resume else None
+        self.metrics = run_dir / "metrics.jsonl"
+        self.step = 0  # the encoder step records are logged at
+
+    @property
+    def is_main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    # ------------------------------------------------------------------ files and log
+    def write_files(self, data: dict[str, Any], producer: str | None) -> None:
+        """``config.yaml`` (resolved), ``run.json`` (version, seed, processes, producer, data), trackers."""
+        if self.is_main:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            (self.dir / "config.yaml").write_text(dump_yaml(self.cfg))
+            info = {
+                "created_by": created_by(),
+                "seed": self.cfg.train.seed,
+                "num_processes": self.world,
+                "producer": producer,
+                "data": data,
+            }
+            (self.dir / "run.json").write_text(json.dumps(info, indent=2))
+        self.accelerator.wait_for_everyone()
+        if self.trackers:
+            self.accelerator.init_trackers("synthkit", config=_flat(to_dict(self.cfg)))
+
+    def log(self, record: dict[str, Any], step: int | None = None) -> None:
+        """One record to ``metrics.jsonl`` (main process) and its numbers to the trackers."""
+        step = self.step if step is None else step
+        if self.is_main:
+            with open(self.metrics, "a") as f:
+                f.write(json.dumps({"step": step, **record}) + "\n")
+        numeric = {k: v for k, v in record.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        self.accelerator.log(numeric, step=step)
+
+    def _truncate_log(self, step: int) -> None:
+        """Drop the records of steps the checkpoint does not include (they will be logged again)."""
+        if self.is_main and self.metrics.exists():
+            keep = [
+                line for line in self.metrics.read_text().splitlines() if json.loads(line)["step"] <= step
+            ]
+            self.metrics.write_text("".join(line + "\n" for line in keep))
+
+    # ------------------------------------------------------------------ monitor
+    @torch.no_grad()
+    def knn_monitor(self, encoder: nn.Module, real: ImageSet, test: ImageSet) -> float:
+        """Weighted-kNN accuracy of the backbone features (at most MONITOR_MAX_TRAIN training images)."""
+        device = self.accelerator.device
+        n = min(len(real), MONITOR_MAX_TRAIN)
+        train_f = extract_features(encoder, real.images[:n], device=device)
+        test_f = extract_features(encoder, test.images, device=device)
+        assert real.labels is not None and test.labels is not None
+        return knn_accuracy(
+            train_f,
+            real.labels[:n],
+            test_f,
+            test.labels,
+            k=self.cfg.train.knn_k,
+            temperature=self.cfg.train.knn_temperature,
+        )
+
+    # ------------------------------------------------------------------ checkpoints
+    def _newest_checkpoint(self) -> Path:
+        found = ckpt.checkpoint_dirs(self.ckpt_root)
+        if not found:
+            raise RunError(f"cannot resume: no checkpoint under {self.ckpt_root}")
+        ckpt.verify_checkpoint(found[-1])
+        return found[-1]
+
+    def load_checkpoint(self, objective: Objective, producer: Producer | None) -> LoopState:
+        """Restore models, optimizers, RNGs, the objective's and producer's state, the loop counters."""
+        path = self.resume_from
+        assert path is not None
+        self.accelerator.load_state(str(path))
+        state = load_loop_state(path)
+        objective.load(path)
+        if producer is not None:
+            producer.load_state(path)
+        self._truncate_log(state.step)
+        self.step = state.step
+        return state
+
+    def save_checkpoint(self, state: LoopState, objective: Objective, producer: Producer | None) -> None:
+        acc, root = self.accelerator, self.ckpt_root
+        name = ckpt.checkpoint_name(state.epoch)
+        tmp = root / f".tmp_{name}"
+        if self.is_main:
+            if tmp.exists():
+                shutil.rmtree(tmp)
+            tmp.mkdir(parents=True)
+        acc.wait_for_everyone()
+        try:
+            acc.save_state(str(tmp))
+            if self.is_main:
+                save_loop_state(tmp, state)
+                objective.save(tmp)
+                if producer is not None:
+                    producer.save_state(tmp)
+                (tmp / "config.yaml").write_text(dump_yaml(self.cfg))
+            acc.wait_for_everyone()
+            if self.is_main:
+                ckpt.publish(tmp, root / name)
+                ckpt.prune(root, self.cfg.train.keep_checkpoints)
+        except OSError as e:
+            reason = "disk full" if e.errno == errno.ENOSPC else (e.strerror or str(e))
+            raise ckpt.CheckpointError(
+                f"could not write checkpoint {root / name}: {reason}; earlier checkpoints are intact"
+            ) from e
+        acc.wait_for_everyone()
+
+    # ------------------------------------------------------------------ the end
+    def publish(
+        self,
+        encoder: nn.Module,
+        objective: Objective,
+        producer: Producer | None,
+        state: LoopState,
+    ) -> dict[str, Any]:
+        """Check the weights agree on every process, publish ``final/`` and write ``summary.json``."""
+        acc, device, world = self.accelerator, self.accelerator.device, self.world
+        bare = acc.unwrap_model(encoder)
+        checks: dict[str, list[torch.Tensor]] = {"encoder": list(bare.parameters())}
+        for name, module in (producer.fingerprint_modules() if producer is not None else {}).items():
+            checks[name] = list(module.parameters())
+        for name, module in objective.modules().items():  # e.g. MoCo's key encoder and queue
+            checks[name] = _synced_tensors(module)
+        fingerprints = {k: acc.gather(_fingerprint(v).to(device)).view(world, -1) for k, v in checks.items()}
+        summary: dict[str, Any] = {}
+        if self.is_main:
+            hashes = publish_final(
+                self.dir, self.cfg, bare, objective, producer, epochs=state.epoch, steps=state.step
+            )
+            summary = {
+                "epochs": state.epoch,
+                "steps": state.step,
+                "num_processes": world,
+                "weights_in_sync": all(bool((f == f[0]).all()) for f in fingerprints.values()),
+                "fingerprints": {k: v.tolist() for k, v in fingerprints.items()},
+                "hashes": hashes,
+                **(producer.summary() if producer is not None else {}),
+            }
+            records = (
+                [json.loads(line) for line in self.metrics.read_text().splitlines()]
+                if self.metrics.exists()
+                else []
+            )
+            epoch_lines = [r for r in records if "epoch_loss_cl" in r]
+            if epoch_lines:
+                summary["last_epoch"] = epoch_lines[-1]
+            self._write_indices(state)
+            (self.dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        acc.wait_for_everyone()
+        acc.end_training()
+        return summary
+
+    def _write_indices(self, state: LoopState) -> None:
+        if not self.cfg.train.record_indices:
+            return
+        world = self.world
+        if state.seen_keys:
+            seen = {f"rank{r}": [k for step in state.seen_keys for k in step[r]] for r in range(world)}
+        elif state.seen:
+            stacked = torch.cat(state.seen, dim=1)
+            seen = {f"rank{r}": stacked[r].tolist() for r in range(world)}
+        else:
+            return
+        (self.dir / "indices.json").write_text(json.dumps(seen))
