@@ -200,10 +200,25 @@ class GeneratorConfig:
 
     TAG: ClassVar[str] = "kind"
     READS: ClassVar[dict[str, tuple[str, ...] | None]] = {"hsg": None, "hpg": None}
+    #: runs whatever ``hsg.enabled``/``hpg.enabled`` say (the naive baseline); others run when one is on
+    STANDALONE: ClassVar[bool] = False
     kind: str = "cgan"
 
     def __post_init__(self) -> None:
         PRODUCERS.check(self.kind, "generator.kind")
+
+    def check_pipeline(self, cfg: PipelineConfig) -> None:
+        """What this producer needs of the other sections (raise ConfigError); ``PipelineConfig`` calls it."""
+
+
+def needs_memory_data(cfg: PipelineConfig) -> None:
+    """HSG and HPG producers train on the in-memory real data (``data.*``), not on a mix of shard sets."""
+    _check(
+        not cfg.mix.sources,
+        "mix.sources",
+        "HSG and HPG train on the in-memory real data (data.*); training from shard sets is plain "
+        "contrastive learning on the mix or the naive baseline: set hsg.enabled=false and hpg.enabled=false",
+    )
 
 
 @dataclass(frozen=True)
@@ -245,6 +260,8 @@ class CGanConfig(GeneratorConfig):
     def check_pipeline(self, cfg: PipelineConfig) -> None:
         """What the cGAN needs of the other sections."""
         active = cfg.hsg.enabled or cfg.hpg.enabled
+        if active:
+            needs_memory_data(cfg)
         for key in ("pretrain_steps", "init_run"):
             _check(
                 active or not getattr(self, key),
@@ -335,28 +352,9 @@ class DiffusionConfig(GeneratorConfig):
             v = getattr(self, name)
             _check(0 <= v <= 1, f"generator.{name}", f"must be in [0, 1], got {v}")
 
-
-@dataclass(frozen=True)
-class NaiveConfig(GeneratorConfig):
-    """The naive-synthetic baseline: samples of a generator trained once on the real data, not customised.
-
-    ``run`` is a finished run directory whose producer is frozen and sampled every step without guidance
-    (for a cGAN run: its EMA generator, conditions drawn from its final condition frequencies);
-    ``synthetic_ratio`` is B_synthetic / B_real, as ``hsg.synthetic_ratio``. The baseline takes no part in
-    HSG or HPG, so both must be off. Train such a generator with realism alone, e.g. ``--hsg.lambda_hard=0
-    --hsg.warmup_epochs=<epochs>`` (the encoder of that run never sees its samples), from the same
-    ``generator.init_run`` as the method's runs when they start from a pre-trained GAN.
-    """
-
-    READS: ClassVar[dict[str, tuple[str, ...] | None]] = {"hsg": ("enabled",), "hpg": ("enabled",)}
-    kind: str = "naive"
-    run: str | None = None
-    synthetic_ratio: float = 0.25
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        _check(self.run is not None, "generator.run", "the naive baseline needs a finished run to sample")
-        _check(0 < self.synthetic_ratio <= 4, "generator.synthetic_ratio", "must be in (0, 4]")
+    def check_pipeline(self, cfg: PipelineConfig) -> None:
+        if cfg.hsg.enabled or cfg.hpg.enabled:
+            needs_memory_data(cfg)
 
 
 @dataclass(frozen=True)
@@ -570,25 +568,11 @@ class PipelineConfig:
     @property
     def producer_active(self) -> bool:
         """Whether a producer makes synthetic data for the encoder (else: plain CL on the real data)."""
-        return self.generator.kind == "naive" or self.hsg.enabled or self.hpg.enabled
+        return self.generator.STANDALONE or self.hsg.enabled or self.hpg.enabled
 
     def __post_init__(self) -> None:
         gen = self.generator
-        if gen.kind == "naive":
-            _check(
-                not (self.hsg.enabled or self.hpg.enabled),
-                "generator.kind",
-                "naive samples a frozen generator and takes no part in HSG or HPG; set hsg.enabled=false "
-                "and hpg.enabled=false",
-            )
-        elif self.producer_active:
-            _check(
-                not self.mix.sources,
-                "mix.sources",
-                "HSG and HPG train on the in-memory real data (data.*); training from shard sets is "
-                "plain contrastive learning on the mix or the naive baseline: set hsg.enabled=false and "
-                "hpg.enabled=false",
-            )
+        gen.check_pipeline(self)
         if self.producer_active:
             for section, reads in gen.READS.items():
                 if reads is None or not getattr(self, section).enabled:  # a section that is off reads nothing
@@ -600,9 +584,6 @@ class PipelineConfig:
                             f"{section}.{f.name} is set to {getattr(ours, f.name)!r}, but generator.kind="
                             f"{gen.kind} does not use it (it reads {section}.{', '.join(reads)}); remove it"
                         )
-        check = getattr(gen, "check_pipeline", None)
-        if check is not None:
-            check(self)
         _check(
             self.train.epochs >= 1 or getattr(gen, "pretrain_steps", 0) > 0,
             "train.epochs",

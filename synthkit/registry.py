@@ -137,7 +137,9 @@ PRODUCERS = _EntryRegistry(
         "diffusion": ProducerEntry(
             "synthkit.config:DiffusionConfig", "synthkit.producers.diffusion:DiffusionProducer"
         ),
-        "naive": ProducerEntry("synthkit.config:NaiveConfig", "synthkit.producers.naive:NaiveProducer"),
+        "naive": ProducerEntry(
+            "synthkit.producers.naive:NaiveConfig", "synthkit.producers.naive:NaiveProducer"
+        ),
     },
     group="synthkit.producers",
 )

@@ -9,12 +9,47 @@ Nothing of the frozen generator trains, and this run publishes nothing of it (it
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from synthkit.config import NaiveConfig, PipelineConfig
-from synthkit.errors import RunError
+from synthkit.config import GeneratorConfig, PipelineConfig
+from synthkit.errors import ConfigError, RunError
 from synthkit.producers.base import Chunk, Contribution, Producer, StepInput, TrainContext
+
+
+@dataclass(frozen=True)
+class NaiveConfig(GeneratorConfig):
+    """``generator.kind: naive``: the naive-synthetic baseline's section.
+
+    ``run`` is a finished run directory whose producer is frozen and sampled every step without guidance
+    (for a cGAN run: its EMA generator, conditions drawn from its final condition frequencies; for a
+    diffusion run: unguided DDIM samples); ``synthetic_ratio`` is B_synthetic / B_real, as
+    ``hsg.synthetic_ratio``. The baseline takes no part in HSG or HPG, so both must be off. Train such a
+    generator with realism alone, e.g. ``--hsg.lambda_hard=0 --hsg.warmup_epochs=<epochs>`` (the encoder of
+    that run never sees its samples), from the same ``generator.init_run`` as the method's runs when they
+    start from a pre-trained GAN.
+    """
+
+    READS: ClassVar[dict[str, tuple[str, ...] | None]] = {"hsg": ("enabled",), "hpg": ("enabled",)}
+    STANDALONE: ClassVar[bool] = True
+    kind: str = "naive"
+    run: str | None = None
+    synthetic_ratio: float = 0.25
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.run is None:
+            raise ConfigError("generator.run: the naive baseline needs a finished run to sample")
+        if not 0 < self.synthetic_ratio <= 4:
+            raise ConfigError(f"generator.synthetic_ratio: must be in (0, 4], got {self.synthetic_ratio}")
+
+    def check_pipeline(self, cfg: PipelineConfig) -> None:
+        if cfg.hsg.enabled or cfg.hpg.enabled:
+            raise ConfigError(
+                "generator.kind: naive samples a frozen generator and takes no part in HSG or HPG; set "
+                "hsg.enabled=false and hpg.enabled=false"
+            )
 
 
 class NaiveProducer(Producer):
