@@ -13,6 +13,7 @@ import argparse
 import json
 import statistics
 import time
+from pathlib import Path
 
 import torch
 from accelerate import Accelerator
@@ -21,8 +22,10 @@ from synthkit.config import load_pipeline
 from synthkit.data.sources import load_source
 from synthkit.data.views import Views, to_float
 from synthkit.encoders.model import Encoder
-from synthkit.producers.hard_samples import HardSampleProducer
-from synthkit.training.steps import StepParts, joint_step, plain_step
+from synthkit.objectives.base import build_objective
+from synthkit.producers.base import TrainContext
+from synthkit.producers.cgan import CGanProducer
+from synthkit.training.steps import EncoderStep
 
 
 def main() -> None:
@@ -39,25 +42,40 @@ def main() -> None:
     acc = Accelerator(cpu=not torch.cuda.is_available())
     x_real = to_float(real.images[: args.batch]).to(acc.device)
 
-    def build(hsg: bool) -> StepParts:
+    def build(hsg: bool) -> tuple[EncoderStep, CGanProducer | None]:
         torch.manual_seed(0)
         enc = Encoder(cfg.encoder, channels)
         if cfg.train.channels_last:
             enc = enc.to(memory_format=torch.channels_last)
+        objective = build_objective(cfg.objective, enc, cfg.encoder.proj_dim, seed=0).to(acc.device)
         opt = torch.optim.Adam(enc.parameters(), lr=cfg.train.lr)
         views = Views(cfg.views, channels, size).to(acc.device)
+        enc, opt = acc.prepare(enc, opt)
+        step = EncoderStep(acc, enc, views, opt, objective)
         if not hsg:
-            enc, opt = acc.prepare(enc, opt)
-            return StepParts(acc, enc, views, opt, cfg.objective.temperature)
-        prod = HardSampleProducer(cfg.generator, cfg.hsg, channels, size, cfg.conditions.k).to(acc.device)
+            return step, None
+        producer = CGanProducer(cfg, channels, size, cfg.conditions.k)
         if cfg.train.channels_last:
-            prod.generator.to(memory_format=torch.channels_last)
-            prod.discriminator.to(memory_format=torch.channels_last)
-        og, od = prod.optimizers()
-        enc, opt, g, d, og, od = acc.prepare(enc, opt, prod.generator, prod.discriminator, og, od)
-        return StepParts(acc, enc, views, opt, cfg.objective.temperature, prod, g, d, og, od)
+            producer.hsg.generator.to(memory_format=torch.channels_last)  # type: ignore[union-attr]
+            producer.discriminator.to(memory_format=torch.channels_last)
+        producer.ctx = TrainContext(
+            cfg,
+            acc,
+            channels,
+            size,
+            None,
+            None,
+            views,
+            objective,
+            Path("."),
+            lambda: acc.unwrap_model(enc),
+            print,
+        )
+        producer.prepare(acc)
+        return step, producer
 
-    plain, joint, enlarged = build(False), build(True), build(False)
+    (plain, _), (joint, producer), (enlarged, _) = build(False), build(True), build(False)
+    assert producer is not None
     b_syn = max(1, round(args.batch * cfg.hsg.synthetic_ratio))
     k = cfg.conditions.k
     c_real = torch.randint(0, k, (args.batch,), device=acc.device)
@@ -65,7 +83,8 @@ def main() -> None:
     def run_joint() -> None:
         z = torch.randn(b_syn, cfg.generator.z_dim, device=acc.device)
         c = torch.randint(0, k, (b_syn,), device=acc.device)
-        joint_step(joint, x_real, c_real, z, c, lambda_hard=cfg.hsg.lambda_hard, use_synthetic=True)
+        terms = producer.step_terms(x_real, c_real, z, c, lambda_hard=cfg.hsg.lambda_hard, use_synthetic=True)
+        producer.after_step(joint(x_real, terms))
 
     def timed(fn) -> float:
         if acc.device.type == "cuda":
@@ -78,14 +97,14 @@ def main() -> None:
 
     x_big = to_float(real.images[: args.batch + b_syn]).to(acc.device)
     for _ in range(args.warmup):
-        plain_step(plain, x_real)
+        plain(x_real)
         run_joint()
-        plain_step(enlarged, x_big)
+        enlarged(x_big)
     tp, tj, te = [], [], []
     for _ in range(args.repeats):
-        tp.append(timed(lambda: plain_step(plain, x_real)))
+        tp.append(timed(lambda: plain(x_real)))
         tj.append(timed(run_joint))
-        te.append(timed(lambda: plain_step(enlarged, x_big)))
+        te.append(timed(lambda: enlarged(x_big)))
     mp, mj, me = statistics.median(tp), statistics.median(tj), statistics.median(te)
     result = {
         "device": str(acc.device),

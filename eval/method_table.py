@@ -55,7 +55,7 @@ from synthkit.training.loop import train  # noqa: E402
 
 ROWS: dict[str, tuple[str, ...]] = {
     "real-only": ("--hsg.enabled=false",),
-    "naive": ("--hsg.enabled=false",),  # + naive.generator_run, set per seed
+    "naive": ("--hsg.enabled=false",),  # + generator.kind=naive and generator.run, set per seed
     "hsg": (),
     "hpg": ("--hsg.enabled=false", "--hpg.enabled=true"),
     "hsg+hpg": ("--hpg.enabled=true",),
@@ -79,9 +79,9 @@ QUICK = (
     "--hsg.ramp_epochs=1",
     "--hpg.warmup_epochs=1",
     "--conditions.refresh_every=1",
-    "--objective.queue_size=512",
     "--eval.probe_epochs=20",
 )
+QUICK_MOCO = ("--objective.queue_size=512",)
 
 
 @dataclasses.dataclass
@@ -310,6 +310,8 @@ def main(argv: list[str] | None = None) -> int:
                 results.setdefault((row, obj, half), []).append(scores)
             continue
         overrides = [*extra, *ROWS[row], *OBJECTIVES[obj], f"--train.seed={seed}"]
+        if obj == "moco" and args.quick:
+            overrides += QUICK_MOCO
         data = [f"--data.subset={subset // 2}"] if half else []
         # half of the same fixed subset: the first subset/2 of its seeded permutation
         overrides += data
@@ -346,7 +348,9 @@ def main(argv: list[str] | None = None) -> int:
                 f"--train.seed={seed}",
             ]
             gan_seconds = _train_once(gan, args.pipeline, gan_overrides)
-            overrides.append(f"--naive.generator_run={gan}")
+            # the naive producer's own section: the cGAN's generator keys do not apply to it
+            overrides = [o for o in overrides if not o.startswith("--generator.")]
+            overrides += ["--generator.kind=naive", f"--generator.run={gan}"]
         run = out / "runs" / name
         seconds = _train_once(run, args.pipeline, overrides)
         scores_path = run / "scores.json"

@@ -423,7 +423,7 @@ class DiffusionProducer(Producer):
         self.pools = list(record.get("pools", []))
         return self
 
-    def _labels(self, k: int, g: torch.Generator) -> torch.Tensor | None:
+    def draw_conditions(self, k: int, g: torch.Generator) -> torch.Tensor | None:
         cond = self.conditions
         return cond.sample(k, generator=g) if cond is not None and cond.num_classes else None
 
@@ -434,7 +434,7 @@ class DiffusionProducer(Producer):
         d, device = self.d, next(self.unet.parameters()).device
         k = count if kind == "hard" else count // 2
         g = chunk_generator(seed, kind, start, device=device)
-        labels = self._labels(k, g)
+        labels = self.draw_conditions(k, g)
         cond = self.conditions
         base = {
             "condition_source": cond.source if cond else "none",
@@ -517,7 +517,7 @@ class DiffusionProducer(Producer):
                 images = ddim_sample(
                     self.unet,
                     self.scheduler_config,
-                    self._labels(m, g),
+                    self.draw_conditions(m, g),
                     generator=g,
                     steps=self.d.ddim_steps,
                     eta=self.d.ddim_eta,
