@@ -109,9 +109,7 @@ class CGanProducer(Producer):
     # ------------------------------------------------------------------ training
     @classmethod
     def for_training(cls, cfg: PipelineConfig, ctx: TrainContext) -> CGanProducer:
-        real = ctx.real
-        if real is None:
-            raise RunError("the cGAN producers train on in-memory real data (data.*)")
+        real = ctx.real_in_memory("the cGAN producers")
         n_cond = num_conditions(cfg.conditions, len(real.classes) if real.classes else None)
         init = None
         if cfg.generator.init_run:  # type: ignore[attr-defined]

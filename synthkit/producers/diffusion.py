@@ -150,9 +150,7 @@ class DiffusionProducer(Producer):
     # ------------------------------------------------------------------ training
     @classmethod
     def for_training(cls, cfg: PipelineConfig, ctx: TrainContext) -> DiffusionProducer:
-        real = ctx.real
-        if real is None:
-            raise RunError("the diffusion producer trains its UNet on in-memory real data (data.*)")
+        real = ctx.real_in_memory("the diffusion producer")
         n_cond = num_conditions(cfg.conditions, len(real.classes) if real.classes else None)
         self = cls(cfg, ctx.channels, ctx.size, n_cond)
         self.ctx = ctx
