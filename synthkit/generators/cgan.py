@@ -8,11 +8,16 @@ head for the condition (Miyato & Koyama, "cGANs with Projection Discriminator", 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import nn
 from torch.nn.utils import spectral_norm
 
-from synthkit.config import GeneratorConfig
+from synthkit.config import CGanConfig
+from synthkit.errors import ModelError
+from synthkit.registry import resolve
+from synthkit.weights import load_into, load_state_dict
 
 
 def num_upsamplings(size: int) -> int:
@@ -119,9 +124,54 @@ class Discriminator(nn.Module):
 
 
 def build_cgan(
-    cfg: GeneratorConfig, channels: int, size: int, num_classes: int
-) -> tuple[Generator, Discriminator]:
-    return (
-        Generator(cfg.z_dim, channels, size, num_classes, base=cfg.g_channels),
-        Discriminator(channels, size, num_classes, base=cfg.d_channels),
-    )
+    cfg: CGanConfig, channels: int, size: int, num_classes: int, *, load_weights: bool = True
+) -> tuple[nn.Module, Discriminator]:
+    """G and D for the cGAN producer: synthkit's Generator, or the user's (``generator.builder``), and the
+    projection discriminator. ``load_weights``: start the user's G from ``generator.weights`` (a run loading
+    its own published G passes False: those weights replace the initial ones)."""
+    if cfg.builder is None:
+        gen: nn.Module = Generator(cfg.z_dim, channels, size, num_classes, base=cfg.g_channels)
+    else:
+        gen = user_generator(cfg, channels, size, num_classes, load_weights=load_weights)
+    return gen, Discriminator(channels, size, num_classes, base=cfg.d_channels)
+
+
+def user_generator(
+    cfg: CGanConfig, channels: int, size: int, num_classes: int, *, load_weights: bool
+) -> nn.Module:
+    """The user's generator: ``builder(z_dim=, channels=, size=, num_classes=)``, its ``weights`` loaded
+    (safetensors) and its output checked on a probe: N x channels x size x size, finite, in [0, 1]."""
+    assert cfg.builder is not None
+    build = resolve(cfg.builder)
+    try:
+        gen = build(z_dim=cfg.z_dim, channels=channels, size=size, num_classes=num_classes)
+    except Exception as e:  # noqa: BLE001 - a user's builder can fail any way; report it in one line
+        raise ModelError(f"generator.builder={cfg.builder} failed: {type(e).__name__}: {e}") from e
+    if not isinstance(gen, nn.Module):
+        raise ModelError(f"generator.builder={cfg.builder} returned a {type(gen).__name__}, not an nn.Module")
+    if load_weights and cfg.weights is not None:
+        path = Path(cfg.weights)
+        load_into(gen, load_state_dict(path), f"generator.weights={path}")
+    was = gen.training
+    gen.eval()
+    try:
+        with torch.no_grad():
+            z = torch.randn(2, cfg.z_dim, generator=torch.Generator().manual_seed(0))
+            c = torch.zeros(2, dtype=torch.long) if num_classes else None
+            out = gen(z, c)
+    except Exception as e:  # noqa: BLE001
+        raise ModelError(
+            f"generator.builder={cfg.builder}: G(z, c) failed on a probe: {type(e).__name__}: {e}"
+        ) from e
+    finally:
+        gen.train(was)
+    want = (2, channels, size, size)
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != want:
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ModelError(f"generator.builder={cfg.builder}: G(z, c) gives {shape}, the data need {want}")
+    if not torch.isfinite(out).all() or out.min() < 0 or out.max() > 1:
+        raise ModelError(
+            f"generator.builder={cfg.builder}: G(z, c) must give images in [0, 1] (the data's range), got "
+            f"{float(out.min()):.3g}..{float(out.max()):.3g}"
+        )
+    return gen

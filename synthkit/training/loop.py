@@ -120,7 +120,7 @@ def train(
             "channels": channels,
             "size": size,
         },
-        producer.kind if producer is not None else None,
+        producer.describe() if producer is not None else None,
     )
 
     # 3. Resume (the checkpoint was verified before anything was written), then the producer's start ---

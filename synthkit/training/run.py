@@ -144,7 +144,7 @@ class Run:
         return self.accelerator.is_main_process
 
     # ------------------------------------------------------------------ files and log
-    def write_files(self, data: dict[str, Any], producer: str | None) -> None:
+    def write_files(self, data: dict[str, Any], producer: dict[str, Any] | None) -> None:
         """``config.yaml`` (resolved), ``run.json`` (version, seed, processes, producer, data), trackers."""
         if self.is_main:
             self.dir.mkdir(parents=True, exist_ok=True)
