@@ -252,7 +252,9 @@ class CGanConfig(GeneratorConfig):
     ``function(z_dim=..., channels=..., size=..., num_classes=...)`` (the number of conditions, 0 for
     unconditional) and returns an ``nn.Module`` mapping ``(z, c)`` to images in [0, 1]; ``weights`` is a local
     safetensors file of its state (optional: without it the module starts as built). HSG and HPG then
-    fine-tune it against synthkit's discriminator. ``g_channels`` does not apply to it.
+    fine-tune it against synthkit's discriminator, or yours: ``discriminator_builder`` is called as
+    ``function(channels=..., size=..., num_classes=...)`` and returns ``D(x, c)`` -> one logit per image,
+    started from ``discriminator_weights``. ``g_channels`` (``d_channels``) does not apply to yours.
     """
 
     kind: str = "cgan"
@@ -268,6 +270,8 @@ class CGanConfig(GeneratorConfig):
     init_run: str | None = None
     builder: str | None = None
     weights: str | None = None
+    discriminator_builder: str | None = None
+    discriminator_weights: str | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
