@@ -28,7 +28,7 @@ from synthkit.config import PipelineConfig
 from synthkit.data.batches import MemoryBatches, MixBatches
 from synthkit.data.sources import ImageSet, load_source
 from synthkit.data.views import Views, to_float
-from synthkit.encoders.model import Encoder
+from synthkit.encoders.model import Encoder, load_encoder_weights
 from synthkit.errors import RunError
 from synthkit.objectives.base import build_objective
 from synthkit.producers.base import Producer, StepInput, TrainContext
@@ -85,6 +85,11 @@ def train(
     # 2. Models: identical initial weights on every process ---
     set_seed(cfg.train.seed)
     encoder = Encoder(cfg.encoder, channels)
+    encoder_info: dict[str, Any] = {"backbone": cfg.encoder.backbone}
+    if cfg.encoder.weights is not None:  # a pretrained start, recorded by its content hash
+        encoder_info.update(
+            weights=cfg.encoder.weights, weights_hash=load_encoder_weights(encoder, cfg.encoder.weights)
+        )
     if cfg.train.channels_last:
         encoder = encoder.to(memory_format=torch.channels_last)
     views = Views(cfg.views, channels, size)
@@ -121,6 +126,7 @@ def train(
             "size": size,
         },
         producer.describe() if producer is not None else None,
+        encoder_info,
     )
 
     # 3. Resume (the checkpoint was verified before anything was written), then the producer's start ---

@@ -144,7 +144,9 @@ class Run:
         return self.accelerator.is_main_process
 
     # ------------------------------------------------------------------ files and log
-    def write_files(self, data: dict[str, Any], producer: dict[str, Any] | None) -> None:
+    def write_files(
+        self, data: dict[str, Any], producer: dict[str, Any] | None, encoder: dict[str, Any] | None = None
+    ) -> None:
         """``config.yaml`` (resolved), ``run.json`` (version, seed, processes, producer, data), trackers."""
         if self.is_main:
             self.dir.mkdir(parents=True, exist_ok=True)
@@ -154,6 +156,7 @@ class Run:
                 "seed": self.cfg.train.seed,
                 "num_processes": self.world,
                 "producer": producer,
+                "encoder": encoder,
                 "data": data,
             }
             (self.dir / "run.json").write_text(json.dumps(info, indent=2))
