@@ -527,7 +527,10 @@ class DiffusionProducer(Producer):
         except (OSError, ValueError, RuntimeError) as e:
             raise CheckpointError(f"cannot load the UNet in {root}: {type(e).__name__}: {e}") from e
         expected = record.get("hashes", {}).get("unet_ema")
-        found = state_dict_hash(cpu_state(unet))
+        state = cpu_state(unet)
+        if not all(bool(torch.isfinite(v).all()) for v in state.values() if v.is_floating_point()):
+            raise CheckpointError(f"{root / UNET_DIR} holds non-finite weights: a diverged UNet is refused")
+        found = state_dict_hash(state)
         if found != expected:
             raise CheckpointError(
                 f"{root / UNET_DIR} does not hold the UNet this run recorded (content hash {found[:12]}, "

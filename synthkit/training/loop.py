@@ -156,9 +156,10 @@ def train(
             batch = StepInput(x_real, idx, epoch, epoch + i / steps_per_epoch)
             contribution = producer.contribute(batch) if producer is not None else None
             rec = step(x_real, contribution)
+            state.step = run.step = state.step + 1
+            run.check_finite(rec, state)
             if producer is not None:
                 producer.after_step(rec)
-            state.step = run.step = state.step + 1
             if cfg.train.record_indices:
                 if isinstance(idx, list):  # streamed from shards: sample keys, gathered as objects
                     state.seen_keys.append(gather_object([idx]))
@@ -187,7 +188,11 @@ def train(
             shown = {k: round(v, 4) for k, v in epoch_rec.items() if isinstance(v, float)}
             tqdm.write(f"epoch {state.epoch}/{cfg.train.epochs} {shown}")
         if state.epoch % cfg.train.checkpoint_every == 0 or last:
-            run.save_checkpoint(state, objective, producer)
+            watched = [
+                encoder_ddp,
+                *(producer.fingerprint_modules().values() if producer is not None else []),
+            ]
+            run.save_checkpoint(state, objective, producer, watched)
 
     # 6. Publish the final weights and a summary ---
     if producer is not None:
