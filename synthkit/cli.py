@@ -378,7 +378,8 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except Exception as e:  # noqa: BLE001 - turn known user errors into one clear line
         if _is_user_error(e):
-            print(f"synthkit {args.command}: error: {e}", file=sys.stderr)
+            message = " ".join(str(e).split())  # one line, whatever the message held
+            print(f"synthkit {args.command}: error: {message}", file=sys.stderr)
             return EXIT_USAGE
         raise
 

@@ -234,7 +234,10 @@ def _check_disk(out_dir: Path, total: int, art: Any) -> None:
     channels = art.encoder.in_channels
     per_sample = channels * data.size * data.size + 3 * 512 + 1024
     need = total * per_sample
-    free = shutil.disk_usage(out_dir).free
+    existing = out_dir
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    free = shutil.disk_usage(existing).free
     if need > free:
         raise ExportError(
             f"--n asks for {total} samples, up to {need / 2**30:.3g} GiB of shards, but {out_dir} has "
@@ -354,7 +357,7 @@ def generate(
             raise ExportError(f"{flag} must be a positive integer, got {value!r}")
     if kind in ("pair", "all") and n % 2:
         raise ExportError(f"--n must be even for pairs (two samples per pair), got {n}")
-    out_dir = check_output_dir(out_dir)
+    out_dir = check_output_dir(out_dir, create=False)
     _check_disk(out_dir, n * (2 if kind == "all" else 1), art)
     request = _request(art.hashes, n, seed, name, batch_size, maxcount, kind)
     manifest = prepare_out_dir(out_dir, name, request)

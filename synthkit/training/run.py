@@ -285,7 +285,8 @@ class Run:
             accelerate_load(rng)
         except Exception as e:  # noqa: BLE001 - whatever torch.load raises for a damaged file
             raise CheckpointError(
-                f"checkpoint {path}: the RNG state {rng.name} cannot be loaded ({e})"
+                f"checkpoint {path}: the RNG state {rng.name} cannot be loaded "
+                f"({str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__})"
             ) from e
         try:
             self.accelerator.load_state(str(path))
