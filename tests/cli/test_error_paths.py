@@ -408,7 +408,8 @@ def test_a_read_only_filesystem_is_one_line(tmp_path: Path, capsys) -> None:
 
 def test_a_checkpoint_of_another_encoder_width_is_one_line(resumable: Path, tmp_path: Path, capsys) -> None:
     other = tmp_path / "wide"
-    assert main(["train", TINY, "--out", str(other), "--no-progress", "--train.epochs=1", "--encoder.width=12"]) == 0
+    argv = ["train", TINY, "--out", str(other), "--no-progress", "--train.epochs=1", "--encoder.width=12"]
+    assert main(argv) == 0
     run = _copy_run(resumable, tmp_path)
     shutil.rmtree(_last_checkpoint(run))
     shutil.copytree(_last_checkpoint(other), run / "checkpoints" / "epoch_0001")
