@@ -86,6 +86,8 @@ HPG_PRODUCER = "hpg-diffusion"
 DIFFUSION_DIR = "diffusion"
 POOLS_DIR = "pools"
 STATE_JSON = "producer_state.json"
+#: unguided samples the naive baseline draws from (made once: a diffusion model cannot sample every step)
+NAIVE_POOL = 1024
 
 
 @dataclass
@@ -637,8 +639,8 @@ class DiffusionProducer(Producer):
         }
 
     def sampler(self, seed: int) -> Callable[[int, torch.device], torch.Tensor]:
-        """Unguided samples for the naive baseline: a pool of ``generator.pool_size`` images made once
-        (seeded), from which every step draws with the global generator."""
+        """Unguided samples for the naive baseline: a pool of NAIVE_POOL images made once (seeded), from
+        which every step draws with the global generator."""
         pool: list[torch.Tensor] = []
 
         @torch.no_grad()
@@ -646,7 +648,7 @@ class DiffusionProducer(Producer):
             if not pool:
                 self.unet.to(device)
                 g = chunk_generator(seed, "naive", 0, device=device)
-                m = self.d.pool_size
+                m = NAIVE_POOL
                 images = ddim_sample(
                     self.unet,
                     self.scheduler_config,
