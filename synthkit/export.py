@@ -225,6 +225,17 @@ def write_samples(
     return res
 
 
+def training_images(cfg: Any, n: int) -> torch.Tensor:
+    """Real training images (uint8) to draw a reference batch of ``n`` from: the in-memory source, or a
+    bounded sample of the run's shard sets when it trained on a stream (``mix.sources``)."""
+    if not cfg.mix.sources:
+        return load_source(cfg.data, "train").images
+    from synthkit.data.batches import REFERENCE_EPOCH, MixBatches, sample_images
+
+    stream = MixBatches(cfg.mix, min(n, 64), 0, 1, cfg.train.seed)
+    return sample_images(stream, 4 * n, REFERENCE_EPOCH)
+
+
 def _check_disk(out_dir: Path, total: int, art: Any) -> None:
     """Refuse up front a set that cannot fit on the disk, from what the request declares: ``total`` samples
     of the run's image size (a PNG is at most about its raw size, plus the tar member headers and JSON)."""
@@ -365,13 +376,13 @@ def generate(
         return ExportResult(out_dir, manifest, np.array([]), np.array([]), reused=True)
 
     # 2. The scorer: the run's encoder and objective, and the one reference batch ---
-    real = load_source(cfg.data, "train")
-    channels, size = real.images.shape[1], real.images.shape[-1]
+    real = training_images(cfg, cfg.train.batch_size)
+    channels, size = real.shape[1], real.shape[-1]
     scorer = Scorer(
         art.encoder,
         Views(cfg.views, channels, size),
         art.objective,
-        reference_batch(real.images, cfg.train.batch_size, seed),
+        reference_batch(real, cfg.train.batch_size, seed),
     )
     counts = {k: n for k in ("hard", "pair") if kind in (k, "all")}
     names = {"hard": "hsg", "pair": "hpg", "all": "hsg+hpg"}
