@@ -89,8 +89,8 @@ def main() -> None:
             write_s = write_set(shards, n)
             size_mib = sum(p.stat().st_size for p in shards.glob("*.tar")) / 2**20
             proc = subprocess.run(
-                [sys.executable, __file__, "--child", str(shards), str(args.steps), str(Path(tmp) / f"run-{n}"),
-                 "--batch", str(args.batch)],
+                [sys.executable, __file__, "--child", str(shards), str(args.steps),
+                 str(Path(tmp) / f"run-{n}"), "--batch", str(args.batch)],
                 capture_output=True, text=True, check=True,
             )  # fmt: skip
             result = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -98,7 +98,8 @@ def main() -> None:
                 {"images": n, "shards_mib": round(size_mib, 1), "write_s": round(write_s, 1), **result}
             )
     print(
-        f"HSG from shard sets (pipelines/tiny.yaml at 28 px, batch {args.batch}, {args.steps} steps, 1 process)"
+        f"HSG from shard sets (pipelines/tiny.yaml at 28 px, batch {args.batch}, {args.steps} steps, "
+        "1 process)"
     )
     print(f"{'images':>9} {'shards MiB':>11} {'train s':>8} {'peak RSS MiB':>13}")
     for r in rows:
