@@ -89,7 +89,7 @@ def _cmd_eval(args: argparse.Namespace, extra: list[str]) -> int:
     from synthkit.evaluate import evaluate
 
     _no_extra(extra)
-    res = evaluate(args.run, args.data, root=args.root, full_train=args.full_train)
+    res = evaluate(args.run, args.data, root=args.root, full_train=args.full_train, device=args.device)
     if args.json:
         print(json.dumps(res, indent=2))
     else:
@@ -280,6 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument(
         "--full-train", action="store_true", help="fit on the whole train split, not the run's subset"
     )
+    e.add_argument("--device", help="where features are extracted and probes fitted (default: cuda if any)")
     e.add_argument("--json", action="store_true", help="print the result as JSON")
     e.set_defaults(fn=_cmd_eval)
 
