@@ -709,6 +709,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             raise ConfigError(f"{key}: expected a finite number, got {value!r}")
         return float(value)
     if tp is str:
+        if isinstance(value, bool):
+            raise ConfigError(
+                f"{key}: expected a string, got {value!r} (YAML reads yes/no/on/off as booleans: quote it, "
+                f"e.g. {key}='{'yes' if value else 'no'}')"
+            )
         if not isinstance(value, str):
             raise ConfigError(f"{key}: expected a string, got {value!r}")
         return value

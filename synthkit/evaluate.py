@@ -26,11 +26,12 @@ def evaluate(
     full_train: bool = False,
     seed: int = 0,
     device: str | None = None,
+    test_limit: int | None = None,
 ) -> dict[str, Any]:
     """kNN and linear-probe test accuracy of the run's frozen encoder on ``data`` (default: the run's).
 
     ``device``: where features are extracted and the probes fitted (``cuda``, ``cpu``, ...); by default the
-    accelerator when there is one.
+    accelerator when there is one. ``test_limit``: score the first that many test images only (smoke runs).
     """
     import torch
 
@@ -48,6 +49,13 @@ def evaluate(
     if full_train:
         data_cfg = dataclasses.replace(data_cfg, subset=None)
     train, test = load_source(data_cfg, "train"), load_source(data_cfg, "test")
+    if test_limit is not None:
+        test = type(test)(
+            test.images[:test_limit],
+            test.labels[:test_limit] if test.labels is not None else None,
+            test.name,
+            test.classes,
+        )
     if train.labels is None or test.labels is None:
         raise DataSourceError(f"data set {data_cfg.name!r} has no labels: kNN and linear probe need them")
     art.encoder.to(dev)
