@@ -110,6 +110,7 @@ def _cmd_quickstart(args: argparse.Namespace, extra: list[str]) -> int:
 
 def _cmd_shards_verify(args: argparse.Namespace, extra: list[str]) -> int:
     from synthkit.shards import verify_shard_set
+    from synthkit.shards.format import printable
 
     _no_extra(extra)
     report = verify_shard_set(args.dir)
@@ -118,7 +119,7 @@ def _cmd_shards_verify(args: argparse.Namespace, extra: list[str]) -> int:
         return 0
     print(f"{args.dir}: {len(report.problems)} problem(s)", file=sys.stderr)
     for p in report.problems:
-        print(f"  - {p}", file=sys.stderr)
+        print(f"  - {printable(p)}", file=sys.stderr)  # problems quote text from the set
     return 1
 
 

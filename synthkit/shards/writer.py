@@ -39,8 +39,10 @@ from synthkit.atomic import fsync_dir, os_reason, write_json_atomic
 from synthkit.errors import OutputError
 from synthkit.shards.format import (
     FORMAT,
+    IMAGE_SHAPE,
     MANIFEST,
     MANIFEST_RESERVED,
+    MIXED,
     SIZES,
     VERSION,
     ShardError,
@@ -288,6 +290,7 @@ class ShardSetWriter:
         self._tar: tarfile.TarFile | None = None
         self._in_shard = 0
         self._keys: set[str] = set()
+        self._shapes: set[tuple[int, int, int]] = set()  # (H, W, C) of the images written: image_shape
         self._closed = False
         self._failed = False
         self._manifest: dict[str, Any] | None = None
@@ -493,6 +496,7 @@ class ShardSetWriter:
         except OSError as exc:
             raise self._fail(exc, path) from exc
         self._keys.add(key)
+        self._shapes.add((image.shape[0], image.shape[1], image.shape[2] if image.ndim == 3 else 1))
         self._in_shard += 1
         if self._in_shard >= self.maxcount:
             self._finish_shard()
@@ -533,6 +537,9 @@ class ShardSetWriter:
             "shards": self._shards,
             "total": sum(s["count"] for s in self._shards),
         }
+        shapes = self._shapes | self._kept_shapes()
+        if shapes:  # readers hold a set to one image size unless it declares several
+            manifest[IMAGE_SHAPE] = list(next(iter(shapes))) if len(shapes) == 1 else MIXED
         try:
             write_json_atomic(self.out_dir / SIZES, {s["name"]: s["count"] for s in self._shards}, indent=2)
             write_json_atomic(self.out_dir / MANIFEST, manifest, indent=2)
@@ -546,6 +553,28 @@ class ShardSetWriter:
                 self._journal.unlink(missing_ok=True)
                 fsync_dir(self.out_dir)
         return manifest
+
+    def _kept_shapes(self) -> set[tuple[int, int, int]]:
+        """Image shapes of the shards kept from an interrupted run (from their PNG headers), so that a
+        resumed set declares what an uninterrupted one does."""
+        written = sum(s["count"] for s in self._shards) + self._in_shard
+        if self.resume_from == 0 or written == 0:
+            return set()
+        from synthkit.shards.decode import png_header
+        from synthkit.shards.reader import iter_shard_members
+
+        shapes = set()
+        kept = self.resume_from
+        for entry in self._shards:
+            if kept <= 0:
+                break
+            path = self.out_dir / entry["name"]
+            for key, parts in iter_shard_members(path):
+                if "png" in parts:
+                    h = png_header(f"{path}: sample {key!r}", parts["png"])
+                    shapes.add((h.height, h.width, 3 if h.color == 2 else 1))
+            kept -= entry["count"]
+        return shapes
 
     def abort(self) -> None:
         """Drop the shard in progress and never publish; completed shards (and a journal) stay."""
