@@ -217,6 +217,7 @@ def _float(text: str) -> float:
 
 
 _DECODER = json.JSONDecoder(object_pairs_hook=_pairs, parse_constant=_constant, parse_float=_float)
+_SCAN = _DECODER.scan_once
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
@@ -227,7 +228,12 @@ def loads_strict(data: bytes) -> Any:
     Raises ValueError (UnicodeDecodeError and json.JSONDecodeError are ValueErrors) naming the problem.
     """
     text = data.decode("utf-8")
-    value = _DECODER.decode(text)
+    try:  # the C scanner straight away; JSONDecoder.decode adds two regex passes for whitespace
+        value, end = _SCAN(text, 0)
+    except StopIteration:
+        end = -1
+    if end != len(text):  # leading or trailing whitespace, or an error: the full decoder decides and names it
+        value = _DECODER.decode(text)
     if "\\u" in text and _SURROGATE_ESCAPE.search(text):
         problems: list[str] = []
         _finite_and_text(value, "metadata", problems)

@@ -172,6 +172,8 @@ class MixedShardStream(IterableDataset):
         transform: applied to each sample dict (with ``source``) before it is yielded, in the worker.
         on_error: ``"raise"`` (a ShardError naming shard and sample) or ``"skip"``: malformed samples and
             broken shards are never yielded and are recorded in ``skipped``.
+        check_hash: compare each shard's sha256 with its manifest (default); off only to measure what the
+            check costs (``eval/bench_reader.py``).
     """
 
     def __init__(
@@ -184,6 +186,7 @@ class MixedShardStream(IterableDataset):
         world: int = 1,
         transform: Callable[[dict[str, Any]], Any] | None = None,
         on_error: str = "raise",
+        check_hash: bool = True,
     ) -> None:
         super().__init__()
         if not sources:
@@ -213,6 +216,7 @@ class MixedShardStream(IterableDataset):
         self.seed, self.epoch_samples, self.rank, self.world = seed, epoch_samples, rank, world
         self.transform = transform
         self.on_error = on_error
+        self.check_hash = check_hash
         self.epoch = 0
         # Location ("SHARD:KEY" or "SHARD") -> reason, for what this process's iterators skipped. DataLoader
         # workers hold copies, so their skips show up as warnings (one per location), not here.
@@ -258,13 +262,16 @@ class MixedShardStream(IterableDataset):
             )
         streams = [self._source_stream(i, slot, n_slots) for i in range(len(self.sources))]
         rng = np.random.default_rng([self.seed, self.epoch, self.rank, worker])
+        nexts = [stream.__next__ for stream in streams]
+        names = [source.name for source in self.sources]
+        transform = self.transform
         done = 0
         while done < quota:
             block = rng.choice(len(self.sources), size=min(_CHOICE_BLOCK, quota - done), p=self.weights)
-            for pick in block:
-                sample = next(streams[pick])
-                sample["source"] = self.sources[pick].name
-                yield sample if self.transform is None else self.transform(sample)
+            for pick in block.tolist():  # Python ints: list indexing by numpy scalars costs more per sample
+                sample = nexts[pick]()
+                sample["source"] = names[pick]
+                yield sample if transform is None else transform(sample)
             done += len(block)
 
     def _source_stream(self, index: int, slot: int, n_slots: int) -> Iterator[dict[str, Any]]:
@@ -304,7 +311,7 @@ class MixedShardStream(IterableDataset):
 
     def _read_shard(self, ref: ShardRef, rules: SetRules) -> list[dict[str, Any]]:
         """One shard through the safe reader's checks (:func:`synthkit.shards.reader.read_shard`)."""
-        read = read_shard(ref, rules)
+        read = read_shard(ref, rules, check_hash=self.check_hash)
         if self.on_error == "raise":
             raise_first(read)
         for where, reason in skip_records(read):
@@ -344,22 +351,27 @@ def collate_images(samples: Sequence[dict[str, Any]]) -> tuple[torch.Tensor, lis
     Raises:
         ValueError: the images differ in size or channels (the message names the keys), or no samples.
     """
+    skipped: list[tuple[str, str]] = []
+    images_list, metas = [], []
     for s in samples:
-        if isinstance(s, WorkerError):
-            return s  # type: ignore[return-value]  # iter_batches raises it in the main process
-    skipped = [r for s in samples for r in s.pop("__skipped__", ())]
-    samples = [s for s in samples if s is not None]
+        if s.__class__ is not dict:
+            if isinstance(s, WorkerError):
+                return s  # type: ignore[return-value]  # iter_batches raises it in the main process
+        elif "__skipped__" in s:
+            skipped += s.pop("__skipped__")
+        images_list.append(s["image"])
+        metas.append(s["meta"])
     if not samples:
         raise ValueError("collate_images needs at least one sample")
-    first = samples[0]["image"].shape
-    odd = [s for s in samples if s["image"].shape != first]
-    if odd:
+    first = images_list[0].shape
+    if any(im.shape != first for im in images_list):
+        odd = [s for s in samples if s["image"].shape != first]
         raise ValueError(
             f"images in a batch must share one HxWxC shape: {samples[0]['__key__']!r} is {first}, "
             + ", ".join(f"{s['__key__']!r} is {s['image'].shape}" for s in odd[:5])
             + (f" and {len(odd) - 5} more" if len(odd) > 5 else "")
         )
-    images = torch.from_numpy(np.stack([s["image"] for s in samples])).permute(0, 3, 1, 2).contiguous()
-    batch = Batch((images, [s["meta"] for s in samples]))
+    images = torch.from_numpy(np.stack(images_list)).permute(0, 3, 1, 2).contiguous()
+    batch = Batch((images, metas))
     batch.skipped = skipped
     return batch

@@ -54,9 +54,16 @@ from synthkit.shards.decode import (
     inflate_exact,
     png_header,
 )
-from synthkit.shards.format import IMAGE_SHAPE, MANIFEST, MIXED, validate_meta
+from synthkit.shards.format import IMAGE_SHAPE, MANIFEST, MIXED, loads_strict, validate_meta
 from synthkit.shards.manifest import read_manifest
-from synthkit.shards.tar import DECODED_EXTENSIONS, IMAGE_FORMATS, Member, read_members, split_member
+from synthkit.shards.tar import (
+    DECODED_EXTENSIONS,
+    IMAGE_FORMATS,
+    Member,
+    plain_groups,
+    read_members,
+    split_member,
+)
 
 __all__ = [
     "DECODED_EXTENSIONS",
@@ -243,11 +250,12 @@ def _fetch(ref: ShardRef, max_shard_bytes: int, read: ShardRead, vouch: bool) ->
     shard = ref.location
     limit = ref.size if ref.size is not None else max_shard_bytes
     what = f"the manifest says {ref.size}" if ref.size is not None else "refused"
-    digest = hashlib.sha256()
+    digest = hashlib.sha256() if ref.sha256 is not None else None
     blocks = []
     try:
         for block in loc.iter_blocks(shard, limit, what):
-            digest.update(block)
+            if digest is not None:
+                digest.update(block)
             blocks.append(block)
     except ShardError as exc:
         read.broken = str(exc)
@@ -257,7 +265,7 @@ def _fetch(ref: ShardRef, max_shard_bytes: int, read: ShardRead, vouch: bool) ->
     if ref.size is not None and len(data) != ref.size:
         state = " (truncated)" if len(data) < ref.size else ""
         problems.append(f"{shard}: {len(data)} bytes, the manifest says {ref.size}{state}")
-    sha = digest.hexdigest()
+    sha = digest.hexdigest() if digest is not None else None
     if ref.sha256 is not None and sha != ref.sha256:
         problems.append(f"{shard}: sha256 {sha} does not match the manifest's {ref.sha256}")
     if problems and vouch:
@@ -305,59 +313,100 @@ def _group(shard: str, data: bytes, members: list[Member], max_member_bytes: int
     return groups
 
 
+def _general_sample(
+    shard: str, key: str, parts: dict[str, bytes], rules: SetRules, max_pixels: int
+) -> dict[str, Any]:
+    """Any member layout (JPEG, WEBP, an odd member set): every check, each refusal named in full."""
+    where = f"{shard}: sample {key!r}"
+    images = [ext for ext in parts if ext in IMAGE_FORMATS]
+    if len(images) != 1:
+        found = f"{len(images)} ({', '.join(images)})" if images else "none"
+        raise ShardError(f"{where}: needs exactly one image member (png, jpg, jpeg or webp), found {found}")
+    if "json" not in parts:
+        raise ShardError(f"{where}: has no json metadata member")
+    meta = decode_json(f"{where} ({key}.json)", parts["json"])
+    schema = validate_meta(meta)
+    if schema:
+        raise ShardError(f"{where}: metadata does not match the format: {'; '.join(schema)}")
+    cls = decode_cls(f"{where} ({key}.cls)", parts["cls"]) if "cls" in parts else None
+    ext = images[0]
+    image_where = f"{where} ({key}.{ext})"
+    if ext == "png":
+        header = png_header(image_where, parts["png"])
+        check_pixels(image_where, header.width, header.height, max_pixels)
+        misfit = rules.image_problem(header.height, header.width, header.channels, header.mode)
+        if misfit:
+            raise ShardError(f"{image_where}: {misfit}")
+        inflate_exact(image_where, header)  # refuses a bomb before Pillow sees it
+        image = decode_image_pil(image_where, ext, parts[ext], max_pixels)[0]
+    else:
+        image, mode = decode_image_pil(image_where, ext, parts[ext], max_pixels)
+        misfit = rules.image_problem(image.shape[0], image.shape[1], image.shape[2], mode)
+        if misfit:
+            raise ShardError(f"{image_where}: {misfit}")
+    return {"__key__": key, "__shard__": shard, "image": image, "meta": meta, "cls": cls}
+
+
 def _decode_groups(read: ShardRead, groups: list[tuple[str, Any]], rules: SetRules, max_pixels: int) -> None:
-    """Decode and check every sample; valid ones go to ``read.samples``, refusals to ``read.problems``."""
+    """Decode and check every sample; valid ones go to ``read.samples``, refusals to ``read.problems``.
+
+    The common layout (``png`` + ``json`` [+ ``cls``], an 8-bit gray or RGB PNG) is checked inline, with
+    messages built only on a refusal, and its images are unfiltered in one batch per size
+    (:func:`synthkit.shards.decode.decode_png_batch`); every other layout goes through _general_sample.
+    The checks are the same either way.
+    """
     shard = read.shard
+    keys = rules.keys
     slots: list[dict[str, Any] | None] = []
     batches: dict[tuple[int, int, int], list[tuple[int, str, Any, bytes]]] = {}
     for key, parts in groups:
-        where = f"{shard}: sample {key!r}"
         try:
-            if isinstance(parts, str):
+            if parts.__class__ is not dict:
                 raise ShardError(parts)
-            if key in rules.keys:
-                raise ShardError(f"{where}: key also used in {rules.keys[key]}; keys must be unique in a set")
-            rules.keys[key] = shard
-            images = [ext for ext in parts if ext in IMAGE_FORMATS]
-            if len(images) != 1:
-                found = f"{len(images)} ({', '.join(images)})" if images else "none"
+            if key in keys:
                 raise ShardError(
-                    f"{where}: needs exactly one image member (png, jpg, jpeg or webp), found {found}"
+                    f"{shard}: sample {key!r}: key also used in {keys[key]}; keys must be unique in a set"
                 )
-            if "json" not in parts:
-                raise ShardError(f"{where}: has no json metadata member")
-            meta = decode_json(f"{where} ({key}.json)", parts["json"])
+            keys[key] = shard
+            png, text, n = parts.get("png"), parts.get("json"), len(parts)
+            if png is None or text is None or n > 3 or (n == 3 and "cls" not in parts):
+                slots.append(_general_sample(shard, key, parts, rules, max_pixels))
+                continue
+            try:
+                meta = loads_strict(text)
+            except (ValueError, RecursionError) as exc:
+                raise ShardError(
+                    f"{shard}: sample {key!r} ({key}.json): invalid JSON metadata: {exc}"
+                ) from exc
+            if meta.__class__ is not dict:
+                raise ShardError(
+                    f"{shard}: sample {key!r} ({key}.json): JSON metadata must be an object, "
+                    f"got {type(meta).__name__}"
+                )
             schema = validate_meta(meta)
             if schema:
-                raise ShardError(f"{where}: metadata does not match the format: {'; '.join(schema)}")
-            cls = decode_cls(f"{where} ({key}.cls)", parts["cls"]) if "cls" in parts else None
-            ext = images[0]
-            image_where = f"{where} ({key}.{ext})"
-            sample = {"__key__": key, "__shard__": shard, "image": None, "meta": meta, "cls": cls}
-            if ext == "png":
-                header = png_header(image_where, parts["png"])
-                check_pixels(image_where, header.width, header.height, max_pixels)
-                channels = 3 if header.color in (2, 3, 6) else 1
-                misfit = rules.image_problem(header.height, header.width, channels, header.mode)
-                if misfit:
-                    raise ShardError(f"{image_where}: {misfit}")
-                raw = inflate_exact(image_where, header)
-                if header.fast:
-                    batch = batches.setdefault((header.width, header.height, header.color), [])
-                    batch.append((len(slots), image_where, header, raw))
-                else:
-                    sample["image"] = decode_image_pil(image_where, ext, parts[ext], max_pixels)[0]
-            else:
-                image, mode = decode_image_pil(image_where, ext, parts[ext], max_pixels)
-                misfit = rules.image_problem(image.shape[0], image.shape[1], image.shape[2], mode)
-                if misfit:
-                    raise ShardError(f"{image_where}: {misfit}")
-                sample["image"] = image
+                raise ShardError(
+                    f"{shard}: sample {key!r}: metadata does not match the format: {'; '.join(schema)}"
+                )
+            cls = decode_cls(f"{shard}: sample {key!r} ({key}.cls)", parts["cls"]) if n == 3 else None
+            header = png_header(f"{shard}: sample {key!r} ({key}.png)", png)
+            if header.width * header.height > max_pixels or not header.fast:
+                check_pixels(f"{shard}: sample {key!r} ({key}.png)", header.width, header.height, max_pixels)
+                slots.append(_general_sample(shard, key, parts, rules, max_pixels))
+                continue
+            misfit = rules.image_problem(header.height, header.width, header.channels, header.mode)
+            if misfit:
+                raise ShardError(f"{shard}: sample {key!r} ({key}.png): {misfit}")
+            where = f"{shard}: sample {key!r} ({key}.png)"
+            check_pixels(where, header.width, header.height, max_pixels)
+            raw = inflate_exact(where, header)
+            batches.setdefault((header.width, header.height, header.color), []).append(
+                (len(slots), where, header, raw)
+            )
+            slots.append({"__key__": key, "__shard__": shard, "image": None, "meta": meta, "cls": cls})
         except ShardError as exc:
             read.problems.append((f"{shard}:{key}", str(exc)))
             slots.append(None)
-            continue
-        slots.append(sample)
     for batch in batches.values():
         try:
             images = decode_png_batch([b[1] for b in batch], [b[2] for b in batch], [b[3] for b in batch])
@@ -405,8 +454,11 @@ def read_shard(
     if data is None:
         read.dropped = ref.count or 0
         return read
-    members, tar_error = read_members(data)
-    groups = _group(ref.location, data, members, max_member_bytes)
+    groups: list[tuple[str, Any]] | None = plain_groups(data, max_member_bytes)
+    tar_error = None
+    if groups is None:  # anything but the plain layout: parsed again, every rule applied and named
+        members, tar_error = read_members(data)
+        groups = _group(ref.location, data, members, max_member_bytes)
     cut, refused_at_break = 0, None
     if tar_error is not None and groups:
         # The tar broke inside the last sample or right after it; whether a member of it (its cls, say) is

@@ -220,48 +220,112 @@ def _split_member(
 Member = tuple[str, bytes, str, int, int]
 # A flat ``KEY.EXT`` name of a decoded extension: the common case, checked by one regex instead of the
 # rules of _split_member (which names what is wrong with any other name).
-_PLAIN_NAME = re.compile(r"([^/\\.\0]+)\.(png|json|cls|jpg|jpeg|webp)")
-_FIELD_CHECK = np.zeros(_BLOCK, dtype=np.int64)
-_FIELD_CHECK[148:156] = 1
-_OCTAL_SIZE = re.compile(rb" *([0-7]{1,11})[ \0]*")
+_PLAIN_NAME = re.compile(r"(?!.:)([^/\\.\0]+)\.(png|json|cls|jpg|jpeg|webp)")
+_OCTAL = np.frombuffer(b"01234567", dtype=np.uint8)
+_REGULAR_FLAGS = np.frombuffer(b"0\x007", dtype=np.uint8)
+_POW8 = 8 ** np.arange(5, -1, -1, dtype=np.int64)
+
+
+def _headers(data: bytes) -> tuple[list[int], list[int]] | None:
+    """Offsets and sizes of the members of a plain ustar/GNU archive, or None when any header needs the
+    full parser.
+
+    The loop only follows the sizes from header to header; every header field it relies on is then checked
+    for all headers at once in numpy: checksum (as tarfile computes it, unsigned), regular-file type, an
+    11-digit octal size ended by NUL, no ustar prefix, a name field ended by NUL. Anything unusual returns
+    None, never a guess, and the full parser takes the shard.
+    """
+    n = len(data)
+    if n % _BLOCK:
+        return None
+    offsets: list[int] = []
+    sizes: list[int] = []
+    pos = 0
+    try:
+        while True:
+            if pos + _BLOCK > n:
+                return None  # no end-of-archive block: the full parser names the truncation
+            if data[pos] == 0 and data[pos : pos + _BLOCK] == _END_BLOCK:
+                break
+            size = int(data[pos + 124 : pos + 135], 8)  # digits are checked below, for every header at once
+            offsets.append(pos)
+            sizes.append(size)
+            pos += _BLOCK + size + (-size % _BLOCK)
+    except ValueError:
+        return None
+    if pos > n:
+        return None
+    if not offsets:
+        return offsets, sizes
+    blocks = np.frombuffer(data, dtype=np.uint8).reshape(-1, _BLOCK)[np.asarray(offsets) // _BLOCK]
+    digits = blocks[:, 124:135]
+    chk = blocks[:, 148:154]
+    ok = (
+        np.isin(digits, _OCTAL).all()
+        and not blocks[:, 135].any()
+        and np.isin(blocks[:, 156], _REGULAR_FLAGS).all()
+        and not blocks[:, 345].any()
+        and not blocks[:, 99].any()  # names shorter than the field: NUL-terminated, no GNU long name
+        and np.isin(chk, _OCTAL).all()
+        and not blocks[:, 154].any()
+    )
+    if not ok:
+        return None
+    sums = blocks.sum(axis=1, dtype=np.int64) - blocks[:, 148:156].sum(axis=1, dtype=np.int64) + 8 * 32
+    if not np.array_equal(sums, (chk.astype(np.int64) - 48) @ _POW8):
+        return None  # tarfile also accepts signed sums; the full parser decides, and names a bad header
+    return offsets, sizes
 
 
 def _fast_members(data: bytes) -> list[Member] | None:
-    """The members of a plain ustar/GNU archive, or None when any header needs the full parser.
-
-    Checked here: every header's checksum (vectorised), regular-file type, an octal size, no ustar prefix,
-    and an end-of-archive block where the members end. Anything unusual returns None, never a guess.
-    """
+    found = _headers(data)
+    if found is None:
+        return None
     members: list[Member] = []
-    offsets: list[int] = []
-    pos, n = 0, len(data)
-    find = data.find
-    while True:
-        if pos + _BLOCK > n:
-            return None  # truncated: the full parser names it
-        if data[pos] == 0 and data[pos : pos + _BLOCK] == _END_BLOCK:
-            break
-        typeflag = data[pos + 156 : pos + 157]
-        if typeflag not in _REGULAR or data[pos + 345] != 0:
-            return None
-        match = _OCTAL_SIZE.fullmatch(data, pos + 124, pos + 136)
-        if match is None:
-            return None
-        size = int(match.group(1), 8)
-        end = find(b"\0", pos, pos + 100)
-        name = data[pos : end if end >= 0 else pos + 100].decode("utf-8", "surrogateescape")
-        offsets.append(pos)
-        members.append((name, typeflag, "", size, pos + _BLOCK))
-        pos += _BLOCK + size + (-size % _BLOCK)
-        if pos > n:
-            return None
-    if offsets:
-        blocks = np.frombuffer(data, dtype=np.uint8)[np.asarray(offsets)[:, None] + np.arange(_BLOCK)]
-        sums = blocks.sum(axis=1, dtype=np.int64) - (blocks * _FIELD_CHECK).sum(axis=1) + 8 * 32
-        stored = [_number(data[o + 148 : o + 156]) for o in offsets]
-        if not np.array_equal(sums, np.asarray(stored, dtype=np.int64)):
-            return None  # the full parser also accepts signed sums, and names the bad header
+    for pos, size in zip(*found, strict=True):
+        name = data[pos : pos + 100].partition(b"\0")[0].decode("utf-8", "surrogateescape")
+        members.append((name, data[pos + 156 : pos + 157], "", size, pos + _BLOCK))
     return members
+
+
+# (?!.:): a name like "C:x.png" reads as a drive letter on Windows; _split_member refuses it.
+_PLAIN_NAME_BYTES = re.compile(rb"(?!.:)([^/\\.\0]+)\.(png|json|cls|jpg|jpeg|webp)\0")
+
+
+def plain_groups(data: bytes, max_member_bytes: int) -> list[tuple[str, dict[str, bytes]]] | None:
+    """The samples of a plain archive as ``[(key, {ext: bytes})]`` in one pass, or None for anything else.
+
+    The common case, every member a regular ``KEY.EXT`` file of a decoded extension, each key's members
+    adjacent and each extension once per key, within the size limit, costs one regex match per member.
+    Whatever does not fit returns None: the general path (read_members, then the rules of split_member and
+    of the reader's grouping) then parses the shard again and names exactly what is wrong.
+    """
+    found = _headers(data)
+    if found is None:
+        return None
+    groups: list[tuple[str, dict[str, bytes]]] = []
+    seen: set[bytes] = set()
+    current: bytes | None = None
+    parts: dict[str, bytes] = {}
+    match = _PLAIN_NAME_BYTES.match
+    for pos, size in zip(*found, strict=True):
+        m = match(data, pos, pos + 100)
+        if m is None or size > max_member_bytes:
+            return None
+        key, ext = m.group(1, 2)
+        if key != current:
+            if key in seen:
+                return None
+            seen.add(key)
+            parts = {}
+            groups.append((key.decode("utf-8", "surrogateescape"), parts))
+            current = key
+        ext_name = ext.decode()
+        if ext_name in parts:
+            return None
+        start = pos + _BLOCK
+        parts[ext_name] = data[start : start + size]
+    return groups
 
 
 def _slow_members(data: bytes) -> list[Member]:
