@@ -142,7 +142,7 @@ def _cmd_shards_convert(args: argparse.Namespace, extra: list[str]) -> int:
         subset_seed=args.subset_seed,
     )
     name = args.name or default_name(data_cfg, args.split)
-    out = Path(args.out) if args.out else Path("shards") / name
+    out = args.out or str(Path("shards") / name)  # a URL stays text (Path would turn "s3://" into "s3:/")
     m = convert_source(
         data_cfg, args.split, out, name=name, maxcount=args.maxcount, progress=not args.no_progress
     )

@@ -51,6 +51,7 @@ from synthkit.shards import (
     read_manifest,
 )
 from synthkit.shards.format import shard_pattern, temp_name
+from synthkit.shards.output import SetOutput, open_output
 from synthkit.shards.writer import journal_name
 from synthkit.training.artifacts import load_final
 
@@ -171,6 +172,7 @@ def write_samples(
     previews: int = 0,
     progress: Callable[[int], None] | None = None,
     before_publish: Callable[[WriteResult], None] | None = None,
+    on_publish: Callable[[str], None] | None = None,
 ) -> WriteResult:
     """Make ``counts[kind]`` samples of each kind with ``producer``, score them, and write one shard set.
 
@@ -181,7 +183,12 @@ def write_samples(
     step = producer.export_info().get("generator_step")
     device = scorer.reference.device
     with ShardSetWriter(
-        out_dir, name, maxcount=maxcount, manifest_fields=manifest_fields, resume=resume
+        out_dir,
+        name,
+        maxcount=maxcount,
+        manifest_fields=manifest_fields,
+        resume=resume,
+        on_publish=on_publish,
     ) as w:
         done = res.resumed_from = w.resume_from
         _read_back(out_dir, w.completed_shards, name, seed, previews, res)
@@ -336,11 +343,44 @@ def generate(
         raise ExportError(f"--n must be >= 1, got {n}")
     if kind in ("pair", "all") and n % 2:
         raise ExportError(f"--n must be even for pairs (two samples per pair), got {n}")
-    out_dir = Path(out_dir)
     request = _request(art.hashes, n, seed, name, batch_size, maxcount, kind)
-    manifest = prepare_out_dir(out_dir, name, request)
+    output = open_output(out_dir)  # a URL is written through a local staging directory (shards/output.py)
+    try:
+        return _generate(art, output, request, n, seed, name, maxcount, batch_size, kind, progress)
+    except BaseException:
+        output.abandon()
+        raise
+    finally:
+        output.finish()
+
+
+def _generate(
+    art: Any,
+    output: SetOutput,
+    request: dict,
+    n: int,
+    seed: int,
+    name: str,
+    maxcount: int,
+    batch_size: int,
+    kind: str,
+    progress: bool,
+) -> ExportResult:
+    cfg, producer, run_dir = art.cfg, art.producer, art.run_dir
+    out_dir = output.local
+    if output.url is not None:
+        manifest = output.published_manifest()
+        if manifest is not None and manifest.get("request") != request:
+            raise ShardSetExistsError(
+                f"{output.url} already holds a different shard set ({manifest.get('name')!r}); choose "
+                "another --out or delete it"
+            )
+    else:
+        manifest = prepare_out_dir(out_dir, name, request)
     if manifest is not None:
-        return ExportResult(out_dir, manifest, np.array([]), np.array([]), reused=True)
+        return ExportResult(Path(output.where), manifest, np.array([]), np.array([]), reused=True)
+    if output.url is not None:
+        prepare_out_dir(out_dir, name, request)
 
     # 2. The scorer: the run's encoder and objective, and the one reference batch ---
     real = load_source(cfg.data, "train")
@@ -380,6 +420,7 @@ def generate(
     def preview(res: WriteResult) -> None:
         conds = np.array(res.conditions[:preview_n], dtype=np.int64)
         save_image_atomic(out_dir / PREVIEW, condition_grid(np.stack(res.previews), conds))
+        output.publish(PREVIEW)  # before the manifest: a published set always has its preview
 
     res = write_samples(
         out_dir,
@@ -394,8 +435,11 @@ def generate(
         previews=preview_n,
         progress=bar.update,
         before_publish=preview,
+        on_publish=output.publish,
     )
     bar.close()
     (out_dir / IN_PROGRESS).unlink(missing_ok=True)
     conds = np.array(res.conditions, dtype=np.int64)
-    return ExportResult(out_dir, res.manifest, np.array(res.hardness), conds, resumed_from=res.resumed_from)
+    return ExportResult(
+        Path(output.where), res.manifest, np.array(res.hardness), conds, resumed_from=res.resumed_from
+    )

@@ -80,7 +80,7 @@ def expand(location: str) -> list[str]:
     return list(braceexpand(location))
 
 
-def _fs_and_path(url: str) -> tuple[Any, str]:
+def fs_and_path(url: str) -> tuple[Any, str]:
     import fsspec  # imported here: local reads need none of it
 
     try:
@@ -140,7 +140,7 @@ def iter_blocks(location: str, limit: int, what: str = "refused") -> Iterator[by
         yield from _iter_pipe(location, limit, what)
         return
     if is_url(location):
-        fs, path = _fs_and_path(location)
+        fs, path = fs_and_path(location)
         # HTTP: one streaming GET (block_size=0), so servers without range requests work and nothing is
         # fetched twice; other stores read ahead in blocks.
         streaming = location.split(":", 1)[0].lower() in ("http", "https")
@@ -234,7 +234,7 @@ def list_names(location: str) -> list[str] | None:
     if is_pipe(location):
         return None
     try:
-        fs, path = _fs_and_path(location)
+        fs, path = fs_and_path(location)
         return sorted(basename(str(p)) for p in fs.ls(path, detail=False))
     except Exception:  # noqa: BLE001 - listing is best effort (plain HTTP servers need not offer it)
         return None

@@ -257,23 +257,8 @@ def _headers(data: bytes) -> tuple[list[int], list[int]] | None:
         return None
     if not offsets:
         return offsets, sizes
-    blocks = np.frombuffer(data, dtype=np.uint8).reshape(-1, _BLOCK)[np.asarray(offsets) // _BLOCK]
-    digits = blocks[:, 124:135]
-    chk = blocks[:, 148:154]
-    ok = (
-        np.isin(digits, _OCTAL).all()
-        and not blocks[:, 135].any()
-        and np.isin(blocks[:, 156], _REGULAR_FLAGS).all()
-        and not blocks[:, 345].any()
-        and not blocks[:, 99].any()  # names shorter than the field: NUL-terminated, no GNU long name
-        and np.isin(chk, _OCTAL).all()
-        and not blocks[:, 154].any()
-    )
-    if not ok:
+    if not _headers_ok(data, offsets):
         return None
-    sums = blocks.sum(axis=1, dtype=np.int64) - blocks[:, 148:156].sum(axis=1, dtype=np.int64) + 8 * 32
-    if not np.array_equal(sums, (chk.astype(np.int64) - 48) @ _POW8):
-        return None  # tarfile also accepts signed sums; the full parser decides, and names a bad header
     return offsets, sizes
 
 
@@ -296,36 +281,75 @@ def plain_groups(data: bytes, max_member_bytes: int) -> list[tuple[str, dict[str
     """The samples of a plain archive as ``[(key, {ext: bytes})]`` in one pass, or None for anything else.
 
     The common case, every member a regular ``KEY.EXT`` file of a decoded extension, each key's members
-    adjacent and each extension once per key, within the size limit, costs one regex match per member.
+    adjacent and each extension once per key, within the size limit, costs one regex match and one size
+    parse per member; the other header fields of all members are then checked at once (as in _headers).
     Whatever does not fit returns None: the general path (read_members, then the rules of split_member and
     of the reader's grouping) then parses the shard again and names exactly what is wrong.
     """
-    found = _headers(data)
-    if found is None:
+    n = len(data)
+    if n % _BLOCK:
         return None
     groups: list[tuple[str, dict[str, bytes]]] = []
+    offsets: list[int] = []
     seen: set[bytes] = set()
     current: bytes | None = None
     parts: dict[str, bytes] = {}
     match = _PLAIN_NAME_BYTES.match
-    for pos, size in zip(*found, strict=True):
-        m = match(data, pos, pos + 100)
-        if m is None or size > max_member_bytes:
-            return None
-        key, ext = m.group(1, 2)
-        if key != current:
-            if key in seen:
+    pos = 0
+    try:
+        while True:
+            if pos + _BLOCK > n:
                 return None
-            seen.add(key)
-            parts = {}
-            groups.append((key.decode("utf-8", "surrogateescape"), parts))
-            current = key
-        ext_name = ext.decode()
-        if ext_name in parts:
-            return None
-        start = pos + _BLOCK
-        parts[ext_name] = data[start : start + size]
+            m = match(data, pos, pos + 100)
+            if m is None:
+                if data[pos] == 0 and data[pos : pos + _BLOCK] == _END_BLOCK:
+                    break
+                return None
+            size = int(data[pos + 124 : pos + 135], 8)  # digits are checked below, for every header at once
+            if size > max_member_bytes:
+                return None
+            key, ext = m.group(1, 2)
+            if key != current:
+                if key in seen:
+                    return None
+                seen.add(key)
+                parts = {}
+                groups.append((key.decode("utf-8", "surrogateescape"), parts))
+                current = key
+            ext_name = _EXT_NAMES[ext]
+            if ext_name in parts:
+                return None
+            start = pos + _BLOCK
+            parts[ext_name] = data[start : start + size]
+            offsets.append(pos)
+            pos = start + size + (-size % _BLOCK)
+    except ValueError:
+        return None
+    if pos > n or (offsets and not _headers_ok(data, offsets)):
+        return None
     return groups
+
+
+_EXT_NAMES = {ext.encode(): ext for ext in DECODED_EXTENSIONS}
+
+
+def _headers_ok(data: bytes, offsets: list[int]) -> bool:
+    """Every header at ``offsets``: checksum, type, octal size, no prefix, NUL-ended name (see _headers)."""
+    blocks = np.frombuffer(data, dtype=np.uint8).reshape(-1, _BLOCK)[np.asarray(offsets) // _BLOCK]
+    chk = blocks[:, 148:154]
+    ok = (
+        np.isin(blocks[:, 124:135], _OCTAL).all()
+        and not blocks[:, 135].any()
+        and np.isin(blocks[:, 156], _REGULAR_FLAGS).all()
+        and not blocks[:, 345].any()
+        and not blocks[:, 99].any()
+        and np.isin(chk, _OCTAL).all()
+        and not blocks[:, 154].any()
+    )
+    if not ok:
+        return False
+    sums = blocks.sum(axis=1, dtype=np.int64) - blocks[:, 148:156].sum(axis=1, dtype=np.int64) + 8 * 32
+    return bool(np.array_equal(sums, (chk.astype(np.int64) - 48) @ _POW8))
 
 
 def _slow_members(data: bytes) -> list[Member]:

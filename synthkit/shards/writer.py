@@ -28,6 +28,7 @@ import os
 import re
 import tarfile
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -254,6 +255,9 @@ class ShardSetWriter:
         manifest_fields: provenance merged into the manifest (``config``, ``producer``, ``created_by``,
             ``seed``, ...); must be JSON-serialisable and may not use the reserved manifest keys.
         resume: continue an interrupted writer of the same set (see above) instead of refusing its shards.
+        on_publish: called with each file's name once it is complete in ``out_dir`` (every shard as it is
+            finished, then ``sizes.json``, then ``manifest.json`` last): how a remote output
+            (:mod:`synthkit.shards.output`) uploads the set as it is written.
     """
 
     def __init__(
@@ -264,6 +268,7 @@ class ShardSetWriter:
         maxcount: int = 1000,
         manifest_fields: dict[str, Any],
         resume: bool = False,
+        on_publish: Callable[[str], None] | None = None,
     ) -> None:
         if not isinstance(name, str) or not is_safe_name(name):
             raise ValueError(f"shard set name {name!r} must be letters, digits, '_', '-' or '.', not hidden")
@@ -295,6 +300,8 @@ class ShardSetWriter:
         self._failed = False
         self._manifest: dict[str, Any] | None = None
         self._journal = self.out_dir / journal_name(name)
+        self._on_publish = on_publish
+        self._published: set[str] = set()
         self._prepare_directory()
 
     @property
@@ -520,6 +527,7 @@ class ShardSetWriter:
         except OSError as exc:
             raise self._fail(exc, out.final) from exc
         self._shards.append(entry)
+        self._publish(entry["name"])
         self._file, self._tar, self._in_shard = None, None, 0
 
     def close(self) -> dict[str, Any]:
@@ -541,8 +549,12 @@ class ShardSetWriter:
         if shapes:  # readers hold a set to one image size unless it declares several
             manifest[IMAGE_SHAPE] = list(next(iter(shapes))) if len(shapes) == 1 else MIXED
         try:
+            for entry in self._shards:  # shards kept from an interrupted run were never handed on
+                self._publish(entry["name"])
             write_json_atomic(self.out_dir / SIZES, {s["name"]: s["count"] for s in self._shards}, indent=2)
+            self._publish(SIZES)
             write_json_atomic(self.out_dir / MANIFEST, manifest, indent=2)
+            self._publish(MANIFEST)  # last: a reader trusts the set from this moment on
         except OutputError as exc:
             self._failed = True
             raise ShardError(f"{exc}; the shard set was not published") from exc.__cause__
@@ -553,6 +565,15 @@ class ShardSetWriter:
                 self._journal.unlink(missing_ok=True)
                 fsync_dir(self.out_dir)
         return manifest
+
+    def _publish(self, name: str) -> None:
+        if self._on_publish is not None and name not in self._published:
+            try:
+                self._on_publish(name)
+            except ShardError:
+                self._failed = True
+                raise
+            self._published.add(name)
 
     def _kept_shapes(self) -> set[tuple[int, int, int]]:
         """Image shapes of the shards kept from an interrupted run (from their PNG headers), so that a
