@@ -32,6 +32,12 @@ stops. The same seed, epoch, rank, world and number of workers give the same seq
 ``set_epoch`` changes it. DataLoader workers are copies of the dataset: call ``set_epoch`` before iterating
 the loader, and do not use ``persistent_workers=True`` (persistent workers keep the epoch they started with).
 
+Checks. Every shard goes through the safe reader's checks (:func:`synthkit.shards.reader.read_shard`):
+hash before any sample is given out, structure, counts, images, metadata. Keys are checked unique across
+everything one slot reads in one pass: with one slot (one process, no workers) that is the whole set; with
+several, each slot sees only its shards, so a key repeated in two shards read by different slots is not
+seen here (``synthkit shards verify`` and every single-pass reader refuse it).
+
 Example:
     >>> sources = [parse_mix_spec("real=shards/fmnist-real:0.7"), parse_mix_spec("syn=shards/hard:0.3")]
     >>> stream = MixedShardStream(sources, seed=0, epoch_samples=60_000,  # doctest: +SKIP
@@ -75,6 +81,8 @@ _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_\-]*")
 _ORDER_STREAM = 1
 # Source choices are drawn in blocks: one call per sample is slow, one call per epoch can be large.
 _CHOICE_BLOCK = 4096
+# How often a worker repeats its refusal (more than any batch size): see MixedShardStream.__iter__.
+_ERROR_REPEATS = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -247,7 +255,11 @@ class MixedShardStream(IterableDataset):
                     sample["__skipped__"], self._pending = self._pending, []
                 yield sample
         except ShardError as exc:
-            yield WorkerError(str(exc), self._pending)
+            error = WorkerError(str(exc), self._pending)
+            # Repeated, so that it fills a whole batch: a DataLoader with drop_last=True would drop a short
+            # batch holding it, and the refusal with it. The main process stops at the first one.
+            for _ in range(_ERROR_REPEATS):
+                yield error
 
     def _iter(self) -> Iterator[Any]:
         info = get_worker_info()

@@ -239,3 +239,21 @@ def test_refusals_in_dataloader_workers_are_one_line_shard_errors(corpus, name):
         got = _bounded(lambda: keys("skip", box))
     assert len(got) == 12
     assert any(case.shard in where for where in box[0].skipped), box[0].skipped
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("name", "workers"), [("png-bit-flipped", 0), ("total-10^12", 0), ("meta-1e999", 0), ("meta-1e999", 2)]
+)
+def test_train_data_refuses_in_one_line(corpus, tiny_pipeline, tmp_path, capsys, name, workers):
+    """``synthkit train --data NAME=SET:W`` on a hostile set: exit 2 and one line naming the shard."""
+    from synthkit.cli import main
+
+    root, cases = corpus
+    args = ["train", str(tiny_pipeline), "--out", str(tmp_path / "run"), "--no-progress"]
+    args += ["--data", f"h={root / name}:1", "--hsg.enabled=false", "--train.knn_every=0"]
+    args += ["--mix.epoch_samples=6", "--train.batch_size=2", f"--mix.num_workers={workers}"]
+    code = _bounded(lambda: main(args))
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert "\n" not in err and cases[name].shard in err, err
