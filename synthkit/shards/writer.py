@@ -54,6 +54,7 @@ from synthkit.shards.format import (
     temp_name,
     validate_meta,
 )
+from synthkit.shards.location import is_url
 from synthkit.shards.manifest import sha256_file
 
 # Fixed so that PNG bytes (and hence shard hashes) depend only on the pixels.
@@ -270,6 +271,11 @@ class ShardSetWriter:
         resume: bool = False,
         on_publish: Callable[[str], None] | None = None,
     ) -> None:
+        if isinstance(out_dir, str) and is_url(out_dir):  # Path would make "s3://b/x" a local "s3:/b/x"
+            raise ValueError(
+                f"{out_dir} is a URL: write through synthkit.shards.output.open_output (a staging directory "
+                "whose files are uploaded as they complete), not into the URL as a local path"
+            )
         if not isinstance(name, str) or not is_safe_name(name):
             raise ValueError(f"shard set name {name!r} must be letters, digits, '_', '-' or '.', not hidden")
         if isinstance(maxcount, bool) or not isinstance(maxcount, int) or maxcount < 1:

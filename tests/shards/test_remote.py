@@ -226,3 +226,12 @@ def test_train_streams_real_and_synthetic_shards_from_s3(s3, trained_run, tiny_p
     )
     assert code == 0, capsys.readouterr().err
     assert (run / "final" / "encoder.safetensors").exists()
+
+
+def test_writer_refuses_a_url_as_a_local_directory(tmp_path, monkeypatch):
+    from synthkit.shards import ShardSetWriter
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match="is a URL"):
+        ShardSetWriter("s3://bucket/set", "hard", manifest_fields={})
+    assert not (tmp_path / "s3:").exists()  # no local directory named after the mangled URL
