@@ -132,14 +132,15 @@ def _valid_text(text: str) -> bool:
     return True
 
 
-def validate_meta(meta: dict) -> list[str]:
+def validate_meta(meta: dict, *, parsed: bool = False) -> list[str]:
     """Return the schema problems of one sample's json metadata (empty list: valid).
 
     The schema: ``kind`` (one of KINDS) and ``producer`` (a non-empty string) are required; the fields of
     ``KIND_FIELDS[kind]`` have the JSON types listed there or are null; ``condition_source`` is one of
     CONDITION_SOURCES; every number anywhere is finite and every string is valid Unicode. Problems are
     returned instead of raised so that the writer can refuse a sample with every problem at once and the
-    verifier can report them without stopping.
+    verifier can report them without stopping. ``parsed``: the dict came from :func:`loads_strict`, which
+    already refused lone surrogates, so strings need no second look.
 
     Example:
         >>> validate_meta({"kind": "hard", "producer": "hsg", "hardness": 0.7})
@@ -149,7 +150,7 @@ def validate_meta(meta: dict) -> list[str]:
         return [f"metadata must be a JSON object (dict), got {type(meta).__name__}"]
     kind, producer = meta.get("kind"), meta.get("producer")
     layout = (tuple(meta), tuple(map(type, meta.values())))
-    if layout in _VALID_LAYOUTS and _values_ok(meta, kind, producer):
+    if layout in _VALID_LAYOUTS and _values_ok(meta, kind, producer, parsed):
         return []  # keys and types checked before for this layout; the values are checked just now
     problems: list[str] = []
     if "kind" not in meta:
@@ -175,10 +176,12 @@ _SOURCE_OR_NONE = frozenset((*CONDITION_SOURCES, None))
 _SCALARS = frozenset((int, float, str, type(None)))
 
 
-def _values_ok(meta: dict, kind: Any, producer: Any) -> bool:
+def _values_ok(meta: dict, kind: Any, producer: Any, parsed: bool) -> bool:
     """The value checks of a remembered layout: choices, non-empty producer, finite floats, valid text."""
     if kind not in KINDS or not producer or meta.get("condition_source") not in _SOURCE_OR_NONE:
         return False
+    if parsed:  # loads_strict refused non-finite numbers and lone surrogates already
+        return True
     for value in meta.values():
         if type(value) is float:
             if not math.isfinite(value):

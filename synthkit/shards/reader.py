@@ -383,7 +383,7 @@ def _decode_groups(read: ShardRead, groups: list[tuple[str, Any]], rules: SetRul
                     f"{shard}: sample {key!r} ({key}.json): JSON metadata must be an object, "
                     f"got {type(meta).__name__}"
                 )
-            schema = validate_meta(meta)
+            schema = validate_meta(meta, parsed=True)
             if schema:
                 raise ShardError(
                     f"{shard}: sample {key!r}: metadata does not match the format: {'; '.join(schema)}"
