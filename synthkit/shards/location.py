@@ -36,6 +36,8 @@ _URL = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://")
 PIPE = "pipe:"
 # Read in blocks of this size; a shard is hashed block by block as it arrives.
 READ_BLOCK = 1 << 20
+# Seconds an HTTP connection or read may stall before the read fails (a ShardError, not a hang).
+NETWORK_TIMEOUT_S = 60
 
 
 def is_url(location: str) -> bool:
@@ -81,10 +83,20 @@ def expand(location: str) -> list[str]:
 
 
 def fs_and_path(url: str) -> tuple[Any, str]:
+    """The fsspec filesystem and path of ``url``; HTTP reads get a timeout so a stalled server cannot hang
+    a reader (S3 clients have botocore's own: 60 s per read)."""
     import fsspec  # imported here: local reads need none of it
 
+    options: dict[str, Any] = {}
+    if url.split(":", 1)[0].lower() in ("http", "https"):
+        import aiohttp
+
+        timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=NETWORK_TIMEOUT_S, sock_read=NETWORK_TIMEOUT_S
+        )
+        options["client_kwargs"] = {"timeout": timeout}
     try:
-        fs, path = fsspec.core.url_to_fs(url)
+        fs, path = fsspec.core.url_to_fs(url, **options)
     except (ImportError, ValueError) as exc:  # an unknown protocol or its package not installed
         raise ShardError(f"{url}: cannot read this URL: {exc}") from exc
     return fs, path

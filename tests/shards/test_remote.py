@@ -235,3 +235,32 @@ def test_writer_refuses_a_url_as_a_local_directory(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="is a URL"):
         ShardSetWriter("s3://bucket/set", "hard", manifest_fields={})
     assert not (tmp_path / "s3:").exists()  # no local directory named after the mangled URL
+
+
+def test_a_stalled_server_is_an_error_not_a_hang(monkeypatch):
+    """A server that accepts and never answers: the read fails after the network timeout."""
+    import socket
+
+    import synthkit.shards.location as location
+
+    monkeypatch.setattr(location, "NETWORK_TIMEOUT_S", 1)
+    listener = socket.create_server(("127.0.0.1", 0))
+    accepted: list[socket.socket] = []
+    thread = threading.Thread(target=lambda: accepted.append(listener.accept()[0]), daemon=True)
+    thread.start()
+    box: dict[str, BaseException] = {}
+
+    def read() -> None:
+        try:
+            list(iter_samples(f"http://127.0.0.1:{listener.getsockname()[1]}/set"))
+        except BaseException as exc:  # noqa: BLE001 - carried to the test thread
+            box["error"] = exc
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(30)
+    for conn in accepted:
+        conn.close()
+    listener.close()
+    assert not reader.is_alive(), "hung on a stalled server"
+    assert isinstance(box.get("error"), ShardError) and "\n" not in str(box["error"]), box
