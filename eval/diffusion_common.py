@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from synthkit.producers.diffusion_pool import DiffusionProducer, Scorer
-from synthkit.training.diffusion_joint import DIFFUSION_DIR, diffusion_meta_path, reference_batch
-
 from synthkit.data.sources import load_source
 from synthkit.data.views import Views
 from synthkit.generators.diffusion import load_diffusion
+from synthkit.producers.diffusion_pool import DiffusionProducer, Scorer
 from synthkit.training.artifacts import FinalArtifacts, load_final
+from synthkit.training.diffusion_joint import DIFFUSION_DIR, diffusion_meta_path, reference_batch
 
 
 def load_run(run: Path, seed: int = 0) -> tuple[FinalArtifacts, DiffusionProducer, Scorer]:
