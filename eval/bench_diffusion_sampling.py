@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from diffusion_common import load_run
 
-from synthkit.producers.diffusion_sampling import ddim_pairs, ddim_sample
+from synthkit.producers.diffusion_sampling import Guidance, ddim_pairs, ddim_sample
 
 
 def _time(fn, repeats: int) -> float:
@@ -41,14 +41,14 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     args = p.parse_args()
     art, producer, scorer = load_run(args.run)
-    d = art.cfg.diffusion
+    d = art.cfg.generator
     steps = args.steps or d.ddim_steps
     b = args.batch_size
     g = torch.Generator().manual_seed(0)
     labels = producer.draw_conditions(b, g)
     kw = {"steps": steps, "eta": d.ddim_eta, "n": b}
     u, sc = producer.unet, producer.scheduler_config
-    guidance = scorer.guidance(d.guidance_scale, d.guidance_schedule)
+    guidance = Guidance(scorer, d.guidance_scale, d.guidance_schedule)
     with torch.no_grad():
         plain = _time(
             lambda: ddim_sample(u, sc, labels, generator=torch.Generator().manual_seed(1), **kw), args.repeats

@@ -2,27 +2,23 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from synthkit.data.sources import load_source
 from synthkit.data.views import Views
-from synthkit.generators.diffusion import load_diffusion
-from synthkit.producers.diffusion_pool import DiffusionProducer, Scorer
-from synthkit.training.artifacts import FinalArtifacts, load_final
-from synthkit.training.diffusion_joint import DIFFUSION_DIR, diffusion_meta_path, reference_batch
+from synthkit.objectives.scoring import Scorer, reference_batch
+from synthkit.producers.diffusion import DiffusionProducer
+from synthkit.training.artifacts import RunArtifacts, load_final
 
 
-def load_run(run: Path, seed: int = 0) -> tuple[FinalArtifacts, DiffusionProducer, Scorer]:
-    """The run's final encoder (fixed, eval mode), its EMA UNet, a scorer with a seeded reference batch."""
+def load_run(run: Path, seed: int = 0) -> tuple[RunArtifacts, DiffusionProducer, Scorer]:
+    """The run's final encoder (eval mode), its EMA UNet (verified), a scorer with a seeded reference."""
     art = load_final(run)
+    producer = art.producer
+    if not isinstance(producer, DiffusionProducer):
+        raise SystemExit(f"{run} is not a diffusion run (its producer is {art.producer_kind})")
     cfg = art.cfg
-    meta = json.loads(diffusion_meta_path(run).read_text())
-    unet, scheduler = load_diffusion(run / DIFFUSION_DIR)
-    producer = DiffusionProducer(
-        unet, dict(scheduler.config), art.conditions, cfg.diffusion, meta["train_steps"]
-    )
     real = load_source(cfg.data, "train")
     views = Views(cfg.views, real.images.shape[1], real.images.shape[-1])
-    scorer = Scorer(art.encoder, views, reference_batch(cfg, real.images, seed), cfg.objective.temperature)
-    return art, producer, scorer
+    reference = reference_batch(real.images, cfg.train.batch_size, seed)
+    return art, producer, Scorer(art.encoder, views, art.objective, reference)

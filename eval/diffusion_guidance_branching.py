@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from diffusion_common import load_run
 
-from synthkit.producers.diffusion_sampling import ddim_pairs, ddim_sample, pair_similarity
+from synthkit.producers.diffusion_sampling import Guidance, ddim_pairs, ddim_sample
 
 
 def _floats(text: str) -> list[float]:
@@ -39,7 +39,7 @@ def main() -> None:
     p.add_argument("--out", type=Path, help="writes OUT.json and OUT.png")
     args = p.parse_args()
     art, producer, scorer = load_run(args.run)
-    d = art.cfg.diffusion
+    d = art.cfg.generator
     chunks = [(s, min(args.batch_size, args.n - s)) for s in range(0, args.n, args.batch_size)]
 
     def labels_for(start: int, m: int) -> tuple[torch.Generator, torch.Tensor | None]:
@@ -52,7 +52,7 @@ def main() -> None:
         out = []
         for start, m in chunks:
             g, labels = labels_for(start, m)
-            guidance = scorer.guidance(scale, d.guidance_schedule) if scale > 0 else None
+            guidance = Guidance(scorer, scale, d.guidance_schedule) if scale > 0 else None
             x = ddim_sample(
                 producer.unet, producer.scheduler_config, labels, generator=g, steps=d.ddim_steps,
                 eta=d.ddim_eta, n=m, guidance=guidance,
@@ -80,7 +80,7 @@ def main() -> None:
                     producer.unet, producer.scheduler_config, labels, t_split=t_split, generator=g,
                     steps=d.ddim_steps, eta=d.ddim_eta, mode=mode, branch_eta=d.branch_eta, n=m,
                 )  # fmt: skip
-                sims.append(pair_similarity(scorer.encoder, a, b))
+                sims.append(scorer.pair_similarity(a, b))
                 l1.append((a - b).abs().flatten(1).mean(1))
             s, px = torch.cat(sims), torch.cat(l1)
             branch_rows.append(

@@ -23,6 +23,7 @@ import sys
 from pathlib import Path
 
 from synthkit import __version__
+from synthkit.atomic import check_output_dir, check_output_file
 from synthkit.config import dump_yaml, load_pipeline
 from synthkit.errors import ConfigError, SynthkitError
 from synthkit.registry import EXTRACTORS, SOURCES
@@ -88,7 +89,7 @@ def _cmd_eval(args: argparse.Namespace, extra: list[str]) -> int:
     from synthkit.evaluate import evaluate
 
     _no_extra(extra)
-    res = evaluate(args.run, args.data, root=args.root, full_train=args.full_train)
+    res = evaluate(args.run, args.data, root=args.root, full_train=args.full_train, device=args.device)
     if args.json:
         print(json.dumps(res, indent=2))
     else:
@@ -127,6 +128,7 @@ def _cmd_shards_convert(args: argparse.Namespace, extra: list[str]) -> int:
     from synthkit.config import DataConfig
     from synthkit.shards.convert import convert_source, default_name
     from synthkit.shards.format import is_safe_name
+    from synthkit.shards.location import is_url
 
     _no_extra(extra)
     if args.maxcount < 1:
@@ -143,6 +145,8 @@ def _cmd_shards_convert(args: argparse.Namespace, extra: list[str]) -> int:
     )
     name = args.name or default_name(data_cfg, args.split)
     out = args.out or str(Path("shards") / name)  # a URL stays text (Path would turn "s3://" into "s3:/")
+    if not is_url(out):
+        out = check_output_dir(out)
     m = convert_source(
         data_cfg, args.split, out, name=name, maxcount=args.maxcount, progress=not args.no_progress
     )
@@ -159,6 +163,8 @@ def _cmd_shards_inspect(args: argparse.Namespace, extra: list[str]) -> int:
     _no_extra(extra)
     if args.per_row < 1:
         raise ConfigError(f"--per-row must be >= 1, got {args.per_row}")
+    if args.grid is not None:
+        check_output_file(args.grid, "--grid")
     summary = inspect_shard_set(args.dir, grid=args.grid, per_row=args.per_row)
     print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
     return 0
@@ -215,6 +221,9 @@ def _cmd_audit_train_extractor(args: argparse.Namespace, extra: list[str]) -> in
 
     _no_extra(extra)
     data = DataConfig(name=args.data, root=args.root, size=args.size, subset=args.subset)
+    if args.epochs < 1:
+        raise ConfigError(f"--epochs must be >= 1 (0 would save an untrained classifier), got {args.epochs}")
+    check_output_dir(args.out)
     meta = train_classifier(data, args.out, epochs=args.epochs, seed=args.seed, progress=not args.no_progress)
     print(
         f"trained a {meta['num_classes']}-class classifier on {meta['train_images']} {args.data} images: "
@@ -275,6 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument(
         "--full-train", action="store_true", help="fit on the whole train split, not the run's subset"
     )
+    e.add_argument("--device", help="where features are extracted and probes fitted (default: cuda if any)")
     e.add_argument("--json", action="store_true", help="print the result as JSON")
     e.set_defaults(fn=_cmd_eval)
 
@@ -373,7 +383,8 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except Exception as e:  # noqa: BLE001 - turn known user errors into one clear line
         if _is_user_error(e):
-            print(f"synthkit {args.command}: error: {e}", file=sys.stderr)
+            message = " ".join(str(e).split())  # one line, whatever the message held
+            print(f"synthkit {args.command}: error: {message}", file=sys.stderr)
             return EXIT_USAGE
         raise
 

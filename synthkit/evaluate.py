@@ -25,8 +25,16 @@ def evaluate(
     root: str | None = None,
     full_train: bool = False,
     seed: int = 0,
+    device: str | None = None,
 ) -> dict[str, Any]:
-    """kNN and linear-probe test accuracy of the run's frozen encoder on ``data`` (default: the run's)."""
+    """kNN and linear-probe test accuracy of the run's frozen encoder on ``data`` (default: the run's).
+
+    ``device``: where features are extracted and the probes fitted (``cuda``, ``cpu``, ...); by default the
+    accelerator when there is one.
+    """
+    import torch
+
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     t0 = time.perf_counter()
     art = load_final(run_dir)
     cfg = art.cfg
@@ -42,8 +50,9 @@ def evaluate(
     train, test = load_source(data_cfg, "train"), load_source(data_cfg, "test")
     if train.labels is None or test.labels is None:
         raise DataSourceError(f"data set {data_cfg.name!r} has no labels: kNN and linear probe need them")
-    f_train = extract_features(art.encoder, train.images)
-    f_test = extract_features(art.encoder, test.images)
+    art.encoder.to(dev)
+    f_train = extract_features(art.encoder, train.images, device=dev).to(dev)
+    f_test = extract_features(art.encoder, test.images, device=dev).to(dev)
     ev = cfg.eval
     knn = knn_accuracy(f_train, train.labels, f_test, test.labels, k=ev.knn_k, temperature=ev.knn_temperature)
     linear = linear_probe_accuracy(
@@ -67,5 +76,6 @@ def evaluate(
         "knn_temperature": ev.knn_temperature,
         "encoder_hash": art.meta["hashes"]["encoder"],
         "hsg": cfg.hsg.enabled,
+        "device": str(dev),
         "seconds": round(time.perf_counter() - t0, 2),
     }

@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +36,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from synthkit.atomic import save_image_atomic, write_json_atomic
+from synthkit.atomic import check_output_dir, save_image_atomic, write_json_atomic
 from synthkit.config import to_dict
 from synthkit.data.sources import load_source
 from synthkit.data.views import Views
@@ -51,6 +52,7 @@ from synthkit.shards import (
     read_manifest,
 )
 from synthkit.shards.format import shard_pattern, temp_name
+from synthkit.shards.location import is_url
 from synthkit.shards.output import SetOutput, open_output
 from synthkit.shards.writer import journal_name
 from synthkit.training.artifacts import load_final
@@ -232,6 +234,37 @@ def write_samples(
     return res
 
 
+def training_images(cfg: Any, n: int) -> torch.Tensor:
+    """Real training images (uint8) to draw a reference batch of ``n`` from: the in-memory source, or a
+    bounded sample of the run's shard sets when it trained on a stream (``mix.sources``)."""
+    if not cfg.mix.sources:
+        return load_source(cfg.data, "train").images
+    from synthkit.data.batches import REFERENCE_EPOCH, MixBatches, sample_images
+
+    stream = MixBatches(cfg.mix, min(n, 64), 0, 1, cfg.train.seed)
+    return sample_images(stream, 4 * n, REFERENCE_EPOCH)
+
+
+def _check_disk(out_dir: Path, total: int, art: Any) -> None:
+    """Refuse up front a set that cannot fit on the disk, from what the request declares: ``total`` samples
+    of the run's image size (a PNG is at most about its raw size, plus the tar member headers and JSON)."""
+    import shutil
+
+    data = art.cfg.data
+    channels = art.encoder.in_channels
+    per_sample = channels * data.size * data.size + 3 * 512 + 1024
+    need = total * per_sample
+    existing = out_dir
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    free = shutil.disk_usage(existing).free
+    if need > free:
+        raise ExportError(
+            f"--n asks for {total} samples, up to {need / 2**30:.3g} GiB of shards, but {out_dir} has "
+            f"{free / 2**30:.3g} GiB free"
+        )
+
+
 def _request(
     hashes: dict[str, str], n: int, seed: int, name: str, batch_size: int, maxcount: int, kind: str
 ) -> dict:
@@ -337,12 +370,18 @@ def generate(
     n = cfg.export.n if n is None else n
     seed = cfg.export.seed if seed is None else seed
     name = name or cfg.export.name
-    maxcount = maxcount or cfg.export.maxcount
-    batch_size = batch_size or cfg.export.batch_size
-    if n < 1:
-        raise ExportError(f"--n must be >= 1, got {n}")
+    maxcount = cfg.export.maxcount if maxcount is None else maxcount
+    batch_size = cfg.export.batch_size if batch_size is None else batch_size
+    for flag, value in (("--n", n), ("--maxcount", maxcount), ("--batch-size", batch_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ExportError(f"{flag} must be a positive integer, got {value!r}")
     if kind in ("pair", "all") and n % 2:
         raise ExportError(f"--n must be even for pairs (two samples per pair), got {n}")
+    if is_url(str(out_dir)):  # written through a staging directory under the system temp directory
+        _check_disk(Path(tempfile.gettempdir()), n * (2 if kind == "all" else 1), art)
+    else:
+        out_dir = check_output_dir(out_dir, create=False)
+        _check_disk(out_dir, n * (2 if kind == "all" else 1), art)
     request = _request(art.hashes, n, seed, name, batch_size, maxcount, kind)
     output = open_output(out_dir)  # a URL is written through a local staging directory (shards/output.py)
     try:
@@ -383,13 +422,13 @@ def _generate(
         prepare_out_dir(out_dir, name, request)
 
     # 2. The scorer: the run's encoder and objective, and the one reference batch ---
-    real = load_source(cfg.data, "train")
-    channels, size = real.images.shape[1], real.images.shape[-1]
+    real = training_images(cfg, cfg.train.batch_size)
+    channels, size = real.shape[1], real.shape[-1]
     scorer = Scorer(
         art.encoder,
         Views(cfg.views, channels, size),
         art.objective,
-        reference_batch(real.images, cfg.train.batch_size, seed),
+        reference_batch(real, cfg.train.batch_size, seed),
     )
     counts = {k: n for k in ("hard", "pair") if kind in (k, "all")}
     names = {"hard": "hsg", "pair": "hpg", "all": "hsg+hpg"}

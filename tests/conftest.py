@@ -9,6 +9,7 @@ import pytest
 from synthkit.config import PipelineConfig, load_pipeline
 
 TINY_PIPELINE = Path(__file__).resolve().parents[1] / "pipelines" / "tiny.yaml"
+TINY_DIFFUSION = Path(__file__).resolve().parents[1] / "pipelines" / "tiny-diffusion.yaml"
 
 
 def tiny_config(*extra: str) -> PipelineConfig:
@@ -58,6 +59,26 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     run = tmp_path_factory.mktemp("runs") / "tiny"
     train(tiny_config(), run, progress=False)
+    return run
+
+
+@pytest.fixture(scope="session")
+def pair_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One tiny HSG+HPG cGAN run shared by the tests that only read it."""
+    from synthkit.training.loop import train
+
+    run = tmp_path_factory.mktemp("runs") / "hsg_hpg"
+    train(tiny_config("--hpg.enabled=true", "--hpg.warmup_epochs=1"), run, progress=False)
+    return run
+
+
+@pytest.fixture(scope="session")
+def diffusion_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One tiny diffusion run (guided hard samples, branched pairs) shared by the tests that only read it."""
+    from synthkit.training.loop import train
+
+    run = tmp_path_factory.mktemp("runs") / "tiny-diffusion"
+    train(load_pipeline(TINY_DIFFUSION), run, progress=False)
     return run
 
 

@@ -13,6 +13,11 @@ from collections.abc import Iterator
 import torch
 
 from synthkit.config import MixConfig
+from synthkit.errors import ConfigError, ShardError
+
+# epoch ids of the bounded samples drawn from streamed real data, far from any training epoch
+FIT_EPOCH = 3_000_000
+REFERENCE_EPOCH = 4_000_000
 
 
 class EpochBatches:
@@ -61,13 +66,16 @@ class MixBatches:
         from synthkit.shards.manifest import read_manifest
         from synthkit.shards.mix import MixedShardStream, parse_mix_spec
 
-        sources = [parse_mix_spec(spec) for spec in mix.sources]
+        try:
+            sources = [parse_mix_spec(spec) for spec in mix.sources]
+        except ValueError as e:  # a malformed NAME=DIR:WEIGHT or a missing directory
+            raise ConfigError(f"--data / mix.sources: {e}") from e
         first = next(iter(iter_samples(sources[0].path)), None)
         if first is None:
-            raise ValueError(f"mix source {sources[0].name!r} ({sources[0].path}) holds no samples")
+            raise ShardError(f"mix source {sources[0].name!r} ({sources[0].path}) holds no samples")
         h, w, c = first["image"].shape
         if h != w:
-            raise ValueError(f"mix source {sources[0].name!r}: images must be square, got {h}x{w}")
+            raise ShardError(f"mix source {sources[0].name!r}: images must be square, got {h}x{w}")
         self.size, self.channels = h, c
         total = sum((read_manifest(s.path) or {}).get("total", 0) for s in sources)
         self.stream = MixedShardStream(
@@ -100,8 +108,24 @@ class MixBatches:
         )
         for _, (images, metas) in zip(range(len(self)), iter_batches(loader, self.stream), strict=False):
             if images.shape[1:] != (self.channels, self.size, self.size):
-                raise ValueError(
+                raise ShardError(
                     f"mix: a batch of {len(metas)} images has shape {tuple(images.shape[1:])}, but the first "
                     f"source's are {(self.channels, self.size, self.size)}; all sets in a mix must match"
                 )
             yield [f"{m['__source__']}/{m['__key__']}" for m in metas], images
+
+
+def sample_images(batches: MemoryBatches | MixBatches, n: int, epoch: int) -> torch.Tensor:
+    """Up to ``n`` real images (uint8) from this process's batches of a given ``epoch`` id: a bounded sample
+    of streamed data, drawn the same way on every run with the same seed (k-means fits, reference batches).
+    ``epoch`` ids far from the training epochs keep it apart from what a training epoch reads."""
+    out: list[torch.Tensor] = []
+    have = 0
+    for _, images in batches.epoch(epoch):
+        out.append(images[: n - have])
+        have += len(out[-1])
+        if have >= n:
+            break
+    if not out:
+        raise ShardError("the real data stream gave no images to sample")
+    return torch.cat(out)

@@ -29,6 +29,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from torch import nn
 
+from synthkit.errors import RunError
+
 if TYPE_CHECKING:
     from accelerate import Accelerator
 
@@ -62,6 +64,12 @@ class TrainContext:
     encoder: Callable[[], nn.Module]
     log: Callable[[dict[str, Any]], None]
     progress: bool = True
+
+    def real_in_memory(self, who: str) -> ImageSet:
+        """The in-memory real training images a producer trains on; a RunError when there are none."""
+        if self.real is None:
+            raise RunError(f"{who} train(s) on the in-memory real data (data.*), not on a mix of shard sets")
+        return self.real
 
 
 @dataclass
@@ -152,6 +160,10 @@ class Producer:
     def summary(self) -> dict[str, Any]:
         """Extra figures for ``summary.json``."""
         return {}
+
+    def describe(self) -> dict[str, Any]:
+        """What this producer is, for ``run.json``: its kind and the identity of any model it starts from."""
+        return {"kind": self.kind}
 
     # ------------------------------------------------------------------ export
     @classmethod

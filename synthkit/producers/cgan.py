@@ -26,9 +26,11 @@ import torch
 from torch import nn
 
 from synthkit.config import CGanConfig, PipelineConfig, to_dict
+from synthkit.data.batches import FIT_EPOCH, sample_images
 from synthkit.data.views import to_float
+from synthkit.encoders.model import eval_features
 from synthkit.errors import CheckpointError, RunError
-from synthkit.generators.cgan import Generator, build_cgan
+from synthkit.generators.cgan import build_cgan
 from synthkit.producers.base import (
     Chunk,
     Contribution,
@@ -39,7 +41,14 @@ from synthkit.producers.base import (
     chunk_generator,
     interleave,
 )
-from synthkit.producers.conditions import Conditions, num_conditions, refresh_conditions
+from synthkit.producers.conditions import (
+    Conditions,
+    load_conditions,
+    num_conditions,
+    refresh_conditions,
+    refresh_stream_conditions,
+    save_conditions,
+)
 from synthkit.producers.hard_samples import (
     HardSampleProducer,
     adversarial_loss,
@@ -71,8 +80,10 @@ PRETRAIN_EPOCH_BASE = 1_000_000
 STATE_JSON = "producer_state.json"
 
 
-def _generator_meta(gen: Generator) -> dict[str, int]:
-    return {"z_dim": gen.z_dim, "channels": gen.channels, "size": gen.size, "num_classes": gen.num_classes}
+def _weights_hash(path: str | None) -> str | None:
+    from synthkit.provenance import state_dict_hash
+
+    return None if path is None else state_dict_hash(load_state_dict(Path(path)))
 
 
 class CGanProducer(Producer):
@@ -85,7 +96,9 @@ class CGanProducer(Producer):
     kind: ClassVar[str] = "cgan"
     Config: ClassVar[type] = CGanConfig
 
-    def __init__(self, cfg: PipelineConfig, channels: int, size: int, num_classes: int) -> None:
+    def __init__(
+        self, cfg: PipelineConfig, channels: int, size: int, num_classes: int, *, load_weights: bool = True
+    ) -> None:
         gen_cfg = cfg.generator
         assert isinstance(gen_cfg, CGanConfig)
         self.cfg, self.gen_cfg = cfg, gen_cfg
@@ -93,10 +106,12 @@ class CGanProducer(Producer):
         self.hsg: HardSampleProducer | None = None
         self.pairs: PairProducer | None = None
         if cfg.hsg.enabled:
-            self.hsg = HardSampleProducer(gen_cfg, cfg.hsg, channels, size, num_classes)
+            self.hsg = HardSampleProducer(
+                gen_cfg, cfg.hsg, channels, size, num_classes, load_weights=load_weights
+            )
             self.discriminator: nn.Module = self.hsg.discriminator
         if cfg.hpg.enabled:
-            g_a, d_own = build_cgan(gen_cfg, channels, size, num_classes)
+            g_a, d_own = build_cgan(gen_cfg, channels, size, num_classes, load_weights=load_weights)
             self.pairs = PairProducer(gen_cfg, cfg.hpg, g_a)
             if self.hsg is None:  # one D judges every generator
                 self.discriminator = d_own
@@ -105,14 +120,15 @@ class CGanProducer(Producer):
         self.export_kinds = tuple(k for k, on in (("hard", self.hsg), ("pair", self.pairs)) if on is not None)
         self.ctx: TrainContext | None = None
         self.init: _GanInit | None = None
+        self.weights_hash = _weights_hash(gen_cfg.weights) if load_weights else None
 
     # ------------------------------------------------------------------ training
     @classmethod
     def for_training(cls, cfg: PipelineConfig, ctx: TrainContext) -> CGanProducer:
-        real = ctx.real
-        if real is None:
-            raise RunError("the cGAN producers train on in-memory real data (data.*)")
-        n_cond = num_conditions(cfg.conditions, len(real.classes) if real.classes else None)
+        real = ctx.real  # None: real data streamed from shard sets (mix.sources)
+        n_cond = num_conditions(
+            cfg.conditions, len(real.classes) if real is not None and real.classes else None
+        )
         init = None
         if cfg.generator.init_run:  # type: ignore[attr-defined]
             with torch.random.fork_rng(devices=[]):  # loading builds models: keep this run's initial weights
@@ -168,7 +184,18 @@ class CGanProducer(Producer):
 
     def _refresh(self, epoch: int) -> None:
         ctx = self.ctx
-        assert ctx is not None and ctx.real is not None
+        assert ctx is not None
+        if ctx.real is None:  # streamed: k-means on a bounded sample, batches assigned by their features
+            self.conditions = refresh_stream_conditions(
+                self.cfg.conditions,
+                ctx.accelerator,
+                ctx.encoder(),
+                lambda: sample_images(ctx.batches, self.cfg.conditions.fit_samples, FIT_EPOCH + epoch),
+                self.conditions,
+                seed=self.cfg.train.seed + epoch,
+                num_classes=self.num_classes,
+            )
+            return
         self.conditions = refresh_conditions(
             self.cfg.conditions,
             ctx.accelerator,
@@ -191,9 +218,14 @@ class CGanProducer(Producer):
         if due and self.refreshed_at != epoch:
             self._refresh(epoch)
 
-    def _c(self, index: Any) -> torch.Tensor | None:
+    def _c(self, index: Any, images: torch.Tensor) -> torch.Tensor | None:
+        """The real batch's conditions: looked up (in-memory data) or assigned by its features (streamed)."""
         assert self.conditions is not None and self.ctx is not None
-        return self.conditions.labels[index].to(self.ctx.accelerator.device) if self.num_classes else None
+        if not self.num_classes:
+            return None
+        if self.conditions.centroids is None:
+            return self.conditions.labels[index].to(self.ctx.accelerator.device)
+        return self.conditions.assign(eval_features(self.ctx.encoder(), images))
 
     def _draw(self, n: int) -> torch.Tensor | None:
         assert self.conditions is not None and self.ctx is not None
@@ -223,7 +255,7 @@ class CGanProducer(Producer):
         while done < steps:
             for idx, images in ctx.batches.epoch(PRETRAIN_EPOCH_BASE + pass_):
                 x_real = to_float(images).to(device)
-                c_real, c_fake = self._c(idx), self._draw(b_fake)
+                c_real, c_fake = self._c(idx, x_real), self._draw(b_fake)
                 with acc.autocast():
                     fake = gen(torch.randn(b_fake, self.gen_cfg.z_dim, device=device), c_fake)
                     loss_d = discriminator_loss(self.d_ddp, self.gen_cfg, x_real, c_real, fake, c_fake)
@@ -253,7 +285,7 @@ class CGanProducer(Producer):
         assert ctx is not None
         device, cfg = ctx.accelerator.device, self.cfg
         x_real = batch.images
-        c_real = self._c(batch.index)
+        c_real = self._c(batch.index, batch.images)
         c_fake = self._draw(self.b_syn) if self.hsg is not None else None
         pair_c = self._draw(self.b_pair) if self.pairs is not None else None
         target = 1.0
@@ -376,7 +408,7 @@ class CGanProducer(Producer):
         for name, module in self._emas().items():
             save_state_dict(module, directory / f"producer_{name}.safetensors")
         if self.conditions is not None:
-            save_state_dict({"labels": self.conditions.labels}, directory / "producer_conditions.safetensors")
+            save_conditions(self.conditions, directory / "producer_conditions.safetensors")
         meta = {
             "generator_steps": self.generator_steps,
             "hpg_adaptive": self.adaptive.value,
@@ -399,8 +431,7 @@ class CGanProducer(Producer):
             path = directory / f"producer_{name}.safetensors"
             load_into(module, load_state_dict(path), str(path))
         if c is not None:
-            labels = load_state_dict(directory / "producer_conditions.safetensors")["labels"]
-            self.conditions = Conditions(labels, int(c["num_classes"]), str(c["source"]))
+            self.conditions = load_conditions(directory / "producer_conditions.safetensors", c)
 
     def fingerprint_modules(self) -> dict[str, nn.Module]:
         out: dict[str, nn.Module] = {}
@@ -417,16 +448,16 @@ class CGanProducer(Producer):
             hashes["generator_ema"] = save_state_dict(
                 self.hsg.ema_generator, directory / "generator_ema.safetensors"
             )
-            record["generator"] = _generator_meta(self.hsg.generator)
+            record["generator"] = self._meta()
         if self.pairs is not None:
             for side, ema in (("a", self.pairs.ema_a), ("b", self.pairs.ema_b)):
                 hashes[f"generator_{side}_ema"] = save_state_dict(
                     ema.module, directory / f"generator_{side}_ema.safetensors"
                 )
-            record["pair_generator"] = _generator_meta(self.pairs.generator_a)
+            record["pair_generator"] = self._meta()
         hashes["discriminator"] = save_state_dict(self.discriminator, directory / "discriminator.safetensors")
         if self.conditions is not None:
-            save_state_dict({"labels": self.conditions.labels}, directory / "conditions.safetensors")
+            save_conditions(self.conditions, directory / "conditions.safetensors")
             record["conditions"] = {
                 "num_classes": self.conditions.num_classes,
                 "source": self.conditions.source,
@@ -434,6 +465,22 @@ class CGanProducer(Producer):
         record["generator_steps"] = self.generator_steps
         record["hashes"] = hashes
         return record
+
+    def _meta(self) -> dict[str, Any]:
+        meta: dict[str, Any] = {
+            "z_dim": self.gen_cfg.z_dim,
+            "channels": self.channels,
+            "size": self.size,
+            "num_classes": self.num_classes,
+        }
+        if self.gen_cfg.builder is not None:  # the user's generator: where it comes from
+            meta.update(
+                builder=self.gen_cfg.builder, weights=self.gen_cfg.weights, weights_hash=self.weights_hash
+            )
+        return meta
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": self.kind, **self._meta()}
 
     def summary(self) -> dict[str, Any]:
         init = self.init
@@ -445,7 +492,9 @@ class CGanProducer(Producer):
         meta = record.get("generator") or record.get("pair_generator")
         if not isinstance(meta, dict):
             raise CheckpointError(f"{directory}: the cGAN record names no generator")
-        self = cls(cfg, int(meta["channels"]), int(meta["size"]), int(meta["num_classes"]))
+        self = cls(
+            cfg, int(meta["channels"]), int(meta["size"]), int(meta["num_classes"]), load_weights=False
+        )
         hashes = record.get("hashes", {})
 
         def load(module: nn.Module, stem: str) -> None:
@@ -462,9 +511,9 @@ class CGanProducer(Producer):
             load(self.discriminator, "discriminator")
         c = record.get("conditions")
         if c is not None:
-            labels = load_state_dict(directory / "conditions.safetensors")["labels"]
-            self.conditions = Conditions(labels, int(c["num_classes"]), str(c["source"]))
+            self.conditions = load_conditions(directory / "conditions.safetensors", c)
         self.generator_steps = int(record.get("generator_steps", 0))
+        self.weights_hash = meta.get("weights_hash")
         for module in self._trainable():
             module.eval().requires_grad_(False)
         return self
@@ -502,18 +551,24 @@ class CGanProducer(Producer):
 
     def export_info(self) -> dict[str, Any]:
         cond = self.conditions
-        return {"generator_step": self.generator_steps, "condition_source": cond.source if cond else "none"}
+        info: dict[str, Any] = {
+            "generator_step": self.generator_steps,
+            "condition_source": cond.source if cond else "none",
+        }
+        if self.gen_cfg.builder is not None:
+            info["generator"] = self._meta()
+        return info
 
     def sampler(self, seed: int) -> Callable[[int, torch.device], torch.Tensor]:
         """The EMA generator (G_a for a pairs-only run), conditions drawn from the run's frequencies."""
         gen = self.hsg.generator if self.hsg is not None else self.pairs.generator_a  # type: ignore[union-attr]
-        cond = self.conditions
+        cond, z_dim = self.conditions, self.gen_cfg.z_dim
 
         @torch.no_grad()
         def sample(n: int, device: torch.device) -> torch.Tensor:
             gen.to(device)
             c = cond.sample(n).to(device) if cond is not None and cond.num_classes else None
-            return gen(torch.randn(n, gen.z_dim, device=device), c)
+            return gen(torch.randn(n, z_dim, device=device), c)
 
         return sample
 
@@ -561,7 +616,7 @@ class _GanInit:
             k: v for k, v in to_dict(cfg.data).items() if k != "root"
         }
         cond = producer.conditions
-        if not same or (cond is not None and len(cond.labels) != len(real)):
+        if not same or (cond is not None and real is not None and len(cond.labels) != len(real)):
             raise RunError(
                 f"generator.init_run={run} was trained on other real data ({to_dict(src.data)}); a GAN "
                 f"started from it must train on the same images ({to_dict(cfg.data)})"

@@ -23,6 +23,7 @@ Exports sample with DDIM at the end-of-training settings (the full guidance scal
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 from collections.abc import Callable
@@ -32,21 +33,24 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from diffusers import DDPMScheduler, UNet2DModel
 from diffusers.training_utils import EMAModel
 from torch import nn
 from tqdm.auto import tqdm
 
 from synthkit.config import DiffusionConfig, PipelineConfig, to_dict
-from synthkit.data.batches import EpochBatches
+from synthkit.data.batches import FIT_EPOCH, REFERENCE_EPOCH, MemoryBatches, MixBatches, sample_images
 from synthkit.data.views import to_float
-from synthkit.errors import CheckpointError, RunError
+from synthkit.encoders.model import eval_features
+from synthkit.errors import CheckpointError, ModelError, RunError
 from synthkit.generators.diffusion import (
     SCHEDULER_DIR,
     UNET_DIR,
     build_scheduler,
     build_unet,
     diffusion_loss,
+    load_pretrained,
     save_diffusion,
     to_model_range,
 )
@@ -60,7 +64,14 @@ from synthkit.producers.base import (
     chunk_generator,
     interleave,
 )
-from synthkit.producers.conditions import Conditions, num_conditions, refresh_conditions
+from synthkit.producers.conditions import (
+    Conditions,
+    load_conditions,
+    num_conditions,
+    refresh_conditions,
+    refresh_stream_conditions,
+    save_conditions,
+)
 from synthkit.producers.diffusion_sampling import (
     Guidance,
     ddim_pairs,
@@ -83,6 +94,8 @@ HPG_PRODUCER = "hpg-diffusion"
 DIFFUSION_DIR = "diffusion"
 POOLS_DIR = "pools"
 STATE_JSON = "producer_state.json"
+#: unguided samples the naive baseline draws from (made once: a diffusion model cannot sample every step)
+NAIVE_POOL = 1024
 
 
 @dataclass
@@ -113,6 +126,58 @@ def read_pool(directory: str | Path) -> Pool:
         return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
 
     return Pool(stack(hard), stack([a[i] for i in ids]), stack([b[i] for i in ids]))
+
+
+def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Bilinear resize (antialiased when shrinking) of N x C x H x W images in [0, 1]."""
+    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True).clamp(
+        0, 1
+    )
+
+
+def _load_pretrained(
+    cfg: PipelineConfig, channels: int, size: int, n_cond: int
+) -> tuple[UNet2DModel, dict[str, Any]]:
+    """``generator.pretrained``, loaded (safetensors only, never downloaded) and checked against the data."""
+    d = cfg.generator
+    assert isinstance(d, DiffusionConfig) and d.pretrained is not None
+    found = load_pretrained(d.pretrained, default_scheduler=d)
+    unet, where = found.unet, f"generator.pretrained={d.pretrained}"
+    c_in, c_out, s = unet.config.in_channels, unet.config.out_channels, unet.config.sample_size
+    if c_in != channels or c_out != channels:
+        raise ModelError(
+            f"{where} makes {c_out}-channel images from {c_in}-channel inputs, the data have {channels} "
+            "channels (data.channels)"
+        )
+    if s != size and not d.resize:
+        raise ModelError(
+            f"{where} makes {s} px images but data.size is {size}; set --data.size={s}, or "
+            "--generator.resize=true to resize its samples (recorded in every output)"
+        )
+    if unet.config.class_embed_type is not None:
+        raise ModelError(
+            f"{where} uses class_embed_type={unet.config.class_embed_type!r}; synthkit conditions through "
+            "num_class_embeds only"
+        )
+    k = int(unet.config.num_class_embeds or 0)
+    if d.train_steps and k and k != n_cond:
+        raise ModelError(
+            f"{where} has {k} classes; fine-tuning it (generator.train_steps={d.train_steps}) re-learns them "
+            f"as this run's {n_cond} conditions: set conditions.k={k} (or generator.train_steps=0 to sample "
+            "its own classes)"
+        )
+    info = {
+        "path": str(Path(d.pretrained).resolve()),
+        "layout": found.layout,
+        "scheduler": found.scheduler_source,
+        "hash": state_dict_hash(cpu_state(unet)),
+        "size": int(s),
+        "resized_to": size if s != size else None,
+        "fine_tune_steps": d.train_steps,
+        "num_classes": k,
+        "scheduler_config": found.scheduler_config,
+    }
+    return unet, info
 
 
 class DiffusionProducer(Producer):
@@ -150,17 +215,41 @@ class DiffusionProducer(Producer):
     # ------------------------------------------------------------------ training
     @classmethod
     def for_training(cls, cfg: PipelineConfig, ctx: TrainContext) -> DiffusionProducer:
-        real = ctx.real
-        if real is None:
-            raise RunError("the diffusion producer trains its UNet on in-memory real data (data.*)")
-        n_cond = num_conditions(cfg.conditions, len(real.classes) if real.classes else None)
-        self = cls(cfg, ctx.channels, ctx.size, n_cond)
+        real = ctx.real  # None: real data streamed from shard sets (mix.sources)
+        d = cfg.generator
+        assert isinstance(d, DiffusionConfig)
+        n_cond = num_conditions(
+            cfg.conditions, len(real.classes) if real is not None and real.classes else None
+        )
+        pretrained = _load_pretrained(cfg, ctx.channels, ctx.size, n_cond) if d.pretrained else None
+        if pretrained is not None:
+            unet, info = pretrained
+            n_cond = int(unet.config.num_class_embeds or 0)
+            self = cls(
+                cfg,
+                ctx.channels,
+                ctx.size,
+                n_cond,
+                unet=copy.deepcopy(unet),
+                scheduler_config=info.pop("scheduler_config"),
+            )
+            self.pretrained = info
+            # the trainable UNet starts from the pretrained weights; none is needed without stage-1 steps
+            self.model = unet if d.train_steps else None
+        else:
+            self = cls(cfg, ctx.channels, ctx.size, n_cond)
+            # the trainable UNet starts from the same weights on every process (the loop seeded them)
+            self.model = build_unet(d, ctx.channels, ctx.size, n_cond)
         self.ctx = ctx
-        d = self.d
-        # the trainable UNet starts from the same weights on every process (the loop seeded them)
-        self.model = build_unet(d, ctx.channels, ctx.size, n_cond)
-        self.ema = EMAModel(
-            self.model.parameters(), decay=d.ema_decay, model_cls=UNet2DModel, model_config=self.model.config
+        self.ema = (
+            EMAModel(
+                self.model.parameters(),
+                decay=d.ema_decay,
+                model_cls=UNet2DModel,
+                model_config=self.model.config,
+            )
+            if self.model is not None
+            else None
         )
         warmups = [
             w
@@ -182,10 +271,12 @@ class DiffusionProducer(Producer):
         return self
 
     def prepare(self, accelerator: Accelerator) -> None:
+        self.unet.to(accelerator.device)
+        if self.model is None:
+            return
         opt = torch.optim.AdamW(self.model.parameters(), lr=self.d.lr, weight_decay=0.0)
         self.model_ddp, self.opt = accelerator.prepare(self.model, opt)
         self.ema.to(accelerator.device)
-        self.unet.to(accelerator.device)
 
     def start(self, resumed: bool) -> None:
         # pools of epochs after the checkpoint (or all, on a fresh start) are made again; they are
@@ -210,35 +301,47 @@ class DiffusionProducer(Producer):
             self._stage1()
 
     def _stage1(self) -> None:
-        """Conditions from the warmed-up encoder, then the UNet on the real images (every process)."""
+        """Conditions from the warmed-up encoder, then the UNet on the real images (every process); a
+        pretrained model without training steps samples with its own class ids, uniformly."""
         ctx = self.ctx
-        assert ctx is not None and ctx.real is not None
+        assert ctx is not None
         acc, d, cfg = ctx.accelerator, self.d, self.cfg
-        self.conditions = refresh_conditions(
-            cfg.conditions,
-            acc,
-            ctx.encoder(),
-            ctx.real,
-            None,
-            seed=cfg.train.seed + self.warm,
-            num_classes=self.num_classes,
-        )
+        if self.model is None:
+            k = self.num_classes
+            self.conditions = Conditions(torch.arange(k), k, "model") if k else None
+            self.stage1_done = True
+            return
         world, rank = acc.num_processes, acc.process_index
         if d.batch_size % world:
             raise RunError(f"generator.batch_size={d.batch_size} is not divisible by {world} processes")
-        batches = EpochBatches(len(ctx.real), d.batch_size // world, rank, world, seed=cfg.train.seed + 17)
+        batches: MemoryBatches | MixBatches
+        if ctx.real is not None:
+            self.conditions = refresh_conditions(
+                cfg.conditions, acc, ctx.encoder(), ctx.real, None, seed=cfg.train.seed + self.warm,
+                num_classes=self.num_classes,
+            )  # fmt: skip
+            batches = MemoryBatches(
+                ctx.real.images, d.batch_size // world, rank, world, seed=cfg.train.seed + 17
+            )
+        else:  # streamed: k-means on a bounded sample; the UNet reads the stream in batches of its own size
+            self.conditions = refresh_stream_conditions(
+                cfg.conditions, acc, ctx.encoder(),
+                lambda: sample_images(ctx.batches, cfg.conditions.fit_samples, FIT_EPOCH + self.warm),
+                None, seed=cfg.train.seed + self.warm, num_classes=self.num_classes,
+            )  # fmt: skip
+            batches = MixBatches(cfg.mix, d.batch_size // world, rank, world, seed=cfg.train.seed + 17)
         if len(batches) == 0:
             raise RunError(f"the real data hold fewer images than one diffusion batch of {d.batch_size}")
         scheduler = DDPMScheduler.from_config(self.scheduler_config)
         g = torch.Generator(device=acc.device).manual_seed(cfg.train.seed * 1009 + 7919 * (rank + 1))
-        labels = self.conditions.labels
         step, epoch, last = 0, 0, float("nan")
         bar = tqdm(total=d.train_steps, desc="diffusion", disable=not (ctx.progress and acc.is_main_process))
         self.model_ddp.train()
         while step < d.train_steps:
-            for idx in batches.epoch(epoch):
-                c = labels[idx].to(acc.device) if self.num_classes else None
-                x0 = to_model_range(to_float(ctx.real.images[idx]).to(acc.device))
+            for idx, images in batches.epoch(epoch):
+                x = to_float(images).to(acc.device)
+                c = self._batch_conditions(idx, x)
+                x0 = to_model_range(self._to_model_size(x))
                 with acc.autocast():
                     loss = diffusion_loss(self.model_ddp, scheduler, x0, c, generator=g)
                 self.opt.zero_grad(set_to_none=True)
@@ -268,7 +371,7 @@ class DiffusionProducer(Producer):
         from synthkit.objectives.scoring import Scorer, reference_batch
 
         ctx = self.ctx
-        assert ctx is not None and ctx.real is not None
+        assert ctx is not None
         acc, cfg, d = ctx.accelerator, self.cfg, self.d
         progress = (epoch - self.warm) / max(1, cfg.train.epochs - 1 - self.warm)
         self.guidance_scale = guidance_scale_at(d, hsg_lambda(cfg.hsg, epoch + 1)) if cfg.hsg.enabled else 0.0
@@ -276,7 +379,12 @@ class DiffusionProducer(Producer):
         pool_dir = ctx.run_dir / POOLS_DIR / f"epoch-{epoch:04d}"
         if acc.is_main_process:
             encoder = ctx.encoder()
-            reference = reference_batch(ctx.real.images, cfg.train.batch_size, cfg.train.seed).to(acc.device)
+            real = (
+                ctx.real.images
+                if ctx.real is not None
+                else sample_images(ctx.batches, 4 * cfg.train.batch_size, REFERENCE_EPOCH)
+            )
+            reference = reference_batch(real, cfg.train.batch_size, cfg.train.seed).to(acc.device)
             scorer = Scorer(encoder, ctx.views, ctx.objective, reference)
             res = write_samples(
                 pool_dir,
@@ -330,7 +438,7 @@ class DiffusionProducer(Producer):
     def save_state(self, directory: Path) -> None:
         save_state_dict(self.unet, directory / "producer_unet_ema.safetensors")
         if self.conditions is not None:
-            save_state_dict({"labels": self.conditions.labels}, directory / "producer_conditions.safetensors")
+            save_conditions(self.conditions, directory / "producer_conditions.safetensors")
         run_dir = self.ctx.run_dir if self.ctx is not None else directory
         meta = {
             "stage1_done": self.stage1_done,
@@ -360,20 +468,65 @@ class DiffusionProducer(Producer):
         weights = directory / "producer_unet_ema.safetensors"
         load_into(self.unet, load_state_dict(weights), str(weights))
         if c is not None:
-            labels = load_state_dict(directory / "producer_conditions.safetensors")["labels"]
-            self.conditions = Conditions(labels, int(c["num_classes"]), str(c["source"]))
+            self.conditions = load_conditions(directory / "producer_conditions.safetensors", c)
         if pool_dir is not None:
             if not isinstance(pool_dir, str) or ".." in Path(pool_dir).parts or Path(pool_dir).is_absolute():
                 raise CheckpointError(f"{path}: pool_dir {pool_dir!r} is not a pool of this run")
             self.pool_dir = self.ctx.run_dir / pool_dir
             self.pool = read_pool(self.pool_dir)
 
+    def _batch_conditions(self, index: Any, x: torch.Tensor) -> torch.Tensor | None:
+        """A real batch's conditions: looked up (in-memory data) or assigned by its features (streamed)."""
+        cond = self.conditions
+        if not self.num_classes or cond is None:
+            return None
+        if cond.centroids is None:
+            return cond.labels[index].to(x.device)
+        assert self.ctx is not None
+        return cond.assign(eval_features(self.ctx.encoder(), x))
+
     def fingerprint_modules(self) -> dict[str, nn.Module]:
-        return {"unet": self.model}
+        return {"unet": self.model if self.model is not None else self.unet}
+
+    @property
+    def model_size(self) -> int:
+        return int(self.unet.config.sample_size)
+
+    def _to_model_size(self, x: torch.Tensor) -> torch.Tensor:
+        """Real images (data.size) at the model's size, for fine-tuning a model of another size."""
+        return x if self.model_size == x.shape[-1] else _resize(x, self.model_size)
+
+    def _to_data_size(self, x: torch.Tensor) -> torch.Tensor:
+        """Samples (the model's size) at data.size; differentiable, so guidance can look through it."""
+        return x if x.shape[-1] == self.size else _resize(x, self.size)
+
+    def describe(self) -> dict[str, Any]:
+        info: dict[str, Any] = {"kind": self.kind}
+        if getattr(self, "pretrained", None):
+            info["pretrained"] = self.pretrained
+        return info
+
+    def _class_meaning(self) -> dict[str, Any]:
+        cond = self.conditions
+        if not self.num_classes:
+            return {"num_classes": 0, "meaning": "unconditional"}
+        source = cond.source if cond is not None else "model"
+        meaning = {
+            "kmeans": f"k-means pseudo-classes of the run's encoder features (k={self.num_classes}); sample "
+            "them with the frequencies in final/conditions.safetensors",
+            "labels": "the data set's true labels (conditions.mode=labels)",
+            "model": "the pretrained model's own classes (synthkit samples them uniformly)",
+        }.get(source, source)
+        return {"num_classes": self.num_classes, "source": source, "meaning": meaning}
 
     def publish(self, directory: Path) -> dict[str, Any]:
         unet = self.unet.to("cpu")
-        save_diffusion(unet, DDPMScheduler.from_config(self.scheduler_config), directory / DIFFUSION_DIR)
+        meta = {"class_ids": self._class_meaning(), "data": {"size": self.size, "channels": self.channels}}
+        if getattr(self, "pretrained", None):
+            meta["pretrained"] = self.pretrained
+        save_diffusion(
+            unet, DDPMScheduler.from_config(self.scheduler_config), directory / DIFFUSION_DIR, meta
+        )
         record: dict[str, Any] = {
             "kind": self.kind,
             "hashes": {"unet_ema": state_dict_hash(cpu_state(unet))},
@@ -381,9 +534,10 @@ class DiffusionProducer(Producer):
             "num_classes": self.num_classes,
             "condition_source": self.conditions.source if self.conditions else "none",
             "pools": self.pools,
+            **({"pretrained": self.pretrained} if getattr(self, "pretrained", None) else {}),
         }
         if self.conditions is not None:
-            save_state_dict({"labels": self.conditions.labels}, directory / "conditions.safetensors")
+            save_conditions(self.conditions, directory / "conditions.safetensors")
             record["conditions"] = {
                 "num_classes": self.conditions.num_classes,
                 "source": self.conditions.source,
@@ -400,30 +554,39 @@ class DiffusionProducer(Producer):
         if not (root / UNET_DIR / "config.json").is_file():
             raise CheckpointError(f"{directory} holds no diffusers UNet ({root / UNET_DIR} is missing)")
         try:
-            unet = UNet2DModel.from_pretrained(root / UNET_DIR, use_safetensors=True)
+            unet = UNet2DModel.from_pretrained(root / UNET_DIR, use_safetensors=True, local_files_only=True)
             scheduler = DDPMScheduler.from_pretrained(root / SCHEDULER_DIR)
         except (OSError, ValueError, RuntimeError) as e:
             raise CheckpointError(f"cannot load the UNet in {root}: {type(e).__name__}: {e}") from e
         expected = record.get("hashes", {}).get("unet_ema")
-        found = state_dict_hash(cpu_state(unet))
+        state = cpu_state(unet)
+        if not all(bool(torch.isfinite(v).all()) for v in state.values() if v.is_floating_point()):
+            raise CheckpointError(f"{root / UNET_DIR} holds non-finite weights: a diverged UNet is refused")
+        found = state_dict_hash(state)
         if found != expected:
             raise CheckpointError(
                 f"{root / UNET_DIR} does not hold the UNet this run recorded (content hash {found[:12]}, "
                 f"recorded {str(expected)[:12]}); it was replaced or damaged"
             )
-        c, s = unet.config.in_channels, unet.config.sample_size
+        # the producer makes images of the run's data size (a resized pretrained model: its samples resized)
         self = cls(
-            cfg, c, s, int(record.get("num_classes") or 0), unet=unet, scheduler_config=dict(scheduler.config)
+            cfg,
+            int(unet.config.in_channels),
+            cfg.data.size,
+            int(record.get("num_classes") or 0),
+            unet=unet,
+            scheduler_config=dict(scheduler.config),
         )
+        if record.get("pretrained"):
+            self.pretrained = record["pretrained"]
         cond = record.get("conditions")
         if cond is not None:
-            labels = load_state_dict(directory / "conditions.safetensors")["labels"]
-            self.conditions = Conditions(labels, int(cond["num_classes"]), str(cond["source"]))
+            self.conditions = load_conditions(directory / "conditions.safetensors", cond)
         self.trained_steps = int(record.get("train_steps", 0))
         self.pools = list(record.get("pools", []))
         return self
 
-    def _labels(self, k: int, g: torch.Generator) -> torch.Tensor | None:
+    def draw_conditions(self, k: int, g: torch.Generator) -> torch.Tensor | None:
         cond = self.conditions
         return cond.sample(k, generator=g) if cond is not None and cond.num_classes else None
 
@@ -434,7 +597,7 @@ class DiffusionProducer(Producer):
         d, device = self.d, next(self.unet.parameters()).device
         k = count if kind == "hard" else count // 2
         g = chunk_generator(seed, kind, start, device=device)
-        labels = self._labels(k, g)
+        labels = self.draw_conditions(k, g)
         cond = self.conditions
         base = {
             "condition_source": cond.source if cond else "none",
@@ -442,7 +605,7 @@ class DiffusionProducer(Producer):
         }
         if kind == "hard":
             guidance = (
-                Guidance(scorer, self.guidance_scale, d.guidance_schedule)
+                Guidance(scorer, self.guidance_scale, d.guidance_schedule, prepare=self._to_data_size)
                 if self.guidance_scale > 0
                 else None
             )
@@ -490,7 +653,7 @@ class DiffusionProducer(Producer):
                 }
                 for j in range(count)
             ]
-        return Samples(images.float().cpu(), meta)
+        return Samples(self._to_data_size(images).float().cpu(), meta)
 
     def export_info(self) -> dict[str, Any]:
         d, cond = self.d, self.conditions
@@ -501,11 +664,12 @@ class DiffusionProducer(Producer):
             "guidance_scale": self.guidance_scale,
             "t_split": self.t_split,
             "branch_mode": d.branch_mode,
+            **({"pretrained": self.pretrained} if getattr(self, "pretrained", None) else {}),
         }
 
     def sampler(self, seed: int) -> Callable[[int, torch.device], torch.Tensor]:
-        """Unguided samples for the naive baseline: a pool of ``generator.pool_size`` images made once
-        (seeded), from which every step draws with the global generator."""
+        """Unguided samples for the naive baseline: a pool of NAIVE_POOL images made once (seeded), from
+        which every step draws with the global generator."""
         pool: list[torch.Tensor] = []
 
         @torch.no_grad()
@@ -513,11 +677,11 @@ class DiffusionProducer(Producer):
             if not pool:
                 self.unet.to(device)
                 g = chunk_generator(seed, "naive", 0, device=device)
-                m = self.d.pool_size
+                m = NAIVE_POOL
                 images = ddim_sample(
                     self.unet,
                     self.scheduler_config,
-                    self._labels(m, g),
+                    self.draw_conditions(m, g),
                     generator=g,
                     steps=self.d.ddim_steps,
                     eta=self.d.ddim_eta,

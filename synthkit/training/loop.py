@@ -28,7 +28,7 @@ from synthkit.config import PipelineConfig
 from synthkit.data.batches import MemoryBatches, MixBatches
 from synthkit.data.sources import ImageSet, load_source
 from synthkit.data.views import Views, to_float
-from synthkit.encoders.model import Encoder
+from synthkit.encoders.model import Encoder, load_encoder_weights
 from synthkit.errors import RunError
 from synthkit.objectives.base import build_objective
 from synthkit.producers.base import Producer, StepInput, TrainContext
@@ -85,6 +85,11 @@ def train(
     # 2. Models: identical initial weights on every process ---
     set_seed(cfg.train.seed)
     encoder = Encoder(cfg.encoder, channels)
+    encoder_info: dict[str, Any] = {"backbone": cfg.encoder.backbone}
+    if cfg.encoder.weights is not None:  # a pretrained start, recorded by its content hash
+        encoder_info.update(
+            weights=cfg.encoder.weights, weights_hash=load_encoder_weights(encoder, cfg.encoder.weights)
+        )
     if cfg.train.channels_last:
         encoder = encoder.to(memory_format=torch.channels_last)
     views = Views(cfg.views, channels, size)
@@ -120,7 +125,8 @@ def train(
             "channels": channels,
             "size": size,
         },
-        producer.kind if producer is not None else None,
+        producer.describe() if producer is not None else None,
+        encoder_info,
     )
 
     # 3. Resume (the checkpoint was verified before anything was written), then the producer's start ---
@@ -150,9 +156,10 @@ def train(
             batch = StepInput(x_real, idx, epoch, epoch + i / steps_per_epoch)
             contribution = producer.contribute(batch) if producer is not None else None
             rec = step(x_real, contribution)
+            state.step = run.step = state.step + 1
+            run.check_finite(rec, state)
             if producer is not None:
                 producer.after_step(rec)
-            state.step = run.step = state.step + 1
             if cfg.train.record_indices:
                 if isinstance(idx, list):  # streamed from shards: sample keys, gathered as objects
                     state.seen_keys.append(gather_object([idx]))
@@ -181,7 +188,11 @@ def train(
             shown = {k: round(v, 4) for k, v in epoch_rec.items() if isinstance(v, float)}
             tqdm.write(f"epoch {state.epoch}/{cfg.train.epochs} {shown}")
         if state.epoch % cfg.train.checkpoint_every == 0 or last:
-            run.save_checkpoint(state, objective, producer)
+            watched = [
+                encoder_ddp,
+                *(producer.fingerprint_modules().values() if producer is not None else []),
+            ]
+            run.save_checkpoint(state, objective, producer, watched)
 
     # 6. Publish the final weights and a summary ---
     if producer is not None:

@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 import torch.nn.functional as F
 import webdataset as wds
@@ -15,15 +14,6 @@ from PIL import Image
 
 from synthkit.cli import main
 from synthkit.training.artifacts import load_final
-from synthkit.training.loop import train
-from tests.conftest import tiny_config
-
-
-@pytest.fixture(scope="module")
-def pair_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    run = tmp_path_factory.mktemp("runs") / "hsg_hpg"
-    train(tiny_config("--hpg.enabled=true", "--hpg.warmup_epochs=1"), run, progress=False)
-    return run
 
 
 def _read(out: Path) -> list[tuple[str, np.ndarray, dict]]:

@@ -9,20 +9,11 @@ import pytest
 from diffusers import UNet2DModel
 
 from synthkit.cli import main
-from synthkit.config import load_pipeline
 from synthkit.evaluate import evaluate
 from synthkit.export import generate
 from synthkit.shards import verify_shard_set
-from synthkit.training.loop import train
 
 TINY = Path(__file__).resolve().parents[2] / "pipelines" / "tiny-diffusion.yaml"
-
-
-@pytest.fixture(scope="module")
-def diffusion_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    run = tmp_path_factory.mktemp("runs") / "tiny-diffusion"
-    train(load_pipeline(TINY), run, progress=False)
-    return run
 
 
 @pytest.mark.slow

@@ -136,11 +136,15 @@ def test_two_process_training_on_a_shard_mix(trained_run: Path, tiny_pipeline: P
 
 
 def test_two_process_diffusion_run(tmp_path: Path) -> None:
-    """The diffusion loop: UNet under DDP, pools written by rank 0 and read by both, weights in sync."""
+    """The diffusion producer under the one loop, with MoCo: UNet under DDP, pools written by rank 0 and read
+    by both, encoder, UNet and MoCo's key encoder + queue in sync."""
     run = tmp_path / "diffusion2"
     pipeline = Path(__file__).resolve().parents[2] / "pipelines" / "tiny-diffusion.yaml"
-    _launch_two_cpu_processes(str(pipeline), "--out", str(run))
+    _launch_two_cpu_processes(
+        str(pipeline), "--out", str(run), "--objective.name=moco", "--objective.queue_size=64"
+    )
     summary = json.loads((run / "summary.json").read_text())
     assert summary["num_processes"] == 2 and summary["weights_in_sync"] is True
+    assert {"encoder", "unet", "momentum"} <= set(summary["fingerprints"])
     assert [p["epoch"] for p in summary["pools"]] == [1, 2]
     assert (run / "final" / "diffusion" / "unet" / "config.json").is_file()
