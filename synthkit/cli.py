@@ -111,6 +111,7 @@ def _cmd_quickstart(args: argparse.Namespace, extra: list[str]) -> int:
 
 def _cmd_shards_verify(args: argparse.Namespace, extra: list[str]) -> int:
     from synthkit.shards import verify_shard_set
+    from synthkit.shards.format import printable
 
     _no_extra(extra)
     report = verify_shard_set(args.dir)
@@ -119,7 +120,7 @@ def _cmd_shards_verify(args: argparse.Namespace, extra: list[str]) -> int:
         return 0
     print(f"{args.dir}: {len(report.problems)} problem(s)", file=sys.stderr)
     for p in report.problems:
-        print(f"  - {p}", file=sys.stderr)
+        print(f"  - {printable(p)}", file=sys.stderr)  # problems quote text from the set
     return 1
 
 
@@ -127,6 +128,7 @@ def _cmd_shards_convert(args: argparse.Namespace, extra: list[str]) -> int:
     from synthkit.config import DataConfig
     from synthkit.shards.convert import convert_source, default_name
     from synthkit.shards.format import is_safe_name
+    from synthkit.shards.location import is_url
 
     _no_extra(extra)
     if args.maxcount < 1:
@@ -142,7 +144,9 @@ def _cmd_shards_convert(args: argparse.Namespace, extra: list[str]) -> int:
         subset_seed=args.subset_seed,
     )
     name = args.name or default_name(data_cfg, args.split)
-    out = check_output_dir(Path(args.out) if args.out else Path("shards") / name)
+    out = args.out or str(Path("shards") / name)  # a URL stays text (Path would turn "s3://" into "s3:/")
+    if not is_url(out):
+        out = check_output_dir(out)
     m = convert_source(
         data_cfg, args.split, out, name=name, maxcount=args.maxcount, progress=not args.no_progress
     )

@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +52,8 @@ from synthkit.shards import (
     read_manifest,
 )
 from synthkit.shards.format import shard_pattern, temp_name
+from synthkit.shards.location import is_url
+from synthkit.shards.output import SetOutput, open_output
 from synthkit.shards.writer import journal_name
 from synthkit.training.artifacts import load_final
 
@@ -171,6 +174,7 @@ def write_samples(
     previews: int = 0,
     progress: Callable[[int], None] | None = None,
     before_publish: Callable[[WriteResult], None] | None = None,
+    on_publish: Callable[[str], None] | None = None,
 ) -> WriteResult:
     """Make ``counts[kind]`` samples of each kind with ``producer``, score them, and write one shard set.
 
@@ -181,7 +185,12 @@ def write_samples(
     step = producer.export_info().get("generator_step")
     device = scorer.reference.device
     with ShardSetWriter(
-        out_dir, name, maxcount=maxcount, manifest_fields=manifest_fields, resume=resume
+        out_dir,
+        name,
+        maxcount=maxcount,
+        manifest_fields=manifest_fields,
+        resume=resume,
+        on_publish=on_publish,
     ) as w:
         done = res.resumed_from = w.resume_from
         _read_back(out_dir, w.completed_shards, name, seed, previews, res)
@@ -368,12 +377,49 @@ def generate(
             raise ExportError(f"{flag} must be a positive integer, got {value!r}")
     if kind in ("pair", "all") and n % 2:
         raise ExportError(f"--n must be even for pairs (two samples per pair), got {n}")
-    out_dir = check_output_dir(out_dir, create=False)
-    _check_disk(out_dir, n * (2 if kind == "all" else 1), art)
+    if is_url(str(out_dir)):  # written through a staging directory under the system temp directory
+        _check_disk(Path(tempfile.gettempdir()), n * (2 if kind == "all" else 1), art)
+    else:
+        out_dir = check_output_dir(out_dir, create=False)
+        _check_disk(out_dir, n * (2 if kind == "all" else 1), art)
     request = _request(art.hashes, n, seed, name, batch_size, maxcount, kind)
-    manifest = prepare_out_dir(out_dir, name, request)
+    output = open_output(out_dir)  # a URL is written through a local staging directory (shards/output.py)
+    try:
+        return _generate(art, output, request, n, seed, name, maxcount, batch_size, kind, progress)
+    except BaseException:
+        output.abandon()
+        raise
+    finally:
+        output.finish()
+
+
+def _generate(
+    art: Any,
+    output: SetOutput,
+    request: dict,
+    n: int,
+    seed: int,
+    name: str,
+    maxcount: int,
+    batch_size: int,
+    kind: str,
+    progress: bool,
+) -> ExportResult:
+    cfg, producer, run_dir = art.cfg, art.producer, art.run_dir
+    out_dir = output.local
+    if output.url is not None:
+        manifest = output.published_manifest()
+        if manifest is not None and manifest.get("request") != request:
+            raise ShardSetExistsError(
+                f"{output.url} already holds a different shard set ({manifest.get('name')!r}); choose "
+                "another --out or delete it"
+            )
+    else:
+        manifest = prepare_out_dir(out_dir, name, request)
     if manifest is not None:
-        return ExportResult(out_dir, manifest, np.array([]), np.array([]), reused=True)
+        return ExportResult(Path(output.where), manifest, np.array([]), np.array([]), reused=True)
+    if output.url is not None:
+        prepare_out_dir(out_dir, name, request)
 
     # 2. The scorer: the run's encoder and objective, and the one reference batch ---
     real = training_images(cfg, cfg.train.batch_size)
@@ -413,6 +459,7 @@ def generate(
     def preview(res: WriteResult) -> None:
         conds = np.array(res.conditions[:preview_n], dtype=np.int64)
         save_image_atomic(out_dir / PREVIEW, condition_grid(np.stack(res.previews), conds))
+        output.publish(PREVIEW)  # before the manifest: a published set always has its preview
 
     res = write_samples(
         out_dir,
@@ -427,8 +474,11 @@ def generate(
         previews=preview_n,
         progress=bar.update,
         before_publish=preview,
+        on_publish=output.publish,
     )
     bar.close()
     (out_dir / IN_PROGRESS).unlink(missing_ok=True)
     conds = np.array(res.conditions, dtype=np.int64)
-    return ExportResult(out_dir, res.manifest, np.array(res.hardness), conds, resumed_from=res.resumed_from)
+    return ExportResult(
+        Path(output.where), res.manifest, np.array(res.hardness), conds, resumed_from=res.resumed_from
+    )

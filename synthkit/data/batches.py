@@ -96,7 +96,7 @@ class MixBatches:
     def epoch(self, epoch: int) -> Iterator[tuple[list[str], torch.Tensor]]:
         from torch.utils.data import DataLoader
 
-        from synthkit.shards.mix import collate_images
+        from synthkit.shards.mix import collate_images, iter_batches
 
         self.stream.set_epoch(epoch)
         loader = DataLoader(
@@ -106,7 +106,7 @@ class MixBatches:
             collate_fn=collate_images,
             drop_last=True,
         )
-        for _, (images, metas) in zip(range(len(self)), loader, strict=False):
+        for _, (images, metas) in zip(range(len(self)), iter_batches(loader, self.stream), strict=False):
             if images.shape[1:] != (self.channels, self.size, self.size):
                 raise ShardError(
                     f"mix: a batch of {len(metas)} images has shape {tuple(images.shape[1:])}, but the first "
