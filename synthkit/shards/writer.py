@@ -28,6 +28,7 @@ import os
 import re
 import tarfile
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -68,9 +69,49 @@ class ShardResumeWarning(UserWarning):
     """A resumed writer found a completed shard that no longer matches its journal and will rewrite it."""
 
 
-def journal_name(name: str) -> str:
-    """Hidden file that records the completed shards of set ``name`` while a resumable writer runs."""
-    return f".{name}.journal.json"
+@dataclass(frozen=True)
+class Part:
+    """Part ``index`` of ``count`` of a set: its shards ``first_shard .. first_shard + shards - 1``.
+
+    A set of ``total`` samples in shards of ``maxcount`` is cut into parts at shard boundaries (``Part.of``),
+    so that shard k holds samples ``k * maxcount ..`` whichever part (process, array job) writes it, and the
+    parts together are byte for byte the set one writer would write. ``shards/parts.py`` publishes them.
+    """
+
+    index: int
+    count: int
+    first_shard: int
+    shards: int
+
+    @classmethod
+    def of(cls, total: int, maxcount: int, index: int, count: int) -> Part:
+        """Part ``index`` of ``count`` of a set of ``total`` samples in shards of ``maxcount``: contiguous
+        runs of whole shards, as even as shard counts allow (a part may be empty)."""
+        if not 0 <= index < count:
+            raise ValueError(f"part {index}/{count}: the index must be in [0, {count})")
+        n_shards = -(-total // maxcount)
+        first, end = index * n_shards // count, (index + 1) * n_shards // count
+        return cls(index, count, first, end - first)
+
+    def samples(self, total: int, maxcount: int) -> range:
+        """The global indices of this part's samples."""
+        return range(self.first_shard * maxcount, min(total, (self.first_shard + self.shards) * maxcount))
+
+    def describe(self) -> dict[str, int]:
+        return {
+            "index": self.index,
+            "count": self.count,
+            "first_shard": self.first_shard,
+            "shards": self.shards,
+        }
+
+
+def journal_name(name: str, part: Part | None = None) -> str:
+    """Hidden file that records the completed shards of set ``name`` (or of one part of it) while a
+    resumable writer runs."""
+    if part is None:
+        return f".{name}.journal.json"
+    return f".{name}.part-{part.index:05d}-of-{part.count:05d}.journal.json"
 
 
 def fields_digest(manifest_fields: dict[str, Any]) -> str:
@@ -262,6 +303,7 @@ class ShardSetWriter:
         maxcount: int = 1000,
         manifest_fields: dict[str, Any],
         resume: bool = False,
+        part: Part | None = None,
     ) -> None:
         if not isinstance(name, str) or not is_safe_name(name):
             raise ValueError(f"shard set name {name!r} must be letters, digits, '_', '-' or '.', not hidden")
@@ -276,8 +318,18 @@ class ShardSetWriter:
             json.dumps(manifest_fields, sort_keys=True, allow_nan=False)
         except (TypeError, ValueError) as exc:
             raise ValueError(f"manifest_fields is not JSON-serialisable: {exc}") from exc
+        if part is not None and not resume:
+            raise ValueError("a part of a set is always written resumably: pass resume=True")
 
         self.out_dir = Path(out_dir)
+        self.part = part
+        self._first = part.first_shard if part is not None else 0
+        # a part's own shard files: the only ones of the set it may touch (other parts write the rest)
+        self._own = (
+            None
+            if part is None
+            else {shard_name(name, k) for k in range(part.first_shard, part.first_shard + part.shards)}
+        )
         self.name = name
         self.maxcount = maxcount
         self.resume = resume
@@ -291,7 +343,7 @@ class ShardSetWriter:
         self._closed = False
         self._failed = False
         self._manifest: dict[str, Any] | None = None
-        self._journal = self.out_dir / journal_name(name)
+        self._journal = self.out_dir / journal_name(name, part)
         self._prepare_directory()
 
     @property
@@ -327,7 +379,11 @@ class ShardSetWriter:
         self._remove(self._stale_temps(entries), "stale temp file")
 
     def _stale_temps(self, entries: list[str]) -> list[str]:
-        """Leftovers of a killed writer: never published, so removing them loses nothing."""
+        """Leftovers of a killed writer: never published, so removing them loses nothing. A part's are only
+        its own (the other parts' writers may be running)."""
+        if self._own is not None:
+            names = (*(temp_name(n) for n in sorted(self._own)), temp_name(self._journal.name))
+            return [e for e in names if e in entries]
         stale = [e for e in entries if e.startswith(".") and e.endswith(".tar.tmp")]
         names = (temp_name(MANIFEST), temp_name(SIZES), temp_name(self._journal.name))
         return stale + [e for e in names if e in entries]
@@ -346,7 +402,7 @@ class ShardSetWriter:
                 f"{self.out_dir} already holds a published shard set ({MANIFEST}); there is nothing to "
                 "resume: remove it or choose another directory"
             )
-        shards = sorted(e for e in entries if pattern.fullmatch(e))
+        shards = sorted(e for e in entries if pattern.fullmatch(e) and (self._own is None or e in self._own))
         if self._journal.name not in entries:
             if shards:
                 raise ShardSetExistsError(
@@ -388,6 +444,8 @@ class ShardSetWriter:
                 f"{JOURNAL_VERSION}; remove the directory to start over"
             )
         mine = {"name": self.name, "maxcount": self.maxcount, "fields_sha256": fields_digest(self._fields)}
+        if self.part is not None:
+            mine["part"] = self.part.describe()
         differs = [k for k, v in mine.items() if journal.get(k) != v]
         if differs:
             raise ShardSetExistsError(
@@ -399,10 +457,14 @@ class ShardSetWriter:
         shards = journal.get("shards")
         if not isinstance(shards, list):
             raise ShardError(f"{path}: 'shards' must be a list; remove the directory to start over")
+        if self.part is not None and len(shards) > self.part.shards:
+            raise ShardError(
+                f"{path}: more shards than part {self.part.index}; remove the directory to start over"
+            )
         for i, entry in enumerate(shards):
             ok = (
                 isinstance(entry, dict)
-                and entry.get("name") == shard_name(self.name, i)
+                and entry.get("name") == shard_name(self.name, self._first + i)
                 and _is_int(entry.get("count"))
                 and 1 <= entry["count"] <= self.maxcount
                 and (entry["count"] == self.maxcount or i == len(shards) - 1)
@@ -422,7 +484,7 @@ class ShardSetWriter:
             path = self.out_dir / entry["name"]
             temp = path.with_name(temp_name(path.name))
             last = i == len(recorded) - 1
-            if entry["name"] not in entries and last and temp.name in entries and _matches(temp, entry):
+            if entry["name"] not in entries and last and temp.name in entries and shard_matches(temp, entry):
                 # killed between the journal update and the rename: finish the publication
                 try:
                     os.replace(temp, path)
@@ -431,7 +493,7 @@ class ShardSetWriter:
                     raise ShardError(f"cannot publish {path}: {os_reason(exc)}") from exc
             elif entry["name"] not in entries:  # not renamed yet, or removed: either way, write it again
                 break
-            elif not _matches(path, entry):
+            elif not shard_matches(path, entry):
                 warnings.warn(
                     f"{path}: does not match its journal entry (size or sha256 differ): it was changed after "
                     "it was written; it and every later shard will be rewritten",
@@ -442,9 +504,12 @@ class ShardSetWriter:
             kept.append(entry)
         return kept
 
-    def _write_journal(self, shards: list[dict[str, Any]]) -> None:
-        """Record ``shards`` as complete; raises OSError (the old journal stays intact)."""
-        journal = {
+    def _write_journal(self, shards: list[dict[str, Any]], complete: bool = False) -> None:
+        """Record ``shards`` as complete; raises OSError (the old journal stays intact).
+
+        A part's journal also carries the manifest fields (whoever publishes the parts writes the manifest
+        from them) and, once the part is closed, ``complete``."""
+        journal: dict[str, Any] = {
             "format": JOURNAL_FORMAT,
             "version": JOURNAL_VERSION,
             "name": self.name,
@@ -452,6 +517,8 @@ class ShardSetWriter:
             "fields_sha256": fields_digest(self._fields),
             "shards": shards,
         }
+        if self.part is not None:
+            journal.update(part=self.part.describe(), fields=self._fields, complete=complete)
         _publish_json(self._journal, journal, indent=1)
 
     def _check_open(self) -> None:
@@ -480,7 +547,12 @@ class ShardSetWriter:
         if cls_bytes is not None:
             members.append((f"{key}.cls", cls_bytes))
 
-        path = self.out_dir / shard_name(self.name, len(self._shards))
+        if self.part is not None and self._file is None and len(self._shards) >= self.part.shards:
+            raise ValueError(
+                f"part {self.part.index} of {self.part.count} of {self.out_dir} holds "
+                f"{self.part.shards} shards; writing more would overlap the next part"
+            )
+        path = self.out_dir / shard_name(self.name, self._first + len(self._shards))
         try:
             if self._file is None:
                 self._file = _AtomicFile(path)
@@ -519,23 +591,29 @@ class ShardSetWriter:
         self._file, self._tar, self._in_shard = None, None, 0
 
     def close(self) -> dict[str, Any]:
-        """Finish the last shard, publish ``sizes.json`` then ``manifest.json``; return the manifest."""
+        """Finish the last shard, publish ``sizes.json`` then ``manifest.json``; return the manifest.
+
+        A part publishes nothing: its journal is marked complete, and the returned record is
+        ``{"part", "shards", "total"}`` (``shards/parts.py`` publishes the set once every part is)."""
         if self._manifest is not None:
             return self._manifest
         self._check_open()
         if self._file is not None:
             self._finish_shard()
-        manifest = {
-            **self._fields,
-            "format": FORMAT,
-            "version": VERSION,
-            "name": self.name,
-            "shards": self._shards,
-            "total": sum(s["count"] for s in self._shards),
-        }
+        if self.part is not None:
+            try:
+                self._write_journal(self._shards, complete=True)
+            except OSError as exc:
+                raise self._fail(exc, self._journal) from exc
+            self._closed = True
+            self._manifest = {
+                "part": self.part.describe(),
+                "shards": self._shards,
+                "total": sum(s["count"] for s in self._shards),
+            }
+            return self._manifest
         try:
-            write_json_atomic(self.out_dir / SIZES, {s["name"]: s["count"] for s in self._shards}, indent=2)
-            write_json_atomic(self.out_dir / MANIFEST, manifest, indent=2)
+            manifest = publish_manifest(self.out_dir, self.name, self._fields, self._shards)
         except OutputError as exc:
             self._failed = True
             raise ShardError(f"{exc}; the shard set was not published") from exc.__cause__
@@ -569,11 +647,32 @@ class ShardSetWriter:
             self.abort()
 
 
+def publish_manifest(
+    out_dir: Path, name: str, fields: dict[str, Any], shards: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """Write ``sizes.json`` then ``manifest.json`` (last: its presence means complete); return the manifest.
+
+    The one place a manifest is made, for a writer's ``close`` and for parts published together, so a set
+    written in parts has the bytes of one written by one writer. Raises OutputError.
+    """
+    manifest = {
+        **fields,
+        "format": FORMAT,
+        "version": VERSION,
+        "name": name,
+        "shards": shards,
+        "total": sum(s["count"] for s in shards),
+    }
+    write_json_atomic(out_dir / SIZES, {s["name"]: s["count"] for s in shards}, indent=2)
+    write_json_atomic(out_dir / MANIFEST, manifest, indent=2)
+    return manifest
+
+
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _matches(path: Path, entry: dict[str, Any]) -> bool:
+def shard_matches(path: Path, entry: dict[str, Any]) -> bool:
     """Size first, so that a truncated shard costs a stat rather than a full read."""
     try:
         return path.stat().st_size == entry["bytes"] and sha256_file(path) == entry["sha256"]

@@ -229,7 +229,8 @@ def test_collate_through_a_dataloader(sets):
 
 
 def test_unequal_shards_two_ranks_two_workers_read_every_sample_exactly_once(sets):
-    """The layout that used to repeat 150 samples and skip 150 (slots dealt whole shards of 300/300/300/100)."""
+    """The layout that used to repeat 150 samples and skip 150 (slots were dealt whole shards of 300/300/
+    300/100)."""
     by_slot = _draw_by_slot(sets, {"uneven": 1.0}, epoch_samples=1000)
     assert sorted(by_slot) == [(0, 0), (0, 1), (1, 0), (1, 1)]
     assert all(len(keys) == 250 for keys in by_slot.values())
