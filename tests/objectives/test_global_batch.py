@@ -24,6 +24,7 @@ import torch.multiprocessing as mp
 
 from synthkit.config import load_pipeline
 from synthkit.data.views import Views
+from synthkit.distributed import gather_groups, gather_rows, reduce_values
 from synthkit.encoders.model import Encoder
 from synthkit.generators.cgan import Generator
 from synthkit.losses.nt_xent import per_sample_hardness
@@ -145,6 +146,18 @@ def _worker(rank: int, port: int, objective: str, groups: bool, out: str) -> Non
     acc = Accelerator(cpu=True)
     encoder, obj, views, generator, batch = _models(objective)
     res = _step(acc, encoder, obj, views, generator, _share(batch, rank, WORLD), groups)
+    # the collectives themselves: rows of unequal counts, their gradient, reduced records
+    x = torch.full((rank + 2, 3), float(rank), requires_grad=True)
+    rows_all, mine = gather_rows(x)
+    weights = torch.arange(float(rows_all.numel())).view_as(rows_all)
+    (rows_all * weights).sum().backward()  # the same loss on both processes
+    res["gathered"], res["grad"], res["expected_grad"] = rows_all.detach(), x.grad, WORLD * weights[mine]
+    res["groups"] = gather_groups(torch.tensor([0, 1, 1, 0][: rank + 3]))
+    record = {"loss": float(rank), "steps": 7, "stage": "x"}
+    res["reduced"] = torch.tensor(
+        [reduce_values(record, acc.device, op)["loss"] for op in ("mean", "max", "sum")]
+        + [reduce_values(record, acc.device)["steps"]]
+    )
     torch.save(res, Path(out) / f"rank{rank}.pt")
 
 
@@ -197,3 +210,9 @@ def test_two_processes_equal_one_process_on_the_same_global_batch(objective, gro
                 moved.add(key.split(".")[0])
     # the generator moved through the gradient reversal alone (no other generator loss in this step)
     assert moved == {"encoder", "generator"}
+
+    for s in shares:
+        torch.testing.assert_close(s["gathered"][:, 0], torch.tensor([0.0, 0, 1, 1, 1]))
+        torch.testing.assert_close(s["grad"], s["expected_grad"])  # summed over both processes' losses
+        assert s["groups"].tolist() == [0, 1, 1, 2, 3, 3, 2]  # rank 1's ids shifted past rank 0's
+        assert s["reduced"].tolist() == [0.5, 1.0, 1.0, 7.0]  # mean, max, sum; counters pass through

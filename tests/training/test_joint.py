@@ -115,3 +115,32 @@ def test_resume_refuses_damaged_checkpoint(tmp_path: Path, damage: str) -> None:
 def test_saved_config_yaml_is_plain_yaml(trained_run: Path) -> None:
     raw = yaml.safe_load((trained_run / "config.yaml").read_text())
     assert raw["hsg"]["enabled"] is True and raw["data"]["name"] == "digits"
+
+
+def test_epochs_log_their_throughput_and_the_summary_adds_it_up(trained_run: Path) -> None:
+    epochs = [r for r in _records(trained_run) if "epoch_loss_cl" in r]
+    summary = json.loads((trained_run / "summary.json").read_text())
+    steps, batch = summary["steps"] // len(epochs), tiny_config().train.batch_size
+    for r in epochs:
+        assert r["epoch_time_s"] > 0
+        assert r["epoch_images_per_s"] * r["epoch_time_s"] == pytest.approx(batch * steps)
+        assert r["epoch_step_time_s"] * steps == pytest.approx(r["epoch_time_s"])
+    t = summary["throughput"]
+    assert (t["num_processes"], t["batch_size"], t["epochs"], t["steps"]) == (1, batch, 2, summary["steps"])
+    assert t["time_s"] == pytest.approx(sum(r["epoch_time_s"] for r in epochs))
+    assert t["images_per_s"] == pytest.approx(batch * t["steps"] / t["time_s"])
+
+
+def test_sync_batchnorm_on_one_process_is_batch_norm(tmp_path: Path) -> None:
+    """One process's batch already is the global batch: the switch changes nothing but the module type, and
+    its weights publish under the same names (the export and eval load them into plain batch norm)."""
+    hashes = {}
+    for flag in ("false", "true"):
+        args = (
+            "--hsg.enabled=false",
+            "--train.epochs=1",
+            "--train.knn_every=0",
+            f"--train.sync_batchnorm={flag}",
+        )
+        hashes[flag] = train(tiny_config(*args), tmp_path / flag, progress=False).summary["hashes"]
+    assert hashes["true"] == hashes["false"]
