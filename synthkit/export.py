@@ -19,6 +19,17 @@ The result is byte-identical to an uninterrupted run; the per-sample results of 
 from them, not regenerated. ``preview.png`` (a grid, one row per condition) is published before the manifest,
 so a set with a manifest always has its preview. The diffusion producer writes its training pools through
 :func:`write_samples` too, so a pool the encoder trained on and an exported set have one format.
+
+Several processes. Under ``accelerate launch`` (W processes) the set is split by global sample index into W
+parts of whole shards (``shards.writer.Part``): process r makes the chunks that hold part r's samples (a
+chunk that straddles two parts is made by both, whole, so its hardness is the same) and writes part r's
+shards with its own journal; once every process has, the main process verifies the parts and publishes the
+set (``shards/parts.py``; the preview from the shards, then the manifest). Shard k holds samples
+``k * maxcount ..`` whoever writes it, so the set is byte-identical to a one-process export at any process
+count (with the same number of threads per process: float results depend on it), and a rerun after a kill
+of any process resumes every part from its journal. ``generate(part=(I, N))`` (``--part I/N``) writes one
+part alone, for schedulers without Accelerate; :func:`publish` (``synthkit shards publish``) publishes the
+parts once all are written. Exports compute on the CPU, as a one-process export does.
 """
 
 from __future__ import annotations

@@ -34,7 +34,7 @@ class SimCLR(Objective):
         global_batch: bool = False,
     ) -> torch.Tensor:
         if global_batch and world()[1] > 1:  # this process's rows, against every process's
-            z_all, rows = gather_rows(z)
+            z_all, rows = gather_rows(z.float())  # the loss is computed in float32 anyway
             return multi_positive_nt_xent_per_view(
                 z_all, gather_groups(groups), self.temperature, anchors=rows
             )
