@@ -8,8 +8,9 @@ SGD, not Adam, so that a gradient off by the factor W (the usual mistake with a 
 The encoder and the generator run in eval mode and the views are the identity (crop scale 1, no flip, no
 jitter), so that batch-norm statistics and augmentation draws, which are per process by design (see
 ``train.sync_batchnorm``), do not enter: what is compared is the contrastive objective and the gradient path.
-The one-process reference runs here; the two processes are spawned with ``torch.multiprocessing`` and an
-Accelerator on gloo, and save their results for this process to compare.
+The one-process reference runs here; the two processes are spawned once with ``torch.multiprocessing`` and
+an Accelerator on gloo, and save their results (every case, the collectives themselves, and what
+``train.sync_batchnorm`` says on CPU processes) for this process to compare.
 """
 
 from __future__ import annotations
@@ -26,11 +27,13 @@ from synthkit.config import load_pipeline
 from synthkit.data.views import Views
 from synthkit.distributed import gather_groups, gather_rows, reduce_values
 from synthkit.encoders.model import Encoder
+from synthkit.errors import RunError
 from synthkit.generators.cgan import Generator
 from synthkit.losses.nt_xent import per_sample_hardness
 from synthkit.objectives.base import build_objective
 from synthkit.producers.base import Chunk, Contribution
 from synthkit.producers.hard_samples import grad_reverse
+from synthkit.training.loop import _sync_batchnorm
 from synthkit.training.steps import EncoderStep
 
 pytestmark = pytest.mark.slow
@@ -130,7 +133,10 @@ def _by_image(per_view: torch.Tensor, sizes: dict[str, int], groups: bool) -> di
     return out
 
 
-def _worker(rank: int, port: int, objective: str, groups: bool, out: str) -> None:
+CASES = {"simclr": ("simclr", False), "groups": ("simclr", True), "moco": ("moco", True)}
+
+
+def _worker(rank: int, port: int, out: str) -> None:
     os.environ.update(
         RANK=str(rank),
         WORLD_SIZE=str(WORLD),
@@ -144,21 +150,30 @@ def _worker(rank: int, port: int, objective: str, groups: bool, out: str) -> Non
     from accelerate import Accelerator
 
     acc = Accelerator(cpu=True)
-    encoder, obj, views, generator, batch = _models(objective)
-    res = _step(acc, encoder, obj, views, generator, _share(batch, rank, WORLD), groups)
+    for case, (objective, groups) in CASES.items():
+        encoder, obj, views, generator, batch = _models(objective)
+        res = _step(acc, encoder, obj, views, generator, _share(batch, rank, WORLD), groups)
+        torch.save(res, Path(out) / f"{case}-rank{rank}.pt")
     # the collectives themselves: rows of unequal counts, their gradient, reduced records
     x = torch.full((rank + 2, 3), float(rank), requires_grad=True)
     rows_all, mine = gather_rows(x)
     weights = torch.arange(float(rows_all.numel())).view_as(rows_all)
     (rows_all * weights).sum().backward()  # the same loss on both processes
-    res["gathered"], res["grad"], res["expected_grad"] = rows_all.detach(), x.grad, WORLD * weights[mine]
+    res = {"gathered": rows_all.detach(), "grad": x.grad, "expected_grad": WORLD * weights[mine]}
     res["groups"] = gather_groups(torch.tensor([0, 1, 1, 0][: rank + 3]))
     record = {"loss": float(rank), "steps": 7, "stage": "x"}
     res["reduced"] = torch.tensor(
         [reduce_values(record, acc.device, op)["loss"] for op in ("mean", "max", "sum")]
         + [reduce_values(record, acc.device)["steps"]]
     )
-    torch.save(res, Path(out) / f"rank{rank}.pt")
+    torch.save(res, Path(out) / f"collectives-rank{rank}.pt")
+    # train.sync_batchnorm on CPU processes: refused by the loop, with a reason
+    try:
+        _sync_batchnorm(_models("simclr")[0], acc)
+        message = ""
+    except RunError as exc:
+        message = str(exc)
+    (Path(out) / f"sync-rank{rank}.txt").write_text(message)
 
 
 def _free_port() -> int:
@@ -167,14 +182,22 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.parametrize(
-    ("objective", "groups"),
-    [("simclr", False), ("simclr", True), ("moco", True)],
-    ids=["simclr", "groups", "moco"],
-)
-def test_two_processes_equal_one_process_on_the_same_global_batch(objective, groups, tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def spawned(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two spawned gloo processes, every case: one start-up for all the tests here."""
+    out = tmp_path_factory.mktemp("global_batch")
+    threads = torch.get_num_threads()
+    mp.spawn(_worker, args=(_free_port(), str(out)), nprocs=WORLD)
+    torch.set_num_threads(threads)
+    return out
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_two_processes_equal_one_process_on_the_same_global_batch(case, spawned: Path) -> None:
     from accelerate import Accelerator
 
+    objective, groups = CASES[case]
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
     encoder, obj, views, generator, batch = _models(objective)
     before = {
@@ -182,8 +205,8 @@ def test_two_processes_equal_one_process_on_the_same_global_batch(objective, gro
         **{f"generator.{k}": v.clone() for k, v in generator.state_dict().items()},
     }
     ref = _step(Accelerator(cpu=True), encoder, obj, views, generator, batch, groups)
-    mp.spawn(_worker, args=(_free_port(), objective, groups, str(tmp_path)), nprocs=WORLD)
-    shares = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
+    torch.set_num_threads(threads)
+    shares = [torch.load(spawned / f"{case}-rank{r}.pt", weights_only=True) for r in range(WORLD)]
 
     sizes = {k: len(v) for k, v in batch.items()}
     ref_views = _by_image(ref["per_view"], sizes, groups)
@@ -211,8 +234,18 @@ def test_two_processes_equal_one_process_on_the_same_global_batch(objective, gro
     # the generator moved through the gradient reversal alone (no other generator loss in this step)
     assert moved == {"encoder", "generator"}
 
-    for s in shares:
+
+def test_the_collectives_on_two_processes(spawned: Path) -> None:
+    for r in range(WORLD):
+        s = torch.load(spawned / f"collectives-rank{r}.pt", weights_only=True)
         torch.testing.assert_close(s["gathered"][:, 0], torch.tensor([0.0, 0, 1, 1, 1]))
         torch.testing.assert_close(s["grad"], s["expected_grad"])  # summed over both processes' losses
         assert s["groups"].tolist() == [0, 1, 1, 2, 3, 3, 2]  # rank 1's ids shifted past rank 0's
         assert s["reduced"].tolist() == [0.5, 1.0, 1.0, 7.0]  # mean, max, sum; counters pass through
+
+
+def test_sync_batchnorm_on_two_cpu_processes_is_a_clear_error(spawned: Path) -> None:
+    for r in range(WORLD):
+        message = (spawned / f"sync-rank{r}.txt").read_text()
+        assert message.startswith("train.sync_batchnorm=true needs GPUs: torch's SyncBatchNorm does not run")
+        assert "--train.sync_batchnorm=false" in message

@@ -129,6 +129,16 @@ def test_epochs_log_their_throughput_and_the_summary_adds_it_up(trained_run: Pat
     assert (t["num_processes"], t["batch_size"], t["epochs"], t["steps"]) == (1, batch, 2, summary["steps"])
     assert t["time_s"] == pytest.approx(sum(r["epoch_time_s"] for r in epochs))
     assert t["images_per_s"] == pytest.approx(batch * t["steps"] / t["time_s"])
+    # the trackers get the same figures
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(
+        str(trained_run / "synthkit")
+    )  # accelerate's TensorBoard tracker, project "synthkit"
+    acc.Reload()
+    logged = [(e.step, e.value) for e in acc.Scalars("epoch_images_per_s")]
+    assert logged == [(r["step"], pytest.approx(r["epoch_images_per_s"], rel=1e-6)) for r in epochs]
 
 
 def test_sync_batchnorm_on_one_process_is_batch_norm(tmp_path: Path) -> None:

@@ -108,14 +108,15 @@ def test_two_process_hsg_hpg_moco_stay_in_sync(tiny_pipeline: Path, tmp_path: Pa
 
 
 def test_two_process_training_on_a_shard_mix(trained_run: Path, tiny_pipeline: Path, tmp_path: Path) -> None:
-    """Streaming a mix with 2 processes x 2 DataLoader workers: every process sees different samples."""
+    """Streaming a mix with 2 processes x 2 DataLoader workers: every process sees different samples, over
+    shards of unequal sizes (each set's last shard is partial: 5 x 48 + 16 and 6 x 20 + 8)."""
     from synthkit.config import DataConfig
     from synthkit.export import generate
     from synthkit.shards.convert import convert_source
 
     real, syn = tmp_path / "real", tmp_path / "syn"
-    convert_source(DataConfig(name="digits", size=16, subset=256), "train", real, maxcount=32)
-    generate(trained_run, syn, n=128, seed=0, maxcount=16, progress=False)
+    convert_source(DataConfig(name="digits", size=16, subset=256), "train", real, maxcount=48)
+    generate(trained_run, syn, n=128, seed=0, maxcount=20, progress=False)
     run = tmp_path / "mixrun"
     _launch_two_cpu_processes(
         str(tiny_pipeline),
@@ -206,20 +207,6 @@ def test_two_process_first_step_loss_matches_one_process(tiny_pipeline: Path, tm
     assert first_one["loss_cl"] > 3.5  # ~ln(127) - a little at the start: far from what 63 negatives give
     _assert_throughput_adds_up(one, 64)
     assert _assert_throughput_adds_up(two, 64)["num_processes"] == 2
-
-
-def test_sync_batchnorm_on_two_cpu_processes_is_a_clear_error(tiny_pipeline: Path, tmp_path: Path) -> None:
-    run = tmp_path / "run"
-    proc = subprocess.run(
-        _launch_cmd(str(tiny_pipeline), "--out", str(run), "--train.sync_batchnorm=true"),
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=ENV,
-    )
-    assert proc.returncode != 0
-    assert "train.sync_batchnorm=true needs GPUs: torch's SyncBatchNorm does not run on CPU" in proc.stderr
-    assert not run.exists()  # refused before anything was written
 
 
 def test_two_machines_on_this_host_end_with_identical_weights(tiny_pipeline: Path, tmp_path: Path) -> None:
