@@ -77,12 +77,13 @@ def _cmd_generate(args: argparse.Namespace, extra: list[str]) -> int:
     if not res.main:  # another process of a launch: the main process reports
         return 0
     if res.part is not None:
-        p = res.part
-        first, n_shards = p["part"]["first_shard"], p["part"]["shards"]
+        part, first, n_shards = res.part["part"], res.part["part"]["first_shard"], res.part["part"]["shards"]
+        where = {0: "no shards: the set has fewer shards than parts", 1: f"shard {first}"}.get(
+            n_shards, f"shards {first}-{first + n_shards - 1}"
+        )
         print(
-            f"wrote part {p['part']['index']}/{p['part']['count']} of the set ({p['total']} samples, shards "
-            f"{first}-{first + n_shards - 1}) to {args.out}; once every part is written: "
-            f"synthkit shards publish {args.out}"
+            f"wrote part {part['index']}/{part['count']} of the set ({res.part['total']} samples, {where}) "
+            f"to {args.out}; once every part is written: synthkit shards publish {args.out}"
         )
         return 0
     if res.reused:

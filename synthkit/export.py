@@ -291,13 +291,20 @@ def prepare_out_dir(out_dir: Path, name: str, request: dict) -> dict | None:
     marker, journal = out_dir / IN_PROGRESS, out_dir / journal_name(name)
     if manifest is not None:
         if manifest.get("request") == request:
-            for p in (journal, marker):  # a kill after the manifest was published can leave these
+            parts = [p for _, _, p in find_part_journals(out_dir, name).get(name, [])]
+            for p in (journal, marker, *parts):  # a kill after the manifest was published can leave these
                 with contextlib.suppress(OSError):
                     p.unlink(missing_ok=True)
             return manifest
         raise ShardSetExistsError(
             f"{out_dir} already holds a different shard set ({manifest.get('name')!r}, "
             f"{manifest.get('total')} samples); choose another --out or delete it"
+        )
+    split = {n for _, n, _ in find_part_journals(out_dir, name).get(name, [])}
+    if split:
+        raise ShardSetExistsError(
+            f"{out_dir} holds an interrupted export split into {min(split)} parts; finish it with "
+            f"{min(split)} processes (or --part I/{min(split)}), or delete it"
         )
     leftovers = (
         [p for p in out_dir.glob("*.tar") if shard_pattern(name).fullmatch(p.name)]
@@ -576,8 +583,8 @@ def _generate_part(
     """
     main = part.index == 0
     samples = part.samples(sum(counts.values()), write["maxcount"])
-    bar = tqdm(total=len(samples), desc=f"generate part {part.index + 1}/{part.count}", unit="img",
-               disable=not (progress and main))  # fmt: skip
+    desc = f"generate part {part.index}/{part.count}"
+    bar = tqdm(total=len(samples), desc=desc, unit="img", disable=not (progress and (main or world == 1)))
     failure: SynthkitError | None = None
     res = WriteResult({})
     try:

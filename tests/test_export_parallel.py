@@ -101,8 +101,9 @@ def test_part_requests_that_cannot_work_are_refused(trained_run, tmp_path, capsy
     assert "part(s) 1, 2 of 3 never started" in capsys.readouterr().err
     assert not (out / "manifest.json").exists()
     # another split of the same interrupted export, or a whole-set export over it
-    assert main([*_cli_args(trained_run, out, ARGS), "--part", "1/2"]) == 2
-    assert "split into 3 parts; finish it with 3 processes (or --part I/3)" in capsys.readouterr().err
+    for other in (["--part", "1/2"], []):
+        assert main([*_cli_args(trained_run, out, ARGS), *other]) == 2
+        assert "split into 3 parts; finish it with 3 processes (or --part I/3)" in capsys.readouterr().err
     for bad in ("3/3", "-1/2"):
         assert main([*_cli_args(trained_run, tmp_path / "x", ARGS), f"--part={bad}"]) == 2
         assert "--part must be I/N with 0 <= I < N" in capsys.readouterr().err
