@@ -66,6 +66,19 @@ OBJECTIVES: dict[str, tuple[str, ...]] = {
     "moco": ("--objective.name=moco", "--objective.temperature=0.2"),
 }
 HALF_ROWS = ("real-only", "hsg+hpg")
+# --producer diffusion: the shared model (fashion-mnist-diffusion.yaml's UNet, unconditional) and the rows'
+# sampling settings (a pool of 512 every 2 epochs, 20 DDIM steps, guidance 0.05 x the hsg ramp, t_split
+# 0.2 -> 0.6), with the HSG/HPG batch shares of the cGAN rows
+DIFFUSION_MODEL = (
+    "--generator.kind=diffusion",
+    "--generator.block_out_channels=[16, 32, 32]",
+    "--generator.norm_num_groups=8",
+    "--generator.batch_size=64",
+    "--generator.lr=1e-3",
+    "--generator.ema_decay=0.995",
+    "--conditions.mode=none",
+)
+DIFFUSION_ROWS = ("--generator.kind=diffusion", "--conditions.mode=none")
 KEYS = ("test_linear", "test_knn", "val_linear", "val_knn")
 VAL_SIZE = 5000
 QUICK = (
@@ -206,6 +219,8 @@ def _plots(out: Path, table: list[dict[str, Any]], pair_run: Path | None) -> Non
         return
     recs = [json.loads(line) for line in (pair_run / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in recs if "pair_similarity" in r]
+    if not steps:  # the diffusion producer's pairs: a similarity per pool, not per step (see table.json)
+        return
     fig, ax = plt.subplots(figsize=(7, 4))
     x = [r["step"] for r in steps]
     ax.plot(x, [r["pair_similarity"] for r in steps], label="pair similarity s = cos(h(x_a), h(x_b))")
@@ -275,6 +290,14 @@ def main(argv: list[str] | None = None) -> int:
         help="pre-train a cGAN per seed and real-data size for this many steps (realism alone); the naive "
         "generator and the HSG/HPG generators start from it (0: every generator starts from scratch)",
     )
+    ap.add_argument(
+        "--producer",
+        choices=("cgan", "diffusion"),
+        default="cgan",
+        help="the generator family of the naive/HSG/HPG rows; diffusion: one pretrained diffusion model per "
+        "seed and real-data size (--unet-steps), shared by every row without stage 1",
+    )
+    ap.add_argument("--unet-steps", type=int, default=2000, help="UNet steps of the shared diffusion model")
     ap.add_argument("--quick", action="store_true", help="smoke run: 1 seed, 1,000 images, 2 epochs")
     ap.add_argument(
         "--summarise-only",
@@ -317,7 +340,29 @@ def main(argv: list[str] | None = None) -> int:
         overrides += data
         init: list[str] = []
         pre_seconds = 0.0
-        if args.pretrain_steps and row != "real-only":
+        if args.producer == "diffusion" and row != "real-only":
+            # one unconditional diffusion model per seed and real data, trained once (its own run: one
+            # epoch whose stage 1 trains the UNet; lambda_hard 0, so its own exports are unguided); every
+            # row samples it without stage 1, the naive row unguided
+            pre = out / "runs" / f"diffusion-pretrain-{'half' if half else 'all'}-s{seed}"
+            pre_seconds = _train_once(
+                pre,
+                args.pipeline,
+                [*(o for o in extra if not o.startswith("--generator.")), *data, *DIFFUSION_MODEL,
+                 f"--generator.train_steps={args.unet_steps}",
+                 "--train.epochs=1", "--hsg.warmup_epochs=0", "--hsg.lambda_hard=0", "--hpg.enabled=false",
+                 "--generator.pool_size=64", f"--train.seed={seed}"],
+            )  # fmt: skip
+            overrides = [o for o in overrides if not o.startswith("--generator.")]
+            if row == "naive":
+                overrides += ["--generator.kind=naive", f"--generator.run={pre}"]
+            else:
+                overrides += [
+                    *DIFFUSION_ROWS,
+                    f"--generator.pretrained={pre / 'final' / 'diffusion'}",
+                    "--generator.train_steps=0",
+                ]
+        elif args.pretrain_steps and row != "real-only":
             # one GAN per seed and real data, trained on realism alone before any encoder step; the
             # naive generator and the joint producers start from it (the half rows' from half the data)
             pre = out / "runs" / f"gan-pretrain-{'half' if half else 'all'}-s{seed}"
@@ -336,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
             init = [f"--generator.init_run={pre}"]
             if row != "naive":
                 overrides += init
-        if row == "naive":
+        if row == "naive" and args.producer == "cgan":
             gan = out / "runs" / f"naive-generator-{'half-' if half else ''}s{seed}"
             epochs = base.train.epochs
             gan_overrides = [
@@ -360,7 +405,7 @@ def main(argv: list[str] | None = None) -> int:
             scores = _score(run, splits, base)
             scores_path.write_text(json.dumps(scores))
         scores = {**scores, "train_seconds": seconds}
-        if row == "naive":
+        if row == "naive" and args.producer == "cgan":
             scores["generator_seconds"] = gan_seconds
         if pre_seconds:
             scores["pretrain_seconds"] = pre_seconds
@@ -385,6 +430,8 @@ def main(argv: list[str] | None = None) -> int:
         "subset": subset,
         "epochs": base.train.epochs,
         "pretrain_steps": args.pretrain_steps,
+        "producer": args.producer,
+        "unet_steps": args.unet_steps if args.producer == "diffusion" else None,
         "seeds": args.seeds,
         "val_size": len(splits.val),
         "test_size": len(splits.test),

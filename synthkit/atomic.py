@@ -89,3 +89,67 @@ def save_image_atomic(path: str | os.PathLike[str], image: Any, format: str = "P
     buf = io.BytesIO()
     image.save(buf, format=format)
     write_bytes_atomic(path, buf.getvalue())
+
+
+_SYSTEM_TREES = ("/proc", "/sys", "/dev")
+# directories a run manages itself: a later --resume or train rewrites or deletes them
+RUN_MANAGED = ("final", "checkpoints", "pools", ".tmp_final")
+
+
+def _inside_a_run(path: Path) -> Path | None:
+    """The run directory whose managed subdirectory ``path`` is in, if any."""
+    for parent in path.parents:
+        if (parent / "config.yaml").is_file() and (parent / "run.json").is_file():
+            rel = path.relative_to(parent).parts
+            return parent if rel and rel[0] in RUN_MANAGED else None
+    return None
+
+
+def check_output_dir(path: str | os.PathLike[str], what: str = "--out", *, create: bool = True) -> Path:
+    """Make sure ``path`` can be a directory of outputs, creating it; one-line OutputError otherwise.
+
+    Refused: a path that is a file (or a device such as /dev/null), a place under /proc, /sys or /dev,
+    a directory a run manages itself (its ``final/``, ``checkpoints/``, ``pools/``: a later run would delete
+    what is written there), and anywhere that cannot be written (a read-only filesystem, no permission).
+    ``create=False`` checks the same without creating anything (the nearest existing parent is probed).
+    """
+    p = Path(path)
+    absolute = p.resolve()
+    if any(str(absolute) == t or str(absolute).startswith(t + "/") for t in _SYSTEM_TREES):
+        raise OutputError(f"{what} {p} is in a system directory ({absolute}); choose a directory of your own")
+    if p.exists() and not p.is_dir():
+        raise OutputError(f"{what} {p} exists and is not a directory")
+    run = _inside_a_run(absolute)
+    if run is not None:
+        raise OutputError(
+            f"{what} {p} is inside the run {run}'s own {absolute.relative_to(run).parts[0]}/, which the run "
+            "rewrites; choose a directory outside it"
+        )
+    target = p
+    if not create:  # probe the nearest existing directory, and leave nothing behind
+        while not target.exists() and target != target.parent:
+            target = target.parent
+        if not target.is_dir():
+            raise OutputError(f"{what} {p}: {target} exists and is not a directory")
+    try:
+        if create:
+            p.mkdir(parents=True, exist_ok=True)
+        probe = target / f".synthkit-write-test-{os.getpid()}"
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        os.close(fd)
+        probe.unlink()
+    except OSError as exc:
+        raise OutputError(f"{what} {p} cannot be written: {os_reason(exc)}") from exc
+    return p
+
+
+def check_output_file(path: str | os.PathLike[str], what: str) -> Path:
+    """Make sure a file can be written at ``path`` (its directory is checked as by ``check_output_dir``)."""
+    p = Path(path)
+    absolute = p.resolve()
+    if any(str(absolute) == t or str(absolute).startswith(t + "/") for t in _SYSTEM_TREES):
+        raise OutputError(f"{what} {p} is in a system directory ({absolute}); choose a file of your own")
+    if p.exists() and not p.is_file():
+        raise OutputError(f"{what} {p} exists and is not a regular file")
+    check_output_dir(p.parent if str(p.parent) else Path("."), what=f"the directory of {what}")
+    return p

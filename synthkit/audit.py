@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from synthkit.atomic import write_json_atomic, write_text_atomic
+from synthkit.atomic import check_output_dir, write_json_atomic, write_text_atomic
 from synthkit.config import DataConfig
 from synthkit.data.sources import load_source
 from synthkit.errors import AuditError, ConfigError, ShardError
@@ -282,6 +282,7 @@ def audit(
         raise AuditError(
             f"refusing to write the audit into the shard set {set_dir}; choose a directory outside"
         )
+    check_output_dir(out)
     timings: dict[str, float] = {}
     clock = time.perf_counter()
 

@@ -25,6 +25,7 @@ import sys
 from pathlib import Path
 
 from synthkit import __version__
+from synthkit.atomic import check_output_dir, check_output_file
 from synthkit.config import dump_yaml, load_pipeline
 from synthkit.errors import ConfigError, SynthkitError
 from synthkit.registry import EXTRACTORS, SOURCES
@@ -179,7 +180,7 @@ def _cmd_shards_convert(args: argparse.Namespace, extra: list[str]) -> int:
         subset_seed=args.subset_seed,
     )
     name = args.name or default_name(data_cfg, args.split)
-    out = Path(args.out) if args.out else Path("shards") / name
+    out = check_output_dir(Path(args.out) if args.out else Path("shards") / name)
     m = convert_source(
         data_cfg, args.split, out, name=name, maxcount=args.maxcount, progress=not args.no_progress
     )
@@ -196,6 +197,8 @@ def _cmd_shards_inspect(args: argparse.Namespace, extra: list[str]) -> int:
     _no_extra(extra)
     if args.per_row < 1:
         raise ConfigError(f"--per-row must be >= 1, got {args.per_row}")
+    if args.grid is not None:
+        check_output_file(args.grid, "--grid")
     summary = inspect_shard_set(args.dir, grid=args.grid, per_row=args.per_row)
     print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
     return 0
@@ -252,6 +255,9 @@ def _cmd_audit_train_extractor(args: argparse.Namespace, extra: list[str]) -> in
 
     _no_extra(extra)
     data = DataConfig(name=args.data, root=args.root, size=args.size, subset=args.subset)
+    if args.epochs < 1:
+        raise ConfigError(f"--epochs must be >= 1 (0 would save an untrained classifier), got {args.epochs}")
+    check_output_dir(args.out)
     meta = train_classifier(data, args.out, epochs=args.epochs, seed=args.seed, progress=not args.no_progress)
     print(
         f"trained a {meta['num_classes']}-class classifier on {meta['train_images']} {args.data} images: "
@@ -422,7 +428,8 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except Exception as e:  # noqa: BLE001 - turn known user errors into one clear line
         if _is_user_error(e):
-            print(f"synthkit {args.command}: error: {e}", file=sys.stderr)
+            message = " ".join(str(e).split())  # one line, whatever the message held
+            print(f"synthkit {args.command}: error: {message}", file=sys.stderr)
             return EXIT_USAGE
         raise
 

@@ -131,15 +131,30 @@ class ViewsConfig:
 
 @dataclass(frozen=True)
 class EncoderConfig:
-    """Backbone h and projection head g; f = g(h(x))."""
+    """Backbone h and projection head g; f = g(h(x)).
+
+    ``backbone``: a registered name (``convnet``, ``resnet18``, ``resnet50``: small-image stems for 16-32 px),
+    or ``timm/NAME`` for a timm architecture (the optional extra ``synthkit[timm]``; built without weights).
+    ``small_stem``: give a timm ResNet-family backbone the small-image stem (3x3 stride-1 first convolution,
+    no max-pool), as synthkit's own ResNets have; at 32 px the stock stem leaves a 1x1 map before the last
+    stage. ``weights``: a local safetensors file to start from: a whole encoder's state (``backbone.*`` and
+    ``head.*``, e.g. another run's ``final/encoder.safetensors``) or a backbone's alone; shapes are checked,
+    and nothing is ever downloaded.
+    """
 
     backbone: str = "convnet"
     width: int = 32
     proj_hidden: int = 256
     proj_dim: int = 128
+    small_stem: bool = False
+    weights: str | None = None
 
     def __post_init__(self) -> None:
-        BACKBONES.check(self.backbone, "encoder.backbone")
+        if self.backbone.startswith("timm/"):
+            _check(len(self.backbone) > 5, "encoder.backbone", "timm/NAME needs a model name")
+        else:
+            BACKBONES.check(self.backbone, "encoder.backbone")
+            _check(not self.small_stem, "encoder.small_stem", "applies to timm/NAME backbones only")
         for name in ("width", "proj_hidden", "proj_dim"):
             _check(getattr(self, name) > 0, f"encoder.{name}", "must be positive")
 
@@ -232,6 +247,14 @@ class CGanConfig(GeneratorConfig):
     ``init_run``: start G (and its EMA), D, and, with HPG, G_a and G_b (G_b perturbed by
     ``hpg.init_noise``) from that finished run's final weights, and its conditions as the starting
     pseudo-classes; the run must have the same ``data`` section and generator shape.
+
+    Your own generator: ``builder`` is an import path ``package.module:function``; it is called as
+    ``function(z_dim=..., channels=..., size=..., num_classes=...)`` (the number of conditions, 0 for
+    unconditional) and returns an ``nn.Module`` mapping ``(z, c)`` to images in [0, 1]; ``weights`` is a local
+    safetensors file of its state (optional: without it the module starts as built). HSG and HPG then
+    fine-tune it against synthkit's discriminator, or yours: ``discriminator_builder`` is called as
+    ``function(channels=..., size=..., num_classes=...)`` and returns ``D(x, c)`` -> one logit per image,
+    started from ``discriminator_weights``. ``g_channels`` (``d_channels``) does not apply to yours.
     """
 
     kind: str = "cgan"
@@ -245,6 +268,10 @@ class CGanConfig(GeneratorConfig):
     diffaugment: str = "color,translation,cutout"
     pretrain_steps: int = 0
     init_run: str | None = None
+    builder: str | None = None
+    weights: str | None = None
+    discriminator_builder: str | None = None
+    discriminator_weights: str | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -256,6 +283,19 @@ class CGanConfig(GeneratorConfig):
         _check(all(0 <= b < 1 for b in self.betas), "generator.betas", f"must be in [0, 1), got {self.betas}")
         for part in filter(None, self.diffaugment.split(",")):
             _choice(part.strip(), "generator.diffaugment", ("color", "translation", "cutout"))
+        _check(
+            self.builder is None or (":" in self.builder and all(self.builder.split(":", 1))),
+            "generator.builder",
+            f"{self.builder!r} is not an import path package.module:function",
+        )
+        _check(
+            self.weights is None or self.builder is not None, "generator.weights", "needs generator.builder"
+        )
+        _check(
+            self.builder is None or self.init_run is None,
+            "generator.init_run",
+            "starts synthkit's own cGAN; with generator.builder, give generator.weights instead",
+        )
 
     def check_pipeline(self, cfg: PipelineConfig) -> None:
         """What the cGAN needs of the other sections."""
@@ -289,6 +329,15 @@ class DiffusionConfig(GeneratorConfig):
     the finished x_a. Joint: every ``refresh_every`` epochs a pool of ``pool_size`` images is sampled with
     the current encoder (hard samples and pair members in the proportion of ``hsg.synthetic_ratio`` to
     2 x ``hpg.pair_ratio``), written as a shard set and mixed into training at those ratios.
+
+    A model of your own: ``pretrained`` is a local diffusers directory (a pipeline with ``model_index.json``,
+    a bare ``UNet2DModel.save_pretrained`` directory with an optional scheduler config next to it, or
+    another synthkit run's ``final/diffusion``); the architecture keys above then come from it.
+    ``train_steps: 0`` skips stage 1 (the model samples as it is; a class-conditional model is sampled with
+    its own class ids, uniformly); more steps fine-tune it on the real data (a class-conditional model then
+    needs as many classes as there are conditions). ``resize``: allow a model of another image size;
+    its samples are resized (bilinear) to ``data.size``, and real images to its size for fine-tuning; off,
+    a size mismatch is an error.
     """
 
     READS: ClassVar[dict[str, tuple[str, ...] | None]] = {
@@ -317,6 +366,8 @@ class DiffusionConfig(GeneratorConfig):
     pool_size: int = 512
     refresh_every: int = 2
     sample_batch_size: int = 64
+    pretrained: str | None = None
+    resize: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -330,7 +381,15 @@ class DiffusionConfig(GeneratorConfig):
             "generator.norm_num_groups",
             f"{self.norm_num_groups} must divide every entry of block_out_channels",
         )
-        for name in ("layers_per_block", "num_train_timesteps", "train_steps", "batch_size", "ddim_steps"):
+        _check(
+            self.train_steps >= 1 or (self.train_steps == 0 and self.pretrained is not None),
+            "generator.train_steps",
+            "must be >= 1 (0, no stage 1, needs a pretrained model: generator.pretrained=DIR)",
+        )
+        _check(
+            not self.resize or self.pretrained is not None, "generator.resize", "needs generator.pretrained"
+        )
+        for name in ("layers_per_block", "num_train_timesteps", "batch_size", "ddim_steps"):
             _check(getattr(self, name) >= 1, f"generator.{name}", "must be >= 1")
         for name in ("pool_size", "refresh_every", "sample_batch_size"):
             _check(getattr(self, name) >= 1, f"generator.{name}", "must be >= 1")

@@ -50,3 +50,8 @@ class ExtractorError(SynthkitError, ValueError):
 
 class OutputError(SynthkitError, RuntimeError):
     """An output cannot be written (disk full, permission, not a directory); nothing half-written stays."""
+
+
+class ModelError(SynthkitError, ValueError):
+    """A model given as input (a pretrained diffusion model, a user's generator, encoder weights) is
+    missing, malformed, or does not fit the data."""

@@ -47,7 +47,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from synthkit.atomic import save_image_atomic, write_json_atomic
+from synthkit.atomic import check_output_dir, save_image_atomic, write_json_atomic
 from synthkit.config import to_dict
 from synthkit.data.sources import load_source
 from synthkit.data.views import Views
@@ -255,6 +255,26 @@ def write_samples(
             before_publish(res)
         res.manifest = w.close()
     return res
+
+
+def _check_disk(out_dir: Path, total: int, art: Any) -> None:
+    """Refuse up front a set that cannot fit on the disk, from what the request declares: ``total`` samples
+    of the run's image size (a PNG is at most about its raw size, plus the tar member headers and JSON)."""
+    import shutil
+
+    data = art.cfg.data
+    channels = art.encoder.in_channels
+    per_sample = channels * data.size * data.size + 3 * 512 + 1024
+    need = total * per_sample
+    existing = out_dir
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    free = shutil.disk_usage(existing).free
+    if need > free:
+        raise ExportError(
+            f"--n asks for {total} samples, up to {need / 2**30:.3g} GiB of shards, but {out_dir} has "
+            f"{free / 2**30:.3g} GiB free"
+        )
 
 
 def _request(
@@ -483,17 +503,19 @@ def generate(
     n = cfg.export.n if n is None else n
     seed = cfg.export.seed if seed is None else seed
     name = name or cfg.export.name
-    maxcount = maxcount or cfg.export.maxcount
-    batch_size = batch_size or cfg.export.batch_size
-    if n < 1:
-        raise ExportError(f"--n must be >= 1, got {n}")
+    maxcount = cfg.export.maxcount if maxcount is None else maxcount
+    batch_size = cfg.export.batch_size if batch_size is None else batch_size
+    for flag, value in (("--n", n), ("--maxcount", maxcount), ("--batch-size", batch_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ExportError(f"{flag} must be a positive integer, got {value!r}")
     if kind in ("pair", "all") and n % 2:
         raise ExportError(f"--n must be even for pairs (two samples per pair), got {n}")
     rank, world = _launch()
     split = _parse_part(part, rank, world)
-    out_dir = Path(out_dir)
+    out_dir = check_output_dir(out_dir, create=False)
     counts = {k: n for k in ("hard", "pair") if kind in (k, "all")}
     total = sum(counts.values())
+    _check_disk(out_dir, total, art)  # the whole set: on a shared disk every part lands on it
     mine = None if split is None else Part.of(total, maxcount, *split)
     request = _request(art.hashes, n, seed, name, batch_size, maxcount, kind)
     if mine is None:

@@ -12,7 +12,9 @@ A third-party package adds an entry without editing synthkit, either in code::
 or, with nothing to import first, through an entry point of its distribution (``pyproject.toml``)::
 
     [project.entry-points."synthkit.producers"]
-    mygan = "mypkg.gan:ENTRY"        # a ProducerEntry
+    mygan = "mypkg.gan:MyGanProducer"   # a ProducerEntry, or a producer class with a Config attribute
+
+or by naming the import path itself in the config: ``generator.kind: mypkg.gan:MyGanProducer``.
 
 Entry-point groups: ``synthkit.producers``, ``synthkit.objectives``, ``synthkit.backbones``.
 """
@@ -53,8 +55,10 @@ class Registry:
         group: the entry-point group third-party packages register under.
     """
 
-    def __init__(self, key: str, builtins: dict[str, Any], group: str | None = None) -> None:
-        self.key, self.group = key, group
+    def __init__(
+        self, key: str, builtins: dict[str, Any], group: str | None = None, *, allow_paths: bool = False
+    ) -> None:
+        self.key, self.group, self.allow_paths = key, group, allow_paths
         self._entries: dict[str, Any] = dict(builtins)
         self._resolved: dict[str, Any] = {}
         self._plugins_loaded = group is None
@@ -65,6 +69,10 @@ class Registry:
         self._plugins_loaded = True
         for ep in metadata.entry_points(group=self.group):
             self._entries.setdefault(ep.name, ep.value)
+
+    def refresh(self) -> None:
+        """Read the entry points again (after installing a plugin into a running interpreter)."""
+        self._plugins_loaded = self.group is None
 
     def register(self, name: str, target: Any, *, replace: bool = False) -> None:
         """Add ``name``; ``target`` is the object or its ``"module:attribute"`` path."""
@@ -85,7 +93,14 @@ class Registry:
         return iter(self.names())
 
     def check(self, name: str, key: str | None = None) -> None:
-        """Raise ConfigError naming the key and the choices when ``name`` is not registered."""
+        """Raise ConfigError naming the key and the choices when ``name`` is not registered.
+
+        A name of the form ``package.module:attribute`` (an import path) is registered on first use, so a
+        plugin works without an entry point too.
+        """
+        if name not in self and self.allow_paths and ":" in name:
+            resolve(name)  # a ConfigError naming the path if it does not import
+            self._entries[name] = name
         if name not in self:
             raise ConfigError(f"{key or self.key}: {name!r} is not one of {', '.join(self.names())}")
 
@@ -142,6 +157,7 @@ PRODUCERS = _EntryRegistry(
         ),
     },
     group="synthkit.producers",
+    allow_paths=True,
 )
 
 #: ``objective.name``: how projections are scored (synthkit.objectives.base.Objective).
@@ -152,6 +168,7 @@ OBJECTIVES = _EntryRegistry(
         "moco": ProducerEntry("synthkit.config:MoCoConfig", "synthkit.objectives.moco:MoCo"),
     },
     group="synthkit.objectives",
+    allow_paths=True,
 )
 
 #: ``encoder.backbone``: ``(in_channels, width) -> nn.Module`` with an ``out_dim``.

@@ -37,6 +37,13 @@ def load_state_dict(path: Path, expected_hash: str | None = None) -> dict[str, t
         state = load_file(str(path))
     except Exception as e:  # noqa: BLE001 - safetensors raises several types for a damaged file
         raise CheckpointError(f"cannot load {path}: {type(e).__name__}: {e}") from e
+    bad = next(
+        (k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())), None
+    )
+    if bad is not None:
+        raise CheckpointError(
+            f"{path} holds non-finite values ({bad}): weights of a diverged run are refused"
+        )
     if expected_hash is not None and state_dict_hash(state) != expected_hash:
         raise CheckpointError(
             f"{path} does not hold the weights the run recorded (content hash {state_dict_hash(state)[:12]}, "

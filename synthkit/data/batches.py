@@ -13,6 +13,7 @@ from collections.abc import Iterator
 import torch
 
 from synthkit.config import MixConfig
+from synthkit.errors import ConfigError, ShardError
 
 
 class EpochBatches:
@@ -61,13 +62,16 @@ class MixBatches:
         from synthkit.shards.manifest import read_manifest
         from synthkit.shards.mix import MixedShardStream, parse_mix_spec
 
-        sources = [parse_mix_spec(spec) for spec in mix.sources]
+        try:
+            sources = [parse_mix_spec(spec) for spec in mix.sources]
+        except ValueError as e:  # a malformed NAME=DIR:WEIGHT or a missing directory
+            raise ConfigError(f"--data / mix.sources: {e}") from e
         first = next(iter(iter_samples(sources[0].path)), None)
         if first is None:
-            raise ValueError(f"mix source {sources[0].name!r} ({sources[0].path}) holds no samples")
+            raise ShardError(f"mix source {sources[0].name!r} ({sources[0].path}) holds no samples")
         h, w, c = first["image"].shape
         if h != w:
-            raise ValueError(f"mix source {sources[0].name!r}: images must be square, got {h}x{w}")
+            raise ShardError(f"mix source {sources[0].name!r}: images must be square, got {h}x{w}")
         self.size, self.channels = h, c
         total = sum((read_manifest(s.path) or {}).get("total", 0) for s in sources)
         self.stream = MixedShardStream(
@@ -100,7 +104,7 @@ class MixBatches:
         )
         for _, (images, metas) in zip(range(len(self)), loader, strict=False):
             if images.shape[1:] != (self.channels, self.size, self.size):
-                raise ValueError(
+                raise ShardError(
                     f"mix: a batch of {len(metas)} images has shape {tuple(images.shape[1:])}, but the first "
                     f"source's are {(self.channels, self.size, self.size)}; all sets in a mix must match"
                 )

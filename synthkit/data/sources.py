@@ -16,6 +16,7 @@ Example::
 from __future__ import annotations
 
 import gzip
+import os
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,6 +93,21 @@ class ImageSet:
 # --------------------------------------------------------------------------- shared steps
 
 
+def available_memory() -> int | None:
+    """Bytes of memory available to allocate now (Linux: MemAvailable), or None where it cannot be read."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
 def _to_size_and_channels(images: torch.Tensor, size: int, channels: int | None) -> torch.Tensor:
     """Convert channels (601 luma / repeated gray) and resize to ``size`` x ``size``, in bounded chunks.
 
@@ -102,6 +118,16 @@ def _to_size_and_channels(images: torch.Tensor, size: int, channels: int | None)
     out_c = channels or c
     if out_c == c and (h, w) == (size, size):
         return images.contiguous()
+    need = (
+        images.shape[0] * out_c * size * size + min(_RESIZE_CHUNK, images.shape[0]) * out_c * size * size * 4
+    )
+    available = available_memory()
+    if available is not None and need > available:
+        raise DataSourceError(
+            f"data.size={size}: {images.shape[0]} images of {out_c}x{size}x{size} need "
+            f"{need / 2**30:.3g} GiB in memory, and {available / 2**30:.3g} GiB are available; choose a "
+            "smaller data.size or data.subset"
+        )
     out = torch.empty((images.shape[0], out_c, size, size), dtype=torch.uint8)
     luma = torch.tensor(_LUMA, dtype=torch.float32).view(1, 3, 1, 1)
     for start in range(0, images.shape[0], _RESIZE_CHUNK):

@@ -19,6 +19,7 @@ import torch
 import torchvision
 from torch import nn
 
+from synthkit.errors import ModelError
 from synthkit.registry import BACKBONES
 
 
@@ -78,6 +79,60 @@ def resnet50(in_channels: int, width: int) -> nn.Module:
     return SmallStemResNet(torchvision.models.resnet50, in_channels)
 
 
-def build_backbone(name: str, in_channels: int, width: int) -> nn.Module:
-    """Build a backbone from the registry (``encoder.backbone``); the module exposes ``out_dim``."""
+class TimmBackbone(nn.Module):
+    """A timm architecture as a backbone (``encoder.backbone: timm/NAME``), built without weights.
+
+    timm is an optional extra (``pip install 'synthkit[timm]'``). Nothing is downloaded: pretrained weights
+    come only from a local file (``encoder.weights``), so a name that selects hub weights (``NAME.TAG``,
+    ``hf-hub:...``) without such a file is refused. ``small_stem``: replace a ResNet-family stem (a 7x7
+    stride-2 ``conv1`` and a max-pool) by a 3x3 stride-1 convolution without max-pool, the CIFAR-style stem of
+    synthkit's own ResNets: at 32 px the stock stem leaves 1x1 maps before the last stage.
+    """
+
+    def __init__(
+        self, name: str, in_channels: int, *, small_stem: bool = False, has_weights: bool = False
+    ) -> None:
+        super().__init__()
+        try:
+            import timm
+        except ImportError:
+            raise ModelError(
+                f"encoder.backbone=timm/{name} needs timm: pip install 'synthkit[timm]'"
+            ) from None
+        if name.startswith(("hf-hub:", "hf_hub:")) or "/" in name:
+            raise ModelError(
+                f"encoder.backbone=timm/{name} names a model on the Hugging Face hub; synthkit never "
+                "downloads: name a timm architecture, with its weights as a local file (encoder.weights)"
+            )
+        if "." in name and not has_weights:
+            arch, tag = name.split(".", 1)
+            raise ModelError(
+                f"encoder.backbone=timm/{name} selects pretrained weights ({tag}) that synthkit will not "
+                f"download: pass encoder.weights=FILE.safetensors, or use timm/{arch} (random weights)"
+            )
+        try:
+            model = timm.create_model(name, pretrained=False, num_classes=0, in_chans=in_channels)
+        except RuntimeError as e:
+            raise ModelError(f"encoder.backbone=timm/{name}: {e}") from e
+        if small_stem:
+            conv, pool = getattr(model, "conv1", None), getattr(model, "maxpool", None)
+            if not isinstance(conv, nn.Conv2d) or pool is None:
+                raise ModelError(
+                    f"encoder.small_stem: timm/{name} has no ResNet-style conv1/maxpool stem to replace"
+                )
+            model.conv1 = nn.Conv2d(in_channels, conv.out_channels, 3, stride=1, padding=1, bias=False)
+            model.maxpool = nn.Identity()
+        self.model = model
+        self.out_dim = int(model.num_features)
+
+    def forward(self, x: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
+        return self.model(x if isinstance(x, torch.Tensor) else torch.cat(list(x)))
+
+
+def build_backbone(
+    name: str, in_channels: int, width: int, *, small_stem: bool = False, has_weights: bool = False
+) -> nn.Module:
+    """A backbone (``encoder.backbone``: a registered name, or ``timm/NAME``); it exposes ``out_dim``."""
+    if name.startswith("timm/"):
+        return TimmBackbone(name[5:], in_channels, small_stem=small_stem, has_weights=has_weights)
     return BACKBONES.get(name)(in_channels, width)

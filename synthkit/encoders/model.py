@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 from torch import nn
 
 from synthkit.config import EncoderConfig
 from synthkit.encoders.backbones import build_backbone
+from synthkit.errors import CheckpointError, ModelError
+from synthkit.provenance import state_dict_hash
+from synthkit.weights import load_state_dict
 
 
 class ProjectionHead(nn.Sequential):
@@ -28,7 +32,13 @@ class Encoder(nn.Module):
 
     def __init__(self, cfg: EncoderConfig, in_channels: int) -> None:
         super().__init__()
-        self.backbone = build_backbone(cfg.backbone, in_channels, cfg.width)
+        self.backbone = build_backbone(
+            cfg.backbone,
+            in_channels,
+            cfg.width,
+            small_stem=cfg.small_stem,
+            has_weights=cfg.weights is not None,
+        )
         self.head = ProjectionHead(self.backbone.out_dim, cfg.proj_hidden, cfg.proj_dim)
         self.in_channels = in_channels
 
@@ -48,6 +58,38 @@ class Encoder(nn.Module):
     def forward(self, x: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
         """f(x) = g(h(x)): the projection the contrastive loss sees."""
         return self.head(self.features(x))
+
+
+def load_encoder_weights(encoder: Encoder, path: str | Path) -> str:
+    """Start ``encoder`` from a local safetensors file; return the file's content hash.
+
+    The file holds a whole encoder (``backbone.*`` and ``head.*`` keys, e.g. another run's
+    ``final/encoder.safetensors``) or a backbone alone (its own keys, or prefixed ``backbone.``). Every
+    tensor must fit: a missing, unexpected or differently shaped tensor is a one-line ModelError.
+    """
+    path = Path(path)
+    try:
+        state = load_state_dict(path)
+    except CheckpointError as e:
+        raise ModelError(f"encoder.weights: {e}") from e
+    if any(k.startswith("head.") for k in state):
+        target, what = encoder, "the whole encoder"
+    else:
+        target, what = encoder.backbone, "the backbone"
+        if all(k.startswith("backbone.") for k in state):
+            state = {k[len("backbone.") :]: v for k, v in state.items()}
+    mine = target.state_dict()
+    missing, extra = sorted(set(mine) - set(state)), sorted(set(state) - set(mine))
+    wrong = [k for k in mine if k in state and tuple(state[k].shape) != tuple(mine[k].shape)]
+    if missing or extra or wrong:
+        detail = (
+            f"{len(missing)} missing (e.g. {missing[0]})" if missing else
+            f"{len(extra)} unexpected (e.g. {extra[0]})" if extra else
+            f"{wrong[0]} is {tuple(state[wrong[0]].shape)} in the file, {tuple(mine[wrong[0]].shape)} here"
+        )  # fmt: skip
+        raise ModelError(f"encoder.weights={path} does not fit {what} (encoder.backbone/width): {detail}")
+    target.load_state_dict(state)
+    return state_dict_hash(state)
 
 
 @torch.no_grad()

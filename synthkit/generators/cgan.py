@@ -8,11 +8,16 @@ head for the condition (Miyato & Koyama, "cGANs with Projection Discriminator", 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import nn
 from torch.nn.utils import spectral_norm
 
-from synthkit.config import GeneratorConfig
+from synthkit.config import CGanConfig
+from synthkit.errors import ModelError
+from synthkit.registry import resolve
+from synthkit.weights import load_into, load_state_dict
 
 
 def num_upsamplings(size: int) -> int:
@@ -119,9 +124,87 @@ class Discriminator(nn.Module):
 
 
 def build_cgan(
-    cfg: GeneratorConfig, channels: int, size: int, num_classes: int
-) -> tuple[Generator, Discriminator]:
-    return (
-        Generator(cfg.z_dim, channels, size, num_classes, base=cfg.g_channels),
-        Discriminator(channels, size, num_classes, base=cfg.d_channels),
-    )
+    cfg: CGanConfig, channels: int, size: int, num_classes: int, *, load_weights: bool = True
+) -> tuple[nn.Module, Discriminator]:
+    """G and D for the cGAN producer: synthkit's Generator, or the user's (``generator.builder``), and the
+    projection discriminator. ``load_weights``: start the user's G from ``generator.weights`` (a run loading
+    its own published G passes False: those weights replace the initial ones)."""
+    if cfg.builder is None:
+        gen: nn.Module = Generator(cfg.z_dim, channels, size, num_classes, base=cfg.g_channels)
+    else:
+        weights = cfg.weights if load_weights else None
+        gen = user_generator(cfg.builder, weights, cfg.z_dim, channels, size, num_classes)
+    if cfg.discriminator_builder is None:
+        return gen, Discriminator(channels, size, num_classes, base=cfg.d_channels)
+    weights = cfg.discriminator_weights if load_weights else None
+    return gen, user_discriminator(cfg.discriminator_builder, weights, channels, size, num_classes)
+
+
+def user_discriminator(
+    builder: str, weights: str | None, channels: int, size: int, num_classes: int
+) -> nn.Module:
+    """The user's discriminator: ``builder(channels=, size=, num_classes=)`` returning ``D(x, c)`` -> one
+    logit per image, ``weights`` loaded when given; checked on a probe."""
+    build = resolve(builder)
+    try:
+        disc = build(channels=channels, size=size, num_classes=num_classes)
+    except Exception as e:  # noqa: BLE001 - a user's builder can fail any way; report it in one line
+        raise ModelError(f"generator.discriminator_builder={builder} failed: {type(e).__name__}: {e}") from e
+    if not isinstance(disc, nn.Module):
+        raise ModelError(f"generator.discriminator_builder={builder} returned a {type(disc).__name__}")
+    if weights is not None:
+        path = Path(weights)
+        load_into(disc, load_state_dict(path), f"generator.discriminator_weights={path}")
+    with torch.no_grad():
+        c = torch.zeros(2, dtype=torch.long) if num_classes else None
+        try:
+            out = disc(torch.rand(2, channels, size, size, generator=torch.Generator().manual_seed(0)), c)
+        except Exception as e:  # noqa: BLE001
+            raise ModelError(f"generator.discriminator_builder={builder}: D(x, c) failed: {e}") from e
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2,):
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ModelError(
+            f"generator.discriminator_builder={builder}: D(x, c) gives {shape}, needs one logit each"
+        )
+    return disc
+
+
+def user_generator(
+    builder: str, weights: str | None, z_dim: int, channels: int, size: int, num_classes: int
+) -> nn.Module:
+    """The user's generator: ``builder(z_dim=, channels=, size=, num_classes=)``, ``weights`` loaded
+    (safetensors) when given, and its output checked on a probe: N x channels x size x size, finite, in
+    [0, 1]."""
+    build = resolve(builder)
+    try:
+        gen = build(z_dim=z_dim, channels=channels, size=size, num_classes=num_classes)
+    except Exception as e:  # noqa: BLE001 - a user's builder can fail any way; report it in one line
+        raise ModelError(f"generator.builder={builder} failed: {type(e).__name__}: {e}") from e
+    if not isinstance(gen, nn.Module):
+        raise ModelError(f"generator.builder={builder} returned a {type(gen).__name__}, not an nn.Module")
+    if weights is not None:
+        path = Path(weights)
+        load_into(gen, load_state_dict(path), f"generator.weights={path}")
+    was = gen.training
+    gen.eval()
+    try:
+        with torch.no_grad():
+            z = torch.randn(2, z_dim, generator=torch.Generator().manual_seed(0))
+            c = torch.zeros(2, dtype=torch.long) if num_classes else None
+            out = gen(z, c)
+    except Exception as e:  # noqa: BLE001
+        raise ModelError(
+            f"generator.builder={builder}: G(z, c) failed on a probe: {type(e).__name__}: {e}"
+        ) from e
+    finally:
+        gen.train(was)
+    want = (2, channels, size, size)
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != want:
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ModelError(f"generator.builder={builder}: G(z, c) gives {shape}, the data need {want}")
+    if not torch.isfinite(out).all() or out.min() < 0 or out.max() > 1:
+        raise ModelError(
+            f"generator.builder={builder}: G(z, c) must give images in [0, 1] (the data's range), got "
+            f"{float(out.min()):.3g}..{float(out.max()):.3g}"
+        )
+    return gen

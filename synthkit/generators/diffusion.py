@@ -15,6 +15,8 @@ Example::
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -22,6 +24,7 @@ import torch.nn.functional as F
 from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
 
 from synthkit.config import DiffusionConfig
+from synthkit.errors import ModelError
 
 UNET_DIR = "unet"
 SCHEDULER_DIR = "scheduler"
@@ -115,20 +118,119 @@ def diffusion_loss(
     return F.mse_loss(pred.float(), noise.float())
 
 
-def save_diffusion(unet: UNet2DModel, scheduler: DDPMScheduler, directory: str | Path) -> None:
-    """diffusers' layout: ``directory/unet`` (config.json + safetensors) and ``directory/scheduler``."""
+PIPELINE_META = "synthkit.json"
+#: the value range of a model's samples when nothing says otherwise: diffusers' convention
+DEFAULT_VALUE_RANGE = (-1.0, 1.0)
+
+
+def save_diffusion(
+    unet: UNet2DModel, scheduler: DDPMScheduler, directory: str | Path, meta: dict | None = None
+) -> None:
+    """A diffusers pipeline directory: ``model_index.json`` (a ``DDPMPipeline``), ``unet/`` (config.json +
+    safetensors), ``scheduler/``, and ``synthkit.json`` (``meta``: the value range, what the class ids mean),
+    so ``DiffusionPipeline.from_pretrained(directory)`` loads it without synthkit."""
+    from diffusers import DDPMPipeline
+
     directory = Path(directory)
-    unet.save_pretrained(directory / UNET_DIR, safe_serialization=True)
-    scheduler.save_pretrained(directory / SCHEDULER_DIR)
+    DDPMPipeline(unet=unet, scheduler=scheduler).save_pretrained(directory, safe_serialization=True)
+    info = {"value_range": list(DEFAULT_VALUE_RANGE), **(meta or {})}
+    (directory / PIPELINE_META).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
 
 
 def load_diffusion(directory: str | Path) -> tuple[UNet2DModel, DDPMScheduler]:
     """Load what :func:`save_diffusion` wrote, with plain diffusers; the UNet is in eval mode."""
-    directory = Path(directory)
-    if not (directory / UNET_DIR / "config.json").is_file():
-        raise FileNotFoundError(f"{directory} holds no diffusers UNet ({directory / UNET_DIR} is missing)")
-    # safetensors only: a pickled diffusion_pytorch_model.bin next to it is never loaded
-    unet = UNet2DModel.from_pretrained(directory / UNET_DIR, use_safetensors=True)
-    scheduler = DDPMScheduler.from_pretrained(directory / SCHEDULER_DIR)
+    found = load_pretrained(directory)
+    return found.unet, DDPMScheduler.from_config(found.scheduler_config)
+
+
+@dataclass
+class Pretrained:
+    """A diffusers model found on disk: the UNet (eval mode), its noise schedule, where they came from."""
+
+    unet: UNet2DModel
+    scheduler_config: dict
+    layout: str  # "pipeline" (model_index.json), "unet" (a bare UNet2DModel), "synthkit" (unet/ + scheduler/)
+    scheduler_source: str  # where the schedule came from: a file, or "default (generator section)"
+    value_range: tuple[float, float]
+    meta: dict = field(default_factory=dict)  # synthkit.json, when the directory has one
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise ModelError(f"cannot read {path}: {e}") from e
+    if not isinstance(data, dict):
+        raise ModelError(f"{path} is not a JSON object")
+    return data
+
+
+def load_pretrained(directory: str | Path, default_scheduler: DiffusionConfig | None = None) -> Pretrained:
+    """A UNet2DModel and its schedule from a local directory; never downloads, never unpickles.
+
+    Layouts: a pipeline directory (``model_index.json`` naming a ``unet`` and a ``scheduler``, as
+    ``DDPMPipeline.save_pretrained`` writes), synthkit's own (``unet/`` and ``scheduler/``), or a bare
+    ``UNet2DModel.save_pretrained`` directory (``config.json`` + safetensors), whose schedule is a
+    ``scheduler_config.json`` next to it, ``../scheduler/``, or else the default: ``DDPMScheduler`` with the
+    generator section's ``num_train_timesteps`` and ``beta_schedule`` (epsilon prediction).
+
+    Raises:
+        ModelError: nothing loadable there (one line naming the directory and what is missing).
+    """
+    root = Path(directory)
+    if "://" in str(directory) or not root.is_dir():
+        raise ModelError(
+            f"pretrained model {directory} is not a local directory; synthkit never downloads models: save "
+            "it with save_pretrained and pass the directory"
+        )
+    if (root / "model_index.json").is_file():
+        index = _read_json(root / "model_index.json")
+        if not isinstance(index.get("unet"), list) or index["unet"][-1:] != ["UNet2DModel"]:
+            raise ModelError(f"{root}/model_index.json names no UNet2DModel (unet: {index.get('unet')!r})")
+        layout, unet_dir, sched_dir = "pipeline", root / UNET_DIR, root / SCHEDULER_DIR
+    elif (root / UNET_DIR / "config.json").is_file():
+        layout, unet_dir, sched_dir = "synthkit", root / UNET_DIR, root / SCHEDULER_DIR
+    elif (root / "config.json").is_file():
+        layout, unet_dir = "unet", root
+        sched_dir = root if (root / "scheduler_config.json").is_file() else root.parent / SCHEDULER_DIR
+    else:
+        raise ModelError(
+            f"{root} holds no diffusers model: expected model_index.json (a pipeline), unet/config.json, or "
+            "the config.json of a UNet2DModel"
+        )
+    weights = unet_dir / "diffusion_pytorch_model.safetensors"
+    if not weights.is_file():
+        raise ModelError(
+            f"{unet_dir} has no diffusion_pytorch_model.safetensors; synthkit loads safetensors only "
+            "(save with safe_serialization=True)"
+        )
+    config = _read_json(unet_dir / "config.json")
+    if config.get("_class_name", "UNet2DModel") != "UNet2DModel":
+        raise ModelError(f"{unet_dir} holds a {config.get('_class_name')}, not a UNet2DModel")
+    try:
+        unet = UNet2DModel.from_pretrained(unet_dir, use_safetensors=True, local_files_only=True)
+    except (OSError, ValueError, RuntimeError, TypeError) as e:
+        raise ModelError(f"cannot load the UNet in {unet_dir}: {type(e).__name__}: {e}") from e
     unet.eval()
-    return unet, scheduler
+    if (sched_dir / "scheduler_config.json").is_file():
+        scheduler_config = _read_json(sched_dir / "scheduler_config.json")
+        scheduler_source = str(sched_dir / "scheduler_config.json")
+    elif default_scheduler is not None or layout == "unet":
+        cfg = default_scheduler or DiffusionConfig()
+        scheduler_config = dict(build_scheduler(cfg).config)
+        scheduler_source = "default (generator.num_train_timesteps, generator.beta_schedule)"
+    else:
+        raise ModelError(f"{root} has no scheduler ({sched_dir / 'scheduler_config.json'} is missing)")
+    if scheduler_config.get("prediction_type", "epsilon") != "epsilon":
+        raise ModelError(
+            f"{root}: the scheduler predicts {scheduler_config.get('prediction_type')!r}; synthkit's sampler "
+            "and guidance need an epsilon-predicting model"
+        )
+    meta = _read_json(root / PIPELINE_META) if (root / PIPELINE_META).is_file() else {}
+    value_range = tuple(float(v) for v in meta.get("value_range", DEFAULT_VALUE_RANGE))
+    if value_range != DEFAULT_VALUE_RANGE:
+        raise ModelError(
+            f"{root}: the model's samples are in {list(value_range)}; synthkit's sampler assumes diffusers' "
+            f"{list(DEFAULT_VALUE_RANGE)}"
+        )
+    return Pretrained(unet, dict(scheduler_config), layout, scheduler_source, value_range, meta)  # type: ignore[arg-type]

@@ -161,6 +161,10 @@ class Producer:
         """Extra figures for ``summary.json``."""
         return {}
 
+    def describe(self) -> dict[str, Any]:
+        """What this producer is, for ``run.json``: its kind and the identity of any model it starts from."""
+        return {"kind": self.kind}
+
     # ------------------------------------------------------------------ export
     @classmethod
     def load(cls, cfg: PipelineConfig, directory: Path, record: dict[str, Any]) -> Producer:

@@ -29,7 +29,7 @@ from synthkit.config import CGanConfig, PipelineConfig, to_dict
 from synthkit.data.views import to_float
 from synthkit.distributed import reduce_values
 from synthkit.errors import CheckpointError, RunError
-from synthkit.generators.cgan import Generator, build_cgan
+from synthkit.generators.cgan import build_cgan
 from synthkit.producers.base import (
     Chunk,
     Contribution,
@@ -72,8 +72,10 @@ PRETRAIN_EPOCH_BASE = 1_000_000
 STATE_JSON = "producer_state.json"
 
 
-def _generator_meta(gen: Generator) -> dict[str, int]:
-    return {"z_dim": gen.z_dim, "channels": gen.channels, "size": gen.size, "num_classes": gen.num_classes}
+def _weights_hash(path: str | None) -> str | None:
+    from synthkit.provenance import state_dict_hash
+
+    return None if path is None else state_dict_hash(load_state_dict(Path(path)))
 
 
 class CGanProducer(Producer):
@@ -86,7 +88,9 @@ class CGanProducer(Producer):
     kind: ClassVar[str] = "cgan"
     Config: ClassVar[type] = CGanConfig
 
-    def __init__(self, cfg: PipelineConfig, channels: int, size: int, num_classes: int) -> None:
+    def __init__(
+        self, cfg: PipelineConfig, channels: int, size: int, num_classes: int, *, load_weights: bool = True
+    ) -> None:
         gen_cfg = cfg.generator
         assert isinstance(gen_cfg, CGanConfig)
         self.cfg, self.gen_cfg = cfg, gen_cfg
@@ -94,10 +98,12 @@ class CGanProducer(Producer):
         self.hsg: HardSampleProducer | None = None
         self.pairs: PairProducer | None = None
         if cfg.hsg.enabled:
-            self.hsg = HardSampleProducer(gen_cfg, cfg.hsg, channels, size, num_classes)
+            self.hsg = HardSampleProducer(
+                gen_cfg, cfg.hsg, channels, size, num_classes, load_weights=load_weights
+            )
             self.discriminator: nn.Module = self.hsg.discriminator
         if cfg.hpg.enabled:
-            g_a, d_own = build_cgan(gen_cfg, channels, size, num_classes)
+            g_a, d_own = build_cgan(gen_cfg, channels, size, num_classes, load_weights=load_weights)
             self.pairs = PairProducer(gen_cfg, cfg.hpg, g_a)
             if self.hsg is None:  # one D judges every generator
                 self.discriminator = d_own
@@ -106,6 +112,7 @@ class CGanProducer(Producer):
         self.export_kinds = tuple(k for k, on in (("hard", self.hsg), ("pair", self.pairs)) if on is not None)
         self.ctx: TrainContext | None = None
         self.init: _GanInit | None = None
+        self.weights_hash = _weights_hash(gen_cfg.weights) if load_weights else None
 
     # ------------------------------------------------------------------ training
     @classmethod
@@ -417,13 +424,13 @@ class CGanProducer(Producer):
             hashes["generator_ema"] = save_state_dict(
                 self.hsg.ema_generator, directory / "generator_ema.safetensors"
             )
-            record["generator"] = _generator_meta(self.hsg.generator)
+            record["generator"] = self._meta()
         if self.pairs is not None:
             for side, ema in (("a", self.pairs.ema_a), ("b", self.pairs.ema_b)):
                 hashes[f"generator_{side}_ema"] = save_state_dict(
                     ema.module, directory / f"generator_{side}_ema.safetensors"
                 )
-            record["pair_generator"] = _generator_meta(self.pairs.generator_a)
+            record["pair_generator"] = self._meta()
         hashes["discriminator"] = save_state_dict(self.discriminator, directory / "discriminator.safetensors")
         if self.conditions is not None:
             save_state_dict({"labels": self.conditions.labels}, directory / "conditions.safetensors")
@@ -435,6 +442,22 @@ class CGanProducer(Producer):
         record["hashes"] = hashes
         return record
 
+    def _meta(self) -> dict[str, Any]:
+        meta: dict[str, Any] = {
+            "z_dim": self.gen_cfg.z_dim,
+            "channels": self.channels,
+            "size": self.size,
+            "num_classes": self.num_classes,
+        }
+        if self.gen_cfg.builder is not None:  # the user's generator: where it comes from
+            meta.update(
+                builder=self.gen_cfg.builder, weights=self.gen_cfg.weights, weights_hash=self.weights_hash
+            )
+        return meta
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": self.kind, **self._meta()}
+
     def summary(self) -> dict[str, Any]:
         init = self.init
         return {"generator_init": {"run": str(init.run), "hashes": init.hashes}} if init is not None else {}
@@ -445,7 +468,9 @@ class CGanProducer(Producer):
         meta = record.get("generator") or record.get("pair_generator")
         if not isinstance(meta, dict):
             raise CheckpointError(f"{directory}: the cGAN record names no generator")
-        self = cls(cfg, int(meta["channels"]), int(meta["size"]), int(meta["num_classes"]))
+        self = cls(
+            cfg, int(meta["channels"]), int(meta["size"]), int(meta["num_classes"]), load_weights=False
+        )
         hashes = record.get("hashes", {})
 
         def load(module: nn.Module, stem: str) -> None:
@@ -465,6 +490,7 @@ class CGanProducer(Producer):
             labels = load_state_dict(directory / "conditions.safetensors")["labels"]
             self.conditions = Conditions(labels, int(c["num_classes"]), str(c["source"]))
         self.generator_steps = int(record.get("generator_steps", 0))
+        self.weights_hash = meta.get("weights_hash")
         for module in self._trainable():
             module.eval().requires_grad_(False)
         return self
@@ -502,18 +528,24 @@ class CGanProducer(Producer):
 
     def export_info(self) -> dict[str, Any]:
         cond = self.conditions
-        return {"generator_step": self.generator_steps, "condition_source": cond.source if cond else "none"}
+        info: dict[str, Any] = {
+            "generator_step": self.generator_steps,
+            "condition_source": cond.source if cond else "none",
+        }
+        if self.gen_cfg.builder is not None:
+            info["generator"] = self._meta()
+        return info
 
     def sampler(self, seed: int) -> Callable[[int, torch.device], torch.Tensor]:
         """The EMA generator (G_a for a pairs-only run), conditions drawn from the run's frequencies."""
         gen = self.hsg.generator if self.hsg is not None else self.pairs.generator_a  # type: ignore[union-attr]
-        cond = self.conditions
+        cond, z_dim = self.conditions, self.gen_cfg.z_dim
 
         @torch.no_grad()
         def sample(n: int, device: torch.device) -> torch.Tensor:
             gen.to(device)
             c = cond.sample(n).to(device) if cond is not None and cond.num_classes else None
-            return gen(torch.randn(n, gen.z_dim, device=device), c)
+            return gen(torch.randn(n, z_dim, device=device), c)
 
         return sample
 

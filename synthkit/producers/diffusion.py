@@ -23,6 +23,7 @@ Exports sample with DDIM at the end-of-training settings (the full guidance scal
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 from collections.abc import Callable
@@ -32,6 +33,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from diffusers import DDPMScheduler, UNet2DModel
 from diffusers.training_utils import EMAModel
 from torch import nn
@@ -41,13 +43,14 @@ from synthkit.config import DiffusionConfig, PipelineConfig, to_dict
 from synthkit.data.batches import EpochBatches
 from synthkit.data.views import to_float
 from synthkit.distributed import reduce_values
-from synthkit.errors import CheckpointError, RunError
+from synthkit.errors import CheckpointError, ModelError, RunError
 from synthkit.generators.diffusion import (
     SCHEDULER_DIR,
     UNET_DIR,
     build_scheduler,
     build_unet,
     diffusion_loss,
+    load_pretrained,
     save_diffusion,
     to_model_range,
 )
@@ -84,6 +87,8 @@ HPG_PRODUCER = "hpg-diffusion"
 DIFFUSION_DIR = "diffusion"
 POOLS_DIR = "pools"
 STATE_JSON = "producer_state.json"
+#: unguided samples the naive baseline draws from (made once: a diffusion model cannot sample every step)
+NAIVE_POOL = 1024
 
 
 @dataclass
@@ -114,6 +119,58 @@ def read_pool(directory: str | Path) -> Pool:
         return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
 
     return Pool(stack(hard), stack([a[i] for i in ids]), stack([b[i] for i in ids]))
+
+
+def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Bilinear resize (antialiased when shrinking) of N x C x H x W images in [0, 1]."""
+    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True).clamp(
+        0, 1
+    )
+
+
+def _load_pretrained(
+    cfg: PipelineConfig, channels: int, size: int, n_cond: int
+) -> tuple[UNet2DModel, dict[str, Any]]:
+    """``generator.pretrained``, loaded (safetensors only, never downloaded) and checked against the data."""
+    d = cfg.generator
+    assert isinstance(d, DiffusionConfig) and d.pretrained is not None
+    found = load_pretrained(d.pretrained, default_scheduler=d)
+    unet, where = found.unet, f"generator.pretrained={d.pretrained}"
+    c_in, c_out, s = unet.config.in_channels, unet.config.out_channels, unet.config.sample_size
+    if c_in != channels or c_out != channels:
+        raise ModelError(
+            f"{where} makes {c_out}-channel images from {c_in}-channel inputs, the data have {channels} "
+            "channels (data.channels)"
+        )
+    if s != size and not d.resize:
+        raise ModelError(
+            f"{where} makes {s} px images but data.size is {size}; set --data.size={s}, or "
+            "--generator.resize=true to resize its samples (recorded in every output)"
+        )
+    if unet.config.class_embed_type is not None:
+        raise ModelError(
+            f"{where} uses class_embed_type={unet.config.class_embed_type!r}; synthkit conditions through "
+            "num_class_embeds only"
+        )
+    k = int(unet.config.num_class_embeds or 0)
+    if d.train_steps and k and k != n_cond:
+        raise ModelError(
+            f"{where} has {k} classes; fine-tuning it (generator.train_steps={d.train_steps}) re-learns them "
+            f"as this run's {n_cond} conditions: set conditions.k={k} (or generator.train_steps=0 to sample "
+            "its own classes)"
+        )
+    info = {
+        "path": str(Path(d.pretrained).resolve()),
+        "layout": found.layout,
+        "scheduler": found.scheduler_source,
+        "hash": state_dict_hash(cpu_state(unet)),
+        "size": int(s),
+        "resized_to": size if s != size else None,
+        "fine_tune_steps": d.train_steps,
+        "num_classes": k,
+        "scheduler_config": found.scheduler_config,
+    }
+    return unet, info
 
 
 class DiffusionProducer(Producer):
@@ -152,14 +209,38 @@ class DiffusionProducer(Producer):
     @classmethod
     def for_training(cls, cfg: PipelineConfig, ctx: TrainContext) -> DiffusionProducer:
         real = ctx.real_in_memory("the diffusion producer")
+        d = cfg.generator
+        assert isinstance(d, DiffusionConfig)
         n_cond = num_conditions(cfg.conditions, len(real.classes) if real.classes else None)
-        self = cls(cfg, ctx.channels, ctx.size, n_cond)
+        pretrained = _load_pretrained(cfg, ctx.channels, ctx.size, n_cond) if d.pretrained else None
+        if pretrained is not None:
+            unet, info = pretrained
+            n_cond = int(unet.config.num_class_embeds or 0)
+            self = cls(
+                cfg,
+                ctx.channels,
+                ctx.size,
+                n_cond,
+                unet=copy.deepcopy(unet),
+                scheduler_config=info.pop("scheduler_config"),
+            )
+            self.pretrained = info
+            # the trainable UNet starts from the pretrained weights; none is needed without stage-1 steps
+            self.model = unet if d.train_steps else None
+        else:
+            self = cls(cfg, ctx.channels, ctx.size, n_cond)
+            # the trainable UNet starts from the same weights on every process (the loop seeded them)
+            self.model = build_unet(d, ctx.channels, ctx.size, n_cond)
         self.ctx = ctx
-        d = self.d
-        # the trainable UNet starts from the same weights on every process (the loop seeded them)
-        self.model = build_unet(d, ctx.channels, ctx.size, n_cond)
-        self.ema = EMAModel(
-            self.model.parameters(), decay=d.ema_decay, model_cls=UNet2DModel, model_config=self.model.config
+        self.ema = (
+            EMAModel(
+                self.model.parameters(),
+                decay=d.ema_decay,
+                model_cls=UNet2DModel,
+                model_config=self.model.config,
+            )
+            if self.model is not None
+            else None
         )
         warmups = [
             w
@@ -181,10 +262,12 @@ class DiffusionProducer(Producer):
         return self
 
     def prepare(self, accelerator: Accelerator) -> None:
+        self.unet.to(accelerator.device)
+        if self.model is None:
+            return
         opt = torch.optim.AdamW(self.model.parameters(), lr=self.d.lr, weight_decay=0.0)
         self.model_ddp, self.opt = accelerator.prepare(self.model, opt)
         self.ema.to(accelerator.device)
-        self.unet.to(accelerator.device)
 
     def start(self, resumed: bool) -> None:
         # pools of epochs after the checkpoint (or all, on a fresh start) are made again; they are
@@ -209,10 +292,16 @@ class DiffusionProducer(Producer):
             self._stage1()
 
     def _stage1(self) -> None:
-        """Conditions from the warmed-up encoder, then the UNet on the real images (every process)."""
+        """Conditions from the warmed-up encoder, then the UNet on the real images (every process); a
+        pretrained model without training steps samples with its own class ids, uniformly."""
         ctx = self.ctx
         assert ctx is not None and ctx.real is not None
         acc, d, cfg = ctx.accelerator, self.d, self.cfg
+        if self.model is None:
+            k = self.num_classes
+            self.conditions = Conditions(torch.arange(k), k, "model") if k else None
+            self.stage1_done = True
+            return
         self.conditions = refresh_conditions(
             cfg.conditions,
             acc,
@@ -237,7 +326,7 @@ class DiffusionProducer(Producer):
         while step < d.train_steps:
             for idx in batches.epoch(epoch):
                 c = labels[idx].to(acc.device) if self.num_classes else None
-                x0 = to_model_range(to_float(ctx.real.images[idx]).to(acc.device))
+                x0 = to_model_range(self._to_model_size(to_float(ctx.real.images[idx]).to(acc.device)))
                 with acc.autocast():
                     loss = diffusion_loss(self.model_ddp, scheduler, x0, c, generator=g)
                 self.opt.zero_grad(set_to_none=True)
@@ -369,11 +458,47 @@ class DiffusionProducer(Producer):
             self.pool = read_pool(self.pool_dir)
 
     def fingerprint_modules(self) -> dict[str, nn.Module]:
-        return {"unet": self.model}
+        return {"unet": self.model if self.model is not None else self.unet}
+
+    @property
+    def model_size(self) -> int:
+        return int(self.unet.config.sample_size)
+
+    def _to_model_size(self, x: torch.Tensor) -> torch.Tensor:
+        """Real images (data.size) at the model's size, for fine-tuning a model of another size."""
+        return x if self.model_size == x.shape[-1] else _resize(x, self.model_size)
+
+    def _to_data_size(self, x: torch.Tensor) -> torch.Tensor:
+        """Samples (the model's size) at data.size; differentiable, so guidance can look through it."""
+        return x if x.shape[-1] == self.size else _resize(x, self.size)
+
+    def describe(self) -> dict[str, Any]:
+        info: dict[str, Any] = {"kind": self.kind}
+        if getattr(self, "pretrained", None):
+            info["pretrained"] = self.pretrained
+        return info
+
+    def _class_meaning(self) -> dict[str, Any]:
+        cond = self.conditions
+        if not self.num_classes:
+            return {"num_classes": 0, "meaning": "unconditional"}
+        source = cond.source if cond is not None else "model"
+        meaning = {
+            "kmeans": f"k-means pseudo-classes of the run's encoder features (k={self.num_classes}); sample "
+            "them with the frequencies in final/conditions.safetensors",
+            "labels": "the data set's true labels (conditions.mode=labels)",
+            "model": "the pretrained model's own classes (synthkit samples them uniformly)",
+        }.get(source, source)
+        return {"num_classes": self.num_classes, "source": source, "meaning": meaning}
 
     def publish(self, directory: Path) -> dict[str, Any]:
         unet = self.unet.to("cpu")
-        save_diffusion(unet, DDPMScheduler.from_config(self.scheduler_config), directory / DIFFUSION_DIR)
+        meta = {"class_ids": self._class_meaning(), "data": {"size": self.size, "channels": self.channels}}
+        if getattr(self, "pretrained", None):
+            meta["pretrained"] = self.pretrained
+        save_diffusion(
+            unet, DDPMScheduler.from_config(self.scheduler_config), directory / DIFFUSION_DIR, meta
+        )
         record: dict[str, Any] = {
             "kind": self.kind,
             "hashes": {"unet_ema": state_dict_hash(cpu_state(unet))},
@@ -381,6 +506,7 @@ class DiffusionProducer(Producer):
             "num_classes": self.num_classes,
             "condition_source": self.conditions.source if self.conditions else "none",
             "pools": self.pools,
+            **({"pretrained": self.pretrained} if getattr(self, "pretrained", None) else {}),
         }
         if self.conditions is not None:
             save_state_dict({"labels": self.conditions.labels}, directory / "conditions.safetensors")
@@ -400,21 +526,31 @@ class DiffusionProducer(Producer):
         if not (root / UNET_DIR / "config.json").is_file():
             raise CheckpointError(f"{directory} holds no diffusers UNet ({root / UNET_DIR} is missing)")
         try:
-            unet = UNet2DModel.from_pretrained(root / UNET_DIR, use_safetensors=True)
+            unet = UNet2DModel.from_pretrained(root / UNET_DIR, use_safetensors=True, local_files_only=True)
             scheduler = DDPMScheduler.from_pretrained(root / SCHEDULER_DIR)
         except (OSError, ValueError, RuntimeError) as e:
             raise CheckpointError(f"cannot load the UNet in {root}: {type(e).__name__}: {e}") from e
         expected = record.get("hashes", {}).get("unet_ema")
-        found = state_dict_hash(cpu_state(unet))
+        state = cpu_state(unet)
+        if not all(bool(torch.isfinite(v).all()) for v in state.values() if v.is_floating_point()):
+            raise CheckpointError(f"{root / UNET_DIR} holds non-finite weights: a diverged UNet is refused")
+        found = state_dict_hash(state)
         if found != expected:
             raise CheckpointError(
                 f"{root / UNET_DIR} does not hold the UNet this run recorded (content hash {found[:12]}, "
                 f"recorded {str(expected)[:12]}); it was replaced or damaged"
             )
-        c, s = unet.config.in_channels, unet.config.sample_size
+        # the producer makes images of the run's data size (a resized pretrained model: its samples resized)
         self = cls(
-            cfg, c, s, int(record.get("num_classes") or 0), unet=unet, scheduler_config=dict(scheduler.config)
+            cfg,
+            int(unet.config.in_channels),
+            cfg.data.size,
+            int(record.get("num_classes") or 0),
+            unet=unet,
+            scheduler_config=dict(scheduler.config),
         )
+        if record.get("pretrained"):
+            self.pretrained = record["pretrained"]
         cond = record.get("conditions")
         if cond is not None:
             labels = load_state_dict(directory / "conditions.safetensors")["labels"]
@@ -442,7 +578,7 @@ class DiffusionProducer(Producer):
         }
         if kind == "hard":
             guidance = (
-                Guidance(scorer, self.guidance_scale, d.guidance_schedule)
+                Guidance(scorer, self.guidance_scale, d.guidance_schedule, prepare=self._to_data_size)
                 if self.guidance_scale > 0
                 else None
             )
@@ -490,7 +626,7 @@ class DiffusionProducer(Producer):
                 }
                 for j in range(count)
             ]
-        return Samples(images.float().cpu(), meta)
+        return Samples(self._to_data_size(images).float().cpu(), meta)
 
     def export_info(self) -> dict[str, Any]:
         d, cond = self.d, self.conditions
@@ -501,11 +637,12 @@ class DiffusionProducer(Producer):
             "guidance_scale": self.guidance_scale,
             "t_split": self.t_split,
             "branch_mode": d.branch_mode,
+            **({"pretrained": self.pretrained} if getattr(self, "pretrained", None) else {}),
         }
 
     def sampler(self, seed: int) -> Callable[[int, torch.device], torch.Tensor]:
-        """Unguided samples for the naive baseline: a pool of ``generator.pool_size`` images made once
-        (seeded), from which every step draws with the global generator."""
+        """Unguided samples for the naive baseline: a pool of NAIVE_POOL images made once (seeded), from
+        which every step draws with the global generator."""
         pool: list[torch.Tensor] = []
 
         @torch.no_grad()
@@ -513,7 +650,7 @@ class DiffusionProducer(Producer):
             if not pool:
                 self.unet.to(device)
                 g = chunk_generator(seed, "naive", 0, device=device)
-                m = self.d.pool_size
+                m = NAIVE_POOL
                 images = ddim_sample(
                     self.unet,
                     self.scheduler_config,

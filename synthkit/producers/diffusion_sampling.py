@@ -23,6 +23,7 @@ unguided code path.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -44,6 +45,8 @@ class Guidance:
     scorer: Scorer
     scale: float
     schedule: str = "constant"
+    #: what the scorer sees of a predicted x0 in [0, 1] (e.g. a resize to the encoder's size); differentiable
+    prepare: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     def weight(self, t: int, num_train_timesteps: int) -> float:
         """eta_hard(t): ``constant``, or ``linear`` (0 at pure noise, ``scale`` at t = 0)."""
@@ -71,7 +74,8 @@ def _guided_eps(
     x0 = ((x - (1 - a).sqrt() * eps) / a.sqrt()).clamp(-1.0, 1.0).detach().requires_grad_(True)
     with torch.enable_grad(), torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)  # the views' randomness (kornia draws from the global generator)
-        h = guidance.scorer.hardness_grad(to_image_range(x0))
+        x01 = to_image_range(x0)
+        h = guidance.scorer.hardness_grad(guidance.prepare(x01) if guidance.prepare is not None else x01)
         (grad,) = torch.autograd.grad(h.sum(), x0)
     rms = grad.flatten(1).square().mean(dim=1).sqrt().clamp_min(1e-12)
     x0 = (x0.detach() + w * grad / rms.view(-1, 1, 1, 1)).clamp(-1.0, 1.0)

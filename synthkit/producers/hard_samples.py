@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
-from synthkit.config import GeneratorConfig, HSGConfig
+from synthkit.config import CGanConfig, HSGConfig
 from synthkit.generators.cgan import build_cgan
 from synthkit.generators.diffaugment import diff_augment
 from synthkit.losses.hinge import d_hinge, g_hinge
@@ -66,7 +66,7 @@ def _ema_with_warmup(decay: float):
 
 def discriminator_loss(
     discriminator: nn.Module,
-    gen_cfg: GeneratorConfig,
+    gen_cfg: CGanConfig,
     real: torch.Tensor,
     c_real: torch.Tensor | None,
     fake: torch.Tensor,
@@ -89,7 +89,7 @@ def discriminator_loss(
 
 
 def adversarial_loss(
-    discriminator: nn.Module, gen_cfg: GeneratorConfig, fake: torch.Tensor, c_fake: torch.Tensor | None
+    discriminator: nn.Module, gen_cfg: CGanConfig, fake: torch.Tensor, c_fake: torch.Tensor | None
 ) -> torch.Tensor:
     """L_adv(G) with D frozen. Takes the bare D (not a DDP wrapper): D receives no gradient here."""
     discriminator.requires_grad_(False)
@@ -115,12 +115,21 @@ class HardSampleProducer(nn.Module):
     """
 
     def __init__(
-        self, gen_cfg: GeneratorConfig, hsg_cfg: HSGConfig, channels: int, size: int, num_classes: int
+        self,
+        gen_cfg: CGanConfig,
+        hsg_cfg: HSGConfig,
+        channels: int,
+        size: int,
+        num_classes: int,
+        *,
+        load_weights: bool = True,
     ) -> None:
         super().__init__()
         self.gen_cfg, self.hsg_cfg = gen_cfg, hsg_cfg
         self.num_classes = num_classes
-        self.generator, self.discriminator = build_cgan(gen_cfg, channels, size, num_classes)
+        self.generator, self.discriminator = build_cgan(
+            gen_cfg, channels, size, num_classes, load_weights=load_weights
+        )
         self.ema = ema_copy(self.generator, gen_cfg.ema_decay)
 
     def optimizers(self) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer]:

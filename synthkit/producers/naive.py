@@ -1,17 +1,21 @@
-"""The naive-synthetic baseline as a producer: a frozen generator of another, finished run.
+"""The naive-synthetic baseline as a producer: a frozen generator, another run's or your own.
 
 METHOD.md's first baseline: synthetic data from a generator trained once on the same unlabeled data, not
-customised for the encoder. ``generator.run`` names the finished run; its published producer (verified)
+customised for the encoder. ``generator.run`` names a finished run, whose published producer (verified)
 serves unguided samples (``Producer.sampler``: a cGAN's EMA generator, a diffusion model's unguided DDIM
-samples), and every encoder step mixes ``generator.synthetic_ratio`` x B of them in as plain instances.
-Nothing of the frozen generator trains, and this run publishes nothing of it (its outputs name its hashes).
+samples); or ``generator.builder`` + ``generator.weights`` name your own generator (as for the cGAN
+producer). Every encoder step mixes ``generator.synthetic_ratio`` x B of its samples in as plain instances.
+Nothing of the frozen generator trains, and this run publishes nothing of it (its outputs name it).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
+
+import torch
 
 from synthkit.config import GeneratorConfig, PipelineConfig
 from synthkit.errors import ConfigError, RunError
@@ -36,11 +40,20 @@ class NaiveConfig(GeneratorConfig):
     kind: str = "naive"
     run: str | None = None
     synthetic_ratio: float = 0.25
+    builder: str | None = None
+    weights: str | None = None
+    z_dim: int = 64
+    num_classes: int = 0
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.run is None:
-            raise ConfigError("generator.run: the naive baseline needs a finished run to sample")
+        if (self.run is None) == (self.builder is None):
+            raise ConfigError(
+                "generator.run: the naive baseline samples either a finished run (generator.run=RUN) or your "
+                "own generator (generator.builder=package.module:function, generator.weights=FILE): give one"
+            )
+        if self.z_dim < 1 or self.num_classes < 0:
+            raise ConfigError("generator.z_dim/num_classes: must be >= 1 and >= 0")
         if not 0 < self.synthetic_ratio <= 4:
             raise ConfigError(f"generator.synthetic_ratio: must be in (0, 4], got {self.synthetic_ratio}")
 
@@ -52,6 +65,32 @@ class NaiveConfig(GeneratorConfig):
             )
 
 
+def _hash_file(path: str) -> str:
+    from synthkit.provenance import state_dict_hash
+    from synthkit.weights import load_state_dict
+
+    return state_dict_hash(load_state_dict(Path(path)))
+
+
+def _frozen_user_generator(
+    gen: NaiveConfig, channels: int, size: int
+) -> Callable[[int, torch.device], torch.Tensor]:
+    """The user's generator, frozen: z ~ N(0, I), classes uniform over ``generator.num_classes``."""
+    from synthkit.generators.cgan import user_generator
+
+    assert gen.builder is not None
+    g = user_generator(gen.builder, gen.weights, gen.z_dim, channels, size, gen.num_classes)
+    g.eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def sample(n: int, device: torch.device) -> torch.Tensor:
+        g.to(device)
+        c = torch.randint(gen.num_classes, (n,), device=device) if gen.num_classes else None
+        return g(torch.randn(n, gen.z_dim, device=device), c)
+
+    return sample
+
+
 class NaiveProducer(Producer):
     kind: ClassVar[str] = "naive"
     Config: ClassVar[type] = NaiveConfig
@@ -61,21 +100,30 @@ class NaiveProducer(Producer):
         from synthkit.training.artifacts import load_final
 
         gen = cfg.generator
-        assert isinstance(gen, NaiveConfig) and gen.run is not None
-        art = load_final(gen.run)
-        source = art.producer
-        if source is None:
-            raise RunError(f"generator.run={gen.run} holds no generator (trained with hsg.enabled=false)")
-        probe = source.sampler(cfg.train.seed)(1, ctx.accelerator.device)
+        assert isinstance(gen, NaiveConfig)
+        self = cls()
+        if gen.builder is not None:
+            self.sample = _frozen_user_generator(gen, ctx.channels, ctx.size)
+            self.identity: dict[str, Any] = {
+                "builder": gen.builder,
+                "weights": gen.weights,
+                "weights_hash": None if gen.weights is None else _hash_file(gen.weights),
+            }
+        else:
+            assert gen.run is not None
+            art = load_final(gen.run)
+            source = art.producer
+            if source is None:
+                raise RunError(f"generator.run={gen.run} holds no generator (trained with hsg.enabled=false)")
+            self.sample = source.sampler(cfg.train.seed)
+            self.identity = {"run": str(Path(gen.run).resolve()), "hashes": art.hashes}
+        probe = self.sample(1, ctx.accelerator.device)
         if tuple(probe.shape[1:]) != (ctx.channels, ctx.size, ctx.size):
             shape = "x".join(str(v) for v in probe.shape[1:])
             raise RunError(
-                f"generator.run={gen.run} makes {shape} images but the training data are "
+                f"the naive baseline's generator makes {shape} images but the training data are "
                 f"{ctx.channels}x{ctx.size}x{ctx.size}"
             )
-        self = cls()
-        self.source, self.run, self.hashes = source, Path(gen.run), art.hashes
-        self.sample = source.sampler(cfg.train.seed)
         b_real = cfg.train.batch_size // ctx.accelerator.num_processes
         self.n = max(1, round(b_real * gen.synthetic_ratio))
         return self
@@ -84,12 +132,11 @@ class NaiveProducer(Producer):
         return Contribution([Chunk(self.sample(self.n, batch.images.device), "syn")])
 
     def publish(self, directory: Path) -> dict[str, Any]:
-        # the frozen generator is another run's: name it, do not copy it
-        return {
-            "kind": self.kind,
-            "hashes": {},
-            "source": {"run": str(self.run.resolve()), "hashes": self.hashes},
-        }
+        # the frozen generator is another run's (or the user's): name it, do not copy it
+        return {"kind": self.kind, "hashes": {}, "source": self.identity}
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": self.kind, "source": self.identity}
 
     @classmethod
     def load(cls, cfg: PipelineConfig, directory: Path, record: dict[str, Any]) -> NaiveProducer:

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from synthkit.config import GeneratorConfig, HPGConfig
+from synthkit.config import CGanConfig, HPGConfig
 from synthkit.generators.cgan import Generator
 from synthkit.producers.hard_samples import ema_copy
 
@@ -94,7 +94,7 @@ class PairProducer(nn.Module):
     the loop, or by the HSG producer when both run).
     """
 
-    def __init__(self, gen_cfg: GeneratorConfig, hpg_cfg: HPGConfig, generator: Generator) -> None:
+    def __init__(self, gen_cfg: CGanConfig, hpg_cfg: HPGConfig, generator: Generator) -> None:
         super().__init__()
         self.gen_cfg, self.hpg_cfg = gen_cfg, hpg_cfg
         self.generator_a = generator

@@ -16,7 +16,7 @@ from synthkit.errors import ShardError, ShardSetExistsError
 FORMAT = "synthkit-shards"
 VERSION = 1
 KINDS = ("hard", "pair_a", "pair_b", "sample", "real")
-CONDITION_SOURCES = ("kmeans", "labels", "none")
+CONDITION_SOURCES = ("kmeans", "labels", "none", "model")  # model: a pretrained model's own classes
 MANIFEST = "manifest.json"
 SIZES = "sizes.json"
 

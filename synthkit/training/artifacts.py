@@ -55,6 +55,7 @@ def publish_final(
     record = producer.publish(tmp) if producer is not None else None
     if record is not None:
         hashes.update(record["hashes"])
+        record["kind"] = cfg.generator.kind  # the registry name (or import path) that loads it back
     meta: dict[str, Any] = {
         "config": to_dict(cfg),
         "in_channels": encoder.in_channels,

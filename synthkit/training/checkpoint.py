@@ -26,17 +26,29 @@ __all__ = ["CheckpointError", "publish", "verify_checkpoint"]
 
 def write_checksums(directory: Path) -> None:
     sums = {
-        p.relative_to(directory).as_posix(): {"sha256": sha256_file(p), "bytes": p.stat().st_size}
-        for p in sorted(directory.rglob("*"))
-        if p.is_file() and p.name != CHECKSUMS
+        rel: {"sha256": sha256_file(directory / rel), "bytes": (directory / rel).stat().st_size}
+        for rel in _files(directory)
     }
     tmp = directory / (CHECKSUMS + ".tmp")
     tmp.write_text(json.dumps(sums, indent=2, sort_keys=True))
     os.replace(tmp, directory / CHECKSUMS)
 
 
+def _files(directory: Path) -> list[str]:
+    return sorted(
+        p.relative_to(directory).as_posix()
+        for p in directory.rglob("*")
+        if p.is_file() and p.name != CHECKSUMS
+    )
+
+
 def verify_checkpoint(directory: Path) -> None:
-    """Raise :class:`CheckpointError` naming the first problem found."""
+    """Raise :class:`CheckpointError` naming the first problem found.
+
+    ``checksums.json`` must list every file of the directory, each with its size and sha256: an empty or
+    partial list, an entry of the wrong shape, a path that leaves the directory, a file that is not listed,
+    missing, truncated or altered is refused, so no damaged or foreign state is ever resumed from.
+    """
     directory = Path(directory)
     if not directory.is_dir():
         raise CheckpointError(f"checkpoint {directory} does not exist")
@@ -44,10 +56,24 @@ def verify_checkpoint(directory: Path) -> None:
     if not sums_path.is_file():
         raise CheckpointError(f"checkpoint {directory} is incomplete: {CHECKSUMS} is missing")
     try:
-        sums = json.loads(sums_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        sums = json.loads(sums_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError) as e:
         raise CheckpointError(f"checkpoint {directory}: {CHECKSUMS} is corrupt ({e})") from e
+    if not isinstance(sums, dict) or not sums:
+        raise CheckpointError(
+            f"checkpoint {directory}: {CHECKSUMS} lists no files (expected one entry per file)"
+        )
     for rel, expected in sums.items():
+        ok = (
+            isinstance(expected, dict)
+            and isinstance(expected.get("bytes"), int)
+            and not isinstance(expected.get("bytes"), bool)
+            and isinstance(expected.get("sha256"), str)
+            and len(expected["sha256"]) == 64
+        )
+        parts = Path(rel).parts
+        if not ok or not parts or Path(rel).is_absolute() or ".." in parts:
+            raise CheckpointError(f"checkpoint {directory}: {CHECKSUMS} has a malformed entry for {rel!r}")
         path = directory / rel
         if not path.is_file():
             raise CheckpointError(f"checkpoint {directory}: file {rel} is missing")
@@ -59,6 +85,9 @@ def verify_checkpoint(directory: Path) -> None:
             )
         if sha256_file(path) != expected["sha256"]:
             raise CheckpointError(f"checkpoint {directory}: file {rel} is corrupt (sha256 mismatch)")
+    unlisted = sorted(set(_files(directory)) - set(sums))
+    if unlisted:
+        raise CheckpointError(f"checkpoint {directory}: file {unlisted[0]} is not in {CHECKSUMS}")
 
 
 def checkpoint_dirs(root: Path) -> list[Path]:

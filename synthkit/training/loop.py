@@ -39,7 +39,7 @@ from synthkit.data.batches import MemoryBatches, MixBatches
 from synthkit.data.sources import ImageSet, load_source
 from synthkit.data.views import Views, to_float
 from synthkit.distributed import reduce_values
-from synthkit.encoders.model import Encoder
+from synthkit.encoders.model import Encoder, load_encoder_weights
 from synthkit.errors import RunError
 from synthkit.objectives.base import build_objective
 from synthkit.producers.base import Producer, StepInput, TrainContext
@@ -114,6 +114,11 @@ def train(
     # 2. Models: identical initial weights on every process ---
     set_seed(cfg.train.seed)
     encoder = Encoder(cfg.encoder, channels)
+    encoder_info: dict[str, Any] = {"backbone": cfg.encoder.backbone}
+    if cfg.encoder.weights is not None:  # a pretrained start, recorded by its content hash
+        encoder_info.update(
+            weights=cfg.encoder.weights, weights_hash=load_encoder_weights(encoder, cfg.encoder.weights)
+        )
     if cfg.train.sync_batchnorm:
         encoder = _sync_batchnorm(encoder, acc)
     if cfg.train.channels_last:
@@ -151,7 +156,8 @@ def train(
             "channels": channels,
             "size": size,
         },
-        producer.kind if producer is not None else None,
+        producer.describe() if producer is not None else None,
+        encoder_info,
     )
 
     # 3. Resume (the checkpoint was verified before anything was written), then the producer's start ---
@@ -184,9 +190,10 @@ def train(
             # this process's records -> the global batch's (one all-reduce; the producer's after_step,
             # e.g. HPG's adaptive target, then sees the same numbers on every process)
             rec = reduce_values(step(x_real, contribution), device)
+            state.step = run.step = state.step + 1
+            run.check_finite(rec, state)
             if producer is not None:
                 producer.after_step(rec)
-            state.step = run.step = state.step + 1
             if cfg.train.record_indices:
                 if isinstance(idx, list):  # streamed from shards: sample keys, gathered as objects
                     state.seen_keys.append(gather_object([idx]))
@@ -219,7 +226,11 @@ def train(
             shown = {k: round(v, 4) for k, v in epoch_rec.items() if isinstance(v, float)}
             tqdm.write(f"epoch {state.epoch}/{cfg.train.epochs} {shown}")
         if state.epoch % cfg.train.checkpoint_every == 0 or last:
-            run.save_checkpoint(state, objective, producer)
+            watched = [
+                encoder_ddp,
+                *(producer.fingerprint_modules().values() if producer is not None else []),
+            ]
+            run.save_checkpoint(state, objective, producer, watched)
 
     # 6. Publish the final weights and a summary ---
     if producer is not None:

@@ -20,6 +20,8 @@ from __future__ import annotations
 import errno
 import importlib.util
 import json
+import logging
+import math
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,11 +29,14 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import load as accelerate_load
+from safetensors import SafetensorError
 from torch import nn
 
+from synthkit.atomic import check_output_dir, write_text_atomic
 from synthkit.config import PipelineConfig, dump_yaml, load_pipeline, to_dict
 from synthkit.encoders.model import extract_features
-from synthkit.errors import RunError
+from synthkit.errors import CheckpointError, OutputError, RunError
 from synthkit.metrics.knn import knn_accuracy
 from synthkit.provenance import created_by
 from synthkit.training import checkpoint as ckpt
@@ -44,6 +49,8 @@ if TYPE_CHECKING:
     from synthkit.producers.base import Producer
 
 __all__ = ["MONITOR_MAX_TRAIN", "Run", "RunError", "RunResult"]
+
+logger = logging.getLogger(__name__)
 
 MONITOR_MAX_TRAIN = 10_000
 
@@ -72,6 +79,20 @@ def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def _fingerprint(tensors: list[torch.Tensor]) -> torch.Tensor:
     flat = torch.cat([t.detach().double().flatten() for t in tensors])
     return torch.stack([flat.sum(), flat.square().sum()])
+
+
+def _write_failure(exc: BaseException, where: Path) -> str:
+    """Why a write failed, in a few words: a full disk is said as such whoever reported it."""
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return "disk full (ENOSPC)"
+    try:
+        if shutil.disk_usage(where).free < (1 << 20):
+            return "disk full"
+    except OSError:
+        pass
+    if isinstance(exc, OSError):
+        return exc.strerror or str(exc)
+    return f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ''}"
 
 
 def _synced_tensors(module: nn.Module) -> list[torch.Tensor]:
@@ -142,8 +163,13 @@ class Run:
     def __init__(
         self, cfg: PipelineConfig, run_dir: Path, *, resume: bool, accelerator: Accelerator | None = None
     ) -> None:
-        check_run_dir(cfg, run_dir, resume)
-        self.cfg, self.dir = cfg, run_dir
+        self.ckpt_root = run_dir / "checkpoints"
+        restart = resume and not ckpt.checkpoint_dirs(self.ckpt_root)
+        if restart and (run_dir / "config.yaml").exists():
+            check_run_dir(cfg, run_dir, resume=True)  # the same run, killed before its first checkpoint
+        elif not restart:
+            check_run_dir(cfg, run_dir, resume)
+        self.cfg, self.dir = cfg, check_output_dir(run_dir, "--out (the run directory)", create=False)
         self.trackers = _trackers()
         self.accelerator = accelerator or Accelerator(
             mixed_precision=cfg.train.mixed_precision,
@@ -155,17 +181,31 @@ class Run:
             raise RunError(
                 f"train.batch_size={cfg.train.batch_size} is not divisible by {self.world} processes"
             )
-        self.ckpt_root = run_dir / "checkpoints"
-        self.resume_from = self._newest_checkpoint() if resume else None
         self.metrics = run_dir / "metrics.jsonl"
         self.step = 0  # the encoder step records are logged at
+        if restart:
+            self._start_over()
+        self.resume_from = self._newest_checkpoint() if resume and not restart else None
+
+    def _start_over(self) -> None:
+        """``--resume`` on a run killed before its first checkpoint: nothing to resume, so start it over."""
+        if self.is_main:
+            logger.warning("%s has no checkpoint yet: starting the run over from its first step", self.dir)
+            for leftover in (self.metrics, self.dir / "summary.json", self.dir / "indices.json"):
+                leftover.unlink(missing_ok=True)
+            for tree in (self.dir / "pools", self.dir / "synthkit", self.dir / ".tmp_final", self.ckpt_root):
+                if tree.is_dir():
+                    shutil.rmtree(tree)
+        self.accelerator.wait_for_everyone()
 
     @property
     def is_main(self) -> bool:
         return self.accelerator.is_main_process
 
     # ------------------------------------------------------------------ files and log
-    def write_files(self, data: dict[str, Any], producer: str | None) -> None:
+    def write_files(
+        self, data: dict[str, Any], producer: dict[str, Any] | None, encoder: dict[str, Any] | None = None
+    ) -> None:
         """``config.yaml`` (resolved), ``run.json`` (version, seed, processes, producer, data), trackers."""
         if self.is_main:
             self.dir.mkdir(parents=True, exist_ok=True)
@@ -175,6 +215,7 @@ class Run:
                 "seed": self.cfg.train.seed,
                 "num_processes": self.world,
                 "producer": producer,
+                "encoder": encoder,
                 "data": data,
             }
             (self.dir / "run.json").write_text(json.dumps(info, indent=2))
@@ -186,18 +227,40 @@ class Run:
         """One record to ``metrics.jsonl`` (main process) and its numbers to the trackers."""
         step = self.step if step is None else step
         if self.is_main:
-            with open(self.metrics, "a") as f:
-                f.write(json.dumps({"step": step, **record}) + "\n")
+            try:
+                with open(self.metrics, "a") as f:
+                    f.write(json.dumps({"step": step, **record}) + "\n")
+            except OSError as e:
+                raise OutputError(f"cannot write {self.metrics}: {e.strerror or e}") from e
         numeric = {k: v for k, v in record.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         self.accelerator.log(numeric, step=step)
+
+    def records(self) -> list[dict[str, Any]]:
+        """The records of ``metrics.jsonl``. A last line cut short by a kill is dropped; any other line that
+        is not a JSON object with a ``step`` is a RunError naming it."""
+        if not self.metrics.exists():
+            return []
+        lines = self.metrics.read_text(encoding="utf-8", errors="replace").splitlines()
+        out = []
+        for number, line in enumerate(lines, 1):
+            try:
+                record = json.loads(line)
+                if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+                    raise ValueError("not a record with a step")
+            except ValueError as e:
+                if number == len(lines):  # an append interrupted by a kill
+                    break
+                raise RunError(
+                    f"{self.metrics}: line {number} is not a metrics record ({e}); fix or delete it"
+                ) from e
+            out.append(record)
+        return out
 
     def _truncate_log(self, step: int) -> None:
         """Drop the records of steps the checkpoint does not include (they will be logged again)."""
         if self.is_main and self.metrics.exists():
-            keep = [
-                line for line in self.metrics.read_text().splitlines() if json.loads(line)["step"] <= step
-            ]
-            self.metrics.write_text("".join(line + "\n" for line in keep))
+            keep = [r for r in self.records() if r["step"] <= step]
+            write_text_atomic(self.metrics, "".join(json.dumps(r) + "\n" for r in keep))
 
     # ------------------------------------------------------------------ monitor
     @torch.no_grad()
@@ -229,8 +292,31 @@ class Run:
         """Restore models, optimizers, RNGs, the objective's and producer's state, the loop counters."""
         path = self.resume_from
         assert path is not None
-        self.accelerator.load_state(str(path))
         state = load_loop_state(path)
+        if ckpt.checkpoint_name(state.epoch) != path.name:
+            raise CheckpointError(
+                f"checkpoint {path}: its loop state says epoch {state.epoch}, its name another"
+            )
+        if state.epoch > self.cfg.train.epochs:
+            raise CheckpointError(
+                f"checkpoint {path} is at epoch {state.epoch}, past train.epochs={self.cfg.train.epochs}"
+            )
+        rng = path / f"random_states_{self.rank}.pkl"
+        try:  # accelerate skips RNG states it cannot load, silently; a resumed run would quietly differ
+            accelerate_load(rng)
+        except Exception as e:  # noqa: BLE001 - whatever torch.load raises for a damaged file
+            raise CheckpointError(
+                f"checkpoint {path}: the RNG state {rng.name} cannot be loaded "
+                f"({str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__})"
+            ) from e
+        try:
+            self.accelerator.load_state(str(path))
+        except (RuntimeError, KeyError, ValueError, OSError) as e:
+            first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            raise CheckpointError(
+                f"checkpoint {path} does not fit this run's models (another encoder or generator shape?): "
+                f"{first}"
+            ) from e
         objective.load(path)
         if producer is not None:
             producer.load_state(path)
@@ -238,7 +324,40 @@ class Run:
         self.step = state.step
         return state
 
-    def save_checkpoint(self, state: LoopState, objective: Objective, producer: Producer | None) -> None:
+    def check_finite(self, record: dict[str, float], state: LoopState) -> None:
+        """Stop a diverged run at the step it diverged, the same way on every process.
+
+        Every process votes (an all-reduce of one flag): with several processes a NaN on one of them would
+        otherwise leave the others waiting in the next step's gradient all-reduce.
+        """
+        bad = [k for k, v in record.items() if isinstance(v, float) and not math.isfinite(v)]
+        flag = torch.tensor([1.0 if bad else 0.0], device=self.accelerator.device)
+        if self.world > 1:
+            flag = self.accelerator.reduce(flag, reduction="sum")
+        if float(flag.sum()) > 0:
+            what = f"{bad[0]} = {record[bad[0]]}" if bad else "a loss on another process"
+            last = ckpt.checkpoint_dirs(self.ckpt_root)
+            kept = (
+                f"the last good checkpoint, {last[-1].name}, is intact"
+                if last
+                else "no checkpoint was written"
+            )
+            raise RunError(
+                f"training diverged at step {state.step} (epoch {state.epoch + 1}): {what}; nothing was "
+                f"published and {kept} (lower train.lr, then --resume or start over)"
+            )
+
+    def save_checkpoint(
+        self,
+        state: LoopState,
+        objective: Objective,
+        producer: Producer | None,
+        modules: list[nn.Module] | None = None,
+    ) -> None:
+        """Publish a verified checkpoint of the epoch just ended; ``modules`` (the encoder, the producer's)
+        must hold finite weights, or nothing is written and the run stops."""
+        finite = all(bool(torch.isfinite(p).all()) for m in modules or [] for p in m.parameters())
+        self.check_finite({"weights": 0.0 if finite else math.nan}, state)
         acc, root = self.accelerator, self.ckpt_root
         name = ckpt.checkpoint_name(state.epoch)
         tmp = root / f".tmp_{name}"
@@ -259,10 +378,16 @@ class Run:
             if self.is_main:
                 ckpt.publish(tmp, root / name)
                 ckpt.prune(root, self.cfg.train.keep_checkpoints)
-        except OSError as e:
-            reason = "disk full" if e.errno == errno.ENOSPC else (e.strerror or str(e))
+        except (
+            OSError,
+            RuntimeError,
+            SafetensorError,
+        ) as e:  # torch.save reports a full disk as RuntimeError
+            if self.is_main:
+                shutil.rmtree(tmp, ignore_errors=True)
             raise ckpt.CheckpointError(
-                f"could not write checkpoint {root / name}: {reason}; earlier checkpoints are intact"
+                f"could not write checkpoint {root / name}: {_write_failure(e, root)}; earlier checkpoints "
+                "are intact"
             ) from e
         acc.wait_for_everyone()
 
@@ -283,11 +408,24 @@ class Run:
         for name, module in objective.modules().items():  # e.g. MoCo's key encoder and queue
             checks[name] = _synced_tensors(module)
         fingerprints = {k: acc.gather(_fingerprint(v).to(device)).view(world, -1) for k, v in checks.items()}
+        broken = [k for k, f in fingerprints.items() if not bool(torch.isfinite(f).all())]
+        if broken:  # never publish non-finite weights (a diverged run); every process sees the same gather
+            raise RunError(
+                f"the {', '.join(broken)} weights are not finite after step {state.step}: nothing was "
+                f"published; the last good checkpoint under {self.ckpt_root} is intact (lower train.lr)"
+            )
         summary: dict[str, Any] = {}
         if self.is_main:
-            hashes = publish_final(
-                self.dir, self.cfg, bare, objective, producer, epochs=state.epoch, steps=state.step
-            )
+            try:
+                hashes = publish_final(
+                    self.dir, self.cfg, bare, objective, producer, epochs=state.epoch, steps=state.step
+                )
+            except (OSError, RuntimeError, SafetensorError) as e:
+                shutil.rmtree(self.dir / ".tmp_final", ignore_errors=True)
+                raise OutputError(
+                    f"cannot publish {self.dir / 'final'}: {_write_failure(e, self.dir)}; nothing was "
+                    "published, the last checkpoint is intact (free space and rerun with --resume)"
+                ) from e
             summary = {
                 "epochs": state.epoch,
                 "steps": state.step,
@@ -297,11 +435,7 @@ class Run:
                 "hashes": hashes,
                 **(producer.summary() if producer is not None else {}),
             }
-            records = (
-                [json.loads(line) for line in self.metrics.read_text().splitlines()]
-                if self.metrics.exists()
-                else []
-            )
+            records = self.records()
             epoch_lines = [r for r in records if "epoch_loss_cl" in r]
             if epoch_lines:
                 summary["last_epoch"] = epoch_lines[-1]
@@ -309,7 +443,7 @@ class Run:
             if timed:
                 summary["throughput"] = _throughput(timed, self.cfg.train.batch_size, world)
             self._write_indices(state)
-            (self.dir / "summary.json").write_text(json.dumps(summary, indent=2))
+            write_text_atomic(self.dir / "summary.json", json.dumps(summary, indent=2))
         acc.wait_for_everyone()
         acc.end_training()
         return summary

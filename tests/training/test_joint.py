@@ -82,8 +82,36 @@ def test_existing_run_needs_resume_and_same_config(trained_run: Path, tmp_path: 
         train(tiny_config(), trained_run, progress=False)
     with pytest.raises(RunError, match="encoder.width"):
         train(tiny_config("--encoder.width=16"), trained_run, resume=True, progress=False)
-    with pytest.raises(RunError, match="no run"):
-        train(tiny_config(), tmp_path / "nothing", resume=True, progress=False)
+
+
+def test_resume_before_the_first_checkpoint_starts_the_run_over(tmp_path: Path, caplog, monkeypatch) -> None:
+    """A run killed before its first checkpoint: --resume starts it over (and says so), instead of sending
+    the user between "no checkpoint" and "pass --resume"."""
+    from synthkit.training.run import Run
+
+    run = tmp_path / "run"
+    real_save = Run.save_checkpoint
+
+    def killed(self, *a, **k):
+        raise KeyboardInterrupt  # the process dies before its first checkpoint is published
+
+    monkeypatch.setattr(Run, "save_checkpoint", killed)
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_config(), run, progress=False)
+    monkeypatch.setattr(Run, "save_checkpoint", real_save)
+    assert (run / "config.yaml").exists() and (run / "metrics.jsonl").exists()
+    with pytest.raises(RunError, match="--resume"):
+        train(tiny_config(), run, progress=False)
+    with pytest.raises(RunError, match="encoder.width"):  # still the same run's config only
+        train(tiny_config("--encoder.width=16"), run, resume=True, progress=False)
+    with caplog.at_level("WARNING"):
+        res = train(tiny_config(), run, resume=True, progress=False)
+    assert "no checkpoint yet: starting the run over" in caplog.text
+    full = train(tiny_config(), tmp_path / "full", progress=False)
+    assert res.summary["hashes"] == full.summary["hashes"]  # as if it had never been interrupted
+    assert _records(run) == _records(tmp_path / "full")
+    # a directory that holds nothing yet: --resume just starts
+    assert train(tiny_config("--train.epochs=1"), tmp_path / "nothing", resume=True, progress=False).summary
 
 
 @pytest.mark.parametrize("damage", ["truncate", "flip", "delete_checksums"])
