@@ -48,7 +48,11 @@ from synthkit.training.run import Run, RunResult
 from synthkit.training.state import LoopState
 from synthkit.training.steps import EncoderStep
 
-__all__ = ["RunError", "RunResult", "train"]
+__all__ = ["WALL_CLOCK_KEYS", "RunError", "RunResult", "train"]
+
+#: the per-epoch throughput fields: wall-clock measurements, so they differ between two runs of the same
+#: config and seed (a test of determinism compares the log without them)
+WALL_CLOCK_KEYS = ("epoch_time_s", "epoch_step_time_s", "epoch_images_per_s")
 
 
 def _real_data(cfg: PipelineConfig, run: Run) -> tuple[Any, ImageSet | None, ImageSet | None, int, int]:
