@@ -37,7 +37,7 @@ import torch
 from synthkit.atomic import check_output_dir, write_json_atomic, write_text_atomic
 from synthkit.config import DataConfig
 from synthkit.data.sources import load_source
-from synthkit.errors import AuditError, ConfigError, ShardError
+from synthkit.errors import AuditError, ConfigError
 from synthkit.metrics import (
     alignment_uniformity,
     broken,
@@ -52,8 +52,9 @@ from synthkit.metrics.knn import knn_predict
 from synthkit.provenance import created_by
 from synthkit.registry import SOURCES
 from synthkit.report.html import AuditImages, render_report
-from synthkit.shards import iter_samples, read_manifest
+from synthkit.shards import iter_samples, open_set
 from synthkit.shards.inspect import describe
+from synthkit.shards.location import is_url
 
 AUDIT_FORMAT = "synthkit-audit"
 AUDIT_VERSION = 1
@@ -112,15 +113,14 @@ class AuditConfig:
 
 
 def _read_set(
-    directory: Path, limit: int | None
+    directory: str | Path, limit: int | None
 ) -> tuple[list[np.ndarray], list[dict], list[int | None], dict]:
-    if not directory.is_dir():
-        raise ShardError(f"{directory}: not a directory; a shard set is a directory with a manifest.json")
-    manifest = read_manifest(directory)
-    if manifest is None:
-        raise ShardError(f"{directory}: no manifest.json, so this is not a published shard set")
+    """Samples of a published set (a directory or URL), through the safe reader's checks."""
+    shard_set = open_set(directory)
+    manifest = shard_set.manifest
+    assert manifest is not None
     images, metas, labels = [], [], []
-    for sample in iter_samples(directory):
+    for sample in iter_samples(shard_set.location):
         images.append(sample["image"])
         metas.append(sample["meta"])
         labels.append(sample["cls"])
@@ -143,13 +143,13 @@ def _load_real(
     real: str, root: str | None, split: str, size: int, channels: int | None, limit: int | None, seed: int
 ) -> tuple[torch.Tensor, torch.Tensor | None, tuple[str, ...] | None, dict[str, Any]]:
     """Real images as uint8 N x C x H x W, labels (or None), class names, and a description."""
-    path = Path(real)
-    if path.is_dir():
-        images, _, labels, manifest = _read_set(path, None)
+    if is_url(real) or Path(real).is_dir():
+        images, _, labels, manifest = _read_set(real, None)
         x = _stack(images, "real")
         y = torch.tensor(labels, dtype=torch.int64) if all(c is not None for c in labels) else None
         classes = manifest.get("classes")
-        desc = {"kind": "shards", "dir": str(path.resolve()), "name": manifest.get("name")}
+        where = real if is_url(real) else str(Path(real).resolve())
+        desc = {"kind": "shards", "dir": where, "name": manifest.get("name")}
     elif real in SOURCES:
         source = load_source(DataConfig(name=real, root=root, size=size, channels=channels), split)
         x, y, classes = source.images, source.labels, source.classes
@@ -277,8 +277,9 @@ def audit(
         The report dict, as written to ``report.json``.
     """
     cfg = config or AuditConfig()
-    set_dir, out = Path(shards), Path(out_dir)
-    if set_dir.resolve() in (out.resolve(), *out.resolve().parents):
+    set_dir, out = str(shards), Path(out_dir)  # a URL stays text: Path would mangle "http://"
+    local = None if is_url(set_dir) else Path(set_dir).resolve()
+    if local is not None and local in (out.resolve(), *out.resolve().parents):
         raise AuditError(
             f"refusing to write the audit into the shard set {set_dir}; choose a directory outside"
         )
@@ -450,7 +451,7 @@ def audit(
         "format": AUDIT_FORMAT,
         "version": AUDIT_VERSION,
         "shards": {
-            "dir": str(set_dir.resolve()),
+            "dir": set_dir if local is None else str(local),
             "name": manifest.get("name"),
             "total": manifest.get("total"),
             "audited": n_syn,

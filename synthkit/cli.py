@@ -104,7 +104,7 @@ def _cmd_eval(args: argparse.Namespace, extra: list[str]) -> int:
     from synthkit.evaluate import evaluate
 
     _no_extra(extra)
-    res = evaluate(args.run, args.data, root=args.root, full_train=args.full_train)
+    res = evaluate(args.run, args.data, root=args.root, full_train=args.full_train, device=args.device)
     if args.json:
         print(json.dumps(res, indent=2))
     else:
@@ -126,6 +126,7 @@ def _cmd_quickstart(args: argparse.Namespace, extra: list[str]) -> int:
 
 def _cmd_shards_verify(args: argparse.Namespace, extra: list[str]) -> int:
     from synthkit.shards import verify_shard_set
+    from synthkit.shards.format import printable
 
     _no_extra(extra)
     report = verify_shard_set(args.dir)
@@ -134,7 +135,7 @@ def _cmd_shards_verify(args: argparse.Namespace, extra: list[str]) -> int:
         return 0
     print(f"{args.dir}: {len(report.problems)} problem(s)", file=sys.stderr)
     for p in report.problems:
-        print(f"  - {p}", file=sys.stderr)
+        print(f"  - {printable(p)}", file=sys.stderr)  # problems quote text from the set
     return 1
 
 
@@ -165,6 +166,7 @@ def _cmd_shards_convert(args: argparse.Namespace, extra: list[str]) -> int:
     from synthkit.config import DataConfig
     from synthkit.shards.convert import convert_source, default_name
     from synthkit.shards.format import is_safe_name
+    from synthkit.shards.location import is_url
 
     _no_extra(extra)
     if args.maxcount < 1:
@@ -180,7 +182,9 @@ def _cmd_shards_convert(args: argparse.Namespace, extra: list[str]) -> int:
         subset_seed=args.subset_seed,
     )
     name = args.name or default_name(data_cfg, args.split)
-    out = check_output_dir(Path(args.out) if args.out else Path("shards") / name)
+    out = args.out or str(Path("shards") / name)  # a URL stays text (Path would turn "s3://" into "s3:/")
+    if not is_url(out):
+        out = check_output_dir(out)
     m = convert_source(
         data_cfg, args.split, out, name=name, maxcount=args.maxcount, progress=not args.no_progress
     )
@@ -325,6 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument(
         "--full-train", action="store_true", help="fit on the whole train split, not the run's subset"
     )
+    e.add_argument("--device", help="where features are extracted and probes fitted (default: cuda if any)")
     e.add_argument("--json", action="store_true", help="print the result as JSON")
     e.set_defaults(fn=_cmd_eval)
 

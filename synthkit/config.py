@@ -226,13 +226,14 @@ class GeneratorConfig:
         """What this producer needs of the other sections (raise ConfigError); ``PipelineConfig`` calls it."""
 
 
-def needs_memory_data(cfg: PipelineConfig) -> None:
-    """HSG and HPG producers train on the in-memory real data (``data.*``), not on a mix of shard sets."""
+def streamed_method_data(cfg: PipelineConfig) -> None:
+    """HSG and HPG on real data streamed from shard sets (``mix.sources``): conditions are fitted on a
+    bounded sample and assigned per batch, which k-means and unconditional modes support; labels do not."""
     _check(
-        not cfg.mix.sources,
-        "mix.sources",
-        "HSG and HPG train on the in-memory real data (data.*); training from shard sets is plain "
-        "contrastive learning on the mix or the naive baseline: set hsg.enabled=false and hpg.enabled=false",
+        not cfg.mix.sources or cfg.conditions.mode != "labels",
+        "conditions.mode",
+        "labels conditions need the in-memory real data (data.*); with shard sets (mix.sources) use "
+        "kmeans or none",
     )
 
 
@@ -301,7 +302,7 @@ class CGanConfig(GeneratorConfig):
         """What the cGAN needs of the other sections."""
         active = cfg.hsg.enabled or cfg.hpg.enabled
         if active:
-            needs_memory_data(cfg)
+            streamed_method_data(cfg)
         for key in ("pretrain_steps", "init_run"):
             _check(
                 active or not getattr(self, key),
@@ -413,7 +414,7 @@ class DiffusionConfig(GeneratorConfig):
 
     def check_pipeline(self, cfg: PipelineConfig) -> None:
         if cfg.hsg.enabled or cfg.hpg.enabled:
-            needs_memory_data(cfg)
+            streamed_method_data(cfg)
 
 
 @dataclass(frozen=True)
@@ -424,17 +425,23 @@ class ConditionsConfig:
     refreshed every ``refresh_every`` epochs. ``none``: unconditional. ``labels``: the true labels; this
     uses label information the method otherwise never sees, so it must be switched on explicitly with
     ``allow_labels: true`` and is recorded in every output.
+
+    Real data streamed from shard sets (``mix.sources``): k-means is fitted on a bounded sample of
+    ``fit_samples`` images of the stream, and every batch is assigned to the nearest centroid of its features,
+    so memory does not grow with the data set.
     """
 
     mode: str = "kmeans"
     k: int = 10
     refresh_every: int = 5
     allow_labels: bool = False
+    fit_samples: int = 10_000
 
     def __post_init__(self) -> None:
         _choice(self.mode, "conditions.mode", CONDITION_MODES)
         _check(self.k >= 1, "conditions.k", "must be >= 1")
         _check(self.refresh_every >= 1, "conditions.refresh_every", "must be >= 1")
+        _check(self.fit_samples >= self.k, "conditions.fit_samples", f"must be >= conditions.k ({self.k})")
         _check(
             self.mode != "labels" or self.allow_labels,
             "conditions.mode",
@@ -708,6 +715,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             raise ConfigError(f"{key}: expected a finite number, got {value!r}")
         return float(value)
     if tp is str:
+        if isinstance(value, bool):
+            raise ConfigError(
+                f"{key}: expected a string, got {value!r} (YAML reads yes/no/on/off as booleans: quote it, "
+                f"e.g. {key}='{'yes' if value else 'no'}')"
+            )
         if not isinstance(value, str):
             raise ConfigError(f"{key}: expected a string, got {value!r}")
         return value

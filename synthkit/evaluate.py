@@ -25,8 +25,17 @@ def evaluate(
     root: str | None = None,
     full_train: bool = False,
     seed: int = 0,
+    device: str | None = None,
+    test_limit: int | None = None,
 ) -> dict[str, Any]:
-    """kNN and linear-probe test accuracy of the run's frozen encoder on ``data`` (default: the run's)."""
+    """kNN and linear-probe test accuracy of the run's frozen encoder on ``data`` (default: the run's).
+
+    ``device``: where features are extracted and the probes fitted (``cuda``, ``cpu``, ...); by default the
+    accelerator when there is one. ``test_limit``: score the first that many test images only (smoke runs).
+    """
+    import torch
+
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     t0 = time.perf_counter()
     art = load_final(run_dir)
     cfg = art.cfg
@@ -40,10 +49,18 @@ def evaluate(
     if full_train:
         data_cfg = dataclasses.replace(data_cfg, subset=None)
     train, test = load_source(data_cfg, "train"), load_source(data_cfg, "test")
+    if test_limit is not None:
+        test = type(test)(
+            test.images[:test_limit],
+            test.labels[:test_limit] if test.labels is not None else None,
+            test.name,
+            test.classes,
+        )
     if train.labels is None or test.labels is None:
         raise DataSourceError(f"data set {data_cfg.name!r} has no labels: kNN and linear probe need them")
-    f_train = extract_features(art.encoder, train.images)
-    f_test = extract_features(art.encoder, test.images)
+    art.encoder.to(dev)
+    f_train = extract_features(art.encoder, train.images, device=dev).to(dev)
+    f_test = extract_features(art.encoder, test.images, device=dev).to(dev)
     ev = cfg.eval
     knn = knn_accuracy(f_train, train.labels, f_test, test.labels, k=ev.knn_k, temperature=ev.knn_temperature)
     linear = linear_probe_accuracy(
@@ -67,5 +84,6 @@ def evaluate(
         "knn_temperature": ev.knn_temperature,
         "encoder_hash": art.meta["hashes"]["encoder"],
         "hsg": cfg.hsg.enabled,
+        "device": str(dev),
         "seconds": round(time.perf_counter() - t0, 2),
     }

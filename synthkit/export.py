@@ -38,6 +38,7 @@ import contextlib
 import json
 import math
 import os
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,6 +64,8 @@ from synthkit.shards import (
     read_manifest,
 )
 from synthkit.shards.format import shard_pattern, temp_name
+from synthkit.shards.location import is_url
+from synthkit.shards.output import SetOutput, open_output
 from synthkit.shards.parts import find_part_journals, publish_parts
 from synthkit.shards.writer import Part, journal_name
 from synthkit.training.artifacts import load_final
@@ -193,6 +196,7 @@ def write_samples(
     previews: int = 0,
     progress: Callable[[int], None] | None = None,
     before_publish: Callable[[WriteResult], None] | None = None,
+    on_publish: Callable[[str], None] | None = None,
     part: Part | None = None,
 ) -> WriteResult:
     """Make ``counts[kind]`` samples of each kind with ``producer``, score them, and write one shard set.
@@ -209,7 +213,13 @@ def write_samples(
     total = sum(counts.values())
     mine = part.samples(total, maxcount) if part is not None else range(total)
     with ShardSetWriter(
-        out_dir, name, maxcount=maxcount, manifest_fields=manifest_fields, resume=resume, part=part
+        out_dir,
+        name,
+        maxcount=maxcount,
+        manifest_fields=manifest_fields,
+        resume=resume,
+        on_publish=on_publish,
+        part=part,
     ) as w:
         res.resumed_from = w.resume_from
         done = mine.start + w.resume_from
@@ -255,6 +265,17 @@ def write_samples(
             before_publish(res)
         res.manifest = w.close()
     return res
+
+
+def training_images(cfg: Any, n: int) -> torch.Tensor:
+    """Real training images (uint8) to draw a reference batch of ``n`` from: the in-memory source, or a
+    bounded sample of the run's shard sets when it trained on a stream (``mix.sources``)."""
+    if not cfg.mix.sources:
+        return load_source(cfg.data, "train").images
+    from synthkit.data.batches import REFERENCE_EPOCH, MixBatches, sample_images
+
+    stream = MixBatches(cfg.mix, min(n, 64), 0, 1, cfg.train.seed)
+    return sample_images(stream, 4 * n, REFERENCE_EPOCH)
 
 
 def _check_disk(out_dir: Path, total: int, art: Any) -> None:
@@ -512,27 +533,52 @@ def generate(
         raise ExportError(f"--n must be even for pairs (two samples per pair), got {n}")
     rank, world = _launch()
     split = _parse_part(part, rank, world)
-    out_dir = check_output_dir(out_dir, create=False)
     counts = {k: n for k in ("hard", "pair") if kind in (k, "all")}
     total = sum(counts.values())
-    _check_disk(out_dir, total, art)  # the whole set: on a shared disk every part lands on it
-    mine = None if split is None else Part.of(total, maxcount, *split)
-    request = _request(art.hashes, n, seed, name, batch_size, maxcount, kind)
-    if mine is None:
-        manifest = prepare_out_dir(out_dir, name, request)
+    if is_url(str(out_dir)):  # written through a staging directory under the system temp directory
+        if split is not None:
+            raise ExportError(
+                "a set written in parts (several processes, or --part) needs a directory every part can "
+                f"reach (a shared filesystem), not a URL ({out_dir}); write it to such a directory and copy "
+                "it, or export with one process"
+            )
+        _check_disk(Path(tempfile.gettempdir()), total, art)
     else:
-        manifest = prepare_part_dir(out_dir, name, request, mine, -(-total // maxcount))
-    if manifest is not None:
-        return ExportResult(out_dir, manifest, np.array([]), np.array([]), reused=True, main=rank == 0)
+        out_dir = check_output_dir(out_dir, create=False)
+        _check_disk(out_dir, total, art)  # the whole set: on a shared disk every part lands on it
+    request = _request(art.hashes, n, seed, name, batch_size, maxcount, kind)
+    if split is not None:
+        mine = Part.of(total, maxcount, *split)
+        manifest = prepare_part_dir(Path(out_dir), name, request, mine, -(-total // maxcount))
+        if manifest is not None:
+            return ExportResult(
+                Path(out_dir), manifest, np.array([]), np.array([]), reused=True, main=rank == 0
+            )
+        scorer, write = _export_setup(art, request, seed, kind, batch_size, maxcount)
+        return _generate_part(Path(out_dir), name, art.producer, scorer, counts, write, mine, world, progress)
+    output = open_output(out_dir)  # a URL is written through a local staging directory (shards/output.py)
+    try:
+        return _generate(art, output, request, counts, seed, name, maxcount, batch_size, kind, progress)
+    except BaseException:
+        output.abandon()
+        raise
+    finally:
+        output.finish()
 
-    # 2. The scorer: the run's encoder and objective, and the one reference batch ---
-    real = load_source(cfg.data, "train")
-    channels, size = real.images.shape[1], real.images.shape[-1]
+
+def _export_setup(
+    art: Any, request: dict, seed: int, kind: str, batch_size: int, maxcount: int
+) -> tuple[Scorer, dict[str, Any]]:
+    """The scorer (the run's encoder and objective, and the one reference batch) and the writer's settings
+    with the manifest fields: the same for a whole export and for each of its parts."""
+    cfg, producer, run_dir = art.cfg, art.producer, art.run_dir
+    real = training_images(cfg, cfg.train.batch_size)
+    channels, size = real.shape[1], real.shape[-1]
     scorer = Scorer(
         art.encoder,
         Views(cfg.views, channels, size),
         art.objective,
-        reference_batch(real.images, cfg.train.batch_size, seed),
+        reference_batch(real, cfg.train.batch_size, seed),
     )
     names = {"hard": "hsg", "pair": "hpg", "all": "hsg+hpg"}
     fields = {
@@ -553,38 +599,68 @@ def generate(
         "seed": seed,
         "request": request,
     }
-    write = {
-        "seed": seed,
-        "batch_size": batch_size,
-        "maxcount": maxcount,
-        "manifest_fields": fields,
-    }
-    if mine is not None:
-        return _generate_part(out_dir, name, producer, scorer, counts, write, mine, world, progress)
+    write = {"seed": seed, "batch_size": batch_size, "maxcount": maxcount, "manifest_fields": fields}
+    return scorer, write
+
+
+def _generate(
+    art: Any,
+    output: SetOutput,
+    request: dict,
+    counts: dict[str, int],
+    seed: int,
+    name: str,
+    maxcount: int,
+    batch_size: int,
+    kind: str,
+    progress: bool,
+) -> ExportResult:
+    out_dir = output.local
+    if output.url is not None:
+        manifest = output.published_manifest()
+        if manifest is not None and manifest.get("request") != request:
+            raise ShardSetExistsError(
+                f"{output.url} already holds a different shard set ({manifest.get('name')!r}); choose "
+                "another --out or delete it"
+            )
+    else:
+        manifest = prepare_out_dir(out_dir, name, request)
+    if manifest is not None:
+        return ExportResult(Path(output.where), manifest, np.array([]), np.array([]), reused=True)
+    if output.url is not None:
+        prepare_out_dir(out_dir, name, request)
+
+    # 2. The scorer: the run's encoder and objective, and the one reference batch ---
+    scorer, write = _export_setup(art, request, seed, kind, batch_size, maxcount)
+    total = sum(counts.values())
+    preview_n = _preview_count(total, batch_size)
 
     # 3. Chunks -> shards; the preview before the manifest ---
-    preview_n = _preview_count(total, batch_size)
     bar = tqdm(total=total, desc="generate", disable=not progress, unit="img")
 
     def preview(res: WriteResult) -> None:
         conds = np.array(res.conditions[:preview_n], dtype=np.int64)
         save_image_atomic(out_dir / PREVIEW, condition_grid(np.stack(res.previews), conds))
+        output.publish(PREVIEW)  # before the manifest: a published set always has its preview
 
     res = write_samples(
         out_dir,
         name,
-        producer,
+        art.producer,
         scorer,
         counts,
         **write,
         previews=preview_n,
         progress=bar.update,
         before_publish=preview,
+        on_publish=output.publish,
     )
     bar.close()
     (out_dir / IN_PROGRESS).unlink(missing_ok=True)
     conds = np.array(res.conditions, dtype=np.int64)
-    return ExportResult(out_dir, res.manifest, np.array(res.hardness), conds, resumed_from=res.resumed_from)
+    return ExportResult(
+        Path(output.where), res.manifest, np.array(res.hardness), conds, resumed_from=res.resumed_from
+    )
 
 
 def _generate_part(

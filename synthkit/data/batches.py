@@ -15,6 +15,10 @@ import torch
 from synthkit.config import MixConfig
 from synthkit.errors import ConfigError, ShardError
 
+# epoch ids of the bounded samples drawn from streamed real data, far from any training epoch
+FIT_EPOCH = 3_000_000
+REFERENCE_EPOCH = 4_000_000
+
 
 class EpochBatches:
     def __init__(self, n: int, batch_size: int, rank: int = 0, world: int = 1, seed: int = 0) -> None:
@@ -92,7 +96,7 @@ class MixBatches:
     def epoch(self, epoch: int) -> Iterator[tuple[list[str], torch.Tensor]]:
         from torch.utils.data import DataLoader
 
-        from synthkit.shards.mix import collate_images
+        from synthkit.shards.mix import collate_images, iter_batches
 
         self.stream.set_epoch(epoch)
         loader = DataLoader(
@@ -102,10 +106,26 @@ class MixBatches:
             collate_fn=collate_images,
             drop_last=True,
         )
-        for _, (images, metas) in zip(range(len(self)), loader, strict=False):
+        for _, (images, metas) in zip(range(len(self)), iter_batches(loader, self.stream), strict=False):
             if images.shape[1:] != (self.channels, self.size, self.size):
                 raise ShardError(
                     f"mix: a batch of {len(metas)} images has shape {tuple(images.shape[1:])}, but the first "
                     f"source's are {(self.channels, self.size, self.size)}; all sets in a mix must match"
                 )
             yield [f"{m['__source__']}/{m['__key__']}" for m in metas], images
+
+
+def sample_images(batches: MemoryBatches | MixBatches, n: int, epoch: int) -> torch.Tensor:
+    """Up to ``n`` real images (uint8) from this process's batches of a given ``epoch`` id: a bounded sample
+    of streamed data, drawn the same way on every run with the same seed (k-means fits, reference batches).
+    ``epoch`` ids far from the training epochs keep it apart from what a training epoch reads."""
+    out: list[torch.Tensor] = []
+    have = 0
+    for _, images in batches.epoch(epoch):
+        out.append(images[: n - have])
+        have += len(out[-1])
+        if have >= n:
+            break
+    if not out:
+        raise ShardError("the real data stream gave no images to sample")
+    return torch.cat(out)

@@ -108,7 +108,7 @@ def available_memory() -> int | None:
         return None
 
 
-def _to_size_and_channels(images: torch.Tensor, size: int, channels: int | None) -> torch.Tensor:
+def resize_images(images: torch.Tensor, size: int, channels: int | None) -> torch.Tensor:
     """Convert channels (601 luma / repeated gray) and resize to ``size`` x ``size``, in bounded chunks.
 
     The conversion and the antialiased bilinear resize both run in float32 and are rounded once at the end,
@@ -169,7 +169,7 @@ def _finish(
             idx = torch.from_numpy(keep)
             images = images[idx]
             labels = labels[idx] if labels is not None else None
-    images = _to_size_and_channels(images, cfg.size, cfg.channels)
+    images = resize_images(images, cfg.size, cfg.channels)
     return ImageSet(images=images, labels=labels, name=cfg.name, classes=classes)
 
 
@@ -408,7 +408,7 @@ def load_folder(cfg: DataConfig, split: str) -> ImageSet:
         batch = np.stack([arrays[i] for i in members])
         batch = batch[:, None] if len(shape) == 2 else batch.transpose(0, 3, 1, 2)
         batch_t = torch.from_numpy(np.ascontiguousarray(batch))
-        images[members] = _to_size_and_channels(batch_t, cfg.size, channels)
+        images[members] = resize_images(batch_t, cfg.size, channels)
     return ImageSet(images=images, labels=labels, name=cfg.name, classes=classes)
 
 

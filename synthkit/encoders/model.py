@@ -93,6 +93,17 @@ def load_encoder_weights(encoder: Encoder, path: str | Path) -> str:
 
 
 @torch.no_grad()
+def eval_features(encoder: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """h(x) of one batch (floats in [0, 1]) in eval mode, without gradients; the mode is restored."""
+    was = encoder.training
+    encoder.eval()
+    try:
+        return encoder.features(x)
+    finally:
+        encoder.train(was)
+
+
+@torch.no_grad()
 def extract_features(
     encoder: Encoder, images: torch.Tensor, batch_size: int = 512, device: torch.device | str = "cpu"
 ) -> torch.Tensor:

@@ -30,7 +30,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from synthkit.config import DataConfig
-from synthkit.data.sources import _to_size_and_channels, load_source  # one resize for sources and audit
+from synthkit.data.sources import load_source, resize_images  # one resize for sources and audit
 from synthkit.encoders.backbones import build_backbone
 from synthkit.errors import ExtractorError
 from synthkit.provenance import created_by, sha256_file, state_dict_hash
@@ -93,7 +93,7 @@ class FeatureExtractor:
             raise ExtractorError(
                 f"the {self.kind} extractor needs square images, got {tuple(images.shape[-2:])}"
             )
-        return _to_size_and_channels(images, size, self.channels)
+        return resize_images(images, size, self.channels)
 
     @torch.no_grad()
     def features(self, images: torch.Tensor, batch_size: int = 512) -> torch.Tensor:

@@ -54,7 +54,8 @@ def linear_probe_accuracy(
     """Test top-1 accuracy in ``[0, 1]`` of a linear classifier trained on frozen train features.
 
     Args:
-        train_features: ``N x D`` features the probe is trained on (detached; moved to the CPU).
+        train_features: ``N x D`` features the probe is trained on (detached); the probe runs on their
+            device (a seed gives one result per device; the CPU and a GPU may differ in the last digits).
         train_labels: ``N`` integer labels.
         test_features: ``M x D`` held-out features.
         test_labels: ``M`` integer labels.
@@ -77,10 +78,11 @@ def linear_probe_accuracy(
             f"{batch_size}, {lr}, {weight_decay}"
         )
 
-    x = train_features.detach().to("cpu", torch.float32)
-    y = train_labels.detach().to("cpu", torch.int64)
-    x_test = test_features.detach().to("cpu", torch.float32)
-    y_test = test_labels.detach().to("cpu", torch.int64)
+    device = train_features.device
+    x = train_features.detach().to(device, torch.float32)
+    y = train_labels.detach().to(device, torch.int64)
+    x_test = test_features.detach().to(device, torch.float32)
+    y_test = test_labels.detach().to(device, torch.int64)
     if int(y.min()) < 0 or int(y_test.min()) < 0:
         raise ValueError("labels must be non-negative class indices")
 
@@ -99,6 +101,7 @@ def linear_probe_accuracy(
     with torch.no_grad():
         probe.weight.uniform_(-bound, bound, generator=generator)
         probe.bias.uniform_(-bound, bound, generator=generator)
+    probe.to(device)
     optimizer = torch.optim.Adam(probe.parameters(), lr=lr, weight_decay=weight_decay, fused=True)
 
     # 3. Mini-batch Adam with a per-step cosine decay; the last short batch of an epoch is kept.
@@ -107,7 +110,7 @@ def linear_probe_accuracy(
     total_steps = epochs * steps_per_epoch
     step = 0
     for _ in range(epochs):
-        perm = torch.randperm(n, generator=generator)
+        perm = torch.randperm(n, generator=generator).to(device)
         for start in range(0, n, batch_size):
             for group in optimizer.param_groups:
                 group["lr"] = 0.5 * lr * (1.0 + math.cos(math.pi * step / total_steps))

@@ -26,8 +26,10 @@ import torch
 from torch import nn
 
 from synthkit.config import CGanConfig, PipelineConfig, to_dict
+from synthkit.data.batches import FIT_EPOCH, sample_images
 from synthkit.data.views import to_float
 from synthkit.distributed import reduce_values
+from synthkit.encoders.model import eval_features
 from synthkit.errors import CheckpointError, RunError
 from synthkit.generators.cgan import build_cgan
 from synthkit.producers.base import (
@@ -40,7 +42,14 @@ from synthkit.producers.base import (
     chunk_generator,
     interleave,
 )
-from synthkit.producers.conditions import Conditions, num_conditions, refresh_conditions
+from synthkit.producers.conditions import (
+    Conditions,
+    load_conditions,
+    num_conditions,
+    refresh_conditions,
+    refresh_stream_conditions,
+    save_conditions,
+)
 from synthkit.producers.hard_samples import (
     HardSampleProducer,
     adversarial_loss,
@@ -117,8 +126,10 @@ class CGanProducer(Producer):
     # ------------------------------------------------------------------ training
     @classmethod
     def for_training(cls, cfg: PipelineConfig, ctx: TrainContext) -> CGanProducer:
-        real = ctx.real_in_memory("the cGAN producers")
-        n_cond = num_conditions(cfg.conditions, len(real.classes) if real.classes else None)
+        real = ctx.real  # None: real data streamed from shard sets (mix.sources)
+        n_cond = num_conditions(
+            cfg.conditions, len(real.classes) if real is not None and real.classes else None
+        )
         init = None
         if cfg.generator.init_run:  # type: ignore[attr-defined]
             with torch.random.fork_rng(devices=[]):  # loading builds models: keep this run's initial weights
@@ -174,7 +185,18 @@ class CGanProducer(Producer):
 
     def _refresh(self, epoch: int) -> None:
         ctx = self.ctx
-        assert ctx is not None and ctx.real is not None
+        assert ctx is not None
+        if ctx.real is None:  # streamed: k-means on a bounded sample, batches assigned by their features
+            self.conditions = refresh_stream_conditions(
+                self.cfg.conditions,
+                ctx.accelerator,
+                ctx.encoder(),
+                lambda: sample_images(ctx.batches, self.cfg.conditions.fit_samples, FIT_EPOCH + epoch),
+                self.conditions,
+                seed=self.cfg.train.seed + epoch,
+                num_classes=self.num_classes,
+            )
+            return
         self.conditions = refresh_conditions(
             self.cfg.conditions,
             ctx.accelerator,
@@ -197,9 +219,14 @@ class CGanProducer(Producer):
         if due and self.refreshed_at != epoch:
             self._refresh(epoch)
 
-    def _c(self, index: Any) -> torch.Tensor | None:
+    def _c(self, index: Any, images: torch.Tensor) -> torch.Tensor | None:
+        """The real batch's conditions: looked up (in-memory data) or assigned by its features (streamed)."""
         assert self.conditions is not None and self.ctx is not None
-        return self.conditions.labels[index].to(self.ctx.accelerator.device) if self.num_classes else None
+        if not self.num_classes:
+            return None
+        if self.conditions.centroids is None:
+            return self.conditions.labels[index].to(self.ctx.accelerator.device)
+        return self.conditions.assign(eval_features(self.ctx.encoder(), images))
 
     def _draw(self, n: int) -> torch.Tensor | None:
         assert self.conditions is not None and self.ctx is not None
@@ -229,7 +256,7 @@ class CGanProducer(Producer):
         while done < steps:
             for idx, images in ctx.batches.epoch(PRETRAIN_EPOCH_BASE + pass_):
                 x_real = to_float(images).to(device)
-                c_real, c_fake = self._c(idx), self._draw(b_fake)
+                c_real, c_fake = self._c(idx, x_real), self._draw(b_fake)
                 with acc.autocast():
                     fake = gen(torch.randn(b_fake, self.gen_cfg.z_dim, device=device), c_fake)
                     loss_d = discriminator_loss(self.d_ddp, self.gen_cfg, x_real, c_real, fake, c_fake)
@@ -260,7 +287,7 @@ class CGanProducer(Producer):
         assert ctx is not None
         device, cfg = ctx.accelerator.device, self.cfg
         x_real = batch.images
-        c_real = self._c(batch.index)
+        c_real = self._c(batch.index, batch.images)
         c_fake = self._draw(self.b_syn) if self.hsg is not None else None
         pair_c = self._draw(self.b_pair) if self.pairs is not None else None
         target = 1.0
@@ -383,7 +410,7 @@ class CGanProducer(Producer):
         for name, module in self._emas().items():
             save_state_dict(module, directory / f"producer_{name}.safetensors")
         if self.conditions is not None:
-            save_state_dict({"labels": self.conditions.labels}, directory / "producer_conditions.safetensors")
+            save_conditions(self.conditions, directory / "producer_conditions.safetensors")
         meta = {
             "generator_steps": self.generator_steps,
             "hpg_adaptive": self.adaptive.value,
@@ -406,8 +433,7 @@ class CGanProducer(Producer):
             path = directory / f"producer_{name}.safetensors"
             load_into(module, load_state_dict(path), str(path))
         if c is not None:
-            labels = load_state_dict(directory / "producer_conditions.safetensors")["labels"]
-            self.conditions = Conditions(labels, int(c["num_classes"]), str(c["source"]))
+            self.conditions = load_conditions(directory / "producer_conditions.safetensors", c)
 
     def fingerprint_modules(self) -> dict[str, nn.Module]:
         out: dict[str, nn.Module] = {}
@@ -433,7 +459,7 @@ class CGanProducer(Producer):
             record["pair_generator"] = self._meta()
         hashes["discriminator"] = save_state_dict(self.discriminator, directory / "discriminator.safetensors")
         if self.conditions is not None:
-            save_state_dict({"labels": self.conditions.labels}, directory / "conditions.safetensors")
+            save_conditions(self.conditions, directory / "conditions.safetensors")
             record["conditions"] = {
                 "num_classes": self.conditions.num_classes,
                 "source": self.conditions.source,
@@ -487,8 +513,7 @@ class CGanProducer(Producer):
             load(self.discriminator, "discriminator")
         c = record.get("conditions")
         if c is not None:
-            labels = load_state_dict(directory / "conditions.safetensors")["labels"]
-            self.conditions = Conditions(labels, int(c["num_classes"]), str(c["source"]))
+            self.conditions = load_conditions(directory / "conditions.safetensors", c)
         self.generator_steps = int(record.get("generator_steps", 0))
         self.weights_hash = meta.get("weights_hash")
         for module in self._trainable():
@@ -593,7 +618,7 @@ class _GanInit:
             k: v for k, v in to_dict(cfg.data).items() if k != "root"
         }
         cond = producer.conditions
-        if not same or (cond is not None and len(cond.labels) != len(real)):
+        if not same or (cond is not None and real is not None and len(cond.labels) != len(real)):
             raise RunError(
                 f"generator.init_run={run} was trained on other real data ({to_dict(src.data)}); a GAN "
                 f"started from it must train on the same images ({to_dict(cfg.data)})"

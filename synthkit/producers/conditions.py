@@ -8,7 +8,9 @@ useful across refreshes.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -19,6 +21,7 @@ from sklearn.cluster import KMeans
 
 from synthkit.config import ConditionsConfig
 from synthkit.encoders.model import extract_features
+from synthkit.weights import load_state_dict, save_state_dict
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -28,11 +31,23 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Conditions:
-    """One condition id per real training image, plus how they were derived (recorded in outputs)."""
+    """Condition ids of real images, plus how they were derived (recorded in outputs).
 
-    labels: torch.Tensor  # int64, one per real training image
+    In-memory real data: ``labels`` has one id per real training image. Streamed real data: ``labels`` are
+    the ids of the bounded sample k-means was fitted on (their frequencies are what generated samples draw),
+    and ``centroids`` (k x d, unit norm) assign any batch by its features (``assign``).
+    """
+
+    labels: torch.Tensor  # int64: one per real training image, or per image of the fit sample
     num_classes: int  # 0 = unconditional
-    source: str  # "kmeans" | "labels" | "none"
+    source: str  # "kmeans" | "labels" | "none" | "model"
+    centroids: torch.Tensor | None = None
+
+    def assign(self, features: torch.Tensor) -> torch.Tensor:
+        """The nearest centroid (cosine, as k-means was fitted on unit-norm features) of each feature row."""
+        assert self.centroids is not None
+        x = torch.nn.functional.normalize(features.float(), dim=1)
+        return (x @ self.centroids.to(x.device).t()).argmax(dim=1)
 
     def probabilities(self) -> torch.Tensor:
         """Empirical frequency of each condition, used to draw conditions for generated samples."""
@@ -73,13 +88,27 @@ def kmeans_conditions(
     features: torch.Tensor, k: int, seed: int, previous: torch.Tensor | None = None
 ) -> torch.Tensor:
     """k-means on L2-normalised features (cosine geometry, as the contrastive loss uses)."""
+    return kmeans_fit(features, k, seed, previous)[0]
+
+
+def kmeans_fit(
+    features: torch.Tensor, k: int, seed: int, previous: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """k-means on L2-normalised features: the labels (matched to ``previous`` labels of the same images)
+    and the k unit-norm centroids, in the order of the matched labels."""
     x = torch.nn.functional.normalize(features.float(), dim=1).numpy().astype(np.float64)
     if len(x) < k:
         raise ValueError(f"conditions.k={k} is larger than the number of real images ({len(x)})")
-    labels = KMeans(n_clusters=k, n_init=3, random_state=seed).fit_predict(x).astype(np.int64)
+    km = KMeans(n_clusters=k, n_init=3, random_state=seed).fit(x)
+    labels = km.labels_.astype(np.int64)
+    centroids = km.cluster_centers_
     if previous is not None:
-        labels = match_to_previous(labels, previous.numpy(), k)
-    return torch.from_numpy(labels)
+        matched = match_to_previous(labels, previous.numpy(), k)
+        order = np.empty(k, dtype=np.int64)
+        order[matched[np.arange(len(labels))]] = labels  # new id -> old cluster index
+        labels, centroids = matched, centroids[order]
+    c = torch.nn.functional.normalize(torch.from_numpy(centroids).float(), dim=1)
+    return torch.from_numpy(labels), c
 
 
 def make_conditions(
@@ -133,3 +162,53 @@ def refresh_conditions(
         labels = cond.labels.to(accelerator.device)
     labels = broadcast(labels, from_process=0).cpu()
     return Conditions(labels, num_classes, cfg.mode)
+
+
+def refresh_stream_conditions(
+    cfg: ConditionsConfig,
+    accelerator: Accelerator,
+    encoder: torch.nn.Module,
+    sample: Callable[[], torch.Tensor],
+    previous: Conditions | None,
+    seed: int,
+    num_classes: int,
+) -> Conditions:
+    """Conditions for streamed real data: k-means on a bounded sample (``sample()``: uint8 images, drawn on
+    the main process only) of the stream. Its centroids and cluster sizes are broadcast, so every process
+    assigns batches and draws conditions alike; a refresh is matched to the previous one through the previous
+    centroids' labels of the new sample."""
+    if cfg.mode == "none":
+        return Conditions(torch.zeros(0, dtype=torch.long), 0, "none")
+    if cfg.mode != "kmeans":
+        raise ValueError("streamed real data supports conditions.mode kmeans or none")
+    dim = int(encoder.feature_dim)
+    counts = torch.zeros(num_classes, dtype=torch.long, device=accelerator.device)
+    centroids = torch.zeros(num_classes, dim, device=accelerator.device)
+    if accelerator.is_main_process:
+        feats = extract_features(encoder, sample(), device=accelerator.device)
+        prev = previous.assign(feats) if previous is not None and previous.centroids is not None else None
+        fitted, c = kmeans_fit(feats, num_classes, seed, prev)
+        counts = torch.bincount(fitted, minlength=num_classes).to(accelerator.device)
+        centroids = c.to(accelerator.device)
+    counts = broadcast(counts, from_process=0).cpu()
+    centroids = broadcast(centroids, from_process=0).cpu()
+    # the sample's labels, rebuilt from the cluster sizes: the same frequencies on every process
+    labels = torch.repeat_interleave(torch.arange(num_classes), counts)
+    return Conditions(labels, num_classes, "kmeans", centroids)
+
+
+def save_conditions(cond: Conditions, path: Path) -> dict[str, int | str]:
+    """Write the conditions' tensors (safetensors) to ``path``; return what else ``load_conditions`` needs."""
+    tensors = {"labels": cond.labels}
+    if cond.centroids is not None:
+        tensors["centroids"] = cond.centroids
+    save_state_dict(tensors, path)
+    return {"num_classes": cond.num_classes, "source": cond.source}
+
+
+def load_conditions(path: Path, meta: dict) -> Conditions:
+    """What ``save_conditions`` wrote (``meta`` is its return value, as recorded in JSON)."""
+    tensors = load_state_dict(path)
+    return Conditions(
+        tensors["labels"], int(meta["num_classes"]), str(meta["source"]), tensors.get("centroids")
+    )

@@ -40,9 +40,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from synthkit.config import DiffusionConfig, PipelineConfig, to_dict
-from synthkit.data.batches import EpochBatches
+from synthkit.data.batches import FIT_EPOCH, REFERENCE_EPOCH, MemoryBatches, MixBatches, sample_images
 from synthkit.data.views import to_float
 from synthkit.distributed import reduce_values
+from synthkit.encoders.model import eval_features
 from synthkit.errors import CheckpointError, ModelError, RunError
 from synthkit.generators.diffusion import (
     SCHEDULER_DIR,
@@ -64,7 +65,14 @@ from synthkit.producers.base import (
     chunk_generator,
     interleave,
 )
-from synthkit.producers.conditions import Conditions, num_conditions, refresh_conditions
+from synthkit.producers.conditions import (
+    Conditions,
+    load_conditions,
+    num_conditions,
+    refresh_conditions,
+    refresh_stream_conditions,
+    save_conditions,
+)
 from synthkit.producers.diffusion_sampling import (
     Guidance,
     ddim_pairs,
@@ -208,10 +216,12 @@ class DiffusionProducer(Producer):
     # ------------------------------------------------------------------ training
     @classmethod
     def for_training(cls, cfg: PipelineConfig, ctx: TrainContext) -> DiffusionProducer:
-        real = ctx.real_in_memory("the diffusion producer")
+        real = ctx.real  # None: real data streamed from shard sets (mix.sources)
         d = cfg.generator
         assert isinstance(d, DiffusionConfig)
-        n_cond = num_conditions(cfg.conditions, len(real.classes) if real.classes else None)
+        n_cond = num_conditions(
+            cfg.conditions, len(real.classes) if real is not None and real.classes else None
+        )
         pretrained = _load_pretrained(cfg, ctx.channels, ctx.size, n_cond) if d.pretrained else None
         if pretrained is not None:
             unet, info = pretrained
@@ -295,38 +305,44 @@ class DiffusionProducer(Producer):
         """Conditions from the warmed-up encoder, then the UNet on the real images (every process); a
         pretrained model without training steps samples with its own class ids, uniformly."""
         ctx = self.ctx
-        assert ctx is not None and ctx.real is not None
+        assert ctx is not None
         acc, d, cfg = ctx.accelerator, self.d, self.cfg
         if self.model is None:
             k = self.num_classes
             self.conditions = Conditions(torch.arange(k), k, "model") if k else None
             self.stage1_done = True
             return
-        self.conditions = refresh_conditions(
-            cfg.conditions,
-            acc,
-            ctx.encoder(),
-            ctx.real,
-            None,
-            seed=cfg.train.seed + self.warm,
-            num_classes=self.num_classes,
-        )
         world, rank = acc.num_processes, acc.process_index
         if d.batch_size % world:
             raise RunError(f"generator.batch_size={d.batch_size} is not divisible by {world} processes")
-        batches = EpochBatches(len(ctx.real), d.batch_size // world, rank, world, seed=cfg.train.seed + 17)
+        batches: MemoryBatches | MixBatches
+        if ctx.real is not None:
+            self.conditions = refresh_conditions(
+                cfg.conditions, acc, ctx.encoder(), ctx.real, None, seed=cfg.train.seed + self.warm,
+                num_classes=self.num_classes,
+            )  # fmt: skip
+            batches = MemoryBatches(
+                ctx.real.images, d.batch_size // world, rank, world, seed=cfg.train.seed + 17
+            )
+        else:  # streamed: k-means on a bounded sample; the UNet reads the stream in batches of its own size
+            self.conditions = refresh_stream_conditions(
+                cfg.conditions, acc, ctx.encoder(),
+                lambda: sample_images(ctx.batches, cfg.conditions.fit_samples, FIT_EPOCH + self.warm),
+                None, seed=cfg.train.seed + self.warm, num_classes=self.num_classes,
+            )  # fmt: skip
+            batches = MixBatches(cfg.mix, d.batch_size // world, rank, world, seed=cfg.train.seed + 17)
         if len(batches) == 0:
             raise RunError(f"the real data hold fewer images than one diffusion batch of {d.batch_size}")
         scheduler = DDPMScheduler.from_config(self.scheduler_config)
         g = torch.Generator(device=acc.device).manual_seed(cfg.train.seed * 1009 + 7919 * (rank + 1))
-        labels = self.conditions.labels
         step, epoch, last = 0, 0, float("nan")
         bar = tqdm(total=d.train_steps, desc="diffusion", disable=not (ctx.progress and acc.is_main_process))
         self.model_ddp.train()
         while step < d.train_steps:
-            for idx in batches.epoch(epoch):
-                c = labels[idx].to(acc.device) if self.num_classes else None
-                x0 = to_model_range(self._to_model_size(to_float(ctx.real.images[idx]).to(acc.device)))
+            for idx, images in batches.epoch(epoch):
+                x = to_float(images).to(acc.device)
+                c = self._batch_conditions(idx, x)
+                x0 = to_model_range(self._to_model_size(x))
                 with acc.autocast():
                     loss = diffusion_loss(self.model_ddp, scheduler, x0, c, generator=g)
                 self.opt.zero_grad(set_to_none=True)
@@ -357,7 +373,7 @@ class DiffusionProducer(Producer):
         from synthkit.objectives.scoring import Scorer, reference_batch
 
         ctx = self.ctx
-        assert ctx is not None and ctx.real is not None
+        assert ctx is not None
         acc, cfg, d = ctx.accelerator, self.cfg, self.d
         progress = (epoch - self.warm) / max(1, cfg.train.epochs - 1 - self.warm)
         self.guidance_scale = guidance_scale_at(d, hsg_lambda(cfg.hsg, epoch + 1)) if cfg.hsg.enabled else 0.0
@@ -365,7 +381,12 @@ class DiffusionProducer(Producer):
         pool_dir = ctx.run_dir / POOLS_DIR / f"epoch-{epoch:04d}"
         if acc.is_main_process:
             encoder = ctx.encoder()
-            reference = reference_batch(ctx.real.images, cfg.train.batch_size, cfg.train.seed).to(acc.device)
+            real = (
+                ctx.real.images
+                if ctx.real is not None
+                else sample_images(ctx.batches, 4 * cfg.train.batch_size, REFERENCE_EPOCH)
+            )
+            reference = reference_batch(real, cfg.train.batch_size, cfg.train.seed).to(acc.device)
             scorer = Scorer(encoder, ctx.views, ctx.objective, reference)
             res = write_samples(
                 pool_dir,
@@ -419,7 +440,7 @@ class DiffusionProducer(Producer):
     def save_state(self, directory: Path) -> None:
         save_state_dict(self.unet, directory / "producer_unet_ema.safetensors")
         if self.conditions is not None:
-            save_state_dict({"labels": self.conditions.labels}, directory / "producer_conditions.safetensors")
+            save_conditions(self.conditions, directory / "producer_conditions.safetensors")
         run_dir = self.ctx.run_dir if self.ctx is not None else directory
         meta = {
             "stage1_done": self.stage1_done,
@@ -449,13 +470,22 @@ class DiffusionProducer(Producer):
         weights = directory / "producer_unet_ema.safetensors"
         load_into(self.unet, load_state_dict(weights), str(weights))
         if c is not None:
-            labels = load_state_dict(directory / "producer_conditions.safetensors")["labels"]
-            self.conditions = Conditions(labels, int(c["num_classes"]), str(c["source"]))
+            self.conditions = load_conditions(directory / "producer_conditions.safetensors", c)
         if pool_dir is not None:
             if not isinstance(pool_dir, str) or ".." in Path(pool_dir).parts or Path(pool_dir).is_absolute():
                 raise CheckpointError(f"{path}: pool_dir {pool_dir!r} is not a pool of this run")
             self.pool_dir = self.ctx.run_dir / pool_dir
             self.pool = read_pool(self.pool_dir)
+
+    def _batch_conditions(self, index: Any, x: torch.Tensor) -> torch.Tensor | None:
+        """A real batch's conditions: looked up (in-memory data) or assigned by its features (streamed)."""
+        cond = self.conditions
+        if not self.num_classes or cond is None:
+            return None
+        if cond.centroids is None:
+            return cond.labels[index].to(x.device)
+        assert self.ctx is not None
+        return cond.assign(eval_features(self.ctx.encoder(), x))
 
     def fingerprint_modules(self) -> dict[str, nn.Module]:
         return {"unet": self.model if self.model is not None else self.unet}
@@ -509,7 +539,7 @@ class DiffusionProducer(Producer):
             **({"pretrained": self.pretrained} if getattr(self, "pretrained", None) else {}),
         }
         if self.conditions is not None:
-            save_state_dict({"labels": self.conditions.labels}, directory / "conditions.safetensors")
+            save_conditions(self.conditions, directory / "conditions.safetensors")
             record["conditions"] = {
                 "num_classes": self.conditions.num_classes,
                 "source": self.conditions.source,
@@ -553,8 +583,7 @@ class DiffusionProducer(Producer):
             self.pretrained = record["pretrained"]
         cond = record.get("conditions")
         if cond is not None:
-            labels = load_state_dict(directory / "conditions.safetensors")["labels"]
-            self.conditions = Conditions(labels, int(cond["num_classes"]), str(cond["source"]))
+            self.conditions = load_conditions(directory / "conditions.safetensors", cond)
         self.trained_steps = int(record.get("train_steps", 0))
         self.pools = list(record.get("pools", []))
         return self

@@ -16,7 +16,14 @@ from synthkit.shards.format import (
 from synthkit.shards.index import write_wids_index
 from synthkit.shards.manifest import read_manifest, sha256_file
 from synthkit.shards.mix import MixedShardStream, MixSource, collate_images, parse_mix_spec
-from synthkit.shards.reader import decode_sample, iter_samples, iter_shard, iter_shard_members
+from synthkit.shards.reader import (
+    decode_sample,
+    iter_samples,
+    iter_shard,
+    iter_shard_members,
+    open_set,
+    read_shard,
+)
 from synthkit.shards.verify import VerifyReport, verify_shard_set
 from synthkit.shards.writer import ShardSetWriter
 
@@ -37,8 +44,10 @@ __all__ = [
     "iter_samples",
     "iter_shard",
     "iter_shard_members",
+    "open_set",
     "parse_mix_spec",
     "read_manifest",
+    "read_shard",
     "sha256_file",
     "shard_name",
     "validate_meta",

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,7 +28,7 @@ from synthkit.config import DataConfig, to_dict
 from synthkit.data.sources import SPLITS, DataSourceError, load_source, subset_indices
 from synthkit.provenance import created_by
 from synthkit.shards.format import ShardSetExistsError, is_safe_name
-from synthkit.shards.manifest import read_manifest
+from synthkit.shards.output import SetOutput, open_output
 from synthkit.shards.writer import ShardSetWriter
 
 PRODUCER = "convert"
@@ -80,7 +79,8 @@ def convert_source(
     Args:
         data_cfg: the source, as in a pipeline's ``data`` section.
         split: ``"train"`` or ``"test"``.
-        out_dir: directory of the new set; must not already hold one.
+        out_dir: directory of the new set, or an fsspec URL (``s3://bucket/set``: each shard is uploaded
+            when complete, the manifest last; :mod:`synthkit.shards.output`); must not already hold a set.
         name: set name and shard file prefix (default ``SOURCE-SPLIT``).
         maxcount: most samples per shard.
         progress: show a progress bar.
@@ -102,12 +102,25 @@ def convert_source(
         raise ValueError(f"shard set name {name!r} must be letters, digits, '_', '-' or '.', not hidden")
     if isinstance(maxcount, bool) or not isinstance(maxcount, int) or maxcount < 1:
         raise ValueError(f"maxcount must be a positive integer, got {maxcount!r}")
-    out = Path(out_dir)
+    output = open_output(out_dir)  # a local directory, or a URL: written through a staging directory
     # Loading a large source takes a while; say "there is already a set there" before, not after.
-    if out.is_dir() and read_manifest(out) is not None:
+    if output.published_manifest() is not None:
+        output.abandon()
         raise ShardSetExistsError(
-            f"{out} already holds a published shard set; remove it or choose another --out"
+            f"{output.where} already holds a published shard set; remove it or choose another --out"
         )
+    try:
+        return _convert(data_cfg, split, output, name, maxcount, progress)
+    except BaseException:
+        output.abandon()
+        raise
+    finally:
+        output.finish()
+
+
+def _convert(
+    data_cfg: DataConfig, split: str, output: SetOutput, name: str, maxcount: int, progress: bool
+) -> dict[str, Any]:
 
     data = load_source(data_cfg, split)
     indices = _source_indices(data_cfg, split, len(data))
@@ -124,7 +137,9 @@ def convert_source(
     images = data.images.permute(0, 2, 3, 1).numpy()
     labels = data.labels.tolist() if data.labels is not None else None
     key_prefix = f"{data_cfg.name}_{split}"
-    with ShardSetWriter(out, name, maxcount=maxcount, manifest_fields=fields) as writer:
+    with ShardSetWriter(
+        output.local, name, maxcount=maxcount, manifest_fields=fields, on_publish=output.publish
+    ) as writer:
         for i in tqdm(range(len(data)), desc="convert", unit="img", disable=not progress):
             index = int(indices[i])
             meta = {"kind": KIND, "producer": producer, "index": index, "split": split}

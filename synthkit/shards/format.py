@@ -6,6 +6,7 @@ writer, reader and verifier cannot drift apart. It has no I/O.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from typing import Any
@@ -21,12 +22,14 @@ MANIFEST = "manifest.json"
 SIZES = "sizes.json"
 
 # Keys a manifest always has; manifest_fields given by a producer may not shadow them.
-MANIFEST_RESERVED = ("format", "version", "name", "shards", "total")
+MANIFEST_RESERVED = ("format", "version", "name", "shards", "total", "image_shape")
 
 _SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*")
-_INT_KEYS = ("generator_step", "seed", "latent_id", "pair_id")
-_OPTIONAL_INT_KEYS = ("condition", "condition_k")
-_FLOAT_KEYS = ("hardness", "pair_similarity")
+
+# Manifest field declaring the images of a set: ``[H, W, C]`` (every image has that shape) or ``"mixed"``
+# (any shapes). Without it a set holds one shape and one mode, those of its first sample.
+IMAGE_SHAPE = "image_shape"
+MIXED = "mixed"
 
 
 __all__ = ["ShardError", "ShardSetExistsError", "temp_name"]  # re-exported: shard code names them here
@@ -50,22 +53,94 @@ def shard_pattern(name: str) -> re.Pattern[str]:
     return re.compile(rf"{re.escape(name)}-\d{{6,}}\.tar")
 
 
+# --------------------------------------------------------------------------- per-sample metadata
+
+_INT = (int,)
+_NUMBER = (int, float)
+_STR = (str,)
+# Fields every kind may carry, with their JSON types; null is allowed for every one of them except the two
+# required ones, so that writers can give every kind the same key set. Keys not listed are allowed (a
+# producer may add provenance without a format bump) but must still be finite, duplicate-free valid JSON.
+COMMON_FIELDS: dict[str, tuple[type, ...]] = {
+    "generator_step": _INT,
+    "seed": _INT,
+    "latent_id": _INT,
+    "condition": _INT,
+    "condition_source": _STR,
+    "condition_k": _INT,
+    "hardness": _NUMBER,
+    "pair_id": _INT,
+    "pair_similarity": _NUMBER,
+    "t_split": _NUMBER,
+    "branch_mode": _STR,
+    "guidance_scale": _NUMBER,
+    "index": _INT,  # shards convert: position in the source split
+    "split": _STR,
+}
+REQUIRED_FIELDS = ("kind", "producer")
+# The schema per kind: the fields it may carry (all optional, nullable). ``real`` samples come from a
+# source, not a generator, and need none of the generator's fields; they are allowed all the same so that
+# one key set can serve every kind.
+KIND_FIELDS: dict[str, dict[str, tuple[type, ...]]] = {kind: COMMON_FIELDS for kind in KINDS}
+_CHOICES = {"condition_source": CONDITION_SOURCES}
+# (keys, value types) of metadata found valid, so that a set's many samples of one layout are checked by one
+# dictionary lookup plus the value checks below; bounded so hostile variety cannot grow it without end.
+_VALID_LAYOUTS: set[tuple[tuple[str, ...], tuple[type, ...]]] = set()
+_MAX_LAYOUTS = 4096
+
+
 def _is_int(value: Any) -> bool:
     # bool is an int subclass, but True as a seed is a bug, not a seed.
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _is_finite_number(value: Any) -> bool:
-    # NaN/inf would be written as bare NaN/Infinity, which is not JSON and breaks strict readers.
-    return (_is_int(value) or isinstance(value, float)) and math.isfinite(value)
+def _check_value(key: str, value: Any, allowed: tuple[type, ...], problems: list[str]) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, allowed):
+        what = {_INT: "an integer", _NUMBER: "a finite number", _STR: "a string"}[allowed]
+        problems.append(f"'{key}' must be {what} or null; got {value!r}")
+    elif isinstance(value, float) and not math.isfinite(value):
+        problems.append(f"'{key}' must be a finite number; got {value!r}")
+    elif key in _CHOICES and value not in _CHOICES[key]:
+        problems.append(f"'{key}' must be one of {', '.join(_CHOICES[key])}; got {value!r}")
 
 
-def validate_meta(meta: dict) -> list[str]:
+def _finite_and_text(value: Any, path: str, problems: list[str], depth: int = 0) -> None:
+    """Every number finite and every string valid Unicode, at any depth (unknown keys included)."""
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            problems.append(f"{path} must be a finite number; got {value!r}")
+    elif isinstance(value, str):
+        if not _valid_text(value):
+            problems.append(f"{path} is not valid text (lone UTF-16 surrogate)")
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            if not _valid_text(k):
+                problems.append(f"{path}: a key is not valid text (lone UTF-16 surrogate)")
+            _finite_and_text(v, f"{path}.{k}" if depth else f"'{k}'", problems, depth + 1)
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _finite_and_text(v, f"{path}[{i}]", problems, depth + 1)
+
+
+def _valid_text(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def validate_meta(meta: dict, *, parsed: bool = False) -> list[str]:
     """Return the schema problems of one sample's json metadata (empty list: valid).
 
-    Problems are returned instead of raised so that the writer can refuse a sample with every problem at once
-    and the verifier can report them without stopping. Keys other than those below are allowed so producers
-    can add provenance without a format bump.
+    The schema: ``kind`` (one of KINDS) and ``producer`` (a non-empty string) are required; the fields of
+    ``KIND_FIELDS[kind]`` have the JSON types listed there or are null; ``condition_source`` is one of
+    CONDITION_SOURCES; every number anywhere is finite and every string is valid Unicode. Problems are
+    returned instead of raised so that the writer can refuse a sample with every problem at once and the
+    verifier can report them without stopping. ``parsed``: the dict came from :func:`loads_strict`, which
+    already refused lone surrogates, so strings need no second look.
 
     Example:
         >>> validate_meta({"kind": "hard", "producer": "hsg", "hardness": 0.7})
@@ -73,25 +148,115 @@ def validate_meta(meta: dict) -> list[str]:
     """
     if not isinstance(meta, dict):
         return [f"metadata must be a JSON object (dict), got {type(meta).__name__}"]
+    kind, producer = meta.get("kind"), meta.get("producer")
+    layout = (tuple(meta), tuple(map(type, meta.values())))
+    if layout in _VALID_LAYOUTS and _values_ok(meta, kind, producer, parsed):
+        return []  # keys and types checked before for this layout; the values are checked just now
     problems: list[str] = []
     if "kind" not in meta:
         problems.append("missing required key 'kind'")
-    elif meta["kind"] not in KINDS:
-        problems.append(f"'kind' must be one of {', '.join(KINDS)}; got {meta['kind']!r}")
+    elif kind not in KINDS:
+        problems.append(f"'kind' must be one of {', '.join(KINDS)}; got {kind!r}")
     if "producer" not in meta:
         problems.append("missing required key 'producer'")
-    elif not isinstance(meta["producer"], str) or not meta["producer"]:
-        problems.append(f"'producer' must be a non-empty string; got {meta['producer']!r}")
-    for key in _INT_KEYS:
-        if key in meta and not _is_int(meta[key]):
-            problems.append(f"'{key}' must be an integer; got {meta[key]!r}")
-    for key in _OPTIONAL_INT_KEYS:
-        if key in meta and meta[key] is not None and not _is_int(meta[key]):
-            problems.append(f"'{key}' must be an integer or null; got {meta[key]!r}")
-    for key in _FLOAT_KEYS:
-        if key in meta and not _is_finite_number(meta[key]):
-            problems.append(f"'{key}' must be a finite number; got {meta[key]!r}")
-    if "condition_source" in meta and meta["condition_source"] not in CONDITION_SOURCES:
-        allowed = ", ".join(CONDITION_SOURCES)
-        problems.append(f"'condition_source' must be one of {allowed}; got {meta['condition_source']!r}")
+    elif not isinstance(producer, str) or not producer:
+        problems.append(f"'producer' must be a non-empty string; got {producer!r}")
+    fields = KIND_FIELDS.get(kind, COMMON_FIELDS) if isinstance(kind, str) else COMMON_FIELDS
+    for key, allowed in fields.items():
+        if key in meta:
+            _check_value(key, meta[key], allowed, problems)
+    _finite_and_text(meta, "", problems)
+    problems = list(dict.fromkeys(problems))  # a field can fail the type and the finiteness check alike
+    if not problems and len(_VALID_LAYOUTS) < _MAX_LAYOUTS and _layout_cacheable(layout):
+        _VALID_LAYOUTS.add(layout)
     return problems
+
+
+_SOURCE_OR_NONE = frozenset((*CONDITION_SOURCES, None))
+_SCALARS = frozenset((int, float, str, type(None)))
+
+
+def _values_ok(meta: dict, kind: Any, producer: Any, parsed: bool) -> bool:
+    """The value checks of a remembered layout: choices, non-empty producer, finite floats, valid text."""
+    if kind not in KINDS or not producer or meta.get("condition_source") not in _SOURCE_OR_NONE:
+        return False
+    if parsed:  # loads_strict refused non-finite numbers and lone surrogates already
+        return True
+    for value in meta.values():
+        if type(value) is float:
+            if not math.isfinite(value):
+                return False
+        elif type(value) is str and not _valid_text(value):
+            return False
+    return True
+
+
+def _layout_cacheable(layout: tuple[tuple[str, ...], tuple[type, ...]]) -> bool:
+    # Lists and objects under unknown keys hold values a layout does not describe: never remembered.
+    return all(t in _SCALARS for t in layout[1])
+
+
+# --------------------------------------------------------------------------- strict JSON
+
+
+def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        dup = next(k for k, _ in pairs if k in seen or seen.add(k))  # type: ignore[func-returns-value]
+        raise ValueError(f"duplicate key {dup!r}")
+    return obj
+
+
+def _constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:40]} is not finite")
+    return value
+
+
+_DECODER = json.JSONDecoder(object_pairs_hook=_pairs, parse_constant=_constant, parse_float=_float)
+_SCAN = _DECODER.scan_once
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def loads_strict(data: bytes) -> Any:
+    """Parse JSON as the format requires: UTF-8, no duplicate keys, no NaN/Infinity, finite numbers
+    (``1e999`` overflows to infinity in Python and is refused), no lone UTF-16 surrogates.
+
+    Raises ValueError (UnicodeDecodeError and json.JSONDecodeError are ValueErrors) naming the problem.
+    """
+    text = data.decode("utf-8")
+    try:  # the C scanner straight away; JSONDecoder.decode adds two regex passes for whitespace
+        value, end = _SCAN(text, 0)
+    except StopIteration:
+        end = -1
+    if end != len(text):  # leading or trailing whitespace, or an error: the full decoder decides and names it
+        value = _DECODER.decode(text)
+    if "\\u" in text and _SURROGATE_ESCAPE.search(text):
+        problems: list[str] = []
+        _finite_and_text(value, "metadata", problems)
+        if problems:
+            raise ValueError(problems[0])
+    return value
+
+
+# --------------------------------------------------------------------------- printing untrusted text
+
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+
+
+def printable(text: Any) -> str:
+    """Text from a shard, safe to print to a terminal: control characters (ESC starts terminal escape
+    sequences), C1 controls, bidirectional overrides and lone surrogates become ``\\xNN``/``\\uNNNN``.
+
+    Example:
+        >>> printable("ok\\x1b[2J")
+        'ok\\\\x1b[2J'
+    """
+    text = text if isinstance(text, str) else str(text)
+    return _UNSAFE.sub(lambda m: m.group().encode("unicode_escape", "backslashreplace").decode("ascii"), text)

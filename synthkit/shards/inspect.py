@@ -23,9 +23,9 @@ from typing import Any
 import numpy as np
 
 from synthkit.images import common_shape, condition_grid
-from synthkit.shards.format import ShardError
-from synthkit.shards.manifest import read_manifest
-from synthkit.shards.reader import iter_samples
+from synthkit.shards import location as loc
+from synthkit.shards.format import ShardError, printable
+from synthkit.shards.reader import iter_samples, open_set
 
 # Meta keys summarised as distributions when samples carry them.
 STAT_KEYS = ("hardness", "pair_similarity")
@@ -74,17 +74,10 @@ def describe(values: list[float]) -> dict[str, float | int]:
     }
 
 
-def _open_set(directory: str | os.PathLike[str]) -> tuple[Path, dict[str, Any]]:
-    path = Path(directory)
-    if not path.is_dir():
-        raise ShardError(f"{path}: not a directory; a shard set is a directory with a manifest.json")
-    manifest = read_manifest(path)
-    if manifest is None:
-        raise ShardError(
-            f"{path}: no manifest.json, so this is not a published shard set (still being written, or its "
-            "writer failed)"
-        )
-    return path, manifest
+def _open_set(directory: str | os.PathLike[str]) -> tuple[str, dict[str, Any]]:
+    shard_set = open_set(directory)
+    assert shard_set.manifest is not None
+    return shard_set.location, shard_set.manifest
 
 
 class _Grid:
@@ -118,7 +111,7 @@ class _Grid:
         return "none", [None] * len(chunks), chunks
 
 
-def _write_grid(grid: _Grid, set_dir: Path, path: str | os.PathLike[str]) -> dict[str, Any]:
+def _write_grid(grid: _Grid, set_dir: str, path: str | os.PathLike[str]) -> dict[str, Any]:
     out = Path(path)
     group_by, labels, rows = grid.rows()
     flat = [im for row in rows for im in row]
@@ -154,7 +147,12 @@ def inspect_shard_set(
     if per_row < 1:
         raise ValueError(f"per_row must be >= 1, got {per_row}")
     set_dir, manifest = _open_set(directory)
-    if grid is not None and set_dir.resolve() in (Path(grid).resolve(), *Path(grid).resolve().parents):
+    local = None if loc.is_url(set_dir) else Path(set_dir).resolve()
+    if (
+        grid is not None
+        and local is not None
+        and local in (Path(grid).resolve(), *Path(grid).resolve().parents)
+    ):
         raise ShardError(
             f"refusing to write the grid {grid} inside the published shard set {set_dir}; "
             "choose a path outside it"
@@ -187,7 +185,7 @@ def inspect_shard_set(
 
     producer = manifest.get("producer")
     return {
-        "dir": str(set_dir),
+        "dir": set_dir,
         "name": manifest.get("name"),
         "total": sum(kinds.values()),
         "shards": len(manifest["shards"]),
@@ -218,14 +216,18 @@ def inspect_grid(
 
 
 def format_summary(summary: dict[str, Any]) -> str:
-    """The human-readable text ``synthkit shards inspect`` prints."""
+    """The human-readable text ``synthkit shards inspect`` prints.
+
+    Names, kinds, conditions and producers come from the set, so every piece of them is passed through
+    :func:`synthkit.shards.format.printable`: a set cannot write terminal escape sequences to the screen.
+    """
 
     def counts(d: dict[str, int]) -> str:
-        return ", ".join(f"{k}: {v}" for k, v in d.items())
+        return ", ".join(f"{printable(k)}: {v}" for k, v in d.items())
 
     lines = [
-        f"{summary['dir']}: set {summary['name']!r}, {summary['total']} samples in {summary['shards']} "
-        f"shard(s), producer {summary['producer']!r}",
+        f"{printable(summary['dir'])}: set {printable(repr(summary['name']))}, {summary['total']} samples in "
+        f"{summary['shards']} shard(s), producer {printable(repr(summary['producer']))}",
         f"  kind       {counts(summary['by_kind'])}",
     ]
     if summary["by_condition"]:
@@ -241,5 +243,5 @@ def format_summary(summary: dict[str, Any]) -> str:
     lines.append(f"  images     sizes (HxW) {counts(images['sizes'])}; modes {counts(images['modes'])}")
     if summary["grid"] is not None:
         g = summary["grid"]
-        lines.append(f"  grid       {g['path']} ({len(g['rows'])} rows, by {g['group_by']})")
+        lines.append(f"  grid       {printable(g['path'])} ({len(g['rows'])} rows, by {g['group_by']})")
     return "\n".join(lines)

@@ -1,7 +1,11 @@
 """Reading a shard set's ``manifest.json``, the file whose presence means "this set is complete".
 
-The writer publishes the manifest last, so readers trust a directory only through this module. The manifest
-is also untrusted input: shard names in it are checked to be plain file names before anyone opens them.
+The writer publishes the manifest last, so readers trust a set (a directory or a URL prefix) only through
+this module. The manifest is also untrusted input, checked in full before any shard is opened: shard names
+must be plain file names, counts and byte sizes non-negative integers, every shard must hold at least one
+sample, no shard may be listed twice, ``total`` must be the sum of the shard counts (a ``total`` of 10^12
+over a few real samples would otherwise make a consumer wait for samples that never come), and an
+``image_shape`` declaration must be well formed.
 """
 
 from __future__ import annotations
@@ -9,54 +13,81 @@ from __future__ import annotations
 import json
 import os
 import re
-from pathlib import Path
 from typing import Any
 
 from synthkit.provenance import sha256_file as sha256_file  # re-exported for synthkit.shards
-from synthkit.shards.format import FORMAT, MANIFEST, VERSION, ShardError, is_safe_name
+from synthkit.shards import location as loc
+from synthkit.shards.format import FORMAT, IMAGE_SHAPE, MANIFEST, MIXED, VERSION, ShardError, is_safe_name
+
+# A manifest lists one entry per shard; even a million shards stay far below this.
+MAX_MANIFEST_BYTES = 256 * 1024 * 1024
 
 
 def _is_count(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
-def _check_structure(manifest: dict[str, Any], path: Path) -> None:
+def _check_structure(manifest: dict[str, Any], path: str) -> None:
     """Raise ShardError if the shard list cannot be trusted to drive file access and counting."""
     shards = manifest.get("shards")
     if not isinstance(shards, list):
         raise ShardError(f"{path}: 'shards' must be a list")
+    names: set[str] = set()
     for i, entry in enumerate(shards):
         if not isinstance(entry, dict):
             raise ShardError(f"{path}: shards[{i}] must be an object")
         name = entry.get("name")
         if not isinstance(name, str) or not name.endswith(".tar") or not is_safe_name(name):
             raise ShardError(f"{path}: shards[{i}] has an unsafe or missing name {name!r}")
+        if name in names:
+            raise ShardError(f"{path}: shard {name} is listed more than once")
+        names.add(name)
         if not _is_count(entry.get("count")) or not _is_count(entry.get("bytes")):
             raise ShardError(f"{path}: shards[{i}] ({name}) needs non-negative integer 'count' and 'bytes'")
+        if entry["count"] == 0:
+            raise ShardError(f"{path}: shards[{i}] ({name}) holds no samples; an empty shard is refused")
         sha = entry.get("sha256")
         if not isinstance(sha, str) or not re.fullmatch(r"[0-9a-f]{64}", sha):
             raise ShardError(f"{path}: shards[{i}] ({name}) has an invalid 'sha256' {sha!r}")
-    if not _is_count(manifest.get("total")):
+    total = manifest.get("total")
+    if not _is_count(total):
         raise ShardError(f"{path}: 'total' must be a non-negative integer")
+    listed = sum(entry["count"] for entry in shards)
+    if total != listed:
+        raise ShardError(f"{path}: total {total} != sum of shard counts {listed}")
+    shape = manifest.get(IMAGE_SHAPE)
+    ok_shape = (
+        shape is None
+        or shape == MIXED
+        or (
+            isinstance(shape, list)
+            and len(shape) == 3
+            and all(_is_count(v) and v > 0 for v in shape)
+            and shape[2] in (1, 3)
+        )
+    )
+    if not ok_shape:
+        raise ShardError(f"{path}: '{IMAGE_SHAPE}' must be [H, W, 1 or 3] or {MIXED!r}; got {shape!r}")
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
 
 
 def read_manifest(directory: str | os.PathLike[str]) -> dict[str, Any] | None:
-    """Load and check ``manifest.json`` of a shard-set directory.
+    """Load and check ``manifest.json`` of a shard set: a local directory or a URL prefix.
 
     Returns None when there is no manifest: the set was never published (still being written, or its writer
     failed), which callers must treat differently from a broken manifest. Raises ShardError when the file is
-    not JSON, is another format, was written by another format version, or has a malformed shard list.
+    not JSON, is another format, was written by another format version, or fails the checks above.
     """
-    path = Path(directory) / MANIFEST
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
+    path = loc.join(loc.as_location(directory), MANIFEST)
+    data = loc.read_optional(path, MAX_MANIFEST_BYTES)
+    if data is None:
         return None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ShardError(f"{path}: cannot read manifest: {exc}") from exc
     try:
-        manifest = json.loads(text)
-    except json.JSONDecodeError as exc:
+        manifest = json.loads(data.decode("utf-8"), parse_constant=_reject_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise ShardError(f"{path}: manifest is not valid JSON: {exc}") from exc
     if not isinstance(manifest, dict):
         raise ShardError(f"{path}: manifest must be a JSON object")

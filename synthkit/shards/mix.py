@@ -43,6 +43,12 @@ count), then stops. The same seed, epoch, rank, world and number of workers give
 ``set_epoch`` changes it. DataLoader workers are copies of the dataset: call ``set_epoch`` before iterating
 the loader, and do not use ``persistent_workers=True`` (persistent workers keep the epoch they started with).
 
+Checks. Every shard goes through the safe reader's checks (:func:`synthkit.shards.reader.read_shard`):
+hash before any sample is given out, structure, counts, images, metadata. Keys are checked unique across
+everything one slot reads in one pass: with one slot (one process, no workers) that is the whole set; with
+several, each slot sees only its shards, so a key repeated in two shards read by different slots is not
+seen here (``synthkit shards verify`` and every single-pass reader refuse it).
+
 Example:
     >>> sources = [parse_mix_spec("real=shards/fmnist-real:0.7"), parse_mix_spec("syn=shards/hard:0.3")]
     >>> stream = MixedShardStream(sources, seed=0, epoch_samples=60_000,  # doctest: +SKIP
@@ -60,7 +66,7 @@ import itertools
 import math
 import re
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,9 +75,17 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
+from synthkit.shards import location as loc
 from synthkit.shards.format import ShardError
-from synthkit.shards.manifest import read_manifest
-from synthkit.shards.reader import ON_ERROR, iter_shard
+from synthkit.shards.reader import (
+    ON_ERROR,
+    SetRules,
+    ShardRef,
+    open_set,
+    raise_first,
+    read_shard,
+    skip_records,
+)
 
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_\-]*")
 # Separate the shard-order random streams from the source-choice stream of the same (seed, epoch).
@@ -79,22 +93,29 @@ _ORDER_STREAM = 1
 _CHOICE_STREAM = 2
 # Source choices are drawn in blocks: one call per sample is slow, one call per epoch can be large.
 _CHOICE_BLOCK = 4096
+# How often a worker repeats its refusal (more than any batch size): see MixedShardStream.__iter__.
+_ERROR_REPEATS = 1 << 16
 
 
 @dataclass(frozen=True)
 class MixSource:
-    """One shard set in a mix: a ``name`` (reported as ``sample["source"]``), its directory, its weight."""
+    """One shard set in a mix: a ``name`` (reported as ``sample["source"]``), its location, its weight.
+
+    ``path`` is a local directory (a ``Path``) or a URL prefix (a string, never a ``Path``, which would
+    collapse ``http://`` into ``http:/``).
+    """
 
     name: str
-    path: Path
+    path: Path | str
     weight: float
 
 
 def parse_mix_spec(spec: str) -> MixSource:
     """Parse ``NAME=DIR:WEIGHT`` (e.g. ``real=shards/fmnist-real:0.7``), the form the CLI and configs use.
 
-    The weight is the part after the last colon, so a directory may itself contain colons. Weights need not
-    sum to one: MixedShardStream normalises them.
+    ``DIR`` may be a URL (``real=s3://bucket/fmnist-real:0.7``, ``syn=http://host:8000/hard:0.3``): the
+    weight is the part after the last colon, so a location may itself contain colons. Weights need not
+    sum to one: MixedShardStream normalises them. A URL is checked when the stream opens its manifest.
 
     Raises:
         ValueError: a malformed spec, a name that is not letters/digits/``_``/``-``, a weight that is not a
@@ -116,23 +137,44 @@ def parse_mix_spec(spec: str) -> MixSource:
         raise ValueError(f"mix spec {spec!r}: weight {weight_text!r} is not a number") from None
     if not math.isfinite(weight) or weight <= 0:
         raise ValueError(f"mix spec {spec!r}: weight must be a finite number above 0, got {weight_text}")
+    if loc.is_url(path_text):
+        if loc.is_pipe(path_text):
+            raise ValueError(f"mix spec {spec!r}: a pipe: stream has no manifest; give the set's location")
+        return MixSource(name=name, path=path_text, weight=weight)
     path = Path(path_text)
     if not path.is_dir():
         raise ValueError(f"mix spec {spec!r}: {path} is not a directory (a shard set directory is expected)")
     return MixSource(name=name, path=path, weight=weight)
 
 
-def _shard_list(source: MixSource) -> list[tuple[Path, int]]:
-    """The source's shards and their manifest counts; only published sets are mixed."""
-    manifest = read_manifest(source.path)
-    if manifest is None:
-        raise ShardError(
-            f"source {source.name!r}: {source.path} has no manifest.json, so it is not a published shard set"
-        )
-    shards = [(source.path / entry["name"], entry["count"]) for entry in manifest["shards"]]
-    if not any(count for _, count in shards):
+def _shard_list(source: MixSource) -> tuple[list[ShardRef], Any]:
+    """The source's shards (with what its manifest promises) and image declaration; published sets only."""
+    try:
+        shard_set = open_set(source.path)
+    except ShardError as exc:
+        raise ShardError(f"source {source.name!r}: {exc}") from exc
+    if not shard_set.total:
         raise ShardError(f"source {source.name!r}: {source.path} holds no samples")
-    return shards
+    return shard_set.shards, shard_set.manifest.get("image_shape") if shard_set.manifest else None
+
+
+class WorkerError:
+    """A refusal inside a DataLoader worker, carried to the main process as an item instead of an exception.
+
+    DataLoader re-raises a worker's exception as a multi-line "Caught ShardError in DataLoader worker
+    process 0 ... Original Traceback" message; passed as data, the refusal comes out as the same one-line
+    ShardError as without workers (:func:`iter_batches`).
+    """
+
+    def __init__(self, message: str, skipped: list[tuple[str, str]]) -> None:
+        self.message, self.skipped = message, skipped
+
+
+class Batch(tuple):
+    """``(images, metas)`` from :func:`collate_images`, with ``skipped``: the skips recorded in the worker
+    while reading the batch's samples, as ``(where, reason)``."""
+
+    skipped: list[tuple[str, str]]
 
 
 class MixedShardStream(IterableDataset):
@@ -150,6 +192,8 @@ class MixedShardStream(IterableDataset):
         transform: applied to each sample dict (with ``source``) before it is yielded, in the worker.
         on_error: ``"raise"`` (a ShardError naming shard and sample) or ``"skip"``: malformed samples and
             broken shards are never yielded and are recorded in ``skipped``.
+        check_hash: compare each shard's sha256 with its manifest (default); off only to measure what the
+            check costs (``eval/bench_reader.py``).
     """
 
     def __init__(
@@ -162,6 +206,7 @@ class MixedShardStream(IterableDataset):
         world: int = 1,
         transform: Callable[[dict[str, Any]], Any] | None = None,
         on_error: str = "raise",
+        check_hash: bool = True,
     ) -> None:
         super().__init__()
         if not sources:
@@ -191,11 +236,15 @@ class MixedShardStream(IterableDataset):
         self.seed, self.epoch_samples, self.rank, self.world = seed, epoch_samples, rank, world
         self.transform = transform
         self.on_error = on_error
+        self.check_hash = check_hash
         self.epoch = 0
         # Location ("SHARD:KEY" or "SHARD") -> reason, for what this process's iterators skipped. DataLoader
         # workers hold copies, so their skips show up as warnings (one per location), not here.
         self.skipped: dict[str, str] = {}
-        self._shards = [_shard_list(s) for s in self.sources]
+        self._pending: list[tuple[str, str]] = []  # skips not yet handed to a sample (in a worker)
+        listed = [_shard_list(s) for s in self.sources]
+        self._shards = [shards for shards, _ in listed]
+        self._declared = [declared for _, declared in listed]
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch whose shard orders and source choices the next iteration draws."""
@@ -209,6 +258,22 @@ class MixedShardStream(IterableDataset):
         return self.epoch_samples // (self.world * workers) * workers
 
     def __iter__(self) -> Iterator[Any]:
+        if get_worker_info() is None:
+            yield from self._iter()
+            return
+        try:
+            for sample in self._iter():
+                if self._pending:
+                    sample["__skipped__"], self._pending = self._pending, []
+                yield sample
+        except ShardError as exc:
+            error = WorkerError(str(exc), self._pending)
+            # Repeated, so that it fills a whole batch: a DataLoader with drop_last=True would drop a short
+            # batch holding it, and the refusal with it. The main process stops at the first one.
+            for _ in range(_ERROR_REPEATS):
+                yield error
+
+    def _iter(self) -> Iterator[Any]:
         info = get_worker_info()
         worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
         n_slots = self.world * num_workers
@@ -229,10 +294,13 @@ class MixedShardStream(IterableDataset):
                     stacklevel=2,
                 )
         streams = [self._source_stream(i, int(before[i])) for i in range(len(self.sources))]
-        for pick in picks:
-            sample = next(streams[pick])
-            sample["source"] = self.sources[pick].name
-            yield sample if self.transform is None else self.transform(sample)
+        nexts = [stream.__next__ for stream in streams]
+        names = [source.name for source in self.sources]
+        transform = self.transform
+        for pick in picks.tolist():  # Python ints: list indexing by numpy scalars costs more per sample
+            sample = nexts[pick]()
+            sample["source"] = names[pick]
+            yield sample if transform is None else transform(sample)
 
     def _picks(self, start: int, count: int) -> tuple[np.ndarray, np.ndarray]:
         """The sources of the epoch's positions ``start .. start + count - 1`` and how many positions before
@@ -261,22 +329,22 @@ class MixedShardStream(IterableDataset):
         before.
         """
         source, shards = self.sources[index], self._shards[index]
-        total = sum(count for _, count in shards)
+        total = sum(ref.count or 0 for ref in shards)
         first_pass, offset = divmod(first, total)
+        rules = SetRules(self._declared[index])  # the set's image size and mode, fixed across passes
         for pass_index in itertools.count(first_pass):
+            rules.keys = {}  # each pass reads every key again (resampling), once
             order_rng = np.random.default_rng([self.seed, self.epoch, _ORDER_STREAM, index, pass_index])
             kept = 0
             position = 0  # of the pass, by the manifest's counts
             for j in order_rng.permutation(len(shards)):
-                path, count = shards[j]
+                count = shards[j].count or 0
                 if position + count <= offset:  # wholly before this stream's start
                     position += count
                     continue
-                drop = max(0, offset - position)
-                for k, sample in enumerate(self._read_shard(path, count)):
-                    if k >= drop:
-                        kept += 1
-                        yield sample
+                for sample in self._read_shard(shards[j], rules)[max(0, offset - position) :]:
+                    kept += 1
+                    yield sample
                 position += count
             if kept == 0 and offset == 0:  # would loop forever: every sample of the source is broken
                 raise ShardError(
@@ -285,38 +353,38 @@ class MixedShardStream(IterableDataset):
                 )
             offset = 0
 
-    def _read_shard(self, path: Path, expected: int) -> Iterator[dict[str, Any]]:
-        """One shard through the safe reader, with the manifest's count checked as iter_samples does."""
-        found: list[tuple[str, str]] = []
-        count = bad_samples = 0
-        broken = False
-        for sample in iter_shard(path, on_error=self.on_error, errors=found):
-            bad, broke = self._note_skips(found, path)
-            bad_samples, broken = bad_samples + bad, broken or broke
-            count += 1
-            yield sample
-        bad, broke = self._note_skips(found, path)
-        bad_samples, broken = bad_samples + bad, broken or broke
-        count += bad_samples  # undecodable samples are still samples of the shard
-        if count != expected and not broken:
-            reason = f"{path}: holds {count} samples, the manifest says {expected}"
-            if self.on_error == "raise":
-                raise ShardError(reason)
-            self._note_skips([(str(path), reason)], path)
+    def _read_shard(self, ref: ShardRef, rules: SetRules) -> list[dict[str, Any]]:
+        """One shard through the safe reader's checks (:func:`synthkit.shards.reader.read_shard`)."""
+        read = read_shard(ref, rules, check_hash=self.check_hash)
+        if self.on_error == "raise":
+            raise_first(read)
+        for where, reason in skip_records(read):
+            self.note_skip(where, reason)
+        return read.samples
 
-    def _note_skips(self, found: list[tuple[str, str]], path: Path) -> tuple[int, bool]:
-        """Move new skips into ``skipped``; return (samples skipped, whether the shard itself broke).
+    def note_skip(self, where: str, reason: str) -> None:
+        """Record one skip in ``skipped`` (and pass it on from a worker); a resampled stream meets the same
+        broken item on every pass: it is recorded and warned about once."""
+        if where in self.skipped:
+            return
+        self.skipped[where] = reason
+        if get_worker_info() is not None:
+            self._pending.append((where, reason))
+        warnings.warn(f"skipped (on_error='skip'): {reason}", stacklevel=2)
 
-        A resampled stream meets the same broken item on every pass: it is recorded and warned about once.
-        """
-        bad_samples = sum(where != str(path) for where, _ in found)
-        broken = len(found) > bad_samples
-        for where, reason in found:
-            if where not in self.skipped:
-                self.skipped[where] = reason
-                warnings.warn(f"skipped (on_error='skip'): {reason}", stacklevel=2)
-        found.clear()
-        return bad_samples, broken
+
+def iter_batches(loader: Iterable[Any], stream: MixedShardStream) -> Iterator[Batch]:
+    """The batches of a DataLoader over ``stream``, with refusals and skips from workers handled here: a
+    worker's ShardError is raised as the same one-line ShardError, its skips are recorded in
+    ``stream.skipped`` of the main process."""
+    for batch in loader:
+        for where, reason in getattr(batch, "skipped", ()):
+            if where not in stream.skipped:  # a worker's warning stays in the worker: say it here
+                stream.skipped[where] = reason
+                warnings.warn(f"skipped (on_error='skip', in a DataLoader worker): {reason}", stacklevel=2)
+        if isinstance(batch, WorkerError):
+            raise ShardError(batch.message)
+        yield batch
 
 
 def collate_images(samples: Sequence[dict[str, Any]]) -> tuple[torch.Tensor, list[dict[str, Any]]]:
@@ -327,15 +395,27 @@ def collate_images(samples: Sequence[dict[str, Any]]) -> tuple[torch.Tensor, lis
     Raises:
         ValueError: the images differ in size or channels (the message names the keys), or no samples.
     """
+    skipped: list[tuple[str, str]] = []
+    images_list, metas = [], []
+    for s in samples:
+        if s.__class__ is not dict:
+            if isinstance(s, WorkerError):
+                return s  # type: ignore[return-value]  # iter_batches raises it in the main process
+        elif "__skipped__" in s:
+            skipped += s.pop("__skipped__")
+        images_list.append(s["image"])
+        metas.append(s["meta"])
     if not samples:
         raise ValueError("collate_images needs at least one sample")
-    first = samples[0]["image"].shape
-    odd = [s for s in samples if s["image"].shape != first]
-    if odd:
+    first = images_list[0].shape
+    if any(im.shape != first for im in images_list):
+        odd = [s for s in samples if s["image"].shape != first]
         raise ValueError(
             f"images in a batch must share one HxWxC shape: {samples[0]['__key__']!r} is {first}, "
             + ", ".join(f"{s['__key__']!r} is {s['image'].shape}" for s in odd[:5])
             + (f" and {len(odd) - 5} more" if len(odd) > 5 else "")
         )
-    images = torch.from_numpy(np.stack([s["image"] for s in samples])).permute(0, 3, 1, 2).contiguous()
-    return images, [s["meta"] for s in samples]
+    images = torch.from_numpy(np.stack(images_list)).permute(0, 3, 1, 2).contiguous()
+    batch = Batch((images, metas))
+    batch.skipped = skipped
+    return batch

@@ -12,9 +12,9 @@ has checked every part:
 * every shard file has its journal's size and SHA-256 (read in full: the copy being published is the one
   checked).
 
-Only then does it publish ``sizes.json`` and ``manifest.json`` (``writer.publish_manifest``, the same bytes
-one writer's ``close`` writes) and remove the part journals. A problem raises ShardError listing every
-problem found, and nothing is published.
+Only then does it publish ``sizes.json`` and ``manifest.json`` (``writer.manifest_of``, with the image
+shapes every part recorded: the same bytes one writer's ``close`` writes) and remove the part journals. A
+problem raises ShardError listing every problem found, and nothing is published.
 """
 
 from __future__ import annotations
@@ -26,15 +26,22 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from synthkit.atomic import fsync_dir
+from synthkit.atomic import fsync_dir, write_json_atomic
 from synthkit.errors import OutputError
-from synthkit.shards.format import MANIFEST, MANIFEST_RESERVED, ShardError, ShardSetExistsError, shard_name
+from synthkit.shards.format import (
+    MANIFEST,
+    MANIFEST_RESERVED,
+    SIZES,
+    ShardError,
+    ShardSetExistsError,
+    shard_name,
+)
 from synthkit.shards.manifest import read_manifest
 from synthkit.shards.writer import (
     JOURNAL_FORMAT,
     JOURNAL_VERSION,
     fields_digest,
-    publish_manifest,
+    manifest_of,
     shard_matches,
 )
 
@@ -165,10 +172,13 @@ def publish_parts(
             problems.append(f"{path.name} holds {entry['count']} samples, only the last shard may hold fewer")
     if problems:
         raise ShardError(f"{out_dir}: cannot publish {name!r}: " + "; ".join(problems))
+    shapes = {tuple(shape) for j in journals.values() for shape in j.get("image_shapes", [])}
     if before_publish is not None:
         before_publish(fields, shards)
+    manifest = manifest_of(name, fields, shards, shapes)
     try:
-        manifest = publish_manifest(out_dir, name, fields, shards)
+        write_json_atomic(out_dir / SIZES, {s["name"]: s["count"] for s in shards}, indent=2)
+        write_json_atomic(out_dir / MANIFEST, manifest, indent=2)
     except OutputError as exc:
         raise ShardError(f"{exc}; the shard set was not published") from exc.__cause__
     _remove([p for _, _, p in entries], out_dir)

@@ -1,9 +1,30 @@
-"""A safe reader for shard sets: shard content is untrusted input and is parsed, never executed.
+"""The safe reader: one definition of a valid shard set, applied by every consumer.
 
-webdataset's default decoders unpickle ``pyd``/``pickle`` members and torch-load ``pth`` ones, so a shard from
-an untrusted source can run code. This reader decodes only images, JSON and decimal labels, refuses every
-other member (and anything shaped like a path-traversal or link), checks an image's declared size before
-decoding it, and turns every malformed input into a ShardError that names the shard and the sample.
+Shard content is untrusted input: it is parsed, never executed (webdataset's default decoders unpickle
+``pyd``/``pickle`` members and torch-load ``pth`` ones; this reader decodes only images, JSON and decimal
+labels). ``shards verify``, ``shards inspect``, the training stream (``train --data``), ``audit`` and
+:func:`iter_samples` all read through :func:`read_shard`, so a set one of them refuses is refused by all.
+
+What a valid set is (each check names the shard, and the sample where there is one):
+
+* **the manifest** (:mod:`synthkit.shards.manifest`): well formed, ``total`` equal to the sum of the shard
+  counts, every shard listed once and holding at least one sample. Checked before any shard is opened.
+* **every shard**: a regular file (or a URL or ``pipe:`` stream; :mod:`synthkit.shards.location`), exactly
+  the manifest's byte count (reading stops one byte past it), and the manifest's sha256. A shard is read
+  whole and hashed *before* any of its samples is given out, so no sample of a shard that fails its hash
+  reaches a consumer; then a strict tar parse (:mod:`synthkit.shards.tar`) and exactly the manifest's count.
+* **every sample**: flat ``KEY.EXT`` regular members of decoded extensions only; one image and one ``json``
+  member; a key used once in the whole set (not only within its tar, and not again later in the same tar);
+  an image within ``max_pixels`` whose decoded data is exactly what its header declares
+  (:mod:`synthkit.shards.decode`); one image size and mode per set (the manifest's ``image_shape``, else
+  those of the set's first sample, unless the manifest declares ``"mixed"``); metadata that is strict JSON
+  (no duplicate keys, finite numbers, valid text) and passes the schema of its kind
+  (:func:`synthkit.shards.format.validate_meta`).
+
+With ``on_error="skip"`` a refused sample is dropped and the others kept; a shard that fails a shard-level
+check gives out none of its samples when the manifest vouches for it (its bytes cannot be trusted), and
+the complete samples before the break when it is a bare tar. Every skip is recorded with the number of
+samples it dropped.
 
 Example:
     >>> for sample in iter_samples("shards/hard"):  # doctest: +SKIP
@@ -12,140 +33,290 @@ Example:
 
 from __future__ import annotations
 
-import io
-import json
+import hashlib
 import os
 import re
-import tarfile
 import warnings
-import zlib
 from collections.abc import Iterable, Iterator
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-from PIL import Image
-
-from synthkit.shards.format import ShardError
+from synthkit.errors import ShardError
+from synthkit.shards import location as loc
+from synthkit.shards.decode import (
+    DEFAULT_MAX_PIXELS,
+    check_pixels,
+    decode_cls,
+    decode_image,
+    decode_image_pil,
+    decode_json,
+    decode_png_batch,
+    inflate_exact,
+    png_header,
+)
+from synthkit.shards.format import IMAGE_SHAPE, MANIFEST, MIXED, loads_strict, validate_meta
 from synthkit.shards.manifest import read_manifest
+from synthkit.shards.tar import (
+    DECODED_EXTENSIONS,
+    IMAGE_FORMATS,
+    Member,
+    plain_groups,
+    read_members,
+    split_member,
+)
 
-DEFAULT_MAX_PIXELS = 4096 * 4096
+__all__ = [
+    "DECODED_EXTENSIONS",
+    "DEFAULT_MAX_MEMBER_BYTES",
+    "DEFAULT_MAX_PIXELS",
+    "IMAGE_FORMATS",
+    "ON_ERROR",
+    "SetRules",
+    "ShardRead",
+    "ShardRef",
+    "ShardSet",
+    "decode_sample",
+    "iter_samples",
+    "iter_shard",
+    "iter_shard_members",
+    "open_set",
+    "read_shard",
+    "resolve",
+]
+
 # Members are read into memory whole; a bound keeps a hostile or corrupt header from exhausting it.
 DEFAULT_MAX_MEMBER_BYTES = 256 * 1024 * 1024
-# Extension -> the only PIL plugin allowed to parse it, so bytes cannot select an exotic decoder.
-IMAGE_FORMATS = {"png": "PNG", "jpg": "JPEG", "jpeg": "JPEG", "webp": "WEBP"}
-DECODED_EXTENSIONS = (*IMAGE_FORMATS, "json", "cls")
+# A shard without a manifest entry (a bare tar, a pipe) is read whole too, up to this.
+DEFAULT_MAX_SHARD_BYTES = 4 * 1024 * 1024 * 1024
 # What to do with a malformed sample or shard: stop with a ShardError, or drop it and record why.
 ON_ERROR = ("raise", "skip")
 
-_GRAY_MODES = {"1", "L", "LA", "La"}
-_COLOR_MODES = {"RGB", "RGBA", "RGBa", "RGBX", "P", "PA", "CMYK", "YCbCr", "LAB", "HSV"}
-_DECIMAL = re.compile(r"-?[0-9]{1,30}")
-_END_BLOCK = b"\0" * tarfile.BLOCKSIZE
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-_DECODED = frozenset(DECODED_EXTENSIONS)
-_READ_BUFFER = 1 << 20
+
+@dataclass(frozen=True)
+class ShardRef:
+    """One shard to read: where, and what its manifest promises (None for a bare tar or a pipe)."""
+
+    location: str
+    count: int | None = None
+    size: int | None = None
+    sha256: str | None = None
+
+    @property
+    def vouched(self) -> bool:
+        return self.sha256 is not None
 
 
-def _to_array(im: Image.Image, where: str) -> np.ndarray:
-    if im.mode == "L":  # the common cases need no conversion, and np.array makes the one (writable) copy
-        return np.array(im)[:, :, None]
-    if im.mode == "RGB":
-        return np.array(im)
-    if im.mode in _GRAY_MODES:
-        return np.array(im.convert("L"), dtype=np.uint8)[:, :, None]
-    if im.mode in _COLOR_MODES:
-        return np.array(im.convert("RGB"), dtype=np.uint8)
-    raise ShardError(f"{where}: image mode {im.mode!r} is not supported (8-bit gray or colour only)")
+@dataclass
+class ShardSet:
+    """A set's location, manifest (None for bare tars) and shards, in manifest order."""
+
+    location: str
+    manifest: dict[str, Any] | None
+    shards: list[ShardRef]
+
+    @property
+    def total(self) -> int | None:
+        return self.manifest["total"] if self.manifest is not None else None
+
+    def rules(self) -> SetRules:
+        """The set's rules; bare tars (no manifest) are not held to one image size: nothing declares one."""
+        return SetRules(self.manifest.get(IMAGE_SHAPE) if self.manifest is not None else MIXED)
 
 
-def _png_size(data: bytes) -> tuple[int, int] | None:
-    """Width and height from a PNG's leading IHDR chunk, or None when the bytes do not start that way."""
-    if len(data) >= 24 and data[:8] == _PNG_SIGNATURE and data[12:16] == b"IHDR":
-        return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
-    return None
+class SetRules:
+    """What the samples of one set read so far fix for the rest: keys in use, image size and mode."""
+
+    def __init__(self, declared: Any = None) -> None:
+        self.mixed = declared == MIXED
+        self.shape: tuple[int, int, int] | None = tuple(declared) if isinstance(declared, list) else None
+        self.declared = self.shape is not None
+        self.mode: str | None = None
+        self.keys: dict[str, str] = {}  # key -> the shard it was first seen in
+
+    def image_problem(self, height: int, width: int, channels: int, mode: str) -> str | None:
+        """Why an image does not fit the set (None: it fits); the first image fixes what was not declared."""
+        if self.mixed:
+            return None
+        shape = (height, width, channels)
+        if self.shape is None:
+            self.shape = shape
+        if self.mode is None:
+            self.mode = mode
+        if shape != self.shape:
+            where = "the manifest's image_shape" if self.declared else "the set's first image"
+            return (
+                f"image is {height}x{width}x{channels}, but {where} is "
+                f"{self.shape[0]}x{self.shape[1]}x{self.shape[2]}; one size per set (a set of several "
+                f"sizes must declare {IMAGE_SHAPE}: {MIXED!r})"
+            )
+        if mode != self.mode:
+            return f"image mode is {mode}, but the set's first image is {self.mode}; one mode per set"
+        return None
 
 
-def _decode_png_fast(where: str, data: bytes, max_pixels: int) -> np.ndarray | None:
-    """Decode a PNG whose IHDR is within every limit without the per-image warnings guard (None: use it).
+@dataclass
+class ShardRead:
+    """The outcome of reading one shard: the samples it may give out and everything it refused.
 
-    Pillow warns about (or refuses) decompression bombs inside ``Image.open``, which is why the general path
-    turns that warning into an error around every image. When the IHDR read here declares no more pixels than
-    either limit, Pillow has nothing to warn about; should Pillow see another size than the IHDR (a crafted
-    file), the image is handed to the guarded path instead.
+    Attributes:
+        shard: the shard's location.
+        samples: valid samples, in shard order; empty when a vouched shard broke.
+        problems: refused samples, as ``("SHARD:KEY", reason)``.
+        broken: a shard-level problem (bytes, hash, tar structure, count), or None.
+        dropped: samples the broken shard did not give out, beyond those in ``problems``.
+        integrity: size and hash problems when read with ``vouch=False`` (verify goes on checking).
     """
-    size = _png_size(data)
-    if size is None:
-        return None
-    pixels = size[0] * size[1]
-    bomb = Image.MAX_IMAGE_PIXELS
-    if pixels > max_pixels or (bomb is not None and pixels > bomb):
-        return None
+
+    shard: str
+    samples: list[dict[str, Any]] = field(default_factory=list)
+    problems: list[tuple[str, str]] = field(default_factory=list)
+    broken: str | None = None
+    dropped: int = 0
+    integrity: list[str] = field(default_factory=list)
+    count: int = 0  # samples found in the tar (valid or not)
+
+
+# --------------------------------------------------------------------------- resolving locations
+
+
+def _is_set(location: str) -> bool:
+    """A set (directory or URL prefix with a manifest) rather than tar shards or a pipe."""
+    if loc.is_pipe(location) or "{" in location or location.endswith(".tar"):
+        return False
+    return loc.is_url(location) or os.path.isdir(location)
+
+
+def open_set(location: str | os.PathLike[str]) -> ShardSet:
+    """The published set at ``location`` (a directory or URL prefix); its manifest is required and checked."""
+    where = loc.as_location(location)
+    if not loc.is_url(where) and not os.path.isdir(where):
+        raise ShardError(f"{where}: not a directory; a shard set is a directory (or URL) with a {MANIFEST}")
+    manifest = read_manifest(where)
+    if manifest is None:
+        raise ShardError(
+            f"{where}: no {MANIFEST}, so this is not a published shard set (still being written, or its "
+            "writer failed)"
+        )
+    shards = [
+        ShardRef(loc.join(where, e["name"]), e["count"], e["bytes"], e["sha256"]) for e in manifest["shards"]
+    ]
+    return ShardSet(where, manifest, shards)
+
+
+def _tar_sets(items: list[str]) -> list[ShardSet]:
+    """Tar locations as sets, one per run of tars in one folder: each tar is vouched for by the manifest
+    beside it when there is one (and then must be listed in it), and that manifest's image_shape applies."""
+    manifests: dict[str, dict[str, Any] | None] = {}
+    out: list[ShardSet] = []
+    for item in items:
+        folder = None if loc.is_pipe(item) else loc.parent(item)
+        if folder is not None and folder not in manifests:
+            manifests[folder] = read_manifest(folder)
+        manifest = manifests.get(folder) if folder is not None else None
+        if not out or out[-1].location != folder or out[-1].manifest is not manifest:
+            out.append(ShardSet(folder or item, manifest, []))
+        if manifest is None:
+            out[-1].shards.append(ShardRef(item))
+            continue
+        entry = next((e for e in manifest["shards"] if e["name"] == loc.basename(item)), None)
+        if entry is None:
+            raise ShardError(f"{item}: not listed in the {MANIFEST} beside it, so nothing vouches for it")
+        out[-1].shards.append(ShardRef(item, entry["count"], entry["bytes"], entry["sha256"]))
+    return out
+
+
+def resolve(source: str | os.PathLike[str] | Iterable[str | os.PathLike[str]]) -> list[ShardSet]:
+    """Sets to read, in order: each set location becomes its manifest's shards; tar locations, brace
+    patterns and ``pipe:`` streams become sets of bare (or beside-manifest) shards, one per folder run."""
+    items = [source] if isinstance(source, (str, os.PathLike)) else list(source)
+    out: list[ShardSet] = []
+    pending: list[str] = []
+    for item in items:
+        where = loc.as_location(item)
+        if _is_set(where):
+            out += _tar_sets(pending)
+            pending = []
+            out.append(open_set(where))
+        else:
+            pending += loc.expand(where)
+    return out + _tar_sets(pending)
+
+
+# --------------------------------------------------------------------------- reading one shard
+
+
+def _fetch(ref: ShardRef, max_shard_bytes: int, read: ShardRead, vouch: bool) -> bytes | None:
+    """The shard's bytes once size and hash match the manifest (None and ``read.broken`` set otherwise)."""
+    shard = ref.location
+    limit = ref.size if ref.size is not None else max_shard_bytes
+    what = f"the manifest says {ref.size}" if ref.size is not None else "refused"
+    digest = hashlib.sha256() if ref.sha256 is not None else None
+    blocks = []
     try:
-        im = Image.open(io.BytesIO(data), formats=["PNG"])
+        for block in loc.iter_blocks(shard, limit, what):
+            if digest is not None:
+                digest.update(block)
+            blocks.append(block)
+    except ShardError as exc:
+        read.broken = str(exc)
+        return None
+    data = b"".join(blocks)
+    problems = []
+    if ref.size is not None and len(data) != ref.size:
+        state = " (truncated)" if len(data) < ref.size else ""
+        problems.append(f"{shard}: {len(data)} bytes, the manifest says {ref.size}{state}")
+    sha = digest.hexdigest() if digest is not None else None
+    if ref.sha256 is not None and sha != ref.sha256:
+        problems.append(f"{shard}: sha256 {sha} does not match the manifest's {ref.sha256}")
+    if problems and vouch:
+        read.broken = "; ".join(problems) + " (tampered, damaged or replaced); none of its samples is used"
+        return None
+    read.integrity = problems
+    return data
+
+
+def _group(shard: str, data: bytes, members: list[Member], max_member_bytes: int) -> list[tuple[str, Any]]:
+    """Members grouped by key as webdataset groups them: [(key, {ext: bytes} or a refusal reason)]."""
+    groups: list[tuple[str, Any]] = []
+    seen: set[str] = set()
+    key: str | None = None
+    parts: Any = None
+    for member in members:
+        name = member[0]
         try:
-            if im.size != size:
-                return None
-            im.load()
-            return _to_array(im, where)
-        finally:
-            im.close()
-    except ShardError:
-        raise
-    except (Image.DecompressionBombWarning, Image.DecompressionBombError):
-        return None  # the guarded path reports it
-    except Exception as exc:  # corrupt bytes can make image plugins raise almost anything
-        raise ShardError(f"{where}: cannot decode image: {type(exc).__name__}: {exc}") from exc
+            member_key, ext = split_member(shard, member, max_member_bytes)
+        except ShardError as exc:
+            # The sample the member claims to belong to: its name's last component, up to the first dot.
+            member_key, ext = re.split(r"[/\\]", name)[-1].partition(".")[0], None
+            detail = str(exc).removeprefix(f"{shard}: ")
+            reason: str | None = f"{shard}: sample {member_key!r}: {detail}"
+        else:
+            reason = None
+        if member_key != key or key is None:
+            if key is not None:
+                groups.append((key, parts))
+            key, parts = member_key, {}
+            if member_key in seen:
+                parts = f"{shard}: sample {member_key!r} appears twice (again later in the tar, not adjacent)"
+            seen.add(member_key)
+        if isinstance(parts, str):
+            continue
+        if reason is not None:
+            parts = reason
+        elif ext in parts:
+            parts = f"{shard}: member {name!r} appears twice"
+        else:
+            start, size = member[4], member[3]
+            parts[ext] = data[start : start + size]
+    if key is not None:
+        groups.append((key, parts))
+    return groups
 
 
-def _decode_image(where: str, ext: str, data: bytes, max_pixels: int) -> np.ndarray:
-    if ext == "png" and (array := _decode_png_fast(where, data, max_pixels)) is not None:
-        return array
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data), formats=[IMAGE_FORMATS[ext]]) as im:
-                width, height = im.size  # from the header: nothing is decoded yet
-                if width * height > max_pixels:
-                    raise ShardError(
-                        f"{where}: image declares {width}x{height} = {width * height} pixels, above the "
-                        f"limit of {max_pixels}; refused before decoding"
-                    )
-                im.load()
-                return _to_array(im, where)
-    except ShardError:
-        raise
-    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
-        raise ShardError(f"{where}: refused as a decompression bomb: {exc}") from exc
-    except Exception as exc:  # corrupt bytes can make image plugins raise almost anything
-        raise ShardError(f"{where}: cannot decode image: {type(exc).__name__}: {exc}") from exc
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
-
-
-def _decode_json(where: str, data: bytes) -> dict[str, Any]:
-    try:
-        meta = json.loads(data.decode("utf-8"), parse_constant=_reject_constant)
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise ShardError(f"{where}: invalid JSON metadata: {exc}") from exc
-    if not isinstance(meta, dict):
-        raise ShardError(f"{where}: JSON metadata must be an object, got {type(meta).__name__}")
-    return meta
-
-
-def _decode_cls(where: str, data: bytes) -> int:
-    text = data.decode("ascii", errors="replace").strip()
-    if not _DECIMAL.fullmatch(text):
-        raise ShardError(f"{where}: cls must be an ASCII decimal integer, got {text[:40]!r}")
-    return int(text)
-
-
-def decode_sample(
-    shard: str, key: str, parts: dict[str, bytes], *, max_pixels: int = DEFAULT_MAX_PIXELS
+def _general_sample(
+    shard: str, key: str, parts: dict[str, bytes], rules: SetRules, max_pixels: int
 ) -> dict[str, Any]:
-    """Decode the members of one sample (from iter_shard_members) into the sample dict iter_samples yields."""
+    """Any member layout (JPEG, WEBP, an odd member set): every check, each refusal named in full."""
     where = f"{shard}: sample {key!r}"
     images = [ext for ext in parts if ext in IMAGE_FORMATS]
     if len(images) != 1:
@@ -153,246 +324,169 @@ def decode_sample(
         raise ShardError(f"{where}: needs exactly one image member (png, jpg, jpeg or webp), found {found}")
     if "json" not in parts:
         raise ShardError(f"{where}: has no json metadata member")
+    meta = decode_json(f"{where} ({key}.json)", parts["json"])
+    schema = validate_meta(meta)
+    if schema:
+        raise ShardError(f"{where}: metadata does not match the format: {'; '.join(schema)}")
+    cls = decode_cls(f"{where} ({key}.cls)", parts["cls"]) if "cls" in parts else None
     ext = images[0]
-    return {
-        "__key__": key,
-        "__shard__": shard,
-        "image": _decode_image(f"{where} ({key}.{ext})", ext, parts[ext], max_pixels),
-        "meta": _decode_json(f"{where} ({key}.json)", parts["json"]),
-        "cls": _decode_cls(f"{where} ({key}.cls)", parts["cls"]) if "cls" in parts else None,
-    }
+    image_where = f"{where} ({key}.{ext})"
+    if ext == "png":
+        header = png_header(image_where, parts["png"])
+        check_pixels(image_where, header.width, header.height, max_pixels)
+        misfit = rules.image_problem(header.height, header.width, header.channels, header.mode)
+        if misfit:
+            raise ShardError(f"{image_where}: {misfit}")
+        inflate_exact(image_where, header)  # refuses a bomb before Pillow sees it
+        image = decode_image_pil(image_where, ext, parts[ext], max_pixels)[0]
+    else:
+        image, mode = decode_image_pil(image_where, ext, parts[ext], max_pixels)
+        misfit = rules.image_problem(image.shape[0], image.shape[1], image.shape[2], mode)
+        if misfit:
+            raise ShardError(f"{image_where}: {misfit}")
+    return {"__key__": key, "__shard__": shard, "image": image, "meta": meta, "cls": cls}
 
 
-_BLOCK = tarfile.BLOCKSIZE
-# Long-name and PAX extension members are read whole; no honest name or record set comes near this.
-_MAX_EXTENSION_BYTES = 1 << 20
-_REGULAR = (b"0", b"\0", b"7")  # "7" (contiguous file) is laid out exactly like a regular file
-_LONG_NAME, _LONG_LINK = b"L", b"K"
-_PAX = (b"x", b"X")  # per-member extended header (X: the old Solaris spelling)
-_PAX_GLOBAL = b"g"
-_KINDS = {b"2": "a symlink to {!r}", b"1": "a hard link to {!r}", b"5": "a directory"}
-_SPECIAL = "a device, fifo or other special file"
+def _decode_groups(read: ShardRead, groups: list[tuple[str, Any]], rules: SetRules, max_pixels: int) -> None:
+    """Decode and check every sample; valid ones go to ``read.samples``, refusals to ``read.problems``.
 
-
-class _TarError(Exception):
-    """A structural problem in the tar stream; iter_shard_members turns it into a ShardError."""
-
-
-def _nts(field: bytes) -> str:
-    """A NUL-terminated name field as tarfile decodes it (UTF-8, undecodable bytes kept as surrogates)."""
-    return field.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
-
-
-def _number(field: bytes) -> int:
-    """A numeric header field: octal text, or GNU base-256 (first byte 0x80 positive, 0xff negative)."""
-    if field[0] in (0o200, 0o377):
-        value = int.from_bytes(field[1:], "big")
-        return value - (1 << (8 * (len(field) - 1))) if field[0] == 0o377 else value
-    text = field.split(b"\0", 1)[0].strip()
-    if not text:
-        return 0
-    if text.strip(b"01234567"):
-        raise _TarError(f"invalid numeric header field {field!r}")
-    return int(text, 8)
-
-
-def _checksum_ok(buf: bytes) -> bool:
-    """tarfile's test: the stored sum is the header's byte sum (checksum field as spaces), unsigned or signed.
-
-    adler32's low half is 1 + the byte sum modulo 65521; each slice here sums to less, so it is exact.
+    The common layout (``png`` + ``json`` [+ ``cls``], an 8-bit gray or RGB PNG) is checked inline, with
+    messages built only on a refusal, and its images are unfiltered in one batch per size
+    (:func:`synthkit.shards.decode.decode_png_batch`); every other layout goes through _general_sample.
+    The checks are the same either way.
     """
-    stored = _number(buf[148:156])
-    total = (
-        (zlib.adler32(buf[:148]) & 0xFFFF)
-        + (zlib.adler32(buf[156:356]) & 0xFFFF)
-        + (zlib.adler32(buf[356:]) & 0xFFFF)
-        - 3
-        + 256  # the eight checksum bytes counted as spaces
-    )
-    return stored == total or stored in tarfile.calc_chksums(buf)
+    shard = read.shard
+    keys = rules.keys
+    slots: list[dict[str, Any] | None] = []
+    batches: dict[tuple[int, int, int], list[tuple[int, str, Any, bytes]]] = {}
+    for key, parts in groups:
+        try:
+            if parts.__class__ is not dict:
+                raise ShardError(parts)
+            if key in keys:
+                raise ShardError(
+                    f"{shard}: sample {key!r}: key also used in {keys[key]}; keys must be unique in a set"
+                )
+            keys[key] = shard
+            png, text, n = parts.get("png"), parts.get("json"), len(parts)
+            if png is None or text is None or n > 3 or (n == 3 and "cls" not in parts):
+                slots.append(_general_sample(shard, key, parts, rules, max_pixels))
+                continue
+            try:
+                meta = loads_strict(text)
+            except (ValueError, RecursionError) as exc:
+                raise ShardError(
+                    f"{shard}: sample {key!r} ({key}.json): invalid JSON metadata: {exc}"
+                ) from exc
+            if meta.__class__ is not dict:
+                raise ShardError(
+                    f"{shard}: sample {key!r} ({key}.json): JSON metadata must be an object, "
+                    f"got {type(meta).__name__}"
+                )
+            schema = validate_meta(meta, parsed=True)
+            if schema:
+                raise ShardError(
+                    f"{shard}: sample {key!r}: metadata does not match the format: {'; '.join(schema)}"
+                )
+            cls = decode_cls(f"{shard}: sample {key!r} ({key}.cls)", parts["cls"]) if n == 3 else None
+            header = png_header(f"{shard}: sample {key!r} ({key}.png)", png)
+            if header.width * header.height > max_pixels or not header.fast:
+                check_pixels(f"{shard}: sample {key!r} ({key}.png)", header.width, header.height, max_pixels)
+                slots.append(_general_sample(shard, key, parts, rules, max_pixels))
+                continue
+            misfit = rules.image_problem(header.height, header.width, header.channels, header.mode)
+            if misfit:
+                raise ShardError(f"{shard}: sample {key!r} ({key}.png): {misfit}")
+            where = f"{shard}: sample {key!r} ({key}.png)"
+            check_pixels(where, header.width, header.height, max_pixels)
+            raw = inflate_exact(where, header)
+            batches.setdefault((header.width, header.height, header.color), []).append(
+                (len(slots), where, header, raw)
+            )
+            slots.append({"__key__": key, "__shard__": shard, "image": None, "meta": meta, "cls": cls})
+        except ShardError as exc:
+            read.problems.append((f"{shard}:{key}", str(exc)))
+            slots.append(None)
+    for batch in batches.values():
+        try:
+            images = decode_png_batch([b[1] for b in batch], [b[2] for b in batch], [b[3] for b in batch])
+        except ShardError:  # find the one that failed; the others are still good
+            for i, where, header, raw in batch:
+                try:
+                    slots[i]["image"] = decode_png_batch([where], [header], [raw])[0]  # type: ignore[index]
+                except ShardError as exc:
+                    read.problems.append((f"{shard}:{slots[i]['__key__']}", str(exc)))  # type: ignore[index]
+                    slots[i] = None
+            continue
+        for (i, *_), image in zip(batch, images, strict=True):
+            slots[i]["image"] = image  # type: ignore[index]
+    read.samples = [s for s in slots if s is not None]
+    if batches and len(read.problems) > 1:  # batch refusals were appended after the others: shard order
+        order = {key: i for i, (key, _) in enumerate(groups)}
+        read.problems.sort(key=lambda p: order.get(p[0][len(shard) + 1 :], 0))
 
 
-def _parse_pax(data: bytes, records: dict[str, str]) -> None:
-    """Add the ``LENGTH KEY=VALUE\n`` records of a PAX extended header to ``records``."""
-    pos = 0
-    while pos < len(data) and data[pos] != 0:
-        space = data.find(b" ", pos)
-        digits = data[pos:space] if space > pos else b""
-        if not digits.isdigit():
-            raise _TarError("invalid PAX extended header record")
-        stop = pos + int(digits)
-        record = data[space + 1 : stop]
-        if stop > len(data) or not record.endswith(b"\n") or b"=" not in record:
-            raise _TarError("invalid PAX extended header record")
-        keyword, _, value = record[:-1].partition(b"=")
-        records[keyword.decode("utf-8", "surrogateescape")] = value.decode("utf-8", "surrogateescape")
-        pos = stop
+def read_shard(
+    ref: ShardRef,
+    rules: SetRules | None = None,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES,
+    max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
+    check_hash: bool = True,
+    vouch: bool = True,
+) -> ShardRead:
+    """Read, check and decode one whole shard; see the module docstring for the checks.
 
-
-class _TarReader:
-    """A strict streaming reader of ustar/GNU/PAX tar headers: only what synthkit's checks need, nothing else.
-
-    Python's tarfile costs about half of the per-sample time; this reads the same archives (GNU long names,
-    ustar prefixes, PAX path/size records, base-256 sizes) and refuses sparse files and malformed headers.
+    Args:
+        ref: the shard and what its manifest promises.
+        rules: the set's state (keys, image shape); a fresh one checks this shard alone.
+        check_hash: compare the sha256 with the manifest's (default). Off only to measure what the check
+            costs (``eval/bench_reader.py``): a flipped bit then goes unnoticed.
+        vouch: False (``shards verify``) reports size and hash mismatches in ``integrity`` and checks the
+            content anyway, so that every problem is listed; consumers keep the default.
     """
-
-    def __init__(self, raw: io.BufferedReader) -> None:
-        self.raw = raw
-        self.offset = 0  # of the next header
-        self.globals: dict[str, str] = {}
-
-    def _read(self, size: int) -> bytes:
-        data = self.raw.read(size)
-        if len(data) != size:
-            raise _TarError("unexpected end of data")
-        return data
-
-    def _extension(self, size: int) -> bytes:
-        if not 0 <= size <= _MAX_EXTENSION_BYTES:
-            raise _TarError(f"extension header of {size} bytes is refused (limit {_MAX_EXTENSION_BYTES})")
-        data = self._read(size)
-        self._read(-size % _BLOCK)
-        self.offset += _BLOCK + size + (-size % _BLOCK)
-        return data
-
-    def next(self) -> tuple[str, bytes, str, int] | None:
-        """(name, typeflag, linkname, size) of the next member, positioned at its data; None at the end.
-
-        A stream that ends where a header should be is truncated: a complete archive ends with a zero block.
-        """
-        overrides: list[tuple[str, str]] = []  # ("name" | "linkname" | pax keyword, value), outermost first
-        first = True
-        while True:
-            buf = self.raw.read(_BLOCK)
-            if buf == _END_BLOCK and first:
-                return None
-            if len(buf) != _BLOCK:
-                if not first:
-                    raise _TarError("an extension header is not followed by a member header")
-                raise _TarError("empty file" if self.offset == 0 and not buf else "no end-of-archive marker")
-            if buf == _END_BLOCK:
-                raise _TarError("an extension header is not followed by a member header")
-            if not _checksum_ok(buf):
-                raise _TarError(f"bad header checksum at byte {self.offset}")
-            typeflag = buf[156:157]
-            size = _number(buf[124:136])
-            if typeflag in (_LONG_NAME, _LONG_LINK):
-                value = _nts(self._extension(size))
-                overrides.append(("name" if typeflag == _LONG_NAME else "linkname", value))
-            elif typeflag in _PAX:
-                records: dict[str, str] = {}
-                _parse_pax(self._extension(size), records)
-                overrides.extend(records.items())
-            elif typeflag == _PAX_GLOBAL:
-                _parse_pax(self._extension(size), self.globals)
-            else:
-                break
-            first = False
-        name = _nts(buf[:100])
-        linkname = _nts(buf[157:257]) if typeflag not in _REGULAR else ""
-        if typeflag == b"\0" and name.endswith("/"):  # old V7 tar: a directory is a regular file named "x/"
-            typeflag = b"5"
-        if typeflag == b"5":
-            name = name.rstrip("/")
-        if buf[345] and typeflag != b"S":  # ustar prefix, as tarfile joins it
-            name = _nts(buf[345:500]) + "/" + name
-        # Innermost first, as tarfile does: global PAX records, then the extensions nearest the header.
-        for keyword, value in [*self.globals.items(), *reversed(overrides)]:
-            if keyword in ("name", "path"):
-                name = value
-            elif keyword in ("linkname", "linkpath"):
-                linkname = value
-            elif keyword == "size":
-                if not value.isdigit():
-                    raise _TarError(f"invalid PAX size {value[:40]!r}")
-                size = int(value)
-            elif keyword.startswith("GNU.sparse."):
-                typeflag = b"S"
-        if typeflag == b"5":
-            name = name.rstrip("/")
-        if size < 0:
-            raise _TarError(f"negative member size {size}")
-        self.offset += _BLOCK
-        return name, typeflag, linkname, size
-
-    def data(self, size: int) -> bytes:
-        """The data of the member just returned by next(), and skip its padding."""
-        data = self._read(size)
-        if pad := -size % _BLOCK:
-            self._read(pad)
-        self.offset += size + pad
-        return data
+    rules = rules if rules is not None else SetRules()
+    read = ShardRead(ref.location)
+    if not check_hash:
+        ref = ShardRef(ref.location, ref.count, ref.size, None)
+    data = _fetch(ref, max_shard_bytes, read, vouch)
+    if data is None:
+        read.dropped = ref.count or 0
+        return read
+    groups: list[tuple[str, Any]] | None = plain_groups(data, max_member_bytes)
+    tar_error = None
+    if groups is None:  # anything but the plain layout: parsed again, every rule applied and named
+        members, tar_error = read_members(data)
+        groups = _group(ref.location, data, members, max_member_bytes)
+    cut, refused_at_break = 0, None
+    if tar_error is not None and groups:
+        # The tar broke inside the last sample or right after it; whether a member of it (its cls, say) is
+        # missing cannot be told, so it is not given out, and is counted as dropped. Where the member the
+        # tar broke at was refused (a size above the limit, say), that refusal is the reason given.
+        if isinstance(groups[-1][1], str):
+            refused_at_break = groups[-1][1]
+        groups, cut = groups[:-1], 1
+    _decode_groups(read, groups, rules, max_pixels)
+    read.count = len(groups)  # complete samples found (a sample cut by a break is not one)
+    after = f" after sample {groups[-1][0]!r}" if groups else ""
+    if tar_error is not None:
+        read.broken = refused_at_break or f"{ref.location}: corrupt or truncated tar{after}: {tar_error}"
+    elif not groups and ref.vouched:
+        read.broken = f"{ref.location}: holds no samples (an empty tar)"
+    elif ref.count is not None and len(groups) != ref.count:
+        read.broken = f"{ref.location}: holds {len(groups)} samples, the manifest says {ref.count}"
+    if cut and read.broken is not None:
+        read.dropped = cut
+    if read.broken is not None and ref.vouched and vouch:
+        # The manifest vouched for bytes that do not make the shard it describes: give out none of it.
+        read.dropped = max(len(read.samples) + cut, (ref.count or 0) - len(read.problems))
+        read.samples = []
+        read.broken += "; none of its samples is used"
+    return read
 
 
-def _split_member(
-    shard: str, name: str, typeflag: bytes, linkname: str, size: int, max_member_bytes: int
-) -> tuple[str, str]:
-    """Check one member header and return (key, extension); key is the name up to the first dot."""
-    where = f"{shard}: member {name!r}"
-    if "/" in name or "\\" in name or name[1:2] == ":":
-        if name.startswith(("/", "\\")) or re.match(r"[A-Za-z]:", name):
-            raise ShardError(f"{where}: absolute member names are refused")
-        if ".." in re.split(r"[/\\]", name):
-            raise ShardError(f"{where}: member names with '..' are refused")
-        if "/" in name or "\\" in name:
-            raise ShardError(f"{where}: synthkit shards hold flat KEY.EXT members, not directories")
-    elif name == "..":
-        raise ShardError(f"{where}: member names with '..' are refused")
-    if typeflag not in _REGULAR:
-        kind = "a GNU sparse file" if typeflag == b"S" else _KINDS.get(typeflag, _SPECIAL).format(linkname)
-        raise ShardError(f"{where}: is {kind}; only regular files are allowed")
-    key, dot, ext = name.partition(".")
-    if not key or not dot:
-        raise ShardError(f"{where}: member names must be KEY.EXT with a non-empty key")
-    if ext not in _DECODED:
-        raise ShardError(
-            f"{where}: extension {ext!r} is not decoded by synthkit (only {', '.join(DECODED_EXTENSIONS)}); "
-            "pickled or other executable content is refused"
-        )
-    if size > max_member_bytes:
-        raise ShardError(f"{where}: {size} bytes is above the limit of {max_member_bytes}")
-    return key, ext
-
-
-def iter_shard_members(
-    path: str | os.PathLike[str], *, max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES
-) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """Stream one tar shard as (key, {extension: bytes}), grouping consecutive members as webdataset does.
-
-    Only the tar structure and member names are checked here; decoding is separate so that the verifier can
-    report every undecodable sample instead of stopping at the first. A shard must end with the tar
-    end-of-archive block: one cut between two members is reported as truncated, not read as shorter.
-    """
-    shard = str(path)
-    key: str | None = None
-    parts: dict[str, bytes] = {}
-    seen: set[str] = set()
-    try:
-        raw = open(path, "rb", buffering=_READ_BUFFER)  # noqa: SIM115 - closed in the finally below, across yields
-    except OSError as exc:
-        raise ShardError(f"{shard}: cannot open shard: {exc.strerror or exc}") from exc
-    try:
-        tar = _TarReader(raw)
-        while (member := tar.next()) is not None:
-            name, typeflag, linkname, size = member
-            member_key, ext = _split_member(shard, name, typeflag, linkname, size, max_member_bytes)
-            if member_key != key:
-                if key is not None:
-                    yield key, parts
-                if member_key in seen:
-                    raise ShardError(f"{shard}: sample {member_key!r} appears twice (non-adjacent members)")
-                seen.add(member_key)
-                key, parts = member_key, {}
-            if ext in parts:
-                raise ShardError(f"{shard}: member {name!r} appears twice")
-            parts[ext] = tar.data(size)
-        if key is not None:
-            yield key, parts
-    except (_TarError, OSError) as exc:
-        after = f" after sample {key!r}" if key else ""
-        raise ShardError(f"{shard}: corrupt or truncated tar{after}: {exc}") from exc
-    finally:
-        raw.close()
+# --------------------------------------------------------------------------- iterating
 
 
 def _check_on_error(on_error: str) -> None:
@@ -403,43 +497,80 @@ def _check_on_error(on_error: str) -> None:
 def _record(errors: list[tuple[str, str]] | None, where: str, reason: str) -> None:
     """Report one skipped item; without a collector a skip must still be visible, so it warns."""
     if errors is None:
-        warnings.warn(f"skipped (on_error='skip'): {reason}", stacklevel=3)  # reason names the shard
+        warnings.warn(f"skipped (on_error='skip'): {reason}", stacklevel=4)  # reason names the shard
     else:
         errors.append((where, reason))
 
 
-def _forward(found: list[tuple[str, str]], done: int, errors: list[tuple[str, str]] | None) -> int:
-    """Record the skips in ``found`` after the first ``done``; return how many are recorded now."""
-    for where, reason in found[done:]:
-        _record(errors, where, reason)
-    return len(found)
+def skip_records(read: ShardRead) -> list[tuple[str, str]]:
+    """The skips of one shard read, as ``(where, reason)``: refused samples, then the shard itself."""
+    records = list(read.problems)
+    if read.broken is not None:
+        lost = f" ({read.dropped} samples not used)" if read.dropped else ""
+        records.append((read.shard, read.broken + lost))
+    return records
 
 
-def _iter_shard_skipping(
-    path: str | os.PathLike[str], max_pixels: int, max_member_bytes: int, errors: list[tuple[str, str]] | None
+def raise_first(read: ShardRead) -> None:
+    """on_error="raise": the first problem of a shard read, as a ShardError."""
+    if read.problems:
+        raise ShardError(read.problems[0][1])
+    if read.broken is not None:
+        raise ShardError(read.broken)
+
+
+def _iter_set(
+    shard_set: ShardSet,
+    on_error: str,
+    errors: list[tuple[str, str]] | None,
+    **options: Any,
 ) -> Iterator[dict[str, Any]]:
-    """iter_shard with on_error="skip": a bad sample is dropped, a bad tar ends its shard early.
+    rules = shard_set.rules()
+    for ref in shard_set.shards:
+        read = read_shard(ref, rules, **options)
+        if on_error == "raise":
+            raise_first(read)
+        else:
+            for where, reason in skip_records(read):
+                _record(errors, where, reason)
+        yield from read.samples
 
-    A tar-level error (truncation, a refused member, a broken header) leaves the stream at an unknown
-    position, so the rest of that shard cannot be trusted and is dropped; samples completed before it
-    were read whole and are yielded.
+
+def iter_samples(
+    dir_or_paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]],
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES,
+    on_error: str = "raise",
+    errors: list[tuple[str, str]] | None = None,
+    check_hash: bool = True,
+) -> Iterator[dict[str, Any]]:
+    """Yield every sample of a shard set (shards in manifest order) or of the given tar shards.
+
+    Each sample is ``{"__key__", "__shard__", "image", "meta", "cls"}`` with ``image`` a uint8 HxWxC array
+    (C=1 for grayscale, 3 for colour) and ``cls`` an int or None. By default raises ShardError on anything
+    that fails the checks of the module docstring, before any sample of the failing shard is yielded.
+
+    With ``on_error="skip"`` a refused sample is dropped and recorded as ``("SHARD:KEY", reason)``, and a
+    shard that fails a shard-level check as ``("SHARD", reason)`` with the number of samples it did not
+    give out. Nothing invalid is ever yielded, and nothing is unpickled in either mode. A set without a
+    manifest still raises: that is a wrong location or an unpublished set, not damaged data.
+
+    Args:
+        dir_or_paths: a set (directory or URL prefix; its manifest is required), a tar path or URL, a brace
+            pattern (``set/hard-{000000..000009}.tar``), a ``pipe:COMMAND``, or an iterable of these.
+            Tars beside a ``manifest.json`` are checked against it.
+        max_pixels: images declaring more pixels are refused before decoding.
+        max_member_bytes: larger tar members are refused before being decoded.
+        on_error: ``"raise"`` (default) or ``"skip"``.
+        errors: with ``on_error="skip"``, skipped items are appended here as ``(where, reason)``; without a
+            list, each skip is a warning.
+        check_hash: see :func:`read_shard`.
     """
-    shard = str(path)
-    members = iter_shard_members(path, max_member_bytes=max_member_bytes)
-    while True:
-        try:
-            key, parts = next(members)
-        except StopIteration:
-            return
-        except ShardError as exc:
-            _record(errors, shard, str(exc))
-            return
-        try:
-            sample = decode_sample(shard, key, parts, max_pixels=max_pixels)
-        except ShardError as exc:
-            _record(errors, f"{shard}:{key}", str(exc))
-            continue
-        yield sample
+    _check_on_error(on_error)
+    options = {"max_pixels": max_pixels, "max_member_bytes": max_member_bytes, "check_hash": check_hash}
+    for shard_set in resolve(dir_or_paths):
+        yield from _iter_set(shard_set, on_error, errors, **options)
 
 
 def iter_shard(
@@ -452,85 +583,73 @@ def iter_shard(
 ) -> Iterator[dict[str, Any]]:
     """Stream the decoded samples of one tar shard; see iter_samples (also for ``on_error``/``errors``)."""
     _check_on_error(on_error)
-    if on_error == "skip":
-        yield from _iter_shard_skipping(path, max_pixels, max_member_bytes, errors)
-        return
-    shard = str(path)
-    for key, parts in iter_shard_members(path, max_member_bytes=max_member_bytes):
-        yield decode_sample(shard, key, parts, max_pixels=max_pixels)
+    [shard_set] = resolve([loc.as_location(path)]) if not _is_set(loc.as_location(path)) else [None]
+    if shard_set is None:
+        raise ShardError(f"{path}: a shard set, not one tar shard; use iter_samples")
+    yield from _iter_set(
+        shard_set, on_error, errors, max_pixels=max_pixels, max_member_bytes=max_member_bytes
+    )
 
 
-def _resolve(
-    source: str | os.PathLike[str] | Iterable[str | os.PathLike[str]],
-) -> list[tuple[Path, int | None]]:
-    """Shard paths in order, each with the sample count its manifest promises (None for bare tar paths)."""
-    items = [source] if isinstance(source, (str, os.PathLike)) else list(source)
-    shards: list[tuple[Path, int | None]] = []
-    for item in items:
-        path = Path(item)
-        if not path.is_dir():
-            shards.append((path, None))
-            continue
-        manifest = read_manifest(path)
-        if manifest is None:
-            raise ShardError(
-                f"{path}: no manifest.json, so this is not a published shard set (still being written, or "
-                "its writer failed)"
-            )
-        shards.extend((path / entry["name"], entry["count"]) for entry in manifest["shards"])
-    return shards
+def iter_shard_members(
+    path: str | os.PathLike[str], *, max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES
+) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """One tar shard as (key, {extension: bytes}), grouping consecutive members as webdataset does.
+
+    Only the tar structure and member names are checked (no manifest, no decoding); the first problem raises
+    ShardError. A shard must end with the tar end-of-archive block: one cut between two members is reported
+    as truncated, not read as shorter.
+    """
+    shard = loc.as_location(path)
+    data = loc.read_bytes(shard, DEFAULT_MAX_SHARD_BYTES)
+    members, tar_error = read_members(data)
+    groups = _group(shard, data, members, max_member_bytes)
+    for key, parts in groups[:-1] if tar_error else groups:
+        if isinstance(parts, str):
+            raise ShardError(parts)
+        yield key, parts
+    if tar_error is not None:
+        after = f" after sample {groups[-2][0]!r}" if len(groups) > 1 else ""
+        if groups and isinstance(groups[-1][1], str):
+            raise ShardError(groups[-1][1])
+        raise ShardError(f"{shard}: corrupt or truncated tar{after}: {tar_error}")
 
 
-def iter_samples(
-    dir_or_paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]],
+def decode_sample(
+    shard: str,
+    key: str,
+    parts: dict[str, bytes],
     *,
     max_pixels: int = DEFAULT_MAX_PIXELS,
-    max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES,
-    on_error: str = "raise",
-    errors: list[tuple[str, str]] | None = None,
-) -> Iterator[dict[str, Any]]:
-    """Yield every sample of a shard set directory (shards in manifest order) or of the given tar paths.
+    validate: bool = False,
+) -> dict[str, Any]:
+    """Decode the members of one sample (from iter_shard_members) into the sample dict iter_samples yields.
 
-    Each sample is ``{"__key__", "__shard__", "image", "meta", "cls"}`` with ``image`` a uint8 HxWxC array
-    (C=1 for grayscale, 3 for colour) and ``cls`` an int or None. By default raises ShardError on anything
-    malformed, including a shard holding fewer or more samples than its manifest says.
-
-    Long training runs may prefer to lose a few samples over stopping: with ``on_error="skip"`` an
-    undecodable sample is dropped and recorded as ``("SHARD:KEY", reason)``, and a shard whose tar is
-    broken (truncated, a refused member such as a pickle, a count that differs from the manifest) is
-    recorded as ``("SHARD", reason)`` and read no further. Nothing malformed is ever yielded, and nothing
-    is unpickled in either mode. A set directory without a manifest still raises: that is a wrong path or an
-    unpublished set, not damaged data.
-
-    Args:
-        dir_or_paths: a set directory (its manifest is required), a tar path, or an iterable of either.
-        max_pixels: images declaring more pixels are refused before decoding.
-        max_member_bytes: larger tar members are refused before being read.
-        on_error: ``"raise"`` (default) or ``"skip"``.
-        errors: with ``on_error="skip"``, skipped items are appended here as ``(where, reason)``; without a
-            list, each skip is a warning.
+    Every decoding check applies (image size and data, strict JSON, cls); the metadata schema only with
+    ``validate`` (random access through a wids index decodes samples of other formats too), and set-level
+    rules (unique keys, one image size) never, since a lone sample has no set.
     """
-    _check_on_error(on_error)
-    for path, expected in _resolve(dir_or_paths):
-        count = 0
-        if on_error == "skip":
-            # Forward each skip as soon as it happens: a consumer may stop in the middle of a shard.
-            found: list[tuple[str, str]] = []
-            done = 0
-            for sample in iter_shard(
-                path, max_pixels=max_pixels, max_member_bytes=max_member_bytes, on_error="skip", errors=found
-            ):
-                done = _forward(found, done, errors)
-                count += 1
-                yield sample
-            broken = any(where == str(path) for where, _ in found)
-            count += sum(where != str(path) for where, _ in found)  # undecodable samples still count
-            if expected is not None and count != expected and not broken:
-                found.append((str(path), f"{path}: holds {count} samples, the manifest says {expected}"))
-            _forward(found, done, errors)
-            continue
-        for sample in iter_shard(path, max_pixels=max_pixels, max_member_bytes=max_member_bytes):
-            count += 1
-            yield sample
-        if expected is not None and count != expected:
-            raise ShardError(f"{path}: holds {count} samples, the manifest says {expected}")
+    where = f"{shard}: sample {key!r}"
+    images = [ext for ext in parts if ext in IMAGE_FORMATS]
+    if len(images) != 1:
+        found = f"{len(images)} ({', '.join(images)})" if images else "none"
+        raise ShardError(f"{where}: needs exactly one image member (png, jpg, jpeg or webp), found {found}")
+    if "json" not in parts:
+        raise ShardError(f"{where}: has no json metadata member")
+    ext = images[0]
+    meta = decode_json(f"{where} ({key}.json)", parts["json"])
+    schema = validate_meta(meta) if validate else []
+    if schema:
+        raise ShardError(f"{where}: metadata does not match the format: {'; '.join(schema)}")
+    return {
+        "__key__": key,
+        "__shard__": shard,
+        "image": decode_image(f"{where} ({key}.{ext})", ext, parts[ext], max_pixels)[0],
+        "meta": meta,
+        "cls": decode_cls(f"{where} ({key}.cls)", parts["cls"]) if "cls" in parts else None,
+    }
+
+
+def sample_count(read: ShardRead) -> int:
+    """Samples a shard read accounts for (given out, refused, or dropped with a broken shard)."""
+    return len(read.samples) + len(read.problems) + read.dropped

@@ -28,6 +28,7 @@ import os
 import re
 import tarfile
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -40,8 +41,10 @@ from synthkit.atomic import fsync_dir, os_reason, write_json_atomic
 from synthkit.errors import OutputError
 from synthkit.shards.format import (
     FORMAT,
+    IMAGE_SHAPE,
     MANIFEST,
     MANIFEST_RESERVED,
+    MIXED,
     SIZES,
     VERSION,
     ShardError,
@@ -52,6 +55,7 @@ from synthkit.shards.format import (
     temp_name,
     validate_meta,
 )
+from synthkit.shards.location import is_url
 from synthkit.shards.manifest import sha256_file
 
 # Fixed so that PNG bytes (and hence shard hashes) depend only on the pixels.
@@ -293,6 +297,9 @@ class ShardSetWriter:
         manifest_fields: provenance merged into the manifest (``config``, ``producer``, ``created_by``,
             ``seed``, ...); must be JSON-serialisable and may not use the reserved manifest keys.
         resume: continue an interrupted writer of the same set (see above) instead of refusing its shards.
+        on_publish: called with each file's name once it is complete in ``out_dir`` (every shard as it is
+            finished, then ``sizes.json``, then ``manifest.json`` last): how a remote output
+            (:mod:`synthkit.shards.output`) uploads the set as it is written.
     """
 
     def __init__(
@@ -303,8 +310,14 @@ class ShardSetWriter:
         maxcount: int = 1000,
         manifest_fields: dict[str, Any],
         resume: bool = False,
+        on_publish: Callable[[str], None] | None = None,
         part: Part | None = None,
     ) -> None:
+        if isinstance(out_dir, str) and is_url(out_dir):  # Path would make "s3://b/x" a local "s3:/b/x"
+            raise ValueError(
+                f"{out_dir} is a URL: write through synthkit.shards.output.open_output (a staging directory "
+                "whose files are uploaded as they complete), not into the URL as a local path"
+            )
         if not isinstance(name, str) or not is_safe_name(name):
             raise ValueError(f"shard set name {name!r} must be letters, digits, '_', '-' or '.', not hidden")
         if isinstance(maxcount, bool) or not isinstance(maxcount, int) or maxcount < 1:
@@ -340,10 +353,13 @@ class ShardSetWriter:
         self._tar: tarfile.TarFile | None = None
         self._in_shard = 0
         self._keys: set[str] = set()
+        self._shapes: set[tuple[int, int, int]] = set()  # (H, W, C) of the images written: image_shape
         self._closed = False
         self._failed = False
         self._manifest: dict[str, Any] | None = None
         self._journal = self.out_dir / journal_name(name, part)
+        self._on_publish = on_publish
+        self._published: set[str] = set()
         self._prepare_directory()
 
     @property
@@ -504,11 +520,17 @@ class ShardSetWriter:
             kept.append(entry)
         return kept
 
-    def _write_journal(self, shards: list[dict[str, Any]], complete: bool = False) -> None:
+    def _write_journal(
+        self,
+        shards: list[dict[str, Any]],
+        complete: bool = False,
+        shapes: set[tuple[int, int, int]] = frozenset(),
+    ) -> None:
         """Record ``shards`` as complete; raises OSError (the old journal stays intact).
 
         A part's journal also carries the manifest fields (whoever publishes the parts writes the manifest
-        from them) and, once the part is closed, ``complete``."""
+        from them) and, once the part is closed, ``complete`` and the image shapes it wrote (the manifest
+        declares the set's)."""
         journal: dict[str, Any] = {
             "format": JOURNAL_FORMAT,
             "version": JOURNAL_VERSION,
@@ -519,6 +541,8 @@ class ShardSetWriter:
         }
         if self.part is not None:
             journal.update(part=self.part.describe(), fields=self._fields, complete=complete)
+            if complete:
+                journal["image_shapes"] = sorted(list(shape) for shape in shapes)
         _publish_json(self._journal, journal, indent=1)
 
     def _check_open(self) -> None:
@@ -565,6 +589,7 @@ class ShardSetWriter:
         except OSError as exc:
             raise self._fail(exc, path) from exc
         self._keys.add(key)
+        self._shapes.add((image.shape[0], image.shape[1], image.shape[2] if image.ndim == 3 else 1))
         self._in_shard += 1
         if self._in_shard >= self.maxcount:
             self._finish_shard()
@@ -588,6 +613,7 @@ class ShardSetWriter:
         except OSError as exc:
             raise self._fail(exc, out.final) from exc
         self._shards.append(entry)
+        self._publish(entry["name"])
         self._file, self._tar, self._in_shard = None, None, 0
 
     def close(self) -> dict[str, Any]:
@@ -600,9 +626,10 @@ class ShardSetWriter:
         self._check_open()
         if self._file is not None:
             self._finish_shard()
+        shapes = self._shapes | self._kept_shapes()
         if self.part is not None:
             try:
-                self._write_journal(self._shards, complete=True)
+                self._write_journal(self._shards, complete=True, shapes=shapes)
             except OSError as exc:
                 raise self._fail(exc, self._journal) from exc
             self._closed = True
@@ -612,8 +639,14 @@ class ShardSetWriter:
                 "total": sum(s["count"] for s in self._shards),
             }
             return self._manifest
+        manifest = manifest_of(self.name, self._fields, self._shards, shapes)
         try:
-            manifest = publish_manifest(self.out_dir, self.name, self._fields, self._shards)
+            for entry in self._shards:  # shards kept from an interrupted run were never handed on
+                self._publish(entry["name"])
+            write_json_atomic(self.out_dir / SIZES, {s["name"]: s["count"] for s in self._shards}, indent=2)
+            self._publish(SIZES)
+            write_json_atomic(self.out_dir / MANIFEST, manifest, indent=2)
+            self._publish(MANIFEST)  # last: a reader trusts the set from this moment on
         except OutputError as exc:
             self._failed = True
             raise ShardError(f"{exc}; the shard set was not published") from exc.__cause__
@@ -624,6 +657,37 @@ class ShardSetWriter:
                 self._journal.unlink(missing_ok=True)
                 fsync_dir(self.out_dir)
         return manifest
+
+    def _publish(self, name: str) -> None:
+        if self._on_publish is not None and name not in self._published:
+            try:
+                self._on_publish(name)
+            except ShardError:
+                self._failed = True
+                raise
+            self._published.add(name)
+
+    def _kept_shapes(self) -> set[tuple[int, int, int]]:
+        """Image shapes of the shards kept from an interrupted run (from their PNG headers), so that a
+        resumed set declares what an uninterrupted one does."""
+        written = sum(s["count"] for s in self._shards) + self._in_shard
+        if self.resume_from == 0 or written == 0:
+            return set()
+        from synthkit.shards.decode import png_header
+        from synthkit.shards.reader import iter_shard_members
+
+        shapes = set()
+        kept = self.resume_from
+        for entry in self._shards:
+            if kept <= 0:
+                break
+            path = self.out_dir / entry["name"]
+            for key, parts in iter_shard_members(path):
+                if "png" in parts:
+                    h = png_header(f"{path}: sample {key!r}", parts["png"])
+                    shapes.add((h.height, h.width, 3 if h.color == 2 else 1))
+            kept -= entry["count"]
+        return shapes
 
     def abort(self) -> None:
         """Drop the shard in progress and never publish; completed shards (and a journal) stay."""
@@ -647,13 +711,14 @@ class ShardSetWriter:
             self.abort()
 
 
-def publish_manifest(
-    out_dir: Path, name: str, fields: dict[str, Any], shards: list[dict[str, Any]]
+def manifest_of(
+    name: str, fields: dict[str, Any], shards: list[dict[str, Any]], shapes: set[tuple[int, int, int]]
 ) -> dict[str, Any]:
-    """Write ``sizes.json`` then ``manifest.json`` (last: its presence means complete); return the manifest.
+    """The manifest of a set: the one definition, for a writer's ``close`` and for parts published together
+    (``shards/parts.py``), so a set written in parts has the bytes of one written by one writer.
 
-    The one place a manifest is made, for a writer's ``close`` and for parts published together, so a set
-    written in parts has the bytes of one written by one writer. Raises OutputError.
+    ``shapes`` are the (H, W, C) of its images: readers hold a set to one image size unless it declares
+    several (``image_shape``).
     """
     manifest = {
         **fields,
@@ -663,8 +728,8 @@ def publish_manifest(
         "shards": shards,
         "total": sum(s["count"] for s in shards),
     }
-    write_json_atomic(out_dir / SIZES, {s["name"]: s["count"] for s in shards}, indent=2)
-    write_json_atomic(out_dir / MANIFEST, manifest, indent=2)
+    if shapes:
+        manifest[IMAGE_SHAPE] = list(next(iter(shapes))) if len(shapes) == 1 else MIXED
     return manifest
 
 

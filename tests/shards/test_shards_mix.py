@@ -3,6 +3,7 @@ skip policy over broken shards, mix specs and batch collation."""
 
 from __future__ import annotations
 
+import shutil
 import tarfile
 from collections import Counter
 from pathlib import Path
@@ -135,10 +136,23 @@ def damaged(tmp_path: Path) -> tuple[Path, Path, Path, str]:
     return out, truncated, broken_png, "dmg_00023"
 
 
-def test_iter_samples_skip_records_and_yields_only_good_samples(damaged):
+def _bare_copies(damaged_set: Path, tmp_path: Path) -> list[Path]:
+    """The damaged set's tars in a directory without a manifest: nothing vouches for their bytes, so the
+    reader checks them sample by sample (structure, decoding, schema) instead of refusing them whole."""
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for shard in sorted(damaged_set.glob("*.tar")):
+        shutil.copy(shard, bare / shard.name)
+    return sorted(bare.glob("*.tar"))
+
+
+def test_iter_samples_skip_records_and_yields_only_good_samples(damaged, tmp_path):
     out, truncated, broken_png, bad_key = damaged
+    # Bare tars: a truncated shard gives the complete samples before the cut, a bad image only itself.
+    paths = _bare_copies(out, tmp_path)
+    truncated, broken_png = paths[1], paths[2]
     errors: list[tuple[str, str]] = []
-    got = [s["__key__"] for s in iter_samples(out, on_error="skip", errors=errors)]
+    got = [s["__key__"] for s in iter_samples(paths, on_error="skip", errors=errors)]
     where = dict(errors)
     assert set(where) == {str(truncated), f"{broken_png}:{bad_key}"}
     assert "truncated" in where[str(truncated)]
@@ -150,24 +164,35 @@ def test_iter_samples_skip_records_and_yields_only_good_samples(damaged):
         f"dmg_{i:05d}" for i in range(20, 30) if i != 23
     ]
     with pytest.raises(ShardError, match="dmg-000001.tar"):
-        list(iter_samples(out))
+        list(iter_samples(paths))
     with pytest.warns(UserWarning) as record:  # without a collector a skip is still visible
-        assert len(list(iter_samples(out, on_error="skip"))) == len(got)
+        assert len(list(iter_samples(paths, on_error="skip"))) == len(got)
     messages = [str(w.message) for w in record]
     assert len(messages) == 2
     assert any("truncated" in m for m in messages) and any(bad_key in m for m in messages)
     with pytest.raises(ValueError, match="on_error"):
-        list(iter_samples(out, on_error="ignore"))
+        list(iter_samples(paths, on_error="ignore"))
+
+    # The published set: its manifest vouches for each shard's bytes, and both damaged shards fail their
+    # sha256, so neither gives out a single sample; each skip says how many samples it cost.
+    errors = []
+    got = [s["__key__"] for s in iter_samples(out, on_error="skip", errors=errors)]
+    assert got == [f"dmg_{i:05d}" for i in range(10)]
+    where = dict(errors)
+    assert set(where) == {str(out / "dmg-000001.tar"), str(out / "dmg-000002.tar")}
+    assert "truncated" in where[str(out / "dmg-000001.tar")]
+    assert "sha256" in where[str(out / "dmg-000002.tar")]
+    assert all("(10 samples not used)" in reason for reason in where.values())
 
 
-def test_stream_skip_counts_broken_items_and_default_raises(damaged):
+def test_stream_skip_counts_broken_items_and_default_raises(damaged, tmp_path):
     out, truncated, broken_png, bad_key = damaged
     good = {s["__key__"] for s in iter_samples(out, on_error="skip", errors=[])}
     stream = MixedShardStream([MixSource("d", out, 1.0)], seed=0, epoch_samples=60, on_error="skip")
     with pytest.warns(UserWarning, match="skipped"):
         keys = [key for _, key in _keys(stream)]
     assert len(keys) == 60 and set(keys) <= good and bad_key not in keys
-    assert set(stream.skipped) == {str(truncated), f"{broken_png}:{bad_key}"}
+    assert set(stream.skipped) == {str(truncated), str(broken_png)}  # both fail their sha256: whole shards
     with pytest.raises(ShardError, match=r"dmg-00000[12]\.tar"):
         _keys(MixedShardStream([MixSource("d", out, 1.0)], seed=0, epoch_samples=60))
 

@@ -100,7 +100,8 @@ def test_mix_of_mismatched_images_is_refused(shard_sets, tmp_path: Path) -> None
         train(cfg, tmp_path / "run", progress=False)
 
 
-def test_mix_with_hsg_is_a_config_error(shard_sets) -> None:
+def test_mix_with_labels_conditions_is_a_config_error(shard_sets) -> None:
+    """HSG and HPG stream real data (test_streaming_method.py); true-label conditions do not."""
     real, syn = shard_sets
-    with pytest.raises(ConfigError, match="mix.sources"):
-        tiny_config(_sources(real, syn))
+    with pytest.raises(ConfigError, match="labels conditions need the in-memory real data"):
+        tiny_config(_sources(real, syn), "--conditions.mode=labels", "--conditions.allow_labels=true")
