@@ -3,16 +3,18 @@
     synthkit quickstart [--out DIR]
     synthkit train PIPELINE.yaml [--out RUN_DIR] [--resume] [--section.key=value ...]
     synthkit train PIPELINE.yaml --data real=DIR:0.7 --data syn=DIR:0.3 --hsg.enabled=false
-    synthkit generate --run RUN_DIR --n N --seed S --out DIR [--kind hard|pair|all]
+    synthkit generate --run RUN_DIR --n N --seed S --out DIR [--kind hard|pair|all] [--part I/N]
     synthkit eval --run RUN_DIR [--data NAME] [--json]
     synthkit shards verify DIR
+    synthkit shards publish DIR
     synthkit shards convert --data NAME [--split train] --out DIR
     synthkit shards inspect DIR [--grid PATH] [--json]
     synthkit config PIPELINE.yaml [--section.key=value ...]
     synthkit audit SHARDS --real REAL --out DIR [--extractor KIND] [--encoder RUN_DIR] [--classifier DIR]
     synthkit audit train-extractor --data NAME --out DIR
 
-Multi-process: ``accelerate launch --num_processes 2 -m synthkit.cli train PIPELINE.yaml ...``.
+Multi-process: ``accelerate launch --num_processes 2 -m synthkit.cli train PIPELINE.yaml ...`` (and
+``generate``: every process writes its part of the set, the main process publishes it).
 """
 
 from __future__ import annotations
@@ -70,8 +72,21 @@ def _cmd_generate(args: argparse.Namespace, extra: list[str]) -> int:
         maxcount=args.maxcount,
         kind=args.kind,
         progress=not args.no_progress,
+        part=args.part,
     )
     m = res.manifest
+    if not res.main:  # another process of a launch: the main process reports
+        return 0
+    if res.part is not None:
+        part, first, n_shards = res.part["part"], res.part["part"]["first_shard"], res.part["part"]["shards"]
+        where = {0: "no shards: the set has fewer shards than parts", 1: f"shard {first}"}.get(
+            n_shards, f"shards {first}-{first + n_shards - 1}"
+        )
+        print(
+            f"wrote part {part['index']}/{part['count']} of the set ({res.part['total']} samples, {where}) "
+            f"to {args.out}; once every part is written: synthkit shards publish {args.out}"
+        )
+        return 0
     if res.reused:
         print(f"{args.out} already holds this exact shard set ({m['total']} samples); nothing to do")
         return 0
@@ -122,6 +137,29 @@ def _cmd_shards_verify(args: argparse.Namespace, extra: list[str]) -> int:
     for p in report.problems:
         print(f"  - {printable(p)}", file=sys.stderr)  # problems quote text from the set
     return 1
+
+
+def _cmd_shards_publish(args: argparse.Namespace, extra: list[str]) -> int:
+    from synthkit.export import publish
+
+    _no_extra(extra)
+    res = publish(args.dir)
+    m = res.manifest
+    if res.reused:
+        print(f"{args.dir} is published already ({m['total']} samples in {len(m['shards'])} shards)")
+    else:
+        print(f"{args.dir}: verified and published {m['total']} samples in {len(m['shards'])} shards")
+    return 0
+
+
+def _part(text: str) -> tuple[int, int]:
+    index, slash, count = text.partition("/")
+    try:
+        if slash:
+            return int(index), int(count)
+    except ValueError:
+        pass
+    raise argparse.ArgumentTypeError(f"expected I/N (part I of N, from 0), got {text!r}")
 
 
 def _cmd_shards_convert(args: argparse.Namespace, extra: list[str]) -> int:
@@ -274,6 +312,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, help="sampling seed (default: the run's export.seed)")
     g.add_argument("--name", help="shard set name / file prefix")
     g.add_argument("--maxcount", type=int, help="samples per shard")
+    g.add_argument(
+        "--part",
+        type=_part,
+        metavar="I/N",
+        help="write only part I of N (0 <= I < N) of the set, for jobs started on their own (array jobs); "
+        "publish with `synthkit shards publish OUT` once all N are written",
+    )
     g.add_argument("--no-progress", action="store_true")
     g.set_defaults(fn=_cmd_generate)
 
@@ -300,6 +345,11 @@ def build_parser() -> argparse.ArgumentParser:
     v = ssub.add_parser("verify", help="check a shard set against its manifest; non-zero exit on problems")
     v.add_argument("dir")
     v.set_defaults(fn=_cmd_shards_verify)
+    pb = ssub.add_parser(
+        "publish", help="verify the parts of a set written with generate --part and publish it as one set"
+    )
+    pb.add_argument("dir")
+    pb.set_defaults(fn=_cmd_shards_publish)
     cv = ssub.add_parser(
         "convert", help="write a real data source as a shard set (kind real, true labels as cls)"
     )

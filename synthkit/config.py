@@ -525,6 +525,11 @@ class TrainConfig:
     project's 2-core CPU: a SimCLR step of the 4-block conv net on 512 views of 28 px takes ~27% less
     time, its cost grows linearly with the batch instead of super-linearly, and G's forward/backward
     drops by a third (NHWC is also the faster layout for mixed-precision convolutions on recent GPUs).
+
+    ``sync_batchnorm`` makes the encoder's batch norm (and MoCo's key encoder's) normalise over the global
+    batch of every process (torch's SyncBatchNorm; SimCLR's "global BN"), so that a step at W processes is a
+    step on one process with the whole batch. GPUs only: torch's SyncBatchNorm refuses CPU tensors on more
+    than one process, so there it is an error; without it each process normalises with its own share.
     """
 
     epochs: int = 30
@@ -541,6 +546,7 @@ class TrainConfig:
     knn_k: int = 200
     knn_temperature: float = 0.1
     record_indices: bool = False
+    sync_batchnorm: bool = False
 
     def __post_init__(self) -> None:
         _check(self.epochs >= 0, "train.epochs", "must be >= 0 (0 only for a GAN pre-training run)")

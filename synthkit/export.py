@@ -19,6 +19,17 @@ The result is byte-identical to an uninterrupted run; the per-sample results of 
 from them, not regenerated. ``preview.png`` (a grid, one row per condition) is published before the manifest,
 so a set with a manifest always has its preview. The diffusion producer writes its training pools through
 :func:`write_samples` too, so a pool the encoder trained on and an exported set have one format.
+
+Several processes. Under ``accelerate launch`` (W processes) the set is split by global sample index into W
+parts of whole shards (``shards.writer.Part``): process r makes the chunks that hold part r's samples (a
+chunk that straddles two parts is made by both, whole, so its hardness is the same) and writes part r's
+shards with its own journal; once every process has, the main process verifies the parts and publishes the
+set (``shards/parts.py``; the preview from the shards, then the manifest). Shard k holds samples
+``k * maxcount ..`` whoever writes it, so the set is byte-identical to a one-process export at any process
+count (with the same number of threads per process: float results depend on it), and a rerun after a kill
+of any process resumes every part from its journal. ``generate(part=(I, N))`` (``--part I/N``) writes one
+part alone, for schedulers without Accelerate; :func:`publish` (``synthkit shards publish``) publishes the
+parts once all are written. Exports compute on the CPU, as a one-process export does.
 """
 
 from __future__ import annotations
@@ -26,6 +37,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -40,7 +52,7 @@ from synthkit.atomic import check_output_dir, save_image_atomic, write_json_atom
 from synthkit.config import to_dict
 from synthkit.data.sources import load_source
 from synthkit.data.views import Views
-from synthkit.errors import ExportError
+from synthkit.errors import ExportError, SynthkitError
 from synthkit.images import condition_grid, to_uint8
 from synthkit.objectives.scoring import Scorer, pair_groups, reference_batch
 from synthkit.provenance import created_by
@@ -54,7 +66,8 @@ from synthkit.shards import (
 from synthkit.shards.format import shard_pattern, temp_name
 from synthkit.shards.location import is_url
 from synthkit.shards.output import SetOutput, open_output
-from synthkit.shards.writer import journal_name
+from synthkit.shards.parts import find_part_journals, publish_parts
+from synthkit.shards.writer import Part, journal_name
 from synthkit.training.artifacts import load_final
 
 if TYPE_CHECKING:
@@ -87,6 +100,8 @@ class ExportResult:
     conditions: np.ndarray
     reused: bool = False
     resumed_from: int = 0
+    main: bool = True  # False on the other processes of a launch (the main process reports)
+    part: dict[str, Any] | None = None  # one part written alone: its record (no manifest yet)
 
 
 @dataclass(frozen=True)
@@ -121,18 +136,25 @@ class WriteResult:
 
 
 def _read_back(
-    out_dir: Path, shards: list[dict[str, Any]], name: str, seed: int, previews: int, res: WriteResult
+    out_dir: Path,
+    shards: list[dict[str, Any]],
+    name: str,
+    seed: int,
+    previews: int,
+    res: WriteResult,
+    first: int = 0,
 ) -> None:
     """Per-sample results and the first ``previews`` images of the kept shards, into ``res``.
 
     Read with the safe reader (tar structure and member names checked, nothing unpickled) rather than
     regenerated; only the preview's images are decoded. Keys and latent ids are checked so that a shard
-    which is intact but not this export's cannot slip in.
+    which is intact but not this export's cannot slip in. ``first`` is the global index of the first
+    sample of ``shards`` (a part's).
     """
     for shard in shards:
         path = out_dir / shard["name"]
         for key, parts in iter_shard_members(path):
-            i = len(res.hardness)
+            i = first + len(res.hardness)
             if i < previews:
                 sample = decode_sample(str(path), key, parts)
                 meta = sample["meta"]
@@ -175,15 +197,21 @@ def write_samples(
     progress: Callable[[int], None] | None = None,
     before_publish: Callable[[WriteResult], None] | None = None,
     on_publish: Callable[[str], None] | None = None,
+    part: Part | None = None,
 ) -> WriteResult:
     """Make ``counts[kind]`` samples of each kind with ``producer``, score them, and write one shard set.
 
     Keys are ``NAME_%08d`` in write order (hard samples, then pair members a, b, a, b, ...). ``previews``
     keeps the first images for a grid; ``before_publish`` runs after the last sample and before the manifest.
+    With ``part`` only that part's shards are written (its samples, from the chunks that hold them, whole:
+    the same chunks, hence the same bytes, as one writer of the whole set), and nothing is published
+    (``res.manifest`` is the part's record; ``shards/parts.py`` publishes the parts).
     """
     res = WriteResult({})
     step = producer.export_info().get("generator_step")
     device = scorer.reference.device
+    total = sum(counts.values())
+    mine = part.samples(total, maxcount) if part is not None else range(total)
     with ShardSetWriter(
         out_dir,
         name,
@@ -191,13 +219,17 @@ def write_samples(
         manifest_fields=manifest_fields,
         resume=resume,
         on_publish=on_publish,
+        part=part,
     ) as w:
-        done = res.resumed_from = w.resume_from
-        _read_back(out_dir, w.completed_shards, name, seed, previews, res)
-        if len(res.hardness) != done:  # the journal's counts and the shards' content disagree
-            raise ExportError(f"{out_dir}: the kept shards hold {len(res.hardness)} samples, expected {done}")
+        res.resumed_from = w.resume_from
+        done = mine.start + w.resume_from
+        _read_back(out_dir, w.completed_shards, name, seed, previews, res, first=mine.start)
+        if len(res.hardness) != w.resume_from:  # the journal's counts and the shards' content disagree
+            raise ExportError(
+                f"{out_dir}: the kept shards hold {len(res.hardness)} samples, expected {w.resume_from}"
+            )
         for chunk in plan_chunks(counts, batch_size):
-            if chunk.first + chunk.size <= done:  # durable already
+            if chunk.first + chunk.size <= done or chunk.first >= mine.stop:  # durable already, or not ours
                 continue
             samples = producer.make(chunk.kind, chunk.start, chunk.size, seed, scorer)
             images = samples.images.to(device)
@@ -206,7 +238,8 @@ def write_samples(
             hardness = scorer.hardness(images, seed * 1_000_003 + chunk.first, groups).cpu()
             similarity = scorer.pair_similarity(images[0::2], images[1::2]).cpu() if pairs else None
             arrays = to_uint8(images)
-            for j in range(max(0, done - chunk.first), chunk.size):
+            todo = range(max(0, done - chunk.first), min(chunk.size, mine.stop - chunk.first))
+            for j in todo:
                 index = chunk.first + j
                 meta = {
                     "kind": ("pair_a", "pair_b")[j % 2] if pairs else "hard",
@@ -227,7 +260,7 @@ def write_samples(
                 if index < previews:
                     res.previews.append(arrays[j])
             if progress is not None:
-                progress(chunk.size - max(0, done - chunk.first))
+                progress(len(todo))
         if before_publish is not None:
             before_publish(res)
         res.manifest = w.close()
@@ -299,13 +332,20 @@ def prepare_out_dir(out_dir: Path, name: str, request: dict) -> dict | None:
     marker, journal = out_dir / IN_PROGRESS, out_dir / journal_name(name)
     if manifest is not None:
         if manifest.get("request") == request:
-            for p in (journal, marker):  # a kill after the manifest was published can leave these
+            parts = [p for _, _, p in find_part_journals(out_dir, name).get(name, [])]
+            for p in (journal, marker, *parts):  # a kill after the manifest was published can leave these
                 with contextlib.suppress(OSError):
                     p.unlink(missing_ok=True)
             return manifest
         raise ShardSetExistsError(
             f"{out_dir} already holds a different shard set ({manifest.get('name')!r}, "
             f"{manifest.get('total')} samples); choose another --out or delete it"
+        )
+    split = {n for _, n, _ in find_part_journals(out_dir, name).get(name, [])}
+    if split:
+        raise ShardSetExistsError(
+            f"{out_dir} holds an interrupted export split into {min(split)} parts; finish it with "
+            f"{min(split)} processes (or --part I/{min(split)}), or delete it"
         )
     leftovers = (
         [p for p in out_dir.glob("*.tar") if shard_pattern(name).fullmatch(p.name)]
@@ -329,6 +369,115 @@ def prepare_out_dir(out_dir: Path, name: str, request: dict) -> dict | None:
     return None
 
 
+def _launch() -> tuple[int, int]:
+    """(this process, processes) under ``accelerate launch`` (or torchrun); (0, 1) otherwise."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0, 1
+    from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
+
+    # CPU processes (ACCELERATE_USE_CPU=1, gloo) must say so, or PartialState sees no distributed launch
+    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+    if state.num_processes <= 1:
+        raise ExportError(
+            f"launched as {os.environ['WORLD_SIZE']} processes, but accelerate set up none: launch with "
+            "`accelerate launch --multi_gpu` (on CPUs with ACCELERATE_USE_CPU=1)"
+        )
+    return state.process_index, state.num_processes
+
+
+def prepare_part_dir(out_dir: Path, name: str, request: dict, part: Part, n_shards: int) -> dict | None:
+    """Like :func:`prepare_out_dir`, for one part of a set written in parts: reuse a finished identical set
+    (return its manifest), refuse a directory a part writer cannot resume.
+
+    Every part runs this, possibly at the same moment, so it only reads, and makes the directory; a part's
+    own writer then checks its own shards (another request's journal, shards without a journal).
+    """
+    manifest = read_manifest(out_dir) if out_dir.is_dir() else None
+    if manifest is not None:
+        if manifest.get("request") == request:
+            with contextlib.suppress(OSError):  # left by a kill after the parts were published
+                (out_dir / journal_name(name, part)).unlink(missing_ok=True)
+            return manifest
+        raise ShardSetExistsError(
+            f"{out_dir} already holds a different shard set ({manifest.get('name')!r}, "
+            f"{manifest.get('total')} samples); choose another --out or delete it"
+        )
+    if (out_dir / journal_name(name)).exists():
+        raise ShardSetExistsError(
+            f"{out_dir} holds an interrupted export written by one process; finish it the same way (one "
+            "process, no --part) or delete it"
+        )
+    other = {n for _, n, _ in find_part_journals(out_dir, name).get(name, [])} - {part.count}
+    if other:
+        raise ShardSetExistsError(
+            f"{out_dir} holds an interrupted export split into {min(other)} parts; finish it with "
+            f"{min(other)} processes (or --part I/{min(other)}), or delete it"
+        )
+    pattern = shard_pattern(name)
+    beyond = (
+        [
+            p.name
+            for p in out_dir.iterdir()
+            if pattern.fullmatch(p.name) and int(p.stem.rsplit("-", 1)[1]) >= n_shards
+        ]
+        if out_dir.is_dir()
+        else []
+    )
+    if beyond:
+        raise ShardSetExistsError(
+            f"{out_dir} holds shards this export does not write ({', '.join(sorted(beyond)[:3])}); choose "
+            "another --out or delete them"
+        )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return None
+
+
+def publish(out_dir: str | Path) -> ExportResult:
+    """Publish an export written in parts (``generate(part=...)`` or one per process): the parts are
+    verified (``shards/parts.py``), the per-sample results read back from the shards (the safe reader,
+    keys and latent ids checked), the preview written, then the manifest, as a one-process export does.
+
+    ``synthkit shards publish DIR`` calls this; under ``accelerate launch`` the main process does once every
+    process has written its part. A set that is published already is returned as ``reused``.
+    """
+    out_dir = Path(out_dir)
+    res = WriteResult({})
+    published_now: list[bool] = []
+
+    def before(fields: dict[str, Any], shards: list[dict[str, Any]]) -> None:
+        published_now.append(True)
+        request = fields.get("request")
+        if not isinstance(request, dict):  # parts of a set that is not an export: nothing to add
+            return
+        total = sum(s["count"] for s in shards)
+        preview_n = _preview_count(total, request["batch_size"])
+        _read_back(out_dir, shards, request["name"], request["seed"], preview_n, res)
+        conds = np.array(res.conditions[:preview_n], dtype=np.int64)
+        save_image_atomic(out_dir / PREVIEW, condition_grid(np.stack(res.previews), conds))
+
+    manifest = publish_parts(out_dir, before_publish=before)
+    (out_dir / IN_PROGRESS).unlink(missing_ok=True)
+    conds = np.array(res.conditions, dtype=np.int64)
+    return ExportResult(out_dir, manifest, np.array(res.hardness), conds, reused=not published_now)
+
+
+def _preview_count(total: int, batch_size: int) -> int:
+    return min(total, math.ceil(PREVIEW_SAMPLES / batch_size) * batch_size)
+
+
+def _parse_part(part: tuple[int, int] | None, rank: int, world: int) -> Part | tuple[int, int] | None:
+    if part is not None and world > 1:
+        raise ExportError(
+            "--part is for jobs started on their own (array jobs); under accelerate launch every process "
+            "writes its own part of the set already"
+        )
+    index, count = part if part is not None else (rank, world)
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1 or not 0 <= index < count:
+        raise ExportError(f"--part must be I/N with 0 <= I < N, got {index}/{count}")
+    return None if count == 1 else (index, count)
+
+
 @torch.no_grad()
 def generate(
     run_dir: str | Path,
@@ -341,12 +490,17 @@ def generate(
     batch_size: int | None = None,
     kind: str | None = None,
     progress: bool = True,
+    part: tuple[int, int] | None = None,
 ) -> ExportResult:
     """Write ``n`` samples of each requested ``kind`` of the run in ``run_dir`` as a shard set in ``out_dir``.
 
     ``kind``: ``hard``, ``pair`` or ``all``; by default everything the run's producer makes (``all`` for an
     HSG+HPG run). The same request again is a no-op on a finished set and a resume on an interrupted one
     (the module docstring says how); a directory holding anything else is refused with ShardSetExistsError.
+
+    Under ``accelerate launch`` (W processes) process r writes part r of W of the set and the main process
+    publishes it once all have; ``part=(I, N)`` writes part I of N alone and publishes nothing (``publish``
+    does, once every part is written). Either way the set is byte-identical to a one-process export.
     """
     # 1. The run, verified, and what its producer can make ---
     art = load_final(run_dir)
@@ -377,15 +531,34 @@ def generate(
             raise ExportError(f"{flag} must be a positive integer, got {value!r}")
     if kind in ("pair", "all") and n % 2:
         raise ExportError(f"--n must be even for pairs (two samples per pair), got {n}")
+    rank, world = _launch()
+    split = _parse_part(part, rank, world)
+    counts = {k: n for k in ("hard", "pair") if kind in (k, "all")}
+    total = sum(counts.values())
     if is_url(str(out_dir)):  # written through a staging directory under the system temp directory
-        _check_disk(Path(tempfile.gettempdir()), n * (2 if kind == "all" else 1), art)
+        if split is not None:
+            raise ExportError(
+                "a set written in parts (several processes, or --part) needs a directory every part can "
+                f"reach (a shared filesystem), not a URL ({out_dir}); write it to such a directory and copy "
+                "it, or export with one process"
+            )
+        _check_disk(Path(tempfile.gettempdir()), total, art)
     else:
         out_dir = check_output_dir(out_dir, create=False)
-        _check_disk(out_dir, n * (2 if kind == "all" else 1), art)
+        _check_disk(out_dir, total, art)  # the whole set: on a shared disk every part lands on it
     request = _request(art.hashes, n, seed, name, batch_size, maxcount, kind)
+    if split is not None:
+        mine = Part.of(total, maxcount, *split)
+        manifest = prepare_part_dir(Path(out_dir), name, request, mine, -(-total // maxcount))
+        if manifest is not None:
+            return ExportResult(
+                Path(out_dir), manifest, np.array([]), np.array([]), reused=True, main=rank == 0
+            )
+        scorer, write = _export_setup(art, request, seed, kind, batch_size, maxcount)
+        return _generate_part(Path(out_dir), name, art.producer, scorer, counts, write, mine, world, progress)
     output = open_output(out_dir)  # a URL is written through a local staging directory (shards/output.py)
     try:
-        return _generate(art, output, request, n, seed, name, maxcount, batch_size, kind, progress)
+        return _generate(art, output, request, counts, seed, name, maxcount, batch_size, kind, progress)
     except BaseException:
         output.abandon()
         raise
@@ -393,35 +566,12 @@ def generate(
         output.finish()
 
 
-def _generate(
-    art: Any,
-    output: SetOutput,
-    request: dict,
-    n: int,
-    seed: int,
-    name: str,
-    maxcount: int,
-    batch_size: int,
-    kind: str,
-    progress: bool,
-) -> ExportResult:
+def _export_setup(
+    art: Any, request: dict, seed: int, kind: str, batch_size: int, maxcount: int
+) -> tuple[Scorer, dict[str, Any]]:
+    """The scorer (the run's encoder and objective, and the one reference batch) and the writer's settings
+    with the manifest fields: the same for a whole export and for each of its parts."""
     cfg, producer, run_dir = art.cfg, art.producer, art.run_dir
-    out_dir = output.local
-    if output.url is not None:
-        manifest = output.published_manifest()
-        if manifest is not None and manifest.get("request") != request:
-            raise ShardSetExistsError(
-                f"{output.url} already holds a different shard set ({manifest.get('name')!r}); choose "
-                "another --out or delete it"
-            )
-    else:
-        manifest = prepare_out_dir(out_dir, name, request)
-    if manifest is not None:
-        return ExportResult(Path(output.where), manifest, np.array([]), np.array([]), reused=True)
-    if output.url is not None:
-        prepare_out_dir(out_dir, name, request)
-
-    # 2. The scorer: the run's encoder and objective, and the one reference batch ---
     real = training_images(cfg, cfg.train.batch_size)
     channels, size = real.shape[1], real.shape[-1]
     scorer = Scorer(
@@ -430,7 +580,6 @@ def _generate(
         art.objective,
         reference_batch(real, cfg.train.batch_size, seed),
     )
-    counts = {k: n for k in ("hard", "pair") if kind in (k, "all")}
     names = {"hard": "hsg", "pair": "hpg", "all": "hsg+hpg"}
     fields = {
         "config": to_dict(cfg),
@@ -450,8 +599,41 @@ def _generate(
         "seed": seed,
         "request": request,
     }
+    write = {"seed": seed, "batch_size": batch_size, "maxcount": maxcount, "manifest_fields": fields}
+    return scorer, write
+
+
+def _generate(
+    art: Any,
+    output: SetOutput,
+    request: dict,
+    counts: dict[str, int],
+    seed: int,
+    name: str,
+    maxcount: int,
+    batch_size: int,
+    kind: str,
+    progress: bool,
+) -> ExportResult:
+    out_dir = output.local
+    if output.url is not None:
+        manifest = output.published_manifest()
+        if manifest is not None and manifest.get("request") != request:
+            raise ShardSetExistsError(
+                f"{output.url} already holds a different shard set ({manifest.get('name')!r}); choose "
+                "another --out or delete it"
+            )
+    else:
+        manifest = prepare_out_dir(out_dir, name, request)
+    if manifest is not None:
+        return ExportResult(Path(output.where), manifest, np.array([]), np.array([]), reused=True)
+    if output.url is not None:
+        prepare_out_dir(out_dir, name, request)
+
+    # 2. The scorer: the run's encoder and objective, and the one reference batch ---
+    scorer, write = _export_setup(art, request, seed, kind, batch_size, maxcount)
     total = sum(counts.values())
-    preview_n = min(total, math.ceil(PREVIEW_SAMPLES / batch_size) * batch_size)
+    preview_n = _preview_count(total, batch_size)
 
     # 3. Chunks -> shards; the preview before the manifest ---
     bar = tqdm(total=total, desc="generate", disable=not progress, unit="img")
@@ -464,13 +646,10 @@ def _generate(
     res = write_samples(
         out_dir,
         name,
-        producer,
+        art.producer,
         scorer,
         counts,
-        seed=seed,
-        batch_size=batch_size,
-        maxcount=maxcount,
-        manifest_fields=fields,
+        **write,
         previews=preview_n,
         progress=bar.update,
         before_publish=preview,
@@ -481,4 +660,67 @@ def _generate(
     conds = np.array(res.conditions, dtype=np.int64)
     return ExportResult(
         Path(output.where), res.manifest, np.array(res.hardness), conds, resumed_from=res.resumed_from
+    )
+
+
+def _generate_part(
+    out_dir: Path,
+    name: str,
+    producer: Producer,
+    scorer: Scorer,
+    counts: dict[str, int],
+    write: dict[str, Any],
+    part: Part,
+    world: int,
+    progress: bool,
+) -> ExportResult:
+    """Part ``part`` of the set; under a launch (``world`` > 1), then the publication by the main process.
+
+    Every process reaches the two collectives (the parts' outcomes, then the publication's), whatever failed
+    where, so that one process's error ends every process with it instead of leaving them waiting.
+    """
+    main = part.index == 0
+    samples = part.samples(sum(counts.values()), write["maxcount"])
+    desc = f"generate part {part.index}/{part.count}"
+    bar = tqdm(total=len(samples), desc=desc, unit="img", disable=not (progress and (main or world == 1)))
+    failure: SynthkitError | None = None
+    res = WriteResult({})
+    try:
+        res = write_samples(out_dir, name, producer, scorer, counts, **write, progress=bar.update, part=part)
+    except SynthkitError as exc:
+        if world == 1:
+            raise
+        failure = exc
+    bar.close()
+    conds = np.array(res.conditions, dtype=np.int64)
+    if world == 1:  # one job of an array: the part alone, published later by `synthkit shards publish`
+        return ExportResult(
+            out_dir, {}, np.array(res.hardness), conds, resumed_from=res.resumed_from, part=res.manifest
+        )
+
+    from accelerate.utils import broadcast_object_list, gather_object
+
+    outcomes = gather_object([(None if failure is None else str(failure), res.resumed_from)])
+    failed = [f"process {r}: {msg}" for r, (msg, _) in enumerate(outcomes) if msg is not None]
+    result: ExportResult | None = None
+    published: list[Any] = [None, None]  # the manifest, or why there is none
+    if main and not failed:
+        try:
+            result = publish(out_dir)
+            published = [result.manifest, None]
+        except SynthkitError as exc:
+            published, failure = [None, str(exc)], exc
+    broadcast_object_list(published, from_process=0)
+    if failure is not None:
+        raise failure
+    if failed or published[1] is not None:
+        raise ExportError(
+            f"{out_dir}: not published: " + ("; ".join(failed) if failed else str(published[1]))
+        )
+    resumed = sum(r for _, r in outcomes)
+    if result is not None:
+        result.resumed_from = resumed
+        return result
+    return ExportResult(
+        out_dir, published[0], np.array(res.hardness), conds, resumed_from=resumed, main=False
     )

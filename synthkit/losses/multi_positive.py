@@ -23,27 +23,32 @@ import torch.nn.functional as F
 
 
 def multi_positive_nt_xent_per_view(
-    z: torch.Tensor, groups: torch.Tensor, temperature: float = 0.5
+    z: torch.Tensor, groups: torch.Tensor, temperature: float = 0.5, *, anchors: slice | None = None
 ) -> torch.Tensor:
-    """Per-view losses, shape (M,).
+    """Per-view losses, shape (M,), or (len(anchors),) with ``anchors``.
 
     Args:
         z: M x D projections of all views.
         groups: M integer group ids; views with the same id are positives of each other. Every group must
             hold at least two views.
         temperature: tau; similarities are cosine / tau.
+        anchors: the rows whose losses are returned (default: all). Every row is a candidate either way;
+            under data parallelism ``z`` is the global batch and ``anchors`` this process's rows
+            (``synthkit.distributed``), which costs len(anchors) x M similarities instead of M x M.
     """
     if z.dim() != 2 or groups.shape != (z.shape[0],):
         raise ValueError(
             f"z must be M x D and groups of length M, got {tuple(z.shape)} and {tuple(groups.shape)}"
         )
     m = z.shape[0]
+    rows = slice(0, m) if anchors is None else anchors
     zn = F.normalize(z.float(), dim=1)
-    logits = zn @ zn.t() / temperature
-    eye = torch.eye(m, dtype=torch.bool, device=z.device)
+    logits = zn[rows] @ zn.t() / temperature
+    index = torch.arange(m, device=z.device)
+    eye = index[rows, None] == index[None, :]
     logits = logits.masked_fill(eye, float("-inf"))
     log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)
-    positives = (groups[:, None] == groups[None, :]) & ~eye
+    positives = (groups[rows, None] == groups[None, :]) & ~eye
     n_pos = positives.sum(1)
     if bool((n_pos == 0).any()):
         raise ValueError("every group needs at least two views; some view has no positive")

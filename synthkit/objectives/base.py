@@ -7,6 +7,10 @@ every objective: the mean loss of an image's two views, in a batch with real ima
 (``objectives/scoring.py``). State kept between steps (MoCo's momentum encoder and queue) lives in the
 objective, which checkpoints and publishes it, so that a run's exported hardness is its own loss.
 
+Under data parallelism a training step's batch is split over the processes; ``per_view(...,
+global_batch=True)`` then scores this process's rows against every process's (``synthkit.distributed``), so
+the loss and each sample's hardness do not depend on the number of processes.
+
 Subclasses differ by overriding ``per_view`` and, when they keep state, ``after_step`` and ``modules``
 (the moco-v3 ``builder.py`` pattern: variants override one small method).
 """
@@ -54,13 +58,20 @@ class Objective:
         n_real: int,
         *,
         train: bool,
+        global_batch: bool = False,
     ) -> torch.Tensor:
         """Per-view losses (2M,) of projections ``z`` (2M x D) of the views ``inputs`` (2M x C x H x W, or
-        a list of chunks of them in row order).
+        a list of chunks of them in row order: the first half view 1 of each chunk, then view 2).
 
-        ``groups`` are the 2M group ids; the first ``n_real`` images are real (a loss may treat them
-        differently, e.g. MoCo's queue). ``train`` is True inside a training step (the objective may keep
-        what it needs for ``after_step``) and False when only scoring.
+        ``groups`` are the 2M group ids, unique within this process; the first ``n_real`` images are real
+        (a loss may treat them differently, e.g. MoCo's queue). ``train`` is True inside a training step
+        (the objective may keep what it needs for ``after_step``) and False when only scoring.
+        ``global_batch``: this process holds one share of a batch split over every process of the default
+        process group (a training step under data parallelism): the losses are those of these rows in the
+        whole batch, as one process holding all of it would compute them, and the gradient is what DDP's
+        averaging needs to give the one-process gradient (``synthkit.distributed``). Every process must
+        then call ``per_view`` at the same point. Scoring (``objectives/scoring.py``) leaves it False: an
+        export's chunks are scored within one process, whatever the process count.
         """
         raise NotImplementedError
 

@@ -28,6 +28,7 @@ from torch import nn
 from synthkit.config import CGanConfig, PipelineConfig, to_dict
 from synthkit.data.batches import FIT_EPOCH, sample_images
 from synthkit.data.views import to_float
+from synthkit.distributed import reduce_values
 from synthkit.encoders.model import eval_features
 from synthkit.errors import CheckpointError, RunError
 from synthkit.generators.cgan import build_cgan
@@ -271,7 +272,8 @@ class CGanProducer(Producer):
                 done += 1
                 self.generator_steps += 1
                 if done % self.cfg.train.log_every == 0 or done == steps:
-                    ctx.log({"pretrain_step": done, "loss_d": loss_d.item(), "loss_g_adv": loss_g.item()})
+                    losses = {"loss_d": loss_d.item(), "loss_g_adv": loss_g.item()}
+                    ctx.log({"pretrain_step": done, **reduce_values(losses, device)})
                 if done == steps:
                     break
             pass_ += 1

@@ -42,6 +42,7 @@ from tqdm.auto import tqdm
 from synthkit.config import DiffusionConfig, PipelineConfig, to_dict
 from synthkit.data.batches import FIT_EPOCH, REFERENCE_EPOCH, MemoryBatches, MixBatches, sample_images
 from synthkit.data.views import to_float
+from synthkit.distributed import reduce_values
 from synthkit.encoders.model import eval_features
 from synthkit.errors import CheckpointError, ModelError, RunError
 from synthkit.generators.diffusion import (
@@ -353,12 +354,13 @@ class DiffusionProducer(Producer):
                 last = float(loss.detach())
                 bar.update(1)
                 if step % cfg.train.log_every == 0:
-                    ctx.log({"stage": "diffusion", "diffusion_step": step, "loss_diffusion": last})
+                    loss_now = reduce_values({"loss_diffusion": last}, acc.device)
+                    ctx.log({"stage": "diffusion", "diffusion_step": step, **loss_now})
                 if step >= d.train_steps:
                     break
             epoch += 1
         bar.close()
-        ctx.log({"stage": "diffusion", "diffusion_final_loss": last})
+        ctx.log({"stage": "diffusion", **reduce_values({"diffusion_final_loss": last}, acc.device)})
         self.ema.copy_to(self.unet.parameters())
         self.trained_steps = d.train_steps
         self.stage1_done = True

@@ -16,19 +16,30 @@ DataLoader yourself and move batches with ``.to(accelerator.device)``, passing
 ``rank=accelerator.process_index, world=accelerator.num_processes``.
 
 Splitting. The ``world * num_workers`` (rank, worker) pairs are *slots*, numbered
-``rank * num_workers + worker``. For each source and each pass over it, the shard order is a permutation drawn
-from ``(seed, epoch, source, pass)``, the same in every slot. With at least as many shards as slots, slot
-``s`` reads shards ``order[s::n_slots]``; with fewer, every slot reads all shards and keeps the samples
-whose running index ``i`` within the pass has ``i % n_slots == s`` (correct, but every slot decodes every
-sample: write sets with at least ``world * num_workers`` shards). Either way the slots are disjoint within a
-pass.
+``rank * num_workers + worker``. An epoch is one sequence of ``n_slots * quota`` positions (``quota =
+epoch_samples // n_slots``), and slot ``s`` serves the positions ``s * quota`` to ``(s + 1) * quota - 1``:
+contiguous shares, so that a slot reads a few consecutive shards, not all of them. The source of every
+position is drawn from one numpy Generator seeded from ``(seed, epoch)`` with probabilities equal to the
+normalised weights (the same sequence in every slot), so the realised proportions match the weights in
+expectation (binomial spread). Each source is an endless *stream*: pass after pass over its samples, each
+pass in a shard order drawn from ``(seed, epoch, source, pass)`` and each shard in its own order. The k-th
+position that picked source i, counted over the whole epoch, reads position k of source i's stream; a slot
+counts the picks before its share (it draws the sequence up to its end) and starts each stream there, mid
+shard if need be. So the slots read consecutive, disjoint stretches of every stream: within one pass over a
+finite source every sample is read at most once across all processes and workers, whatever the shard sizes
+(unequal shards, the partial last shard synthkit writes), and an epoch that asks for no more of a source
+than it holds never repeats one; an epoch longer than that wraps into the next pass, as one process would.
+The samples an epoch reads, and their order, do not depend on the number of processes or workers (when
+``n_slots`` divides ``epoch_samples``), only which slot reads which. With ``on_error="skip"`` a broken
+sample shifts the stretches by one, so neighbouring slots may then share or miss a sample.
 
-Mixing and epoch length. Each slot draws the source of every sample with a numpy Generator seeded from
-``(seed, epoch, rank, worker)`` with probabilities equal to the normalised weights, so the realised
-proportions match the weights in expectation (binomial spread). ``epoch_samples`` is the *global* epoch
-length: every slot yields ``epoch_samples // (world * num_workers)`` samples (rounded down, so up to
-``world * num_workers - 1`` samples fewer than asked; ``samples_per_rank`` gives the exact count), then
-stops. The same seed, epoch, rank, world and number of workers give the same sequence of keys;
+A slot that starts inside a shard decodes that shard's earlier samples and drops them: with fewer shards
+than slots several slots read the same shards (a warning says so; write sets with at least
+``world * num_workers`` shards).
+
+Epoch length. ``epoch_samples`` is the *global* epoch length: every slot yields ``quota`` samples (rounded
+down, so up to ``world * num_workers - 1`` samples fewer than asked; ``samples_per_rank`` gives the exact
+count), then stops. The same seed, epoch, rank, world and number of workers give the same sequence of keys;
 ``set_epoch`` changes it. DataLoader workers are copies of the dataset: call ``set_epoch`` before iterating
 the loader, and do not use ``persistent_workers=True`` (persistent workers keep the epoch they started with).
 
@@ -77,8 +88,9 @@ from synthkit.shards.reader import (
 )
 
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_\-]*")
-# Separates the shard-order random stream from the per-slot source-choice stream of the same (seed, epoch).
+# Separate the shard-order random streams from the source-choice stream of the same (seed, epoch).
 _ORDER_STREAM = 1
+_CHOICE_STREAM = 2
 # Source choices are drawn in blocks: one call per sample is slow, one call per epoch can be large.
 _CHOICE_BLOCK = 4096
 # How often a worker repeats its refusal (more than any batch size): see MixedShardStream.__iter__.
@@ -272,54 +284,74 @@ class MixedShardStream(IterableDataset):
                 f"epoch_samples={self.epoch_samples} gives each of the {n_slots} (rank, worker) slots "
                 "no samples"
             )
-        streams = [self._source_stream(i, slot, n_slots) for i in range(len(self.sources))]
-        rng = np.random.default_rng([self.seed, self.epoch, self.rank, worker])
+        picks, before = self._picks(slot * quota, quota)
+        for source, shards in zip(self.sources, self._shards, strict=True):
+            if len(shards) < n_slots:
+                warnings.warn(
+                    f"source {source.name!r} has {len(shards)} shards for {n_slots} (rank, worker) slots: "
+                    "slots share shards, and each decodes the samples of its first shard that come before "
+                    "its share; write the set with more shards",
+                    stacklevel=2,
+                )
+        streams = [self._source_stream(i, int(before[i])) for i in range(len(self.sources))]
         nexts = [stream.__next__ for stream in streams]
         names = [source.name for source in self.sources]
         transform = self.transform
-        done = 0
-        while done < quota:
-            block = rng.choice(len(self.sources), size=min(_CHOICE_BLOCK, quota - done), p=self.weights)
-            for pick in block.tolist():  # Python ints: list indexing by numpy scalars costs more per sample
-                sample = nexts[pick]()
-                sample["source"] = names[pick]
-                yield sample if transform is None else transform(sample)
-            done += len(block)
+        for pick in picks.tolist():  # Python ints: list indexing by numpy scalars costs more per sample
+            sample = nexts[pick]()
+            sample["source"] = names[pick]
+            yield sample if transform is None else transform(sample)
 
-    def _source_stream(self, index: int, slot: int, n_slots: int) -> Iterator[dict[str, Any]]:
-        """This slot's endless share of one source; every pass reshuffles the shard order."""
+    def _picks(self, start: int, count: int) -> tuple[np.ndarray, np.ndarray]:
+        """The sources of the epoch's positions ``start .. start + count - 1`` and how many positions before
+        ``start`` picked each source (where this slot's share of each source's stream begins).
+
+        The picks are one sequence per (seed, epoch), drawn in fixed blocks, so every slot sees the same
+        sequence whatever the number of slots.
+        """
+        rng = np.random.default_rng([self.seed, self.epoch, _CHOICE_STREAM])
+        before = np.zeros(len(self.sources), dtype=np.int64)
+        mine: list[np.ndarray] = []
+        for block_start in range(0, start + count, _CHOICE_BLOCK):
+            block = rng.choice(len(self.sources), size=_CHOICE_BLOCK, p=self.weights)
+            head = block[: max(0, start - block_start)]
+            before += np.bincount(head, minlength=len(self.sources))
+            lo, hi = max(start, block_start), min(start + count, block_start + _CHOICE_BLOCK)
+            if lo < hi:
+                mine.append(block[lo - block_start : hi - block_start])
+        return np.concatenate(mine), before
+
+    def _source_stream(self, index: int, first: int) -> Iterator[dict[str, Any]]:
+        """One source's endless stream from its position ``first``; every pass reshuffles the shard order.
+
+        Position j is sample ``j % total`` of pass ``j // total``, in the pass's shard order and each shard's
+        own order; a stream that starts inside a shard reads it from its beginning and drops the samples
+        before.
+        """
         source, shards = self.sources[index], self._shards[index]
-        if len(shards) < n_slots:
-            warnings.warn(
-                f"source {source.name!r} has {len(shards)} shards for {n_slots} (rank, worker) slots: "
-                f"every slot decodes every sample and keeps 1 in {n_slots}; write the set with more shards",
-                stacklevel=2,
-            )
+        total = sum(ref.count or 0 for ref in shards)
+        first_pass, offset = divmod(first, total)
         rules = SetRules(self._declared[index])  # the set's image size and mode, fixed across passes
-        for pass_index in itertools.count():
+        for pass_index in itertools.count(first_pass):
             rules.keys = {}  # each pass reads every key again (resampling), once
             order_rng = np.random.default_rng([self.seed, self.epoch, _ORDER_STREAM, index, pass_index])
-            order = order_rng.permutation(len(shards))
             kept = 0
-            if len(shards) >= n_slots:
-                for j in order[slot::n_slots]:
-                    for sample in self._read_shard(shards[j], rules):
-                        kept += 1
-                        yield sample
-            else:
-                running = 0
-                for j in order:
-                    for sample in self._read_shard(shards[j], rules):
-                        if running % n_slots == slot:
-                            kept += 1
-                            yield sample
-                        running += 1
-            if kept == 0:  # would loop forever: too few samples for this many slots, or all of them broken
+            position = 0  # of the pass, by the manifest's counts
+            for j in order_rng.permutation(len(shards)):
+                count = shards[j].count or 0
+                if position + count <= offset:  # wholly before this stream's start
+                    position += count
+                    continue
+                for sample in self._read_shard(shards[j], rules)[max(0, offset - position) :]:
+                    kept += 1
+                    yield sample
+                position += count
+            if kept == 0 and offset == 0:  # would loop forever: every sample of the source is broken
                 raise ShardError(
-                    f"source {source.name!r} ({source.path}) gave slot {slot} of {n_slots} no samples in a "
-                    "full pass; use fewer workers/processes or a larger set"
+                    f"source {source.name!r} ({source.path}) gave no samples in a full pass"
                     + (f" ({len(self.skipped)} items skipped as broken)" if self.skipped else "")
                 )
+            offset = 0
 
     def _read_shard(self, ref: ShardRef, rules: SetRules) -> list[dict[str, Any]]:
         """One shard through the safe reader's checks (:func:`synthkit.shards.reader.read_shard`)."""

@@ -29,6 +29,7 @@ import re
 import tarfile
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -72,9 +73,49 @@ class ShardResumeWarning(UserWarning):
     """A resumed writer found a completed shard that no longer matches its journal and will rewrite it."""
 
 
-def journal_name(name: str) -> str:
-    """Hidden file that records the completed shards of set ``name`` while a resumable writer runs."""
-    return f".{name}.journal.json"
+@dataclass(frozen=True)
+class Part:
+    """Part ``index`` of ``count`` of a set: its shards ``first_shard .. first_shard + shards - 1``.
+
+    A set of ``total`` samples in shards of ``maxcount`` is cut into parts at shard boundaries (``Part.of``),
+    so that shard k holds samples ``k * maxcount ..`` whichever part (process, array job) writes it, and the
+    parts together are byte for byte the set one writer would write. ``shards/parts.py`` publishes them.
+    """
+
+    index: int
+    count: int
+    first_shard: int
+    shards: int
+
+    @classmethod
+    def of(cls, total: int, maxcount: int, index: int, count: int) -> Part:
+        """Part ``index`` of ``count`` of a set of ``total`` samples in shards of ``maxcount``: contiguous
+        runs of whole shards, as even as shard counts allow (a part may be empty)."""
+        if not 0 <= index < count:
+            raise ValueError(f"part {index}/{count}: the index must be in [0, {count})")
+        n_shards = -(-total // maxcount)
+        first, end = index * n_shards // count, (index + 1) * n_shards // count
+        return cls(index, count, first, end - first)
+
+    def samples(self, total: int, maxcount: int) -> range:
+        """The global indices of this part's samples."""
+        return range(self.first_shard * maxcount, min(total, (self.first_shard + self.shards) * maxcount))
+
+    def describe(self) -> dict[str, int]:
+        return {
+            "index": self.index,
+            "count": self.count,
+            "first_shard": self.first_shard,
+            "shards": self.shards,
+        }
+
+
+def journal_name(name: str, part: Part | None = None) -> str:
+    """Hidden file that records the completed shards of set ``name`` (or of one part of it) while a
+    resumable writer runs."""
+    if part is None:
+        return f".{name}.journal.json"
+    return f".{name}.part-{part.index:05d}-of-{part.count:05d}.journal.json"
 
 
 def fields_digest(manifest_fields: dict[str, Any]) -> str:
@@ -270,6 +311,7 @@ class ShardSetWriter:
         manifest_fields: dict[str, Any],
         resume: bool = False,
         on_publish: Callable[[str], None] | None = None,
+        part: Part | None = None,
     ) -> None:
         if isinstance(out_dir, str) and is_url(out_dir):  # Path would make "s3://b/x" a local "s3:/b/x"
             raise ValueError(
@@ -289,8 +331,18 @@ class ShardSetWriter:
             json.dumps(manifest_fields, sort_keys=True, allow_nan=False)
         except (TypeError, ValueError) as exc:
             raise ValueError(f"manifest_fields is not JSON-serialisable: {exc}") from exc
+        if part is not None and not resume:
+            raise ValueError("a part of a set is always written resumably: pass resume=True")
 
         self.out_dir = Path(out_dir)
+        self.part = part
+        self._first = part.first_shard if part is not None else 0
+        # a part's own shard files: the only ones of the set it may touch (other parts write the rest)
+        self._own = (
+            None
+            if part is None
+            else {shard_name(name, k) for k in range(part.first_shard, part.first_shard + part.shards)}
+        )
         self.name = name
         self.maxcount = maxcount
         self.resume = resume
@@ -305,7 +357,7 @@ class ShardSetWriter:
         self._closed = False
         self._failed = False
         self._manifest: dict[str, Any] | None = None
-        self._journal = self.out_dir / journal_name(name)
+        self._journal = self.out_dir / journal_name(name, part)
         self._on_publish = on_publish
         self._published: set[str] = set()
         self._prepare_directory()
@@ -343,7 +395,11 @@ class ShardSetWriter:
         self._remove(self._stale_temps(entries), "stale temp file")
 
     def _stale_temps(self, entries: list[str]) -> list[str]:
-        """Leftovers of a killed writer: never published, so removing them loses nothing."""
+        """Leftovers of a killed writer: never published, so removing them loses nothing. A part's are only
+        its own (the other parts' writers may be running)."""
+        if self._own is not None:
+            names = (*(temp_name(n) for n in sorted(self._own)), temp_name(self._journal.name))
+            return [e for e in names if e in entries]
         stale = [e for e in entries if e.startswith(".") and e.endswith(".tar.tmp")]
         names = (temp_name(MANIFEST), temp_name(SIZES), temp_name(self._journal.name))
         return stale + [e for e in names if e in entries]
@@ -362,7 +418,7 @@ class ShardSetWriter:
                 f"{self.out_dir} already holds a published shard set ({MANIFEST}); there is nothing to "
                 "resume: remove it or choose another directory"
             )
-        shards = sorted(e for e in entries if pattern.fullmatch(e))
+        shards = sorted(e for e in entries if pattern.fullmatch(e) and (self._own is None or e in self._own))
         if self._journal.name not in entries:
             if shards:
                 raise ShardSetExistsError(
@@ -404,6 +460,8 @@ class ShardSetWriter:
                 f"{JOURNAL_VERSION}; remove the directory to start over"
             )
         mine = {"name": self.name, "maxcount": self.maxcount, "fields_sha256": fields_digest(self._fields)}
+        if self.part is not None:
+            mine["part"] = self.part.describe()
         differs = [k for k, v in mine.items() if journal.get(k) != v]
         if differs:
             raise ShardSetExistsError(
@@ -415,10 +473,14 @@ class ShardSetWriter:
         shards = journal.get("shards")
         if not isinstance(shards, list):
             raise ShardError(f"{path}: 'shards' must be a list; remove the directory to start over")
+        if self.part is not None and len(shards) > self.part.shards:
+            raise ShardError(
+                f"{path}: more shards than part {self.part.index}; remove the directory to start over"
+            )
         for i, entry in enumerate(shards):
             ok = (
                 isinstance(entry, dict)
-                and entry.get("name") == shard_name(self.name, i)
+                and entry.get("name") == shard_name(self.name, self._first + i)
                 and _is_int(entry.get("count"))
                 and 1 <= entry["count"] <= self.maxcount
                 and (entry["count"] == self.maxcount or i == len(shards) - 1)
@@ -438,7 +500,7 @@ class ShardSetWriter:
             path = self.out_dir / entry["name"]
             temp = path.with_name(temp_name(path.name))
             last = i == len(recorded) - 1
-            if entry["name"] not in entries and last and temp.name in entries and _matches(temp, entry):
+            if entry["name"] not in entries and last and temp.name in entries and shard_matches(temp, entry):
                 # killed between the journal update and the rename: finish the publication
                 try:
                     os.replace(temp, path)
@@ -447,7 +509,7 @@ class ShardSetWriter:
                     raise ShardError(f"cannot publish {path}: {os_reason(exc)}") from exc
             elif entry["name"] not in entries:  # not renamed yet, or removed: either way, write it again
                 break
-            elif not _matches(path, entry):
+            elif not shard_matches(path, entry):
                 warnings.warn(
                     f"{path}: does not match its journal entry (size or sha256 differ): it was changed after "
                     "it was written; it and every later shard will be rewritten",
@@ -458,9 +520,18 @@ class ShardSetWriter:
             kept.append(entry)
         return kept
 
-    def _write_journal(self, shards: list[dict[str, Any]]) -> None:
-        """Record ``shards`` as complete; raises OSError (the old journal stays intact)."""
-        journal = {
+    def _write_journal(
+        self,
+        shards: list[dict[str, Any]],
+        complete: bool = False,
+        shapes: set[tuple[int, int, int]] = frozenset(),
+    ) -> None:
+        """Record ``shards`` as complete; raises OSError (the old journal stays intact).
+
+        A part's journal also carries the manifest fields (whoever publishes the parts writes the manifest
+        from them) and, once the part is closed, ``complete`` and the image shapes it wrote (the manifest
+        declares the set's)."""
+        journal: dict[str, Any] = {
             "format": JOURNAL_FORMAT,
             "version": JOURNAL_VERSION,
             "name": self.name,
@@ -468,6 +539,10 @@ class ShardSetWriter:
             "fields_sha256": fields_digest(self._fields),
             "shards": shards,
         }
+        if self.part is not None:
+            journal.update(part=self.part.describe(), fields=self._fields, complete=complete)
+            if complete:
+                journal["image_shapes"] = sorted(list(shape) for shape in shapes)
         _publish_json(self._journal, journal, indent=1)
 
     def _check_open(self) -> None:
@@ -496,7 +571,12 @@ class ShardSetWriter:
         if cls_bytes is not None:
             members.append((f"{key}.cls", cls_bytes))
 
-        path = self.out_dir / shard_name(self.name, len(self._shards))
+        if self.part is not None and self._file is None and len(self._shards) >= self.part.shards:
+            raise ValueError(
+                f"part {self.part.index} of {self.part.count} of {self.out_dir} holds "
+                f"{self.part.shards} shards; writing more would overlap the next part"
+            )
+        path = self.out_dir / shard_name(self.name, self._first + len(self._shards))
         try:
             if self._file is None:
                 self._file = _AtomicFile(path)
@@ -537,23 +617,29 @@ class ShardSetWriter:
         self._file, self._tar, self._in_shard = None, None, 0
 
     def close(self) -> dict[str, Any]:
-        """Finish the last shard, publish ``sizes.json`` then ``manifest.json``; return the manifest."""
+        """Finish the last shard, publish ``sizes.json`` then ``manifest.json``; return the manifest.
+
+        A part publishes nothing: its journal is marked complete, and the returned record is
+        ``{"part", "shards", "total"}`` (``shards/parts.py`` publishes the set once every part is)."""
         if self._manifest is not None:
             return self._manifest
         self._check_open()
         if self._file is not None:
             self._finish_shard()
-        manifest = {
-            **self._fields,
-            "format": FORMAT,
-            "version": VERSION,
-            "name": self.name,
-            "shards": self._shards,
-            "total": sum(s["count"] for s in self._shards),
-        }
         shapes = self._shapes | self._kept_shapes()
-        if shapes:  # readers hold a set to one image size unless it declares several
-            manifest[IMAGE_SHAPE] = list(next(iter(shapes))) if len(shapes) == 1 else MIXED
+        if self.part is not None:
+            try:
+                self._write_journal(self._shards, complete=True, shapes=shapes)
+            except OSError as exc:
+                raise self._fail(exc, self._journal) from exc
+            self._closed = True
+            self._manifest = {
+                "part": self.part.describe(),
+                "shards": self._shards,
+                "total": sum(s["count"] for s in self._shards),
+            }
+            return self._manifest
+        manifest = manifest_of(self.name, self._fields, self._shards, shapes)
         try:
             for entry in self._shards:  # shards kept from an interrupted run were never handed on
                 self._publish(entry["name"])
@@ -625,11 +711,33 @@ class ShardSetWriter:
             self.abort()
 
 
+def manifest_of(
+    name: str, fields: dict[str, Any], shards: list[dict[str, Any]], shapes: set[tuple[int, int, int]]
+) -> dict[str, Any]:
+    """The manifest of a set: the one definition, for a writer's ``close`` and for parts published together
+    (``shards/parts.py``), so a set written in parts has the bytes of one written by one writer.
+
+    ``shapes`` are the (H, W, C) of its images: readers hold a set to one image size unless it declares
+    several (``image_shape``).
+    """
+    manifest = {
+        **fields,
+        "format": FORMAT,
+        "version": VERSION,
+        "name": name,
+        "shards": shards,
+        "total": sum(s["count"] for s in shards),
+    }
+    if shapes:
+        manifest[IMAGE_SHAPE] = list(next(iter(shapes))) if len(shapes) == 1 else MIXED
+    return manifest
+
+
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _matches(path: Path, entry: dict[str, Any]) -> bool:
+def shard_matches(path: Path, entry: dict[str, Any]) -> bool:
     """Size first, so that a truncated shard costs a stat rather than a full read."""
     try:
         return path.stat().st_size == entry["bytes"] and sha256_file(path) == entry["sha256"]

@@ -3,19 +3,29 @@
 One loop for every producer (``producers/``: the cGAN's HSG and HPG, the diffusion pools, the naive
 baseline, a third party's) and every objective (``objectives/``): it knows them only by their protocols.
 Without a producer it is plain contrastive learning on the real data (``hsg.enabled=false``), or on a mix of
-shard sets (``mix.sources``). Read top to bottom:
+shard sets (``mix.sources``).
+
+On W processes each holds ``train.batch_size / W`` real images of the global batch; the objective sees the
+whole global batch (``training/steps.py``), and every logged number (``metrics.jsonl``, the trackers, the
+summary) is reduced over processes: step records are means over processes (equal shares, so the global
+mean), epoch times the slowest process's. Per epoch the loop logs its throughput: ``epoch_time_s`` (the
+wall time of the epoch's steps, data loading included, epoch-start work and the monitor not),
+``epoch_step_time_s`` (``epoch_time_s`` per step) and ``epoch_images_per_s`` (real training images of all
+processes per second: ``train.batch_size * steps / epoch_time_s``; synthetic images ride along in the same
+steps). Read top to bottom:
 
 1. the run (directory, Accelerator, log, trackers: ``training/run.py``) and the real data;
 2. encoder, views, objective and producer, all seeded alike on every process; prepared;
 3. resume from the newest checkpoint when asked, then the producer's start (e.g. GAN pre-training);
 4. per epoch: the producer's epoch work (conditions, pools), then per step the producer's contribution and
-   one encoder step that carries it (``training/steps.py``);
-5. per epoch: monitor (kNN), log, checkpoint;
+   one encoder step that carries it (``training/steps.py``), its records averaged over processes;
+5. per epoch: throughput, monitor (kNN), log, checkpoint;
 6. publish the final weights (encoder, objective, producer) and a summary.
 """
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +38,7 @@ from synthkit.config import PipelineConfig
 from synthkit.data.batches import MemoryBatches, MixBatches
 from synthkit.data.sources import ImageSet, load_source
 from synthkit.data.views import Views, to_float
+from synthkit.distributed import reduce_values
 from synthkit.encoders.model import Encoder, load_encoder_weights
 from synthkit.errors import RunError
 from synthkit.objectives.base import build_objective
@@ -37,7 +48,11 @@ from synthkit.training.run import Run, RunResult
 from synthkit.training.state import LoopState
 from synthkit.training.steps import EncoderStep
 
-__all__ = ["RunError", "RunResult", "train"]
+__all__ = ["WALL_CLOCK_KEYS", "RunError", "RunResult", "train"]
+
+#: the per-epoch throughput fields: wall-clock measurements, so they differ between two runs of the same
+#: config and seed (a test of determinism compares the log without them)
+WALL_CLOCK_KEYS = ("epoch_time_s", "epoch_step_time_s", "epoch_images_per_s")
 
 
 def _real_data(cfg: PipelineConfig, run: Run) -> tuple[Any, ImageSet | None, ImageSet | None, int, int]:
@@ -65,6 +80,24 @@ def _real_data(cfg: PipelineConfig, run: Run) -> tuple[Any, ImageSet | None, Ima
     return batches, real, test, real.images.shape[1], real.images.shape[-1]
 
 
+def _sync_batchnorm(encoder: Encoder, acc: Accelerator) -> Encoder:
+    """The encoder with batch norm over the global batch (``train.sync_batchnorm``; SimCLR's global BN).
+
+    torch's SyncBatchNorm synchronises through device kernels and refuses CPU tensors on more than one
+    process ("SyncBatchNorm expected input tensor to be on GPU", torch 2.x): a clear error here instead.
+    With one process batch norm already sees the whole batch, and SyncBatchNorm computes the same.
+    """
+    if acc.num_processes > 1 and acc.device.type == "cpu":
+        raise RunError(
+            f"train.sync_batchnorm=true needs GPUs: torch's SyncBatchNorm does not run on CPU processes "
+            f"({acc.num_processes} here, gloo); set --train.sync_batchnorm=false (each process then "
+            "normalises with its own share of the batch)"
+        )
+    converted = torch.nn.SyncBatchNorm.convert_sync_batchnorm(encoder)
+    assert isinstance(converted, Encoder)
+    return converted
+
+
 def train(
     cfg: PipelineConfig,
     run_dir: str | Path,
@@ -90,6 +123,8 @@ def train(
         encoder_info.update(
             weights=cfg.encoder.weights, weights_hash=load_encoder_weights(encoder, cfg.encoder.weights)
         )
+    if cfg.train.sync_batchnorm:
+        encoder = _sync_batchnorm(encoder, acc)
     if cfg.train.channels_last:
         encoder = encoder.to(memory_format=torch.channels_last)
     views = Views(cfg.views, channels, size)
@@ -151,11 +186,14 @@ def train(
             disable=not (progress and run.is_main),
             leave=False,
         )
+        started = time.perf_counter()
         for i, (idx, images) in enumerate(bar):
             x_real = to_float(images).to(device)
             batch = StepInput(x_real, idx, epoch, epoch + i / steps_per_epoch)
             contribution = producer.contribute(batch) if producer is not None else None
-            rec = step(x_real, contribution)
+            # this process's records -> the global batch's (one all-reduce; the producer's after_step,
+            # e.g. HPG's adaptive target, then sees the same numbers on every process)
+            rec = reduce_values(step(x_real, contribution), device)
             state.step = run.step = state.step + 1
             run.check_finite(rec, state)
             if producer is not None:
@@ -171,12 +209,16 @@ def train(
                 run.log({"epoch": epoch, **rec})
                 bar.set_postfix(loss=f"{rec.get('loss_cl', 0):.3f}")
         bar.close()
+        elapsed = reduce_values({"t": time.perf_counter() - started}, device, op="max")["t"]
 
-        # 5. Monitor, log, checkpoint ---
+        # 5. Throughput, monitor, log, checkpoint ---
         state.epoch = epoch + 1
         epoch_rec: dict[str, Any] = {
             "epoch": state.epoch,
             **{f"epoch_{k}": v / steps_per_epoch for k, v in sums.items()},
+            "epoch_time_s": elapsed,
+            "epoch_step_time_s": elapsed / steps_per_epoch,
+            "epoch_images_per_s": cfg.train.batch_size * steps_per_epoch / elapsed,
         }
         last = state.epoch == cfg.train.epochs
         if test is not None and real is not None and (state.epoch % cfg.train.knn_every == 0 or last):

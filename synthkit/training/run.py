@@ -5,9 +5,14 @@ Everything a training loop needs around the training itself, for every producer 
 is safe to call on every process.
 
 A run directory holds ``config.yaml`` (resolved), ``run.json`` (version, git commit, seed, processes, the
-producer's kind, the data), ``metrics.jsonl`` (one JSON object per logged step), tracker logs, verified
-checkpoints under ``checkpoints/`` (``--resume`` continues from the newest), ``final/`` (the published
-weights, ``training/artifacts.py``) and ``summary.json``.
+producer's kind, the data), ``metrics.jsonl`` (one JSON object per logged step, values reduced over
+processes, and per epoch its throughput), tracker logs, verified checkpoints under ``checkpoints/``
+(``--resume`` continues from the newest), ``final/`` (the published weights, ``training/artifacts.py``) and
+``summary.json`` (with the run's ``throughput``).
+
+Storage: only the main process writes the run directory, but every process writes its own RNG state into
+each checkpoint (``accelerator.save_state``) and reads the checkpoint back on ``--resume``, so on several
+machines the run directory must be on a filesystem every machine sees at the same path.
 """
 
 from __future__ import annotations
@@ -100,6 +105,22 @@ def _synced_tensors(module: nn.Module) -> list[torch.Tensor]:
         for b in m.buffers()
     }
     return list(module.parameters()) + [b for b in module.buffers() if id(b) not in norm_buffers]
+
+
+def _throughput(epochs: list[dict[str, Any]], batch_size: int, world: int) -> dict[str, Any]:
+    """The run's throughput over its logged epochs (resumed runs: every epoch, from ``metrics.jsonl``)."""
+    seconds = sum(r["epoch_time_s"] for r in epochs)
+    steps = sum(round(r["epoch_time_s"] / r["epoch_step_time_s"]) for r in epochs)
+    return {
+        "num_processes": world,
+        "batch_size": batch_size,
+        "epochs": len(epochs),
+        "steps": steps,
+        "time_s": seconds,
+        "step_time_s": seconds / steps,
+        "images_per_s": batch_size * steps / seconds,
+        "images_per_s_per_process": batch_size * steps / seconds / world,
+    }
 
 
 def check_run_dir(cfg: PipelineConfig, run_dir: Path, resume: bool) -> None:
@@ -418,6 +439,9 @@ class Run:
             epoch_lines = [r for r in records if "epoch_loss_cl" in r]
             if epoch_lines:
                 summary["last_epoch"] = epoch_lines[-1]
+            timed = [r for r in records if "epoch_images_per_s" in r]
+            if timed:
+                summary["throughput"] = _throughput(timed, self.cfg.train.batch_size, world)
             self._write_indices(state)
             write_text_atomic(self.dir / "summary.json", json.dumps(summary, indent=2))
         acc.wait_for_everyone()

@@ -6,6 +6,12 @@ hard chunk reaches the encoder through a gradient reversal, so the one pass give
 the contrastive loss and the generator its ascent (METHOD.md, "HSG with a conditional GAN"). Rows of the
 per-view losses are [view 1 of every image, view 2 of every image], images in chunk order [real, chunks...];
 a chunk with a partner (a pair's b images) forms positive groups of four views with it.
+
+Under data parallelism each process holds one share of the global batch (``train.batch_size`` real images
+over all processes, and each process's synthetic chunks); the objective scores this process's views against
+every process's (``Objective.per_view(global_batch=True)``), so the loss, each sample's hardness and, after
+DDP's averaging, the gradient are those of one process holding the whole batch. The records returned are
+this process's (the loop reduces them over processes before logging).
 """
 
 from __future__ import annotations
@@ -56,7 +62,11 @@ class EncoderStep:
             inputs = [v[0] for v in views] + [v[1] for v in views]
             z = self.encoder(torch.cat(inputs)) if len(chunks) == 1 else self.encoder(inputs)
             ids = view_groups([len(c) for c in chunks], paired).to(z.device)
-            per_view = self.objective.per_view(z, inputs, torch.cat([ids, ids]), len(x_real), train=True)
+            per_view = self.objective.per_view(
+                z, inputs, torch.cat([ids, ids]), len(x_real), train=True, global_batch=True
+            )
+            # the mean over this process's views: with the gather's gradient and DDP's averaging, the
+            # one-process gradient of the global batch's mean loss (synthkit.distributed)
             loss_cl = per_view.mean()
             loss = loss_cl if extra.loss is None else loss_cl + extra.loss
         self.optimizer.zero_grad(set_to_none=True)

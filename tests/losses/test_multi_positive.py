@@ -71,3 +71,30 @@ def test_view_groups_pairs_consecutive_chunks() -> None:
     assert ids.tolist() == [0, 1, 2, 3, 4, 5, 3, 4, 5]
     with pytest.raises(ValueError, match="same size"):
         view_groups([2, 3], [True, False])
+
+
+def test_anchor_rows_score_against_every_row_and_sum_to_the_whole_gradient() -> None:
+    """What one process computes under data parallelism: its rows' losses, exactly the whole batch's."""
+    torch.manual_seed(3)
+    z = torch.randn(10, 4, requires_grad=True)
+    groups = torch.tensor([0, 1, 2, 2, 3, 0, 1, 2, 2, 3])
+    full = multi_positive_nt_xent_per_view(z, groups, 0.3)
+    shares = [slice(0, 4), slice(4, 10)]
+    parts = [multi_positive_nt_xent_per_view(z, groups, 0.3, anchors=rows) for rows in shares]
+    torch.testing.assert_close(torch.cat(parts), full)
+    # each share's mean, weighted by its size, adds up to the whole batch's mean loss and its gradient
+    (g_full,) = torch.autograd.grad(full.mean(), z)
+    g_parts = sum(torch.autograd.grad(p.mean() * len(p) / len(full), z)[0] for p in parts)
+    torch.testing.assert_close(g_parts, g_full)
+
+
+def test_without_a_process_group_the_gather_is_the_identity() -> None:
+    from synthkit.distributed import gather_groups, gather_rows, reduce_values, world
+
+    assert world() == (0, 1)
+    x = torch.randn(3, 2)
+    rows_all, mine = gather_rows(x)
+    assert rows_all is x and mine == slice(0, 3)
+    g = torch.tensor([0, 0, 1])
+    assert gather_groups(g) is g
+    assert reduce_values({"a": 1.5, "b": 2}, torch.device("cpu")) == {"a": 1.5, "b": 2}

@@ -230,14 +230,13 @@ def test_refusals_in_dataloader_workers_are_one_line_shard_errors(corpus, name):
         return [m["latent_id"] for _, metas in iter_batches(loader, stream) for m in metas]
 
     _refusal(lambda: keys("raise", []), case, str(root))
-    if case.key is None:  # a whole shard refused: with one shard per worker, that worker has nothing
-        with pytest.warns(UserWarning), pytest.raises(ShardError, match="gave slot 0 of 2 no samples"):
-            _bounded(lambda: keys("skip", []))
-        return
+    # skipped, a bad sample or a whole refused shard: each worker's stretch of the source's stream runs on
+    # into the good samples (synthkit.shards.mix), so the epoch still holds its 12, none of them bad
     box: list = []
     with pytest.warns(UserWarning, match="skipped"):
         got = _bounded(lambda: keys("skip", box))
     assert len(got) == 12
+    assert {f"s{i:04d}" for i in got} <= case.good
     assert any(case.shard in where for where in box[0].skipped), box[0].skipped
 
 

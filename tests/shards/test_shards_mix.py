@@ -19,10 +19,10 @@ from synthkit.shards.mix import MixedShardStream, MixSource, collate_images, par
 pytestmark = pytest.mark.filterwarnings("ignore:source .* has .* shards for:UserWarning")
 
 
-def _write(out: Path, name: str, shards: int, per_shard: int = 50) -> Path:
+def _write(out: Path, name: str, shards: int, per_shard: int = 50, total: int | None = None) -> Path:
     rng = np.random.default_rng(len(name))
     with ShardSetWriter(out, name, maxcount=per_shard, manifest_fields={"producer": "test"}) as writer:
-        for i in range(shards * per_shard):
+        for i in range(shards * per_shard if total is None else total):
             image = rng.integers(0, 256, (4, 4, 1), dtype=np.uint8)
             writer.write(f"{name}_{i:05d}", image, {"kind": "real", "producer": "test"}, cls=i % 3)
     return out
@@ -34,7 +34,10 @@ def sets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {
         "real": _write(root / "real", "real", 8),  # 400 samples, at least as many shards as 4 slots
         "syn": _write(root / "syn", "syn", 4),  # 200
-        "few": _write(root / "few", "few", 2),  # 100, fewer shards than 4 slots: split by running index
+        "few": _write(root / "few", "few", 2),  # 100, fewer shards than 4 slots: slots share shards
+        # synthkit's own layout, full shards and a partial last one: 300/300/300/100
+        "uneven": _write(root / "uneven", "uneven", 0, per_shard=300, total=1000),
+        "uneven_syn": _write(root / "uneven_syn", "uneven_syn", 0, per_shard=70, total=250),  # 70 x 3 + 40
     }
 
 
@@ -88,9 +91,9 @@ def test_two_ranks_two_workers_draw_disjoint_samples(sets):
     assert {source for keys in by_slot.values() for source, _ in keys} == {"real", "syn"}
 
 
-@pytest.mark.parametrize("name", ["real", "few"])  # round-robin shards / running-index split
+@pytest.mark.parametrize("name", ["real", "few", "uneven"])
 def test_one_pass_over_all_slots_covers_the_set_exactly_once(sets, name):
-    total = 400 if name == "real" else 100
+    total = {"real": 400, "few": 100, "uneven": 1000}[name]
     by_slot = _draw_by_slot(sets, {name: 1.0}, epoch_samples=total)
     drawn = [key for keys in by_slot.values() for _, key in keys]
     assert len(drawn) == total
@@ -248,3 +251,33 @@ def test_collate_through_a_dataloader(sets):
     batches = list(DataLoader(stream, batch_size=32, collate_fn=collate_images))
     assert [b[0].shape for b in batches] == [(32, 1, 4, 4), (32, 1, 4, 4), (6, 1, 4, 4)]
     assert all(meta["kind"] == "real" for _, metas in batches for meta in metas)
+
+
+def test_unequal_shards_two_ranks_two_workers_read_every_sample_exactly_once(sets):
+    """The layout that used to repeat 150 samples and skip 150 (slots were dealt whole shards of 300/300/
+    300/100)."""
+    by_slot = _draw_by_slot(sets, {"uneven": 1.0}, epoch_samples=1000)
+    assert sorted(by_slot) == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    assert all(len(keys) == 250 for keys in by_slot.values())
+    drawn = Counter(key for keys in by_slot.values() for _, key in keys)
+    assert set(drawn.values()) == {1}
+    assert set(drawn) == {s["__key__"] for s in iter_samples(sets["uneven"])}
+    # two epochs' worth in one epoch: the stream wraps into a second pass, and every sample is read twice
+    twice = Counter(k for keys in _draw_by_slot(sets, {"uneven": 1.0}, 2000).values() for _, k in keys)
+    assert set(twice.values()) == {2} and len(twice) == 1000
+
+
+def test_a_mix_over_unequal_shards_reads_no_sample_twice_and_its_epoch_ignores_the_slot_count(sets):
+    weights = {"uneven": 0.6, "uneven_syn": 0.4}  # ~480 of 1000 and ~320 of 250: syn wraps, uneven must not
+    by_slot = _draw_by_slot(sets, weights, epoch_samples=800)
+    drawn = Counter(key for keys in by_slot.values() for key in keys)
+    uneven = {k: n for k, n in drawn.items() if k[0] == "uneven"}
+    syn = {k: n for k, n in drawn.items() if k[0] == "uneven_syn"}
+    assert set(uneven.values()) == {1}
+    # the source that the epoch asks more of than it holds is read in full before any sample repeats
+    assert len(syn) == 250 and set(syn.values()) <= {1, 2}
+    # the same samples, in the same global order, on one process without workers
+    one = MixedShardStream(_sources(sets, **weights), seed=0, epoch_samples=800)
+    assert Counter(_keys(one)) == drawn
+    slots = [by_slot[(r, w)] for r in range(2) for w in range(2)]
+    assert [k for keys in slots for k in keys] == _keys(one)

@@ -12,12 +12,16 @@ from safetensors.torch import load_file
 
 from synthkit.config import load_pipeline, to_dict
 from synthkit.training import checkpoint as ckpt
-from synthkit.training.loop import RunError, train
+from synthkit.training.loop import WALL_CLOCK_KEYS, RunError, train
 from tests.conftest import tiny_config
 
 
-def _records(run: Path) -> list[dict]:
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+def _records(run: Path, deterministic: bool = False) -> list[dict]:
+    """The run's log; ``deterministic`` drops the wall-clock throughput fields (they differ run to run)."""
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    if deterministic:
+        records = [{k: v for k, v in r.items() if k not in WALL_CLOCK_KEYS} for r in records]
+    return records
 
 
 def test_run_directory_describes_itself(trained_run: Path) -> None:
@@ -109,7 +113,7 @@ def test_resume_before_the_first_checkpoint_starts_the_run_over(tmp_path: Path, 
     assert "no checkpoint yet: starting the run over" in caplog.text
     full = train(tiny_config(), tmp_path / "full", progress=False)
     assert res.summary["hashes"] == full.summary["hashes"]  # as if it had never been interrupted
-    assert _records(run) == _records(tmp_path / "full")
+    assert _records(run, deterministic=True) == _records(tmp_path / "full", deterministic=True)
     # a directory that holds nothing yet: --resume just starts
     assert train(tiny_config("--train.epochs=1"), tmp_path / "nothing", resume=True, progress=False).summary
 
@@ -143,3 +147,42 @@ def test_resume_refuses_damaged_checkpoint(tmp_path: Path, damage: str) -> None:
 def test_saved_config_yaml_is_plain_yaml(trained_run: Path) -> None:
     raw = yaml.safe_load((trained_run / "config.yaml").read_text())
     assert raw["hsg"]["enabled"] is True and raw["data"]["name"] == "digits"
+
+
+def test_epochs_log_their_throughput_and_the_summary_adds_it_up(trained_run: Path) -> None:
+    epochs = [r for r in _records(trained_run) if "epoch_loss_cl" in r]
+    summary = json.loads((trained_run / "summary.json").read_text())
+    steps, batch = summary["steps"] // len(epochs), tiny_config().train.batch_size
+    for r in epochs:
+        assert r["epoch_time_s"] > 0
+        assert r["epoch_images_per_s"] * r["epoch_time_s"] == pytest.approx(batch * steps)
+        assert r["epoch_step_time_s"] * steps == pytest.approx(r["epoch_time_s"])
+    t = summary["throughput"]
+    assert (t["num_processes"], t["batch_size"], t["epochs"], t["steps"]) == (1, batch, 2, summary["steps"])
+    assert t["time_s"] == pytest.approx(sum(r["epoch_time_s"] for r in epochs))
+    assert t["images_per_s"] == pytest.approx(batch * t["steps"] / t["time_s"])
+    # the trackers get the same figures
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(
+        str(trained_run / "synthkit")
+    )  # accelerate's TensorBoard tracker, project "synthkit"
+    acc.Reload()
+    logged = [(e.step, e.value) for e in acc.Scalars("epoch_images_per_s")]
+    assert logged == [(r["step"], pytest.approx(r["epoch_images_per_s"], rel=1e-6)) for r in epochs]
+
+
+def test_sync_batchnorm_on_one_process_is_batch_norm(tmp_path: Path) -> None:
+    """One process's batch already is the global batch: the switch changes nothing but the module type, and
+    its weights publish under the same names (the export and eval load them into plain batch norm)."""
+    hashes = {}
+    for flag in ("false", "true"):
+        args = (
+            "--hsg.enabled=false",
+            "--train.epochs=1",
+            "--train.knn_every=0",
+            f"--train.sync_batchnorm={flag}",
+        )
+        hashes[flag] = train(tiny_config(*args), tmp_path / flag, progress=False).summary["hashes"]
+    assert hashes["true"] == hashes["false"]
