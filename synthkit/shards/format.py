@@ -21,7 +21,30 @@ MANIFEST = "manifest.json"
 SIZES = "sizes.json"
 
 # Keys a manifest always has; manifest_fields given by a producer may not shadow them.
-MANIFEST_RESERVED = ("format", "version", "name", "shards", "total")
+MANIFEST_RESERVED = ("format", "version", "name", "shards", "total", "metadata_tables")
+
+#: Every sample's ``json`` has every one of these keys, with its type; null where it does not apply (a hard
+#: sample's ``pair_id``, a cGAN sample's ``t_split``, a generated sample's ``index``). One schema for every
+#: kind and producer, so a reader that infers columns from the first rows (Hugging Face ``datasets``, pandas)
+#: keeps every field of every row. Producers may add keys of their own after these.
+META_FIELDS: dict[str, str] = {
+    "kind": "string",
+    "producer": "string",
+    "generator_step": "int",
+    "seed": "int",
+    "latent_id": "int",
+    "condition": "int",
+    "condition_source": "string",
+    "condition_k": "int",
+    "hardness": "float",
+    "pair_id": "int",
+    "pair_similarity": "float",
+    "t_split": "float",
+    "branch_mode": "string",
+    "guidance_scale": "float",
+    "index": "int",
+    "split": "string",
+}
 
 _SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*")
 _INT_KEYS = ("generator_step", "seed", "latent_id", "pair_id")
@@ -82,16 +105,21 @@ def validate_meta(meta: dict) -> list[str]:
         problems.append("missing required key 'producer'")
     elif not isinstance(meta["producer"], str) or not meta["producer"]:
         problems.append(f"'producer' must be a non-empty string; got {meta['producer']!r}")
-    for key in _INT_KEYS:
-        if key in meta and not _is_int(meta[key]):
+    for key in _INT_KEYS:  # null: the field does not apply to this sample (META_FIELDS)
+        if meta.get(key) is not None and not _is_int(meta[key]):
             problems.append(f"'{key}' must be an integer; got {meta[key]!r}")
     for key in _OPTIONAL_INT_KEYS:
         if key in meta and meta[key] is not None and not _is_int(meta[key]):
             problems.append(f"'{key}' must be an integer or null; got {meta[key]!r}")
     for key in _FLOAT_KEYS:
-        if key in meta and not _is_finite_number(meta[key]):
+        if meta.get(key) is not None and not _is_finite_number(meta[key]):
             problems.append(f"'{key}' must be a finite number; got {meta[key]!r}")
-    if "condition_source" in meta and meta["condition_source"] not in CONDITION_SOURCES:
+    if meta.get("condition_source") is not None and meta["condition_source"] not in CONDITION_SOURCES:
         allowed = ", ".join(CONDITION_SOURCES)
         problems.append(f"'condition_source' must be one of {allowed}; got {meta['condition_source']!r}")
     return problems
+
+
+def complete_meta(meta: dict[str, Any]) -> dict[str, Any]:
+    """``meta`` with every key of :data:`META_FIELDS` (null where absent), its own extra keys kept."""
+    return {**dict.fromkeys(META_FIELDS), **meta}

@@ -20,6 +20,7 @@ from typing import Any
 from synthkit.shards.format import MANIFEST, SIZES, ShardError, shard_pattern, validate_meta
 from synthkit.shards.manifest import read_manifest, sha256_file
 from synthkit.shards.reader import DEFAULT_MAX_PIXELS, decode_sample, iter_shard_members
+from synthkit.shards.tables import check_tables
 
 # Per shard, so one systematically broken producer does not bury every other problem.
 MAX_SAMPLE_PROBLEMS_PER_SHARD = 20
@@ -154,4 +155,5 @@ def verify_shard_set(
             _check_samples(path, entry, keys, max_pixels, report)
     _check_sizes(directory, manifest, report)
     _check_strays(directory, manifest, report)
+    report.problems.extend(check_tables(directory, manifest))  # shards/tables.py
     return report

@@ -7,6 +7,9 @@ Two guarantees drive the design:
   half-written set, whatever point a crash or a full disk interrupts the writer at.
 * Byte-identical output for identical inputs. Tar headers are pinned (mtime, owner, mode, GNU format, UTF-8)
   and PNGs carry no timestamps or text chunks, so shard hashes identify content and reruns can be compared.
+* Every sample's metadata has the same keys (``format.META_FIELDS``, null where a field does not apply), and
+  each shard gets a metadata table (``metadata/%06d.parquet``, CSV without pyarrow: ``shards/tables.py``),
+  written before the manifest and listed in it, so a set can be queried without reading its tars.
 * Resumable after a kill (``resume=True``). A hidden journal ``.NAME.journal.json`` records each completed
   shard (count, bytes, sha256) *before* the shard is renamed to its final name, so at every instant each
   ``NAME-*.tar`` in the directory is listed in the journal with its true hash. A reopened writer keeps the
@@ -45,6 +48,7 @@ from synthkit.shards.format import (
     VERSION,
     ShardError,
     ShardSetExistsError,
+    complete_meta,
     is_safe_name,
     shard_name,
     shard_pattern,
@@ -52,6 +56,14 @@ from synthkit.shards.format import (
     validate_meta,
 )
 from synthkit.shards.manifest import sha256_file
+from synthkit.shards.tables import (
+    COLUMNS,
+    TABLES_DIR,
+    remove_foreign_tables,
+    table_format,
+    table_row,
+    write_table,
+)
 
 # Fixed so that PNG bytes (and hence shard hashes) depend only on the pixels.
 PNG_COMPRESS_LEVEL = 6
@@ -172,6 +184,7 @@ def _encode_meta(key: str, meta: dict) -> bytes:
     problems = validate_meta(meta)
     if problems:
         raise ValueError(f"sample {key!r}: invalid metadata: " + "; ".join(problems))
+    meta = complete_meta(meta)  # one schema for every kind: absent fields as null
     try:
         text = json.dumps(meta, sort_keys=True, separators=(",", ":"), allow_nan=False)
     except (TypeError, ValueError) as exc:
@@ -252,6 +265,8 @@ class ShardSetWriter:
         manifest_fields: provenance merged into the manifest (``config``, ``producer``, ``created_by``,
             ``seed``, ...); must be JSON-serialisable and may not use the reserved manifest keys.
         resume: continue an interrupted writer of the same set (see above) instead of refusing its shards.
+        tables: write a metadata table per shard (``metadata/%06d.parquet`` or ``.csv``, listed in the
+            manifest as ``metadata_tables``); a resumed writer rebuilds the kept shards' tables from them.
     """
 
     def __init__(
@@ -262,6 +277,7 @@ class ShardSetWriter:
         maxcount: int = 1000,
         manifest_fields: dict[str, Any],
         resume: bool = False,
+        tables: bool = True,
     ) -> None:
         if not isinstance(name, str) or not is_safe_name(name):
             raise ValueError(f"shard set name {name!r} must be letters, digits, '_', '-' or '.', not hidden")
@@ -291,6 +307,9 @@ class ShardSetWriter:
         self._closed = False
         self._failed = False
         self._manifest: dict[str, Any] | None = None
+        self._table_format = table_format() if tables else None
+        self._rows: list[dict[str, Any]] = []  # the table rows of the shard in progress
+        self._tables: dict[str, dict[str, Any]] = {}  # shard name -> its table's manifest entry
         self._journal = self.out_dir / journal_name(name)
         self._prepare_directory()
 
@@ -494,6 +513,8 @@ class ShardSetWriter:
             raise self._fail(exc, path) from exc
         self._keys.add(key)
         self._in_shard += 1
+        if self._table_format is not None:
+            self._rows.append(table_row(key, path.name, meta, None if cls is None else int(cls)))
         if self._in_shard >= self.maxcount:
             self._finish_shard()
 
@@ -506,6 +527,8 @@ class ShardSetWriter:
         except OSError as exc:
             raise self._fail(exc, out.final) from exc
         entry = {"name": out.final.name, "count": self._in_shard, "bytes": out.size, "sha256": out.sha256}
+        self._write_table(len(self._shards), entry["name"], self._rows)
+        self._rows = []
         if self.resume:  # journal first: a shard under its final name is always recorded
             try:
                 self._write_journal([*self._shards, entry])
@@ -518,8 +541,32 @@ class ShardSetWriter:
         self._shards.append(entry)
         self._file, self._tar, self._in_shard = None, None, 0
 
+    def _write_table(self, index: int, shard: str, rows: list[dict[str, Any]]) -> None:
+        if self._table_format is None:
+            return
+        try:
+            self._tables[shard] = {
+                **write_table(self.out_dir, index, rows, self._table_format),
+                "shard": shard,
+            }
+        except OutputError as exc:
+            self.abort()
+            raise ShardError(f"{exc}; the shard set was not published") from exc.__cause__
+
+    def _kept_rows(self, shard: str) -> list[dict[str, Any]]:
+        """The table rows of a shard kept from an interrupted run, read back from it (json and cls only)."""
+        from synthkit.shards.reader import iter_shard_members  # the reader imports nothing of the writer
+
+        rows = []
+        for key, parts in iter_shard_members(self.out_dir / shard):
+            meta = json.loads(parts.get("json", b"{}").decode("utf-8"))
+            cls = int(parts["cls"].decode("ascii")) if "cls" in parts else None
+            rows.append(table_row(key, shard, meta, cls))
+        return rows
+
     def close(self) -> dict[str, Any]:
-        """Finish the last shard, publish ``sizes.json`` then ``manifest.json``; return the manifest."""
+        """Finish the last shard, publish the metadata tables, ``sizes.json`` then ``manifest.json``; return
+        the manifest."""
         if self._manifest is not None:
             return self._manifest
         self._check_open()
@@ -533,6 +580,18 @@ class ShardSetWriter:
             "shards": self._shards,
             "total": sum(s["count"] for s in self._shards),
         }
+        if self._table_format is not None:
+            for i, shard in enumerate(self._shards):
+                if shard["name"] not in self._tables:  # kept from an interrupted run
+                    self._write_table(i, shard["name"], self._kept_rows(shard["name"]))
+            tables = [self._tables[s["name"]] for s in self._shards]
+            remove_foreign_tables(self.out_dir, {t["name"] for t in tables})
+            manifest["metadata_tables"] = {
+                "dir": TABLES_DIR,
+                "format": self._table_format,
+                "columns": list(COLUMNS),
+                "tables": tables,
+            }
         try:
             write_json_atomic(self.out_dir / SIZES, {s["name"]: s["count"] for s in self._shards}, indent=2)
             write_json_atomic(self.out_dir / MANIFEST, manifest, indent=2)
@@ -552,6 +611,7 @@ class ShardSetWriter:
         if self._file is not None:
             self._file.discard()
         self._file, self._tar, self._in_shard = None, None, 0
+        self._rows = []
         self._failed = True
 
     def __enter__(self) -> ShardSetWriter:

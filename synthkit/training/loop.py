@@ -16,6 +16,8 @@ shard sets (``mix.sources``). Read top to bottom:
 
 from __future__ import annotations
 
+import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +32,7 @@ from synthkit.data.sources import ImageSet, load_source
 from synthkit.data.views import Views, to_float
 from synthkit.encoders.model import Encoder, load_encoder_weights
 from synthkit.errors import RunError
+from synthkit.logs import epoch_line
 from synthkit.objectives.base import build_objective
 from synthkit.producers.base import Producer, StepInput, TrainContext
 from synthkit.registry import PRODUCERS
@@ -38,6 +41,8 @@ from synthkit.training.state import LoopState
 from synthkit.training.steps import EncoderStep
 
 __all__ = ["RunError", "RunResult", "train"]
+
+logger = logging.getLogger(__name__)
 
 
 def _real_data(cfg: PipelineConfig, run: Run) -> tuple[Any, ImageSet | None, ImageSet | None, int, int]:
@@ -144,6 +149,8 @@ def train(
             producer.on_epoch_start(epoch)
         encoder_ddp.train()
         sums: dict[str, float] = {}
+        shown = None  # the epoch's last contribution: the trackers' sample grid
+        started = time.perf_counter()
         bar = tqdm(
             batches.epoch(epoch),
             total=steps_per_epoch,
@@ -155,6 +162,8 @@ def train(
             x_real = to_float(images).to(device)
             batch = StepInput(x_real, idx, epoch, epoch + i / steps_per_epoch)
             contribution = producer.contribute(batch) if producer is not None else None
+            if i == steps_per_epoch - 1:
+                shown = contribution
             rec = step(x_real, contribution)
             state.step = run.step = state.step + 1
             run.check_finite(rec, state)
@@ -168,7 +177,7 @@ def train(
             for k, v in rec.items():
                 sums[k] = sums.get(k, 0.0) + v
             if state.step % cfg.train.log_every == 0:
-                run.log({"epoch": epoch, **rec})
+                run.log({"epoch": epoch, **rec}, namespace="train")
                 bar.set_postfix(loss=f"{rec.get('loss_cl', 0):.3f}")
         bar.close()
 
@@ -183,10 +192,11 @@ def train(
             if run.is_main:
                 epoch_rec["knn_acc"] = run.knn_monitor(acc.unwrap_model(encoder_ddp), real, test)
             acc.wait_for_everyone()
-        run.log(epoch_rec)
-        if run.is_main and progress:
-            shown = {k: round(v, 4) for k, v in epoch_rec.items() if isinstance(v, float)}
-            tqdm.write(f"epoch {state.epoch}/{cfg.train.epochs} {shown}")
+        run.log(epoch_rec, namespace="epoch")
+        run.log_samples(shown, state.epoch)
+        if run.is_main:  # a log record, with or without progress bars
+            elapsed = time.perf_counter() - started
+            logger.info(epoch_line(state.epoch, cfg.train.epochs, state.step, epoch_rec, elapsed))
         if state.epoch % cfg.train.checkpoint_every == 0 or last:
             watched = [
                 encoder_ddp,
