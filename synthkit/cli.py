@@ -44,10 +44,6 @@ JSON = "print the result as one JSON document on stdout"
 logger = logging.getLogger("synthkit.cli")
 
 
-class UsageError(Exception):
-    """An argparse usage error, raised instead of argparse's two-line usage + exit (see Parser)."""
-
-
 class Parser(argparse.ArgumentParser):
     """argparse, with a usage error as one line and exit 2 like every other synthkit error.
 
@@ -56,7 +52,7 @@ class Parser(argparse.ArgumentParser):
     """
 
     def error(self, message: str) -> NoReturn:
-        raise UsageError(f"{' '.join(message.split())} (see {self.prog} --help)")
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} --help)\n")
 
 
 class ConfigHelp(argparse.Action):
@@ -554,10 +550,15 @@ def main(argv: list[str] | None = None) -> int:
     configure()
     command = _command(argv)
     try:
-        if argv[:2] == ["audit", "train-extractor"]:  # a sub-subcommand next to audit's positional SHARDS
-            args, extra = _train_extractor_parser().parse_known_args(argv[2:])
-        else:
-            args, extra = build_parser().parse_known_args(argv)
+        try:
+            if argv[:2] == ["audit", "train-extractor"]:  # a sub-subcommand next to audit's SHARDS
+                args, extra = _train_extractor_parser().parse_known_args(argv[2:])
+            else:
+                args, extra = build_parser().parse_known_args(argv)
+        except SystemExit as e:  # a usage error (one line, printed by Parser.error); --help exits 0
+            if e.code == EXIT_USAGE:
+                return EXIT_USAGE
+            raise
         command = getattr(args, "command", command)
         if getattr(args, "shards_command", None):
             command = f"shards {args.shards_command}"
@@ -574,7 +575,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _is_user_error(e: Exception) -> bool:
-    return isinstance(e, (SynthkitError, UsageError))
+    return isinstance(e, SynthkitError)
 
 
 if __name__ == "__main__":

@@ -21,17 +21,20 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import sys
 from collections.abc import Iterable
 from typing import IO, Any
 
 from tqdm.auto import tqdm
 
-__all__ = ["FORMAT", "configure", "format_values", "show_progress"]
+__all__ = ["FORMAT", "LOG_LINE", "configure", "epoch_line", "error_lines", "format_values", "show_progress"]
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 DATE_FORMAT = "%Y-%m-%d %H:%M:%S"
 ROOT = "synthkit"
+#: a line :func:`configure`'s handler writes (what separates log records from a command's error line)
+LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d (DEBUG|INFO|WARNING|ERROR|CRITICAL) [\w.]+: ")
 
 
 class TqdmHandler(logging.StreamHandler):
@@ -49,8 +52,9 @@ def configure(level: int | str = "INFO", stream: IO[str] | None = None) -> loggi
     """Give the ``synthkit`` logger (and ``py.warnings``) one handler on ``stream`` (default stderr).
 
     Idempotent: a handler installed by an earlier call is replaced, so calling it twice (a notebook cell run
-    again, ``main`` called in a test) never doubles the lines. Records do not propagate to the root logger,
-    which an application may have configured too.
+    again, ``main`` called in a test) never doubles the lines. Records still propagate to the root logger,
+    so an application's own handlers (and pytest's ``caplog``) see them; an application that configures
+    the root logger itself need not call this at all.
     """
     handler = TqdmHandler(stream if stream is not None else sys.stderr)
     handler.setFormatter(logging.Formatter(FORMAT, DATE_FORMAT))
@@ -61,7 +65,6 @@ def configure(level: int | str = "INFO", stream: IO[str] | None = None) -> loggi
             logger.removeHandler(old)
         logger.addHandler(handler)
         logger.setLevel(level)
-        logger.propagate = False
     logging.captureWarnings(True)
     return handler
 
@@ -97,3 +100,8 @@ def epoch_line(epoch: int, epochs: int, step: int, record: dict[str, Any], secon
     """
     shown = {k.removeprefix("epoch_"): v for k, v in record.items() if k != "epoch"}
     return f"epoch {epoch}/{epochs} (step {step}, {seconds:.1f} s): {format_values(shown)}"
+
+
+def error_lines(stderr: str) -> list[str]:
+    """The lines of ``stderr`` that are not log records: a failed command's one error line."""
+    return [line for line in stderr.strip().splitlines() if not LOG_LINE.match(line)]

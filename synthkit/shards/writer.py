@@ -9,7 +9,9 @@ Two guarantees drive the design:
   and PNGs carry no timestamps or text chunks, so shard hashes identify content and reruns can be compared.
 * Every sample's metadata has the same keys (``format.META_FIELDS``, null where a field does not apply), and
   each shard gets a metadata table (``metadata/%06d.parquet``, CSV without pyarrow: ``shards/tables.py``),
-  written before the manifest and listed in it, so a set can be queried without reading its tars.
+  written by ``close`` just before ``sizes.json`` and the manifest, which lists them, so a set can be queried
+  without reading its tars. Until then the rows wait in memory (a few hundred bytes per sample), so a failed
+  writer leaves no table behind.
 * Resumable after a kill (``resume=True``). A hidden journal ``.NAME.journal.json`` records each completed
   shard (count, bytes, sha256) *before* the shard is renamed to its final name, so at every instant each
   ``NAME-*.tar`` in the directory is listed in the journal with its true hash. A reopened writer keeps the
@@ -266,7 +268,8 @@ class ShardSetWriter:
             ``seed``, ...); must be JSON-serialisable and may not use the reserved manifest keys.
         resume: continue an interrupted writer of the same set (see above) instead of refusing its shards.
         tables: write a metadata table per shard (``metadata/%06d.parquet`` or ``.csv``, listed in the
-            manifest as ``metadata_tables``); a resumed writer rebuilds the kept shards' tables from them.
+            manifest as ``metadata_tables``) on close; a resumed writer reads the kept shards' rows back
+            from them.
     """
 
     def __init__(
@@ -308,8 +311,8 @@ class ShardSetWriter:
         self._failed = False
         self._manifest: dict[str, Any] | None = None
         self._table_format = table_format() if tables else None
-        self._rows: list[dict[str, Any]] = []  # the table rows of the shard in progress
-        self._tables: dict[str, dict[str, Any]] = {}  # shard name -> its table's manifest entry
+        self._rows: list[tuple[Any, ...]] = []  # the table rows of the shard in progress (COLUMNS order)
+        self._shard_rows: dict[str, list[tuple[Any, ...]]] = {}  # completed shard -> its rows
         self._journal = self.out_dir / journal_name(name)
         self._prepare_directory()
 
@@ -514,7 +517,8 @@ class ShardSetWriter:
         self._keys.add(key)
         self._in_shard += 1
         if self._table_format is not None:
-            self._rows.append(table_row(key, path.name, meta, None if cls is None else int(cls)))
+            row = table_row(key, path.name, meta, None if cls is None else int(cls))
+            self._rows.append(tuple(row[c] for c in COLUMNS))
         if self._in_shard >= self.maxcount:
             self._finish_shard()
 
@@ -527,8 +531,8 @@ class ShardSetWriter:
         except OSError as exc:
             raise self._fail(exc, out.final) from exc
         entry = {"name": out.final.name, "count": self._in_shard, "bytes": out.size, "sha256": out.sha256}
-        self._write_table(len(self._shards), entry["name"], self._rows)
-        self._rows = []
+        if self._table_format is not None:
+            self._shard_rows[entry["name"]], self._rows = self._rows, []
         if self.resume:  # journal first: a shard under its final name is always recorded
             try:
                 self._write_journal([*self._shards, entry])
@@ -541,17 +545,25 @@ class ShardSetWriter:
         self._shards.append(entry)
         self._file, self._tar, self._in_shard = None, None, 0
 
-    def _write_table(self, index: int, shard: str, rows: list[dict[str, Any]]) -> None:
-        if self._table_format is None:
-            return
-        try:
-            self._tables[shard] = {
-                **write_table(self.out_dir, index, rows, self._table_format),
-                "shard": shard,
-            }
-        except OutputError as exc:
-            self.abort()
-            raise ShardError(f"{exc}; the shard set was not published") from exc.__cause__
+    def _write_tables(self) -> dict[str, Any]:
+        """Publish every shard's metadata table; return the manifest's ``metadata_tables``."""
+        assert self._table_format is not None
+        tables = []
+        for i, shard in enumerate(self._shards):
+            name = shard["name"]
+            rows = [dict(zip(COLUMNS, r, strict=True)) for r in self._shard_rows.pop(name, [])]
+            if not rows:  # a shard kept from an interrupted run
+                rows = self._kept_rows(name)
+            try:
+                entry = write_table(self.out_dir, i, rows, self._table_format)
+            except OutputError:
+                remove_foreign_tables(self.out_dir, set())  # this close's tables: the set is not published
+                with contextlib.suppress(OSError):
+                    (self.out_dir / TABLES_DIR).rmdir()
+                raise
+            tables.append({**entry, "shard": name})
+        remove_foreign_tables(self.out_dir, {t["name"] for t in tables})
+        return {"dir": TABLES_DIR, "format": self._table_format, "columns": list(COLUMNS), "tables": tables}
 
     def _kept_rows(self, shard: str) -> list[dict[str, Any]]:
         """The table rows of a shard kept from an interrupted run, read back from it (json and cls only)."""
@@ -580,20 +592,10 @@ class ShardSetWriter:
             "shards": self._shards,
             "total": sum(s["count"] for s in self._shards),
         }
-        if self._table_format is not None:
-            for i, shard in enumerate(self._shards):
-                if shard["name"] not in self._tables:  # kept from an interrupted run
-                    self._write_table(i, shard["name"], self._kept_rows(shard["name"]))
-            tables = [self._tables[s["name"]] for s in self._shards]
-            remove_foreign_tables(self.out_dir, {t["name"] for t in tables})
-            manifest["metadata_tables"] = {
-                "dir": TABLES_DIR,
-                "format": self._table_format,
-                "columns": list(COLUMNS),
-                "tables": tables,
-            }
         try:
             write_json_atomic(self.out_dir / SIZES, {s["name"]: s["count"] for s in self._shards}, indent=2)
+            if self._table_format is not None and self._shards:
+                manifest["metadata_tables"] = self._write_tables()
             write_json_atomic(self.out_dir / MANIFEST, manifest, indent=2)
         except OutputError as exc:
             self._failed = True

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from synthkit.cli import main
+from synthkit.logs import error_lines
 from synthkit.training import checkpoint as ckpt
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -314,7 +315,7 @@ def test_error_path_is_one_line_and_exit_2(
     argv = case(trained_run, resumable, tmp_path)
     before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
     code = main(argv)
-    err = capsys.readouterr().err.strip().splitlines()
+    err = error_lines(capsys.readouterr().err)
     assert code == 2, (name, err)
     assert len(err) == 1, (name, err)
     assert err[0].startswith("synthkit ") and expected in err[0], (name, err[0])
@@ -327,7 +328,7 @@ def test_error_path_is_one_line_and_exit_2(
 def test_a_diverging_run_stops_at_its_step_and_publishes_nothing(tmp_path: Path, capsys) -> None:
     run = tmp_path / "run"
     code = main(["train", TINY, "--out", str(run), "--no-progress", "--train.lr=1e30", "--hsg.enabled=false"])
-    err = capsys.readouterr().err.strip().splitlines()
+    err = error_lines(capsys.readouterr().err)
     assert code == 2 and len(err) == 1 and "training diverged at step" in err[0], err
     assert not (run / "final").exists()
     # a checkpoint of non-finite weights is never written
@@ -350,7 +351,7 @@ def test_eval_and_generate_refuse_non_finite_weights(trained_run: Path, tmp_path
     ckpt.write_checksums(run / "final")
     for argv in (["eval", "--run", str(run)], ["generate", "--run", str(run), "--out", str(tmp_path / "s")]):
         assert main(argv) == 2
-        err = capsys.readouterr().err.strip().splitlines()
+        err = error_lines(capsys.readouterr().err)
         assert len(err) == 1 and "non-finite" in err[0]
     assert not (tmp_path / "s" / "manifest.json").exists()
 
@@ -374,7 +375,7 @@ def tiny_disk(tmp_path: Path):
 def test_disk_full_during_train_is_one_line_and_keeps_the_last_checkpoint(tiny_disk: Path, capsys) -> None:
     run = tiny_disk / "run"
     code = main(["train", TINY, "--out", str(run), "--no-progress"])
-    err = capsys.readouterr().err.strip().splitlines()
+    err = error_lines(capsys.readouterr().err)
     assert code == 2 and len(err) == 1 and "disk full" in err[0], err
     kept = ckpt.checkpoint_dirs(run / "checkpoints")
     assert [p.name for p in kept] == ["epoch_0001"]
@@ -400,7 +401,7 @@ def test_a_read_only_filesystem_is_one_line(tmp_path: Path, capsys) -> None:
             ["audit", "train-extractor", "--data", "digits", "--out", str(mnt / "c")],
         ):
             assert main(argv) == 2
-            err = capsys.readouterr().err.strip().splitlines()
+            err = error_lines(capsys.readouterr().err)
             assert len(err) == 1 and "Read-only file system" in err[0], err
     finally:
         subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
@@ -415,5 +416,5 @@ def test_a_checkpoint_of_another_encoder_width_is_one_line(resumable: Path, tmp_
     shutil.copytree(_last_checkpoint(other), run / "checkpoints" / "epoch_0001")
     capsys.readouterr()
     assert main(["train", str(run / "config.yaml"), "--out", str(run), "--resume", "--no-progress"]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
+    err = error_lines(capsys.readouterr().err)
     assert len(err) == 1 and "does not fit this run's models" in err[0], err
