@@ -26,7 +26,7 @@ def _generate(run: Path, out: Path, *extra: str) -> dict:
 
 
 def _ours(directory: Path) -> dict[str, dict]:
-    return {s["key"]: {**s["meta"], "cls": s["cls"]} for s in iter_samples(directory)}
+    return {s["__key__"]: {**s["meta"], "cls": s["cls"]} for s in iter_samples(directory)}
 
 
 @pytest.fixture(scope="module")
