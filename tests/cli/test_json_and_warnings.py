@@ -62,7 +62,7 @@ def test_eval_warns_when_knn_k_exceeds_the_images_per_class(trained_run: Path, c
     with caplog.at_level("WARNING"):
         res = _json(capsys, "eval", "--run", str(trained_run), "--json")
     # the tiny run: 256 training images of 10 digits, eval.knn_k 200
-    assert res["knn_k"] == 200 and "exceeds the 25 training images per class" in res["knn_warning"]
+    assert res["knn_k"] == 200 and "exceeds twice the 25 training images per class" in res["knn_warning"]
     assert "eval.knn_k=200 exceeds" in caplog.text
     caplog.clear()
     with caplog.at_level("WARNING"):
