@@ -27,6 +27,7 @@ import argparse
 import json
 import logging
 import sys
+import textwrap
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -385,9 +386,14 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser(
         "train",
         help="joint HSG + contrastive training (or the plain baseline)",
-        description="Train the encoder (and the configured producer) and publish the run's final weights. "
-        "Config keys are overridden with --section.key=value; the list below is read off the config "
-        "dataclasses.",
+        usage="%(prog)s PIPELINE [--out RUN_DIR] [--resume] [--no-progress] [--json] "
+        "[--data NAME=DIR:WEIGHT ...] [--section.key=value ...]",
+        description=textwrap.fill(
+            "Train the encoder (and the configured producer) and publish the run's final weights. Config "
+            "keys are overridden with --section.key=value; the list below is read off the config "
+            "dataclasses.",
+            100,
+        ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
         add_help=False,
     )
@@ -526,8 +532,12 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser(
         "config",
         help="print the resolved config of a pipeline with overrides",
-        description="Print the resolved config (YAML, or JSON with --json). Config keys are overridden "
-        "with --section.key=value; the list below is read off the config dataclasses.",
+        usage="%(prog)s [PIPELINE] [--json] [--section.key=value ...]",
+        description=textwrap.fill(
+            "Print the resolved config (YAML, or JSON with --json). Config keys are overridden with "
+            "--section.key=value; the list below is read off the config dataclasses.",
+            100,
+        ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
         add_help=False,
     )

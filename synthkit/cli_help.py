@@ -9,6 +9,7 @@ registry, third-party plugins included) and ``objective`` by ``objective.name``.
 from __future__ import annotations
 
 import dataclasses
+import textwrap
 import types
 import typing
 from typing import Any, Union
@@ -116,5 +117,5 @@ def config_reference() -> str:
             lines.append(f"{f.name}:  {_summary(cls)}")
             lines += _table(section_keys(cls), "  ")
         lines.append("")
-    lines.append(OVERRIDES)
+    lines.append(textwrap.fill(OVERRIDES, 100))
     return "\n".join(lines)
