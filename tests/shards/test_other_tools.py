@@ -14,10 +14,13 @@ from synthkit.shards import iter_samples, read_manifest, verify_shard_set
 from synthkit.shards.format import META_FIELDS
 from synthkit.shards.tables import COLUMNS, write_table
 
-datasets = pytest.importorskip(
-    "datasets", reason="the test extra installs datasets (pip install 'synthkit[test]')"
-)
-pd = pytest.importorskip("pandas")
+
+def _datasets():
+    return pytest.importorskip("datasets", reason="the test extra installs it (pip install 'synthkit[test]')")
+
+
+def _pandas():
+    return pytest.importorskip("pandas", reason="the test extra installs it (pip install 'synthkit[test]')")
 
 
 def _generate(run: Path, out: Path, *extra: str) -> dict:
@@ -48,6 +51,7 @@ def test_load_dataset_webdataset_keeps_every_field_of_every_row(
     ours = _ours(directory)
     kinds = {m["kind"] for m in ours.values()}
     assert kinds == {"hard", "pair_a", "pair_b"}
+    datasets = _datasets()
     ds = datasets.load_dataset("webdataset", data_dir=str(directory), split="train", cache_dir=str(tmp_path))
     assert len(ds) == len(ours)
     for row in ds:
@@ -73,7 +77,8 @@ def test_load_dataset_webdataset_keeps_every_field_of_every_row(
 
 
 def test_the_metadata_tables_read_back_with_pandas_and_pyarrow(all_sets: dict[str, Path]) -> None:
-    import pyarrow.parquet as pq
+    pd = _pandas()
+    pq = pytest.importorskip("pyarrow.parquet")
 
     directory = all_sets["diffusion"]
     manifest = read_manifest(directory)
@@ -112,7 +117,7 @@ def test_a_converted_set_loads_with_data_dir_and_keeps_cls(tmp_path: Path) -> No
     assert main([*argv, "--no-progress", "--maxcount", "100"]) == 0
     manifest = read_manifest(out)
     assert manifest["name"].startswith("digits-8px-") and manifest["name"].endswith("-test")
-    ds = datasets.load_dataset("webdataset", data_dir=str(out), cache_dir=str(tmp_path / "c"))
+    ds = _datasets().load_dataset("webdataset", data_dir=str(out), cache_dir=str(tmp_path / "c"))
     assert list(ds) == ["test"] and len(ds["test"]) == manifest["total"]  # the split from the name
     row = ds["test"][7]
     assert row["__key__"] == f"{manifest['name']}_00000007" and isinstance(row["cls"], int)
@@ -140,9 +145,21 @@ def test_csv_tables_without_pyarrow(tmp_path: Path) -> None:
         {c: None for c in COLUMNS}
         | {"__key__": "k_1", "shard": "s-000000.tar", "kind": "pair_a", "pair_id": 0},
     ]
+    pd = _pandas()
     entry = write_table(tmp_path, 0, rows, "csv")
     assert entry["name"] == "metadata/000000.csv" and entry["rows"] == 2
     df = pd.read_csv(tmp_path / entry["name"])
     assert list(df.columns) == list(COLUMNS)
     assert df.loc[0, "hardness"] == 4.5 and pd.isna(df.loc[0, "pair_id"]) and df.loc[1, "pair_id"] == 0
     assert json.loads(json.dumps(entry))["sha256"]
+
+
+def test_a_name_of_your_own_without_a_split_word_loads_with_data_files(tmp_path: Path) -> None:
+    """shards/README.md: such a set's JSON files would be read as tars with data_dir; data_files avoids it."""
+    out = tmp_path / "plain"
+    argv = ["shards", "convert", "--data", "digits", "--size", "8", "--split", "test", "--name", "plain"]
+    assert main([*argv, "--out", str(out), "--no-progress"]) == 0
+    ds = _datasets().load_dataset(
+        "webdataset", data_files=str(out / "*.tar"), split="train", cache_dir=str(tmp_path / "c")
+    )
+    assert len(ds) == 360 and ds[0]["__key__"] == "plain_00000000"
