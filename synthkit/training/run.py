@@ -106,7 +106,8 @@ def _synced_tensors(module: nn.Module) -> list[torch.Tensor]:
 
 
 def check_run_dir(cfg: PipelineConfig, run_dir: Path, resume: bool) -> None:
-    """A new run needs an unused directory; a resumed one the same config (only ``train.epochs`` may grow)."""
+    """A new run needs an unused directory; a resumed one the same config (``train.epochs`` may grow, and
+    ``train.trackers`` change)."""
     saved = run_dir / "config.yaml"
     if not resume:
         if saved.exists():
@@ -119,6 +120,7 @@ def check_run_dir(cfg: PipelineConfig, run_dir: Path, resume: bool) -> None:
     old = to_dict(load_pipeline(saved))
     new = to_dict(cfg)
     old["train"]["epochs"] = new["train"]["epochs"]  # extending a run is allowed
+    old["train"]["trackers"] = new["train"].get("trackers")  # where it is logged does not change the run
     diffs = [
         f"{s}.{k}: {old[s].get(k)!r} -> {new[s][k]!r}"
         for s in new
@@ -128,7 +130,8 @@ def check_run_dir(cfg: PipelineConfig, run_dir: Path, resume: bool) -> None:
     diffs += [f"{s}.{k}: {old[s][k]!r} -> (none)" for s in old for k in old[s] if k not in new.get(s, {})]
     if diffs:
         raise RunError(
-            "cannot resume with a different config (only train.epochs may change): " + "; ".join(diffs)
+            "cannot resume with a different config (only train.epochs and train.trackers may change): "
+            + "; ".join(diffs)
         )
 
 
