@@ -64,10 +64,15 @@ def test_one_run_logged_to_tensorboard_and_mlflow(tmp_path: Path, monkeypatch, c
     assert grids == ["samples/grid/epoch_0002.png"]
 
 
-def test_no_tracker_writes_no_tracker_files(tmp_path: Path) -> None:
+def test_no_tracker_writes_no_tracker_files_and_a_resume_may_add_one(tmp_path: Path) -> None:
     run = tmp_path / "run"
-    assert main(["train", TINY, "--out", str(run), "--no-progress", "--train.trackers=[]"]) == 0
+    argv = ["train", TINY, "--out", str(run), "--no-progress"]
+    assert main([*argv, "--train.epochs=1", "--train.trackers=[]"]) == 0
     assert not (run / "synthkit").exists() and not (run / "mlflow.db").exists()
+    if not _have("tensorboard"):
+        pytest.skip("tensorboard is not installed")
+    assert main([*argv, "--resume", "--train.trackers=[tensorboard]"]) == 0  # epoch 2, now to TensorBoard
+    assert list((run / "synthkit").glob("events.out.tfevents.*"))
 
 
 @pytest.mark.skipif(
