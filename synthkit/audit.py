@@ -24,6 +24,7 @@ Example::
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections import Counter
@@ -56,11 +57,41 @@ from synthkit.shards import iter_samples, open_set
 from synthkit.shards.inspect import describe
 from synthkit.shards.location import is_url
 
+logger = logging.getLogger(__name__)
+
 AUDIT_FORMAT = "synthkit-audit"
 AUDIT_VERSION = 1
 REPORT_JSON, REPORT_HTML = "report.json", "report.html"
 PAIR_KINDS = ("pair_a", "pair_b")
 MAX_LISTED = 1000  # broken-image indices listed per reason
+AUTO = "auto"
+
+
+def choose_extractor(
+    manifest: dict[str, Any],
+    *,
+    encoder_run: str | os.PathLike[str] | None = None,
+    classifier: str | os.PathLike[str] | None = None,
+    inception_weights: str | os.PathLike[str] | None = None,
+) -> tuple[str, str | os.PathLike[str] | None, str]:
+    """The feature space of ``extractor: auto``: (kind, the encoder run to use, why), in this order:
+
+    1. what the arguments name (``--encoder`` RUN, ``--classifier`` DIR, ``--inception-weights`` FILE);
+    2. the encoder of the run that made the set (the manifest's ``producer.run_dir``), when that run is on
+       this machine: an in-domain feature space, and the one the set's hardness was measured in;
+    3. pixels, which needs nothing (a converted real set, or a set from another machine).
+    """
+    if encoder_run is not None:
+        return "encoder", encoder_run, "--encoder was given"
+    if classifier is not None:
+        return "classifier", None, "--classifier was given"
+    if inception_weights is not None:
+        return "inception", None, "--inception-weights was given"
+    producer = manifest.get("producer")
+    run = producer.get("run_dir") if isinstance(producer, dict) else None
+    if isinstance(run, str) and (Path(run) / "final").is_dir():
+        return "encoder", run, f"default: the encoder of the run that made the set ({run})"
+    return "pixels", None, "default: pixels (no --encoder, --classifier or --inception-weights, and no run)"
 
 
 @dataclass(frozen=True)
@@ -74,7 +105,7 @@ class AuditConfig:
     points per set (all pairs of 50,000 points would cost more than everything else together).
     """
 
-    extractor: str = "encoder"
+    extractor: str = "auto"
     real_split: str = "train"
     k: int = 5
     chunk_size: int = 4096
@@ -92,7 +123,11 @@ class AuditConfig:
 
     def __post_init__(self) -> None:
         checks = [
-            (self.extractor in EXTRACTORS, "extractor", f"must be one of {', '.join(EXTRACTORS)}"),
+            (
+                self.extractor in (AUTO, *EXTRACTORS),
+                "extractor",
+                f"must be one of {AUTO}, {', '.join(EXTRACTORS)}",
+            ),
             (self.real_split in ("train", "test"), "real_split", "must be train or test"),
             (self.k >= 1, "k", "must be >= 1"),
             (self.chunk_size >= 1 and self.batch_size >= 1, "chunk_size/batch_size", "must be >= 1"),
@@ -271,7 +306,7 @@ def audit(
             hardness is recomputed (whatever the extractor).
         classifier: the directory of a classifier from :func:`~synthkit.metrics.extractors.train_classifier`.
         inception_weights: a local torchvision inception_v3 weights file.
-        progress: print one line per step.
+        progress: unused (kept for callers); each step's time is one log line (``synthkit.audit``).
 
     Returns:
         The report dict, as written to ``report.json``.
@@ -292,15 +327,19 @@ def audit(
         now = time.perf_counter()
         timings[name] = round(now - clock, 3)
         clock = now
-        if progress:
-            print(f"audit: {name} done in {timings[name]:.1f} s", flush=True)
+        logger.info("audit: %s done in %.1f s", name, timings[name])
 
     # 1. Inputs, converted explicitly to the extractor's input.
     raw, metas, _, manifest = _read_set(set_dir, cfg.max_samples)
     syn = _stack(raw, "synthetic")
     del raw
+    kind, chosen_by = cfg.extractor, f"extractor: {cfg.extractor}"
+    if kind == AUTO:
+        kind, encoder_run, chosen_by = choose_extractor(
+            manifest, encoder_run=encoder_run, classifier=classifier, inception_weights=inception_weights
+        )
     ext: FeatureExtractor = load_extractor(
-        cfg.extractor,
+        kind,
         encoder_run=encoder_run,
         classifier=classifier,
         inception_weights=inception_weights,
@@ -460,7 +499,7 @@ def audit(
             "by_kind": dict(Counter(str(m.get("kind")) for m in metas)),
         },
         "real": real_desc,
-        "extractor": ext.describe(),
+        "extractor": {**ext.describe(), "chosen_by": chosen_by},
         "conversions": conversions,
         "metrics": metrics,
         "details": details,

@@ -9,28 +9,80 @@
     synthkit shards publish DIR
     synthkit shards convert --data NAME [--split train] --out DIR
     synthkit shards inspect DIR [--grid PATH] [--json]
+    synthkit shards index DIR
     synthkit config PIPELINE.yaml [--section.key=value ...]
     synthkit audit SHARDS --real REAL --out DIR [--extractor KIND] [--encoder RUN_DIR] [--classifier DIR]
     synthkit audit train-extractor --data NAME --out DIR
 
 Multi-process: ``accelerate launch --num_processes 2 -m synthkit.cli train PIPELINE.yaml ...`` (and
 ``generate``: every process writes its part of the set, the main process publishes it).
+
+Conventions: results go to stdout (``--json`` makes them one JSON document, for every command that reports
+something); log lines (epoch summaries, warnings) go to stderr through ``logging`` (``synthkit/logs.py``);
+progress bars are drawn only on a terminal. Every user error is one line on stderr and exit status 2,
+argparse's usage errors included (:class:`Parser`).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
+import textwrap
 from pathlib import Path
+from typing import Any, NoReturn
 
 from synthkit import __version__
 from synthkit.atomic import check_output_dir, check_output_file
-from synthkit.config import dump_yaml, load_pipeline
+from synthkit.config import dump_yaml, load_pipeline, to_dict
 from synthkit.errors import ConfigError, SynthkitError
+from synthkit.logs import configure, show_progress
 from synthkit.registry import EXTRACTORS, SOURCES
 
 EXIT_USAGE = 2
+NO_PROGRESS = "no progress bars (they are drawn only on a terminal anyway); log lines stay"
+JSON = "print the result as one JSON document on stdout"
+
+logger = logging.getLogger("synthkit.cli")
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, with a usage error as one line and exit 2 like every other synthkit error.
+
+    argparse prints the whole usage and then the message; a batch log wants the one line that says what is
+    wrong, and ``--help`` says the rest.
+    """
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} --help)\n")
+
+
+class ConfigHelp(argparse.Action):
+    """``-h/--help`` that appends the config reference (``synthkit/cli_help.py``), built only when asked."""
+
+    def __init__(self, option_strings: list[str], dest: str = argparse.SUPPRESS, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest=dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any, **kwargs: Any) -> None:
+        from synthkit.cli_help import config_reference
+
+        parser.epilog = config_reference()
+        parser.print_help()
+        parser.exit()
+
+
+def _progress(args: argparse.Namespace) -> bool:
+    return show_progress(not getattr(args, "no_progress", False))
+
+
+def _tables_summary(manifest: dict[str, Any]) -> dict[str, Any] | None:
+    t = manifest.get("metadata_tables")
+    return {"dir": t["dir"], "format": t["format"], "count": len(t["tables"])} if t else None
+
+
+def _print_json(obj: Any) -> None:
+    print(json.dumps(obj, indent=2, default=str))
 
 
 def _overrides(extra: list[str]) -> list[str]:
@@ -48,8 +100,10 @@ def _cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
         overrides.append(f"--mix.sources={json.dumps(args.data)}")
     cfg = load_pipeline(args.pipeline, overrides)
     out = Path(args.out) if args.out else Path("runs") / Path(args.pipeline).stem
-    result = train(cfg, out, resume=args.resume, progress=not args.no_progress)
-    if result.summary:
+    result = train(cfg, out, resume=args.resume, progress=_progress(args))
+    if args.json:
+        _print_json({"run_dir": str(out), **result.summary})
+    elif result.summary:
         last = result.summary.get("last_epoch", {})
         knn = f", kNN {last['knn_acc']:.4f}" if "knn_acc" in last else ""
         pre = getattr(cfg.generator, "pretrain_steps", 0) if cfg.hsg.enabled or cfg.hpg.enabled else 0
@@ -71,7 +125,7 @@ def _cmd_generate(args: argparse.Namespace, extra: list[str]) -> int:
         name=args.name,
         maxcount=args.maxcount,
         kind=args.kind,
-        progress=not args.no_progress,
+        progress=_progress(args),
         part=args.part,
     )
     m = res.manifest
@@ -79,12 +133,32 @@ def _cmd_generate(args: argparse.Namespace, extra: list[str]) -> int:
         return 0
     if res.part is not None:
         part, first, n_shards = res.part["part"], res.part["part"]["first_shard"], res.part["part"]["shards"]
+        if args.json:
+            _print_json({"out": str(args.out), "part": part, "total": res.part["total"], "shards": n_shards})
+            return 0
         where = {0: "no shards: the set has fewer shards than parts", 1: f"shard {first}"}.get(
             n_shards, f"shards {first}-{first + n_shards - 1}"
         )
         print(
             f"wrote part {part['index']}/{part['count']} of the set ({res.part['total']} samples, {where}) "
             f"to {args.out}; once every part is written: synthkit shards publish {args.out}"
+        )
+        return 0
+    if args.json:
+        h = res.hardness
+        _print_json(
+            {
+                "out": str(args.out),
+                "name": m.get("name"),
+                "total": m["total"],
+                "shards": len(m["shards"]),
+                "reused": res.reused,
+                "resumed_from": res.resumed_from,
+                "hardness": {"mean": float(h.mean()), "min": float(h.min()), "max": float(h.max())}
+                if len(h)
+                else None,
+                "metadata_tables": _tables_summary(m),
+            }
         )
         return 0
     if res.reused:
@@ -94,7 +168,7 @@ def _cmd_generate(args: argparse.Namespace, extra: list[str]) -> int:
         print(f"resumed an interrupted export: {res.resumed_from} samples were already on disk")
     h = res.hardness
     print(
-        f"wrote {m['total']} samples in {len(m['shards'])} shards to {args.out}; "
+        f"wrote {m['total']} samples in {len(m['shards'])} shards to {args.out} (set {m['name']}); "
         f"hardness mean {h.mean():.4f} (min {h.min():.4f}, max {h.max():.4f})"
     )
     return 0
@@ -104,12 +178,19 @@ def _cmd_eval(args: argparse.Namespace, extra: list[str]) -> int:
     from synthkit.evaluate import evaluate
 
     _no_extra(extra)
-    res = evaluate(args.run, args.data, root=args.root, full_train=args.full_train, device=args.device)
+    res = evaluate(
+        args.run,
+        args.data,
+        root=args.root,
+        full_train=args.full_train,
+        device=args.device,
+        knn_k=args.knn_k,
+    )
     if args.json:
         print(json.dumps(res, indent=2))
     else:
         print(
-            f"{res['data']}: kNN accuracy {res['knn_accuracy']:.4f}, "
+            f"{res['data']}: kNN accuracy {res['knn_accuracy']:.4f} (k={res['knn_k']}), "
             f"linear accuracy {res['linear_accuracy']:.4f} "
             f"(train {res['train_images']}, test {res['test_images']})"
         )
@@ -119,8 +200,11 @@ def _cmd_eval(args: argparse.Namespace, extra: list[str]) -> int:
 def _cmd_quickstart(args: argparse.Namespace, extra: list[str]) -> int:
     from synthkit.quickstart import quickstart
 
-    summary = quickstart(args.out, overrides=_overrides(extra), progress=not args.no_progress)
-    print(summary["text"])
+    summary = quickstart(args.out, overrides=_overrides(extra), progress=_progress(args))
+    if args.json:
+        _print_json({k: v for k, v in summary.items() if k != "text"})
+    else:
+        print(summary["text"])
     return 0
 
 
@@ -130,6 +214,17 @@ def _cmd_shards_verify(args: argparse.Namespace, extra: list[str]) -> int:
 
     _no_extra(extra)
     report = verify_shard_set(args.dir)
+    if args.json:
+        _print_json(
+            {
+                "dir": str(args.dir),
+                "ok": report.ok,
+                "total": report.total,
+                "shards": report.shards,
+                "problems": list(report.problems),
+            }
+        )
+        return 0 if report.ok else 1
     if report.ok:
         print(f"{args.dir}: OK ({report.total} samples in {report.shards} shards)")
         return 0
@@ -145,6 +240,18 @@ def _cmd_shards_publish(args: argparse.Namespace, extra: list[str]) -> int:
     _no_extra(extra)
     res = publish(args.dir)
     m = res.manifest
+    if args.json:
+        _print_json(
+            {
+                "dir": str(args.dir),
+                "name": m.get("name"),
+                "total": m["total"],
+                "shards": len(m["shards"]),
+                "reused": res.reused,
+                "metadata_tables": _tables_summary(m),
+            }
+        )
+        return 0
     if res.reused:
         print(f"{args.dir} is published already ({m['total']} samples in {len(m['shards'])} shards)")
     else:
@@ -164,7 +271,7 @@ def _part(text: str) -> tuple[int, int]:
 
 def _cmd_shards_convert(args: argparse.Namespace, extra: list[str]) -> int:
     from synthkit.config import DataConfig
-    from synthkit.shards.convert import convert_source, default_name
+    from synthkit.shards.convert import convert_source, default_dir, default_name
     from synthkit.shards.format import is_safe_name
     from synthkit.shards.location import is_url
 
@@ -182,16 +289,52 @@ def _cmd_shards_convert(args: argparse.Namespace, extra: list[str]) -> int:
         subset_seed=args.subset_seed,
     )
     name = args.name or default_name(data_cfg, args.split)
-    out = args.out or str(Path("shards") / name)  # a URL stays text (Path would turn "s3://" into "s3:/")
+    # a URL stays text (Path would turn "s3://" into "s3:/")
+    out = args.out or str(Path("shards") / default_dir(data_cfg, args.split))
     if not is_url(out):
         out = check_output_dir(out)
-    m = convert_source(
-        data_cfg, args.split, out, name=name, maxcount=args.maxcount, progress=not args.no_progress
-    )
+    m = convert_source(data_cfg, args.split, out, name=name, maxcount=args.maxcount, progress=_progress(args))
+    if args.json:
+        _print_json(
+            {
+                "out": str(out),
+                "name": m["name"],
+                "total": m["total"],
+                "shards": len(m["shards"]),
+                "classes": m["classes"],
+                "metadata_tables": m.get("metadata_tables"),
+            }
+        )
+        return 0
     labels = "with true labels as cls" if m["classes"] is not None else "unlabelled"
     print(
-        f"wrote {m['total']} {args.data} {args.split} images in {len(m['shards'])} shards to {out} ({labels})"
+        f"wrote {m['total']} {args.data} {args.split} images in {len(m['shards'])} shards to {out} "
+        f"(set {m['name']}, {labels})"
     )
+    return 0
+
+
+def _cmd_shards_index(args: argparse.Namespace, extra: list[str]) -> int:
+    from synthkit.shards.index import write_wids_index
+
+    _no_extra(extra)
+    path = write_wids_index(args.dir, name=args.name)
+    index = json.loads(path.read_text(encoding="utf-8"))
+    if args.json:
+        _print_json(
+            {
+                "index": str(path),
+                "name": index["name"],
+                "shards": len(index["shardlist"]),
+                "samples": sum(s["nsamples"] for s in index["shardlist"]),
+            }
+        )
+    else:
+        print(
+            f"wrote {path} (wids index {index['name']!r}: {len(index['shardlist'])} shards, "
+            f"{sum(s['nsamples'] for s in index['shardlist'])} samples); read it with "
+            f"wids.ShardListDataset({str(path)!r})"
+        )
     return 0
 
 
@@ -209,7 +352,11 @@ def _cmd_shards_inspect(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def _cmd_config(args: argparse.Namespace, extra: list[str]) -> int:
-    print(dump_yaml(load_pipeline(args.pipeline, _overrides(extra))), end="")
+    cfg = load_pipeline(args.pipeline, _overrides(extra))
+    if args.json:
+        _print_json(to_dict(cfg))
+    else:
+        print(dump_yaml(cfg), end="")
     return 0
 
 
@@ -217,11 +364,8 @@ def _cmd_audit(args: argparse.Namespace, extra: list[str]) -> int:
     from synthkit.audit import AuditConfig, audit
 
     _no_extra(extra)
-    extractor = args.extractor or ("encoder" if args.encoder else "classifier" if args.classifier else None)
-    if extractor is None:
-        raise ConfigError("choose a feature space: --extractor KIND, --encoder RUN_DIR or --classifier DIR")
     cfg = AuditConfig(
-        extractor=extractor,
+        extractor=args.extractor or "auto",
         real_split=args.split,
         k=args.k,
         max_samples=args.max_samples,
@@ -237,13 +381,14 @@ def _cmd_audit(args: argparse.Namespace, extra: list[str]) -> int:
         classifier=args.classifier,
         inception_weights=args.inception_weights,
         real_root=args.root,
-        progress=not args.no_progress,
+        progress=_progress(args),
     )
     if args.json:
         print(json.dumps(report["metrics"], indent=2))
     else:
+        e = report["extractor"]
         print(
-            f"extractor {report['extractor']['id']}; {report['shards']['audited']} samples vs "
+            f"extractor {e['id']} ({e['chosen_by']}); {report['shards']['audited']} samples vs "
             f"{report['real']['count']} real"
         )
         for name, m in report["metrics"].items():
@@ -262,7 +407,10 @@ def _cmd_audit_train_extractor(args: argparse.Namespace, extra: list[str]) -> in
     if args.epochs < 1:
         raise ConfigError(f"--epochs must be >= 1 (0 would save an untrained classifier), got {args.epochs}")
     check_output_dir(args.out)
-    meta = train_classifier(data, args.out, epochs=args.epochs, seed=args.seed, progress=not args.no_progress)
+    meta = train_classifier(data, args.out, epochs=args.epochs, seed=args.seed, progress=_progress(args))
+    if args.json:
+        _print_json({"out": str(args.out), **meta})
+        return 0
     print(
         f"trained a {meta['num_classes']}-class classifier on {meta['train_images']} {args.data} images: "
         f"test accuracy {meta['test_accuracy']:.4f}; sha256 {meta['sha256'][:12]}; saved in {args.out}"
@@ -275,18 +423,51 @@ def _no_extra(extra: list[str]) -> None:
         raise ConfigError(f"unrecognised arguments: {' '.join(extra)}")
 
 
+def _train_extractor_parser(prog: str = "synthkit audit train-extractor") -> Parser:
+    te = Parser(prog=prog, description="Train the in-domain classifier extractor of `synthkit audit`.")
+    te.add_argument("--data", required=True, choices=SOURCES.names(), help="a labeled source")
+    te.add_argument("--root", help="data root for --data (default: the source's own)")
+    te.add_argument("--size", type=int, default=28, help="image side length (default 28)")
+    te.add_argument("--subset", type=int, help="a fixed random subset of N training images")
+    te.add_argument("--epochs", type=int, default=3, help="training epochs (default 3)")
+    te.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
+    te.add_argument("--out", required=True, help="directory for the weights and extractor.json")
+    te.add_argument("--json", action="store_true", help=JSON)
+    te.add_argument("--no-progress", action="store_true", help=NO_PROGRESS)
+    te.set_defaults(fn=_cmd_audit_train_extractor, command="audit train-extractor")
+    return te
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="synthkit", description="Synthetic data that teaches contrastive encoders."
+    p = Parser(
+        prog="synthkit",
+        description="Synthetic data that teaches contrastive encoders.",
+        epilog="`synthkit COMMAND --help` describes a command; `synthkit train --help` lists every config "
+        "key.",
     )
     p.add_argument("--version", action="version", version=f"synthkit {__version__}")
-    sub = p.add_subparsers(dest="command", required=True)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    t = sub.add_parser("train", help="joint HSG + contrastive training (or the plain baseline)")
+    t = sub.add_parser(
+        "train",
+        help="joint HSG + contrastive training (or the plain baseline)",
+        usage="%(prog)s PIPELINE [--out RUN_DIR] [--resume] [--no-progress] [--json] "
+        "[--data NAME=DIR:WEIGHT ...] [--section.key=value ...]",
+        description=textwrap.fill(
+            "Train the encoder (and the configured producer) and publish the run's final weights. Config "
+            "keys are overridden with --section.key=value; the list below is read off the config "
+            "dataclasses.",
+            100,
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        add_help=False,
+    )
+    t.add_argument("-h", "--help", action=ConfigHelp, help="show this help, with every config key, and exit")
     t.add_argument("pipeline", help="pipeline YAML file (see pipelines/)")
     t.add_argument("--out", help="run directory (default runs/PIPELINE_NAME)")
     t.add_argument("--resume", action="store_true", help="continue from the run's newest checkpoint")
-    t.add_argument("--no-progress", action="store_true")
+    t.add_argument("--no-progress", action="store_true", help=NO_PROGRESS)
+    t.add_argument("--json", action="store_true", help=JSON + " (the run's summary)")
     t.add_argument(
         "--data",
         action="append",
@@ -310,8 +491,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="hard samples, positive pairs (pair_a/pair_b), or both (default: all the run has)",
     )
     g.add_argument("--seed", type=int, help="sampling seed (default: the run's export.seed)")
-    g.add_argument("--name", help="shard set name / file prefix")
-    g.add_argument("--maxcount", type=int, help="samples per shard")
+    g.add_argument(
+        "--name",
+        help="set name: shard file prefix and sample-key prefix (default: export.name, else one of this "
+        "export's own, STAGE-PRODUCER-DIGEST-train)",
+    )
+    g.add_argument("--maxcount", type=int, help="samples per shard (default: the run's export.maxcount)")
     g.add_argument(
         "--part",
         type=_part,
@@ -319,36 +504,43 @@ def build_parser() -> argparse.ArgumentParser:
         help="write only part I of N (0 <= I < N) of the set, for jobs started on their own (array jobs); "
         "publish with `synthkit shards publish OUT` once all N are written",
     )
-    g.add_argument("--no-progress", action="store_true")
+    g.add_argument("--json", action="store_true", help=JSON)
+    g.add_argument("--no-progress", action="store_true", help=NO_PROGRESS)
     g.set_defaults(fn=_cmd_generate)
 
     e = sub.add_parser("eval", help="kNN and linear-probe accuracy of a run's frozen encoder")
-    e.add_argument("--run", required=True)
+    e.add_argument("--run", required=True, help="a finished run directory (its final/ encoder is evaluated)")
     e.add_argument("--data", choices=SOURCES.names(), help="labeled data set (default: the run's)")
     e.add_argument("--root", help="data root for --data")
     e.add_argument(
         "--full-train", action="store_true", help="fit on the whole train split, not the run's subset"
     )
     e.add_argument("--device", help="where features are extracted and probes fitted (default: cuda if any)")
-    e.add_argument("--json", action="store_true", help="print the result as JSON")
+    e.add_argument(
+        "--knn-k", type=int, help="neighbours of the kNN classifier (default: the run's eval.knn_k)"
+    )
+    e.add_argument("--json", action="store_true", help=JSON)
     e.set_defaults(fn=_cmd_eval)
 
     q = sub.add_parser(
         "quickstart", help="train HSG on the embedded digits, export, evaluate (a few minutes)"
     )
     q.add_argument("--out", default="runs/quickstart", help="output directory (default runs/quickstart)")
-    q.add_argument("--no-progress", action="store_true")
+    q.add_argument("--json", action="store_true", help=JSON)
+    q.add_argument("--no-progress", action="store_true", help=NO_PROGRESS)
     q.set_defaults(fn=_cmd_quickstart)
 
-    s = sub.add_parser("shards", help="shard set tools")
-    ssub = s.add_subparsers(dest="shards_command", required=True)
+    s = sub.add_parser("shards", help="shard set tools: verify, publish, convert, inspect, index")
+    ssub = s.add_subparsers(dest="shards_command", required=True, metavar="SUBCOMMAND")
     v = ssub.add_parser("verify", help="check a shard set against its manifest; non-zero exit on problems")
-    v.add_argument("dir")
+    v.add_argument("dir", help="the shard set directory")
+    v.add_argument("--json", action="store_true", help=JSON)
     v.set_defaults(fn=_cmd_shards_verify)
     pb = ssub.add_parser(
         "publish", help="verify the parts of a set written with generate --part and publish it as one set"
     )
-    pb.add_argument("dir")
+    pb.add_argument("dir", help="the directory the parts were written to (generate --out)")
+    pb.add_argument("--json", action="store_true", help=JSON)
     pb.set_defaults(fn=_cmd_shards_publish)
     cv = ssub.add_parser(
         "convert", help="write a real data source as a shard set (kind real, true labels as cls)"
@@ -362,19 +554,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cv.add_argument("--subset", type=int, help="a fixed random subset of N training images")
     cv.add_argument("--subset-seed", type=int, default=0, help="seed of --subset (default 0)")
-    cv.add_argument("--out", help="output directory (default shards/NAME)")
-    cv.add_argument("--name", help="shard set name / file prefix (default DATA-SPLIT)")
+    cv.add_argument("--out", help="output directory (default shards/DATA-SPLIT)")
+    cv.add_argument(
+        "--name",
+        help="set name: shard file and sample-key prefix (default DATA-SIZEpx-DIGEST-SPLIT, this "
+        "conversion's own)",
+    )
     cv.add_argument("--maxcount", type=int, default=1000, help="samples per shard (default 1000)")
-    cv.add_argument("--no-progress", action="store_true")
+    cv.add_argument("--json", action="store_true", help=JSON)
+    cv.add_argument("--no-progress", action="store_true", help=NO_PROGRESS)
     cv.set_defaults(fn=_cmd_shards_convert)
     ins = ssub.add_parser(
         "inspect", help="counts, hardness and image statistics of a shard set; optional grid"
     )
-    ins.add_argument("dir")
+    ins.add_argument("dir", help="the shard set directory")
     ins.add_argument("--grid", help="write a PNG grid here, one row per condition (never inside DIR)")
     ins.add_argument("--per-row", type=int, default=10, help="images per grid row (default 10)")
     ins.add_argument("--json", action="store_true", help="print the summary as JSON")
     ins.set_defaults(fn=_cmd_shards_inspect)
+    ix = ssub.add_parser(
+        "index", help="write DIR/wids-index.json, for random access with wids.ShardListDataset"
+    )
+    ix.add_argument("dir", help="a published shard set directory")
+    ix.add_argument("--name", help="the dataset name wids reports and caches under (default SETNAME-HASH12)")
+    ix.add_argument("--json", action="store_true", help=JSON)
+    ix.set_defaults(fn=_cmd_shards_index)
 
     a = sub.add_parser(
         "audit",
@@ -385,7 +589,11 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--real", required=True, help="real data: a shard set directory or a source name")
     a.add_argument("--out", required=True, help="directory for report.json and report.html")
     a.add_argument(
-        "--extractor", choices=EXTRACTORS.names(), help="feature space (default: encoder with --encoder)"
+        "--extractor",
+        choices=EXTRACTORS.names(),
+        help="feature space (default: the kind of --encoder, --classifier or --inception-weights; else the "
+        "encoder of the run that made the set, when it is on this machine; else pixels). The report "
+        "names the one used and why",
     )
     a.add_argument("--encoder", help="a finished run: encoder features, and hardness under its encoder")
     a.add_argument("--classifier", help="a classifier directory from `synthkit audit train-extractor`")
@@ -395,38 +603,54 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--k", type=int, default=5, help="k of the PRDC manifolds (default 5)")
     a.add_argument("--max-samples", type=int, help="audit only the first N samples of the set")
     a.add_argument("--max-real", type=int, help="a seeded random subset of N real images")
-    a.add_argument("--seed", type=int, default=0)
+    a.add_argument("--seed", type=int, default=0, help="seed of the subsets and KID's draws (default 0)")
     a.add_argument("--json", action="store_true", help="print the metrics as JSON")
-    a.add_argument("--no-progress", action="store_true")
+    a.add_argument("--no-progress", action="store_true", help=NO_PROGRESS)
     a.set_defaults(fn=_cmd_audit)
-    te = sub.add_parser(
-        "audit-train-extractor",
-        prog="synthkit audit train-extractor",
-        help="train the in-domain classifier extractor (= audit train-extractor)",
-    )
-    te.add_argument("--data", required=True, choices=SOURCES.names(), help="a labeled source")
-    te.add_argument("--root", help="data root for --data")
-    te.add_argument("--size", type=int, default=28, help="image side length (default 28)")
-    te.add_argument("--subset", type=int, help="a fixed random subset of N training images")
-    te.add_argument("--epochs", type=int, default=3, help="(default 3)")
-    te.add_argument("--seed", type=int, default=0)
-    te.add_argument("--out", required=True, help="directory for the weights and extractor.json")
-    te.add_argument("--no-progress", action="store_true")
-    te.set_defaults(fn=_cmd_audit_train_extractor)
 
-    c = sub.add_parser("config", help="print the resolved config of a pipeline with overrides")
+    c = sub.add_parser(
+        "config",
+        help="print the resolved config of a pipeline with overrides",
+        usage="%(prog)s [PIPELINE] [--json] [--section.key=value ...]",
+        description=textwrap.fill(
+            "Print the resolved config (YAML, or JSON with --json). Config keys are overridden with "
+            "--section.key=value; the list below is read off the config dataclasses.",
+            100,
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        add_help=False,
+    )
+    c.add_argument("-h", "--help", action=ConfigHelp, help="show this help, with every config key, and exit")
     c.add_argument("pipeline", nargs="?", help="pipeline YAML (default: the built-in quickstart defaults)")
+    c.add_argument("--json", action="store_true", help=JSON)
     c.set_defaults(fn=_cmd_config)
     return p
 
 
+def _command(argv: list[str]) -> str:
+    words = [a for a in argv if not a.startswith("-")][:2]
+    if words[:1] == ["shards"] or words[:2] == ["audit", "train-extractor"]:
+        return " ".join(words)
+    return words[0] if words else ""
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:2] == ["audit", "train-extractor"]:  # a sub-subcommand next to audit's positional SHARDS
-        argv = ["audit-train-extractor", *argv[2:]]
-    args, extra = parser.parse_known_args(argv)
+    configure()
+    command = _command(argv)
     try:
+        try:
+            if argv[:2] == ["audit", "train-extractor"]:  # a sub-subcommand next to audit's SHARDS
+                args, extra = _train_extractor_parser().parse_known_args(argv[2:])
+            else:
+                args, extra = build_parser().parse_known_args(argv)
+        except SystemExit as e:  # a usage error (one line, printed by Parser.error); --help exits 0
+            if e.code == EXIT_USAGE:
+                return EXIT_USAGE
+            raise
+        command = getattr(args, "command", command)
+        if getattr(args, "shards_command", None):
+            command = f"shards {args.shards_command}"
         return args.fn(args, extra)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -434,7 +658,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # noqa: BLE001 - turn known user errors into one clear line
         if _is_user_error(e):
             message = " ".join(str(e).split())  # one line, whatever the message held
-            print(f"synthkit {args.command}: error: {message}", file=sys.stderr)
+            print(f"synthkit{' ' + command if command else ''}: error: {message}", file=sys.stderr)
             return EXIT_USAGE
         raise
 

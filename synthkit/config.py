@@ -20,6 +20,7 @@ import yaml
 
 from synthkit.errors import ConfigError
 from synthkit.registry import BACKBONES, OBJECTIVES, PRODUCERS, SOURCES
+from synthkit.trackers import AUTO, TRACKERS
 
 
 class _Loader(yaml.SafeLoader):
@@ -530,6 +531,10 @@ class TrainConfig:
     batch of every process (torch's SyncBatchNorm; SimCLR's "global BN"), so that a step at W processes is a
     step on one process with the whole batch. GPUs only: torch's SyncBatchNorm refuses CPU tensors on more
     than one process, so there it is an error; without it each process normalises with its own share.
+
+    ``trackers``: where metrics and sample grids go besides ``metrics.jsonl``: any of ``tensorboard``,
+    ``mlflow``, ``wandb`` (each an optional extra, ``pip install 'synthkit[mlflow]'``), ``[]`` for none, or
+    ``[auto]`` (the default): TensorBoard when it is installed, else none (``synthkit/trackers.py``).
     """
 
     epochs: int = 30
@@ -547,8 +552,13 @@ class TrainConfig:
     knn_temperature: float = 0.1
     record_indices: bool = False
     sync_batchnorm: bool = False
+    trackers: tuple[str, ...] = (AUTO,)
 
     def __post_init__(self) -> None:
+        for name in self.trackers:
+            _choice(name, "train.trackers", (AUTO, *TRACKERS))
+        _check(AUTO not in self.trackers or len(self.trackers) == 1, "train.trackers", "auto stands alone")
+        _check(len(set(self.trackers)) == len(self.trackers), "train.trackers", "lists a tracker twice")
         _check(self.epochs >= 0, "train.epochs", "must be >= 0 (0 only for a GAN pre-training run)")
         _check(self.batch_size >= 2, "train.batch_size", "must be >= 2")
         _check(self.lr > 0, "train.lr", "must be > 0")
@@ -562,20 +572,27 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class ExportConfig:
-    """Defaults for ``synthkit generate``."""
+    """Defaults for ``synthkit generate``.
+
+    ``name``: the set's name, the prefix of its shard files and sample keys. By default (null) each export
+    gets its own, ``STAGE-PRODUCER-DIGEST-train`` (e.g. ``hsg-cgan-1f3a9c2e-train``; the digest is of the
+    request: run weights, n, seed, kind, sizes), so two sets never share file names or keys, and the same
+    request gives the same name. The ``-train`` suffix is the split Hugging Face's
+    ``load_dataset("webdataset", data_dir=SET)`` reads the shards as (``shards/README.md``).
+    """
 
     n: int = 1000
     seed: int = 0
     maxcount: int = 1000
     batch_size: int = 256
-    name: str = "synthkit"
+    name: str | None = None
 
     def __post_init__(self) -> None:
         _check(self.n >= 1, "export.n", "must be >= 1")
         _check(self.maxcount >= 1, "export.maxcount", "must be >= 1")
         _check(self.batch_size >= 1, "export.batch_size", "must be >= 1")
         _check(
-            self.name.isidentifier() or self.name.replace("-", "_").isidentifier(),
+            self.name is None or self.name.isidentifier() or self.name.replace("-", "_").isidentifier(),
             "export.name",
             f"{self.name!r} must be letters, digits, '_' or '-'",
         )

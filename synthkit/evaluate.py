@@ -8,14 +8,18 @@ whole train split. For ``digits`` the test split is the fixed stratified held-ou
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from typing import Any
 
 from synthkit.data.sources import DataSourceError, load_source
 from synthkit.encoders.model import extract_features
-from synthkit.metrics.knn import knn_accuracy
+from synthkit.errors import ConfigError
+from synthkit.metrics.knn import knn_accuracy, knn_k_problem
 from synthkit.metrics.linear_probe import linear_probe_accuracy
 from synthkit.training.artifacts import load_final
+
+logger = logging.getLogger(__name__)
 
 
 def evaluate(
@@ -27,14 +31,20 @@ def evaluate(
     seed: int = 0,
     device: str | None = None,
     test_limit: int | None = None,
+    knn_k: int | None = None,
 ) -> dict[str, Any]:
     """kNN and linear-probe test accuracy of the run's frozen encoder on ``data`` (default: the run's).
 
     ``device``: where features are extracted and the probes fitted (``cuda``, ``cpu``, ...); by default the
     accelerator when there is one. ``test_limit``: score the first that many test images only (smoke runs).
+    ``knn_k`` overrides the run's ``eval.knn_k``. A k above the train split's images per class is warned
+    about (a log record, and ``knn_warning`` in the result): the vote is then biased low
+    (:func:`synthkit.metrics.knn.knn_k_problem`).
     """
     import torch
 
+    if knn_k is not None and (isinstance(knn_k, bool) or not isinstance(knn_k, int) or knn_k < 1):
+        raise ConfigError(f"--knn-k must be a positive integer, got {knn_k!r}")
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     t0 = time.perf_counter()
     art = load_final(run_dir)
@@ -62,7 +72,11 @@ def evaluate(
     f_train = extract_features(art.encoder, train.images, device=dev).to(dev)
     f_test = extract_features(art.encoder, test.images, device=dev).to(dev)
     ev = cfg.eval
-    knn = knn_accuracy(f_train, train.labels, f_test, test.labels, k=ev.knn_k, temperature=ev.knn_temperature)
+    k = ev.knn_k if knn_k is None else knn_k
+    warning = knn_k_problem(k, train.labels, "--knn-k" if knn_k is not None else "eval.knn_k")
+    if warning:
+        logger.warning("eval: %s (--knn-k K sets it)", warning)
+    knn = knn_accuracy(f_train, train.labels, f_test, test.labels, k=k, temperature=ev.knn_temperature)
     linear = linear_probe_accuracy(
         f_train,
         train.labels,
@@ -80,8 +94,9 @@ def evaluate(
         "test_images": len(test),
         "knn_accuracy": knn,
         "linear_accuracy": linear,
-        "knn_k": ev.knn_k,
+        "knn_k": k,
         "knn_temperature": ev.knn_temperature,
+        "knn_warning": warning,
         "encoder_hash": art.meta["hashes"]["encoder"],
         "hsg": cfg.hsg.enabled,
         "device": str(dev),

@@ -3,7 +3,9 @@
 One path for every producer (``producers/base.py``): the run records its producer kind and the hash of every
 weight file, ``load_final`` verifies them, and the producer makes chunks of samples on request. ``kind``
 picks what is written: ``hard`` (HSG's samples), ``pair`` (HPG's positive pairs: samples ``pair_a`` and
-``pair_b`` sharing a ``pair_id``, with their pair similarity) or ``all`` (both: the hard samples first).
+``pair_b`` sharing a ``pair_id``, with their pair similarity) or ``all`` (both: the pairs first, whose
+metadata has every field a hard sample's has, so that a reader that infers a schema from the first few
+samples, as Hugging Face ``datasets`` does from five, sees every field; ``shards/README.md``).
 ``n`` is the number of *samples* per kind, for every producer: ``--n 10 --kind pair`` writes 5 pairs.
 
 Every sample records its hardness under the run's encoder and objective (``objectives/scoring.py``: its
@@ -35,9 +37,11 @@ parts once all are written. Exports compute on the CPU, as a one-process export 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import os
+import re
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -63,7 +67,7 @@ from synthkit.shards import (
     iter_shard_members,
     read_manifest,
 )
-from synthkit.shards.format import shard_pattern, temp_name
+from synthkit.shards.format import is_safe_name, shard_pattern, temp_name
 from synthkit.shards.location import is_url
 from synthkit.shards.output import SetOutput, open_output
 from synthkit.shards.parts import find_part_journals, publish_parts
@@ -77,6 +81,7 @@ __all__ = ["ExportError", "ExportResult", "generate", "write_samples"]
 
 IN_PROGRESS = ".export-in-progress.json"
 KINDS = ("hard", "pair", "all")
+STAGE_NAMES = {"hard": "hsg", "pair": "hpg", "all": "hsg-hpg"}
 PREVIEW = "preview.png"
 # the preview grid draws from the samples of the chunks that start before this index
 PREVIEW_SAMPLES = 400
@@ -113,11 +118,11 @@ class ChunkPlan:
 
 
 def plan_chunks(counts: dict[str, int], batch_size: int) -> list[ChunkPlan]:
-    """Every chunk of a set of ``counts`` samples per kind (hard first), ``batch_size`` samples each (pairs:
+    """Every chunk of a set of ``counts`` samples per kind (pairs first), ``batch_size`` samples each (pairs:
     an even number, so no pair is split)."""
     out: list[ChunkPlan] = []
     offset = 0
-    for kind in ("hard", "pair"):
+    for kind in ("pair", "hard"):
         n = counts.get(kind, 0)
         bs = batch_size if kind == "hard" else max(2, batch_size - batch_size % 2)
         out += [ChunkPlan(kind, offset + start, start, min(bs, n - start)) for start in range(0, n, bs)]
@@ -201,7 +206,7 @@ def write_samples(
 ) -> WriteResult:
     """Make ``counts[kind]`` samples of each kind with ``producer``, score them, and write one shard set.
 
-    Keys are ``NAME_%08d`` in write order (hard samples, then pair members a, b, a, b, ...). ``previews``
+    Keys are ``NAME_%08d`` in write order (pair members a, b, a, b, ..., then hard samples). ``previews``
     keeps the first images for a grid; ``before_publish`` runs after the last sample and before the manifest.
     With ``part`` only that part's shards are written (its samples, from the chunks that hold them, whole:
     the same chunks, hence the same bytes, as one writer of the whole set), and nothing is published
@@ -311,6 +316,20 @@ def _request(
         "maxcount": maxcount,
         "kind": kind,
     }
+
+
+def default_set_name(kind: str, producer_kind: str, request: dict) -> str:
+    """``STAGE-PRODUCER-DIGEST-train``: a name (and key prefix) of this export's own.
+
+    The digest is of the request (the run's weight hashes, n, seed, kind, batch size, maxcount), so two
+    exports of different runs or seeds never share shard file names or sample keys, while the same request
+    gets the same name (and the same bytes). ``-train`` names the split: Hugging Face's
+    ``load_dataset("webdataset", data_dir=SET)`` takes only the files whose names hold a split word when
+    there are any, so the set's JSON and PNG files are not opened as tars.
+    """
+    digest = hashlib.sha256(json.dumps(request, sort_keys=True).encode("utf-8")).hexdigest()[:8]
+    producer = re.sub(r"[^A-Za-z0-9]+", "-", producer_kind).strip("-")[:32] or "producer"
+    return f"{STAGE_NAMES[kind]}-{producer}-{digest}-train"
 
 
 def _read_marker(marker: Path) -> dict | None:
@@ -523,7 +542,6 @@ def generate(
         )
     n = cfg.export.n if n is None else n
     seed = cfg.export.seed if seed is None else seed
-    name = name or cfg.export.name
     maxcount = cfg.export.maxcount if maxcount is None else maxcount
     batch_size = cfg.export.batch_size if batch_size is None else batch_size
     for flag, value in (("--n", n), ("--maxcount", maxcount), ("--batch-size", batch_size)):
@@ -531,6 +549,12 @@ def generate(
             raise ExportError(f"{flag} must be a positive integer, got {value!r}")
     if kind in ("pair", "all") and n % 2:
         raise ExportError(f"--n must be even for pairs (two samples per pair), got {n}")
+    name = name or cfg.export.name
+    if name is None:
+        unnamed = _request(art.hashes, n, seed, "", batch_size, maxcount, kind)
+        name = default_set_name(kind, producer.kind, unnamed)
+    if not is_safe_name(name):
+        raise ExportError(f"--name {name!r} must be letters, digits, '_', '-' or '.', not hidden")
     rank, world = _launch()
     split = _parse_part(part, rank, world)
     counts = {k: n for k in ("hard", "pair") if kind in (k, "all")}

@@ -7,6 +7,7 @@ of hard samples, verifies it against its manifest, evaluates the encoder, and su
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -16,8 +17,10 @@ import numpy as np
 from synthkit.config import load_pipeline
 from synthkit.evaluate import evaluate
 from synthkit.export import generate
-from synthkit.shards import verify_shard_set
+from synthkit.shards import ShardError, verify_shard_set
 from synthkit.training.loop import train
+
+logger = logging.getLogger(__name__)
 
 
 def quickstart(
@@ -27,12 +30,16 @@ def quickstart(
     t0 = time.perf_counter()
     cfg = load_pipeline(None, overrides)
     run_dir, shard_dir = out / "run", out / "shards"
+    logger.info("quickstart 1/4: training HSG for %d epochs in %s", cfg.train.epochs, run_dir)
     train(cfg, run_dir, progress=progress)
     t_train = time.perf_counter() - t0
+    logger.info("quickstart 2/4: exporting %d hard samples to %s", cfg.export.n, shard_dir)
     export = generate(run_dir, shard_dir, progress=progress)
+    logger.info("quickstart 3/4: verifying the shard set against its manifest")
     report = verify_shard_set(shard_dir)
     if not report.ok:
-        raise RuntimeError("the exported shard set failed verification: " + "; ".join(report.problems))
+        raise ShardError("the exported shard set failed verification: " + "; ".join(report.problems))
+    logger.info("quickstart 4/4: evaluating the encoder (kNN and linear probe)")
     ev = evaluate(str(run_dir))
     h = export.hardness
     conds, counts = np.unique(export.conditions, return_counts=True)

@@ -27,12 +27,12 @@ from synthkit.export import IN_PROGRESS, generate
 from synthkit.shards import ShardError, iter_samples, sha256_file
 from synthkit.shards.writer import journal_name
 
-NAME = "synthkit"
+NAME = "synthkit"  # named explicitly: the default name is the export's own (tests/shards/test_other_tools.py)
 JOURNAL = journal_name(NAME)
 # 50 shards of 24 from chunks of 16 (the tiny run's export.batch_size): shard ends fall inside chunks, so a
 # resume must recompute a chunk whose first samples are already durable. The tiny run exports ~400 samples/s
 # here, so the set takes a few seconds: long enough to be killed several times before it is complete.
-GEN_ARGS = ["--n", "1200", "--maxcount", "24", "--seed", "7", "--no-progress"]
+GEN_ARGS = ["--n", "1200", "--maxcount", "24", "--seed", "7", "--no-progress", "--name", NAME]
 
 
 def _cmd(run: Path, out: Path) -> list[str]:
@@ -90,7 +90,8 @@ def _new_shard(out: Path, more: int = 1) -> Callable[[], bool]:
 
 
 def _files(out: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(out.iterdir())}
+    """Every file of the set, the metadata tables under metadata/ included."""
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
 
 
 def test_sigkill_at_any_point_then_rerun_is_byte_identical(trained_run: Path, tmp_path: Path) -> None:
@@ -134,7 +135,7 @@ def _fail_os_write(monkeypatch: pytest.MonkeyPatch, victim: Path, code: int) -> 
 
 
 def _generate(run: Path, out: Path):
-    return generate(run, out, n=80, seed=3, maxcount=16, progress=False)
+    return generate(run, out, n=80, seed=3, maxcount=16, name=NAME, progress=False)
 
 
 def test_disk_full_during_a_resumed_export_publishes_nothing(
@@ -176,7 +177,19 @@ def test_permission_error_names_the_file_and_publishes_nothing(
         real_replace(src, dst)
 
     monkeypatch.setattr(os, "replace", replace)
-    argv = ["generate", "--run", str(trained_run), "--out", str(out), "--n", "80", "--seed", "3"]
+    argv = [
+        "generate",
+        "--run",
+        str(trained_run),
+        "--out",
+        str(out),
+        "--n",
+        "80",
+        "--seed",
+        "3",
+        "--name",
+        NAME,
+    ]
     code = main([*argv, "--maxcount", "16", "--no-progress"])
     err = capsys.readouterr().err
     monkeypatch.undo()

@@ -22,6 +22,7 @@ from synthkit.config import ConfigError, load_pipeline
 from synthkit.data.sources import load_source
 from synthkit.data.views import Views
 from synthkit.export import generate
+from synthkit.logs import error_lines
 from synthkit.objectives.scoring import Scorer, pair_groups, reference_batch
 from synthkit.shards import ShardSetWriter, iter_samples
 from synthkit.training.artifacts import load_final
@@ -138,7 +139,7 @@ def test_a_replaced_unet_is_refused_in_one_line(diffusion_run: Path, tmp_path: P
 
     write_checksums(run / "final")
     code = main(["generate", "--run", str(run), "--out", str(tmp_path / "x"), "--n", "2", "--no-progress"])
-    err = capsys.readouterr().err.strip().splitlines()
+    err = error_lines(capsys.readouterr().err)
     assert code == 2 and len(err) == 1 and "does not hold the UNet this run recorded" in err[0]
     assert not (tmp_path / "x" / "manifest.json").exists()
 

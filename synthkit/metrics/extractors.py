@@ -16,6 +16,7 @@ and a content ``sha256`` that the audit writes beside each score. The registry:
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import shutil
@@ -43,6 +44,8 @@ CLASSIFIER_FORMAT = "synthkit-audit-classifier"
 INCEPTION_SIZE = 299
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
+
+logger = logging.getLogger(__name__)
 
 
 class DomainClassifier(nn.Module):
@@ -316,8 +319,7 @@ def train_classifier(
             opt.step()
             sched.step()
             total += loss.item() * len(idx)
-        if progress:
-            print(f"epoch {epoch + 1}/{epochs}: loss {total / n:.4f}", flush=True)
+        logger.info("classifier epoch %d/%d: loss %.4f", epoch + 1, epochs, total / n)
     model.eval()
     with torch.no_grad():
         pred = torch.cat(

@@ -407,7 +407,7 @@ class DiffusionProducer(Producer):
                 "pool_guidance_scale": self.guidance_scale,
                 "pool_t_split": self.t_split,
             }
-            hard = res.hardness[: self.pool_counts["hard"]]
+            hard = res.hardness[len(res.hardness) - self.pool_counts["hard"] :]  # pairs come first
             if hard:
                 rec["pool_hardness"] = sum(hard) / len(hard)
             if res.pair_similarity:
@@ -652,6 +652,7 @@ class DiffusionProducer(Producer):
                     "pair_id": (start + j) // 2,
                     "t_split": round(self.t_split, 6),
                     "branch_mode": d.branch_mode,
+                    "guidance_scale": 0.0,  # pairs are sampled unguided
                 }
                 for j in range(count)
             ]

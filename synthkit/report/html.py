@@ -134,6 +134,7 @@ def _summary(report: dict[str, Any]) -> str:
         ("kinds", ", ".join(f"{k}: {v}" for k, v in s["by_kind"].items())),
         ("real", json.dumps({k: v for k, v in r.items() if k != "kind"}, sort_keys=True)),
         ("extractor", f"{e['id']} ({e['kind']}, {e['feature_dim']}-D, sha256 {e['sha256']})"),
+        ("chosen by", str(e.get("chosen_by", "extractor given"))),
         ("conversions", "; ".join(conv) if conv else "none (images already fit the extractor)"),
         ("synthkit", json.dumps(report["created_by"], sort_keys=True)),
     ]

@@ -18,6 +18,8 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import os
 from typing import Any
 
@@ -36,7 +38,23 @@ KIND = "real"
 
 
 def default_name(data_cfg: DataConfig, split: str) -> str:
-    """The set name (and shard file prefix) when none is given: ``SOURCE-SPLIT``, e.g. ``digits-train``."""
+    """The set name (shard file and sample-key prefix) when none is given: ``SOURCE-SIZEpx-DIGEST-SPLIT``,
+    e.g. ``digits-16px-3f2a9c1e-train``.
+
+    The digest is of the data config and split, so two conversions of one source at other sizes, channels or
+    subsets never share file names or sample keys (mixed in plain webdataset, ``__key__`` still names one
+    image), and the same conversion gets the same name. The split ends the name: Hugging Face's
+    ``load_dataset("webdataset", data_dir=SET)`` then reads the shards as that split and leaves the set's
+    JSON files alone.
+    """
+    text = json.dumps({"data": to_dict(data_cfg), "split": split}, sort_keys=True)
+    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()[:8]
+    return f"{data_cfg.name}-{data_cfg.size}px-{digest}-{split}"
+
+
+def default_dir(data_cfg: DataConfig, split: str) -> str:
+    """The output directory under ``shards/`` when none is given: ``SOURCE-SPLIT`` (readable; the set's
+    own name inside it is unique)."""
     return f"{data_cfg.name}-{split}"
 
 
@@ -70,7 +88,7 @@ def convert_source(
 ) -> dict[str, Any]:
     """Write one split of a real source as a shard set in ``out_dir`` and return its manifest.
 
-    Each sample has key ``SOURCE_SPLIT_INDEX`` (e.g. ``digits_train_00000042``), the image as loaded by
+    Each sample has key ``NAME_INDEX`` (e.g. ``digits-16px-3f2a9c1e-train_00000042``), the image as loaded by
     ``load_source(data_cfg, split)`` (resized to ``data_cfg.size``, converted to ``data_cfg.channels``, and
     restricted to ``data_cfg.subset`` on the training split), metadata
     ``{"kind": "real", "producer": "convert:SOURCE", "index": i, "split": split}`` with ``i`` the position in
@@ -81,7 +99,7 @@ def convert_source(
         split: ``"train"`` or ``"test"``.
         out_dir: directory of the new set, or an fsspec URL (``s3://bucket/set``: each shard is uploaded
             when complete, the manifest last; :mod:`synthkit.shards.output`); must not already hold a set.
-        name: set name and shard file prefix (default ``SOURCE-SPLIT``).
+        name: set name, shard file and sample-key prefix (default :func:`default_name`).
         maxcount: most samples per shard.
         progress: show a progress bar.
 
@@ -136,7 +154,6 @@ def _convert(
     # N x C x H x W -> N x H x W x C once, as a view; the writer takes one contiguous image at a time.
     images = data.images.permute(0, 2, 3, 1).numpy()
     labels = data.labels.tolist() if data.labels is not None else None
-    key_prefix = f"{data_cfg.name}_{split}"
     with ShardSetWriter(
         output.local, name, maxcount=maxcount, manifest_fields=fields, on_publish=output.publish
     ) as writer:
@@ -144,5 +161,5 @@ def _convert(
             index = int(indices[i])
             meta = {"kind": KIND, "producer": producer, "index": index, "split": split}
             cls = labels[i] if labels is not None else None
-            writer.write(f"{key_prefix}_{index:08d}", images[i], meta, cls)
+            writer.write(f"{name}_{index:08d}", images[i], meta, cls)
     return writer.close()

@@ -22,7 +22,30 @@ MANIFEST = "manifest.json"
 SIZES = "sizes.json"
 
 # Keys a manifest always has; manifest_fields given by a producer may not shadow them.
-MANIFEST_RESERVED = ("format", "version", "name", "shards", "total", "image_shape")
+MANIFEST_RESERVED = ("format", "version", "name", "shards", "total", "image_shape", "metadata_tables")
+
+#: Every sample's ``json`` has every one of these keys, with its type; null where it does not apply (a hard
+#: sample's ``pair_id``, a cGAN sample's ``t_split``, a generated sample's ``index``). One schema for every
+#: kind and producer, so a reader that infers columns from the first rows (Hugging Face ``datasets``, pandas)
+#: keeps every field of every row. Producers may add keys of their own after these.
+META_FIELDS: dict[str, str] = {
+    "kind": "string",
+    "producer": "string",
+    "generator_step": "int",
+    "seed": "int",
+    "latent_id": "int",
+    "condition": "int",
+    "condition_source": "string",
+    "condition_k": "int",
+    "hardness": "float",
+    "pair_id": "int",
+    "pair_similarity": "float",
+    "t_split": "float",
+    "branch_mode": "string",
+    "guidance_scale": "float",
+    "index": "int",
+    "split": "string",
+}
 
 _SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*")
 
@@ -170,6 +193,11 @@ def validate_meta(meta: dict, *, parsed: bool = False) -> list[str]:
     if not problems and len(_VALID_LAYOUTS) < _MAX_LAYOUTS and _layout_cacheable(layout):
         _VALID_LAYOUTS.add(layout)
     return problems
+
+
+def complete_meta(meta: dict[str, Any]) -> dict[str, Any]:
+    """``meta`` with every key of :data:`META_FIELDS` (null where absent), its own extra keys kept."""
+    return {**dict.fromkeys(META_FIELDS), **meta}
 
 
 _SOURCE_OR_NONE = frozenset((*CONDITION_SOURCES, None))

@@ -167,7 +167,9 @@ def inspect_shard_set(
     for sample in iter_samples(set_dir):
         meta, image, cls = sample["meta"], sample["image"], sample["cls"]
         kinds[_hashable(meta.get("kind"))] += 1
-        has_condition = "condition" in meta
+        # every field is present (null where it does not apply): a sample has a condition when it was
+        # generated with one, or unconditionally (condition null, condition_source "none")
+        has_condition = meta.get("condition") is not None or meta.get("condition_source") is not None
         condition = _hashable(meta.get("condition"))
         if has_condition:
             conditions[condition] += 1

@@ -37,6 +37,7 @@ from synthkit.shards.format import (
     shard_name,
 )
 from synthkit.shards.manifest import read_manifest
+from synthkit.shards.tables import publish_tables, table_format
 from synthkit.shards.writer import (
     JOURNAL_FORMAT,
     JOURNAL_VERSION,
@@ -178,6 +179,8 @@ def publish_parts(
     manifest = manifest_of(name, fields, shards, shapes)
     try:
         write_json_atomic(out_dir / SIZES, {s["name"]: s["count"] for s in shards}, indent=2)
+        # the tables a one-process writer would have written, from the shards themselves (same bytes)
+        manifest["metadata_tables"] = publish_tables(out_dir, shards, table_format())
         write_json_atomic(out_dir / MANIFEST, manifest, indent=2)
     except OutputError as exc:
         raise ShardError(f"{exc}; the shard set was not published") from exc.__cause__

@@ -21,6 +21,7 @@ from synthkit.shards.decode import DEFAULT_MAX_PIXELS
 from synthkit.shards.format import MANIFEST, SIZES, ShardError, shard_pattern
 from synthkit.shards.manifest import read_manifest
 from synthkit.shards.reader import SetRules, ShardRef, read_shard
+from synthkit.shards.tables import check_tables
 
 # Per shard, so one systematically broken producer does not bury every other problem.
 MAX_SAMPLE_PROBLEMS_PER_SHARD = 20
@@ -122,4 +123,5 @@ def verify_shard_set(
         _check_shard(ref, entry["name"], rules, max_pixels, report)
     _check_sizes(directory, manifest, report)
     _check_strays(directory, manifest, report)
+    report.problems.extend(check_tables(directory, manifest))  # shards/tables.py
     return report

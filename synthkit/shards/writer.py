@@ -7,6 +7,11 @@ Two guarantees drive the design:
   half-written set, whatever point a crash or a full disk interrupts the writer at.
 * Byte-identical output for identical inputs. Tar headers are pinned (mtime, owner, mode, GNU format, UTF-8)
   and PNGs carry no timestamps or text chunks, so shard hashes identify content and reruns can be compared.
+* Every sample's metadata has the same keys (``format.META_FIELDS``, null where a field does not apply), and
+  each shard gets a metadata table (``metadata/%06d.parquet``, CSV without pyarrow: ``shards/tables.py``),
+  written by ``close`` just before ``sizes.json`` and the manifest, which lists them, so a set can be queried
+  without reading its tars. Until then the rows wait in memory (a few hundred bytes per sample), so a failed
+  writer leaves no table behind.
 * Resumable after a kill (``resume=True``). A hidden journal ``.NAME.journal.json`` records each completed
   shard (count, bytes, sha256) *before* the shard is renamed to its final name, so at every instant each
   ``NAME-*.tar`` in the directory is listed in the journal with its true hash. A reopened writer keeps the
@@ -49,6 +54,7 @@ from synthkit.shards.format import (
     VERSION,
     ShardError,
     ShardSetExistsError,
+    complete_meta,
     is_safe_name,
     shard_name,
     shard_pattern,
@@ -57,6 +63,7 @@ from synthkit.shards.format import (
 )
 from synthkit.shards.location import is_url
 from synthkit.shards.manifest import sha256_file
+from synthkit.shards.tables import COLUMNS, publish_tables, table_format, table_row
 
 # Fixed so that PNG bytes (and hence shard hashes) depend only on the pixels.
 PNG_COMPRESS_LEVEL = 6
@@ -217,6 +224,7 @@ def _encode_meta(key: str, meta: dict) -> bytes:
     problems = validate_meta(meta)
     if problems:
         raise ValueError(f"sample {key!r}: invalid metadata: " + "; ".join(problems))
+    meta = complete_meta(meta)  # one schema for every kind: absent fields as null
     try:
         text = json.dumps(meta, sort_keys=True, separators=(",", ":"), allow_nan=False)
     except (TypeError, ValueError) as exc:
@@ -300,6 +308,9 @@ class ShardSetWriter:
         on_publish: called with each file's name once it is complete in ``out_dir`` (every shard as it is
             finished, then ``sizes.json``, then ``manifest.json`` last): how a remote output
             (:mod:`synthkit.shards.output`) uploads the set as it is written.
+        tables: write a metadata table per shard (``metadata/%06d.parquet`` or ``.csv``, listed in the
+            manifest as ``metadata_tables``) on close; a resumed writer reads the kept shards' rows back
+            from them.
     """
 
     def __init__(
@@ -312,6 +323,7 @@ class ShardSetWriter:
         resume: bool = False,
         on_publish: Callable[[str], None] | None = None,
         part: Part | None = None,
+        tables: bool = True,
     ) -> None:
         if isinstance(out_dir, str) and is_url(out_dir):  # Path would make "s3://b/x" a local "s3:/b/x"
             raise ValueError(
@@ -360,6 +372,9 @@ class ShardSetWriter:
         self._journal = self.out_dir / journal_name(name, part)
         self._on_publish = on_publish
         self._published: set[str] = set()
+        self._table_format = table_format() if tables else None
+        self._rows: list[tuple[Any, ...]] = []  # the table rows of the shard in progress (COLUMNS order)
+        self._shard_rows: dict[str, list[tuple[Any, ...]]] = {}  # completed shard -> its rows
         self._prepare_directory()
 
     @property
@@ -591,6 +606,9 @@ class ShardSetWriter:
         self._keys.add(key)
         self._shapes.add((image.shape[0], image.shape[1], image.shape[2] if image.ndim == 3 else 1))
         self._in_shard += 1
+        if self._table_format is not None:
+            row = table_row(key, path.name, meta, None if cls is None else int(cls))
+            self._rows.append(tuple(row[c] for c in COLUMNS))
         if self._in_shard >= self.maxcount:
             self._finish_shard()
 
@@ -603,6 +621,8 @@ class ShardSetWriter:
         except OSError as exc:
             raise self._fail(exc, out.final) from exc
         entry = {"name": out.final.name, "count": self._in_shard, "bytes": out.size, "sha256": out.sha256}
+        if self._table_format is not None:
+            self._shard_rows[entry["name"]], self._rows = self._rows, []
         if self.resume:  # journal first: a shard under its final name is always recorded
             try:
                 self._write_journal([*self._shards, entry])
@@ -617,10 +637,12 @@ class ShardSetWriter:
         self._file, self._tar, self._in_shard = None, None, 0
 
     def close(self) -> dict[str, Any]:
-        """Finish the last shard, publish ``sizes.json`` then ``manifest.json``; return the manifest.
+        """Finish the last shard, publish ``sizes.json``, the metadata tables, then ``manifest.json``; return
+        the manifest.
 
         A part publishes nothing: its journal is marked complete, and the returned record is
-        ``{"part", "shards", "total"}`` (``shards/parts.py`` publishes the set once every part is)."""
+        ``{"part", "shards", "total"}`` (``shards/parts.py`` publishes the set, tables included, once every
+        part is)."""
         if self._manifest is not None:
             return self._manifest
         self._check_open()
@@ -645,6 +667,13 @@ class ShardSetWriter:
                 self._publish(entry["name"])
             write_json_atomic(self.out_dir / SIZES, {s["name"]: s["count"] for s in self._shards}, indent=2)
             self._publish(SIZES)
+            if self._table_format is not None and self._shards:
+                rows = {
+                    n: [dict(zip(COLUMNS, r, strict=True)) for r in rs] for n, rs in self._shard_rows.items()
+                }
+                manifest["metadata_tables"] = publish_tables(
+                    self.out_dir, self._shards, self._table_format, rows, self._publish
+                )
             write_json_atomic(self.out_dir / MANIFEST, manifest, indent=2)
             self._publish(MANIFEST)  # last: a reader trusts the set from this moment on
         except OutputError as exc:
@@ -694,6 +723,7 @@ class ShardSetWriter:
         if self._file is not None:
             self._file.discard()
         self._file, self._tar, self._in_shard = None, None, 0
+        self._rows = []
         self._failed = True
 
     def __enter__(self) -> ShardSetWriter:

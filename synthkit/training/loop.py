@@ -25,6 +25,7 @@ steps). Read top to bottom:
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,7 @@ from synthkit.data.views import Views, to_float
 from synthkit.distributed import reduce_values
 from synthkit.encoders.model import Encoder, load_encoder_weights
 from synthkit.errors import RunError
+from synthkit.logs import epoch_line
 from synthkit.objectives.base import build_objective
 from synthkit.producers.base import Producer, StepInput, TrainContext
 from synthkit.registry import PRODUCERS
@@ -53,6 +55,8 @@ __all__ = ["WALL_CLOCK_KEYS", "RunError", "RunResult", "train"]
 #: the per-epoch throughput fields: wall-clock measurements, so they differ between two runs of the same
 #: config and seed (a test of determinism compares the log without them)
 WALL_CLOCK_KEYS = ("epoch_time_s", "epoch_step_time_s", "epoch_images_per_s")
+
+logger = logging.getLogger(__name__)
 
 
 def _real_data(cfg: PipelineConfig, run: Run) -> tuple[Any, ImageSet | None, ImageSet | None, int, int]:
@@ -179,6 +183,7 @@ def train(
             producer.on_epoch_start(epoch)
         encoder_ddp.train()
         sums: dict[str, float] = {}
+        shown = None  # the epoch's last contribution: the trackers' sample grid
         bar = tqdm(
             batches.epoch(epoch),
             total=steps_per_epoch,
@@ -191,6 +196,8 @@ def train(
             x_real = to_float(images).to(device)
             batch = StepInput(x_real, idx, epoch, epoch + i / steps_per_epoch)
             contribution = producer.contribute(batch) if producer is not None else None
+            if i == steps_per_epoch - 1:
+                shown = contribution
             # this process's records -> the global batch's (one all-reduce; the producer's after_step,
             # e.g. HPG's adaptive target, then sees the same numbers on every process)
             rec = reduce_values(step(x_real, contribution), device)
@@ -206,7 +213,7 @@ def train(
             for k, v in rec.items():
                 sums[k] = sums.get(k, 0.0) + v
             if state.step % cfg.train.log_every == 0:
-                run.log({"epoch": epoch, **rec})
+                run.log({"epoch": epoch, **rec}, namespace="train")
                 bar.set_postfix(loss=f"{rec.get('loss_cl', 0):.3f}")
         bar.close()
         elapsed = reduce_values({"t": time.perf_counter() - started}, device, op="max")["t"]
@@ -225,10 +232,11 @@ def train(
             if run.is_main:
                 epoch_rec["knn_acc"] = run.knn_monitor(acc.unwrap_model(encoder_ddp), real, test)
             acc.wait_for_everyone()
-        run.log(epoch_rec)
-        if run.is_main and progress:
-            shown = {k: round(v, 4) for k, v in epoch_rec.items() if isinstance(v, float)}
-            tqdm.write(f"epoch {state.epoch}/{cfg.train.epochs} {shown}")
+        run.log(epoch_rec, namespace="epoch")
+        run.log_samples(shown, state.epoch)
+        if run.is_main:  # a log record, with or without progress bars
+            seconds = time.perf_counter() - started  # the steps and the monitor
+            logger.info(epoch_line(state.epoch, cfg.train.epochs, state.step, epoch_rec, seconds))
         if state.epoch % cfg.train.checkpoint_every == 0 or last:
             watched = [
                 encoder_ddp,

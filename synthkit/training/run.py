@@ -18,7 +18,6 @@ machines the run directory must be on a filesystem every machine sees at the sam
 from __future__ import annotations
 
 import errno
-import importlib.util
 import json
 import logging
 import math
@@ -37,8 +36,12 @@ from synthkit.atomic import check_output_dir, write_text_atomic
 from synthkit.config import PipelineConfig, dump_yaml, load_pipeline, to_dict
 from synthkit.encoders.model import extract_features
 from synthkit.errors import CheckpointError, OutputError, RunError
-from synthkit.metrics.knn import knn_accuracy
+from synthkit.images import rows_grid, to_uint8
+from synthkit.logs import format_values
+from synthkit.metrics.knn import knn_accuracy, knn_k_problem
 from synthkit.provenance import created_by
+from synthkit.trackers import init_kwargs, log_image, resolve_trackers, tags, tracker_step
+from synthkit.trackers import namespace as record_namespace
 from synthkit.training import checkpoint as ckpt
 from synthkit.training.artifacts import publish_final
 from synthkit.training.state import LoopState, load_loop_state, save_loop_state
@@ -46,23 +49,23 @@ from synthkit.training.state import LoopState, load_loop_state, save_loop_state
 if TYPE_CHECKING:
     from synthkit.data.sources import ImageSet
     from synthkit.objectives.base import Objective
-    from synthkit.producers.base import Producer
+    from synthkit.producers.base import Contribution, Producer
 
 __all__ = ["MONITOR_MAX_TRAIN", "Run", "RunError", "RunResult"]
 
 logger = logging.getLogger(__name__)
 
 MONITOR_MAX_TRAIN = 10_000
+#: images per row of the trackers' sample grid (one row per synthetic chunk; pairs: a row of a, one of b)
+GRID_PER_ROW = 16
+#: producer records echoed to the log as one line: per pool refresh (and any ``*_final_loss`` record)
+ECHOED = ("pool",)
 
 
 @dataclass
 class RunResult:
     run_dir: Path
     summary: dict[str, Any]
-
-
-def _trackers() -> list[str]:
-    return ["tensorboard"] if importlib.util.find_spec("tensorboard") is not None else []
 
 
 def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -124,7 +127,8 @@ def _throughput(epochs: list[dict[str, Any]], batch_size: int, world: int) -> di
 
 
 def check_run_dir(cfg: PipelineConfig, run_dir: Path, resume: bool) -> None:
-    """A new run needs an unused directory; a resumed one the same config (only ``train.epochs`` may grow)."""
+    """A new run needs an unused directory; a resumed one the same config (``train.epochs`` may grow, and
+    ``train.trackers`` change)."""
     saved = run_dir / "config.yaml"
     if not resume:
         if saved.exists():
@@ -137,6 +141,7 @@ def check_run_dir(cfg: PipelineConfig, run_dir: Path, resume: bool) -> None:
     old = to_dict(load_pipeline(saved))
     new = to_dict(cfg)
     old["train"]["epochs"] = new["train"]["epochs"]  # extending a run is allowed
+    old["train"]["trackers"] = new["train"].get("trackers")  # where it is logged does not change the run
     diffs = [
         f"{s}.{k}: {old[s].get(k)!r} -> {new[s][k]!r}"
         for s in new
@@ -146,7 +151,8 @@ def check_run_dir(cfg: PipelineConfig, run_dir: Path, resume: bool) -> None:
     diffs += [f"{s}.{k}: {old[s][k]!r} -> (none)" for s in old for k in old[s] if k not in new.get(s, {})]
     if diffs:
         raise RunError(
-            "cannot resume with a different config (only train.epochs may change): " + "; ".join(diffs)
+            "cannot resume with a different config (only train.epochs and train.trackers may change): "
+            + "; ".join(diffs)
         )
 
 
@@ -170,7 +176,7 @@ class Run:
         elif not restart:
             check_run_dir(cfg, run_dir, resume)
         self.cfg, self.dir = cfg, check_output_dir(run_dir, "--out (the run directory)", create=False)
-        self.trackers = _trackers()
+        self.trackers = resolve_trackers(cfg.train.trackers)
         self.accelerator = accelerator or Accelerator(
             mixed_precision=cfg.train.mixed_precision,
             log_with=self.trackers or None,
@@ -183,6 +189,7 @@ class Run:
             )
         self.metrics = run_dir / "metrics.jsonl"
         self.step = 0  # the encoder step records are logged at
+        self._knn_warned = False
         if restart:
             self._start_over()
         self.resume_from = self._newest_checkpoint() if resume and not restart else None
@@ -221,10 +228,18 @@ class Run:
             (self.dir / "run.json").write_text(json.dumps(info, indent=2))
         self.accelerator.wait_for_everyone()
         if self.trackers:
-            self.accelerator.init_trackers("synthkit", config=_flat(to_dict(self.cfg)))
+            self.accelerator.init_trackers(
+                "synthkit",
+                config=_flat(to_dict(self.cfg)),
+                init_kwargs=init_kwargs(self.trackers, self.dir) if self.is_main else {},
+            )
+            if self.is_main:
+                logger.info("trackers: %s", ", ".join(self.trackers))
 
-    def log(self, record: dict[str, Any], step: int | None = None) -> None:
-        """One record to ``metrics.jsonl`` (main process) and its numbers to the trackers."""
+    def log(self, record: dict[str, Any], step: int | None = None, namespace: str | None = None) -> None:
+        """One record to ``metrics.jsonl`` (main process, as it is) and its numbers to the trackers, as
+        namespaced tags (``synthkit/trackers.py``): ``namespace`` (``train``, ``epoch``) or what the record's
+        keys say it is (a producer's GAN pre-training, diffusion stage 1 or pool records)."""
         step = self.step if step is None else step
         if self.is_main:
             try:
@@ -232,8 +247,24 @@ class Run:
                     f.write(json.dumps({"step": step, **record}) + "\n")
             except OSError as e:
                 raise OutputError(f"cannot write {self.metrics}: {e.strerror or e}") from e
-        numeric = {k: v for k, v in record.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-        self.accelerator.log(numeric, step=step)
+        ns = namespace or record_namespace(record)
+        values = tags(record, ns)
+        if values and self.trackers:
+            self.accelerator.log(values, step=tracker_step(record, ns, step))
+        if self.is_main and (ns in ECHOED or any(k.endswith("_final_loss") for k in record)):
+            logger.info("%s: %s", ns, format_values({k.split("/", 1)[1]: v for k, v in values.items()}))
+
+    def log_samples(self, contribution: Contribution | None, epoch: int) -> None:
+        """A grid of the synthetic images of the epoch's last step to the trackers (one row per chunk; a
+        pair chunk is a row of x_a over a row of x_b); nothing without trackers or synthetic images."""
+        if not (self.trackers and self.is_main and contribution is not None and contribution.chunks):
+            return
+        rows = []
+        for chunk in contribution.chunks:
+            rows.append(list(to_uint8(chunk.images[:GRID_PER_ROW].float())))
+            if chunk.partner is not None:
+                rows.append(list(to_uint8(chunk.partner[:GRID_PER_ROW].float())))
+        log_image(self.accelerator, "samples/grid", rows_grid(rows, scale=2), self.step, epoch)
 
     def records(self) -> list[dict[str, Any]]:
         """The records of ``metrics.jsonl``. A last line cut short by a kill is dropped; any other line that
@@ -271,6 +302,10 @@ class Run:
         train_f = extract_features(encoder, real.images[:n], device=device)
         test_f = extract_features(encoder, test.images, device=device)
         assert real.labels is not None and test.labels is not None
+        problem = knn_k_problem(self.cfg.train.knn_k, real.labels[:n], "train.knn_k")
+        if problem and not self._knn_warned:
+            logger.warning("kNN monitor: %s", problem)
+            self._knn_warned = True
         return knn_accuracy(
             train_f,
             real.labels[:n],

@@ -79,7 +79,6 @@ def test_train_extractor_then_audit_with_it(
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--real", "digits"], "choose a feature space"),
         (["--real", "nowhere", "--extractor", "pixels"], "neither a shard set directory nor a known source"),
         (["--real", "digits", "--extractor", "encoder"], "needs a run directory"),
         (["--real", "digits", "--extractor", "inception"], "never downloads"),
@@ -92,6 +91,30 @@ def test_bad_input_exits_2_with_one_line(
     code, _, err = _run(capsys, "audit", str(audit_shards), "--out", str(tmp_path / "o"), *args)
     assert code == EXIT_USAGE
     assert message in err and err.count("\n") == 1
+
+
+def test_without_an_extractor_the_default_feature_space_is_chosen_and_named(
+    audit_shards: Path, trained_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # a set that names no run: pixels
+    code, text, _ = _run(capsys, "audit", str(audit_shards), "--real", "digits", "--out", str(tmp_path / "p"))
+    assert code == 0 and "extractor pixels:16x16x1 (default: pixels" in text
+    report = json.loads((tmp_path / "p" / "report.json").read_text())
+    assert report["extractor"]["kind"] == "pixels" and report["extractor"]["chosen_by"].startswith("default")
+    assert report["config"]["extractor"] == "auto"
+    # a set made by a run on this machine: that run's encoder, which the report names
+    shards = tmp_path / "set"
+    assert (
+        main(["generate", "--run", str(trained_run), "--out", str(shards), "--n", "24", "--no-progress"]) == 0
+    )
+    capsys.readouterr()
+    code, text, _ = _run(capsys, "audit", str(shards), "--real", "digits", "--out", str(tmp_path / "e"))
+    assert code == 0
+    report = json.loads((tmp_path / "e" / "report.json").read_text())
+    assert report["extractor"]["kind"] == "encoder"
+    assert str(trained_run.resolve()) in report["extractor"]["chosen_by"]
+    assert f"extractor {report['extractor']['id']} (default: the encoder of the run" in text
+    assert "chosen by" in (tmp_path / "e" / "report.html").read_text()
 
 
 def test_a_directory_that_is_not_a_set_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

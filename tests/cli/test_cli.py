@@ -125,7 +125,7 @@ def test_generate_refuses_a_different_set_in_the_way(trained_run: Path, tmp_path
         )[0]
         == 0
     )
-    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    before = {str(p.relative_to(out)): p.read_bytes() for p in out.rglob("*") if p.is_file()}
     code, _, err = _run(
         capsys,
         "generate",
@@ -140,12 +140,12 @@ def test_generate_refuses_a_different_set_in_the_way(trained_run: Path, tmp_path
         "--no-progress",
     )
     assert code == 2 and "already holds a different shard set" in err
-    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert {str(p.relative_to(out)): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
 
 
 def test_generate_reruns_its_own_interrupted_export(trained_run: Path, tmp_path: Path, capsys) -> None:
     ref, out = tmp_path / "ref", tmp_path / "s"
-    args = ["--run", str(trained_run), "--n", "40", "--seed", "2", "--no-progress"]
+    args = ["--run", str(trained_run), "--n", "40", "--seed", "2", "--no-progress", "--name", "synthkit"]
     assert _run(capsys, "generate", *args, "--out", str(ref))[0] == 0
     assert _run(capsys, "generate", *args, "--out", str(out))[0] == 0
     # simulate a kill after the first shard: manifest and later shards never published
@@ -163,7 +163,17 @@ def test_generate_refuses_foreign_leftover_shards(trained_run: Path, tmp_path: P
     out.mkdir()
     (out / "synthkit-000000.tar").write_bytes(b"not ours")
     code, _, err = _run(
-        capsys, "generate", "--run", str(trained_run), "--n", "20", "--out", str(out), "--no-progress"
+        capsys,
+        "generate",
+        "--run",
+        str(trained_run),
+        "--n",
+        "20",
+        "--out",
+        str(out),
+        "--no-progress",
+        "--name",
+        "synthkit",
     )
     assert code == 2 and "without a manifest" in err
     assert (out / "synthkit-000000.tar").read_bytes() == b"not ours"

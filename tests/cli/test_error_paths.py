@@ -7,8 +7,10 @@ training (divergence, a full disk) and hostile configs are covered here too.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import re
 import shutil
 import subprocess
 from collections.abc import Callable
@@ -17,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from synthkit.cli import main
+from synthkit.logs import error_lines
 from synthkit.training import checkpoint as ckpt
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -270,7 +273,55 @@ CASES: dict[str, tuple[Case, str]] = {
         _resume(lambda r, t: _garble_log(r, t)),
         "line 2 is not a metrics record",
     ),
+    # --- trackers, names, eval, index (issue 15)
+    "unknown tracker": (lambda r, res, t: ["config", TINY, "--train.trackers=[nope]"], "train.trackers"),
+    "auto with another tracker": (
+        lambda r, res, t: ["config", TINY, "--train.trackers=[auto,mlflow]"],
+        "auto stands alone",
+    ),
+    "a tracker twice": (
+        lambda r, res, t: ["config", TINY, "--train.trackers=[tensorboard,tensorboard]"],
+        "twice",
+    ),
+    "generate --name unsafe": (
+        lambda r, res, t: ["generate", "--run", str(r), "--out", str(t / "s"), "--name", "../up"],
+        "--name '../up'",
+    ),
+    "convert --name hidden": (
+        lambda r, res, t: ["shards", "convert", "--data", "digits", "--name", ".x", "--out", str(t / "s")],
+        "--name '.x'",
+    ),
+    "eval --knn-k 0": (lambda r, res, t: ["eval", "--run", str(r), "--knn-k", "0"], "--knn-k must be"),
+    "index of no set": (lambda r, res, t: ["shards", "index", str(t)], "no manifest.json"),
+    "audit --k 0": (
+        lambda r, res, t: ["audit", str(t), "--real", "digits", "--k", "0", "--out", str(t / "c")],
+        "audit.k",
+    ),
+    # --- usage errors (argparse), one line like the rest
+    "no command": (lambda r, res, t: [], "required: COMMAND"),
+    "unknown command": (lambda r, res, t: ["trian", TINY], "invalid choice: 'trian'"),
+    "generate without --run": (
+        lambda r, res, t: ["generate", "--out", str(t / "s")],
+        "required: --run",
+    ),
+    "generate --n not a number": (
+        lambda r, res, t: ["generate", "--run", str(r), "--out", str(t / "s"), "--n", "ten"],
+        "invalid int value: 'ten'",
+    ),
+    "an unknown --kind": (
+        lambda r, res, t: ["generate", "--run", str(r), "--out", str(t / "s"), "--kind", "both"],
+        "invalid choice: 'both'",
+    ),
+    "train-extractor without --data": (
+        lambda r, res, t: ["audit", "train-extractor", "--out", str(t / "c")],
+        "required: --data",
+    ),
 }
+if importlib.util.find_spec("wandb") is None:  # the missing-package error can only show where it is missing
+    CASES["tracker not installed"] = (
+        lambda r, res, t: ["train", TINY, "--out", str(t / "x"), "--train.trackers=[wandb]"],
+        "pip install 'synthkit[wandb]'",
+    )
 
 
 def _edit_run(run: Path, tmp: Path, edit: Callable[[Path], None]) -> Path:
@@ -314,10 +365,10 @@ def test_error_path_is_one_line_and_exit_2(
     argv = case(trained_run, resumable, tmp_path)
     before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
     code = main(argv)
-    err = capsys.readouterr().err.strip().splitlines()
+    err = error_lines(capsys.readouterr().err)
     assert code == 2, (name, err)
     assert len(err) == 1, (name, err)
-    assert err[0].startswith("synthkit ") and expected in err[0], (name, err[0])
+    assert re.match(r"^synthkit( [a-z-]+)*: error: ", err[0]) and expected in err[0], (name, err[0])
     # nothing half-written: no run, set or report appeared beyond the inputs the case made
     after = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
     new = [p for p in after if p not in before and p.parts[0] in ("x", "s", "c")]
@@ -327,7 +378,7 @@ def test_error_path_is_one_line_and_exit_2(
 def test_a_diverging_run_stops_at_its_step_and_publishes_nothing(tmp_path: Path, capsys) -> None:
     run = tmp_path / "run"
     code = main(["train", TINY, "--out", str(run), "--no-progress", "--train.lr=1e30", "--hsg.enabled=false"])
-    err = capsys.readouterr().err.strip().splitlines()
+    err = error_lines(capsys.readouterr().err)
     assert code == 2 and len(err) == 1 and "training diverged at step" in err[0], err
     assert not (run / "final").exists()
     # a checkpoint of non-finite weights is never written
@@ -350,7 +401,7 @@ def test_eval_and_generate_refuse_non_finite_weights(trained_run: Path, tmp_path
     ckpt.write_checksums(run / "final")
     for argv in (["eval", "--run", str(run)], ["generate", "--run", str(run), "--out", str(tmp_path / "s")]):
         assert main(argv) == 2
-        err = capsys.readouterr().err.strip().splitlines()
+        err = error_lines(capsys.readouterr().err)
         assert len(err) == 1 and "non-finite" in err[0]
     assert not (tmp_path / "s" / "manifest.json").exists()
 
@@ -374,7 +425,7 @@ def tiny_disk(tmp_path: Path):
 def test_disk_full_during_train_is_one_line_and_keeps_the_last_checkpoint(tiny_disk: Path, capsys) -> None:
     run = tiny_disk / "run"
     code = main(["train", TINY, "--out", str(run), "--no-progress"])
-    err = capsys.readouterr().err.strip().splitlines()
+    err = error_lines(capsys.readouterr().err)
     assert code == 2 and len(err) == 1 and "disk full" in err[0], err
     kept = ckpt.checkpoint_dirs(run / "checkpoints")
     assert [p.name for p in kept] == ["epoch_0001"]
@@ -400,7 +451,7 @@ def test_a_read_only_filesystem_is_one_line(tmp_path: Path, capsys) -> None:
             ["audit", "train-extractor", "--data", "digits", "--out", str(mnt / "c")],
         ):
             assert main(argv) == 2
-            err = capsys.readouterr().err.strip().splitlines()
+            err = error_lines(capsys.readouterr().err)
             assert len(err) == 1 and "Read-only file system" in err[0], err
     finally:
         subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
@@ -415,5 +466,5 @@ def test_a_checkpoint_of_another_encoder_width_is_one_line(resumable: Path, tmp_
     shutil.copytree(_last_checkpoint(other), run / "checkpoints" / "epoch_0001")
     capsys.readouterr()
     assert main(["train", str(run / "config.yaml"), "--out", str(run), "--resume", "--no-progress"]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
+    err = error_lines(capsys.readouterr().err)
     assert len(err) == 1 and "does not fit this run's models" in err[0], err

@@ -13,6 +13,7 @@ from synthkit.cli import main
 from synthkit.config import EncoderConfig
 from synthkit.encoders.model import Encoder, load_encoder_weights
 from synthkit.errors import ModelError
+from synthkit.logs import error_lines
 from synthkit.provenance import state_dict_hash
 from synthkit.training.loop import train
 from tests.conftest import tiny_config
@@ -62,7 +63,7 @@ def test_weights_of_another_shape_are_one_line_errors(trained_run: Path, tmp_pat
         "--hsg.enabled=false",
     ]
     assert main([*argv, f"--encoder.weights={source}", "--encoder.width=6"]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
+    err = error_lines(capsys.readouterr().err)
     assert len(err) == 1 and "does not fit the whole encoder" in err[0] and "encoder.backbone/width" in err[0]
     assert main([*argv, f"--encoder.weights={tmp_path / 'missing.safetensors'}"]) == 2
     assert "missing" in capsys.readouterr().err

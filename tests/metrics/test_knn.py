@@ -98,3 +98,15 @@ def test_bad_inputs_are_rejected() -> None:
         knn_predict(x, torch.zeros(9, dtype=torch.int64), torch.randn(3, 4))
     with pytest.raises(ValueError, match="test_labels"):
         knn_accuracy(x, torch.zeros(10, dtype=torch.int64), torch.randn(3, 4), torch.zeros(2))
+
+
+def test_k_above_the_images_per_class_is_a_problem_named() -> None:
+    from synthkit.metrics.knn import knn_k_problem
+
+    labels = torch.arange(256) % 10  # 25 per class, as the tiny pipeline's 256 digits
+    problem = knn_k_problem(200, labels, "eval.knn_k")
+    assert problem is not None and "eval.knn_k=200" in problem and "25 training images per class" in problem
+    assert knn_k_problem(50, labels) is None and knn_k_problem(20, labels) is None  # own class >= half
+    assert knn_k_problem(51, labels) is not None
+    assert knn_k_problem(200, torch.arange(1437) % 10) is None  # the digits' 143 per class: k=200 is fine
+    assert knn_k_problem(5, torch.zeros(0, dtype=torch.long)) is None

@@ -18,6 +18,7 @@ from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 from safetensors.torch import load_file, save_file
 
 from synthkit.cli import main
+from synthkit.logs import error_lines
 from synthkit.provenance import state_dict_hash
 from tests.conftest import TINY_DIFFUSION
 
@@ -120,7 +121,7 @@ def test_a_bare_unconditional_unet_trains_generates_audits_and_is_verified(tmp_p
     shutil.copy(model / "unet" / "diffusion_pytorch_model.safetensors", victim)
     capsys.readouterr()
     assert _generate(run, tmp_path / "swapped") == 2
-    err = capsys.readouterr().err.strip().splitlines()
+    err = error_lines(capsys.readouterr().err)
     assert len(err) == 1 and "diffusion_pytorch_model.safetensors" in err[0] and "altered" in err[0]
     assert not (tmp_path / "swapped" / "manifest.json").exists()
 
@@ -159,7 +160,7 @@ def test_fine_tuning_a_class_conditional_model_needs_matching_conditions(tmp_pat
     assert record["hashes"]["unet_ema"] != record["pretrained"]["hash"]  # fine-tuned
     capsys.readouterr()
     assert _train(model, tmp_path / "bad", "--generator.train_steps=4", "--conditions.k=5") == 2
-    err = capsys.readouterr().err.strip().splitlines()
+    err = error_lines(capsys.readouterr().err)
     assert len(err) == 1 and "has 3 classes" in err[0] and "conditions.k=3" in err[0]
     assert not (tmp_path / "bad" / "config.yaml").exists()
 
@@ -170,10 +171,10 @@ def test_size_and_channel_mismatches_are_one_line_errors_or_an_explicit_resize(
     model = tmp_path / "m24"
     DDPMPipeline(unet=_unet(size=24), scheduler=_scheduler()).save_pretrained(model, safe_serialization=True)
     assert _train(model, tmp_path / "bad") == 2
-    err = capsys.readouterr().err.strip().splitlines()
+    err = error_lines(capsys.readouterr().err)
     assert len(err) == 1 and "24 px" in err[0] and "generator.resize=true" in err[0]
     assert _train(model, tmp_path / "bad3", "--data.channels=3") == 2
-    err = capsys.readouterr().err.strip().splitlines()
+    err = error_lines(capsys.readouterr().err)
     assert len(err) == 1 and "channels" in err[0]
     run = tmp_path / "resized"
     assert _train(model, run, "--generator.resize=true") == 0
@@ -192,7 +193,7 @@ def test_missing_or_pickled_models_are_refused(tmp_path: Path, capsys) -> None:
     model = tmp_path / "pickled"
     _unet().save_pretrained(model, safe_serialization=False)  # a .bin: pickle
     assert _train(model, tmp_path / "r2") == 2
-    err = capsys.readouterr().err.strip().splitlines()
+    err = error_lines(capsys.readouterr().err)
     assert len(err) == 1 and "safetensors only" in err[0]
     assert main(["config", str(TINY_DIFFUSION), "--generator.train_steps=0"]) == 2
     assert "needs a pretrained model" in capsys.readouterr().err

@@ -12,6 +12,7 @@ from safetensors.torch import load_file, save_file
 
 from synthkit.cli import main
 from synthkit.config import ConfigError
+from synthkit.logs import error_lines
 from synthkit.provenance import state_dict_hash
 from synthkit.training.loop import train
 from tests.conftest import tiny_config
@@ -96,7 +97,7 @@ def test_bad_user_generators_are_one_line_errors(weights: Path, tmp_path: Path, 
         assert (
             main(["train", "pipelines/tiny.yaml", "--out", str(tmp_path / "x"), "--no-progress", *extra]) == 2
         )
-        err = capsys.readouterr().err.strip().splitlines()
+        err = error_lines(capsys.readouterr().err)
         assert len(err) == 1, err
         assert not (tmp_path / "x" / "config.yaml").exists()
         return err

@@ -42,7 +42,9 @@ def read_plain(set_dir: Path) -> list[dict]:
 
 
 def snapshot(directory: Path) -> dict[str, tuple[bytes, int]]:
-    return {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(directory.iterdir())}
+    """Every file of the set (metadata tables under metadata/ included) with its bytes and mtime."""
+    files = (p for p in sorted(directory.rglob("*")) if p.is_file())
+    return {str(p.relative_to(directory)): (p.read_bytes(), p.stat().st_mtime_ns) for p in files}
 
 
 @pytest.fixture(scope="module")
@@ -131,7 +133,11 @@ def test_inspect_converted_set_counts_kinds_and_labels(digits_set: Path) -> None
     assert summary["images"] == {"sizes": {"8x8": 40}, "modes": {"L": 40}}
     assert summary["grid"] is None
     json.dumps(summary)  # JSON-serialisable
-    published = {s["name"] for s in read_manifest(digits_set)["shards"]} | {"manifest.json", "sizes.json"}
+    published = {s["name"] for s in read_manifest(digits_set)["shards"]} | {
+        "manifest.json",
+        "sizes.json",
+        "metadata",
+    }
     assert {p.name for p in digits_set.iterdir()} == published  # inspecting writes nothing into the set
 
 
@@ -197,6 +203,7 @@ def test_grid_has_one_row_per_condition(
         "hard-000001.tar",
         "hard-000002.tar",
         "manifest.json",
+        "metadata",  # the set's metadata tables (shards/tables.py)
         "sizes.json",
     ]
 

@@ -35,7 +35,8 @@ def _killed(out: Path, items: list[Sample]) -> None:
 
 
 def _files(out: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(out.iterdir())}
+    """Every file of the set, the metadata tables under metadata/ included."""
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
 
 
 def _finish(out: Path, items: list[Sample], **kwargs) -> ShardSetWriter:

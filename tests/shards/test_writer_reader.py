@@ -11,6 +11,7 @@ import numpy as np
 from PIL import Image
 
 from synthkit.shards import FORMAT, VERSION, iter_samples, read_manifest, sha256_file
+from synthkit.shards.format import META_FIELDS, complete_meta
 
 
 def _as_hwc(image: np.ndarray) -> np.ndarray:
@@ -36,7 +37,8 @@ def test_plain_webdataset_reads_what_the_writer_wrote(write_set, samples):
         hwc = _as_hwc(image)
         assert mode == ("L" if hwc.shape[2] == 1 else "RGB"), key
         np.testing.assert_array_equal(rgb, np.broadcast_to(hwc, (*hwc.shape[:2], 3)))
-        assert meta == want_meta
+        assert meta == complete_meta(want_meta)  # as written, with every schema field (null if absent)
+        assert set(META_FIELDS) <= set(meta)
         assert cls_bytes == (None if cls is None else str(cls).encode())
 
 
@@ -49,15 +51,16 @@ def test_iter_samples_round_trip_from_directory_and_paths(write_set, samples):
         for sample, (_, image, meta, cls) in zip(got, samples, strict=True):
             assert sample["image"].dtype == np.uint8
             np.testing.assert_array_equal(sample["image"], _as_hwc(image))
-            assert sample["meta"] == meta
+            assert sample["meta"] == complete_meta(meta)
             assert sample["cls"] == cls
             assert Path(sample["__shard__"]).name.startswith("hard-")
 
 
 def test_identical_inputs_give_byte_identical_shards_and_manifest(write_set):
     a, b = write_set("a"), write_set("b")
-    names = sorted(p.name for p in a.iterdir())
-    assert names == sorted(p.name for p in b.iterdir())
+    names = sorted(str(p.relative_to(a)) for p in a.rglob("*") if p.is_file())  # metadata tables included
+    assert names == sorted(str(p.relative_to(b)) for p in b.rglob("*") if p.is_file())
+    assert "metadata/000000.parquet" in names or "metadata/000000.csv" in names
     for name in names:
         assert (a / name).read_bytes() == (b / name).read_bytes(), name
 

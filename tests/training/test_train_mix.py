@@ -55,21 +55,38 @@ def test_mix_resume_matches_uninterrupted(shard_sets, tmp_path: Path) -> None:
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_cli_data_sugar_trains_the_method_or_plain_cl(shard_sets, tiny_pipeline: Path, tmp_path: Path, capsys) -> None:
+def test_cli_data_sugar_trains_the_method_or_plain_cl(
+    shard_sets, tiny_pipeline: Path, tmp_path: Path, capsys
+) -> None:
     """``--data`` mixes shard sets; with HSG on (the pipeline's default) the producers train on the streamed
     mix, with ``--hsg.enabled=false`` it is plain CL on it."""
     real, syn = shard_sets
     data = ["--data", f"real={real}:0.5", "--data", f"syn={syn}:0.5"]
     method = tmp_path / "method"
-    code = main(["train", str(tiny_pipeline), "--out", str(method), "--no-progress", *data, "--mix.epoch_samples=256"])
+    code = main(
+        ["train", str(tiny_pipeline), "--out", str(method), "--no-progress", *data, "--mix.epoch_samples=256"]
+    )
     assert code == 0, capsys.readouterr().err
     recs = [json.loads(x) for x in (method / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in recs if "loss_cl" in r]
-    assert steps and "loss_d" in steps[-1] and "hardness_syn" in steps[-1]  # the generator trained after warm-up
+    assert (
+        steps and "loss_d" in steps[-1] and "hardness_syn" in steps[-1]
+    )  # the generator trained after warm-up
     assert json.loads((method / "run.json").read_text())["data"]["name"] == "mix"
     assert "generator_ema" in json.loads((method / "summary.json").read_text())["hashes"]
     run = tmp_path / "cli"
-    code = main(["train", str(tiny_pipeline), "--out", str(run), "--no-progress", *data, *MIX_ARGS, "--train.knn_every=0"])
+    code = main(
+        [
+            "train",
+            str(tiny_pipeline),
+            "--out",
+            str(run),
+            "--no-progress",
+            *data,
+            *MIX_ARGS,
+            "--train.knn_every=0",
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     summary = json.loads((run / "summary.json").read_text())
     assert summary["steps"] == 8 and "generator_ema" not in summary["hashes"]
