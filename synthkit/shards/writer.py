@@ -607,7 +607,8 @@ class ShardSetWriter:
         self._shapes.add((image.shape[0], image.shape[1], image.shape[2] if image.ndim == 3 else 1))
         self._in_shard += 1
         if self._table_format is not None:
-            row = table_row(key, path.name, meta, None if cls is None else int(cls))
+            # from the bytes written, as a reader (and a set published from parts) sees them
+            row = table_row(key, path.name, json.loads(members[1][1]), None if cls is None else int(cls))
             self._rows.append(tuple(row[c] for c in COLUMNS))
         if self._in_shard >= self.maxcount:
             self._finish_shard()

@@ -153,7 +153,8 @@ def test_convert_to_s3_uploads_shards_then_the_manifest_last(s3, tmp_path, monke
     manifest = convert_source(cfg, "train", url, maxcount=16)
     local = convert_source(cfg, "train", tmp_path / "local", maxcount=16)
     assert manifest == {**local, "created_by": manifest["created_by"]}
-    assert order == [s["name"] for s in manifest["shards"]] + ["sizes.json", "manifest.json"]
+    tables = [t["name"] for t in manifest["metadata_tables"]["tables"]]
+    assert order == [s["name"] for s in manifest["shards"]] + ["sizes.json", *tables, "manifest.json"]
     assert seen_before_manifest == [None]
     assert verify_shard_set(url).ok
     assert _keys_and_pixels(iter_samples(url)) == _keys_and_pixels(iter_samples(tmp_path / "local"))

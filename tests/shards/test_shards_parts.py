@@ -26,7 +26,8 @@ def _samples(n: int = 14) -> list[Sample]:  # 14 samples in shards of 3: 4 full 
 
 
 def _files(out: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(out.iterdir())}
+    # recursive: the per-shard metadata tables (metadata/) are part of the set's bytes
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
 
 
 def _one_writer(out: Path, items: list[Sample]) -> Path:

@@ -169,7 +169,7 @@ def test_epochs_log_their_throughput_and_the_summary_adds_it_up(trained_run: Pat
         str(trained_run / "synthkit")
     )  # accelerate's TensorBoard tracker, project "synthkit"
     acc.Reload()
-    logged = [(e.step, e.value) for e in acc.Scalars("epoch_images_per_s")]
+    logged = [(e.step, e.value) for e in acc.Scalars("epoch/images_per_s")]
     assert logged == [(r["step"], pytest.approx(r["epoch_images_per_s"], rel=1e-6)) for r in epochs]
 
 
