@@ -102,11 +102,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--classifier", type=Path, required=True, help="in-domain classifier directory")
     ap.add_argument("--real-root", default="/usr/share/datasets/fashion-mnist")
     ap.add_argument("--out", type=Path, default=ROOT / "eval" / "results" / "audit_vs_gain")
+    ap.add_argument(
+        "--work",
+        type=Path,
+        default=ROOT / "runs" / "audit_vs_gain",
+        help="where the real subset is converted",
+    )
     args = ap.parse_args(argv)
     meta = json.loads((args.table / "table.json").read_text())["meta"]
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
-    real = out / f"real-subset-{meta['subset']}"
+    real = args.work / f"fashion-mnist-28px-subset-{meta['subset']}"
     if not (real / "manifest.json").exists():
         # the table's real training subset (fashion-mnist-method.yaml: subset_seed 0, 28 px)
         _synthkit(
