@@ -99,7 +99,12 @@ def epoch_line(epoch: int, epochs: int, step: int, record: dict[str, Any], secon
     dropped for reading, the ``epoch`` counter is the line's head.
     """
     shown = {k.removeprefix("epoch_"): v for k, v in record.items() if k != "epoch"}
-    return f"epoch {epoch}/{epochs} (step {step}, {seconds:.1f} s): {format_values(shown)}"
+    # throughput: images/s at the head; the epoch's time is there already, its step time follows from both
+    rate = shown.pop("images_per_s", None)
+    shown.pop("time_s", None)
+    shown.pop("step_time_s", None)
+    speed = f", {rate:.0f} img/s" if rate is not None else ""
+    return f"epoch {epoch}/{epochs} (step {step}, {seconds:.1f} s{speed}): {format_values(shown)}"
 
 
 def error_lines(stderr: str) -> list[str]:
