@@ -2,7 +2,9 @@
 
 Distances are Euclidean (``torch.cdist``) and computed in ``chunk_size x chunk_size`` blocks, so memory is
 bounded by one block whatever the set sizes: 50,000 x 50,000 comparisons never hold the full matrix.
-float64 inputs stay float64 (exact references in tests); anything else is computed in float32.
+float64 inputs stay float64 (exact references in tests); anything else is computed in float32. Blocks and
+results live on the inputs' device (``audit --device cuda`` keeps its features there), so the same code runs
+on the CPU and on an accelerator.
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ def neighbour_distances(x: torch.Tensor, k: int, chunk_size: int = DEFAULT_CHUNK
     if not 1 <= k < n:
         raise ValueError(f"k must be in [1, {n - 1}] for {n} points, got {k}")
     dtype = _dtype(x)
-    best = torch.full((n, k + 1), float("inf"), dtype=dtype)
+    best = torch.full((n, k + 1), float("inf"), dtype=dtype, device=x.device)
     for i, _, block in distance_blocks(x, x, chunk_size):
         rows = slice(i, i + block.shape[0])
         merged = torch.cat([best[rows], block], dim=1)
@@ -63,8 +65,8 @@ def nearest_neighbours(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """For each row of ``query``: (distance to, index of) its nearest row of ``ref``; ties: lower index."""
     dtype = _dtype(query, ref)
-    dist = torch.full((query.shape[0],), float("inf"), dtype=dtype)
-    idx = torch.zeros(query.shape[0], dtype=torch.int64)
+    dist = torch.full((query.shape[0],), float("inf"), dtype=dtype, device=query.device)
+    idx = torch.zeros(query.shape[0], dtype=torch.int64, device=query.device)
     for i, j, block in distance_blocks(query, ref, chunk_size):
         d, a = block.min(dim=1)
         rows = slice(i, i + block.shape[0])
