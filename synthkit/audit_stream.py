@@ -16,8 +16,8 @@ second read gives the same bytes or refuses (ShardError); it reads at most one s
 at most the shards of the set. A named source is already in memory and is indexed.
 
 Memory is therefore the features, the slim metadata, one shard decoded by the reader, and one batch of
-``batch_size`` images (capped at :data:`BATCH_BYTES` of pixels, so a set of 4096 x 4096 images streams a
-few images at a time) in uint8 and in the extractor's input.
+``batch_size`` images (capped at :data:`BATCH_BYTES` of pixels, so a set of 4096 x 4096 images streams one
+image at a time) as decoded arrays, one uint8 tensor and the extractor's float input.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ META_KEYS = (
     "condition",
     "condition_k",
 )
-BATCH_BYTES = 256 * 2**20  # uint8 pixels per streamed batch at most
+BATCH_BYTES = 64 * 2**20  # uint8 pixels per streamed batch at most (x 10: the arrays, tensor and floats)
 
 
 @dataclass
@@ -116,8 +116,6 @@ class SetSide:
         wanted = iter(self.keep.tolist()) if self.keep is not None else None
         next_wanted = next(wanted, None) if wanted is not None else None
         for position, sample in enumerate(self._samples()):
-            if produced >= self.count:
-                break
             if wanted is not None:
                 if position != next_wanted:
                     continue
@@ -137,6 +135,8 @@ class SetSide:
                 yield _batch(start, images, metas, labels)
                 start += len(images)
                 images, metas, labels = [], [], []
+            if produced >= self.count:  # before the reader opens the next shard
+                break
         if images:
             yield _batch(start, images, metas, labels)
         if produced == 0:

@@ -140,3 +140,34 @@ def test_device_cpu_explicit_and_a_bad_device_is_one_line(
         lines = error_lines(capsys.readouterr().err)
         assert code == EXIT_USAGE and len(lines) == 1 and "--device" in lines[0] and repr(name) in lines[0]
         assert not (tmp_path / name / REPORT_JSON).exists()
+
+
+@pytest.mark.slow
+def test_hardness_streamed_in_odd_batches_equals_one_call(
+    audit_shards: Path, trained_run: Path, tmp_path: Path
+) -> None:
+    """Batches of 100 are re-cut into the 256-sample chunks (and seeds) of one hardness_of call."""
+    from synthkit.data.views import Views
+    from synthkit.metrics.extractors import encoder_extractor
+    from synthkit.metrics.hardness import hardness_of
+    from synthkit.objectives.scoring import Scorer, reference_batch
+    from synthkit.training.artifacts import load_final
+
+    syn, _ = _stacked(audit_shards)
+    syn = torch.cat([syn, syn, syn])[:300]  # more than one chunk of 256
+    many = tmp_path / "many"
+    with ShardSetWriter(many, "many", maxcount=64, manifest_fields={}) as w:
+        for i in range(300):
+            w.write(f"s{i:04d}", syn[i].permute(1, 2, 0).numpy(), {"kind": "sample", "producer": "t"})
+    cfg = AuditConfig(extractor="pixels", kid_subsets=5, kid_subset_size=50, batch_size=100, seed=2)
+    report = audit(many, "digits", tmp_path / "a", config=cfg, encoder_run=trained_run)
+
+    art, ext = load_final(trained_run), encoder_extractor(trained_run)
+    syn_x, real_x = ext.prepare(syn), ext.prepare(_digits())
+    views = Views(art.cfg.views, ext.channels or syn_x.shape[1], syn_x.shape[-1])
+    scorer = Scorer(art.encoder, views, art.objective, reference_batch(real_x, art.cfg.train.batch_size, 2))
+    whole = hardness_of(scorer, syn_x.float() / 255.0, seed=2).double()
+    got = report["details"]["hardness"]["encoder"]
+    assert got["count"] == 300
+    assert got["mean"] == pytest.approx(whole.mean().item(), rel=1e-6)
+    assert got["max"] == pytest.approx(whole.max().item(), rel=1e-6)
