@@ -38,6 +38,10 @@ class AuditImages:
     values: dict[str, np.ndarray]
 
 
+# Rows of the per-condition grid at most: a set whose metadata gives every sample its own condition would
+# otherwise draw (and make a streamed audit read again) every sample.
+MAX_GRID_ROWS = 64
+
 SECTIONS = (
     "summary",
     "metrics",
@@ -197,7 +201,9 @@ def _grid_rows(conditions: list[Any], per_row: int) -> tuple[list[list[int]], st
         return [idx[j : j + per_row] for j in range(0, len(idx), per_row)], (
             "no conditions in this set: the first samples"
         )
-    caption = "one row per condition: " + ", ".join("none" if k is None else str(k) for k in keys)
+    more = f" (the first {MAX_GRID_ROWS} of {len(keys)})" if len(keys) > MAX_GRID_ROWS else ""
+    keys = keys[:MAX_GRID_ROWS]
+    caption = "one row per condition: " + ", ".join("none" if k is None else str(k) for k in keys) + more
     return [by_cond[k][:per_row] for k in keys], caption
 
 
