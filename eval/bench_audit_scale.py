@@ -236,6 +236,13 @@ def main() -> None:
     print(
         f"planted copies: {args.n // 1000} in the {args.n // 1000}k set, {args.subset // 1000} in the subset"
     )
+    rows_ivf = [("PRDC sample (s)", lambda m: m["prdc"].get("seconds"))]
+    for part in ("build", "search", "probe"):
+        rows_ivf.append(
+            (f"IVF {part} (s)", lambda m, part=part: m["memorisation"].get("seconds", {}).get(part))
+        )
+    for label, fn in rows_ivf:
+        print(f"{label:<28}" + "".join(f"{fn(runs[n]['methods']) or '-':>16}" for n in names))
     print("\nper-step seconds:")
     steps = list(next(iter(runs.values()))["timings"])
     for s in steps:

@@ -335,6 +335,7 @@ def _prdc_and_neighbours(
     class-coverage inputs (``covered``: per real point of ``real_index``; ``fake_index``: samples to classify;
     None: all)."""
     n_real, n_syn = f_real.shape[0], f_syn.shape[0]
+    start = time.perf_counter()
     if max(n_real, n_syn) <= cfg.exact_max:
         pr = prdc.prdc(f_real, f_syn, k=cfg.k, chunk_size=cfg.chunk_size)
         points = {"real": n_real, "synthetic": n_syn}
@@ -365,6 +366,7 @@ def _prdc_and_neighbours(
         "seed": cfg.seed,
         "std": sp.std,
         "per_draw": sp.per_draw,
+        "seconds": round(time.perf_counter() - start, 3),
     }
     nb = estimates.ivf_neighbours(
         f_real,

@@ -17,6 +17,7 @@ Exact PRDC and memorisation compare every synthetic sample with every real image
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -115,13 +116,21 @@ def ivf_neighbours(
 ) -> Neighbours:
     """Both neighbour searches of memorisation through one IVF index of ``real``, and their measured error."""
     n, m = real.shape[0], fake.shape[0]
+    clock = [time.perf_counter()]
+
+    def lap() -> float:
+        clock.append(time.perf_counter())
+        return round(clock[-1] - clock[-2], 3)
+
     index = build_ivf(real, nlist, iters=iters, seed=seed, chunk_size=chunk_size)
+    seconds = {"build": lap()}
     fd, fi = (t[:, 0] for t in search(index, fake, k=1, nprobe=nprobe))
     own = torch.arange(n, device=real.device)
     rd, ri = (t[:, 0] for t in search(index, real, k=1, nprobe=nprobe, exclude=own))
     misses = _fill_misses(fd, fi, fake, real, False, chunk_size) + _fill_misses(
         rd, ri, real, real, True, chunk_size
     )
+    seconds["search"] = lap()
 
     # The measured error: a seeded probe of samples and of real images, searched exactly.
     g = torch.Generator().manual_seed(seed + 1)
@@ -132,6 +141,7 @@ def ivf_neighbours(
     yard, _ = (t[:, 0] for t in exact_search(real[ei], real, exclude=ei, chunk_size=chunk_size))
     exact_suspect = ed / yard.clamp_min(1e-12) < threshold
     found_suspect = fd[pf] / rd[fi[pf]].clamp_min(1e-12) < threshold
+    seconds["probe"] = lap()
     sizes = index.list_sizes()
     info = {
         "method": "ivf",
@@ -152,5 +162,6 @@ def ivf_neighbours(
         },
         "suspect_agreement": (exact_suspect == found_suspect).double().mean().item(),
         "suspects_on_probe": {"exact": int(exact_suspect.sum()), "found": int(found_suspect.sum())},
+        "seconds": seconds,
     }
     return Neighbours(fd, fi, rd, info)
