@@ -32,6 +32,7 @@ import torch
 from synthkit.errors import AuditError
 from synthkit.metrics.extractors import FeatureExtractor
 from synthkit.shards import iter_samples, open_set
+from synthkit.shards.format import IMAGE_SHAPE
 from synthkit.shards.reader import ShardSet, raise_first, read_shard
 
 # The metadata fields the audit reads (pairs, hardness, conditions, counts by kind); the rest is dropped as
@@ -97,7 +98,10 @@ class SetSide:
         return iter_samples(self.shard_set.location)
 
     def peek(self) -> tuple[int, int, int]:
-        """The first image's H x W x C (reads the first shard)."""
+        """The set's H x W x C: the manifest's ``image_shape``, else the first image's (reads one shard)."""
+        declared = self.manifest.get(IMAGE_SHAPE)
+        if self.shape is None and isinstance(declared, list) and len(declared) == 3:
+            self.shape = tuple(int(v) for v in declared)  # type: ignore[assignment]
         if self.shape is None:
             first = next(iter(self._samples()), None)
             if first is None:
