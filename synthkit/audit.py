@@ -328,6 +328,16 @@ def _num_conditions(metas: list[dict], manifest: dict) -> int | None:
     return cond.get("k") if isinstance(cond, dict) and isinstance(cond.get("k"), int) else None
 
 
+def _peak_mib() -> str:
+    """The process's peak resident memory so far (Linux ``VmHWM``), for the step log lines."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            line = next(x for x in f if x.startswith("VmHWM:"))
+        return str(int(line.split()[1]) // 1024)
+    except (OSError, StopIteration, ValueError):
+        return "?"
+
+
 def _prdc_and_neighbours(
     f_real: torch.Tensor, f_syn: torch.Tensor, cfg: AuditConfig
 ) -> tuple[dict[str, float], dict[str, Any], tuple[torch.Tensor, ...], dict[str, Any], dict[str, Any]]:
@@ -451,7 +461,7 @@ def audit(
         now = time.perf_counter()
         timings[name] = round(now - clock, 3)
         clock = now
-        logger.info("audit: %s done in %.1f s", name, timings[name])
+        logger.info("audit: %s done in %.1f s (peak RSS so far %s MiB)", name, timings[name], _peak_mib())
 
     # 1. Inputs: the synthetic set's manifest and image size choose the extractor; both sets are streamed.
     syn_side = open_side(set_dir, "synthetic", cfg.max_samples)
