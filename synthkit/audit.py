@@ -6,13 +6,19 @@ and writes ``report.json`` and a self-contained ``report.html`` (:mod:`synthkit.
 written to a temp name and renamed, ``report.json`` last: a directory without it holds no finished report.
 
 Steps of :func:`audit`:
-1. read the synthetic set and the real images; convert both explicitly to the extractor's input;
-2. extract features once, in batches;
-3. feature-space metrics: FID, KID, precision/recall/density/coverage and memorisation (one chunked pass),
-   uniformity, alignment and similarity of positive pairs, class coverage when the real data has labels;
-4. image and metadata metrics: broken images, condition counts and entropy, hardness (recorded, and
+1. stream the real images, then the synthetic set, batch by batch (:mod:`synthkit.audit_stream`): each
+   batch is converted explicitly to the extractor's input, its features extracted on ``audit.device``
+   (default: CUDA when there is one), and broken-image counts and recomputed hardness folded in; only the
+   features and the metadata the audit reads stay;
+2. feature-space metrics: FID (exact: streamed float64 moments), KID, precision/recall/density/coverage
+   and memorisation, uniformity, alignment and similarity of positive pairs, class coverage when the real
+   data has labels. Up to ``audit.exact_max`` points per set PRDC and memorisation are exact (all pairs,
+   chunked); above it PRDC is computed on seeded samples and memorisation's neighbours come from an IVF
+   index (:mod:`synthkit.metrics.estimates`), and ``report["methods"]`` says how, with the measured error;
+3. image and metadata metrics: broken images, condition counts and entropy, hardness (recorded, and
    recomputed under an encoder when a run is given), pair similarity over generator steps;
-5. write the report. Every score records the extractor that produced it (``null`` for those that use none).
+4. the report: the images it shows are read again from only the shards that hold them. Every score
+   records the extractor that produced it (``null`` for those that use none) and whether it is exact.
 
 Example::
 
@@ -36,13 +42,16 @@ import numpy as np
 import torch
 
 from synthkit.atomic import check_output_dir, write_json_atomic, write_text_atomic
+from synthkit.audit_stream import Batch, SetSide, TensorSide, open_side, stream_features
 from synthkit.config import DataConfig
 from synthkit.data.sources import load_source
+from synthkit.devices import resolve_device
 from synthkit.errors import AuditError, ConfigError
 from synthkit.metrics import (
     alignment_uniformity,
     broken,
     conditions_coverage,
+    estimates,
     fid,
     memorisation,
     pairs,
@@ -52,8 +61,7 @@ from synthkit.metrics.extractors import EXTRACTORS, FeatureExtractor, load_extra
 from synthkit.metrics.knn import knn_predict
 from synthkit.provenance import created_by
 from synthkit.registry import SOURCES
-from synthkit.report.html import AuditImages, render_report
-from synthkit.shards import iter_samples, open_set
+from synthkit.report.html import AuditImages, render_report, shown_indices
 from synthkit.shards.inspect import describe
 from synthkit.shards.location import is_url
 
@@ -103,6 +111,13 @@ class AuditConfig:
     ``memorisation_threshold``: suspect when nearest-real distance / that real image's own nearest-real
     distance is below it. ``uniformity_max``: uniformity uses a seeded subsample of at most this many
     points per set (all pairs of 50,000 points would cost more than everything else together).
+    ``device``: where features and distances are computed (None: CUDA when available, else the CPU).
+
+    Scale: with both sets at most ``exact_max`` points PRDC and memorisation are exact. Above it PRDC is
+    the mean over ``prdc_repeats`` seeded samples of ``prdc_sample`` points per set (Naeem et al. use
+    10,000), and memorisation's nearest neighbours come from an IVF index of the real features with
+    ``ann_nlist`` lists (None: 4 sqrt(N)), ``ann_nprobe`` probed per query and ``ann_iters`` k-means
+    rounds, its recall measured on ``ann_probe`` seeded samples against the exact search.
     """
 
     extractor: str = "auto"
@@ -120,6 +135,14 @@ class AuditConfig:
     top: int = 16
     grid_per_row: int = 10
     seed: int = 0
+    device: str | None = None
+    exact_max: int = 50_000
+    prdc_sample: int = 10_000
+    prdc_repeats: int = 3
+    ann_nlist: int | None = None
+    ann_nprobe: int = 32
+    ann_iters: int = 10
+    ann_probe: int = 1000
 
     def __post_init__(self) -> None:
         checks = [
@@ -138,6 +161,13 @@ class AuditConfig:
             (self.max_samples is None or self.max_samples >= 2, "max_samples", "must be >= 2 or None"),
             (self.max_real is None or self.max_real >= 2, "max_real", "must be >= 2 or None"),
             (self.top >= 1 and self.grid_per_row >= 1, "top/grid_per_row", "must be >= 1"),
+            (self.device is None or isinstance(self.device, str), "device", "must be a device name or None"),
+            (self.exact_max >= 2, "exact_max", "must be >= 2"),
+            (self.prdc_sample > self.k, "prdc_sample", "must be > k"),
+            (self.prdc_repeats >= 1, "prdc_repeats", "must be >= 1"),
+            (self.ann_nlist is None or self.ann_nlist >= 1, "ann_nlist", "must be >= 1 or None"),
+            (self.ann_nprobe >= 1 and self.ann_iters >= 0, "ann_nprobe/ann_iters", "must be >= 1 and >= 0"),
+            (self.ann_probe >= 1, "ann_probe", "must be >= 1"),
         ]
         for ok, key, msg in checks:
             if not ok:
@@ -147,68 +177,104 @@ class AuditConfig:
 # --------------------------------------------------------------------------- inputs
 
 
-def _read_set(
-    directory: str | Path, limit: int | None
-) -> tuple[list[np.ndarray], list[dict], list[int | None], dict]:
-    """Samples of a published set (a directory or URL), through the safe reader's checks."""
-    shard_set = open_set(directory)
-    manifest = shard_set.manifest
-    assert manifest is not None
-    images, metas, labels = [], [], []
-    for sample in iter_samples(shard_set.location):
-        images.append(sample["image"])
-        metas.append(sample["meta"])
-        labels.append(sample["cls"])
-        if limit is not None and len(images) >= limit:
-            break
-    if not images:
-        raise AuditError(f"{directory}: the set holds no samples")
-    return images, metas, labels, manifest
-
-
-def _stack(images: list[np.ndarray], what: str) -> torch.Tensor:
-    shapes = Counter(im.shape for im in images)
-    if len(shapes) > 1:
-        listed = ", ".join(f"{h}x{w}x{c} ({n})" for (h, w, c), n in shapes.most_common(4))
-        raise AuditError(f"{what} images have mixed sizes ({listed}); an audit needs one size per set")
-    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
-
-
-def _load_real(
+def _open_real(
     real: str, root: str | None, split: str, size: int, channels: int | None, limit: int | None, seed: int
-) -> tuple[torch.Tensor, torch.Tensor | None, tuple[str, ...] | None, dict[str, Any]]:
-    """Real images as uint8 N x C x H x W, labels (or None), class names, and a description."""
+) -> tuple[SetSide | TensorSide, tuple[str, ...] | None, dict[str, Any]]:
+    """The real side (a shard set, streamed; or a named source, in memory), class names, a description.
+
+    ``limit``: a seeded random subset of that many images, the same draw for both kinds of source.
+    """
     if is_url(real) or Path(real).is_dir():
-        images, _, labels, manifest = _read_set(real, None)
-        x = _stack(images, "real")
-        y = torch.tensor(labels, dtype=torch.int64) if all(c is not None for c in labels) else None
-        classes = manifest.get("classes")
+        side: SetSide | TensorSide = open_side(real, "real", None)
+        classes = side.manifest.get("classes")
         where = real if is_url(real) else str(Path(real).resolve())
-        desc = {"kind": "shards", "dir": where, "name": manifest.get("name")}
+        desc: dict[str, Any] = {"kind": "shards", "dir": where, "name": side.manifest.get("name")}
     elif real in SOURCES:
         source = load_source(DataConfig(name=real, root=root, size=size, channels=channels), split)
-        x, y, classes = source.images, source.labels, source.classes
+        side, classes = TensorSide(source.images, source.labels), source.classes
         desc = {"kind": "source", "name": real, "root": root, "split": split, "size": size}
     else:
         raise AuditError(
             f"real data {real!r} is neither a shard set directory nor a known source "
             f"({', '.join(SOURCES.names())})"
         )
-    if limit is not None and x.shape[0] > limit:
-        keep = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed))[:limit].sort().values
-        x, y = x[keep], (y[keep] if y is not None else None)
+    if limit is not None and side.count > limit:
+        keep = torch.randperm(side.count, generator=torch.Generator().manual_seed(seed))[:limit].sort().values
+        if isinstance(side, TensorSide):
+            side = TensorSide(side.images[keep], side.labels[keep] if side.labels is not None else None)
+        else:
+            side.keep, side.count = keep.numpy(), limit
         desc["subsample"] = {"n": limit, "seed": seed}
-    desc["count"] = int(x.shape[0])
-    desc["labels"] = y is not None
-    return x, y, tuple(classes) if classes else None, desc
+    desc["count"] = side.count
+    return side, tuple(classes) if classes else None, desc
 
 
-def _shape_text(x: torch.Tensor) -> str:
-    return f"{x.shape[2]}x{x.shape[3]}x{x.shape[1]}"
+def _chw_text(shape: tuple[int, ...]) -> str:
+    c, h, w = shape
+    return f"{h}x{w}x{c}"
 
 
-def _hwc(x: torch.Tensor) -> np.ndarray:
-    return x.permute(0, 2, 3, 1).contiguous().numpy()
+class _HardnessStream:
+    """Hardness recomputed under a run (its encoder, objective and a reference batch of the real images),
+    fed batch by batch: the real stream gives the reference images, the synthetic stream is scored in
+    chunks of 256 aligned to the set's indices, the chunking and seeding of ``synthkit generate``
+    (:func:`synthkit.metrics.hardness.hardness_of`), so a set's recorded hardness is recomputed exactly.
+
+    It runs on the CPU whatever ``audit.device``: the views are random, and the CPU is where ``generate``
+    draws them, so the recomputed values do not depend on the audit's device.
+    """
+
+    CHUNK = 256
+
+    def __init__(self, encoder_run: str | os.PathLike[str], n_real: int, seed: int) -> None:
+        from synthkit.metrics.extractors import encoder_extractor
+        from synthkit.training.artifacts import load_final
+
+        self.art = load_final(encoder_run)
+        self.ext = encoder_extractor(encoder_run)
+        self.ext.module = self.art.encoder  # one encoder, on the CPU
+        self.seed = seed
+        # the draw of synthkit.objectives.scoring.reference_batch over the audited real images
+        g = torch.Generator().manual_seed(seed)
+        draw = torch.randperm(n_real, generator=g)[: min(self.art.cfg.train.batch_size, n_real)].tolist()
+        self.slots = {p: slot for slot, p in enumerate(draw)}
+        self.reference: list[torch.Tensor | None] = [None] * len(draw)
+        self.scorer: Any = None
+        self.pending: list[torch.Tensor] = []
+        self.values: list[torch.Tensor] = []
+        self.offset = 0
+
+    def capture(self, batch: Batch) -> None:
+        for i in range(batch.images.shape[0]):
+            slot = self.slots.get(batch.start + i)
+            if slot is not None:
+                self.reference[slot] = batch.images[i].clone()
+
+    def _score(self, x: torch.Tensor) -> None:
+        from synthkit.data.views import Views, to_float
+        from synthkit.metrics.hardness import hardness_of
+        from synthkit.objectives.scoring import Scorer
+
+        if self.scorer is None:
+            real_x = self.ext.prepare(torch.stack([r for r in self.reference if r is not None]))
+            views = Views(self.art.cfg.views, self.ext.channels or x.shape[1], x.shape[-1])
+            self.scorer = Scorer(self.art.encoder, views, self.art.objective, to_float(real_x))
+        self.values.append(hardness_of(self.scorer, x.float() / 255.0, seed=self.seed, offset=self.offset))
+        self.offset += x.shape[0]
+
+    def add(self, batch: Batch) -> None:
+        self.pending.append(self.ext.prepare(batch.images))
+        if sum(p.shape[0] for p in self.pending) >= self.CHUNK:
+            x = torch.cat(self.pending)
+            whole = x.shape[0] // self.CHUNK * self.CHUNK
+            self._score(x[:whole])
+            self.pending = [x[whole:]] if whole < x.shape[0] else []
+
+    def finish(self) -> np.ndarray:
+        if self.pending:
+            self._score(torch.cat(self.pending))
+            self.pending = []
+        return torch.cat(self.values).numpy() if self.values else np.empty(0)
 
 
 # --------------------------------------------------------------------------- metrics
@@ -248,27 +314,8 @@ def _pair_step(meta_a: dict, meta_b: dict) -> int | None:
 def _subsample(x: torch.Tensor, limit: int, seed: int) -> torch.Tensor:
     if x.shape[0] <= limit:
         return x
-    return x[torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed))[:limit]]
-
-
-def _hardness_under_encoder(
-    encoder_run: str | os.PathLike[str], syn: torch.Tensor, real: torch.Tensor, seed: int
-) -> tuple[np.ndarray, str]:
-    """Hardness recomputed under a run: its encoder and objective, a reference batch of ``real``."""
-    from synthkit.data.views import Views
-    from synthkit.metrics.extractors import encoder_extractor
-    from synthkit.metrics.hardness import hardness_of
-    from synthkit.objectives.scoring import Scorer, reference_batch
-    from synthkit.training.artifacts import load_final
-
-    art = load_final(encoder_run)
-    ext = encoder_extractor(encoder_run)
-    syn_x, real_x = ext.prepare(syn), ext.prepare(real)
-    views = Views(art.cfg.views, ext.channels or syn_x.shape[1], syn_x.shape[-1])
-    scorer = Scorer(
-        art.encoder, views, art.objective, reference_batch(real_x, art.cfg.train.batch_size, seed)
-    )
-    return hardness_of(scorer, syn_x.float() / 255.0, seed=seed).numpy(), ext.ident
+    pick = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed))[:limit]
+    return x[pick.to(x.device)]
 
 
 def _num_conditions(metas: list[dict], manifest: dict) -> int | None:
@@ -279,6 +326,90 @@ def _num_conditions(metas: list[dict], manifest: dict) -> int | None:
         (manifest.get("config") or {}).get("conditions") if isinstance(manifest.get("config"), dict) else None
     )
     return cond.get("k") if isinstance(cond, dict) and isinstance(cond.get("k"), int) else None
+
+
+def _peak_mib() -> str:
+    """The process's peak resident memory so far (Linux ``VmHWM``), for the step log lines."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            line = next(x for x in f if x.startswith("VmHWM:"))
+        return str(int(line.split()[1]) // 1024)
+    except (OSError, StopIteration, ValueError):
+        return "?"
+
+
+def _prdc_and_neighbours(
+    f_real: torch.Tensor, f_syn: torch.Tensor, cfg: AuditConfig
+) -> tuple[dict[str, float], dict[str, Any], tuple[torch.Tensor, ...], dict[str, Any], dict[str, Any]]:
+    """PRDC scores, how they were computed, the neighbours of memorisation (on the CPU), how, and the
+    class-coverage inputs (``covered``: per real point of ``real_index``; ``fake_index``: samples to classify;
+    None: all)."""
+    n_real, n_syn = f_real.shape[0], f_syn.shape[0]
+    start = time.perf_counter()
+    if max(n_real, n_syn) <= cfg.exact_max:
+        pr = prdc.prdc(f_real, f_syn, k=cfg.k, chunk_size=cfg.chunk_size)
+        points = {"real": n_real, "synthetic": n_syn}
+        nn = (pr.fake_nn_distance.cpu(), pr.fake_nn_index.cpu(), pr.real_nn1.cpu())
+        cover = {"covered": pr.real_covered.cpu(), "real_index": None, "fake_index": None}
+        how = {"exact": True, "method": "all pairs", "points": points}
+        return pr.scores(), how, nn, dict(how), cover
+    sp = estimates.sampled_prdc(
+        f_real,
+        f_syn,
+        k=cfg.k,
+        sample=cfg.prdc_sample,
+        repeats=cfg.prdc_repeats,
+        seed=cfg.seed,
+        chunk_size=cfg.chunk_size,
+    )
+    how = {
+        "exact": False,
+        "method": "seeded sample",
+        "description": (
+            f"mean over {cfg.prdc_repeats} seeded draws of at most {cfg.prdc_sample} points per set "
+            "(Naeem et al., 2020, use 10,000); error: the standard deviation between draws. PRDC depends "
+            "on the sample size (the k-NN radii shrink as points are added), so compare audits at the same "
+            "prdc_sample"
+        ),
+        "sample": sp.sample,
+        "repeats": cfg.prdc_repeats,
+        "seed": cfg.seed,
+        "std": sp.std,
+        "per_draw": sp.per_draw,
+        "seconds": round(time.perf_counter() - start, 3),
+    }
+    nb = estimates.ivf_neighbours(
+        f_real,
+        f_syn,
+        nlist=cfg.ann_nlist,
+        nprobe=cfg.ann_nprobe,
+        iters=cfg.ann_iters,
+        probe=cfg.ann_probe,
+        threshold=cfg.memorisation_threshold,
+        seed=cfg.seed,
+        chunk_size=cfg.chunk_size,
+    )
+    nn = (nb.fake_nn_distance.cpu(), nb.fake_nn_index.cpu(), nb.real_nn1.cpu())
+    cover = {"covered": sp.first.real_covered.cpu(), "real_index": sp.real_index, "fake_index": sp.fake_index}
+    return sp.scores, how, nn, {"exact": False, **nb.info}, cover
+
+
+def _estimated(how: dict[str, Any], key: str | None = None) -> str | None:
+    """How a score was estimated, in one phrase for the report (None: it is exact)."""
+    if how["exact"]:
+        return None
+    if how["method"] == "seeded sample":
+        std = f"; std {how['std'][key]:.3g} between draws" if key is not None else ""
+        return (
+            f"mean of {how['repeats']} seeded samples of {how['sample']['real']} real and "
+            f"{how['sample']['synthetic']} synthetic points{std}"
+        )
+    recall = how["recall_at_1"]
+    return (
+        f"IVF nearest neighbours (nlist {how['nlist']}, nprobe {how['nprobe']}); recall@1 "
+        f"{recall['synthetic_to_real']:.3f} (samples), {recall['real_to_real']:.3f} (real); suspect verdicts "
+        f"as exact for {100 * how['suspect_agreement']:.1f} % of {how['probe']['synthetic']} probed samples"
+    )
 
 
 def audit(
@@ -292,6 +423,7 @@ def audit(
     inception_weights: str | os.PathLike[str] | None = None,
     real_root: str | None = None,
     progress: bool = False,
+    device: str | None = None,
 ) -> dict[str, Any]:
     """Audit the shard set ``shards`` against ``real`` and write the report into ``out_dir``.
 
@@ -307,6 +439,7 @@ def audit(
         classifier: the directory of a classifier from :func:`~synthkit.metrics.extractors.train_classifier`.
         inception_weights: a local torchvision inception_v3 weights file.
         progress: unused (kept for callers); each step's time is one log line (``synthkit.audit``).
+        device: overrides ``config.device`` (whose default, None, is CUDA when available, else the CPU).
 
     Returns:
         The report dict, as written to ``report.json``.
@@ -319,6 +452,7 @@ def audit(
             f"refusing to write the audit into the shard set {set_dir}; choose a directory outside"
         )
     check_output_dir(out)
+    dev = resolve_device(device if device is not None else cfg.device, "--device")
     timings: dict[str, float] = {}
     clock = time.perf_counter()
 
@@ -327,12 +461,12 @@ def audit(
         now = time.perf_counter()
         timings[name] = round(now - clock, 3)
         clock = now
-        logger.info("audit: %s done in %.1f s", name, timings[name])
+        logger.info("audit: %s done in %.1f s (peak RSS so far %s MiB)", name, timings[name], _peak_mib())
 
-    # 1. Inputs, converted explicitly to the extractor's input.
-    raw, metas, _, manifest = _read_set(set_dir, cfg.max_samples)
-    syn = _stack(raw, "synthetic")
-    del raw
+    # 1. Inputs: the synthetic set's manifest and image size choose the extractor; both sets are streamed.
+    syn_side = open_side(set_dir, "synthetic", cfg.max_samples)
+    manifest = syn_side.manifest
+    _, width, channels = syn_side.peek()
     kind, chosen_by = cfg.extractor, f"extractor: {cfg.extractor}"
     if kind == AUTO:
         kind, encoder_run, chosen_by = choose_extractor(
@@ -343,28 +477,44 @@ def audit(
         encoder_run=encoder_run,
         classifier=classifier,
         inception_weights=inception_weights,
-        pixels_shape=(syn.shape[-1], syn.shape[1]),
+        pixels_shape=(width, channels),
     )
-    real_x, real_y, classes, real_desc = _load_real(
-        real, real_root, cfg.real_split, ext.size or syn.shape[-1], ext.channels, cfg.max_real, cfg.seed
+    real_side, classes, real_desc = _open_real(
+        real, real_root, cfg.real_split, ext.size or width, ext.channels, cfg.max_real, cfg.seed
     )
-    n_syn, n_real = syn.shape[0], real_x.shape[0]
+    n_syn, n_real = syn_side.count, real_side.count
     if min(n_syn, n_real) <= cfg.k:
         raise AuditError(f"an audit with k={cfg.k} needs more than {cfg.k} synthetic and real images")
-    syn_in, real_in = ext.prepare(syn), ext.prepare(real_x)
+    hardness_stream = _HardnessStream(encoder_run, n_real, cfg.seed) if encoder_run is not None else None
+    real_stream = stream_features(
+        real_side.batches(cfg.batch_size),
+        n_real,
+        ext,
+        dev,
+        batch_size=cfg.batch_size,
+        hooks=[hardness_stream.capture] if hardness_stream is not None else [],
+    )
+    step("real_features")
+    bad_counter = broken.BrokenCounter(saturated_fraction=cfg.saturated_fraction, max_listed=MAX_LISTED)
+    hooks: list[Any] = [lambda b: bad_counter.add(b.images, b.start)]
+    if hardness_stream is not None:
+        hooks.append(hardness_stream.add)
+    syn_stream = stream_features(
+        syn_side.batches(cfg.batch_size), n_syn, ext, dev, batch_size=cfg.batch_size, hooks=hooks
+    )
+    step("synthetic_features")
+    f_syn, f_real, metas = syn_stream.features, real_stream.features, syn_stream.metas
+    labels = real_stream.labels
+    real_y = torch.tensor(labels, dtype=torch.int64) if all(c is not None for c in labels) else None
+    real_desc["labels"] = real_y is not None
     conversions = {
-        name: {"from": _shape_text(a), "to": _shape_text(b)} if a.shape[1:] != b.shape[1:] else None
-        for name, a, b in (("synthetic", syn, syn_in), ("real", real_x, real_in))
+        name: {"from": _chw_text(st.shape), "to": _chw_text(st.prepared)}
+        if st.shape is not None and st.prepared is not None and st.shape != st.prepared
+        else None
+        for name, st in (("synthetic", syn_stream), ("real", real_stream))
     }
-    step("read")
 
-    # 2. Features.
-    f_syn = ext.features(syn_in, cfg.batch_size)
-    f_real = ext.features(real_in, cfg.batch_size)
-    del syn_in, real_in
-    step("features")
-
-    # 3. Feature-space metrics.
+    # 2. Feature-space metrics.
     xid = ext.ident
     metrics: dict[str, dict[str, Any]] = {}
     details: dict[str, Any] = {}
@@ -378,25 +528,40 @@ def audit(
     metrics[fid.KID_MEAN] = _score(kid_mean, xid, f"KID, mean over {cfg.kid_subsets} subsets of {kid_size}")
     metrics[fid.KID_STD] = _score(kid_std, xid, "KID, std over the subsets")
     step("fid_kid")
-    pr = prdc.prdc(f_real, f_syn, k=cfg.k, chunk_size=cfg.chunk_size)
+    scores, prdc_how, (nn_distance, nn_index, real_nn1), mem_how, cover = _prdc_and_neighbours(
+        f_real, f_syn, cfg
+    )
+    methods: dict[str, Any] = {
+        "features": {"device": str(dev), "streamed": True, "batch_size": cfg.batch_size},
+        "fid": {"exact": True, "method": "float64 mean and covariance of all features (streamed sums)"},
+        "kid": {
+            "exact": True,
+            "method": f"mean over {cfg.kid_subsets} seeded subsets of {kid_size} (KID's definition)",
+        },
+        "prdc": prdc_how,
+        "memorisation": mem_how,
+    }
     texts = {
         prdc.PRECISION: "share of samples on the real manifold (fidelity)",
         prdc.RECALL: "share of real images on the samples' manifold (diversity)",
         prdc.DENSITY: "real-neighbourhood density of samples, 1 = like real (fidelity)",
         prdc.COVERAGE: "share of real neighbourhoods holding a sample (diversity)",
     }
-    for key, value in pr.scores().items():
-        metrics[key] = _score(value, xid, texts[key], k=cfg.k)
+    for key, value in scores.items():
+        metrics[key] = _score(value, xid, texts[key], k=cfg.k, estimated=_estimated(prdc_how, key))
+        if not prdc_how["exact"]:
+            metrics[key]["std"] = prdc_how["std"][key]
     mem = memorisation.memorisation_from_neighbours(
-        pr.fake_nn_distance, pr.fake_nn_index, pr.real_nn1, threshold=cfg.memorisation_threshold, top=cfg.top
+        nn_distance, nn_index, real_nn1, threshold=cfg.memorisation_threshold, top=cfg.top
     )
-    ratio = (pr.fake_nn_distance / pr.real_nn1[pr.fake_nn_index].clamp_min(1e-12)).numpy()
-    details[memorisation.MEMORISATION] = mem
+    ratio = (nn_distance / real_nn1[nn_index].clamp_min(1e-12)).numpy()
+    details[memorisation.MEMORISATION] = {**mem, "method": mem_how}
     metrics["memorisation_suspects"] = _score(
         mem["suspect_count"],
         xid,
         f"samples nearer a real image than {cfg.memorisation_threshold} x its nearest real neighbour",
         fraction=mem["suspect_fraction"],
+        estimated=_estimated(mem_how),
     )
     step("prdc_memorisation")
     u_syn = alignment_uniformity.uniformity(
@@ -405,27 +570,42 @@ def audit(
     u_real = alignment_uniformity.uniformity(
         _subsample(f_real, cfg.uniformity_max, cfg.seed + 1), chunk_size=cfg.chunk_size
     )
+    methods["uniformity"] = {
+        "exact": max(n_syn, n_real) <= cfg.uniformity_max,
+        "method": f"all pairs of a seeded subsample of at most {cfg.uniformity_max} points per set",
+    }
     metrics["uniformity_synthetic"] = _score(u_syn, xid, "Wang & Isola uniformity (t=2) of the samples")
     metrics["uniformity_real"] = _score(u_real, xid, "the same for the real images, for reference")
     if real_y is not None:
         num_classes = int(real_y.max()) + 1
-        pred = knn_predict(f_real, real_y, f_syn, k=min(20, n_real), temperature=0.1, num_classes=num_classes)
-        cc = conditions_coverage.class_coverage(real_y, pr.real_covered, pred, num_classes, classes)
+        ri, fi = cover["real_index"], cover["fake_index"]
+        ref_f, ref_y = (f_real, real_y) if ri is None else (f_real[ri.to(dev)], real_y[ri])
+        query = f_syn if fi is None else f_syn[fi.to(dev)]
+        pred = knn_predict(
+            ref_f, ref_y, query, k=min(20, ref_f.shape[0]), temperature=0.1, num_classes=num_classes
+        ).cpu()
+        cc = conditions_coverage.class_coverage(ref_y, cover["covered"], pred, num_classes, classes)
         details[conditions_coverage.CLASS_COVERAGE] = {
             **cc,
             "extractor": xid,
-            "predicted_by": "weighted kNN, k=20",
+            "predicted_by": "weighted kNN, k=20" + ("" if ri is None else " on PRDC's first sample"),
+            "exact": ri is None,
         }
         metrics["classes_generated"] = _score(
             cc["classes_generated"], xid, f"classes (of {num_classes}) the samples are assigned to by kNN"
         )
-        metrics["min_class_coverage"] = _score(cc["min_class_coverage"], xid, "coverage of the worst class")
+        metrics["min_class_coverage"] = _score(
+            cc["min_class_coverage"],
+            xid,
+            "coverage of the worst class",
+            estimated=None if ri is None else "on PRDC's first sample",
+        )
 
-    # 4. Pairs, hardness, conditions, broken images.
+    # 3. Pairs, hardness, conditions, broken images.
     pair_idx = _find_pairs(metas)
     if pair_idx:
-        a_idx = torch.tensor([a for a, _ in pair_idx])
-        b_idx = torch.tensor([b for _, b in pair_idx])
+        a_idx = torch.tensor([a for a, _ in pair_idx], device=dev)
+        b_idx = torch.tensor([b for _, b in pair_idx], device=dev)
         steps = [_pair_step(metas[a], metas[b]) for a, b in pair_idx]
         feature_sims = pairs.pair_cosine(f_syn[a_idx], f_syn[b_idx]).tolist()
         recorded = [_number(metas[a], "pair_similarity") for a, _ in pair_idx]
@@ -457,8 +637,8 @@ def audit(
         hardness_values = np.asarray(recorded_h, dtype=np.float64)
         hard["recorded"] = {**describe(recorded_h), "extractor": None, "source": "sample metadata"}
         metrics["hardness_recorded_mean"] = _score(hard["recorded"]["mean"], None, "mean recorded hardness")
-    if encoder_run is not None:
-        values, enc_id = _hardness_under_encoder(encoder_run, syn, real_x, cfg.seed)
+    if hardness_stream is not None:
+        values, enc_id = hardness_stream.finish(), hardness_stream.ext.ident
         hardness_values = values.astype(np.float64)
         hard["encoder"] = {**describe(values.tolist()), "extractor": enc_id, "source": "recomputed NT-Xent"}
         metrics["hardness_mean"] = _score(
@@ -475,16 +655,15 @@ def audit(
             None,
             "entropy of condition counts / log(number of conditions); 1 = uniform",
         )
-    bad = broken.broken_images(syn, saturated_fraction=cfg.saturated_fraction)
-    # report.json stays small even for a set that is all blank: the first indices per reason are enough
-    bad["indices"] = {r: idx[:MAX_LISTED] for r, idx in bad["indices"].items()}
+    # counted per batch; report.json lists the first MAX_LISTED indices per reason, even for a set all blank
+    bad = bad_counter.result()
     details[broken.BROKEN] = bad
     metrics["broken"] = _score(
         bad["broken"], None, "constant, saturated or non-finite images", fraction=bad["fraction"]
     )
     step("other_metrics")
 
-    # 5. The report.
+    # 4. The report; the images it shows are read again from the shards that hold them.
     producer = manifest.get("producer")
     report = {
         "format": AUDIT_FORMAT,
@@ -501,19 +680,21 @@ def audit(
         "real": real_desc,
         "extractor": {**ext.describe(), "chosen_by": chosen_by},
         "conversions": conversions,
+        "methods": methods,
         "metrics": metrics,
         "details": details,
         "config": asdict(cfg),
         "created_by": created_by(),
         "timings_s": timings,
     }
+    want_syn, want_real = shown_indices(report, conditions, hardness_values, pair_idx)
     images = AuditImages(
-        synthetic=_hwc(syn),
-        real=_hwc(real_x),
+        synthetic=syn_side.fetch(want_syn),
+        real=real_side.fetch(want_real),
         conditions=conditions,
         hardness=hardness_values,
         pairs=pair_idx,
-        values={"memorisation_ratio": ratio, "nearest_real_distance": pr.fake_nn_distance.numpy()},
+        values={"memorisation_ratio": ratio, "nearest_real_distance": nn_distance.numpy()},
     )
     html = render_report(report, images)
     step("render")  # the last timing: report.json holds them all

@@ -371,6 +371,9 @@ def _cmd_audit(args: argparse.Namespace, extra: list[str]) -> int:
         max_samples=args.max_samples,
         max_real=args.max_real,
         seed=args.seed,
+        device=args.device,
+        exact_max=args.exact_max,
+        prdc_sample=args.prdc_sample,
     )
     report = audit(
         args.shards,
@@ -389,11 +392,14 @@ def _cmd_audit(args: argparse.Namespace, extra: list[str]) -> int:
         e = report["extractor"]
         print(
             f"extractor {e['id']} ({e['chosen_by']}); {report['shards']['audited']} samples vs "
-            f"{report['real']['count']} real"
+            f"{report['real']['count']} real, on {report['methods']['features']['device']}"
         )
         for name, m in report["metrics"].items():
             value = f"{m['value']:.4f}" if isinstance(m["value"], float) else str(m["value"])
-            print(f"  {name:<24} {value}")
+            print(
+                f"  {name:<24} {value}"
+                + ("  (estimated: see report.json methods)" if m.get("estimated") else "")
+            )
         print(f"report: {Path(args.out) / 'report.html'}")
     return 0
 
@@ -604,6 +610,23 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--max-samples", type=int, help="audit only the first N samples of the set")
     a.add_argument("--max-real", type=int, help="a seeded random subset of N real images")
     a.add_argument("--seed", type=int, default=0, help="seed of the subsets and KID's draws (default 0)")
+    a.add_argument(
+        "--device", help="where features and distances are computed: cpu, cuda, cuda:N (default: cuda if any)"
+    )
+    a.add_argument(
+        "--exact-max",
+        type=int,
+        default=50_000,
+        help="PRDC and memorisation are exact up to this many images per set; above it PRDC runs on seeded "
+        "samples and memorisation on an IVF index, with the method and its measured error in the report "
+        "(default 50,000)",
+    )
+    a.add_argument(
+        "--prdc-sample",
+        type=int,
+        default=10_000,
+        help="points per set of PRDC above --exact-max (default 10,000)",
+    )
     a.add_argument("--json", action="store_true", help="print the metrics as JSON")
     a.add_argument("--no-progress", action="store_true", help=NO_PROGRESS)
     a.set_defaults(fn=_cmd_audit)

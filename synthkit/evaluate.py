@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 from synthkit.data.sources import DataSourceError, load_source
+from synthkit.devices import resolve_device
 from synthkit.encoders.model import extract_features
 from synthkit.errors import ConfigError
 from synthkit.metrics.knn import knn_accuracy, knn_k_problem
@@ -41,11 +42,9 @@ def evaluate(
     about (a log record, and ``knn_warning`` in the result): the vote is then biased low
     (:func:`synthkit.metrics.knn.knn_k_problem`).
     """
-    import torch
-
     if knn_k is not None and (isinstance(knn_k, bool) or not isinstance(knn_k, int) or knn_k < 1):
         raise ConfigError(f"--knn-k must be a positive integer, got {knn_k!r}")
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dev = resolve_device(device)
     t0 = time.perf_counter()
     art = load_final(run_dir)
     cfg = art.cfg

@@ -42,7 +42,7 @@ def uniformity(x: torch.Tensor, t: float = 2.0, chunk_size: int = DEFAULT_CHUNK)
     if n < 2:
         raise ValueError("uniformity needs at least two points")
     z = F.normalize(x.double(), dim=1)
-    total = torch.tensor(-math.inf, dtype=torch.float64)
+    total = torch.tensor(-math.inf, dtype=torch.float64, device=z.device)
     for i in range(0, n, chunk_size):
         rows = z[i : i + chunk_size]
         for j in range(i, n, chunk_size):

@@ -46,22 +46,49 @@ def broken_masks(images: torch.Tensor, *, saturated_fraction: float = 0.99) -> d
     return {"non_finite": non_finite, "constant": constant, "saturated": saturated}
 
 
+class BrokenCounter:
+    """:func:`broken_images` over a stream of batches: counts per reason and the first indices of each.
+
+    The streamed audit never holds every image, so it feeds each batch with the index of its first image;
+    ``max_listed`` bounds the indices kept per reason (None keeps them all), the counts are always exact.
+    """
+
+    def __init__(self, *, saturated_fraction: float = 0.99, max_listed: int | None = None) -> None:
+        self.saturated_fraction = saturated_fraction
+        self.max_listed = max_listed
+        self.n = 0
+        self.counts = dict.fromkeys(REASONS, 0)
+        self.broken = 0
+        self.indices: dict[str, list[int]] = {r: [] for r in REASONS}
+
+    def add(self, images: torch.Tensor, offset: int) -> None:
+        masks = broken_masks(images, saturated_fraction=self.saturated_fraction)
+        self.n += images.shape[0]
+        self.broken += int((masks["non_finite"] | masks["constant"] | masks["saturated"]).sum())
+        for reason, mask in masks.items():
+            self.counts[reason] += int(mask.sum())
+            room = None if self.max_listed is None else self.max_listed - len(self.indices[reason])
+            if room is None or room > 0:
+                found = (torch.nonzero(mask).flatten() + offset).tolist()
+                self.indices[reason] += found if room is None else found[:room]
+
+    def result(self) -> dict[str, Any]:
+        return {
+            **self.counts,
+            "broken": self.broken,
+            "fraction": self.broken / self.n if self.n else 0.0,
+            "indices": {r: list(v) for r, v in self.indices.items()},
+            "saturated_fraction": self.saturated_fraction,
+        }
+
+
 def broken_images(
     images: torch.Tensor, *, saturated_fraction: float = 0.99, chunk_size: int = 8192
 ) -> dict[str, Any]:
     """Counts of broken images per reason, the total, its fraction, and the indices of the broken ones."""
-    masks: dict[str, list[torch.Tensor]] = {r: [] for r in REASONS}
+    counter = BrokenCounter(saturated_fraction=saturated_fraction)
     for i in range(0, images.shape[0], chunk_size):
-        for reason, mask in broken_masks(
-            images[i : i + chunk_size], saturated_fraction=saturated_fraction
-        ).items():
-            masks[reason].append(mask)
-    full = {r: torch.cat(m) for r, m in masks.items()}
-    any_broken = full["non_finite"] | full["constant"] | full["saturated"]
-    return {
-        **{r: int(full[r].sum()) for r in REASONS},
-        "broken": int(any_broken.sum()),
-        "fraction": any_broken.double().mean().item(),
-        "indices": {r: torch.nonzero(full[r]).flatten().tolist() for r in REASONS},
-        "saturated_fraction": saturated_fraction,
-    }
+        counter.add(images[i : i + chunk_size], i)
+    if counter.n == 0:
+        broken_masks(images, saturated_fraction=saturated_fraction)  # the same error for no images
+    return counter.result()

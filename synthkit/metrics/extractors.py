@@ -99,13 +99,22 @@ class FeatureExtractor:
         return resize_images(images, size, self.channels)
 
     @torch.no_grad()
-    def features(self, images: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
-        """Features of uint8 images (already :meth:`prepare` d), batched, in eval mode, float32 on CPU."""
+    def features(
+        self, images: torch.Tensor, batch_size: int = 512, device: torch.device | str | None = None
+    ) -> torch.Tensor:
+        """Features of uint8 images (already :meth:`prepare` d), batched, in eval mode, float32.
+
+        ``device``: where the network runs and the features stay (default: the CPU). The module is moved
+        there once; the images go batch by batch, so only one batch of floats is ever on the device.
+        """
+        dev = torch.device(device) if device is not None else torch.device("cpu")
+        if self.module is not None:
+            self.module.to(dev)
         out = []
         for i in range(0, images.shape[0], batch_size):
-            x = images[i : i + batch_size].float() / 255.0
+            x = images[i : i + batch_size].to(dev).float() / 255.0
             out.append(self._forward(x).float().reshape(x.shape[0], -1))
-        return torch.cat(out) if out else torch.empty(0, self.feature_dim)
+        return torch.cat(out) if out else torch.empty(0, self.feature_dim, device=dev)
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.kind == "pixels":
@@ -116,8 +125,8 @@ class FeatureExtractor:
             if x.shape[1] == 1:
                 x = x.expand(-1, 3, -1, -1)
             x = F.interpolate(x, size=(INCEPTION_SIZE, INCEPTION_SIZE), mode="bilinear", antialias=True)
-            mean = torch.tensor(_IMAGENET_MEAN).view(1, 3, 1, 1)
-            std = torch.tensor(_IMAGENET_STD).view(1, 3, 1, 1)
+            mean = torch.tensor(_IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
+            std = torch.tensor(_IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
             return self.module((x - mean) / std)
         return self.module.features(x)
 

@@ -4,21 +4,20 @@ FID: Heusel et al., "GANs Trained by a Two Time-Scale Update Rule Converge to a 
 NeurIPS 2017. KID: Binkowski et al., "Demystifying MMD GANs", ICLR 2018 (unbiased MMD^2, cubic polynomial
 kernel ``(x.y / d + 1)^3``, averaged over random subsets).
 
-Both run through torchmetrics with a custom feature module. The audit extracts features once (they also
-feed PRDC and memorisation), so the module handed to torchmetrics is :class:`FeatureIdentity` and the
-features are fed in chunks: FID keeps only running float64 sums (``D + D x D``), never all features.
-Scores are only comparable within one feature extractor: the audit records which one beside each score.
+FID is exact and linear in the number of points: :class:`FeatureMoments` keeps running float64 sums
+(``n``, ``D`` and ``D x D``) that a streamed audit updates batch by batch on its device, so 1M x 1M costs
+two ``D x D`` matrices, never the features twice. KID draws its subsets exactly as torchmetrics'
+``KernelInceptionDistance`` does (per subset a ``randperm`` of the real then of the fake points, from the
+global RNG, forked and seeded here), but indexes the features where they are instead of first copying
+every feature to float64 on the CPU (torchmetrics keeps them all), so its memory is one subset.
+``tests/metrics/test_fid.py`` checks both against references. Scores are only comparable within one
+feature extractor: the audit records which one beside each score.
 """
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import torch
-from torch import nn
-from torchmetrics.image.fid import FrechetInceptionDistance
-from torchmetrics.image.kid import KernelInceptionDistance
 
 from synthkit.metrics.neighbours import check_features
 
@@ -26,17 +25,33 @@ FID, KID_MEAN, KID_STD = "fid", "kid_mean", "kid_std"
 DEFAULT_CHUNK = 4096
 
 
-class FeatureIdentity(nn.Module):
-    """The torchmetrics "feature extractor" for features that are already extracted."""
+class FeatureMoments:
+    """Running float64 sums of features (count, sum, sum of outer products) on the features' device.
 
-    def __init__(self, num_features: int) -> None:
-        super().__init__()
-        self.num_features = num_features
+    ``mean_cov()`` gives the mean and the unbiased covariance ``(S - n mu mu^T) / (n - 1)``, the estimate
+    torchmetrics' FID uses, from ``n + D + D^2`` numbers whatever ``n`` is.
+    """
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.ndim != 2 or x.shape[1] != self.num_features:
-            raise ValueError(f"expected N x {self.num_features} features, got {tuple(x.shape)}")
-        return x
+    def __init__(self, dim: int, device: torch.device | str = "cpu") -> None:
+        self.n = 0
+        self.total = torch.zeros(dim, dtype=torch.float64, device=device)
+        self.outer = torch.zeros(dim, dim, dtype=torch.float64, device=device)
+
+    @torch.no_grad()
+    def update(self, features: torch.Tensor) -> None:
+        if features.ndim != 2 or features.shape[1] != self.total.shape[0]:
+            raise ValueError(f"expected N x {self.total.shape[0]} features, got {tuple(features.shape)}")
+        x = features.to(device=self.total.device, dtype=torch.float64)
+        self.n += x.shape[0]
+        self.total += x.sum(dim=0)
+        self.outer += x.T @ x
+
+    def mean_cov(self) -> tuple[np.ndarray, np.ndarray]:
+        if self.n < 2:
+            raise ValueError("FID needs at least two real and two fake points")
+        mu = self.total / self.n
+        cov = (self.outer - self.n * torch.outer(mu, mu)) / (self.n - 1)
+        return mu.cpu().numpy(), cov.cpu().numpy()
 
 
 def _check_pair(real: torch.Tensor, fake: torch.Tensor) -> None:
@@ -62,17 +77,36 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
     return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * trace_sqrt)
 
 
+def fid_from_moments(real: FeatureMoments, fake: FeatureMoments) -> float:
+    """FID between two streamed feature sets."""
+    mu1, s1 = real.mean_cov()
+    mu2, s2 = fake.mean_cov()
+    return frechet_distance(mu1, s1, mu2, s2)
+
+
 @torch.no_grad()
 def fid(real_features: torch.Tensor, fake_features: torch.Tensor, chunk_size: int = DEFAULT_CHUNK) -> float:
-    """FID between two feature sets via torchmetrics' ``FrechetInceptionDistance`` fed in chunks."""
+    """FID between two feature sets, their moments accumulated ``chunk_size`` rows at a time."""
     _check_pair(real_features, fake_features)
     if min(real_features.shape[0], fake_features.shape[0]) < 2:
         raise ValueError("FID needs at least two real and two fake points")
-    metric = FrechetInceptionDistance(feature=FeatureIdentity(real_features.shape[1]))
-    for features, real in ((real_features, True), (fake_features, False)):
+    moments = []
+    for features in (real_features, fake_features):
+        m = FeatureMoments(features.shape[1], features.device)
         for i in range(0, features.shape[0], chunk_size):
-            metric.update(features[i : i + chunk_size].double(), real=real)
-    return float(metric.compute())
+            m.update(features[i : i + chunk_size])
+        moments.append(m)
+    return fid_from_moments(*moments)
+
+
+def _poly_mmd(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Unbiased MMD^2 of two equal-size sets with the kernel ``(a.b / d + 1)^3`` (Binkowski et al.)."""
+    m, gamma = x.shape[0], 1.0 / x.shape[1]
+    k_xx = (x @ x.T * gamma + 1.0) ** 3
+    k_yy = (y @ y.T * gamma + 1.0) ** 3
+    k_xy = (x @ y.T * gamma + 1.0) ** 3
+    off = (k_xx.sum() - k_xx.diagonal().sum() + k_yy.sum() - k_yy.diagonal().sum()) / (m * (m - 1))
+    return off - 2 * k_xy.sum() / m**2
 
 
 @torch.no_grad()
@@ -87,22 +121,24 @@ def kid(
 ) -> tuple[float, float]:
     """(mean, std) of KID over ``subsets`` random subsets of ``subset_size`` (clipped to the smaller set).
 
-    The subsets are drawn by torchmetrics from the global torch RNG; it is forked and seeded here, so the
-    same features and seed give the same value and the caller's RNG state is untouched.
+    The subsets are drawn as torchmetrics draws them, from the global torch RNG, forked and seeded here: the
+    same features and seed give torchmetrics' value, and the caller's RNG state is untouched. Each subset is
+    indexed on the features' device and only it is converted to float64.
     """
     _check_pair(real_features, fake_features)
     size = min(subset_size, real_features.shape[0], fake_features.shape[0])
     if size < 2:
         raise ValueError("KID needs at least two real and two fake points")
-    with warnings.catch_warnings():  # "will save all extracted features": intended, they are features already
-        warnings.simplefilter("ignore", UserWarning)
-        metric = KernelInceptionDistance(
-            feature=FeatureIdentity(real_features.shape[1]), subsets=subsets, subset_size=size
-        )
-    for features, real in ((real_features, True), (fake_features, False)):
-        for i in range(0, features.shape[0], chunk_size):
-            metric.update(features[i : i + chunk_size].double(), real=real)
+    del chunk_size  # kept for callers: only the subsets are ever in float64
+    n_real, n_fake = real_features.shape[0], fake_features.shape[0]
+    scores = []
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        mean, std = metric.compute()
-    return float(mean), float(std)
+        for _ in range(subsets):  # torchmetrics' order of draws, so the values are the same as its
+            real_idx = torch.randperm(n_real)[:size].to(real_features.device)
+            fake_idx = torch.randperm(n_fake)[:size].to(fake_features.device)
+            x = real_features[real_idx].double()
+            y = fake_features[fake_idx].double().to(x.device)
+            scores.append(_poly_mmd(x, y).cpu())
+    values = torch.stack(scores)
+    return float(values.mean()), float(values.std(unbiased=False))

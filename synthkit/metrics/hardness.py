@@ -17,12 +17,18 @@ HARDNESS = "hardness"
 
 @torch.no_grad()
 def hardness_of(
-    scorer: Scorer, images: torch.Tensor, *, batch_size: int = 256, seed: int = 0
+    scorer: Scorer, images: torch.Tensor, *, batch_size: int = 256, seed: int = 0, offset: int = 0
 ) -> torch.Tensor:
-    """Per-sample hardness of ``images`` (float [0, 1], N x C x H x W), each image its own positive group."""
+    """Per-sample hardness of ``images`` (float [0, 1], N x C x H x W), each image its own positive group.
+
+    ``offset``: the index of ``images[0]`` in the whole set, when the set is scored in pieces (the
+    streamed audit); pieces that start at multiples of ``batch_size`` give the values of one call.
+    """
     device = scorer.reference.device
     out = [
-        scorer.hardness(images[start : start + batch_size].to(device), seed * 1_000_003 + start).cpu()
+        scorer.hardness(
+            images[start : start + batch_size].to(device), seed * 1_000_003 + offset + start
+        ).cpu()
         for start in range(0, images.shape[0], batch_size)
     ]
     return torch.cat(out) if out else torch.empty(0)

@@ -38,6 +38,7 @@ class PRDCResult:
     ``real_covered``: per real point, whether a fake point lies in its ball (per-class coverage);
     ``fake_nn_distance`` / ``fake_nn_index``: each fake point's nearest real point;
     ``real_radii``: each real point's k-th neighbour distance; ``real_nn1``: its nearest other real point.
+    The tensors are on the features' device.
     """
 
     precision: float
@@ -81,12 +82,14 @@ def prdc(
     real_radii, real_nn1 = real_knn[:, k - 1], real_knn[:, 0]  # nn1: the memorisation yardstick
     fake_radii = neighbour_distances(fake_features, k, chunk_size)[:, k - 1]
 
-    dtype = real_radii.dtype
-    in_real_balls = torch.zeros(m, dtype=torch.int64)  # per fake: how many real balls contain it
-    real_in_fake_ball = torch.zeros(n, dtype=torch.bool)  # per real: inside some fake ball (recall)
-    real_min = torch.full((n,), float("inf"), dtype=dtype)  # per real: nearest fake (coverage)
-    fake_min = torch.full((m,), float("inf"), dtype=dtype)
-    fake_arg = torch.zeros(m, dtype=torch.int64)
+    dtype, dev = real_radii.dtype, real_radii.device  # results stay on the features' device
+    in_real_balls = torch.zeros(m, dtype=torch.int64, device=dev)  # per fake: how many real balls contain it
+    real_in_fake_ball = torch.zeros(
+        n, dtype=torch.bool, device=dev
+    )  # per real: inside some fake ball (recall)
+    real_min = torch.full((n,), float("inf"), dtype=dtype, device=dev)  # per real: nearest fake (coverage)
+    fake_min = torch.full((m,), float("inf"), dtype=dtype, device=dev)
+    fake_arg = torch.zeros(m, dtype=torch.int64, device=dev)
     for i, j, block in distance_blocks(fake_features, real_features, chunk_size):
         rows, cols = slice(i, i + block.shape[0]), slice(j, j + block.shape[1])
         in_real_balls[rows] += (block < real_radii[cols][None, :]).sum(dim=1)

@@ -3,6 +3,10 @@
 Nothing is loaded from the network, so the file reads offline and can be mailed or archived as is. Sections
 carry stable ids (:data:`SECTIONS`) that tests and links rely on. Every string that comes from a shard set
 (metadata is untrusted) is HTML-escaped.
+
+The report draws only a few images; :func:`shown_indices` says which, from the report and per-sample
+metadata alone, so a streamed audit reads just those again (the one definition the renderer follows).
+Every score says whether it is exact or how it was estimated (``report["methods"]``).
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import base64
 import html
 import io
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,15 +27,20 @@ from synthkit.images import rows_grid
 
 @dataclass
 class AuditImages:
-    """What the HTML report draws: uint8 N x H x W x C arrays and the indices it picks from them."""
+    """What the HTML report draws: uint8 H x W x C images by index (at least those :func:`shown_indices`
+    names; an N x H x W x C array does too), per-sample conditions, hardness, pairs and values."""
 
-    synthetic: np.ndarray
-    real: np.ndarray
+    synthetic: Mapping[int, np.ndarray] | np.ndarray
+    real: Mapping[int, np.ndarray] | np.ndarray
     conditions: list[Any]
     hardness: np.ndarray | None
     pairs: list[tuple[int, int]]
     values: dict[str, np.ndarray]
 
+
+# Rows of the per-condition grid at most: a set whose metadata gives every sample its own condition would
+# otherwise draw (and make a streamed audit read again) every sample.
+MAX_GRID_ROWS = 64
 
 SECTIONS = (
     "summary",
@@ -142,37 +152,99 @@ def _summary(report: dict[str, Any]) -> str:
 
 
 def _metrics_table(report: dict[str, Any]) -> str:
-    head = "<tr><th>metric</th><th>value</th><th>extractor</th><th>meaning</th></tr>"
+    head = "<tr><th>metric</th><th>value</th><th>extractor</th><th>computed</th><th>meaning</th></tr>"
     rows = []
     for name, m in report["metrics"].items():
         extractor = m["extractor"] if m["extractor"] is not None else "none (pixels / metadata)"
+        how = f"estimated: {m['estimated']}" if m.get("estimated") else "exact"
         rows.append(
             f"<tr><td><code>{_esc(name)}</code></td><td class='num'>{_fmt(m['value'])}</td>"
-            f"<td>{_esc(extractor)}</td><td>{_esc(m['description'])}</td></tr>"
+            f"<td>{_esc(extractor)}</td><td>{_esc(how)}</td><td>{_esc(m['description'])}</td></tr>"
         )
-    return f"<table>{head}{''.join(rows)}</table>"
+    return f"<table>{head}{''.join(rows)}</table>" + _methods_table(report)
+
+
+def _methods_table(report: dict[str, Any]) -> str:
+    """How each group of scores was computed: exact, or the estimate, its parameters and measured error."""
+    methods = report.get("methods")
+    if not methods:
+        return ""
+    rows = []
+    for name, how in methods.items():
+        verdict = "" if "exact" not in how else ("exact" if how["exact"] else "estimated")
+        shown = {k: v for k, v in how.items() if k not in ("exact", "per_draw")}
+        text = "; ".join(
+            f"{k}: {json.dumps(v, sort_keys=True) if not isinstance(v, str) else v}" for k, v in shown.items()
+        )
+        rows.append(
+            f"<tr><td><code>{_esc(name)}</code></td><td>{_esc(verdict)}</td><td>{_esc(text)}</td></tr>"
+        )
+    return (
+        "<p class='note'>How the scores were computed (features on "
+        f"<code>{_esc(methods.get('features', {}).get('device', '?'))}</code>):</p>"
+        "<table id='methods'><tr><th>scores</th><th></th><th>method, parameters, measured error</th></tr>"
+        + "".join(rows)
+        + "</table>"
+    )
+
+
+def _grid_rows(conditions: list[Any], per_row: int) -> tuple[list[list[int]], str]:
+    """The sample indices of the grid, row by row, and its caption."""
+    by_cond: dict[Any, list[int]] = {}
+    for i, c in enumerate(conditions):
+        row = by_cond.setdefault(c, [])
+        if len(row) < per_row * 4:
+            row.append(i)
+    keys = sorted(by_cond, key=lambda c: (c is None, c if c is not None else 0))
+    if len(keys) == 1 and keys[0] is None:
+        idx = by_cond[None][: per_row * 4]
+        return [idx[j : j + per_row] for j in range(0, len(idx), per_row)], (
+            "no conditions in this set: the first samples"
+        )
+    more = f" (the first {MAX_GRID_ROWS} of {len(keys)})" if len(keys) > MAX_GRID_ROWS else ""
+    keys = keys[:MAX_GRID_ROWS]
+    caption = "one row per condition: " + ", ".join("none" if k is None else str(k) for k in keys) + more
+    return [by_cond[k][:per_row] for k in keys], caption
+
+
+def _hard_ends(hardness: np.ndarray, per_row: int) -> tuple[np.ndarray, np.ndarray]:
+    order = np.argsort(hardness, kind="stable")
+    return order[::-1][:per_row], order[:per_row]
+
+
+def _broken_shown(report: dict[str, Any], limit: int) -> list[int]:
+    b = report["details"]["broken"]
+    return [i for r in ("constant", "saturated") for i in b["indices"][r]][:limit]
+
+
+def shown_indices(
+    report: dict[str, Any], conditions: list[Any], hardness: np.ndarray | None, pairs: list[tuple[int, int]]
+) -> tuple[list[int], list[int]]:
+    """(synthetic, real) indices of every image :func:`render_report` draws, sorted."""
+    per_row, top = report["config"]["grid_per_row"], report["config"]["top"]
+    syn: set[int] = set()
+    for row in _grid_rows(conditions, per_row)[0]:
+        syn.update(row)
+    if hardness is not None:
+        for end in _hard_ends(hardness, per_row):
+            syn.update(int(i) for i in end)
+    for a, b in pairs[:top]:
+        syn.update((a, b))
+    nearest = report["details"]["memorisation"]["nearest_pairs"]
+    syn.update(p["fake_index"] for p in nearest)
+    syn.update(_broken_shown(report, top))
+    return sorted(syn), sorted({p["real_index"] for p in nearest})
 
 
 def _grids(images: AuditImages, per_row: int) -> str:
-    by_cond: dict[Any, list[int]] = {}
-    for i, c in enumerate(images.conditions):
-        by_cond.setdefault(c, []).append(i)
-    keys = sorted(by_cond, key=lambda c: (c is None, c if c is not None else 0))
-    if len(keys) == 1 and keys[0] is None:
-        idx = list(range(min(len(images.synthetic), per_row * 4)))
-        rows = [[images.synthetic[i] for i in idx[j : j + per_row]] for j in range(0, len(idx), per_row)]
-        caption = "no conditions in this set: the first samples"
-    else:
-        rows = [[images.synthetic[i] for i in by_cond[k][:per_row]] for k in keys]
-        caption = "one row per condition: " + ", ".join("none" if k is None else str(k) for k in keys)
-    return _figure(rows_grid(rows), caption, "grid")
+    rows, caption = _grid_rows(images.conditions, per_row)
+    return _figure(rows_grid([[images.synthetic[i] for i in row] for row in rows]), caption, "grid")
 
 
 def _hardest(images: AuditImages, per_row: int) -> str:
     if images.hardness is None:
         return "<p>no hardness in this set (no <code>hardness</code> metadata and no encoder given)</p>"
-    order = np.argsort(images.hardness, kind="stable")
-    hardest, easiest = order[::-1][:per_row], order[:per_row]
+    hardest, easiest = _hard_ends(images.hardness, per_row)
     parts = []
     for name, idx in (("hardest", hardest), ("easiest", easiest)):
         values = ", ".join(f"{images.hardness[i]:.3f}" for i in idx)
@@ -261,7 +333,7 @@ def _broken(report: dict[str, Any], images: AuditImages, limit: int) -> str:
         f"<p>{b['broken']} broken ({_fmt(100 * b['fraction'])} %): constant {b['constant']}, saturated "
         f"{b['saturated']}, non-finite {b['non_finite']}</p>"
     )
-    idx = [i for r in ("constant", "saturated") for i in b["indices"][r]][:limit]
+    idx = _broken_shown(report, limit)
     if idx:
         text += _figure(rows_grid([[images.synthetic[i] for i in idx]]), "examples of broken images", "grid")
     return text

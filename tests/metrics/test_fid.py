@@ -77,3 +77,46 @@ def test_bad_input_is_refused() -> None:
         fid(torch.randn(10, 3), torch.randn(10, 4))
     with pytest.raises(ValueError, match="non-finite"):
         fid(torch.full((10, 3), float("nan")), torch.randn(10, 3))
+
+
+def test_fid_and_kid_equal_torchmetrics_on_the_same_features() -> None:
+    """The streamed moments and the in-house KID give torchmetrics' values (same subsets drawn)."""
+    import warnings
+
+    from torchmetrics.image.fid import FrechetInceptionDistance
+    from torchmetrics.image.kid import KernelInceptionDistance
+
+    class Identity(torch.nn.Module):
+        num_features = 8
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x
+
+    real, fake = _features(230, 8, 11), _features(190, 8, 12, shift=0.3)
+    ref_fid = FrechetInceptionDistance(feature=Identity())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        ref_kid = KernelInceptionDistance(feature=Identity(), subsets=7, subset_size=50)
+    for metric in (ref_fid, ref_kid):
+        metric.update(real, real=True)
+        metric.update(fake, real=False)
+    assert fid(real, fake) == pytest.approx(float(ref_fid.compute()), rel=1e-9)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(4)
+        mean, std = ref_kid.compute()
+    ours = kid(real, fake, subsets=7, subset_size=50, seed=4)
+    assert ours == pytest.approx((float(mean), float(std)), rel=1e-9)
+
+
+def test_streamed_moments_equal_the_whole_set() -> None:
+    from synthkit.metrics.fid import FeatureMoments, fid_from_moments
+
+    real, fake = _features(333, 9, 13), _features(201, 9, 14, shift=0.1)
+    moments = []
+    for x, step in ((real, 50), (fake, 1)):
+        m = FeatureMoments(9)
+        for i in range(0, x.shape[0], step):
+            m.update(x[i : i + step].float())
+        moments.append(m)
+    assert moments[0].n == 333
+    assert fid_from_moments(*moments) == pytest.approx(fid(real.float(), fake.float()), rel=1e-6)
