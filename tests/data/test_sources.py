@@ -164,7 +164,10 @@ def test_fashion_mnist_missing_root_says_how_to_get_it(tmp_path: Path) -> None:
         load_source(DataConfig(name="fashion-mnist", root=str(tmp_path / "partial")), "train")
 
 
-@pytest.mark.skipif(not Path(FASHION_MNIST_ROOT).is_dir(), reason="dataset-fashion-mnist is not installed")
+@pytest.mark.skipif(
+    not any(Path(FASHION_MNIST_ROOT).glob("train-images-idx3-ubyte*")),
+    reason="dataset-fashion-mnist is not installed (no train-images-idx3-ubyte in its directory)",
+)
 def test_real_fashion_mnist_train_split() -> None:
     train = load_source(DataConfig(name="fashion-mnist", size=28), "train")
     assert train.images.shape == (60000, 1, 28, 28)
