@@ -282,6 +282,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--objectives", nargs="+", default=list(OBJECTIVES), choices=list(OBJECTIVES))
     ap.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
     ap.add_argument("--no-half", action="store_true", help="skip the data-efficiency rows")
+    ap.add_argument(
+        "--half-only",
+        action="store_true",
+        help="only the data-efficiency rows (to run them in a second process beside the all-data rows)",
+    )
     ap.add_argument("--set", nargs="*", default=[], help="extra overrides for every run: section.key=value")
     ap.add_argument(
         "--pretrain-steps",
@@ -305,6 +310,8 @@ def main(argv: list[str] | None = None) -> int:
         help="tabulate the runs already scored under OUT/runs (while a table still runs); train nothing",
     )
     args = ap.parse_args(argv)
+    if args.half_only and args.no_half:
+        ap.error("--half-only and --no-half exclude each other")
     if args.quick:
         args.seeds = args.seeds[:1]
     extra = list(QUICK if args.quick else ()) + [f"--{s}" for s in args.set]
@@ -318,7 +325,8 @@ def main(argv: list[str] | None = None) -> int:
     plan: list[tuple[str, str, bool, int]] = []
     for seed in args.seeds:
         for obj in args.objectives:
-            plan += [(row, obj, False, seed) for row in args.rows]
+            if not args.half_only:
+                plan += [(row, obj, False, seed) for row in args.rows]
             if obj == "simclr" and not args.no_half:
                 plan += [(row, "simclr", True, seed) for row in HALF_ROWS]
     results: dict[tuple[str, str, bool], list[dict[str, float]]] = {}
