@@ -42,6 +42,7 @@ __all__ = [
     "COLUMNS",
     "TABLES_DIR",
     "check_tables",
+    "encode_table",
     "publish_tables",
     "shard_rows",
     "table_format",
@@ -104,13 +105,20 @@ def _csv_bytes(rows: list[dict[str, Any]]) -> bytes:
     return buf.getvalue().encode("utf-8")
 
 
-def write_table(directory: Path, index: int, rows: list[dict[str, Any]], fmt: str) -> dict[str, Any]:
-    """Publish the table of shard ``index`` (temp name, fsync, rename); return its manifest entry."""
-    data = _parquet_bytes(rows) if fmt == "parquet" else _csv_bytes(rows)
+def encode_table(rows: list[dict[str, Any]], fmt: str) -> bytes:
+    """The bytes of one shard's table: the same rows give the same bytes. A writer encodes each shard's
+    table as the shard completes and holds only these (compressed) bytes until it publishes the set, so its
+    memory grows by tens of bytes per sample, not by the rows themselves."""
+    return _parquet_bytes(rows) if fmt == "parquet" else _csv_bytes(rows)
+
+
+def write_table(directory: Path, index: int, data: bytes, rows: int, fmt: str) -> dict[str, Any]:
+    """Publish the table of shard ``index`` (``data`` from :func:`encode_table`; temp name, fsync, rename);
+    return its manifest entry."""
     name = table_name(index, fmt)
     (directory / TABLES_DIR).mkdir(exist_ok=True)
     write_bytes_atomic(directory / name, data)
-    return {"name": name, "rows": len(rows), "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    return {"name": name, "rows": rows, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
 
 
 def remove_foreign_tables(directory: Path, keep: set[str]) -> None:
@@ -144,21 +152,25 @@ def publish_tables(
     directory: Path,
     shards: list[dict[str, Any]],
     fmt: str,
-    rows: dict[str, list[dict[str, Any]]] | None = None,
+    encoded: dict[str, bytes] | None = None,
     on_publish: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Write the table of every shard in ``shards`` (manifest entries, in order) and return the manifest's
-    ``metadata_tables``. ``rows`` holds the rows of the shards written in this process; the others are
-    read back from their tars (:func:`shard_rows`). ``on_publish`` gets each table's relative name once it
-    is in place (a remote output uploads it). On a failure this call's tables are removed again: the set
-    is not published, and no table outlives it."""
-    rows = rows or {}
+    ``metadata_tables``. ``encoded`` holds the tables (:func:`encode_table`, in ``fmt``) of the shards
+    written in this process; the others are read back from their tars (:func:`shard_rows`), one shard at a
+    time. ``on_publish`` gets each table's relative name once it is in place (a remote output uploads it).
+    On a failure this call's tables are removed again: the set is not published, and no table outlives
+    it."""
+    encoded = encoded or {}
     tables = []
     for i, shard in enumerate(shards):
         name = shard["name"]
-        these = rows.get(name) or shard_rows(directory / name)
+        data, count = encoded.get(name), shard["count"]  # an encoded table holds the shard's samples
+        if data is None:
+            these = shard_rows(directory / name)
+            data, count = encode_table(these, fmt), len(these)
         try:
-            entry = write_table(directory, i, these, fmt)
+            entry = write_table(directory, i, data, count, fmt)
         except OutputError:
             remove_foreign_tables(directory, set())
             with contextlib.suppress(OSError):

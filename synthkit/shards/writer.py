@@ -63,7 +63,7 @@ from synthkit.shards.format import (
 )
 from synthkit.shards.location import is_url
 from synthkit.shards.manifest import sha256_file
-from synthkit.shards.tables import COLUMNS, publish_tables, table_format, table_row
+from synthkit.shards.tables import COLUMNS, encode_table, publish_tables, table_format, table_row
 
 # Fixed so that PNG bytes (and hence shard hashes) depend only on the pixels.
 PNG_COMPRESS_LEVEL = 6
@@ -374,7 +374,7 @@ class ShardSetWriter:
         self._published: set[str] = set()
         self._table_format = table_format() if tables else None
         self._rows: list[tuple[Any, ...]] = []  # the table rows of the shard in progress (COLUMNS order)
-        self._shard_rows: dict[str, list[tuple[Any, ...]]] = {}  # completed shard -> its rows
+        self._tables: dict[str, bytes] = {}  # completed shard -> its encoded table (bounded memory)
         self._prepare_directory()
 
     @property
@@ -623,7 +623,8 @@ class ShardSetWriter:
             raise self._fail(exc, out.final) from exc
         entry = {"name": out.final.name, "count": self._in_shard, "bytes": out.size, "sha256": out.sha256}
         if self._table_format is not None:
-            self._shard_rows[entry["name"]], self._rows = self._rows, []
+            rows = [dict(zip(COLUMNS, r, strict=True)) for r in self._rows]
+            self._tables[entry["name"]], self._rows = encode_table(rows, self._table_format), []
         if self.resume:  # journal first: a shard under its final name is always recorded
             try:
                 self._write_journal([*self._shards, entry])
@@ -669,11 +670,8 @@ class ShardSetWriter:
             write_json_atomic(self.out_dir / SIZES, {s["name"]: s["count"] for s in self._shards}, indent=2)
             self._publish(SIZES)
             if self._table_format is not None and self._shards:
-                rows = {
-                    n: [dict(zip(COLUMNS, r, strict=True)) for r in rs] for n, rs in self._shard_rows.items()
-                }
                 manifest["metadata_tables"] = publish_tables(
-                    self.out_dir, self._shards, self._table_format, rows, self._publish
+                    self.out_dir, self._shards, self._table_format, self._tables, self._publish
                 )
             write_json_atomic(self.out_dir / MANIFEST, manifest, indent=2)
             self._publish(MANIFEST)  # last: a reader trusts the set from this moment on

@@ -12,7 +12,7 @@ import pytest
 from synthkit.cli import main
 from synthkit.shards import iter_samples, read_manifest, verify_shard_set
 from synthkit.shards.format import META_FIELDS
-from synthkit.shards.tables import COLUMNS, write_table
+from synthkit.shards.tables import COLUMNS, encode_table, write_table
 
 
 def _datasets():
@@ -146,7 +146,7 @@ def test_csv_tables_without_pyarrow(tmp_path: Path) -> None:
         | {"__key__": "k_1", "shard": "s-000000.tar", "kind": "pair_a", "pair_id": 0},
     ]
     pd = _pandas()
-    entry = write_table(tmp_path, 0, rows, "csv")
+    entry = write_table(tmp_path, 0, encode_table(rows, "csv"), len(rows), "csv")
     assert entry["name"] == "metadata/000000.csv" and entry["rows"] == 2
     df = pd.read_csv(tmp_path / entry["name"])
     assert list(df.columns) == list(COLUMNS)
