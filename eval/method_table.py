@@ -287,7 +287,13 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="only the data-efficiency rows (to run them in a second process beside the all-data rows)",
     )
-    ap.add_argument("--set", nargs="*", default=[], help="extra overrides for every run: section.key=value")
+    ap.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        help="extra overrides for every run: section.key=value (with --producer diffusion, generator.* "
+        "ones apply to the HSG/HPG rows' sampling only: the shared model and the naive row keep theirs)",
+    )
     ap.add_argument(
         "--pretrain-steps",
         type=int,
@@ -369,6 +375,9 @@ def main(argv: list[str] | None = None) -> int:
                     *DIFFUSION_ROWS,
                     f"--generator.pretrained={pre / 'final' / 'diffusion'}",
                     "--generator.train_steps=0",
+                    # the user's generator.* settings (guidance, pools) apply to the joint rows, not to the
+                    # shared model nor the naive row
+                    *(f"--{s}" for s in args.set if s.startswith("generator.")),
                 ]
         elif args.pretrain_steps and row != "real-only":
             # one GAN per seed and real data, trained on realism alone before any encoder step; the
