@@ -195,6 +195,38 @@ def _summarise(values: list[float]) -> dict[str, float]:
     }
 
 
+def _paired(table: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Paired differences, in percentage points: per seed, a row minus its reference at the same seed and
+    objective (same real data unless stated), then mean +- std over the seeds both have. References: every
+    row minus real-only; the method rows minus naive; a half-data row minus real-only on all the data too
+    (data efficiency: does half the real data plus the method match all of it?)."""
+    by = {
+        (r["row"], r["objective"], r["half"]): {s["seed"]: s for s in r["per_seed"] if "seed" in s}
+        for r in table
+    }
+    out = []
+    for (row, obj, half), seeds in by.items():
+        refs = [] if row == "real-only" else [("real-only", half)]
+        if row not in ("real-only", "naive"):
+            refs.append(("naive", half))
+        if half:
+            refs.append(("real-only", False))
+        for ref_row, ref_half in refs:
+            ref = by.get((ref_row, obj, ref_half), {})
+            common = sorted(set(seeds) & set(ref))
+            if not common:
+                continue
+            entry: dict[str, Any] = {
+                "row": row, "objective": obj, "half": half,
+                "minus": ref_row, "minus_half": ref_half, "seeds": common,
+            }  # fmt: skip
+            for key in KEYS:
+                diffs = [100 * (seeds[s][key] - ref[s][key]) for s in common]
+                entry[key] = {**_summarise(diffs), "per_seed": diffs}
+            out.append(entry)
+    return out
+
+
 def _plots(out: Path, table: list[dict[str, Any]], pair_run: Path | None) -> None:
     import matplotlib
 
@@ -257,6 +289,29 @@ def _markdown(table: list[dict[str, Any]], meta: dict[str, Any]) -> str:
             f"{f('test_linear')} | "
             f"{f('test_knn')} | {f('val_linear')} | {f('val_knn')} | {r['train_seconds']['mean']:.0f} |"
         )
+    paired = meta.get("paired")
+    if paired:
+
+        def name(row: str, half: bool) -> str:
+            return f"{row} ({'half' if half else 'all'})"
+
+        lines += [
+            "",
+            "Paired differences (per seed, then mean +- std over seeds), percentage points; per-seed values "
+            "in table.json:",
+            "",
+            "| difference | objective | seeds | val linear | test linear | val kNN | test kNN |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for p in paired:
+            cells = " | ".join(
+                f"{p[k]['mean']:+.2f} +- {p[k]['std']:.2f}"
+                for k in ("val_linear", "test_linear", "val_knn", "test_knn")
+            )
+            lines.append(
+                f"| {name(p['row'], p['half'])} - {name(p['minus'], p['minus_half'])} | {p['objective']} | "
+                f"{len(p['seeds'])} | {cells} |"
+            )
     refs = meta.get("references")
     if refs:
         pix, rnd = refs["pixels"], refs["random-init"]
@@ -344,6 +399,7 @@ def main(argv: list[str] | None = None) -> int:
             if (run / "scores.json").exists() and (run / "wall_time.json").exists():
                 scores = json.loads((run / "scores.json").read_text())
                 scores["train_seconds"] = json.loads((run / "wall_time.json").read_text())["seconds"]
+                scores["seed"] = seed
                 results.setdefault((row, obj, half), []).append(scores)
             continue
         overrides = [*extra, *ROWS[row], *OBJECTIVES[obj], f"--train.seed={seed}"]
@@ -421,7 +477,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             scores = _score(run, splits, base)
             scores_path.write_text(json.dumps(scores))
-        scores = {**scores, "train_seconds": seconds}
+        scores = {**scores, "train_seconds": seconds, "seed": seed}
         if row == "naive" and args.producer == "cgan":
             scores["generator_seconds"] = gan_seconds
         if pre_seconds:
@@ -454,7 +510,9 @@ def main(argv: list[str] | None = None) -> int:
         "test_size": len(splits.test),
         "total_seconds": time.perf_counter() - t_start,
     }
-    (out / "table.json").write_text(json.dumps({"meta": meta, "rows": table}, indent=2))
+    paired = _paired(table)
+    (out / "table.json").write_text(json.dumps({"meta": meta, "rows": table, "paired": paired}, indent=2))
+    meta["paired"] = paired
     meta["references"] = _references(out, splits, base, args.seeds)
     md = _markdown(table, meta)
     (out / "table.md").write_text(md)
