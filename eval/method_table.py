@@ -376,6 +376,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.seeds = args.seeds[:1]
     extra = list(QUICK if args.quick else ()) + [f"--{s}" for s in args.set]
+    # diffusion: the user's generator.* settings are the joint rows' sampling keys, unknown to the base
+    # pipeline's cGAN (and to real-only and the naive row); they reach those rows alone
+    joint_generator: list[str] = []
+    if args.producer == "diffusion":
+        joint_generator = [o for o in extra if o.startswith("--generator.")]
+        extra = [o for o in extra if not o.startswith("--generator.")]
     base = load_pipeline(args.pipeline, extra)
     out: Path = args.out
     (out / "runs").mkdir(parents=True, exist_ok=True)
@@ -433,7 +439,7 @@ def main(argv: list[str] | None = None) -> int:
                     "--generator.train_steps=0",
                     # the user's generator.* settings (guidance, pools) apply to the joint rows, not to the
                     # shared model nor the naive row
-                    *(f"--{s}" for s in args.set if s.startswith("generator.")),
+                    *joint_generator,
                 ]
         elif args.pretrain_steps and row != "real-only":
             # one GAN per seed and real data, trained on realism alone before any encoder step; the
