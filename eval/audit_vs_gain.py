@@ -11,7 +11,8 @@ with ``synthkit shards convert``) in one in-domain feature space (``--classifier
 
 - diffusion rows (``generator.kind: diffusion``): the run's last pool (``RUN/pools/epoch-*``, the guided
   hard samples and branched pairs of its last refresh), i.e. what the encoder saw at the end of training;
-- the naive row: the pool of unguided samples it draws from (``generator.run``'s ``pools/epoch-0000``);
+- the naive row: the pool of unguided samples it drew from, remade (``DiffusionProducer.naive_pool``: the
+  same model and ``train.seed``, hence the same 1,024 images) and written as a shard set under ``--work``;
 - cGAN rows would need an export (``synthkit generate``); the script says so and skips them.
 
 The gain is paired: the row's test (and val) linear accuracy minus real-only's at the same seed. Writes
@@ -82,14 +83,38 @@ def _synthkit(*args: str) -> dict[str, Any]:
     return json.loads(proc.stdout)
 
 
-def _trained_on(run: Path) -> Path | None:
+def _naive_pool(run: Path, source: Path, seed: int, work: Path) -> Path | None:
+    """The naive row's pool of unguided samples (it lives only in the training process), remade from its
+    diffusion model and seed and written once as a shard set; None for a cGAN's naive row (fresh samples
+    every step, no set to audit)."""
+    import torch
+
+    from synthkit.images import to_uint8
+    from synthkit.shards import ShardSetWriter
+    from synthkit.training.artifacts import load_final
+
+    out = work / f"naive-pool-{run.name}"
+    if (out / "manifest.json").exists():
+        return out
+    producer = load_final(str(source)).producer
+    if producer is None or not hasattr(producer, "naive_pool"):
+        return None
+    images = to_uint8(producer.naive_pool(seed, torch.device("cpu")))
+    fields = {"producer": {"name": "naive", "run": str(source), "seed": seed}}
+    with ShardSetWriter(out, f"naive-pool-{run.name}", manifest_fields=fields) as w:
+        for i, image in enumerate(images):
+            w.write(f"n{i:06d}", image, {"kind": "sample", "producer": "naive", "seed": seed})
+    return out
+
+
+def _trained_on(run: Path, work: Path) -> Path | None:
     """The synthetic set a run trained on (see the module docstring), or None."""
     cfg = yaml.safe_load((run / "config.yaml").read_text())
     gen = cfg.get("generator", {})
     if gen.get("kind") == "naive":
-        src = Path(gen["run"]) / "pools"
-        pools = sorted(src.glob("epoch-*")) if src.is_dir() else []
-        return pools[0] if pools else None
+        if gen.get("run") is None:
+            return None
+        return _naive_pool(run, Path(gen["run"]), int(cfg["train"]["seed"]), work)
     if gen.get("kind") == "diffusion":
         pools = sorted(p for p in (run / "pools").glob("epoch-*") if (p / "manifest.json").exists())
         return pools[-1] if pools else None
@@ -132,14 +157,14 @@ def main(argv: list[str] | None = None) -> int:
         if row == "real-only":
             continue
         base = scores.get(f"real-only-{obj}-{half}-{seed}")
-        syn = _trained_on(runs / name)
+        syn = _trained_on(runs / name, args.work)
         if base is None or syn is None:
             print(
                 f"{name}: no real-only pair or no synthetic set on disk (cGAN rows need an export); skipped"
             )
             continue
         key = str(syn.resolve())
-        if key not in audits:  # the naive rows of a shared model draw from one pool
+        if key not in audits:
             report_dir = out / "audits" / name
             if (report_dir / "report.json").exists():
                 audits[key] = json.loads((report_dir / "report.json").read_text())

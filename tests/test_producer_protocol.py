@@ -247,3 +247,18 @@ def test_naive_baseline_of_a_diffusion_run_trains_on_a_shard_mix(diffusion_run: 
     assert steps and all("hardness_syn" in r for r in steps) and res.summary["weights_in_sync"]
     final = json.loads((tmp_path / "naive" / "final" / "final.json").read_text())
     assert final["producer"]["source"]["hashes"] == load_final(diffusion_run).hashes
+
+
+def test_the_naive_pool_of_a_diffusion_run_can_be_remade_for_an_audit(diffusion_run: Path) -> None:
+    """What a naive row trains on lives only in its process; ``naive_pool(seed)`` remakes exactly the pool
+    its sampler draws from (eval/audit_vs_gain.py audits it), and another seed gives another pool."""
+    producer = load_final(diffusion_run).producer
+    cpu = torch.device("cpu")
+    pool = producer.naive_pool(3, cpu)
+    torch.manual_seed(0)
+    drawn = producer.sampler(3)(64, cpu)
+    assert pool.shape[0] == 1024 and torch.equal(producer.naive_pool(3, cpu), pool)
+    flat = pool.flatten(1)
+    # every drawn image is one of the pool's (exactly: it is an index into it)
+    assert all(bool((flat == d.flatten()).all(dim=1).any()) for d in drawn)
+    assert not torch.equal(producer.naive_pool(4, cpu), pool)

@@ -670,27 +670,30 @@ class DiffusionProducer(Producer):
             **({"pretrained": self.pretrained} if getattr(self, "pretrained", None) else {}),
         }
 
+    @torch.no_grad()
+    def naive_pool(self, seed: int, device: torch.device) -> torch.Tensor:
+        """The naive baseline's NAIVE_POOL unguided samples for ``seed`` (the same images every time): what
+        a naive run with ``train.seed=seed`` trains on, so that it can be audited afterwards."""
+        self.unet.to(device)
+        g = chunk_generator(seed, "naive", 0, device=device)
+        return ddim_sample(
+            self.unet,
+            self.scheduler_config,
+            self.draw_conditions(NAIVE_POOL, g),
+            generator=g,
+            steps=self.d.ddim_steps,
+            eta=self.d.ddim_eta,
+            n=NAIVE_POOL,
+        )
+
     def sampler(self, seed: int) -> Callable[[int, torch.device], torch.Tensor]:
-        """Unguided samples for the naive baseline: a pool of NAIVE_POOL images made once (seeded), from
-        which every step draws with the global generator."""
+        """Unguided samples for the naive baseline: the pool of :meth:`naive_pool`, made once, from which
+        every step draws with the global generator."""
         pool: list[torch.Tensor] = []
 
-        @torch.no_grad()
         def sample(n: int, device: torch.device) -> torch.Tensor:
             if not pool:
-                self.unet.to(device)
-                g = chunk_generator(seed, "naive", 0, device=device)
-                m = NAIVE_POOL
-                images = ddim_sample(
-                    self.unet,
-                    self.scheduler_config,
-                    self.draw_conditions(m, g),
-                    generator=g,
-                    steps=self.d.ddim_steps,
-                    eta=self.d.ddim_eta,
-                    n=m,
-                )
-                pool.append(images)
+                pool.append(self.naive_pool(seed, device))
             return pool[0][torch.randint(len(pool[0]), (n,))].to(device)
 
         return sample
