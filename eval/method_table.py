@@ -505,7 +505,7 @@ def main(argv: list[str] | None = None) -> int:
     meta = {
         "command": "python eval/method_table.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "pipeline": str(args.pipeline),
-        "overrides": extra,
+        "overrides": [*extra, *joint_generator],
         "subset": subset,
         "epochs": base.train.epochs,
         "pretrain_steps": args.pretrain_steps,

@@ -65,6 +65,8 @@ def tabulate(variants: Path, reference: Path) -> str:
         overrides = [o.removeprefix("--") for o in meta["overrides"]]
         if meta.get("pretrain_steps"):
             overrides.append(f"pretrain {meta['pretrain_steps']} GAN steps")
+        if meta.get("producer") == "diffusion":
+            overrides.append(f"diffusion producer, {meta.get('unet_steps')} UNet steps per seed")
         for row in t["rows"]:
             if row["half"]:
                 continue
