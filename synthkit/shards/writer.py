@@ -372,7 +372,8 @@ class ShardSetWriter:
         self._journal = self.out_dir / journal_name(name, part)
         self._on_publish = on_publish
         self._published: set[str] = set()
-        self._table_format = table_format() if tables else None
+        # a part's tables are built by whoever publishes the parts (shards/parts.py), from the tars
+        self._table_format = table_format() if tables and part is None else None
         self._rows: list[tuple[Any, ...]] = []  # the table rows of the shard in progress (COLUMNS order)
         self._tables: dict[str, bytes] = {}  # completed shard -> its encoded table (bounded memory)
         self._prepare_directory()
