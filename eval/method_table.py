@@ -375,13 +375,15 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--half-only and --no-half exclude each other")
     if args.quick:
         args.seeds = args.seeds[:1]
-    extra = list(QUICK if args.quick else ()) + [f"--{s}" for s in args.set]
+    user = [f"--{s}" for s in args.set]
     # diffusion: the user's generator.* settings are the joint rows' sampling keys, unknown to the base
-    # pipeline's cGAN (and to real-only and the naive row); they reach those rows alone
+    # pipeline's cGAN (and to real-only and the naive row); they reach those rows alone. (QUICK's cGAN
+    # generator keys stay in ``extra``, which the diffusion rows filter.)
     joint_generator: list[str] = []
     if args.producer == "diffusion":
-        joint_generator = [o for o in extra if o.startswith("--generator.")]
-        extra = [o for o in extra if not o.startswith("--generator.")]
+        joint_generator = [o for o in user if o.startswith("--generator.")]
+        user = [o for o in user if not o.startswith("--generator.")]
+    extra = list(QUICK if args.quick else ()) + user
     base = load_pipeline(args.pipeline, extra)
     out: Path = args.out
     (out / "runs").mkdir(parents=True, exist_ok=True)
