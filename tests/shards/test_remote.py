@@ -239,12 +239,14 @@ def test_writer_refuses_a_url_as_a_local_directory(tmp_path, monkeypatch):
 
 
 def test_a_stalled_server_is_an_error_not_a_hang(monkeypatch):
-    """A server that accepts and never answers: the read fails after the network timeout."""
+    """A server that accepts and never answers: the read fails after the read timeout, on each attempt."""
     import socket
 
     import synthkit.shards.location as location
 
-    monkeypatch.setattr(location, "NETWORK_TIMEOUT_S", 1)
+    monkeypatch.setattr(
+        location, "_policy", location.RemotePolicy(attempts=2, read_timeout_s=1, backoff_s=0.1)
+    )
     listener = socket.create_server(("127.0.0.1", 0))
     accepted: list[socket.socket] = []
     thread = threading.Thread(target=lambda: accepted.append(listener.accept()[0]), daemon=True)
@@ -265,3 +267,4 @@ def test_a_stalled_server_is_an_error_not_a_hang(monkeypatch):
     listener.close()
     assert not reader.is_alive(), "hung on a stalled server"
     assert isinstance(box.get("error"), ShardError) and "\n" not in str(box["error"]), box
+    assert "stalled: no response within 1 s (gave up after 2 attempts" in str(box["error"]), box
