@@ -22,7 +22,8 @@ Remote reads survive transient faults (:class:`RemotePolicy`, the ``remote`` con
 *transient* (a refused or reset connection, a body that ends before its ``Content-Length``, HTTP 5xx, 408,
 425 or 429, a connect timeout, a stall: no byte for ``read_timeout_s``, or fewer than ``min_bytes_per_s``
 on average over that long, a trickle) or *permanent* (404/410: missing; 401/403: denied; other 4xx; a
-stream longer than the manifest says; a copy that ends short of the manifest's size again after a resume).
+stream longer than the manifest says). A stream that ends cleanly short of the manifest's size is resumed at
+once; when that brings no byte more, the copy at the source is short, which the size check reports.
 A transient failure is retried, up to ``attempts`` tries in all, after an exponential backoff (``backoff_s``,
 doubled per try up to ``backoff_max_s``, with jitter; a ``Retry-After`` the server sends is honoured up to
 that cap). Each retry *resumes*: HTTP asks for the missing bytes with ``Range: bytes=N-`` (and ``If-Range``
@@ -56,7 +57,7 @@ import time
 import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import Any, TypeVar
 
 from braceexpand import braceexpand
 
@@ -69,6 +70,7 @@ READ_BLOCK = 1 << 20
 # Redirects an HTTP read follows (a CDN or a signed URL); more is a loop.
 MAX_REDIRECTS = 5
 _ENV_PREFIX = "SYNTHKIT_REMOTE_"
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -482,11 +484,8 @@ def _http_try(state: _HttpState, offset: int, policy: RemotePolicy) -> Iterator[
                 url = urllib.parse.urljoin(url, response.getheader("Location", ""))
                 state.url = url
                 continue
-            if status == 416 and offset:
-                raise Fault(
-                    f"{offset} bytes, then HTTP 416 Range Not Satisfiable: the copy at the source ends there",
-                    transient=False,
-                )
+            if status == 416 and offset:  # nothing after byte ``offset``: the copy at the source ends there
+                return
             if status not in (200, 206):
                 raise _status_fault(status, response.reason, _retry_after(response.getheader("Retry-After")))
             skip = offset
@@ -511,47 +510,52 @@ def _http_try(state: _HttpState, offset: int, policy: RemotePolicy) -> Iterator[
 
 
 def _http_body(response: http.client.HTTPResponse, skip: int, policy: RemotePolicy) -> Iterator[bytes]:
-    """The body of one response in blocks of about READ_BLOCK, its first ``skip`` bytes dropped."""
+    """The body of one response in blocks of about READ_BLOCK, its first ``skip`` bytes dropped; the bytes
+    that arrived before a fault are given out before it is raised (a retry resumes after them)."""
     declared = response.getheader("Content-Length")
     expected = int(declared) if declared is not None and declared.isdigit() else None
     got = 0
     pace = _Pace(policy)
     pending: list[bytes] = []
     pending_bytes = 0
+    fault: Fault | None = None
     while True:
         try:
             chunk = response.read1(READ_BLOCK)
-        except TimeoutError as exc:
-            raise Fault(
+        except TimeoutError:
+            fault = Fault(
                 f"stalled: no data for {policy.read_timeout_s:g} s after {got} bytes of the response",
                 transient=True,
-            ) from exc
+            )
+            break
         except (OSError, http.client.HTTPException) as exc:
-            raise Fault(
-                f"connection broke after {got} bytes of the response: {_describe(exc)}", transient=True
-            ) from exc
+            broke = f"connection broke after {got} bytes of the response: {_describe(exc)}"
+            fault = Fault(broke, transient=True)
+            break
         if not chunk:
             break
         got += len(chunk)
-        pace.add(len(chunk))
+        arrived = len(chunk)
         if skip:  # a server without ranges sent the start of the file again
             cut = min(skip, len(chunk))
             chunk, skip = chunk[cut:], skip - cut
-            if not chunk:
-                continue
-        pending.append(chunk)
-        pending_bytes += len(chunk)
+        if chunk:
+            pending.append(chunk)
+            pending_bytes += len(chunk)
+        try:
+            pace.add(arrived)
+        except Fault as exc:  # a trickle
+            fault = exc
+            break
         if pending_bytes >= READ_BLOCK:
             yield b"".join(pending)
             pending, pending_bytes = [], 0
     if pending:
         yield b"".join(pending)
+    if fault is not None:
+        raise fault
     if expected is not None and got < expected:
         raise Fault(f"incomplete body: {got} of the {expected} bytes the server announced", transient=True)
-    if skip:
-        raise Fault(
-            f"the copy at the source ends {skip} bytes before where the read resumed", transient=False
-        )
 
 
 def _fs_try(location: str, offset: int, policy: RemotePolicy) -> Iterator[bytes]:
@@ -609,10 +613,6 @@ def _pipe_try(location: str, offset: int, policy: RemotePolicy) -> Iterator[byte
         code = proc.wait()
         if code != 0:
             raise Fault(f"the command exited with status {code}", transient=True)
-        if skip:
-            raise Fault(
-                f"the command's output ends {skip} bytes before where the read resumed", transient=False
-            )
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -648,12 +648,10 @@ def _iter_remote(location: str, limit: int, what: str, size: int | None) -> Iter
                 yield block
             if size is None or total >= size:
                 return
-            # A clean end short of the expected size: resumed at once; no progress: the copy ends there.
+            # A clean end short of the expected size: resumed at once. No progress: the copy at the source
+            # ends there, and the caller's size check names the mismatch.
             if total == at_start and attempt > 1:
-                raise Fault(
-                    f"{total} bytes, the manifest says {size} (truncated: the copy at the source ends there)",
-                    transient=False,
-                )
+                return
             raise Fault(f"the stream ended after {total} of {size} bytes", transient=True, pause=False)
         except Fault as fault:
             if not fault.transient:
@@ -671,6 +669,33 @@ def _iter_remote(location: str, limit: int, what: str, size: int | None) -> Iter
                 if fault.retry_after is not None:
                     wait = max(wait, min(fault.retry_after, policy.backoff_max_s))
                 time.sleep(wait)
+
+
+def call_with_retries(what: str, action: Callable[[], T]) -> T:
+    """``action()``, tried again on a transient fault as remote reads are (an upload, a listing); a fault
+    that stays raises ShardError ``WHAT: FAULT (gave up after N attempts in T s; ...)``."""
+    policy = remote_policy()
+    started = time.monotonic()
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            return action()
+        except Exception as exc:  # noqa: BLE001 - fsspec backends raise their own types; classify sorts them
+            fault = classify(exc)
+            if not fault.transient:
+                raise ShardError(
+                    f"{what}: {fault} ({_tries(attempt, started)}; permanent, not retried)"
+                ) from exc
+            if attempt >= policy.attempts:
+                raise ShardError(
+                    f"{what}: {fault} (gave up after {_tries(attempt, started)}; "
+                    f"remote.attempts={policy.attempts})"
+                ) from exc
+            wait = policy.backoff(attempt)
+            if fault.retry_after is not None:
+                wait = max(wait, min(fault.retry_after, policy.backoff_max_s))
+            time.sleep(wait)
 
 
 def read_bytes(location: str, limit: int, what: str = "refused") -> bytes:
