@@ -17,7 +17,8 @@ first ``times`` matching requests, or every ``every``-th request the server rece
 For forwarded requests (uploads) ``drop``, ``silent`` and ``status:N`` apply to the request: the upload is
 read in part (``drop``) or whole and then answered with the fault instead of being forwarded.
 
-Every request is recorded in ``log`` as ``(method, path, range header, fault or None)``.
+Every request is recorded in ``log`` as ``(method, path, range header, fault or None)``; ``hook(number,
+method, path)``, if given, runs after a request is logged and before it is answered.
 
 Example:
     >>> with FaultServer(root, [Rule("drop", times=1)]) as server:  # doctest: +SKIP
@@ -37,6 +38,7 @@ import socket
 import struct
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -81,12 +83,14 @@ class FaultServer:
         upstream: str | None = None,
         ranges: bool = True,
         trickle_bps: int = 200,
+        hook: Callable[[int, str, str], None] | None = None,
     ) -> None:
         self.root = Path(root) if root is not None else None
         self.rules = list(rules or [])
         self.upstream = upstream
         self.ranges = ranges
         self.trickle_bps = trickle_bps
+        self.hook = hook
         self.log: list[tuple[str, str, str | None, str | None]] = []
         self.stopping = threading.Event()
         self._lock = threading.Lock()
@@ -128,7 +132,10 @@ class FaultServer:
             self._count += 1
             fault = next((r.fault for r in self.rules if r.take(method, path, self._count)), None)
             self.log.append((method, path, range_header, fault))
-            return fault
+            number = self._count
+        if self.hook is not None:  # a test's action between requests (replace a file, ...)
+            self.hook(number, method, path)
+        return fault
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):

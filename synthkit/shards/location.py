@@ -498,10 +498,18 @@ def _http_try(state: _HttpState, offset: int, policy: RemotePolicy) -> Iterator[
                         transient=True,
                     )
                 skip = 0
+            etag = response.getheader("ETag")
+            validator = (etag if etag and not etag.startswith("W/") else None) or response.getheader(
+                "Last-Modified"
+            )
+            if skip and state.validator is not None and validator not in (None, state.validator):
+                raise Fault(
+                    f"the file changed at the source while it was read ({state.validator} then {validator}); "
+                    "its two parts cannot be joined",
+                    transient=False,
+                )
             if state.validator is None:
-                etag = response.getheader("ETag")
-                strong = etag if etag and not etag.startswith("W/") else None
-                state.validator = strong or response.getheader("Last-Modified")
+                state.validator = validator
             yield from _http_body(response, skip, policy)
             return
         finally:
