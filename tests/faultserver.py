@@ -308,7 +308,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             for key, value in response.getheaders():
                 if key.lower() not in ("transfer-encoding", "connection", "content-length", "server", "date"):
                     self.send_header(key, value)
-            self.send_header("Content-Length", str(len(payload)))
+            length = response.getheader("Content-Length") if method == "HEAD" else None
+            self.send_header("Content-Length", length or str(len(payload)))
             self.end_headers()
             if method != "HEAD":
                 self.wfile.write(payload)

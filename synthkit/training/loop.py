@@ -231,6 +231,9 @@ def train(
             "epoch_step_time_s": elapsed / steps_per_epoch,
             "epoch_images_per_s": cfg.train.batch_size * steps_per_epoch / elapsed,
         }
+        if isinstance(batches, MixBatches) and cfg.mix.on_error == "skip":  # broken shards and samples passed
+            skipped = reduce_values({"n": float(batches.skipped_in_epoch)}, device, op="sum")["n"]
+            epoch_rec["epoch_skipped"] = int(skipped)
         last = state.epoch == cfg.train.epochs
         if test is not None and real is not None and (state.epoch % cfg.train.knn_every == 0 or last):
             if run.is_main:
