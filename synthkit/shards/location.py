@@ -78,8 +78,8 @@ class RemotePolicy:
     """How remote reads and uploads meet transient faults; see the module docstring.
 
     The defaults suit a training run that streams shards for hours: a fault that clears within about half
-    a minute costs one shard a few seconds, and a store that is down fails the read after about two and a
-    half minutes (at most ``attempts * read_timeout_s`` plus the backoffs: 6 x 30 s + 31 s), not never.
+    a minute costs one shard a few seconds, and a store that is down fails the read after about three and
+    a half minutes (at most ``attempts * read_timeout_s`` plus the backoffs: 6 x 30 s + 31 s), not never.
 
     Attributes:
         attempts: tries per file in all (1: no retry).
