@@ -22,23 +22,27 @@ Remote reads survive transient faults (:class:`RemotePolicy`, the ``remote`` con
 *transient* (a refused or reset connection, a body that ends before its ``Content-Length``, HTTP 5xx, 408,
 425 or 429, a connect timeout, a stall: no byte for ``read_timeout_s``, or fewer than ``min_bytes_per_s``
 on average over that long, a trickle) or *permanent* (404/410: missing; 401/403: denied; other 4xx; a
-stream longer than the manifest says). A stream that ends cleanly short of the manifest's size is resumed at
-once; when that brings no byte more, the copy at the source is short, which the size check reports.
-A transient failure is retried, up to ``attempts`` tries in all, after an exponential backoff (``backoff_s``,
-doubled per try up to ``backoff_max_s``, with jitter; a ``Retry-After`` the server sends is honoured up to
-that cap). Each retry *resumes*: HTTP asks for the missing bytes with ``Range: bytes=N-`` (and ``If-Range``
-with the first response's validator, so a file replaced in between is sent whole rather than spliced); a
-server that answers with the whole file is read again and its first N bytes dropped; fsspec stores (S3,
-GCS, ...) reopen the object and seek to N; a ``pipe:`` command is run again and its first N bytes dropped
-(a command's exit status cannot tell a permanent failure from a transient one, so every failure of a
-command is retried). Retrying never lets an unverified sample through: a shard's bytes are checked against
-the manifest's size and sha256 once all of them are in (:func:`synthkit.shards.reader.read_shard`), before
-any sample is decoded, and a mismatch is permanent. Every failure names the location, the fault and the
-attempts made (``...: HTTP 503 Service Unavailable (gave up after 6 attempts in 31.4 s)``).
+stream longer than the manifest says; a file that changed at the source between two tries). A stream that
+ends cleanly short of the manifest's size is resumed at once; when that brings no byte more, the copy at
+the source is short, which the size check reports.
+
+A transient failure is retried, up to ``attempts`` tries in all, after an exponential backoff
+(``backoff_s``, doubled per try up to ``backoff_max_s``, with jitter; a ``Retry-After`` the server sends is
+honoured up to that cap). Each retry *resumes*: HTTP asks for the missing bytes with ``Range: bytes=N-``
+(and ``If-Range`` with the first response's validator: a file replaced in between comes whole, with another
+validator, and is refused rather than spliced); a server that answers with the whole file is read again and
+its first N bytes dropped; fsspec stores (S3, GCS, ...) reopen the object and seek to N; a ``pipe:``
+command is run again and its first N bytes dropped (a command's exit status cannot tell a permanent
+failure from a transient one, so every failure is retried but the shell's 126 and 127: not executable,
+not found). Retrying never lets an unverified sample through: a shard's bytes are checked against the
+manifest's size and sha256 once all of them are in (:func:`synthkit.shards.reader.read_shard`), before any
+sample is decoded, and a mismatch is permanent. Every failure names the location, the fault and the
+attempts made (``...: HTTP 503 Service Unavailable (gave up after 6 attempts in 31.4 s; ...)``).
 
 HTTP(S) is read with the standard library's client (connect and read timeouts of its own, redirects
-followed, proxies not used); S3 through s3fs with botocore's own retries turned off (``total_max_attempts:
-1``) so that this policy is the one that counts, and botocore's connect and read timeouts set from it.
+followed, proxies not used); S3 through s3fs with botocore's and s3fs's own retries turned off
+(``total_max_attempts: 1``, ``retries = 1``) so that this policy is the one that counts, and botocore's
+connect and read timeouts set from it.
 """
 
 from __future__ import annotations
@@ -225,6 +229,8 @@ def fs_and_path(url: str) -> tuple[Any, str]:
         fs, path = fsspec.core.url_to_fs(url, **options)
     except (ImportError, ValueError) as exc:  # an unknown protocol or its package not installed
         raise ShardError(f"{url}: cannot read this URL: {exc}") from exc
+    if "config_kwargs" in options and isinstance(getattr(fs, "retries", None), int):
+        fs.retries = 1  # s3fs retries timeouts itself (5 tries): this module's tries are the ones that count
     return fs, path
 
 
@@ -619,6 +625,10 @@ def _pipe_try(location: str, offset: int, policy: RemotePolicy) -> Iterator[byte
                     continue
             yield block
         code = proc.wait()
+        if code in (126, 127):  # the shell's "not executable" and "not found": no retry can help
+            raise Fault(
+                f"the command exited with status {code} (not found or not executable)", transient=False
+            )
         if code != 0:
             raise Fault(f"the command exited with status {code}", transient=True)
     finally:

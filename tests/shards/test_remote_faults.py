@@ -375,3 +375,18 @@ def test_an_upload_that_keeps_failing_gives_up_after_the_attempts(s3_through):
         )
     assert len(server.requests("PUT", "-000001.tar")) == 3
     assert read_manifest(f"s3://{bucket}/set") is None
+
+
+def test_an_upload_that_is_never_answered_times_out_on_each_try(s3_through):
+    """s3fs retries timeouts itself (5 tries) unless told not to: the tries are remote.attempts, no more."""
+    connect, bucket = s3_through
+    server = connect([Rule("silent", method="PUT", path="-000001.tar")])
+    started = time.monotonic()
+    with pytest.raises(ShardError, match=r"-000001\.tar .*Read timeout.*gave up after 3 attempts"):
+        convert_source(
+            DataConfig(name="digits", size=16, subset=128), "train", f"s3://{bucket}/set", maxcount=16
+        )
+    assert len(server.requests("PUT", "-000001.tar")) == FAST["attempts"]
+    assert (
+        time.monotonic() - started < FAST["attempts"] * (FAST["read_timeout_s"] + FAST["backoff_max_s"]) + 10
+    )
