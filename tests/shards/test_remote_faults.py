@@ -169,6 +169,18 @@ def test_a_fault_that_stays_gives_up_after_the_attempts_in_bounded_time(fast, ww
         assert took < bound, took
 
 
+def test_shards_verify_command_through_faults(fast, www, capsys):
+    """``synthkit shards verify URL``: a transient fault is invisible; one that stays is reported with the
+    URL, the fault and the tries (SYNTHKIT_REMOTE_* settings: this command has no pipeline config)."""
+    with FaultServer(www, [Rule("stall", path=SHARD, times=1)]) as server:
+        assert main(["shards", "verify", f"{server.url}/set"]) == 0
+        assert "OK (128 samples in 8 shards)" in capsys.readouterr().out
+    with FaultServer(www, [Rule("status:502", path=SHARD)]) as server:
+        assert main(["shards", "verify", f"{server.url}/set"]) == 1
+        err = capsys.readouterr().err
+        assert f"{server.url}/set/digits-" in err and "HTTP 502 Bad Gateway (gave up after 3 attempts" in err
+
+
 def test_a_file_replaced_between_two_tries_is_not_spliced(fast, www, tmp_path):
     """The first try is dropped halfway; before the retry the file changes. The retry's If-Range no longer
     matches, the server sends the new file whole, and the reader refuses to join the two: one line."""
@@ -243,6 +255,7 @@ def _train(tiny_pipeline: Path, run: Path, source: str, *extra: str) -> int:
     return main(args)
 
 
+@pytest.mark.slow
 def test_training_through_a_server_that_drops_every_tenth_request_equals_training_from_disk(
     fast, www, tiny_pipeline, tmp_path, capsys
 ):
@@ -257,6 +270,7 @@ def test_training_through_a_server_that_drops_every_tenth_request_equals_trainin
     assert all(np.array_equal(local[k], remote[k]) for k in local)
 
 
+@pytest.mark.slow
 def test_training_with_skip_passes_a_shard_that_stays_broken_with_one_warning(
     fast, www, tiny_pipeline, tmp_path, capsys, recwarn
 ):
@@ -276,6 +290,7 @@ def test_training_with_skip_passes_a_shard_that_stays_broken_with_one_warning(
     assert [r["epoch_skipped"] for r in records if "epoch_skipped" in r] == [1, 1]  # one pass per epoch
 
 
+@pytest.mark.slow
 def test_audit_of_remote_shards_through_faults_equals_the_local_audit(fast, www, tmp_path, capsys):
     base = ["--real", "digits", "--extractor", "pixels", "--no-progress", "--json"]
     assert main(["audit", str(www / "set"), "--out", str(tmp_path / "local"), *base]) == 0
