@@ -405,3 +405,16 @@ def test_an_upload_that_is_never_answered_times_out_on_each_try(s3_through):
     assert (
         time.monotonic() - started < FAST["attempts"] * (FAST["read_timeout_s"] + FAST["backoff_max_s"]) + 10
     )
+
+
+def test_resume_may_change_the_remote_settings_only(tmp_path):
+    """Retry settings do not change what a run computes: ``--resume`` takes new ones; other keys still not."""
+    from synthkit.config import load_pipeline, save_pipeline
+    from synthkit.errors import RunError
+    from synthkit.training.run import check_run_dir
+
+    tiny = Path(__file__).resolve().parents[2] / "pipelines" / "tiny.yaml"
+    save_pipeline(load_pipeline(tiny), tmp_path / "config.yaml")
+    check_run_dir(load_pipeline(tiny, ["--remote.attempts=10", "--remote.read_timeout_s=5"]), tmp_path, True)
+    with pytest.raises(RunError, match=r"train.lr"):
+        check_run_dir(load_pipeline(tiny, ["--remote.attempts=10", "--train.lr=0.5"]), tmp_path, True)
