@@ -127,8 +127,7 @@ def test_a_permanent_fault_is_one_line_and_not_retried(fast, www, fault, says):
         assert not report.ok and any(says in p and SHARD in p for p in report.problems), report.problems
         assert len(_gets(server)) == 1
         with pytest.raises(ShardError) as info:
-            iter_samples_keys = [s["__key__"] for s in iter_samples(url)]
-            pytest.fail(f"read {len(iter_samples_keys)} samples")
+            list(iter_samples(url))
         message = str(info.value)
         assert "\n" not in message and f"{url}/digits-" in message and SHARD in message, message
         assert says in message, message
