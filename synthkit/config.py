@@ -622,6 +622,34 @@ class MixConfig:
 
 
 @dataclass(frozen=True)
+class RemoteConfig:
+    """Retries and timeouts of remote shard reads and uploads (``s3://``, ``http(s)://``, ``pipe:``; see
+    ``synthkit/shards/location.py``). A transient fault (a dropped connection, an incomplete body, HTTP 5xx,
+    a timeout, a stall or trickle) is retried up to ``attempts`` tries in all, waiting ``backoff_s`` doubled
+    per try (at most ``backoff_max_s``), and resumed where it stopped; a permanent one (404, 403, a hash
+    mismatch) is not. ``read_timeout_s``: no byte for this long is a stall, and so is fewer than
+    ``min_bytes_per_s`` (0: off) on average over that long. Commands without a pipeline config read the
+    ``SYNTHKIT_REMOTE_ATTEMPTS``, ``SYNTHKIT_REMOTE_READ_TIMEOUT_S``, ... environment variables. These keys
+    do not change what a run computes: ``--resume`` may change them.
+    """
+
+    attempts: int = 6
+    connect_timeout_s: float = 10.0
+    read_timeout_s: float = 30.0
+    min_bytes_per_s: int = 1024
+    backoff_s: float = 1.0
+    backoff_max_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        from synthkit.shards.location import RemotePolicy
+
+        try:
+            RemotePolicy(**dataclasses.asdict(self))
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+
+
+@dataclass(frozen=True)
 class EvalConfig:
     """Frozen-encoder evaluation: weighted kNN (Wu et al., 2018 protocol) and a linear probe."""
 
@@ -653,6 +681,7 @@ class PipelineConfig:
     export: ExportConfig = field(default_factory=ExportConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     mix: MixConfig = field(default_factory=MixConfig)
+    remote: RemoteConfig = field(default_factory=RemoteConfig)
 
     @property
     def producer_active(self) -> bool:

@@ -41,6 +41,8 @@ class TqdmHandler(logging.StreamHandler):
     """A stream handler that writes each record with ``tqdm.write``, so it never tears a progress bar."""
 
     def emit(self, record: logging.LogRecord) -> None:
+        if record.name == "py.warnings":  # warnings.formatwarning adds the source line: the warning alone
+            record.msg, record.args = str(record.getMessage()).split("\n", 1)[0], None
         try:
             tqdm.write(self.format(record), file=self.stream)
             self.flush()

@@ -21,6 +21,7 @@ from synthkit.config import (
     HSGConfig,
     MixConfig,
     PipelineConfig,
+    RemoteConfig,
     SimCLRConfig,
     TrainConfig,
     ViewsConfig,
@@ -65,6 +66,7 @@ def test_defaults_construct_every_stage() -> None:
         "export": ExportConfig,
         "eval": EvalConfig,
         "mix": MixConfig,
+        "remote": RemoteConfig,
     }
     assert [f.name for f in dataclasses.fields(cfg)] == list(stages)
     for name, cls in stages.items():

@@ -93,12 +93,18 @@ class MixBatches:
     def __len__(self) -> int:
         return self._per_rank // self.batch_size
 
+    @property
+    def skipped_in_epoch(self) -> int:
+        """Shards and samples skipped (``mix.on_error=skip``) by this process in the epoch last iterated."""
+        return self.stream.skip_count - getattr(self, "_skips_before", self.stream.skip_count)
+
     def epoch(self, epoch: int) -> Iterator[tuple[list[str], torch.Tensor]]:
         from torch.utils.data import DataLoader
 
         from synthkit.shards.mix import collate_images, iter_batches
 
         self.stream.set_epoch(epoch)
+        self._skips_before = self.stream.skip_count
         loader = DataLoader(
             self.stream,
             batch_size=self.batch_size,

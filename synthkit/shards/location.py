@@ -17,16 +17,51 @@ more byte than that is an error, so a stream that never ends (a link to ``/dev/z
 sending) cannot hang a reader or fill its memory. Local files are checked with ``stat`` before they are
 opened and again with ``fstat`` after: only regular files are read, and opening uses ``O_NONBLOCK`` so that a
 FIFO swapped in between the two checks cannot block the open either.
+
+Remote reads survive transient faults (:class:`RemotePolicy`, the ``remote`` config section). A failure is
+*transient* (a refused or reset connection, a body that ends before its ``Content-Length``, HTTP 5xx, 408,
+425 or 429, a connect timeout, a stall: no byte for ``read_timeout_s``, or fewer than ``min_bytes_per_s``
+on average over that long, a trickle) or *permanent* (404/410: missing; 401/403: denied; other 4xx; a
+stream longer than the manifest says; a file that changed at the source between two tries). A stream that
+ends cleanly short of the manifest's size is resumed at once; when that brings no byte more, the copy at
+the source is short, which the size check reports.
+
+A transient failure is retried, up to ``attempts`` tries in all, after an exponential backoff
+(``backoff_s``, doubled per try up to ``backoff_max_s``, with jitter; a ``Retry-After`` the server sends is
+honoured up to that cap). Each retry *resumes*: HTTP asks for the missing bytes with ``Range: bytes=N-``
+(and ``If-Range`` with the first response's validator: a file replaced in between comes whole, with another
+validator, and is refused rather than spliced); a server that answers with the whole file is read again and
+its first N bytes dropped; fsspec stores (S3, GCS, ...) reopen the object and seek to N; a ``pipe:``
+command is run again and its first N bytes dropped (a command's exit status cannot tell a permanent
+failure from a transient one, so every failure is retried but the shell's 126 and 127: not executable,
+not found). Retrying never lets an unverified sample through: a shard's bytes are checked against the
+manifest's size and sha256 once all of them are in (:func:`synthkit.shards.reader.read_shard`), before any
+sample is decoded, and a mismatch is permanent. Every failure names the location, the fault and the
+attempts made (``...: HTTP 503 Service Unavailable (gave up after 6 attempts in 31.4 s; ...)``).
+
+HTTP(S) is read with the standard library's client (connect and read timeouts of its own, redirects
+followed, proxies not used); S3 through s3fs with botocore's and s3fs's own retries turned off
+(``total_max_attempts: 1``, ``retries = 1``) so that this policy is the one that counts, and botocore's
+connect and read timeouts set from it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import http.client
+import math
 import os
+import random
 import re
+import select
+import ssl
 import stat
 import subprocess
-from collections.abc import Iterator
-from typing import Any
+import time
+import urllib.parse
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, fields
+from typing import Any, TypeVar
 
 from braceexpand import braceexpand
 
@@ -36,8 +71,90 @@ _URL = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://")
 PIPE = "pipe:"
 # Read in blocks of this size; a shard is hashed block by block as it arrives.
 READ_BLOCK = 1 << 20
-# Seconds an HTTP connection or read may stall before the read fails (a ShardError, not a hang).
-NETWORK_TIMEOUT_S = 60
+# Redirects an HTTP read follows (a CDN or a signed URL); more is a loop.
+MAX_REDIRECTS = 5
+_ENV_PREFIX = "SYNTHKIT_REMOTE_"
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class RemotePolicy:
+    """How remote reads and uploads meet transient faults; see the module docstring.
+
+    The defaults suit a training run that streams shards for hours: a fault that clears within about half
+    a minute costs one shard a few seconds, and a store that is down fails the read after about three and
+    a half minutes (at most ``attempts * read_timeout_s`` plus the backoffs: 6 x 30 s + 31 s), not never.
+
+    Attributes:
+        attempts: tries per file in all (1: no retry).
+        connect_timeout_s: seconds to open a connection.
+        read_timeout_s: seconds without a byte before the read counts as stalled; also the window over
+            which ``min_bytes_per_s`` is averaged.
+        min_bytes_per_s: a stream slower than this over ``read_timeout_s`` is a stall (a trickle); 0 turns
+            the check off.
+        backoff_s: wait before the second try; doubled for each further one (with jitter of up to half).
+        backoff_max_s: the longest wait between two tries (also the most a ``Retry-After`` is honoured).
+    """
+
+    attempts: int = 6
+    connect_timeout_s: float = 10.0
+    read_timeout_s: float = 30.0
+    min_bytes_per_s: int = 1024
+    backoff_s: float = 1.0
+    backoff_max_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        attempts = self.attempts
+        if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
+            raise ValueError(f"remote.attempts must be an integer >= 1, got {attempts!r}")
+        for f in fields(self)[1:]:
+            value = getattr(self, f.name)
+            positive = f.name.endswith("timeout_s")
+            ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+            if not ok or value < 0 or (positive and value == 0):
+                raise ValueError(
+                    f"remote.{f.name} must be a number {'> 0' if positive else '>= 0'}, got {value!r}"
+                )
+
+    def backoff(self, failures: int) -> float:
+        """Seconds to wait after the ``failures``-th failed try: exponential, capped, with jitter."""
+        base = min(self.backoff_max_s, self.backoff_s * 2 ** (failures - 1))
+        return base * (0.5 + 0.5 * random.random())  # noqa: S311 - jitter, not security
+
+
+_policy: RemotePolicy | None = None
+
+
+def configure(policy: RemotePolicy) -> None:
+    """Use ``policy`` for this process's remote reads and uploads, and for the processes it starts
+    (DataLoader workers, ``pipe:`` commands, launched processes): it is also put in the environment as
+    ``SYNTHKIT_REMOTE_ATTEMPTS``, ``SYNTHKIT_REMOTE_READ_TIMEOUT_S``, ... ."""
+    global _policy
+    _policy = policy
+    for name, value in asdict(policy).items():
+        os.environ[_ENV_PREFIX + name.upper()] = str(value)
+
+
+def remote_policy() -> RemotePolicy:
+    """The policy in force: the one ``configure`` set, else the ``SYNTHKIT_REMOTE_*`` environment variables
+    over the defaults (commands without a pipeline config, ``shards verify`` say, are tuned this way)."""
+    if _policy is not None:
+        return _policy
+    values: dict[str, Any] = {}
+    for f in fields(RemotePolicy):
+        text = os.environ.get(_ENV_PREFIX + f.name.upper())
+        if text is None or not text.strip():
+            continue
+        try:
+            values[f.name] = int(text) if f.name == "attempts" else float(text)
+        except ValueError:
+            raise ShardError(
+                f"{_ENV_PREFIX}{f.name.upper()}={text!r}: not a number (see the remote config section)"
+            ) from None
+    try:
+        return RemotePolicy(**values)
+    except ValueError as exc:
+        raise ShardError(f"{exc} (from the SYNTHKIT_REMOTE_* environment)") from None
 
 
 def is_url(location: str) -> bool:
@@ -82,23 +199,38 @@ def expand(location: str) -> list[str]:
     return list(braceexpand(location))
 
 
+def _protocol(url: str) -> str:
+    return url.split(":", 1)[0].lower()
+
+
 def fs_and_path(url: str) -> tuple[Any, str]:
-    """The fsspec filesystem and path of ``url``; HTTP reads get a timeout so a stalled server cannot hang
-    a reader (S3 clients have botocore's own: 60 s per read)."""
+    """The fsspec filesystem and path of ``url``, with the timeouts of :func:`remote_policy`: HTTP gets
+    aiohttp's connect and read timeouts (listing a directory; shards are read by this module's own client),
+    S3 botocore's, with botocore's own retries off (this module retries)."""
     import fsspec  # imported here: local reads need none of it
 
+    policy = remote_policy()
     options: dict[str, Any] = {}
-    if url.split(":", 1)[0].lower() in ("http", "https"):
+    protocol = _protocol(url)
+    if protocol in ("http", "https"):
         import aiohttp
 
         timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=NETWORK_TIMEOUT_S, sock_read=NETWORK_TIMEOUT_S
+            total=None, sock_connect=policy.connect_timeout_s, sock_read=policy.read_timeout_s
         )
         options["client_kwargs"] = {"timeout": timeout}
+    elif protocol in ("s3", "s3a"):
+        options["config_kwargs"] = {
+            "connect_timeout": policy.connect_timeout_s,
+            "read_timeout": policy.read_timeout_s,
+            "retries": {"total_max_attempts": 1},
+        }
     try:
         fs, path = fsspec.core.url_to_fs(url, **options)
     except (ImportError, ValueError) as exc:  # an unknown protocol or its package not installed
         raise ShardError(f"{url}: cannot read this URL: {exc}") from exc
+    if "config_kwargs" in options and isinstance(getattr(fs, "retries", None), int):
+        fs.retries = 1  # s3fs retries timeouts itself (5 tries): this module's tries are the ones that count
     return fs, path
 
 
@@ -142,40 +274,18 @@ def _too_long(location: str, limit: int, what: str) -> ShardError:
     return ShardError(f"{location}: more than {limit} bytes; {what}")
 
 
-def iter_blocks(location: str, limit: int, what: str = "refused") -> Iterator[bytes]:
+def iter_blocks(location: str, limit: int, what: str = "refused", size: int | None = None) -> Iterator[bytes]:
     """The bytes of ``location`` in blocks; more than ``limit`` bytes in all raises ShardError.
 
-    ``what`` ends the message of that error (e.g. "the manifest says 1234").
+    ``what`` ends the message of that error (e.g. "the manifest says 1234"). ``size``: the byte count the
+    caller expects (a manifest's), so that a remote stream that ends short of it is resumed rather than
+    taken as whole. Remote locations are retried and resumed on transient faults (see the module); a
+    failure that stays raises ShardError naming the location, the fault and the attempts.
     """
-    total = 0
-    if is_pipe(location):
-        yield from _iter_pipe(location, limit, what)
-        return
     if is_url(location):
-        fs, path = fs_and_path(location)
-        # HTTP: one streaming GET (block_size=0), so servers without range requests work and nothing is
-        # fetched twice; other stores read ahead in blocks.
-        streaming = location.split(":", 1)[0].lower() in ("http", "https")
-        try:
-            f = fs.open(path, "rb", block_size=0 if streaming else READ_BLOCK)
-        except FileNotFoundError as exc:
-            raise ShardError(f"{location}: missing") from exc
-        except Exception as exc:  # fsspec backends raise their own types for network and auth errors
-            raise ShardError(f"{location}: cannot open: {type(exc).__name__}: {exc}") from exc
-        try:
-            while True:
-                try:
-                    block = f.read(min(READ_BLOCK, limit + 1 - total))
-                except Exception as exc:
-                    raise ShardError(f"{location}: read failed: {type(exc).__name__}: {exc}") from exc
-                if not block:
-                    return
-                total += len(block)
-                if total > limit:
-                    raise _too_long(location, limit, what)
-                yield block
-        finally:
-            f.close()
+        yield from _iter_remote(location, limit, what, size)
+        return
+    total = 0
     fd = _open_local(location)
     try:
         while True:
@@ -193,28 +303,417 @@ def iter_blocks(location: str, limit: int, what: str = "refused") -> Iterator[by
         os.close(fd)
 
 
-def _iter_pipe(location: str, limit: int, what: str) -> Iterator[bytes]:
+# --------------------------------------------------------------------------- remote reads, with retries
+
+
+class Fault(Exception):
+    """One failed try at a remote read or upload: what went wrong, and whether trying again can help.
+
+    ``missing``: the file does not exist (HTTP 404/410, FileNotFoundError), which callers may expect
+    (a set without ``sizes.json``); ``retry_after``: the server's ``Retry-After`` in seconds; ``pause``:
+    whether to back off before the next try (not after a clean but short end).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        transient: bool,
+        missing: bool = False,
+        retry_after: float | None = None,
+        pause: bool = True,
+    ) -> None:
+        super().__init__(message)
+        self.transient, self.missing, self.retry_after, self.pause = transient, missing, retry_after, pause
+
+
+# Names of exception types (in aiohttp, botocore, urllib3, s3fs) that mean a network fault worth retrying,
+# where they do not derive from OSError or TimeoutError.
+_TRANSIENT_NAMES = frozenset(
+    {
+        "ClientError",  # aiohttp.ClientError: connection, payload and disconnect errors
+        "ClientPayloadError",
+        "ServerDisconnectedError",
+        "FSTimeoutError",
+        "IncompleteRead",
+        "ProtocolError",
+        "ReadTimeoutError",
+        "ConnectTimeoutError",
+        "EndpointConnectionError",
+        "ConnectionClosedError",
+        "ResponseStreamingError",
+        "HTTPClientError",
+        "ResponseParserError",
+    }
+)
+
+
+def _exception_status(exc: BaseException) -> int | None:
+    """The HTTP status an fsspec backend's exception carries (aiohttp's ``status``, botocore's response)."""
+    status = getattr(exc, "status", None)
+    if isinstance(status, int):
+        return status
+    response = getattr(exc, "response", None)
+    if isinstance(response, dict):
+        status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        if isinstance(status, int):
+            return status
+    return None
+
+
+def _describe(exc: BaseException) -> str:
+    """``Type: message``, never an empty message (a timeout often has none)."""
+    text = str(exc).strip()
+    if text:
+        return f"{type(exc).__name__}: {text}"
+    timeout = isinstance(exc, TimeoutError) or "Timeout" in type(exc).__name__
+    return f"{type(exc).__name__} ({'timed out' if timeout else 'no message'})"
+
+
+def classify(exc: BaseException) -> Fault:
+    """An exception of one try (from any fsspec backend, or the network) as a Fault."""
+    if isinstance(exc, Fault):
+        return exc
+    described = _describe(exc)
+    chain, cause = [exc], exc.__cause__ or exc.__context__
+    while cause is not None and len(chain) < 8:
+        chain.append(cause)
+        cause = cause.__cause__ or cause.__context__
+    if any(isinstance(e, FileNotFoundError) for e in chain):
+        return Fault(f"missing ({described})", transient=False, missing=True)
+    if any(isinstance(e, PermissionError) for e in chain):
+        return Fault(f"access denied ({described})", transient=False)
+    for e in chain:
+        status = _exception_status(e)
+        if status is not None:
+            return _status_fault(status, described, None)
+    names = {cls.__name__ for e in chain for cls in type(e).__mro__}
+    if any(isinstance(e, (OSError, TimeoutError, EOFError)) for e in chain) or names & _TRANSIENT_NAMES:
+        return Fault(described, transient=True)
+    return Fault(described, transient=False)
+
+
+def _status_fault(status: int, reason: str, retry_after: float | None) -> Fault:
+    text = f"HTTP {status} {reason}".rstrip()
+    if status in (404, 410):
+        return Fault(f"missing ({text})", transient=False, missing=True)
+    if status in (401, 403):
+        return Fault(f"access denied ({text})", transient=False)
+    transient = status >= 500 or status in (408, 425, 429)
+    return Fault(text, transient=transient, retry_after=retry_after if transient else None)
+
+
+def _retry_after(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None  # an HTTP date: not worth parsing; the backoff applies
+
+
+class _Pace:
+    """Stall detection while a body arrives. No byte at all for ``read_timeout_s`` is the socket's timeout;
+    this catches the trickle: fewer than ``min_bytes_per_s`` on average over a ``read_timeout_s`` window."""
+
+    def __init__(self, policy: RemotePolicy) -> None:
+        self.window, self.rate = policy.read_timeout_s, policy.min_bytes_per_s
+        self.start, self.bytes = time.monotonic(), 0
+
+    def add(self, n: int) -> None:
+        self.bytes += n
+        now = time.monotonic()
+        if now - self.start >= self.window:
+            if self.rate and self.bytes < self.rate * (now - self.start):
+                raise Fault(
+                    f"stalled: {self.bytes} bytes in {now - self.start:.0f} s, below "
+                    f"{self.rate:g} bytes/s (remote.min_bytes_per_s)",
+                    transient=True,
+                )
+            self.start, self.bytes = now, 0
+
+
+def _http_connection(parts: urllib.parse.SplitResult, policy: RemotePolicy) -> http.client.HTTPConnection:
+    host = parts.hostname or ""
+    if parts.scheme == "https":
+        return http.client.HTTPSConnection(
+            host, parts.port, timeout=policy.connect_timeout_s, context=ssl.create_default_context()
+        )
+    return http.client.HTTPConnection(host, parts.port, timeout=policy.connect_timeout_s)
+
+
+class _HttpState:
+    """What one HTTP read keeps across its tries: where redirects led, and the file's validator."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.validator: str | None = None
+
+
+def _http_try(state: _HttpState, offset: int, policy: RemotePolicy) -> Iterator[bytes]:
+    """One GET of ``state.url`` from byte ``offset``: its body blocks (the first ``offset`` bytes dropped
+    where the server sends the whole file), or a Fault."""
+    url = state.url
+    for _ in range(MAX_REDIRECTS + 1):
+        parts = urllib.parse.urlsplit(url)
+        target = urllib.parse.urlunsplit(("", "", parts.path or "/", parts.query, ""))
+        headers = {"User-Agent": "synthkit", "Accept-Encoding": "identity"}
+        if offset:
+            headers["Range"] = f"bytes={offset}-"
+            if state.validator is not None:
+                headers["If-Range"] = state.validator
+        conn = _http_connection(parts, policy)
+        try:
+            try:
+                conn.connect()
+            except TimeoutError as exc:
+                raise Fault(
+                    f"connect timed out after {policy.connect_timeout_s:g} s", transient=True
+                ) from exc
+            except ssl.SSLCertVerificationError as exc:
+                raise Fault(f"TLS certificate refused: {exc}", transient=False) from exc
+            except OSError as exc:
+                raise Fault(f"cannot connect: {_describe(exc)}", transient=True) from exc
+            assert conn.sock is not None
+            conn.sock.settimeout(policy.read_timeout_s)
+            try:
+                conn.request("GET", target, headers=headers)
+                response = conn.getresponse()
+            except TimeoutError as exc:
+                raise Fault(
+                    f"stalled: no response within {policy.read_timeout_s:g} s", transient=True
+                ) from exc
+            except (OSError, http.client.HTTPException) as exc:
+                raise Fault(f"request failed: {_describe(exc)}", transient=True) from exc
+            status = response.status
+            if status in (301, 302, 303, 307, 308) and response.getheader("Location"):
+                url = urllib.parse.urljoin(url, response.getheader("Location", ""))
+                state.url = url
+                continue
+            if status == 416 and offset:  # nothing after byte ``offset``: the copy at the source ends there
+                return
+            if status not in (200, 206):
+                raise _status_fault(status, response.reason, _retry_after(response.getheader("Retry-After")))
+            skip = offset
+            if status == 206:
+                start = re.match(r"bytes (\d+)-", response.getheader("Content-Range") or "")
+                if start is None or int(start.group(1)) != offset:
+                    raise Fault(
+                        f"asked for bytes from {offset}, got Content-Range "
+                        f"{response.getheader('Content-Range')!r}",
+                        transient=True,
+                    )
+                skip = 0
+            etag = response.getheader("ETag")
+            validator = (etag if etag and not etag.startswith("W/") else None) or response.getheader(
+                "Last-Modified"
+            )
+            if skip and state.validator is not None and validator not in (None, state.validator):
+                raise Fault(
+                    f"the file changed at the source while it was read ({state.validator} then {validator}); "
+                    "its two parts cannot be joined",
+                    transient=False,
+                )
+            if state.validator is None:
+                state.validator = validator
+            yield from _http_body(response, skip, policy)
+            return
+        finally:
+            conn.close()
+    raise Fault(f"more than {MAX_REDIRECTS} redirects", transient=False)
+
+
+def _http_body(response: http.client.HTTPResponse, skip: int, policy: RemotePolicy) -> Iterator[bytes]:
+    """The body of one response in blocks of about READ_BLOCK, its first ``skip`` bytes dropped; the bytes
+    that arrived before a fault are given out before it is raised (a retry resumes after them)."""
+    declared = response.getheader("Content-Length")
+    expected = int(declared) if declared is not None and declared.isdigit() else None
+    got = 0
+    pace = _Pace(policy)
+    pending: list[bytes] = []
+    pending_bytes = 0
+    fault: Fault | None = None
+    while True:
+        try:
+            chunk = response.read1(READ_BLOCK)
+        except TimeoutError:
+            fault = Fault(
+                f"stalled: no data for {policy.read_timeout_s:g} s after {got} bytes of the response",
+                transient=True,
+            )
+            break
+        except (OSError, http.client.HTTPException) as exc:
+            broke = f"connection broke after {got} bytes of the response: {_describe(exc)}"
+            fault = Fault(broke, transient=True)
+            break
+        if not chunk:
+            break
+        got += len(chunk)
+        arrived = len(chunk)
+        if skip:  # a server without ranges sent the start of the file again
+            cut = min(skip, len(chunk))
+            chunk, skip = chunk[cut:], skip - cut
+        if chunk:
+            pending.append(chunk)
+            pending_bytes += len(chunk)
+        try:
+            pace.add(arrived)
+        except Fault as exc:  # a trickle
+            fault = exc
+            break
+        if pending_bytes >= READ_BLOCK:
+            yield b"".join(pending)
+            pending, pending_bytes = [], 0
+    if pending:
+        yield b"".join(pending)
+    if fault is not None:
+        raise fault
+    if expected is not None and got < expected:
+        raise Fault(f"incomplete body: {got} of the {expected} bytes the server announced", transient=True)
+
+
+def _fs_try(location: str, offset: int, policy: RemotePolicy) -> Iterator[bytes]:
+    """One read of an fsspec object from byte ``offset`` (reopened and seeked: object stores read ranges)."""
+    fs, path = fs_and_path(location)
+    try:
+        f = fs.open(path, "rb", block_size=READ_BLOCK)
+    except Exception as exc:  # noqa: BLE001 - fsspec backends raise their own types; classify sorts them
+        fault = classify(exc)
+        raise Fault(f"cannot open: {fault}", transient=fault.transient, missing=fault.missing) from exc
+    try:
+        if offset:
+            f.seek(offset)
+        while True:
+            try:
+                block = f.read(READ_BLOCK)
+            except Exception as exc:  # noqa: BLE001 - as above
+                raise classify(exc) from exc
+            if not block:
+                return
+            yield block
+    finally:
+        with contextlib.suppress(Exception):  # closing a read handle after a network failure
+            f.close()
+
+
+def _pipe_try(location: str, offset: int, policy: RemotePolicy) -> Iterator[bytes]:
+    """One run of a ``pipe:`` command: its output (the first ``offset`` bytes dropped); a stall (nothing
+    written for ``read_timeout_s``) or a non-zero exit is a Fault."""
     command = location[len(PIPE) :]
     proc = subprocess.Popen(command, shell=True, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)  # noqa: S602
     assert proc.stdout is not None
-    total = 0
+    fd = proc.stdout.fileno()
+    skip, got = offset, 0
+    pace = _Pace(policy)
     try:
         while True:
-            block = proc.stdout.read1(READ_BLOCK) if hasattr(proc.stdout, "read1") else proc.stdout.read()
+            ready, _, _ = select.select([fd], [], [], policy.read_timeout_s)
+            if not ready:
+                raise Fault(
+                    f"stalled: the command wrote nothing for {policy.read_timeout_s:g} s after {got} bytes",
+                    transient=True,
+                )
+            block = os.read(fd, READ_BLOCK)
             if not block:
                 break
-            total += len(block)
-            if total > limit:
-                raise _too_long(location, limit, what)
+            got += len(block)
+            pace.add(len(block))
+            if skip:
+                cut = min(skip, len(block))
+                block, skip = block[cut:], skip - cut
+                if not block:
+                    continue
             yield block
         code = proc.wait()
+        if code in (126, 127):  # the shell's "not executable" and "not found": no retry can help
+            raise Fault(
+                f"the command exited with status {code} (not found or not executable)", transient=False
+            )
         if code != 0:
-            raise ShardError(f"{location}: the command exited with status {code}")
+            raise Fault(f"the command exited with status {code}", transient=True)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
         proc.stdout.close()
+
+
+def _tries(attempt: int, started: float) -> str:
+    return f"{attempt} attempt{'s' if attempt > 1 else ''} in {time.monotonic() - started:.1f} s"
+
+
+def _iter_remote(location: str, limit: int, what: str, size: int | None) -> Iterator[bytes]:
+    """The bytes of a URL or ``pipe:`` stream, retried and resumed on transient faults (see the module)."""
+    policy = remote_policy()
+    try_once: Callable[[int], Iterator[bytes]]
+    if is_pipe(location):
+        try_once = lambda offset: _pipe_try(location, offset, policy)  # noqa: E731
+    elif _protocol(location) in ("http", "https"):
+        state = _HttpState(location)
+        try_once = lambda offset: _http_try(state, offset, policy)  # noqa: E731
+    else:
+        try_once = lambda offset: _fs_try(location, offset, policy)  # noqa: E731
+    started = time.monotonic()
+    total = attempt = 0
+    while True:
+        attempt += 1
+        at_start = total
+        try:
+            for block in try_once(total):
+                total += len(block)
+                if total > limit:
+                    raise _too_long(location, limit, what)
+                yield block
+            if size is None or total >= size:
+                return
+            # A clean end short of the expected size: resumed at once. No progress: the copy at the source
+            # ends there, and the caller's size check names the mismatch.
+            if total == at_start and attempt > 1:
+                return
+            raise Fault(f"the stream ended after {total} of {size} bytes", transient=True, pause=False)
+        except Fault as fault:
+            if not fault.transient:
+                error = ShardError(
+                    f"{location}: {fault} ({_tries(attempt, started)}; permanent, not retried)"
+                )
+                raise error from (FileNotFoundError(str(fault)) if fault.missing else fault)
+            if attempt >= policy.attempts:
+                raise ShardError(
+                    f"{location}: {fault} (gave up after {_tries(attempt, started)}; "
+                    f"remote.attempts={policy.attempts})"
+                ) from fault
+            if fault.pause:
+                wait = policy.backoff(attempt)
+                if fault.retry_after is not None:
+                    wait = max(wait, min(fault.retry_after, policy.backoff_max_s))
+                time.sleep(wait)
+
+
+def call_with_retries(what: str, action: Callable[[], T]) -> T:
+    """``action()``, tried again on a transient fault as remote reads are (an upload, a listing); a fault
+    that stays raises ShardError ``WHAT: FAULT (gave up after N attempts in T s; ...)``."""
+    policy = remote_policy()
+    started = time.monotonic()
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            return action()
+        except Exception as exc:  # noqa: BLE001 - fsspec backends raise their own types; classify sorts them
+            fault = classify(exc)
+            if not fault.transient:
+                raise ShardError(
+                    f"{what}: {fault} ({_tries(attempt, started)}; permanent, not retried)"
+                ) from exc
+            if attempt >= policy.attempts:
+                raise ShardError(
+                    f"{what}: {fault} (gave up after {_tries(attempt, started)}; "
+                    f"remote.attempts={policy.attempts})"
+                ) from exc
+            wait = policy.backoff(attempt)
+            if fault.retry_after is not None:
+                wait = max(wait, min(fault.retry_after, policy.backoff_max_s))
+            time.sleep(wait)
 
 
 def read_bytes(location: str, limit: int, what: str = "refused") -> bytes:

@@ -241,6 +241,7 @@ class MixedShardStream(IterableDataset):
         # Location ("SHARD:KEY" or "SHARD") -> reason, for what this process's iterators skipped. DataLoader
         # workers hold copies, so their skips show up as warnings (one per location), not here.
         self.skipped: dict[str, str] = {}
+        self.skip_count = 0  # every skip met, a shard or sample met again on a later pass counted again
         self._pending: list[tuple[str, str]] = []  # skips not yet handed to a sample (in a worker)
         listed = [_shard_list(s) for s in self.sources]
         self._shards = [shards for shards, _ in listed]
@@ -363,13 +364,15 @@ class MixedShardStream(IterableDataset):
         return read.samples
 
     def note_skip(self, where: str, reason: str) -> None:
-        """Record one skip in ``skipped`` (and pass it on from a worker); a resampled stream meets the same
-        broken item on every pass: it is recorded and warned about once."""
+        """Record one skip in ``skipped`` and count it in ``skip_count`` (and pass it on from a worker); a
+        resampled stream meets the same broken item on every pass: it is counted each time, and recorded
+        and warned about once."""
+        self.skip_count += 1
+        if get_worker_info() is not None:
+            self._pending.append((where, reason))
         if where in self.skipped:
             return
         self.skipped[where] = reason
-        if get_worker_info() is not None:
-            self._pending.append((where, reason))
         warnings.warn(f"skipped (on_error='skip'): {reason}", stacklevel=2)
 
 
@@ -379,6 +382,7 @@ def iter_batches(loader: Iterable[Any], stream: MixedShardStream) -> Iterator[Ba
     ``stream.skipped`` of the main process."""
     for batch in loader:
         for where, reason in getattr(batch, "skipped", ()):
+            stream.skip_count += 1
             if where not in stream.skipped:  # a worker's warning stays in the worker: say it here
                 stream.skipped[where] = reason
                 warnings.warn(f"skipped (on_error='skip', in a DataLoader worker): {reason}", stacklevel=2)

@@ -12,6 +12,11 @@ A killed remote export leaves shards without a manifest at the destination (noth
 restarts from the beginning when run again: the staging directory is temporary. Plain ``http(s)://`` has
 no standard upload and is refused as an output.
 
+Uploads meet transient faults as reads do (``shards/location.py``): a PUT that fails with a dropped
+connection, a timeout or a 5xx is tried again, with backoff, up to ``remote.attempts`` tries, and every try
+is checked by the size of the object that landed; a permanent fault (403, a bucket that does not exist) is
+not retried. A fault that stays ends the export with one line naming the file, the fault and the attempts.
+
 Example:
     >>> out = open_output("s3://bucket/hard")  # doctest: +SKIP
     >>> kw = {"manifest_fields": {"producer": "me"}, "on_publish": out.publish}  # doctest: +SKIP
@@ -84,14 +89,22 @@ class RemoteOutput(SetOutput):
         return read_manifest(self.url)
 
     def publish(self, name: str) -> None:
+        """Upload ``local/name``; a transient fault is retried (``remote`` settings, ``shards/location.py``)
+        and each try is checked by the size of the object that landed."""
         source = self.local / name
         target = f"{self.root}/{name}"
-        try:
+        size = source.stat().st_size
+
+        def put() -> None:
             self.fs.put_file(str(source), target)
-        except Exception as exc:  # fsspec backends raise their own types for network and auth errors
-            raise ShardError(
-                f"cannot upload {name} to {self.url}: {type(exc).__name__}: {exc}; the set was not published"
-            ) from exc
+            landed = self.fs.info(target).get("size")
+            if landed != size:
+                raise loc.Fault(f"the uploaded object holds {landed} bytes, not {size}", transient=True)
+
+        try:
+            loc.call_with_retries(f"cannot upload {name} to {self.url}", put)
+        except ShardError as exc:
+            raise ShardError(f"{exc}; the set was not published") from exc.__cause__
 
     def finish(self) -> None:
         shutil.rmtree(self.local, ignore_errors=True)

@@ -253,7 +253,7 @@ def _fetch(ref: ShardRef, max_shard_bytes: int, read: ShardRead, vouch: bool) ->
     digest = hashlib.sha256() if ref.sha256 is not None else None
     blocks = []
     try:
-        for block in loc.iter_blocks(shard, limit, what):
+        for block in loc.iter_blocks(shard, limit, what, size=ref.size):
             if digest is not None:
                 digest.update(block)
             blocks.append(block)

@@ -51,7 +51,8 @@ def _check_shard(ref: ShardRef, name: str, rules: SetRules, max_pixels: int, rep
     """One shard through the reader's own checks (:func:`read_shard`), every problem reported."""
     read = read_shard(ref, rules, max_pixels=max_pixels, vouch=False)
     if read.broken is not None and read.count == 0 and not read.integrity and "missing" in read.broken:
-        report.problems.append(f"{name}: listed in the manifest but missing")
+        detail = f" ({read.broken})" if loc.is_url(ref.location) else ""  # the URL, status and attempts
+        report.problems.append(f"{name}: listed in the manifest but missing{detail}")
         return
     report.problems += read.integrity
     if read.broken is not None:

@@ -25,6 +25,7 @@ steps). Read top to bottom:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from pathlib import Path
@@ -46,6 +47,8 @@ from synthkit.logs import epoch_line
 from synthkit.objectives.base import build_objective
 from synthkit.producers.base import Producer, StepInput, TrainContext
 from synthkit.registry import PRODUCERS
+from synthkit.shards.location import RemotePolicy
+from synthkit.shards.location import configure as configure_remote
 from synthkit.training.run import Run, RunResult
 from synthkit.training.state import LoopState
 from synthkit.training.steps import EncoderStep
@@ -112,6 +115,7 @@ def train(
 ) -> RunResult:
     """Train the encoder (with the configured producer) and publish its final weights in ``run_dir``."""
     # 1. The run and the real data ---
+    configure_remote(RemotePolicy(**dataclasses.asdict(cfg.remote)))  # retries of remote shard reads
     run = Run(cfg, Path(run_dir), resume=resume, accelerator=accelerator)
     acc, device = run.accelerator, run.accelerator.device
     batches, real, test, channels, size = _real_data(cfg, run)
@@ -227,6 +231,9 @@ def train(
             "epoch_step_time_s": elapsed / steps_per_epoch,
             "epoch_images_per_s": cfg.train.batch_size * steps_per_epoch / elapsed,
         }
+        if isinstance(batches, MixBatches) and cfg.mix.on_error == "skip":  # broken shards and samples passed
+            skipped = reduce_values({"n": float(batches.skipped_in_epoch)}, device, op="sum")["n"]
+            epoch_rec["epoch_skipped"] = int(skipped)
         last = state.epoch == cfg.train.epochs
         if test is not None and real is not None and (state.epoch % cfg.train.knn_every == 0 or last):
             if run.is_main:

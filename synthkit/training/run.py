@@ -142,6 +142,7 @@ def check_run_dir(cfg: PipelineConfig, run_dir: Path, resume: bool) -> None:
     new = to_dict(cfg)
     old["train"]["epochs"] = new["train"]["epochs"]  # extending a run is allowed
     old["train"]["trackers"] = new["train"].get("trackers")  # where it is logged does not change the run
+    old["remote"] = new["remote"]  # nor how remote shards are retried
     diffs = [
         f"{s}.{k}: {old[s].get(k)!r} -> {new[s][k]!r}"
         for s in new
@@ -151,8 +152,8 @@ def check_run_dir(cfg: PipelineConfig, run_dir: Path, resume: bool) -> None:
     diffs += [f"{s}.{k}: {old[s][k]!r} -> (none)" for s in old for k in old[s] if k not in new.get(s, {})]
     if diffs:
         raise RunError(
-            "cannot resume with a different config (only train.epochs and train.trackers may change): "
-            + "; ".join(diffs)
+            "cannot resume with a different config (only train.epochs, train.trackers and remote.* may "
+            "change): " + "; ".join(diffs)
         )
 
 

@@ -75,12 +75,17 @@ def test_urls_are_never_mangled_into_paths(served, write_set):
     assert sorted(s["__key__"] for s in stream) == [f"s{i:03d}" for i in range(5)]
 
 
-def test_remote_failures_are_one_line_shard_errors(served, write_set, tmp_path):
+def test_remote_failures_are_one_line_shard_errors(served, write_set, tmp_path, monkeypatch):
+    import synthkit.shards.location as location
+
+    monkeypatch.setattr(location, "_policy", location.RemotePolicy(attempts=2, backoff_s=0.01))
     _, base = served
     with pytest.raises(ShardError, match="no manifest"):
         list(iter_samples(f"{base}/nothing-here"))
-    with pytest.raises(ShardError, match="exited with status 3"):
+    with pytest.raises(ShardError, match=r"exited with status 3 \(gave up after 2 attempts"):
         list(iter_samples(["pipe:exit 3"]))
+    with pytest.raises(ShardError, match=r"status 127 \(not found or not executable\) \(1 attempt in"):
+        list(iter_samples(["pipe:no-such-command-here"]))
     with pytest.raises(ShardError, match="can be read but not written"):
         open_output(f"{base}/out")
     local = write_set(str(served[0] / "set"), maxcount=2)
@@ -239,12 +244,14 @@ def test_writer_refuses_a_url_as_a_local_directory(tmp_path, monkeypatch):
 
 
 def test_a_stalled_server_is_an_error_not_a_hang(monkeypatch):
-    """A server that accepts and never answers: the read fails after the network timeout."""
+    """A server that accepts and never answers: the read fails after the read timeout, on each attempt."""
     import socket
 
     import synthkit.shards.location as location
 
-    monkeypatch.setattr(location, "NETWORK_TIMEOUT_S", 1)
+    monkeypatch.setattr(
+        location, "_policy", location.RemotePolicy(attempts=2, read_timeout_s=1, backoff_s=0.1)
+    )
     listener = socket.create_server(("127.0.0.1", 0))
     accepted: list[socket.socket] = []
     thread = threading.Thread(target=lambda: accepted.append(listener.accept()[0]), daemon=True)
@@ -265,3 +272,4 @@ def test_a_stalled_server_is_an_error_not_a_hang(monkeypatch):
     listener.close()
     assert not reader.is_alive(), "hung on a stalled server"
     assert isinstance(box.get("error"), ShardError) and "\n" not in str(box["error"]), box
+    assert "stalled: no response within 1 s (gave up after 2 attempts" in str(box["error"]), box
