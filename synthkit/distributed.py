@@ -16,14 +16,24 @@ exactly ``dL/dtheta``, the one-process gradient. (Scoring every row on every pro
 local slice without the all-reduce, as solo-learn does, gives the same loss value but ``dL/dtheta / W``.)
 
 Without an initialised process group (or with one process) every function here is the identity.
+
+:class:`FailTogether` makes an error on one process end every process (see there).
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
+import sys
+import threading
+import time
 from typing import Any
 
 import torch
 import torch.distributed as dist
+
+from synthkit.errors import SynthkitError
 
 
 def world() -> tuple[int, int]:
@@ -113,3 +123,123 @@ def reduce_values(values: dict[str, Any], device: torch.device, op: str = "mean"
     if op == "mean":
         t /= size
     return {**values, **dict(zip(keys, t.tolist(), strict=True))}
+
+
+# --------------------------------------------------------------------------- failing together
+
+#: how often each process looks for another process's failure (seconds): the bound on how long the others
+#: run on, or wait in a collective, after one process failed
+FAILURE_POLL_S = 0.25
+#: how long the process that failed waits for the others to stop before it exits itself (seconds)
+FAILURE_GRACE_S = 10.0
+#: the exit status of a process stopped because another one failed (the command line's for bad input)
+PEER_EXIT_STATUS = 2
+_FAILED, _ACKS = "synthkit/failed", "synthkit/failed_acks"
+
+_log = logging.getLogger(__name__)
+
+
+class PeerFailedError(SynthkitError):
+    """Another process of the launch failed first and reported it; this one stops too, and says nothing more
+    on the command line (``quiet``): the error is printed once, by the process that met it."""
+
+    quiet = True
+
+
+def _default_store() -> Any | None:
+    """The key-value store of the default process group (torchrun's), or None (no group, or a torch
+    without the accessor)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return None
+    try:
+        return dist.distributed_c10d._get_default_store()
+    except Exception:  # noqa: BLE001 - a private accessor: without it, processes fail apart as before
+        return None
+
+
+class FailTogether:
+    """Makes an error on any process end every process of the launch, in bounded time.
+
+    Without it, a process that raises (a corrupt shard only it reads, a bug in work only the main process
+    does: the kNN monitor, k-means, pool sampling, publishing) leaves the others waiting in their next
+    collective: gloo errors out with a traceback when the socket closes, NCCL waits for its watchdog
+    (minutes), a launch across machines may wait for good.
+
+    How: the process that fails writes its rank and message to the process group's key-value store (the
+    first writer wins, by compare-and-set) before its error goes on up; every process runs a watcher thread
+    that looks for that key every ``FAILURE_POLL_S`` seconds and, when another process has failed, logs one
+    record naming it and ends its own process at once with exit status 2 (``os._exit``: the main thread may
+    be blocked inside a collective, which nothing else interrupts). The failing process waits up to
+    ``FAILURE_GRACE_S`` for the others to acknowledge before it exits, so a launcher that stops the
+    remaining processes when the first one exits finds them gone already. The result: the one-line error
+    once, printed by the process that met it (``synthkit train: error: ...``), and exit status 2 on every
+    process (the failing one's is the command line's: 2 for bad input; a bug stays a traceback). A second
+    process failing at the same moment (the same error everywhere, e.g. a diverged loss) loses the
+    compare-and-set and raises :class:`PeerFailedError`, which the command line does not print again.
+
+    Work in flight on a stopped process is dropped as a kill would drop it: checkpoints and ``final/`` are
+    written to a temporary directory and renamed, so nothing half-written is published. With one process,
+    or without a process group, it does nothing. Use as ``with FailTogether() as team: ...`` and call
+    ``team.watch()`` once the process group exists.
+    """
+
+    def __init__(self) -> None:
+        self.store: Any | None = None
+        self.rank, self.world = 0, 1
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> FailTogether:
+        return self
+
+    def watch(self) -> None:
+        """Start watching for other processes' failures (all processes, once the group exists)."""
+        self.rank, self.world = world()
+        self.store = _default_store() if self.world > 1 else None
+        if self.store is None or self._thread is not None:
+            return
+        self._thread = threading.Thread(target=self._watch, name="synthkit-fail-together", daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        store, me = self.store, str(self.rank)
+        while not self._stop.wait(FAILURE_POLL_S):
+            try:
+                if not store.check([_FAILED]):
+                    continue
+                first = store.get(_FAILED).decode("utf-8", "replace")
+            except Exception:  # noqa: BLE001 - the store is gone (the launch is ending): stop watching
+                return
+            rank, _, message = first.partition(":")
+            if rank == me:  # we failed first; the main thread is reporting it
+                return
+            _log.warning("stopping: process %s failed: %s", rank, message)
+            for handler in logging.getLogger("synthkit").handlers:
+                handler.flush()
+            sys.stdout.flush()
+            sys.stderr.flush()
+            try:
+                store.add(_ACKS, 1)
+            finally:
+                os._exit(PEER_EXIT_STATUS)
+
+    def __exit__(self, kind: type | None, exc: BaseException | None, tb: Any) -> None:
+        self._stop.set()
+        if exc is None or not isinstance(exc, Exception) or self.store is None:
+            return
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        mine = f"{self.rank}:{message}"
+        try:
+            first = self.store.compare_set(_FAILED, "", mine).decode("utf-8", "replace")
+        except Exception:  # noqa: BLE001 - no store any more: fail alone, as without this
+            return
+        if first != mine:  # another process failed first: it prints the error
+            with contextlib.suppress(Exception):
+                self.store.add(_ACKS, 1)
+            raise PeerFailedError(f"process {first.partition(':')[0]} failed first") from exc
+        deadline = time.monotonic() + FAILURE_GRACE_S
+        try:  # let the others stop first (each adds one); their watchers look every FAILURE_POLL_S
+            while self.store.add(_ACKS, 0) < self.world - 1 and time.monotonic() < deadline:
+                time.sleep(FAILURE_POLL_S / 5)
+        except Exception:  # noqa: BLE001
+            pass
