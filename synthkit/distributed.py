@@ -22,12 +22,10 @@ Without an initialised process group (or with one process) every function here i
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import sys
 import threading
-import time
 from typing import Any
 
 import torch
@@ -127,14 +125,14 @@ def reduce_values(values: dict[str, Any], device: torch.device, op: str = "mean"
 
 # --------------------------------------------------------------------------- failing together
 
-#: how often each process looks for another process's failure (seconds): the bound on how long the others
-#: run on, or wait in a collective, after one process failed
+#: how often each process looks for another process's failure (seconds)
 FAILURE_POLL_S = 0.25
-#: how long the process that failed waits for the others to stop before it exits itself (seconds)
+#: how long a process that saw another one fail lets its launcher, or a collective's error, end it before it
+#: ends itself (seconds): the bound, with FAILURE_POLL_S, on how long it outlives the failure
 FAILURE_GRACE_S = 10.0
 #: the exit status of a process stopped because another one failed (the command line's for bad input)
 PEER_EXIT_STATUS = 2
-_FAILED, _ACKS = "synthkit/failed", "synthkit/failed_acks"
+_FAILED = "synthkit/failed"
 
 _log = logging.getLogger(__name__)
 
@@ -158,24 +156,23 @@ def _default_store() -> Any | None:
 
 
 class FailTogether:
-    """Makes an error on any process end every process of the launch, in bounded time.
+    """Makes an error on any process end every process of the launch, in bounded time, printed once.
 
     Without it, a process that raises (a corrupt shard only it reads, a bug in work only the main process
-    does: the kNN monitor, k-means, pool sampling, publishing) leaves the others waiting in their next
-    collective: gloo errors out with a traceback when the socket closes, NCCL waits for its watchdog
-    (minutes), a launch across machines may wait for good.
+    does: the kNN monitor, k-means, pool sampling, publishing) leaves the others in their next collective:
+    gloo fails them with a "Connection closed by peer" traceback once the process is gone, NCCL waits for
+    its watchdog (minutes), and a process on another machine, out of its launcher's reach, may wait longer.
 
     How: the process that fails writes its rank and message to the process group's key-value store (the
-    first writer wins, by compare-and-set) before its error goes on up; every process runs a watcher thread
-    that looks for that key every ``FAILURE_POLL_S`` seconds and, when another process has failed, logs one
-    record naming it and ends its own process at once with exit status 2 (``os._exit``: the main thread may
-    be blocked inside a collective, which nothing else interrupts). The failing process waits up to
-    ``FAILURE_GRACE_S`` for the others to acknowledge before it exits, so a launcher that stops the
-    remaining processes when the first one exits finds them gone already. The result: the one-line error
-    once, printed by the process that met it (``synthkit train: error: ...``), and exit status 2 on every
-    process (the failing one's is the command line's: 2 for bad input; a bug stays a traceback). A second
-    process failing at the same moment (the same error everywhere, e.g. a diverged loss) loses the
-    compare-and-set and raises :class:`PeerFailedError`, which the command line does not print again.
+    first writer wins, by compare-and-set) and lets its error go on up: the command line prints it as one
+    line and exits with status 2 (a bug stays a traceback). Every process runs a watcher thread that looks
+    for that key every ``FAILURE_POLL_S`` seconds; when another process has failed, it logs one record
+    naming it and gives the process ``FAILURE_GRACE_S`` seconds to end otherwise (a launcher such as
+    torchrun stops the others when the first one exits; a collective whose peer has gone raises, and that
+    error, coming second, is raised as :class:`PeerFailedError`, which the command line does not print),
+    then ends it with exit status 2 (``os._exit``: the main thread may be blocked inside a collective,
+    which nothing else interrupts). So the launcher reports the failing process as the root cause, and no
+    process outlives it by more than about ``FAILURE_POLL_S + FAILURE_GRACE_S``.
 
     Work in flight on a stopped process is dropped as a kill would drop it: checkpoints and ``final/`` are
     written to a temporary directory and renamed, so nothing half-written is published. With one process,
@@ -211,35 +208,27 @@ class FailTogether:
             except Exception:  # noqa: BLE001 - the store is gone (the launch is ending): stop watching
                 return
             rank, _, message = first.partition(":")
-            if rank == me:  # we failed first; the main thread is reporting it
+            if rank == me:  # this process failed first; its main thread reports it
                 return
             _log.warning("stopping: process %s failed: %s", rank, message)
+            if self._stop.wait(FAILURE_GRACE_S):  # the main thread ended (quietly) in time
+                return
             for handler in logging.getLogger("synthkit").handlers:
                 handler.flush()
             sys.stdout.flush()
             sys.stderr.flush()
-            try:
-                store.add(_ACKS, 1)
-            finally:
-                os._exit(PEER_EXIT_STATUS)
+            os._exit(PEER_EXIT_STATUS)
 
     def __exit__(self, kind: type | None, exc: BaseException | None, tb: Any) -> None:
-        self._stop.set()
         if exc is None or not isinstance(exc, Exception) or self.store is None:
+            self._stop.set()
             return
         message = " ".join(str(exc).split()) or type(exc).__name__
         mine = f"{self.rank}:{message}"
         try:
             first = self.store.compare_set(_FAILED, "", mine).decode("utf-8", "replace")
         except Exception:  # noqa: BLE001 - no store any more: fail alone, as without this
-            return
-        if first != mine:  # another process failed first: it prints the error
-            with contextlib.suppress(Exception):
-                self.store.add(_ACKS, 1)
+            first = mine
+        self._stop.set()
+        if first != mine:  # another process failed first, and prints the error
             raise PeerFailedError(f"process {first.partition(':')[0]} failed first") from exc
-        deadline = time.monotonic() + FAILURE_GRACE_S
-        try:  # let the others stop first (each adds one); their watchers look every FAILURE_POLL_S
-            while self.store.add(_ACKS, 0) < self.world - 1 and time.monotonic() < deadline:
-                time.sleep(FAILURE_POLL_S / 5)
-        except Exception:  # noqa: BLE001
-            pass
