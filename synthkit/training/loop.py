@@ -97,8 +97,8 @@ def _refuse_synthetic_for(cfg: PipelineConfig, info: MixInfo) -> None:
     sets = ", ".join(f"{s.name} (kind {s.kind})" for s in info.synthetic)
     holds = "holds" if len(info.synthetic) == 1 else "hold"
     raise ConfigError(
-        f"--data / mix.sources: {sets} {holds} synthetic samples, and the producer ({cfg.generator.kind}) would "
-        f"train on every set of the mix as real data; for plain contrastive learning on the mix add "
+        f"--data / mix.sources: {sets} {holds} synthetic samples, and the producer ({cfg.generator.kind}) "
+        f"would train on every set of the mix as real data; for plain contrastive learning on the mix add "
         f"{' '.join(off)}, or keep the producer and give only real sets (kind real, from synthkit shards "
         "convert) to train it on streamed real data"
     )
