@@ -478,7 +478,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--data",
         action="append",
         metavar="NAME=DIR:WEIGHT",
-        help="train from shard sets mixed in these proportions (repeatable; plain CL: --hsg.enabled=false)",
+        help="train from shard sets mixed in these proportions (repeatable; weights add up to 1; all "
+        "sets one image size). With synthetic sets the producer must be off: --hsg.enabled=false (plain "
+        "CL on the mix); with only real sets it trains on them, streamed. An epoch is mix.epoch_samples "
+        "samples (default: the real sets' total, so as many steps as a real-only run; with no real set, "
+        "the largest set's); each epoch logs the samples drawn per set (mix_drawn_NAME)",
     )
     t.set_defaults(fn=_cmd_train)
 
@@ -679,6 +683,8 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except Exception as e:  # noqa: BLE001 - turn known user errors into one clear line
+        if getattr(e, "quiet", False):  # another process of the launch failed and printed the error
+            return EXIT_USAGE
         if _is_user_error(e):
             message = " ".join(str(e).split())  # one line, whatever the message held
             print(f"synthkit{' ' + command if command else ''}: error: {message}", file=sys.stderr)

@@ -602,20 +602,48 @@ class ExportConfig:
 class MixConfig:
     """Train from shard sets instead of in-memory real data and live generators: plain CL on a mix.
 
-    ``sources`` are ``NAME=DIR:WEIGHT`` specs (e.g. ``real=shards/fmnist-real:0.7``); each set is streamed
-    through synthkit's safe reader, resampled, split by process and DataLoader worker, and mixed in the given
-    proportions. ``epoch_samples`` is the global number of samples per epoch (default: the sets' total).
+    ``sources`` are ``NAME=DIR:WEIGHT`` specs (e.g. ``real=shards/fmnist-real:0.7``, or ``--data`` on the
+    command line); each set is streamed through synthkit's safe reader, resampled, split by process and
+    DataLoader worker, and mixed in the given proportions. Names must be unique; the weights are the
+    proportions drawn and must add up to 1 (within 0.001). Every set must have the same image size and
+    channels. With a producer on (HSG, HPG), every set must be real (``synthkit shards convert``): the
+    producer then trains on the streamed real data; synthetic sets need the producer off.
+    ``epoch_samples``: samples per epoch, over all processes; default: the mix's real samples (the sets of
+    kind real), so an epoch takes as many steps as a real-only run over them and never draws a real sample
+    twice; with no real set, the largest set's size. Each epoch records the samples it drew per set
+    (``mix_drawn_NAME``). ``num_workers``: DataLoader workers per process that decode shards ahead of the
+    step (persistent); a fixed number, not one per CPU core, because the batch order (and so a run's exact
+    numbers) depends on it; 0 decodes in the training process.
     ``on_error``: ``raise`` on a corrupt shard or image, or ``skip`` it and report the count.
     """
 
     sources: tuple[str, ...] = ()
     epoch_samples: int | None = None
-    num_workers: int = 0
+    num_workers: int = 2
     on_error: str = "raise"
 
     def __post_init__(self) -> None:
         for spec in self.sources:
             _check("=" in spec and ":" in spec, "mix.sources", f"{spec!r} is not NAME=DIR:WEIGHT")
+        names = [spec.partition("=")[0] for spec in self.sources]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        _check(not twice, "mix.sources", f"source names must be unique; {', '.join(twice)} given twice")
+        weights = []
+        for spec in self.sources:
+            try:
+                weights.append(float(spec.rpartition(":")[2]))
+            except ValueError:  # parse_mix_spec names the bad weight when the mix is built
+                weights = []
+                break
+        if weights and all(math.isfinite(w) for w in weights):
+            total = sum(weights)
+            _check(
+                abs(total - 1.0) <= 1e-3,
+                "mix.sources",
+                f"the weights add up to {total:g}, not 1 ("
+                + ", ".join(f"{n} {w:g}" for n, w in zip(names, weights, strict=True))
+                + "); they are the proportions each set is drawn with",
+            )
         _check(self.epoch_samples is None or self.epoch_samples > 0, "mix.epoch_samples", "must be positive")
         _check(self.num_workers >= 0, "mix.num_workers", "must be >= 0")
         _choice(self.on_error, "mix.on_error", ("raise", "skip"))

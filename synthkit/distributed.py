@@ -16,14 +16,22 @@ exactly ``dL/dtheta``, the one-process gradient. (Scoring every row on every pro
 local slice without the all-reduce, as solo-learn does, gives the same loss value but ``dL/dtheta / W``.)
 
 Without an initialised process group (or with one process) every function here is the identity.
+
+:class:`FailTogether` makes an error on one process end every process (see there).
 """
 
 from __future__ import annotations
 
+import logging
+import os
+import sys
+import threading
 from typing import Any
 
 import torch
 import torch.distributed as dist
+
+from synthkit.errors import SynthkitError
 
 
 def world() -> tuple[int, int]:
@@ -113,3 +121,114 @@ def reduce_values(values: dict[str, Any], device: torch.device, op: str = "mean"
     if op == "mean":
         t /= size
     return {**values, **dict(zip(keys, t.tolist(), strict=True))}
+
+
+# --------------------------------------------------------------------------- failing together
+
+#: how often each process looks for another process's failure (seconds)
+FAILURE_POLL_S = 0.25
+#: how long a process that saw another one fail lets its launcher, or a collective's error, end it before it
+#: ends itself (seconds): the bound, with FAILURE_POLL_S, on how long it outlives the failure
+FAILURE_GRACE_S = 10.0
+#: the exit status of a process stopped because another one failed (the command line's for bad input)
+PEER_EXIT_STATUS = 2
+_FAILED = "synthkit/failed"
+
+_log = logging.getLogger(__name__)
+
+
+class PeerFailedError(SynthkitError):
+    """Another process of the launch failed first and reported it; this one stops too, and says nothing more
+    on the command line (``quiet``): the error is printed once, by the process that met it."""
+
+    quiet = True
+
+
+def _default_store() -> Any | None:
+    """The key-value store of the default process group (torchrun's), or None (no group, or a torch
+    without the accessor)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return None
+    try:
+        return dist.distributed_c10d._get_default_store()
+    except Exception:  # noqa: BLE001 - a private accessor: without it, processes fail apart as before
+        return None
+
+
+class FailTogether:
+    """Makes an error on any process end every process of the launch, in bounded time, printed once.
+
+    Without it, a process that raises (a corrupt shard only it reads, a bug in work only the main process
+    does: the kNN monitor, k-means, pool sampling, publishing) leaves the others in their next collective:
+    gloo fails them with a "Connection closed by peer" traceback once the process is gone, NCCL waits for
+    its watchdog (minutes), and a process on another machine, out of its launcher's reach, may wait longer.
+
+    How: the process that fails writes its rank and message to the process group's key-value store (the
+    first writer wins, by compare-and-set) and lets its error go on up: the command line prints it as one
+    line and exits with status 2 (a bug stays a traceback). Every process runs a watcher thread that looks
+    for that key every ``FAILURE_POLL_S`` seconds; when another process has failed, it logs one record
+    naming it and gives the process ``FAILURE_GRACE_S`` seconds to end otherwise (a launcher such as
+    torchrun stops the others when the first one exits; a collective whose peer has gone raises, and that
+    error, coming second, is raised as :class:`PeerFailedError`, which the command line does not print),
+    then ends it with exit status 2 (``os._exit``: the main thread may be blocked inside a collective,
+    which nothing else interrupts). So the launcher reports the failing process as the root cause, and no
+    process outlives it by more than about ``FAILURE_POLL_S + FAILURE_GRACE_S``.
+
+    Work in flight on a stopped process is dropped as a kill would drop it: checkpoints and ``final/`` are
+    written to a temporary directory and renamed, so nothing half-written is published. With one process,
+    or without a process group, it does nothing. Use as ``with FailTogether() as team: ...`` and call
+    ``team.watch()`` once the process group exists.
+    """
+
+    def __init__(self) -> None:
+        self.store: Any | None = None
+        self.rank, self.world = 0, 1
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> FailTogether:
+        return self
+
+    def watch(self) -> None:
+        """Start watching for other processes' failures (all processes, once the group exists)."""
+        self.rank, self.world = world()
+        self.store = _default_store() if self.world > 1 else None
+        if self.store is None or self._thread is not None:
+            return
+        self._thread = threading.Thread(target=self._watch, name="synthkit-fail-together", daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        store, me = self.store, str(self.rank)
+        while not self._stop.wait(FAILURE_POLL_S):
+            try:
+                if not store.check([_FAILED]):
+                    continue
+                first = store.get(_FAILED).decode("utf-8", "replace")
+            except Exception:  # noqa: BLE001 - the store is gone (the launch is ending): stop watching
+                return
+            rank, _, message = first.partition(":")
+            if rank == me:  # this process failed first; its main thread reports it
+                return
+            _log.warning("stopping: process %s failed: %s", rank, message)
+            if self._stop.wait(FAILURE_GRACE_S):  # the main thread ended (quietly) in time
+                return
+            for handler in logging.getLogger("synthkit").handlers:
+                handler.flush()
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(PEER_EXIT_STATUS)
+
+    def __exit__(self, kind: type | None, exc: BaseException | None, tb: Any) -> None:
+        if exc is None or not isinstance(exc, Exception) or self.store is None:
+            self._stop.set()
+            return
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        mine = f"{self.rank}:{message}"
+        try:
+            first = self.store.compare_set(_FAILED, "", mine).decode("utf-8", "replace")
+        except Exception:  # noqa: BLE001 - no store any more: fail alone, as without this
+            first = mine
+        self._stop.set()
+        if first != mine:  # another process failed first, and prints the error
+            raise PeerFailedError(f"process {first.partition(':')[0]} failed first") from exc

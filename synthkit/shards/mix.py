@@ -15,10 +15,15 @@ dispatch batches from rank 0, so processes would see a fraction of the data or d
 DataLoader yourself and move batches with ``.to(accelerator.device)``, passing
 ``rank=accelerator.process_index, world=accelerator.num_processes``.
 
-Splitting. The ``world * num_workers`` (rank, worker) pairs are *slots*, numbered
-``rank * num_workers + worker``. An epoch is one sequence of ``n_slots * quota`` positions (``quota =
-epoch_samples // n_slots``), and slot ``s`` serves the positions ``s * quota`` to ``(s + 1) * quota - 1``:
-contiguous shares, so that a slot reads a few consecutive shards, not all of them. The source of every
+Splitting. An epoch is one sequence of positions. Rank ``r`` of ``world`` serves the ``share =
+epoch_samples // world`` positions from ``r * share``, rounded down to whole batches of ``batch_size``
+(``samples_per_rank``); its DataLoader workers (the (rank, worker) pairs are *slots*) split those batches
+into contiguous runs, as even as whole batches allow: with ``nb`` batches and ``W`` workers, worker ``w``
+serves ``nb // W`` batches, one more when ``w < nb % W``. Contiguous runs, so that a slot reads a few
+consecutive shards, not all of them; whole batches, so that every batch a DataLoader with
+``batch_size=batch_size`` collates is full and a rank yields exactly ``samples_per_rank // batch_size``
+batches at any number of workers (a DataLoader batches each worker's samples on their own: shares that
+were not whole batches used to lose a partial batch per worker). The source of every
 position is drawn from one numpy Generator seeded from ``(seed, epoch)`` with probabilities equal to the
 normalised weights (the same sequence in every slot), so the realised proportions match the weights in
 expectation (binomial spread). Each source is an endless *stream*: pass after pass over its samples, each
@@ -29,19 +34,23 @@ shard if need be. So the slots read consecutive, disjoint stretches of every str
 finite source every sample is read at most once across all processes and workers, whatever the shard sizes
 (unequal shards, the partial last shard synthkit writes), and an epoch that asks for no more of a source
 than it holds never repeats one; an epoch longer than that wraps into the next pass, as one process would.
-The samples an epoch reads, and their order, do not depend on the number of processes or workers (when
-``n_slots`` divides ``epoch_samples``), only which slot reads which. With ``on_error="skip"`` a broken
+The samples a rank reads in an epoch do not depend on the number of workers, and with no workers or one
+their order is the epoch's own; with ``W`` workers the DataLoader hands out the workers' batches in turn
+(worker 0's first, worker 1's first, ...), so the batch order, and hence a run's exact numbers, depend on
+``num_workers``. Which samples the whole epoch reads does not depend on the number of processes either
+(when ``world * batch_size`` divides ``epoch_samples``). With ``on_error="skip"`` a broken
 sample shifts the stretches by one, so neighbouring slots may then share or miss a sample.
 
 A slot that starts inside a shard decodes that shard's earlier samples and drops them: with fewer shards
 than slots several slots read the same shards (a warning says so; write sets with at least
 ``world * num_workers`` shards).
 
-Epoch length. ``epoch_samples`` is the *global* epoch length: every slot yields ``quota`` samples (rounded
-down, so up to ``world * num_workers - 1`` samples fewer than asked; ``samples_per_rank`` gives the exact
-count), then stops. The same seed, epoch, rank, world and number of workers give the same sequence of keys;
-``set_epoch`` changes it. DataLoader workers are copies of the dataset: call ``set_epoch`` before iterating
-the loader, and do not use ``persistent_workers=True`` (persistent workers keep the epoch they started with).
+Epoch length. ``epoch_samples`` is the *global* epoch length: every rank yields ``samples_per_rank()``
+samples (rounded down to whole batches, so up to ``world * batch_size - 1`` fewer than asked), then stops.
+The same seed, epoch, rank, world and number of workers give the same sequence of keys; ``set_epoch``
+changes it. The epoch lives in shared memory, so DataLoader workers, persistent ones included
+(``persistent_workers=True``), read the epoch set last whenever their iteration (re)starts: call
+``set_epoch`` before iterating the loader.
 
 Checks. Every shard goes through the safe reader's checks (:func:`synthkit.shards.reader.read_shard`):
 hash before any sample is given out, structure, counts, images, metadata. Keys are checked unique across
@@ -51,10 +60,10 @@ seen here (``synthkit shards verify`` and every single-pass reader refuse it).
 
 Example:
     >>> sources = [parse_mix_spec("real=shards/fmnist-real:0.7"), parse_mix_spec("syn=shards/hard:0.3")]
-    >>> stream = MixedShardStream(sources, seed=0, epoch_samples=60_000,  # doctest: +SKIP
+    >>> stream = MixedShardStream(sources, seed=0, epoch_samples=60_000, batch_size=256,  # doctest: +SKIP
     ...                           rank=acc.process_index, world=acc.num_processes)
-    >>> loader = DataLoader(stream, batch_size=256, num_workers=4,  # doctest: +SKIP
-    ...                     collate_fn=collate_images)
+    >>> loader = DataLoader(stream, batch_size=256, num_workers=4, persistent_workers=True,  # doctest: +SKIP
+    ...                     pin_memory=True, collate_fn=collate_images)
     >>> for epoch in range(epochs):  # doctest: +SKIP
     ...     stream.set_epoch(epoch)
     ...     for images, metas in loader: ...
@@ -176,6 +185,13 @@ class Batch(tuple):
 
     skipped: list[tuple[str, str]]
 
+    def pin_memory(self) -> Batch:
+        """The batch with its images in page-locked memory (a DataLoader with ``pin_memory=True`` calls
+        this), so that ``.to(device, non_blocking=True)`` copies them without blocking; metas as they are."""
+        pinned = Batch((self[0].pin_memory(), self[1]))
+        pinned.skipped = self.skipped
+        return pinned
+
 
 class MixedShardStream(IterableDataset):
     """Several shard sets mixed with given proportions, resampled, split by rank and worker; see the module.
@@ -186,7 +202,11 @@ class MixedShardStream(IterableDataset):
     Args:
         sources: the sets to mix; names must be unique; weights are normalised to sum to one.
         seed: base of every random draw (shard orders and source choices); a non-negative integer.
-        epoch_samples: samples per epoch over all ranks and workers (each slot yields its floor share).
+        epoch_samples: samples per epoch over all ranks and workers (each rank yields its floor share in
+            whole batches).
+        batch_size: the DataLoader's batch size: each worker's share is a whole number of batches, so
+            every batch is full and the batch count does not depend on the number of workers (default 1:
+            shares of single samples).
         rank, world: this process's index and the number of processes (``accelerator.process_index``,
             ``accelerator.num_processes``).
         transform: applied to each sample dict (with ``source``) before it is yielded, in the worker.
@@ -202,6 +222,7 @@ class MixedShardStream(IterableDataset):
         *,
         seed: int,
         epoch_samples: int,
+        batch_size: int = 1,
         rank: int = 0,
         world: int = 1,
         transform: Callable[[dict[str, Any]], Any] | None = None,
@@ -222,6 +243,7 @@ class MixedShardStream(IterableDataset):
         for label, value, low in (
             ("seed", seed, 0),
             ("epoch_samples", epoch_samples, 1),
+            ("batch_size", batch_size, 1),
             ("world", world, 1),
         ):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
@@ -234,10 +256,12 @@ class MixedShardStream(IterableDataset):
         total = sum(s.weight for s in sources)
         self.weights = np.array([s.weight / total for s in sources])
         self.seed, self.epoch_samples, self.rank, self.world = seed, epoch_samples, rank, world
+        self.batch_size = batch_size
         self.transform = transform
         self.on_error = on_error
         self.check_hash = check_hash
-        self.epoch = 0
+        # the epoch, in shared memory: a DataLoader's workers (persistent ones too) see every set_epoch
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
         # Location ("SHARD:KEY" or "SHARD") -> reason, for what this process's iterators skipped. DataLoader
         # workers hold copies, so their skips show up as warnings (one per location), not here.
         self.skipped: dict[str, str] = {}
@@ -247,16 +271,31 @@ class MixedShardStream(IterableDataset):
         self._shards = [shards for shards, _ in listed]
         self._declared = [declared for _, declared in listed]
 
+    @property
+    def epoch(self) -> int:
+        """The epoch the next iteration draws (set with :meth:`set_epoch`)."""
+        return int(self._epoch)
+
     def set_epoch(self, epoch: int) -> None:
-        """Select the epoch whose shard orders and source choices the next iteration draws."""
+        """Select the epoch whose shard orders and source choices the next iteration draws; DataLoader
+        workers, persistent ones included, read it when their iteration starts."""
         if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
             raise ValueError(f"epoch must be a non-negative integer, got {epoch!r}")
-        self.epoch = epoch
+        self._epoch.fill_(epoch)
 
     def samples_per_rank(self, num_workers: int = 0) -> int:
-        """Samples this rank yields per epoch through a DataLoader with ``num_workers`` (0: in-process)."""
-        workers = max(num_workers, 1)
-        return self.epoch_samples // (self.world * workers) * workers
+        """Samples this rank yields per epoch: its share of ``epoch_samples`` in whole batches, the same
+        through a DataLoader with any number of workers (``num_workers`` is accepted for older callers)."""
+        return self.epoch_samples // self.world // self.batch_size * self.batch_size
+
+    def _slot_span(self, worker: int, num_workers: int) -> tuple[int, int]:
+        """The epoch positions ``(start, count)`` that ``worker`` of this rank serves: a contiguous run of
+        whole batches of the rank's share, the runs as even as whole batches allow."""
+        batches = self.samples_per_rank() // self.batch_size
+        base, extra = divmod(batches, num_workers)
+        before = worker * base + min(worker, extra)
+        start = self.rank * (self.epoch_samples // self.world) + before * self.batch_size
+        return start, (base + (worker < extra)) * self.batch_size
 
     def __iter__(self) -> Iterator[Any]:
         if get_worker_info() is None:
@@ -278,14 +317,16 @@ class MixedShardStream(IterableDataset):
         info = get_worker_info()
         worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
         n_slots = self.world * num_workers
-        slot = self.rank * num_workers + worker
-        quota = self.epoch_samples // n_slots
-        if quota == 0:
+        if self.samples_per_rank() == 0:
             raise ValueError(
-                f"epoch_samples={self.epoch_samples} gives each of the {n_slots} (rank, worker) slots "
-                "no samples"
+                f"epoch_samples={self.epoch_samples} gives each of the {self.world} processes no samples "
+                f"(less than one batch of {self.batch_size})"
             )
-        picks, before = self._picks(slot * quota, quota)
+        start, count = self._slot_span(worker, num_workers)
+        if count == 0:  # more workers than this rank has batches: this one has none
+            return
+        epoch = self.epoch  # read once: a set_epoch during this iteration changes the next one
+        picks, before = self._picks(start, count, epoch)
         for source, shards in zip(self.sources, self._shards, strict=True):
             if len(shards) < n_slots:
                 warnings.warn(
@@ -294,7 +335,7 @@ class MixedShardStream(IterableDataset):
                     "its share; write the set with more shards",
                     stacklevel=2,
                 )
-        streams = [self._source_stream(i, int(before[i])) for i in range(len(self.sources))]
+        streams = [self._source_stream(i, int(before[i]), epoch) for i in range(len(self.sources))]
         nexts = [stream.__next__ for stream in streams]
         names = [source.name for source in self.sources]
         transform = self.transform
@@ -303,14 +344,14 @@ class MixedShardStream(IterableDataset):
             sample["source"] = names[pick]
             yield sample if transform is None else transform(sample)
 
-    def _picks(self, start: int, count: int) -> tuple[np.ndarray, np.ndarray]:
+    def _picks(self, start: int, count: int, epoch: int) -> tuple[np.ndarray, np.ndarray]:
         """The sources of the epoch's positions ``start .. start + count - 1`` and how many positions before
         ``start`` picked each source (where this slot's share of each source's stream begins).
 
         The picks are one sequence per (seed, epoch), drawn in fixed blocks, so every slot sees the same
         sequence whatever the number of slots.
         """
-        rng = np.random.default_rng([self.seed, self.epoch, _CHOICE_STREAM])
+        rng = np.random.default_rng([self.seed, epoch, _CHOICE_STREAM])
         before = np.zeros(len(self.sources), dtype=np.int64)
         mine: list[np.ndarray] = []
         for block_start in range(0, start + count, _CHOICE_BLOCK):
@@ -322,7 +363,7 @@ class MixedShardStream(IterableDataset):
                 mine.append(block[lo - block_start : hi - block_start])
         return np.concatenate(mine), before
 
-    def _source_stream(self, index: int, first: int) -> Iterator[dict[str, Any]]:
+    def _source_stream(self, index: int, first: int, epoch: int) -> Iterator[dict[str, Any]]:
         """One source's endless stream from its position ``first``; every pass reshuffles the shard order.
 
         Position j is sample ``j % total`` of pass ``j // total``, in the pass's shard order and each shard's
@@ -335,7 +376,7 @@ class MixedShardStream(IterableDataset):
         rules = SetRules(self._declared[index])  # the set's image size and mode, fixed across passes
         for pass_index in itertools.count(first_pass):
             rules.keys = {}  # each pass reads every key again (resampling), once
-            order_rng = np.random.default_rng([self.seed, self.epoch, _ORDER_STREAM, index, pass_index])
+            order_rng = np.random.default_rng([self.seed, epoch, _ORDER_STREAM, index, pass_index])
             kept = 0
             position = 0  # of the pass, by the manifest's counts
             for j in order_rng.permutation(len(shards)):

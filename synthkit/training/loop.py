@@ -37,12 +37,12 @@ from accelerate.utils import gather_object, set_seed
 from tqdm.auto import tqdm
 
 from synthkit.config import PipelineConfig
-from synthkit.data.batches import MemoryBatches, MixBatches
+from synthkit.data.batches import MemoryBatches, MixBatches, MixInfo, check_mix, drawn_record
 from synthkit.data.sources import ImageSet, load_source
 from synthkit.data.views import Views, to_float
-from synthkit.distributed import reduce_values
+from synthkit.distributed import FailTogether, reduce_values
 from synthkit.encoders.model import Encoder, load_encoder_weights
-from synthkit.errors import RunError
+from synthkit.errors import ConfigError, RunError
 from synthkit.logs import epoch_line
 from synthkit.objectives.base import build_objective
 from synthkit.producers.base import Producer, StepInput, TrainContext
@@ -62,29 +62,68 @@ WALL_CLOCK_KEYS = ("epoch_time_s", "epoch_step_time_s", "epoch_images_per_s")
 logger = logging.getLogger(__name__)
 
 
-def _real_data(cfg: PipelineConfig, run: Run) -> tuple[Any, ImageSet | None, ImageSet | None, int, int]:
-    """The batches a step trains on (in-memory real images, or a mix of shard sets), the real training
-    images in memory (the producer's and the monitor's), the labeled test split for the monitor, and the
-    images' channels and size."""
-    b_real = cfg.train.batch_size // run.world
-    mix = MixBatches(cfg.mix, b_real, run.rank, run.world, cfg.train.seed) if cfg.mix.sources else None
-    real = load_source(cfg.data, "train") if mix is None or cfg.train.knn_every else None
+def _check_real_data(cfg: PipelineConfig) -> tuple[MixInfo | None, ImageSet | None, ImageSet | None]:
+    """The training data, checked before the run directory exists: a mix's sets (readable, one image size
+    and channel count, real sets only when a producer trains on them, see :func:`_refuse_synthetic_for`),
+    and the in-memory real training images (the producer's and the monitor's) and labeled test split (the
+    monitor's), which must match the mix's images."""
+    info = check_mix(cfg.mix) if cfg.mix.sources else None
+    if info is not None:
+        _refuse_synthetic_for(cfg, info)
+    real = load_source(cfg.data, "train") if info is None or cfg.train.knn_every else None
     test = (
         load_source(cfg.data, "test")
         if real is not None and real.labels is not None and cfg.train.knn_every
         else None
     )
-    if mix is not None:
-        if real is not None and real.images.shape[1:] != (mix.channels, mix.size, mix.size):
-            raise RunError(
-                f"the mix's images are {mix.channels}x{mix.size}x{mix.size} but the monitor data "
-                f"({cfg.data.name}) is {tuple(real.images.shape[1:])}; set --data.size/--data.channels to "
-                "match, or --train.knn_every=0"
-            )
-        return mix, real, test, mix.channels, mix.size
+    if (
+        info is not None
+        and real is not None
+        and real.images.shape[1:] != (info.channels, info.size, info.size)
+    ):
+        raise RunError(
+            f"the mix's images are {info.channels}x{info.size}x{info.size} but the monitor data "
+            f"({cfg.data.name}) is {tuple(real.images.shape[1:])}; set --data.size/--data.channels to "
+            "match, or --train.knn_every=0"
+        )
+    return info, real, test
+
+
+def _refuse_synthetic_for(cfg: PipelineConfig, info: MixInfo) -> None:
+    """A producer (HSG, HPG, a standalone generator) learns the real distribution from the mix: a set of
+    synthetic samples there would silently become its "real" data. Refused, naming both ways out."""
+    if not (cfg.producer_active and info.synthetic):
+        return
+    off = (["--generator.kind=cgan"] if cfg.generator.STANDALONE else []) + [
+        f"--{section}.enabled=false" for section in ("hsg", "hpg") if getattr(cfg, section).enabled
+    ]
+    sets = ", ".join(f"{s.name} (kind {s.kind})" for s in info.synthetic)
+    holds = "holds" if len(info.synthetic) == 1 else "hold"
+    raise ConfigError(
+        f"--data / mix.sources: {sets} {holds} synthetic samples, and the producer ({cfg.generator.kind}) "
+        f"would train on every set of the mix as real data; for plain contrastive learning on the mix add "
+        f"{' '.join(off)}, or keep the producer and give only real sets (kind real, from synthkit shards "
+        "convert) to train it on streamed real data"
+    )
+
+
+def _real_batches(
+    cfg: PipelineConfig, run: Run, info: MixInfo | None, real: ImageSet | None
+) -> tuple[MemoryBatches | MixBatches, int, int]:
+    """The batches a step trains on (in-memory real images, or a mix of shard sets), and the images'
+    channels and size."""
+    b_real = cfg.train.batch_size // run.world
+    device = run.accelerator.device
+    if info is not None:
+        mix = MixBatches(
+            cfg.mix, b_real, run.rank, run.world, cfg.train.seed, info=info, pin_memory=device.type == "cuda"
+        )
+        if run.is_main:
+            logger.info("%s = %d steps", info.describe(), len(mix))
+        return mix, mix.channels, mix.size
     assert real is not None
-    batches = MemoryBatches(real.images, b_real, run.rank, run.world, seed=cfg.train.seed)
-    return batches, real, test, real.images.shape[1], real.images.shape[-1]
+    batches = MemoryBatches(real.images, b_real, run.rank, run.world, seed=cfg.train.seed, device=device)
+    return batches, real.images.shape[1], real.images.shape[-1]
 
 
 def _sync_batchnorm(encoder: Encoder, acc: Accelerator) -> Encoder:
@@ -113,12 +152,30 @@ def train(
     progress: bool = True,
     accelerator: Accelerator | None = None,
 ) -> RunResult:
-    """Train the encoder (with the configured producer) and publish its final weights in ``run_dir``."""
-    # 1. The run and the real data ---
+    """Train the encoder (with the configured producer) and publish its final weights in ``run_dir``.
+
+    The training data are checked before the run directory is made. On several processes an error on any
+    one ends them all, in bounded time, with the error printed once (:class:`FailTogether`)."""
+    with FailTogether() as team:
+        return _train(cfg, run_dir, team, resume=resume, progress=progress, accelerator=accelerator)
+
+
+def _train(
+    cfg: PipelineConfig,
+    run_dir: str | Path,
+    team: FailTogether,
+    *,
+    resume: bool,
+    progress: bool,
+    accelerator: Accelerator | None,
+) -> RunResult:
+    # 1. The real data (checked before anything is written), the run ---
     configure_remote(RemotePolicy(**dataclasses.asdict(cfg.remote)))  # retries of remote shard reads
+    info, real, test = _check_real_data(cfg)
     run = Run(cfg, Path(run_dir), resume=resume, accelerator=accelerator)
+    team.watch()
     acc, device = run.accelerator, run.accelerator.device
-    batches, real, test, channels, size = _real_data(cfg, run)
+    batches, channels, size = _real_batches(cfg, run, info, real)
     steps_per_epoch = len(batches)
     if steps_per_epoch == 0:
         raise RunError(f"the training data hold fewer images than one batch of {cfg.train.batch_size}")
@@ -196,8 +253,9 @@ def train(
             leave=False,
         )
         started = time.perf_counter()
+        i = -1
         for i, (idx, images) in enumerate(bar):
-            x_real = to_float(images).to(device)
+            x_real = to_float(images.to(device, non_blocking=True))  # uint8 over, float on the device
             batch = StepInput(x_real, idx, epoch, epoch + i / steps_per_epoch)
             contribution = producer.contribute(batch) if producer is not None else None
             if i == steps_per_epoch - 1:
@@ -220,6 +278,8 @@ def train(
                 run.log({"epoch": epoch, **rec}, namespace="train")
                 bar.set_postfix(loss=f"{rec.get('loss_cl', 0):.3f}")
         bar.close()
+        if i + 1 != steps_per_epoch:  # never: both kinds of batches give len(batches), or raise
+            raise RunError(f"epoch {epoch + 1} gave {i + 1} batches, not {steps_per_epoch}")
         elapsed = reduce_values({"t": time.perf_counter() - started}, device, op="max")["t"]
 
         # 5. Throughput, monitor, log, checkpoint ---
@@ -234,6 +294,10 @@ def train(
         if isinstance(batches, MixBatches) and cfg.mix.on_error == "skip":  # broken shards and samples passed
             skipped = reduce_values({"n": float(batches.skipped_in_epoch)}, device, op="sum")["n"]
             epoch_rec["epoch_skipped"] = int(skipped)
+        if isinstance(batches, MixBatches):  # the samples drawn per set, over all processes
+            drawn = drawn_record(batches.drawn, batches.info.sets)
+            totals = reduce_values({k: float(v) for k, v in drawn.items()}, device, op="sum")
+            epoch_rec.update({k: round(totals[k]) for k in drawn})
         last = state.epoch == cfg.train.epochs
         if test is not None and real is not None and (state.epoch % cfg.train.knn_every == 0 or last):
             if run.is_main:

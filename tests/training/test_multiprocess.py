@@ -148,6 +148,72 @@ def test_two_process_training_on_a_shard_mix(trained_run: Path, tiny_pipeline: P
     assert sources == {"real", "syn"}
 
 
+def _shards_only_rank_1_reads(real: Path, epoch_samples: int, batch: int, workers: int) -> set[str]:
+    """The shards of ``real`` that process 1 of 2 reads in epoch 0 and process 0 does not (the stream's own
+    plan, read through it)."""
+    from torch.utils.data import DataLoader
+
+    from synthkit.shards.mix import MixedShardStream, parse_mix_spec
+
+    read = []
+    for rank in range(2):
+        stream = MixedShardStream(
+            [parse_mix_spec(f"real={real}:1.0")],
+            seed=0,
+            epoch_samples=epoch_samples,
+            batch_size=batch,
+            rank=rank,
+            world=2,
+            transform=lambda s: s["__shard__"],
+        )
+        read.append({Path(s).name for s in DataLoader(stream, batch_size=None, num_workers=workers)})
+    return read[1] - read[0]
+
+
+def test_a_corrupt_shard_on_one_process_ends_both_with_one_line(tiny_pipeline: Path, tmp_path: Path) -> None:
+    """Only process 1 meets the tampered shard (in a DataLoader worker): it prints the one-line error and
+    exits 2, process 0 (waiting in the step's all-reduce) ends too, quietly, and the launch is over in
+    bounded time, with no process's traceback."""
+    import time
+
+    from synthkit.config import DataConfig
+    from synthkit.logs import error_lines
+    from synthkit.shards.convert import convert_source
+
+    real = tmp_path / "real"
+    manifest = convert_source(DataConfig(name="digits", size=16, subset=256), "train", real, maxcount=16)
+    first = manifest["shards"][0]["name"]  # read before the run starts (the mix's checks): keep it intact
+    victim = sorted(_shards_only_rank_1_reads(real, 256, 32, workers=2) - {first})[0]
+    tar = bytearray((real / victim).read_bytes())
+    tar[len(tar) // 2] ^= 0xFF  # same size, another hash
+    (real / victim).write_bytes(bytes(tar))
+    run = tmp_path / "run"
+    cmd = _launch_cmd(
+        str(tiny_pipeline),
+        "--out",
+        str(run),
+        "--data",
+        f"real={real}:1.0",
+        "--hsg.enabled=false",
+        "--train.knn_every=0",
+        "--train.epochs=1",
+        "--mix.num_workers=2",
+    )
+    started = time.monotonic()
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=ENV)
+    took = time.monotonic() - started
+    assert proc.returncode != 0
+    ours = [line for line in error_lines(proc.stderr) if line.startswith("synthkit train:")]
+    assert len(ours) == 1, proc.stderr[-3000:]  # printed once, by process 1 (process 0 only logs a record)
+    assert ours[0].startswith("synthkit train: error: ") and victim in ours[0] and "sha256" in ours[0]
+    assert "[rank0]: Traceback" not in proc.stderr and "[rank1]: Traceback" not in proc.stderr
+    assert "Connection closed by peer" not in proc.stderr
+    # torchrun's report: process 1 failed first, with the command line's exit status for bad input
+    report = proc.stderr[proc.stderr.index("Root Cause") :]
+    assert "rank      : 1 (local_rank: 1)" in report and "exitcode  : 2" in report, report
+    assert took < 240
+
+
 def test_two_process_diffusion_run(tmp_path: Path) -> None:
     """The diffusion producer under the one loop, with MoCo: UNet under DDP, pools written by rank 0 and read
     by both, encoder, UNet and MoCo's key encoder + queue in sync."""
