@@ -85,8 +85,9 @@ class DataConfig:
     """The real, unlabeled training data.
 
     ``size`` is the side length every image is resized to; ``channels`` forces 1 (grayscale) or 3 (RGB),
-    ``None`` keeps the source's own. ``subset`` takes a fixed random subset of the training split (seeded by
-    ``subset_seed``), for data-efficiency runs and quick experiments.
+    ``None`` keeps the source's own (an image folder: each split's mode, which must agree between train/
+    and test/; a split mixing grayscale and colour files is read as RGB). ``subset`` takes a fixed random
+    subset of the training split (seeded by ``subset_seed``), for data-efficiency runs and quick experiments.
     """
 
     name: str = "digits"
@@ -589,6 +590,7 @@ class ExportConfig:
 
     def __post_init__(self) -> None:
         _check(self.n >= 1, "export.n", "must be >= 1")
+        _check(0 <= self.seed < 2**63, "export.seed", f"must be in [0, 2**63), got {self.seed}")
         _check(self.maxcount >= 1, "export.maxcount", "must be >= 1")
         _check(self.batch_size >= 1, "export.batch_size", "must be >= 1")
         _check(

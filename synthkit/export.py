@@ -547,6 +547,8 @@ def generate(
     for flag, value in (("--n", n), ("--maxcount", maxcount), ("--batch-size", batch_size)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ExportError(f"{flag} must be a positive integer, got {value!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+        raise ExportError(f"--seed must be an integer in [0, 2**63), got {seed!r}")
     if kind in ("pair", "all") and n % 2:
         raise ExportError(f"--n must be even for pairs (two samples per pair), got {n}")
     name = name or cfg.export.name

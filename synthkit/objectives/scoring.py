@@ -76,9 +76,10 @@ class Scorer:
     @torch.no_grad()
     def hardness(self, images: torch.Tensor, seed: int, groups: torch.Tensor | None = None) -> torch.Tensor:
         """Per-sample hardness of ``images`` (floats in [0, 1]); ``groups`` gives pair members one id (None:
-        every image its own). The views are drawn from ``seed``, leaving the caller's RNG alone."""
+        every image its own). The views are drawn from ``seed`` (modulo 2**63: the export derives it from
+        a seed up to 2**63 - 1 and a sample index), leaving the caller's RNG alone."""
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+            torch.manual_seed(seed % 2**63)
             return self.hardness_grad(images, groups).float()
 
     @torch.no_grad()
