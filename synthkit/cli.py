@@ -8,7 +8,7 @@
     synthkit shards verify DIR
     synthkit shards publish DIR
     synthkit shards convert --data NAME [--pipeline PIPELINE.yaml] [--split train] --out DIR
-    synthkit shards inspect DIR [--grid PATH] [--json]
+    synthkit shards inspect DIR [--grid PATH] [--real NAME] [--json]
     synthkit shards index DIR
     synthkit config PIPELINE.yaml [--section.key=value ...]
     synthkit audit SHARDS --real REAL --out DIR [--extractor KIND] [--encoder RUN_DIR] [--classifier DIR]
@@ -381,7 +381,8 @@ def _cmd_shards_inspect(args: argparse.Namespace, extra: list[str]) -> int:
         raise ConfigError(f"--per-row must be >= 1, got {args.per_row}")
     if args.grid is not None:
         check_output_file(args.grid, "--grid")
-    summary = inspect_shard_set(args.dir, grid=args.grid, per_row=args.per_row)
+    real = None if args.real == "none" else args.real
+    summary = inspect_shard_set(args.dir, grid=args.grid, per_row=args.per_row, real=real, root=args.root)
     print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
     return 0
 
@@ -623,8 +624,19 @@ def build_parser() -> argparse.ArgumentParser:
         "inspect", help="counts, hardness and image statistics of a shard set; optional grid"
     )
     ins.add_argument("dir", help="the shard set directory")
-    ins.add_argument("--grid", help="write a PNG grid here, one row per condition (never inside DIR)")
+    ins.add_argument(
+        "--grid",
+        help="write a PNG grid here (never inside DIR): a labelled row per condition (else per class), a "
+        "panel per kind (pairs a | b side by side), and a row of real images to compare with",
+    )
     ins.add_argument("--per-row", type=int, default=10, help="images per grid row (default 10)")
+    ins.add_argument(
+        "--real",
+        default="auto",
+        help="the grid's real row: a source name, none, or auto (the default: the source the set's run "
+        "trained on, from its default location)",
+    )
+    ins.add_argument("--root", help="data root of --real NAME")
     ins.add_argument("--json", action="store_true", help="print the summary as JSON")
     ins.set_defaults(fn=_cmd_shards_inspect)
     ix = ssub.add_parser(
