@@ -1,12 +1,12 @@
 """The cGAN producer: HSG's hard-sample generator and HPG's pair of generators, with one discriminator.
 
-Wu et al., "Synthetic Data Can Also Teach", AAAI 2023, in our formulation (METHOD.md): one joint step is
-(a) one D step on real vs every generator's samples, (b) each generator's realism term with D frozen,
-(c) with HPG, the pair-similarity term of G_a and G_b under the fixed encoder, and (d) the encoder's pass
-over real, hard and pair views (``training/steps.py``), whose backward pass also carries (b) and (c) and,
-through a gradient reversal scaled by lambda_hard, trains the HSG generator to increase the encoder's loss.
-This module does (a)-(c) and hands (d) its chunks; the pieces are in ``hard_samples.py`` (G, D, EMA,
-losses) and ``positive_pairs.py`` (the pair, its target schedule).
+Wu et al., "Synthetic Data Can Also Teach", AAAI 2023, in our formulation (docs/method.md, "HSG with a
+conditional GAN"): one joint step is (a) one D step on real vs every generator's samples, (b) each generator's
+realism term with D frozen, (c) with HPG, the pair-similarity term of G_a and G_b under the fixed encoder, and
+(d) the encoder's pass over real, hard and pair views (``training/steps.py``), whose backward pass also
+carries (b) and (c) and, through a gradient reversal scaled by lambda_hard, trains the HSG generator to
+increase the encoder's loss. This module does (a)-(c) and hands (d) its chunks; the pieces are in
+``hard_samples.py`` (G, D, EMA, losses) and ``positive_pairs.py`` (the pair, its target schedule).
 
 Conditions are k-means pseudo-classes of the real images, refreshed every ``conditions.refresh_every``
 epochs (or true labels, or none). ``generator.pretrain_steps`` trains G and D on realism alone before the

@@ -1,6 +1,6 @@
 """The diffusion producer: encoder-guided hard samples and branched positive pairs from a conditional UNet.
 
-METHOD.md, "The same two producers with diffusion". Sampling a diffusion model costs tens of UNet passes
+docs/method.md, "The same two producers with diffusion". Sampling a diffusion model costs tens of UNet passes
 per image, so instead of a generator step per encoder step the producer refreshes a synthetic *pool*:
 
 1. for the warm-up epochs (the earliest of ``hsg.warmup_epochs`` / ``hpg.warmup_epochs``) the encoder trains
