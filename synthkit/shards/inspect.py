@@ -143,7 +143,7 @@ def _real_images(manifest: dict[str, Any], real: str | None, root: str | None, s
     that source (``root`` its data root); None: no real row.
     """
     from synthkit.config import DataConfig
-    from synthkit.data.sources import load_source
+    from synthkit.data.sources import FASHION_MNIST_ROOT, load_source
     from synthkit.errors import SynthkitError
 
     if real is None:
@@ -154,8 +154,13 @@ def _real_images(manifest: dict[str, Any], real: str | None, root: str | None, s
         )
         if not isinstance(data, dict) or not isinstance(data.get("name"), str):
             return None, "the manifest names no data source (--real NAME adds one)"
-        if data.get("root") is not None and data["name"] != "digits":
-            return None, "the set's source has its own root: pass --real NAME --root DIR to show it"
+        defaults = {"fashion-mnist": FASHION_MNIST_ROOT}
+        if data.get("root") is not None and data.get("root") != defaults.get(data["name"]):
+            # a path named by the set is never read: the user names it
+            return (
+                None,
+                f"the set's source {data['name']!r} has its own root: --real NAME --root DIR shows it",
+            )
         name, root = data["name"], None
     else:
         name = real
