@@ -262,16 +262,16 @@ class Run:
         side, marked); nothing without trackers or synthetic images."""
         if not (self.trackers and self.is_main and contribution is not None and contribution.chunks):
             return
-        panels, groups = [], []
+        panels, groups, per = [], [], GRID_PER_ROW // 2  # three panels of 16 would be too wide to read
         if real is not None and len(real):
-            panels.append(Panel("real", GRID_PER_ROW))
-            groups.append(list(real[:GRID_PER_ROW].permute(0, 2, 3, 1).cpu().numpy()))
+            panels.append(Panel("real", per))
+            groups.append(list(real[:per].permute(0, 2, 3, 1).cpu().numpy()))
         for chunk in contribution.chunks:
             if chunk.partner is None:
-                panels.append(Panel(f"synthetic ({chunk.name})", GRID_PER_ROW))
-                groups.append(list(to_uint8(chunk.images[:GRID_PER_ROW].float())))
+                panels.append(Panel(f"synthetic ({chunk.name})", per))
+                groups.append(list(to_uint8(chunk.images[:per].float())))
             else:
-                k = GRID_PER_ROW // 2
+                k = per // 2
                 pairs = torch.stack([chunk.images[:k], chunk.partner[:k]], dim=1).flatten(0, 1)
                 panels.append(Panel("positive pairs, a | b", 2 * k, pairs=True))
                 groups.append(list(to_uint8(pairs.float())))
