@@ -1,8 +1,9 @@
 """Wall time of one joint HSG step against one plain SimCLR step, same real batch, same encoder.
 
-METHOD.md: sharing one encoder forward/backward between the encoder's descent and G's ascent (gradient
-reversal) should keep a joint step within about 1.5x of a plain step. Both steps are the loop's own
-functions (synthkit.training.steps); they are timed interleaved, after warm-up, and the medians are reported.
+docs/method.md ("HSG with a conditional GAN", step 3): sharing one encoder forward/backward between the
+encoder's descent and G's ascent (gradient reversal) should keep a joint step within about 1.5x of a plain
+step. Both steps are the loop's own functions (synthkit.training.steps); they are timed interleaved, after
+warm-up, and the medians are reported.
 
     python eval/bench_joint_step.py [--data fashion-mnist] [--batch 256] [--repeats 20]
 """

@@ -1,4 +1,5 @@
-"""The method-versus-baselines table on real Fashion-MNIST (METHOD.md, "Baselines every comparison needs").
+"""The method-versus-baselines table on real Fashion-MNIST (docs/method.md, "Baselines every comparison
+needs").
 
     python eval/method_table.py [--out eval/results/method_table] [--seeds 0 1 2] [--quick]
                                 [--objectives simclr moco] [--rows real-only naive hsg hpg hsg+hpg]

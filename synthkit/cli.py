@@ -7,8 +7,8 @@
     synthkit eval --run RUN_DIR [--data NAME] [--json]
     synthkit shards verify DIR
     synthkit shards publish DIR
-    synthkit shards convert --data NAME [--split train] --out DIR
-    synthkit shards inspect DIR [--grid PATH] [--json]
+    synthkit shards convert --data NAME [--pipeline PIPELINE.yaml] [--split train] --out DIR
+    synthkit shards inspect DIR [--grid PATH] [--real NAME] [--json]
     synthkit shards index DIR
     synthkit config PIPELINE.yaml [--section.key=value ...]
     synthkit audit SHARDS --real REAL --out DIR [--extractor KIND] [--encoder RUN_DIR] [--classifier DIR]
@@ -26,6 +26,7 @@ argparse's usage errors included (:class:`Parser`).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -93,12 +94,15 @@ def _overrides(extra: list[str]) -> list[str]:
 
 
 def _cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
+    from synthkit.data.sources import check_source
     from synthkit.training.loop import train
 
     overrides = _overrides(extra)
     if args.data:  # sugar for --mix.sources=[...]
         overrides.append(f"--mix.sources={json.dumps(args.data)}")
     cfg = load_pipeline(args.pipeline, overrides)
+    if not cfg.mix.sources or cfg.train.knn_every:  # the real data it reads, checked before the run dir
+        check_source(cfg.data, test=bool(cfg.train.knn_every))
     out = Path(args.out) if args.out else Path("runs") / Path(args.pipeline).stem
     result = train(cfg, out, resume=args.resume, progress=_progress(args))
     if args.json:
@@ -269,9 +273,26 @@ def _part(text: str) -> tuple[int, int]:
     raise argparse.ArgumentTypeError(f"expected I/N (part I of N, from 0), got {text!r}")
 
 
+#: ``generate --seed`` takes 0 <= S < 2**63 (a non-negative signed 64-bit integer: torch's generators)
+SEED_MAX = 2**63 - 1
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if not 0 <= value <= SEED_MAX:
+        raise argparse.ArgumentTypeError(
+            f"must be between 0 and 2**63 - 1 = {SEED_MAX} (a non-negative 64-bit seed), got {text}"
+        )
+    return value
+
+
 def _cmd_shards_convert(args: argparse.Namespace, extra: list[str]) -> int:
     from synthkit.config import DataConfig
-    from synthkit.shards.convert import convert_source, default_dir, default_name
+    from synthkit.data.sources import check_source
+    from synthkit.shards.convert import TRAINING_SIZES, convert_source, default_dir, default_name
     from synthkit.shards.format import is_safe_name
     from synthkit.shards.location import is_url
 
@@ -280,14 +301,27 @@ def _cmd_shards_convert(args: argparse.Namespace, extra: list[str]) -> int:
         raise ConfigError(f"--maxcount must be >= 1, got {args.maxcount}")
     if args.name is not None and not is_safe_name(args.name):
         raise ConfigError(f"--name {args.name!r} must be letters, digits, '_', '-' or '.', not hidden")
-    data_cfg = DataConfig(
-        name=args.data,
-        root=args.root,
-        size=args.size,
-        channels=args.channels,
-        subset=args.subset,
-        subset_seed=args.subset_seed,
-    )
+    if args.pipeline is not None:  # the data section of the run the set is meant for, flags over it
+        data = load_pipeline(args.pipeline, []).data
+        if args.data is not None and args.data != data.name:
+            raise ConfigError(f"--data {args.data} differs from {args.pipeline}'s data.name {data.name}")
+        given = {"root": args.root, "size": args.size, "channels": args.channels, "subset": args.subset}
+        data_cfg = dataclasses.replace(data, **{k: v for k, v in given.items() if v is not None})
+        if args.subset_seed is not None:
+            data_cfg = dataclasses.replace(data_cfg, subset_seed=args.subset_seed)
+    elif args.data is None:
+        raise ConfigError("shards convert needs --data NAME (or --pipeline PIPELINE.yaml)")
+    else:
+        data_cfg = DataConfig(
+            name=args.data,
+            root=args.root,
+            size=args.size if args.size is not None else TRAINING_SIZES.get(args.data, DataConfig.size),
+            channels=args.channels,
+            subset=args.subset,
+            subset_seed=args.subset_seed or 0,
+        )
+    if data_cfg.name == "folder":
+        check_source(data_cfg, test=args.split == "test")
     name = args.name or default_name(data_cfg, args.split)
     # a URL stays text (Path would turn "s3://" into "s3:/")
     out = args.out or str(Path("shards") / default_dir(data_cfg, args.split))
@@ -308,8 +342,9 @@ def _cmd_shards_convert(args: argparse.Namespace, extra: list[str]) -> int:
         return 0
     labels = "with true labels as cls" if m["classes"] is not None else "unlabelled"
     print(
-        f"wrote {m['total']} {args.data} {args.split} images in {len(m['shards'])} shards to {out} "
-        f"(set {m['name']}, {labels})"
+        f"wrote {m['total']} {data_cfg.name} {args.split} images in {len(m['shards'])} shards to {out} "
+        f"(set {m['name']}, {data_cfg.size}x{data_cfg.size} px, {labels}); train with --data.size="
+        f"{data_cfg.size} to mix it"
     )
     return 0
 
@@ -346,7 +381,8 @@ def _cmd_shards_inspect(args: argparse.Namespace, extra: list[str]) -> int:
         raise ConfigError(f"--per-row must be >= 1, got {args.per_row}")
     if args.grid is not None:
         check_output_file(args.grid, "--grid")
-    summary = inspect_shard_set(args.dir, grid=args.grid, per_row=args.per_row)
+    real = None if args.real == "none" else args.real
+    summary = inspect_shard_set(args.dir, grid=args.grid, per_row=args.per_row, real=real, root=args.root)
     print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
     return 0
 
@@ -500,7 +536,11 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("hard", "pair", "all"),
         help="hard samples, positive pairs (pair_a/pair_b), or both (default: all the run has)",
     )
-    g.add_argument("--seed", type=int, help="sampling seed (default: the run's export.seed)")
+    g.add_argument(
+        "--seed",
+        type=_seed,
+        help="sampling seed, 0 <= S < 2**63 (default: the run's export.seed); negative seeds are refused",
+    )
     g.add_argument(
         "--name",
         help="set name: shard file prefix and sample-key prefix (default: export.name, else one of this "
@@ -555,15 +595,25 @@ def build_parser() -> argparse.ArgumentParser:
     cv = ssub.add_parser(
         "convert", help="write a real data source as a shard set (kind real, true labels as cls)"
     )
-    cv.add_argument("--data", required=True, choices=SOURCES.names(), help="the source")
+    cv.add_argument("--data", choices=SOURCES.names(), help="the source (default: --pipeline's data.name)")
+    cv.add_argument(
+        "--pipeline",
+        help="the pipeline the set is meant to train with: its data section (source, root, size, channels, "
+        "subset) is the default of every flag here",
+    )
     cv.add_argument("--root", help="data root for --data (required for folder)")
     cv.add_argument("--split", choices=("train", "test"), default="train", help="(default train)")
-    cv.add_argument("--size", type=int, default=16, help="side length images are resized to (default 16)")
+    cv.add_argument(
+        "--size",
+        type=int,
+        help="side length images are resized to (default: --pipeline's data.size, else the size synthkit's "
+        "pipelines train the source at: digits 16, fashion-mnist 28, cifar10/cifar100 32, folder 28)",
+    )
     cv.add_argument(
         "--channels", type=int, choices=(1, 3), help="force grayscale or RGB (default: the source's)"
     )
     cv.add_argument("--subset", type=int, help="a fixed random subset of N training images")
-    cv.add_argument("--subset-seed", type=int, default=0, help="seed of --subset (default 0)")
+    cv.add_argument("--subset-seed", type=int, help="seed of --subset (default 0)")
     cv.add_argument("--out", help="output directory (default shards/DATA-SPLIT)")
     cv.add_argument(
         "--name",
@@ -578,8 +628,19 @@ def build_parser() -> argparse.ArgumentParser:
         "inspect", help="counts, hardness and image statistics of a shard set; optional grid"
     )
     ins.add_argument("dir", help="the shard set directory")
-    ins.add_argument("--grid", help="write a PNG grid here, one row per condition (never inside DIR)")
+    ins.add_argument(
+        "--grid",
+        help="write a PNG grid here (never inside DIR): a labelled row per condition (else per class), a "
+        "panel per kind (pairs a | b side by side), and a row of real images to compare with",
+    )
     ins.add_argument("--per-row", type=int, default=10, help="images per grid row (default 10)")
+    ins.add_argument(
+        "--real",
+        default="auto",
+        help="the grid's real row: a source name, none, or auto (the default: the source the set's run "
+        "trained on, from its default location)",
+    )
+    ins.add_argument("--root", help="data root of --real NAME")
     ins.add_argument("--json", action="store_true", help="print the summary as JSON")
     ins.set_defaults(fn=_cmd_shards_inspect)
     ix = ssub.add_parser(

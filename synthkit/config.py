@@ -85,8 +85,9 @@ class DataConfig:
     """The real, unlabeled training data.
 
     ``size`` is the side length every image is resized to; ``channels`` forces 1 (grayscale) or 3 (RGB),
-    ``None`` keeps the source's own. ``subset`` takes a fixed random subset of the training split (seeded by
-    ``subset_seed``), for data-efficiency runs and quick experiments.
+    ``None`` keeps the source's own (an image folder: each split's mode, which must agree between train/
+    and test/; a split mixing grayscale and colour files is read as RGB). ``subset`` takes a fixed random
+    subset of the training split (seeded by ``subset_seed``), for data-efficiency runs and quick experiments.
     """
 
     name: str = "digits"
@@ -191,7 +192,7 @@ class MoCoConfig(ObjectiveConfig):
 
     ``queue_synthetic``: whether the keys of synthetic images (hard samples, pair members) are enqueued too.
     On by default: MoCo has no in-batch negatives, so without it synthetic images would act only as anchors,
-    never as negatives, which METHOD.md asks of them.
+    never as negatives, which docs/method.md ("Encoder objectives") asks of them.
     """
 
     name: str = "moco"
@@ -318,7 +319,7 @@ class CGanConfig(GeneratorConfig):
 
 @dataclass(frozen=True)
 class DiffusionConfig(GeneratorConfig):
-    """The diffusion producers (METHOD.md, "The same two producers with diffusion").
+    """The diffusion producers (docs/method.md, "The same two producers with diffusion").
 
     Model: a (pseudo-)class-conditional diffusers ``UNet2DModel`` (one resolution level per entry of
     ``block_out_channels``; 3 levels suit 16-32 px; ``attention`` adds self-attention at the coarsest level),
@@ -474,7 +475,8 @@ class HSGConfig:
 
 @dataclass(frozen=True)
 class HPGConfig:
-    """Hard positive pair generation (Wu et al., AAAI 2023) with a pair of generators G_a, G_b (METHOD.md).
+    """Hard positive pair generation (Wu et al., AAAI 2023) with a pair of generators G_a, G_b
+    (docs/method.md, "HPG with a pair of generators").
 
     G_a and G_b take the same (z, c); G_b starts as a copy of G_a. Their similarity s = cos(h(x_a), h(x_b))
     in the encoder's backbone space is held near a target s*(t) by ``lambda_pair * (relu(s - s*) +
@@ -589,6 +591,7 @@ class ExportConfig:
 
     def __post_init__(self) -> None:
         _check(self.n >= 1, "export.n", "must be >= 1")
+        _check(0 <= self.seed < 2**63, "export.seed", f"must be in [0, 2**63), got {self.seed}")
         _check(self.maxcount >= 1, "export.maxcount", "must be >= 1")
         _check(self.batch_size >= 1, "export.batch_size", "must be >= 1")
         _check(

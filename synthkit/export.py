@@ -39,6 +39,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import math
 import os
 import re
@@ -50,15 +51,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from synthkit.atomic import check_output_dir, save_image_atomic, write_json_atomic
-from synthkit.config import to_dict
+from synthkit.config import from_dict, to_dict
 from synthkit.data.sources import load_source
 from synthkit.data.views import Views
 from synthkit.errors import ExportError, SynthkitError
-from synthkit.images import condition_grid, to_uint8
+from synthkit.images import Panel, labelled_grid, to_uint8
 from synthkit.objectives.scoring import Scorer, pair_groups, reference_batch
+from synthkit.progress import Phase
 from synthkit.provenance import created_by
 from synthkit.shards import (
     ShardSetExistsError,
@@ -75,9 +76,13 @@ from synthkit.shards.writer import Part, journal_name
 from synthkit.training.artifacts import load_final
 
 if TYPE_CHECKING:
+    from PIL import Image
+
     from synthkit.producers.base import Producer
 
 __all__ = ["ExportError", "ExportResult", "generate", "write_samples"]
+
+logger = logging.getLogger(__name__)
 
 IN_PROGRESS = ".export-in-progress.json"
 KINDS = ("hard", "pair", "all")
@@ -85,6 +90,8 @@ STAGE_NAMES = {"hard": "hsg", "pair": "hpg", "all": "hsg-hpg"}
 PREVIEW = "preview.png"
 # the preview grid draws from the samples of the chunks that start before this index
 PREVIEW_SAMPLES = 400
+PREVIEW_PER_ROW = 10  # samples of each kind a row of the preview shows (pairs: 5 pairs)
+PREVIEW_REAL = 4  # real images at the head of a row
 HARDNESS_DEFINITION = (
     "the run's contrastive loss per sample (mean over its two views; pairs as one positive group of four "
     "views), next to a seeded reference batch of real training images, encoder in eval mode"
@@ -137,7 +144,16 @@ class WriteResult:
     conditions: list[int] = field(default_factory=list)
     pair_similarity: list[float] = field(default_factory=list)
     previews: list[np.ndarray] = field(default_factory=list)
+    preview_index: list[int] = field(default_factory=list)  # the set index of each preview image
     resumed_from: int = 0
+
+
+Previews = int | tuple[range, ...]
+
+
+def _in_preview(i: int, previews: Previews) -> bool:
+    """Whether sample ``i`` is drawn in the preview: one of the first ``previews`` (an int) or in a span."""
+    return i < previews if isinstance(previews, int) else any(i in span for span in previews)
 
 
 def _read_back(
@@ -145,7 +161,7 @@ def _read_back(
     shards: list[dict[str, Any]],
     name: str,
     seed: int,
-    previews: int,
+    previews: Previews,
     res: WriteResult,
     first: int = 0,
 ) -> None:
@@ -160,10 +176,11 @@ def _read_back(
         path = out_dir / shard["name"]
         for key, parts in iter_shard_members(path):
             i = first + len(res.hardness)
-            if i < previews:
+            if _in_preview(i, previews):
                 sample = decode_sample(str(path), key, parts)
                 meta = sample["meta"]
                 res.previews.append(sample["image"])
+                res.preview_index.append(i)
             else:
                 try:
                     meta = json.loads(parts.get("json", b"").decode("utf-8"))
@@ -198,7 +215,7 @@ def write_samples(
     maxcount: int,
     manifest_fields: dict[str, Any],
     resume: bool = True,
-    previews: int = 0,
+    previews: Previews = 0,
     progress: Callable[[int], None] | None = None,
     before_publish: Callable[[WriteResult], None] | None = None,
     on_publish: Callable[[str], None] | None = None,
@@ -262,8 +279,9 @@ def write_samples(
                 res.hardness.append(meta["hardness"])
                 cond = meta.get("condition")
                 res.conditions.append(-1 if cond is None else int(cond))
-                if index < previews:
+                if _in_preview(index, previews):
                     res.previews.append(arrays[j])
+                    res.preview_index.append(index)
             if progress is not None:
                 progress(len(todo))
         if before_publish is not None:
@@ -469,11 +487,18 @@ def publish(out_dir: str | Path) -> ExportResult:
         request = fields.get("request")
         if not isinstance(request, dict):  # parts of a set that is not an export: nothing to add
             return
-        total = sum(s["count"] for s in shards)
-        preview_n = _preview_count(total, request["batch_size"])
-        _read_back(out_dir, shards, request["name"], request["seed"], preview_n, res)
-        conds = np.array(res.conditions[:preview_n], dtype=np.int64)
-        save_image_atomic(out_dir / PREVIEW, condition_grid(np.stack(res.previews), conds))
+        counts = {k: request["n"] for k in ("hard", "pair") if request["kind"] in (k, "all")}
+        spans = _preview_spans(counts, request["batch_size"])
+        _read_back(out_dir, shards, request["name"], request["seed"], spans, res)
+        producer = fields.get("producer") or {}
+        conditions = None  # the run is not on this machine: a plain row of real images
+        with contextlib.suppress(SynthkitError, KeyError, TypeError, OSError):
+            # the run's conditions label its real images, as in a one-process export's preview
+            conditions = load_final(producer["run_dir"]).conditions
+        real_by_condition, real_row = _real_for_preview(from_dict(fields["config"]), conditions)
+        source = str(producer.get("condition_source", ""))
+        grid = preview_grid(res, counts, request["name"], source, real_by_condition, real_row)
+        save_image_atomic(out_dir / PREVIEW, grid)
 
     manifest = publish_parts(out_dir, before_publish=before)
     (out_dir / IN_PROGRESS).unlink(missing_ok=True)
@@ -483,6 +508,73 @@ def publish(out_dir: str | Path) -> ExportResult:
 
 def _preview_count(total: int, batch_size: int) -> int:
     return min(total, math.ceil(PREVIEW_SAMPLES / batch_size) * batch_size)
+
+
+def _preview_spans(counts: dict[str, int], batch_size: int) -> tuple[range, ...]:
+    """The samples the preview draws from: the first chunks of each kind (pairs come first in the set)."""
+    n_pair, n_hard = counts.get("pair", 0), counts.get("hard", 0)
+    return (
+        range(_preview_count(n_pair, batch_size)),
+        range(n_pair, n_pair + _preview_count(n_hard, batch_size)),
+    )
+
+
+def _real_for_preview(cfg: Any, conditions: Any) -> tuple[dict[int, list[np.ndarray]], list[np.ndarray]]:
+    """Real training images for the preview: per condition when the run's conditions label the in-memory
+    training images one by one (k-means pseudo-classes, or true labels), else a plain row of them."""
+    real = training_images(cfg, PREVIEW_PER_ROW)
+    labels = getattr(conditions, "labels", None)
+    if (
+        labels is not None
+        and getattr(conditions, "centroids", None) is None
+        and getattr(conditions, "num_classes", 0)
+        and len(labels) == len(real)
+    ):
+        by: dict[int, list[np.ndarray]] = {}
+        for c in range(conditions.num_classes):
+            picked = real[(labels == c).nonzero().flatten()[:PREVIEW_REAL]]
+            by[c] = list(picked.permute(0, 2, 3, 1).numpy())
+        return by, []
+    return {}, list(real[:PREVIEW_REAL].permute(0, 2, 3, 1).numpy())
+
+
+def preview_grid(
+    res: WriteResult,
+    counts: dict[str, int],
+    name: str,
+    source: str,
+    real_by_condition: dict[int, list[np.ndarray]],
+    real_row: list[np.ndarray],
+) -> Image.Image:
+    """The set's ``preview.png``: one row per condition, labelled; real training images of that condition
+    at the left (or one row of real images on top, when the run's conditions do not label them), then the
+    hard samples and the pairs (a and b side by side, marked), each kind in its own panel."""
+    n_pair = counts.get("pair", 0)
+    cells: dict[tuple[str, int], list[np.ndarray]] = {}
+    for index, image in zip(res.preview_index, res.previews, strict=True):
+        kind = "pair" if index < n_pair else "hard"
+        cell = cells.setdefault((kind, res.conditions[index]), [])
+        if len(cell) < PREVIEW_PER_ROW - (kind == "pair" and PREVIEW_PER_ROW % 2):
+            cell.append(image)
+    kinds = [k for k in ("hard", "pair") if any(key[0] == k for key in cells)]
+    panels = [Panel("real images" if real_row else "real, this condition", PREVIEW_REAL)] + [
+        Panel("hard samples", PREVIEW_PER_ROW)
+        if k == "hard"
+        else Panel("positive pairs, a | b", PREVIEW_PER_ROW, pairs=True)
+        for k in kinds
+    ]
+    word = {"kmeans": "pseudo-class", "labels": "class", "model": "class id"}.get(source, "condition")
+    rows: list[tuple[str, list[list[np.ndarray]]]] = []
+    if real_row:
+        rows.append(("real", [real_row]))
+    for c in sorted({key[1] for key in cells}):
+        label = "no condition" if c < 0 else f"{word} {c}"
+        rows.append((label, [real_by_condition.get(c, []), *[cells.get((k, c), []) for k in kinds]]))
+    what = {"kmeans": "k-means pseudo-classes of the run's encoder", "labels": "true labels"}.get(
+        source, "the run's conditions" if source not in ("none", "") else "no conditions"
+    )
+    caption = f"{name}: one row per condition ({what})"
+    return labelled_grid(rows, panels, caption=caption)[0]
 
 
 def _parse_part(part: tuple[int, int] | None, rank: int, world: int) -> Part | tuple[int, int] | None:
@@ -547,6 +639,8 @@ def generate(
     for flag, value in (("--n", n), ("--maxcount", maxcount), ("--batch-size", batch_size)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ExportError(f"{flag} must be a positive integer, got {value!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+        raise ExportError(f"--seed must be an integer in [0, 2**63), got {seed!r}")
     if kind in ("pair", "all") and n % 2:
         raise ExportError(f"--n must be even for pairs (two samples per pair), got {n}")
     name = name or cfg.export.name
@@ -657,14 +751,17 @@ def _generate(
     # 2. The scorer: the run's encoder and objective, and the one reference batch ---
     scorer, write = _export_setup(art, request, seed, kind, batch_size, maxcount)
     total = sum(counts.values())
-    preview_n = _preview_count(total, batch_size)
+    spans = _preview_spans(counts, batch_size)
 
     # 3. Chunks -> shards; the preview before the manifest ---
-    bar = tqdm(total=total, desc="generate", disable=not progress, unit="img")
+    what = " and ".join(f"{n} {'pair samples' if k == 'pair' else 'hard samples'}" for k, n in counts.items())
+    bar = Phase("generate", total, "img", progress=progress, logger=logger, detail=f" ({what})").start()
 
     def preview(res: WriteResult) -> None:
-        conds = np.array(res.conditions[:preview_n], dtype=np.int64)
-        save_image_atomic(out_dir / PREVIEW, condition_grid(np.stack(res.previews), conds))
+        real_by_condition, real_row = _real_for_preview(art.cfg, getattr(art.producer, "conditions", None))
+        source = str(art.producer.export_info().get("condition_source", ""))
+        grid = preview_grid(res, counts, name, source, real_by_condition, real_row)
+        save_image_atomic(out_dir / PREVIEW, grid)
         output.publish(PREVIEW)  # before the manifest: a published set always has its preview
 
     res = write_samples(
@@ -674,11 +771,13 @@ def _generate(
         scorer,
         counts,
         **write,
-        previews=preview_n,
+        previews=spans,
         progress=bar.update,
         before_publish=preview,
         on_publish=output.publish,
     )
+    if res.hardness:
+        bar.result(samples=len(res.hardness), hardness_mean=float(np.mean(res.hardness)))
     bar.close()
     (out_dir / IN_PROGRESS).unlink(missing_ok=True)
     conds = np.array(res.conditions, dtype=np.int64)
@@ -706,7 +805,7 @@ def _generate_part(
     main = part.index == 0
     samples = part.samples(sum(counts.values()), write["maxcount"])
     desc = f"generate part {part.index}/{part.count}"
-    bar = tqdm(total=len(samples), desc=desc, unit="img", disable=not (progress and (main or world == 1)))
+    bar = Phase(desc, len(samples), "img", progress=progress, logger=logger, main=main or world == 1).start()
     failure: SynthkitError | None = None
     res = WriteResult({})
     try:
@@ -715,7 +814,10 @@ def _generate_part(
         if world == 1:
             raise
         failure = exc
-    bar.close()
+    if failure is None:
+        bar.close()
+    else:
+        bar.bar.close()
     conds = np.array(res.conditions, dtype=np.int64)
     if world == 1:  # one job of an array: the part alone, published later by `synthkit shards publish`
         return ExportResult(

@@ -1,16 +1,20 @@
 """Image helpers several stages share: float tensors to uint8 arrays, and sample grids.
 
-A grid has one row per condition (or any other row label); the export's ``preview.png``, ``shards inspect
---grid``, the audit report and the trackers' sample grids are all drawn here, deterministically, with PIL.
+A grid has one row per condition (or any other row label). :func:`labelled_grid` draws the pictures a user
+reads on their own (the export's ``preview.png``, ``shards inspect --grid``, the trackers' sample grids, the
+quickstart's comparison): row labels, panel titles, pair members marked, real images next to samples.
+:func:`condition_grid` and :func:`rows_grid` draw bare grids (the audit report captions its own). All are
+deterministic, with PIL.
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:
@@ -63,3 +67,135 @@ def rows_grid(rows: list[list[np.ndarray]], scale: int = 3) -> Image.Image:
     row_of = np.array([r for r, row in enumerate(rows) for _ in row])
     per_row = max(len(row) for row in rows)
     return condition_grid(np.stack(flat), row_of, per_row=per_row, scale=scale)
+
+
+# --------------------------------------------------------------------------- labelled grids
+
+#: PIL's built-in bitmap font: fixed glyphs, so a grid's pixels do not depend on the fonts installed
+FONT = ImageFont.load_default_imagefont()
+PAIR_COLOURS = ((31, 119, 180), (255, 127, 14))  # the marks under pair_a and pair_b tiles
+EMPTY = (236, 236, 236)  # a tile with no image (a row with fewer samples than the panel is wide)
+_PAD, _GAP, _PAIR_GAP, _PANEL_GAP, _MARK = 4, 2, 6, 12, 3
+
+
+@dataclass(frozen=True)
+class Panel:
+    """A column group of :func:`labelled_grid`: a title over it, ``width`` tiles a row and, with ``pairs``,
+    tiles that come as pairs (a, b, a, b, ...): the two members of a pair side by side, a gap between pairs,
+    and a coloured mark under each member (``PAIR_COLOURS``: a, then b)."""
+
+    title: str
+    width: int
+    pairs: bool = False
+
+
+@dataclass
+class GridLayout:
+    """Where :func:`labelled_grid` put things: ``tiles[(row, panel, j)]`` is the ``(x0, y0, x1, y1)`` box of
+    tile j (after scaling), ``rows`` the row labels and ``panels`` the panels' titles."""
+
+    rows: list[str]
+    panels: list[str]
+    tiles: dict[tuple[int, int, int], tuple[int, int, int, int]] = field(default_factory=dict)
+
+
+def grid_height(rows: int, tile_height: int, *, caption: bool, pairs: bool) -> int:
+    """The pixel height of a :func:`labelled_grid` of ``rows`` rows of tiles ``tile_height`` high (after
+    scaling), with or without a caption line and a pair panel (whose a/b marks take a line)."""
+    line = int(FONT.getbbox("Ag")[3]) + 2
+    top = _PAD + (line if caption else 0) + line + (line if pairs else 0)
+    return top + rows * (tile_height + _MARK + _GAP + 2) + _PAD
+
+
+def _text_width(text: str) -> int:
+    return int(FONT.getbbox(text)[2]) if text else 0
+
+
+def _tile(image: np.ndarray, h: int, w: int, scale: int) -> Image.Image:
+    im = Image.fromarray(image[:, :, 0] if image.shape[2] == 1 else image).convert("RGB")
+    if im.size != (w, h):
+        im = im.resize((w, h), Image.BILINEAR)
+    return im.resize((w * scale, h * scale), Image.NEAREST)
+
+
+def labelled_grid(
+    rows: list[tuple[str, list[list[np.ndarray]]]],
+    panels: list[Panel],
+    *,
+    scale: int = 2,
+    caption: str | None = None,
+) -> tuple[Image.Image, GridLayout]:
+    """A grid that explains itself: a label at the left of every row, a title over every panel (column
+    group), pair members side by side and marked, and an optional caption line on top.
+
+    Args:
+        rows: ``(label, [images of panel 0, images of panel 1, ...])``; each list holds uint8 H x W x C
+            images (any sizes and channel counts: brought to the most common size, RGB), at most the panel's
+            ``width``; missing tiles are drawn empty (``EMPTY``).
+        panels: the column groups, left to right (e.g. real images of the row's condition, then samples).
+        scale: nearest-neighbour upscale of every tile (small images stay readable next to the text).
+        caption: one line above the titles (what the rows are, where the samples come from).
+
+    Returns:
+        The RGB image and its :class:`GridLayout`. Drawn with PIL's bitmap font, so the same inputs give the
+        same pixels on every machine.
+    """
+    flat = [im for _, groups in rows for group in groups for im in group]
+    if not flat:
+        raise ValueError("a grid needs at least one image")
+    h, w = Counter(im.shape[:2] for im in flat).most_common(1)[0][0]
+    th, tw = h * scale, w * scale
+    line = int(FONT.getbbox("Ag")[3]) + 2
+    label_w = max(_text_width(label) for label, _ in rows) + 2 * _PAD
+
+    def panel_width(p: Panel) -> int:
+        if not p.pairs:
+            return p.width * tw + (p.width - 1) * _GAP
+        n = (p.width + 1) // 2
+        return p.width * tw + n * _GAP // 2 + (n - 1) * _PAIR_GAP
+
+    widths = [max(panel_width(p), _text_width(p.title)) for p in panels]
+    top = _PAD + (line if caption else 0) + line + (line if any(p.pairs for p in panels) else 0)
+    row_h = th + _MARK + _GAP + 2
+    width = label_w + sum(widths) + _PANEL_GAP * (len(panels) - 1) + _PAD
+    height = grid_height(len(rows), th, caption=bool(caption), pairs=any(p.pairs for p in panels))
+    width = max(width, _text_width(caption or "") + 2 * _PAD)
+    canvas = Image.new("RGB", (width, height), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    if caption:
+        draw.text((_PAD, _PAD), caption, fill=(0, 0, 0), font=FONT)
+    layout = GridLayout([label for label, _ in rows], [p.title for p in panels])
+    x_panel = label_w
+    for p_i, (panel, pw) in enumerate(zip(panels, widths, strict=True)):
+        y_title = _PAD + (line if caption else 0)
+        draw.text((x_panel, y_title), panel.title, fill=(0, 0, 0), font=FONT)
+        xs = []
+        x = x_panel
+        for j in range(panel.width):
+            xs.append(x)
+            x += tw + (_GAP // 2 if panel.pairs and j % 2 == 0 else _PAIR_GAP if panel.pairs else _GAP)
+        if panel.pairs:
+            for j in range(min(2, panel.width)):
+                draw.text((xs[j] + tw // 2 - 3, y_title + line), "ab"[j], fill=PAIR_COLOURS[j], font=FONT)
+        if p_i:
+            x_sep = x_panel - _PANEL_GAP // 2
+            draw.line([(x_sep, top - 2), (x_sep, height - _PAD)], fill=(170, 170, 170))
+        for r, (_, groups) in enumerate(rows):
+            y = top + r * row_h
+            images = groups[p_i] if p_i < len(groups) else []
+            if not images:  # nothing of this panel in this row (e.g. the real row of a samples panel)
+                continue
+            for j in range(panel.width):
+                box = (xs[j], y, xs[j] + tw, y + th)
+                if j < len(images):
+                    canvas.paste(_tile(images[j], h, w, scale), box[:2])
+                    layout.tiles[(r, p_i, j)] = box
+                else:
+                    draw.rectangle([box[0], box[1], box[2] - 1, box[3] - 1], fill=EMPTY)
+                if panel.pairs and j < len(images):
+                    draw.rectangle([box[0], y + th + 1, box[2] - 1, y + th + _MARK], fill=PAIR_COLOURS[j % 2])
+        x_panel += pw + _PANEL_GAP
+    for r, (label, _) in enumerate(rows):
+        y = top + r * row_h + (th - line) // 2
+        draw.text((_PAD, max(y, top + r * row_h)), label, fill=(0, 0, 0), font=FONT)
+    return canvas, layout

@@ -16,6 +16,7 @@ Example::
 from __future__ import annotations
 
 import gzip
+import logging
 import os
 import zlib
 from dataclasses import dataclass
@@ -53,7 +54,9 @@ _RESIZE_CHUNK = 4096
 _LUMA = (0.299, 0.587, 0.114)
 
 
-__all__ = ["DataSourceError", "ImageSet", "load_source"]
+__all__ = ["DataSourceError", "ImageSet", "check_source", "folder_channels", "load_source"]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, eq=False)
@@ -343,17 +346,13 @@ def _class_dirs(directory: Path) -> list[Path]:
     return sorted(p for p in directory.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def load_folder(cfg: DataConfig, split: str) -> ImageSet:
-    """Images from ``data.root``, laid out like torchvision's ``ImageFolder`` or flat.
+def _is_gray_mode(mode: str) -> bool:
+    """Whether :func:`_read_image` reads a file of this PIL mode as one channel (the header tells)."""
+    return mode in ("1", "L", "LA", "La", "F") or mode.startswith("I")
 
-    ``root/<class>/**/*.png`` gives labels from the sorted class folder names; a folder of images with no
-    subfolders gives unlabeled data. With ``root/train`` and ``root/test`` both present these are the
-    splits (class names come from ``train/``); otherwise the whole folder is the training split and there is
-    no test split. Output channels are ``data.channels``, else 1 when every image is grayscale, else 3.
-    """
-    root = Path(str(cfg.root))
-    if not root.is_dir():
-        raise DataSourceError(f"image folder data.root={root} does not exist or is not a directory")
+
+def _folder_files(root: Path, split: str) -> tuple[list[Path], list[int], tuple[str, ...] | None]:
+    """The files of one split of an image folder, their labels and the class names (None: unlabeled)."""
     split_layout = (root / "train").is_dir() and (root / "test").is_dir()
     if not split_layout and split == "test":
         raise DataSourceError(
@@ -389,6 +388,99 @@ def load_folder(cfg: DataConfig, split: str) -> ImageSet:
         label_list = []
     if not files:
         raise DataSourceError(f"image folder {base} contains no images ({', '.join(IMAGE_EXTENSIONS)})")
+    return files, label_list, classes
+
+
+def _count_modes(files: list[Path]) -> tuple[int, int]:
+    """(grayscale, colour) files, read off the headers only (nothing is decoded)."""
+    gray = 0
+    for path in files:
+        try:
+            with Image.open(path) as im:
+                gray += _is_gray_mode(im.mode)
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+            raise DataSourceError(f"cannot read image {path}: {e}") from e
+    return gray, len(files) - gray
+
+
+def folder_channels(cfg: DataConfig) -> int:
+    """The channels every split of an image folder is read with, the same for train and test.
+
+    ``data.channels`` (1 or 3) when set: every image is converted to it. Otherwise (null, "auto") each
+    split's own mode, read off the file headers: 1 when every image of the split is grayscale, else 3 (the
+    grayscale images of a mixed split repeated into RGB, with a log line saying so); and the splits must
+    agree, since an encoder trained on one channel count cannot read the other: a folder whose train/ is
+    grayscale and test/ colour (or the reverse) is a DataSourceError that names both ways out.
+    """
+    if cfg.channels is not None:
+        return cfg.channels
+    root = Path(str(cfg.root))
+    if not root.is_dir():
+        raise DataSourceError(f"image folder data.root={root} does not exist or is not a directory")
+    splits = SPLITS if (root / "train").is_dir() and (root / "test").is_dir() else ("train",)
+    found: dict[str, tuple[int, int]] = {}
+    for split in splits:
+        gray, colour = found[split] = _count_modes(_folder_files(root, split)[0])
+        if gray and colour:
+            logger.info(
+                "image folder %s: %d grayscale and %d colour images; all read as RGB (data.channels=null); "
+                "--data.channels=1 reads them as grayscale",
+                root / split if len(splits) > 1 else root,
+                gray,
+                colour,
+            )
+    channels = {split: 3 if colour else 1 for split, (gray, colour) in found.items()}
+    if len(set(channels.values())) > 1:
+        say = {
+            split: f"{split}/ is {'RGB' if c == 3 else 'grayscale'} ({found[split][1]} of "
+            f"{sum(found[split])} images in colour)"
+            for split, c in channels.items()
+        }
+        raise DataSourceError(
+            f"image folder {root} has different channel modes in its splits: {say['train']} but "
+            f"{say['test']}; set --data.channels=1 (all read as grayscale) or --data.channels=3 (all as RGB)"
+        )
+    return channels["train"]
+
+
+def check_source(cfg: DataConfig, *, test: bool = True) -> None:
+    """Check a source before any work starts (the CLI calls it before a run directory exists).
+
+    For an image folder: its layout (both splits when ``test``: the kNN monitor's and ``synthkit eval``'s
+    labeled test split), every file's header and the channel mode across splits (:func:`folder_channels`),
+    without decoding any image. Other sources are checked when they are read (their files are few).
+
+    Raises:
+        DataSourceError: the problem, in one line.
+    """
+    if cfg.name != "folder":
+        return
+    root = Path(str(cfg.root))
+    if not root.is_dir():
+        raise DataSourceError(f"image folder data.root={root} does not exist or is not a directory")
+    _, _, classes = _folder_files(root, "train")
+    if test and classes is not None and not ((root / "train").is_dir() and (root / "test").is_dir()):
+        raise DataSourceError(
+            f"image folder {root} has class subfolders but no train/ and test/ splits: the kNN monitor "
+            f"(train.knn_every) reads labeled test images from {root / 'test'}; put the classes under "
+            f"{root / 'train'} and {root / 'test'}, or set --train.knn_every=0"
+        )
+    folder_channels(cfg)
+
+
+def load_folder(cfg: DataConfig, split: str) -> ImageSet:
+    """Images from ``data.root``, laid out like torchvision's ``ImageFolder`` or flat.
+
+    ``root/<class>/**/*.png`` gives labels from the sorted class folder names; a folder of images with no
+    subfolders gives unlabeled data. With ``root/train`` and ``root/test`` both present these are the
+    splits (class names come from ``train/``); otherwise the whole folder is the training split and there is
+    no test split. Output channels: :func:`folder_channels` (``data.channels``, else each split's own mode,
+    which must be the same in train and test).
+    """
+    root = Path(str(cfg.root))
+    if not root.is_dir():
+        raise DataSourceError(f"image folder data.root={root} does not exist or is not a directory")
+    files, label_list, classes = _folder_files(root, split)
     labels = torch.tensor(label_list, dtype=torch.int64) if classes is not None else None
 
     if split == "train":
@@ -397,8 +489,8 @@ def load_folder(cfg: DataConfig, split: str) -> ImageSet:
             files = [files[i] for i in keep]
             labels = labels[torch.from_numpy(keep)] if labels is not None else None
 
+    channels = folder_channels(cfg)
     arrays = [_read_image(p) for p in files]
-    channels = cfg.channels or (1 if all(a.ndim == 2 for a in arrays) else 3)
     images = torch.empty((len(arrays), channels, cfg.size, cfg.size), dtype=torch.uint8)
     # Batch the resize over images that share a shape; the output order stays that of ``files``.
     groups: dict[tuple[int, ...], list[int]] = {}

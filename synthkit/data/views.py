@@ -1,8 +1,9 @@
 """Differentiable, per-sample random views (SimCLR recipe, Chen et al. 2020) built on kornia.
 
-torchvision's v2 transforms draw one set of parameters per batch call, which would give every image in
-a batch the same crop; kornia draws them per sample and keeps the ops differentiable, which hard-sample
-generation needs: the generator's gradient flows back through the views (METHOD.md, HSG step 2).
+torchvision's v2 transforms draw one set of parameters per batch call, which would give every image in a batch
+the same crop; kornia draws them per sample and keeps the ops differentiable, which hard-sample generation
+needs: the generator's gradient flows back through the views (docs/method.md, "HSG with a conditional GAN",
+step 3).
 """
 
 from __future__ import annotations

@@ -40,6 +40,7 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5) -> tor
 
 
 def per_sample_hardness(per_view: torch.Tensor) -> torch.Tensor:
-    """Hardness of each of the N images: the mean loss of its two views as anchors (METHOD.md)."""
+    """Hardness of each of the N images: the mean loss of its two views as anchors (docs/method.md,
+    "Hardness")."""
     n = per_view.shape[0] // 2
     return 0.5 * (per_view[:n] + per_view[n:])

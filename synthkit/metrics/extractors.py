@@ -34,6 +34,7 @@ from synthkit.config import DataConfig
 from synthkit.data.sources import load_source, resize_images  # one resize for sources and audit
 from synthkit.encoders.backbones import build_backbone
 from synthkit.errors import ExtractorError
+from synthkit.progress import Phase
 from synthkit.provenance import created_by, sha256_file, state_dict_hash
 from synthkit.registry import EXTRACTORS
 
@@ -314,6 +315,8 @@ def train_classifier(
     n = len(train_set)
     steps = epochs * math.ceil(n / batch_size)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    phase = Phase(f"training the classifier, {epochs} epochs", steps, progress=progress, logger=logger)
+    phase.start()
     model.train()
     for epoch in range(epochs):
         perm = torch.randperm(n, generator=g)
@@ -327,6 +330,7 @@ def train_classifier(
             loss.backward()
             opt.step()
             sched.step()
+            phase.update()
             total += loss.item() * len(idx)
         logger.info("classifier epoch %d/%d: loss %.4f", epoch + 1, epochs, total / n)
     model.eval()
@@ -338,6 +342,8 @@ def train_classifier(
             ]
         )
     accuracy = (pred == test_set.labels).double().mean().item()
+    phase.result(test_accuracy=accuracy)
+    phase.close()
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     tmp = out.parent / f".{out.name}.tmp"
     if tmp.exists():

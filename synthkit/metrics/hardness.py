@@ -1,4 +1,4 @@
-"""Hardness of samples under a run's encoder and objective (METHOD.md's definition), for many samples.
+"""Hardness of samples under a run's encoder and objective (docs/method.md, "Hardness"), for many samples.
 
 The samples are scored in chunks of ``batch_size``, each next to the scorer's fixed real reference batch,
 with the chunk's views seeded by ``seed * 1_000_003 + first index``: the same chunking and seeding as

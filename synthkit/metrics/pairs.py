@@ -1,8 +1,8 @@
 """Positive pairs (HPG): the distribution of their similarity and its trend over generator steps.
 
-Hard positive pair generation (METHOD.md) lowers the target similarity of a pair as training goes on, so the
-similarity of exported pairs should fall with ``generator_step``. :func:`pair_similarity_summary` gives the
-distribution, the mean per step, and the least-squares slope of similarity against step.
+Hard positive pair generation (docs/method.md, "HPG") lowers the target similarity of a pair as training goes
+on, so the similarity of exported pairs should fall with ``generator_step``. :func:`pair_similarity_summary`
+gives the distribution, the mean per step, and the least-squares slope of similarity against step.
 
 Example::
 

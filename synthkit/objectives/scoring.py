@@ -1,11 +1,11 @@
 """Hardness and pair similarity of samples under a run's encoder and objective: one definition for all.
 
-METHOD.md: "Hardness of one sample := its per-sample CL loss under the current encoder." Here that loss is
-measured the way a training step would see the sample: the samples and a fixed, seeded batch of real images
-(``reference_batch``, ``train.batch_size`` of the training split) form one batch, every image gets two
-fresh random views, the run's objective scores the views (a generated pair's two images are one positive
-group of four views), and a sample's hardness is the mean loss of its two views as anchors. The encoder is
-in eval mode. Pair similarity is the cosine of the backbone features h(x_a), h(x_b), also in eval mode.
+docs/method.md, "Hardness": a sample's hardness is its per-sample CL loss under the current encoder. Here that
+loss is measured the way a training step would see the sample: the samples and a fixed, seeded batch of real
+images (``reference_batch``, ``train.batch_size`` of the training split) form one batch, every image gets two
+fresh random views, the run's objective scores the views (a generated pair's two images are one positive group
+of four views), and a sample's hardness is the mean loss of its two views as anchors. The encoder is in eval
+mode. Pair similarity is the cosine of the backbone features h(x_a), h(x_b), also in eval mode.
 
 The training loop's diffusion pools, ``synthkit generate``, encoder guidance and the audit's recomputed
 hardness all call this module, so "hardness" means the same number everywhere.
@@ -76,9 +76,10 @@ class Scorer:
     @torch.no_grad()
     def hardness(self, images: torch.Tensor, seed: int, groups: torch.Tensor | None = None) -> torch.Tensor:
         """Per-sample hardness of ``images`` (floats in [0, 1]); ``groups`` gives pair members one id (None:
-        every image its own). The views are drawn from ``seed``, leaving the caller's RNG alone."""
+        every image its own). The views are drawn from ``seed`` (modulo 2**63: the export derives it from
+        a seed up to 2**63 - 1 and a sample index), leaving the caller's RNG alone."""
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+            torch.manual_seed(seed % 2**63)
             return self.hardness_grad(images, groups).float()
 
     @torch.no_grad()

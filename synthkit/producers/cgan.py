@@ -1,12 +1,12 @@
 """The cGAN producer: HSG's hard-sample generator and HPG's pair of generators, with one discriminator.
 
-Wu et al., "Synthetic Data Can Also Teach", AAAI 2023, in our formulation (METHOD.md): one joint step is
-(a) one D step on real vs every generator's samples, (b) each generator's realism term with D frozen,
-(c) with HPG, the pair-similarity term of G_a and G_b under the fixed encoder, and (d) the encoder's pass
-over real, hard and pair views (``training/steps.py``), whose backward pass also carries (b) and (c) and,
-through a gradient reversal scaled by lambda_hard, trains the HSG generator to increase the encoder's loss.
-This module does (a)-(c) and hands (d) its chunks; the pieces are in ``hard_samples.py`` (G, D, EMA,
-losses) and ``positive_pairs.py`` (the pair, its target schedule).
+Wu et al., "Synthetic Data Can Also Teach", AAAI 2023, in our formulation (docs/method.md, "HSG with a
+conditional GAN"): one joint step is (a) one D step on real vs every generator's samples, (b) each generator's
+realism term with D frozen, (c) with HPG, the pair-similarity term of G_a and G_b under the fixed encoder, and
+(d) the encoder's pass over real, hard and pair views (``training/steps.py``), whose backward pass also
+carries (b) and (c) and, through a gradient reversal scaled by lambda_hard, trains the HSG generator to
+increase the encoder's loss. This module does (a)-(c) and hands (d) its chunks; the pieces are in
+``hard_samples.py`` (G, D, EMA, losses) and ``positive_pairs.py`` (the pair, its target schedule).
 
 Conditions are k-means pseudo-classes of the real images, refreshed every ``conditions.refresh_every``
 epochs (or true labels, or none). ``generator.pretrain_steps`` trains G and D on realism alone before the
@@ -18,6 +18,7 @@ discriminator and the conditions.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -65,6 +66,7 @@ from synthkit.producers.positive_pairs import (
     schedule_progress,
     target_similarity,
 )
+from synthkit.progress import Phase
 from synthkit.weights import load_into, load_state_dict, save_state_dict
 
 if TYPE_CHECKING:
@@ -79,6 +81,8 @@ HPG_PRODUCER = "hpg-cgan"
 # encoder's epochs never reach
 PRETRAIN_EPOCH_BASE = 1_000_000
 STATE_JSON = "producer_state.json"
+
+logger = logging.getLogger(__name__)
 
 
 def _weights_hash(path: str | None) -> str | None:
@@ -245,13 +249,32 @@ class CGanProducer(Producer):
         """
         ctx = self.ctx
         assert ctx is not None
-        acc, device, steps = ctx.accelerator, ctx.accelerator.device, self.gen_cfg.pretrain_steps
+        acc, steps = ctx.accelerator, self.gen_cfg.pretrain_steps
         if self.hsg is not None:
             gen, opt, ema = self.g_ddp, self.opt_g, self.hsg.ema
         else:
             assert self.pairs is not None
             gen, opt, ema = self.ga_ddp, self.opt_pair, self.pairs.ema_a
         b_fake = self.b_syn if self.hsg is not None else 2 * self.b_pair
+        which = "cGAN" if self.hsg is not None else "cGAN (G_a)"
+        phase = Phase(
+            f"pretraining {which}",
+            steps,
+            progress=ctx.progress,
+            logger=logger,
+            main=acc.is_main_process,
+            detail=f" of realism alone, {b_fake} samples a step",
+        )
+        with phase:
+            self._pretrain_steps(phase, gen, opt, ema, b_fake)
+        if self.pairs is not None:  # G_a and G_b start from the pre-trained G's EMA, as from an init_run
+            state = {k: v.detach().clone() for k, v in ema.module.state_dict().items()}
+            self.pairs.restart_from(state, seed=self.cfg.train.seed)
+
+    def _pretrain_steps(self, phase: Phase, gen: nn.Module, opt: Any, ema: Any, b_fake: int) -> None:
+        ctx = self.ctx
+        assert ctx is not None
+        acc, device, steps = ctx.accelerator, ctx.accelerator.device, self.gen_cfg.pretrain_steps
         done, pass_ = 0, 0
         while done < steps:
             for idx, images in ctx.batches.epoch(PRETRAIN_EPOCH_BASE + pass_):
@@ -271,15 +294,14 @@ class CGanProducer(Producer):
                 ema.update_parameters(acc.unwrap_model(gen))
                 done += 1
                 self.generator_steps += 1
+                phase.update()
                 if done % self.cfg.train.log_every == 0 or done == steps:
-                    losses = {"loss_d": loss_d.item(), "loss_g_adv": loss_g.item()}
-                    ctx.log({"pretrain_step": done, **reduce_values(losses, device)})
+                    losses = reduce_values({"loss_d": loss_d.item(), "loss_g_adv": loss_g.item()}, device)
+                    ctx.log({"pretrain_step": done, **losses})
+                    phase.result(**losses)
                 if done == steps:
                     break
             pass_ += 1
-        if self.pairs is not None:  # G_a and G_b start from the pre-trained G's EMA, as from an init_run
-            state = {k: v.detach().clone() for k, v in ema.module.state_dict().items()}
-            self.pairs.restart_from(state, seed=self.cfg.train.seed)
 
     def contribute(self, batch: StepInput) -> Contribution:
         """(a) the D step, (b) realism and (c) the pair term; the chunks for the encoder's pass (d)."""

@@ -1,6 +1,6 @@
 """Conditions without labels: k-means pseudo-classes over the encoder's backbone features.
 
-METHOD.md, "Conditions without labels". Clusters are refreshed as the encoder improves; each refresh is
+docs/method.md, "Conditions without labels". Clusters are refreshed as the encoder improves; each refresh is
 matched to the previous assignment (Hungarian matching on the overlap of the two labelings), so that
 condition id j keeps meaning roughly the same group of images and the generator's class embeddings stay
 useful across refreshes.

@@ -1,6 +1,6 @@
 """The diffusion producer: encoder-guided hard samples and branched positive pairs from a conditional UNet.
 
-METHOD.md, "The same two producers with diffusion". Sampling a diffusion model costs tens of UNet passes
+docs/method.md, "The same two producers with diffusion". Sampling a diffusion model costs tens of UNet passes
 per image, so instead of a generator step per encoder step the producer refreshes a synthetic *pool*:
 
 1. for the warm-up epochs (the earliest of ``hsg.warmup_epochs`` / ``hpg.warmup_epochs``) the encoder trains
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,7 +38,6 @@ import torch.nn.functional as F
 from diffusers import DDPMScheduler, UNet2DModel
 from diffusers.training_utils import EMAModel
 from torch import nn
-from tqdm.auto import tqdm
 
 from synthkit.config import DiffusionConfig, PipelineConfig, to_dict
 from synthkit.data.batches import FIT_EPOCH, REFERENCE_EPOCH, MemoryBatches, MixBatches, sample_images
@@ -81,6 +81,7 @@ from synthkit.producers.diffusion_sampling import (
     t_split_at,
 )
 from synthkit.producers.hard_samples import hsg_lambda
+from synthkit.progress import Phase
 from synthkit.provenance import state_dict_hash
 from synthkit.shards import iter_samples
 from synthkit.weights import cpu_state, load_into, load_state_dict, save_state_dict
@@ -97,6 +98,8 @@ POOLS_DIR = "pools"
 STATE_JSON = "producer_state.json"
 #: unguided samples the naive baseline draws from (made once: a diffusion model cannot sample every step)
 NAIVE_POOL = 1024
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -336,7 +339,14 @@ class DiffusionProducer(Producer):
         scheduler = DDPMScheduler.from_config(self.scheduler_config)
         g = torch.Generator(device=acc.device).manual_seed(cfg.train.seed * 1009 + 7919 * (rank + 1))
         step, epoch, last = 0, 0, float("nan")
-        bar = tqdm(total=d.train_steps, desc="diffusion", disable=not (ctx.progress and acc.is_main_process))
+        bar = Phase(
+            "diffusion stage 1 (UNet on the real images)",
+            d.train_steps,
+            progress=ctx.progress,
+            logger=logger,
+            main=acc.is_main_process,
+            detail=f", batch {d.batch_size}",
+        ).start()
         self.model_ddp.train()
         while step < d.train_steps:
             for idx, images in batches.epoch(epoch):
@@ -359,8 +369,10 @@ class DiffusionProducer(Producer):
                 if step >= d.train_steps:
                     break
             epoch += 1
+        final = reduce_values({"diffusion_final_loss": last}, acc.device)
+        ctx.log({"stage": "diffusion", **final})
+        bar.result(loss_diffusion=final["diffusion_final_loss"])
         bar.close()
-        ctx.log({"stage": "diffusion", **reduce_values({"diffusion_final_loss": last}, acc.device)})
         self.ema.copy_to(self.unet.parameters())
         self.trained_steps = d.train_steps
         self.stage1_done = True
@@ -388,6 +400,15 @@ class DiffusionProducer(Producer):
             )
             reference = reference_batch(real, cfg.train.batch_size, cfg.train.seed).to(acc.device)
             scorer = Scorer(encoder, ctx.views, ctx.objective, reference)
+            what = " and ".join(f"{n} {k}" for k, n in self.pool_counts.items() if n)
+            phase = Phase(
+                f"sampling the pool of epoch {epoch + 1}",
+                sum(self.pool_counts.values()),
+                "img",
+                progress=ctx.progress,
+                logger=logger,
+                detail=f" ({what}; guidance {self.guidance_scale:.3g}, t_split {self.t_split:.3g})",
+            ).start()
             res = write_samples(
                 pool_dir,
                 "pool",
@@ -401,6 +422,7 @@ class DiffusionProducer(Producer):
                     "config": to_dict(cfg),
                     "producer": {"name": "diffusion-pool", "epoch": epoch},
                 },
+                progress=phase.update,
             )
             rec: dict[str, Any] = {
                 "epoch": epoch,
@@ -414,6 +436,14 @@ class DiffusionProducer(Producer):
                 rec["pool_pair_similarity"] = sum(res.pair_similarity) / len(res.pair_similarity)
             self.pools.append(rec)
             ctx.log(rec)
+            phase.result(
+                **{
+                    k.removeprefix("pool_"): rec[k]
+                    for k in ("pool_hardness", "pool_pair_similarity")
+                    if k in rec
+                }
+            )
+            phase.close()
         acc.wait_for_everyone()
         self.pool, self.pool_dir = read_pool(pool_dir), pool_dir
 
@@ -676,15 +706,16 @@ class DiffusionProducer(Producer):
         a naive run with ``train.seed=seed`` trains on, so that it can be audited afterwards."""
         self.unet.to(device)
         g = chunk_generator(seed, "naive", 0, device=device)
-        return ddim_sample(
-            self.unet,
-            self.scheduler_config,
-            self.draw_conditions(NAIVE_POOL, g),
-            generator=g,
-            steps=self.d.ddim_steps,
-            eta=self.d.ddim_eta,
-            n=NAIVE_POOL,
-        )
+        with Phase("sampling the naive baseline's pool", NAIVE_POOL, "img", progress=False, logger=logger):
+            return ddim_sample(
+                self.unet,
+                self.scheduler_config,
+                self.draw_conditions(NAIVE_POOL, g),
+                generator=g,
+                steps=self.d.ddim_steps,
+                eta=self.d.ddim_eta,
+                n=NAIVE_POOL,
+            )
 
     def sampler(self, seed: int) -> Callable[[int, torch.device], torch.Tensor]:
         """Unguided samples for the naive baseline: the pool of :meth:`naive_pool`, made once, from which

@@ -1,7 +1,7 @@
 """The paper's two producers on a diffusion model: encoder-guided hard samples and branched positive pairs.
 
 Wu, Wang, Zeng, Shi, Hu, "Synthetic Data Can Also Teach", AAAI 2023, realised with DDIM sampling (Song,
-Meng, Ermon, ICLR 2021) of a conditional UNet (METHOD.md, "The same two producers with diffusion"):
+Meng, Ermon, ICLR 2021) of a conditional UNet (docs/method.md, "The same two producers with diffusion"):
 
 - HSG by guidance: at each DDIM step the UNet's prediction of the clean image x0 is moved along the
   gradient of the current encoder's per-sample NT-Xent loss on differentiable views of it (ascent: harder),

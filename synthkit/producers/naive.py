@@ -1,11 +1,12 @@
 """The naive-synthetic baseline as a producer: a frozen generator, another run's or your own.
 
-METHOD.md's first baseline: synthetic data from a generator trained once on the same unlabeled data, not
-customised for the encoder. ``generator.run`` names a finished run, whose published producer (verified)
-serves unguided samples (``Producer.sampler``: a cGAN's EMA generator, a diffusion model's unguided DDIM
-samples); or ``generator.builder`` + ``generator.weights`` name your own generator (as for the cGAN
-producer). Every encoder step mixes ``generator.synthetic_ratio`` x B of its samples in as plain instances.
-Nothing of the frozen generator trains, and this run publishes nothing of it (its outputs name it).
+The first baseline of docs/method.md ("Baselines every comparison needs"): synthetic data from a generator
+trained once on the same unlabeled data, not customised for the encoder. ``generator.run`` names a finished
+run, whose published producer (verified) serves unguided samples (``Producer.sampler``: a cGAN's EMA
+generator, a diffusion model's unguided DDIM samples); or ``generator.builder`` + ``generator.weights`` name
+your own generator (as for the cGAN producer). Every encoder step mixes ``generator.synthetic_ratio`` x B of
+its samples in as plain instances. Nothing of the frozen generator trains, and this run publishes nothing of
+it (its outputs name it).
 """
 
 from __future__ import annotations

@@ -36,6 +36,11 @@ from synthkit.shards.writer import ShardSetWriter
 PRODUCER = "convert"
 KIND = "real"
 
+#: ``shards convert``'s default side length per source: the size synthkit's own pipelines train it at
+#: (``pipelines/*.yaml``; a test keeps the two in step), so a converted set mixes with the run it is for.
+#: A source not listed gets ``DataConfig``'s default; ``--pipeline`` takes the size of the run it is for.
+TRAINING_SIZES = {"digits": 16, "fashion-mnist": 28, "cifar10": 32, "cifar100": 32, "folder": 28}
+
 
 def default_name(data_cfg: DataConfig, split: str) -> str:
     """The set name (shard file and sample-key prefix) when none is given: ``SOURCE-SIZEpx-DIGEST-SPLIT``,

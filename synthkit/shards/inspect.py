@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
-from synthkit.images import common_shape, condition_grid
+from synthkit.images import Panel, labelled_grid
 from synthkit.shards import location as loc
 from synthkit.shards.format import ShardError, printable
 from synthkit.shards.reader import iter_samples, open_set
@@ -80,52 +81,144 @@ def _open_set(directory: str | os.PathLike[str]) -> tuple[str, dict[str, Any]]:
     return shard_set.location, shard_set.manifest
 
 
+#: the grid's panel of each sample kind (a column group; other kinds get a panel of their own name)
+KIND_PANELS = {"hard": "hard samples", "pair_a": "positive pairs, a | b", "pair_b": "positive pairs, a | b"}
+REAL_ROW = 10  # real images in the grid's comparison row
+
+
+def _ascii(value: Any, limit: int = 28) -> str:
+    """Text from the set for the grid's bitmap font: printable, ASCII, at most ``limit`` characters."""
+    text = printable(value).encode("ascii", "backslashreplace").decode("ascii")
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 class _Grid:
-    """The first ``per_row`` images of every condition and every class, and the first block of the set."""
+    """The first ``per_row`` images of every condition and every class, and the first block of the set, each
+    split by panel (the sample's kind: hard samples, pairs, real images, ...), in set order."""
 
     def __init__(self, per_row: int) -> None:
         self.per_row = per_row
-        self.by_condition: dict[Any, list[np.ndarray]] = {}
-        self.by_cls: dict[Any, list[np.ndarray]] = {}
-        self.first: list[np.ndarray] = []
+        self.by_condition: dict[Any, dict[str, list[np.ndarray]]] = {}
+        self.by_cls: dict[Any, dict[str, list[np.ndarray]]] = {}
+        self.first: dict[str, list[np.ndarray]] = {}
+        self.panels: list[str] = []  # in the order the set first shows them
 
-    def add(self, image: np.ndarray, condition: Any, has_condition: bool, cls: int | None) -> None:
+    def add(self, image: np.ndarray, condition: Any, has_condition: bool, cls: int | None, kind: Any) -> None:
+        panel = KIND_PANELS.get(kind) if isinstance(kind, str) else None
+        panel = panel or _ascii(kind if kind is not None else "samples")
+        if panel not in self.panels:
+            self.panels.append(panel)
+        # a pair panel keeps whole pairs: an even number of tiles
+        limit = self.per_row - self.per_row % 2 if panel == KIND_PANELS["pair_a"] else self.per_row
+        limit = max(limit, 2) if panel == KIND_PANELS["pair_a"] else limit
         if has_condition:
-            self._keep(self.by_condition.setdefault(condition, []), image, self.per_row)
+            self._keep(self.by_condition.setdefault(condition, {}).setdefault(panel, []), image, limit)
         if cls is not None:
-            self._keep(self.by_cls.setdefault(cls, []), image, self.per_row)
-        self._keep(self.first, image, self.per_row * BLOCK_ROWS)
+            self._keep(self.by_cls.setdefault(cls, {}).setdefault(panel, []), image, limit)
+        self._keep(self.first.setdefault(panel, []), image, limit * BLOCK_ROWS)
 
     @staticmethod
     def _keep(bucket: list[np.ndarray], image: np.ndarray, limit: int) -> None:
         if len(bucket) < limit:
             bucket.append(image)
 
-    def rows(self) -> tuple[str, list[Any], list[list[np.ndarray]]]:
-        """Rows as (group_by, labels, images): by condition if a sample has one, else by cls, else a block."""
+    def rows(self) -> tuple[str, list[Any], list[dict[str, list[np.ndarray]]]]:
+        """Rows as (group_by, labels, images by panel): by condition if a sample has one, else by cls, else
+        blocks of ``per_row`` in set order."""
         for group_by, buckets in (("condition", self.by_condition), ("cls", self.by_cls)):
             if any(k is not None for k in buckets):
                 labels = sorted(buckets, key=_order)
                 return group_by, labels, [buckets[k] for k in labels]
-        chunks = [self.first[i : i + self.per_row] for i in range(0, len(self.first), self.per_row)]
+        n = max(len(v) for v in self.first.values()) if self.first else 0
+        step = self.per_row
+        chunks = [{p: v[i : i + step] for p, v in self.first.items()} for i in range(0, n, step)]
         return "none", [None] * len(chunks), chunks
 
 
-def _write_grid(grid: _Grid, set_dir: str, path: str | os.PathLike[str]) -> dict[str, Any]:
+def _real_images(manifest: dict[str, Any], real: str | None, root: str | None, size: tuple[int, int]) -> Any:
+    """The comparison row's real images and where they come from, or (None, why not).
+
+    ``real="auto"``: the source of the run that made the set (its manifest's ``data`` section), read only
+    from the source's own default location (a path from the set's manifest is never read); a source name:
+    that source (``root`` its data root); None: no real row.
+    """
+    from synthkit.config import DataConfig
+    from synthkit.data.sources import FASHION_MNIST_ROOT, load_source
+    from synthkit.errors import SynthkitError
+
+    if real is None:
+        return None, "not asked for"
+    if real == "auto":
+        data = (
+            (manifest.get("config") or {}).get("data") if isinstance(manifest.get("config"), dict) else None
+        )
+        if not isinstance(data, dict) or not isinstance(data.get("name"), str):
+            return None, "the manifest names no data source (--real NAME adds one)"
+        defaults = {"fashion-mnist": FASHION_MNIST_ROOT}
+        if data.get("root") is not None and data.get("root") != defaults.get(data["name"]):
+            # a path named by the set is never read: the user names it
+            return (
+                None,
+                f"the set's source {data['name']!r} has its own root: --real NAME --root DIR shows it",
+            )
+        name, root = data["name"], None
+    else:
+        name = real
+    try:
+        images = load_source(DataConfig(name=name, root=root, size=max(8, size[0])), "train").images
+    except (SynthkitError, ValueError, TypeError) as e:
+        return None, f"cannot read real images of {name!r}: {' '.join(str(e).split())}"
+    pick = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))[:REAL_ROW]
+    return list(images[pick.sort().values].permute(0, 2, 3, 1).numpy()), name
+
+
+def _write_grid(
+    grid: _Grid, set_dir: str, path: str | os.PathLike[str], real: list[np.ndarray] | None, real_from: str
+) -> dict[str, Any]:
     out = Path(path)
     group_by, labels, rows = grid.rows()
-    flat = [im for row in rows for im in row]
-    if not flat:
+    if not any(images for row in rows for images in row.values()):
         raise ShardError(f"{set_dir}: the set holds no samples, so there is no grid to draw")
-    images = np.stack(common_shape(flat))
-    row_of = np.array([r for r, row in enumerate(rows) for _ in row])
+    names = list(grid.panels)
+    pair = KIND_PANELS["pair_a"]
+    pair_width = max(2, grid.per_row - grid.per_row % 2)  # whole pairs
+    panels = [Panel(p, pair_width, pairs=True) if p == pair else Panel(p, grid.per_row) for p in names]
+    word = {"condition": "condition", "cls": "class"}.get(group_by, "samples")
+    table: list[tuple[str, list[list[np.ndarray]]]] = []
+    if real:
+        panels.insert(0, Panel(f"real ({_ascii(real_from, 20)})", grid.per_row))
+        table.append(("real", [real[: grid.per_row]]))
+    for i, (label, row) in enumerate(zip(labels, rows, strict=True)):
+        if group_by == "none":
+            text = f"{i * grid.per_row}-{(i + 1) * grid.per_row - 1}"
+        else:
+            text = f"{word} {_ascii(_label(label), 16)}"
+        table.append((text, ([[]] if real else []) + [row.get(p, []) for p in names]))
+    caption = {
+        "condition": "one row per condition",
+        "cls": "one row per class (cls)",
+        "none": "samples in set order",
+    }[group_by]
+    image, _ = labelled_grid(table, panels, caption=f"{_ascii(Path(set_dir).name, 40)}: {caption}")
     out.parent.mkdir(parents=True, exist_ok=True)
-    condition_grid(images, row_of, per_row=grid.per_row).save(out, format="PNG")
-    return {"path": str(out), "group_by": group_by, "rows": [_label(k) for k in labels]}
+    image.save(out, format="PNG")
+    return {
+        "path": str(out),
+        "group_by": group_by,
+        "rows": [_label(k) for k in labels],
+        "panels": [p.title for p in panels],
+        "real": real_from if real else None,
+        **({} if real else {"no_real_row": real_from}),
+    }
 
 
 def inspect_shard_set(
-    directory: str | os.PathLike[str], *, grid: str | os.PathLike[str] | None = None, per_row: int = 10
+    directory: str | os.PathLike[str],
+    *,
+    grid: str | os.PathLike[str] | None = None,
+    per_row: int = 10,
+    real: str | None = "auto",
+    root: str | None = None,
 ) -> dict[str, Any]:
     """Summarise a published shard set; optionally also draw its grid (same single pass over the set).
 
@@ -133,6 +226,8 @@ def inspect_shard_set(
         directory: the set directory; it must have a ``manifest.json``.
         grid: where to write a PNG grid (see :func:`inspect_grid`); never inside ``directory``.
         per_row: images per grid row.
+        real: the grid's row of real images: ``"auto"`` (the source the set's run trained on, when it can be
+            read from the source's default location), a source name (``root`` its data root), or None.
 
     Returns:
         A JSON-serialisable dict: ``dir``, ``name``, ``total``, ``shards``, ``producer`` (the manifest's),
@@ -183,7 +278,7 @@ def inspect_shard_set(
         sizes[f"{image.shape[0]}x{image.shape[1]}"] += 1
         modes["L" if image.shape[2] == 1 else "RGB"] += 1
         if collector is not None:
-            collector.add(image, condition, has_condition, cls)
+            collector.add(image, condition, has_condition, cls, meta.get("kind"))
 
     producer = manifest.get("producer")
     return {
@@ -197,24 +292,49 @@ def inspect_shard_set(
         "by_cls": _counts(classes),
         **{key: describe(v) if v else None for key, v in values.items()},
         "images": {"sizes": dict(sizes.most_common()), "modes": dict(modes.most_common())},
-        "grid": _write_grid(collector, set_dir, grid) if collector is not None else None,
+        "grid": _grid(collector, set_dir, grid, manifest, real, root, sizes)
+        if collector is not None
+        else None,
     }
 
 
-def inspect_grid(
-    directory: str | os.PathLike[str], path: str | os.PathLike[str], per_row: int = 10
+def _grid(
+    collector: _Grid,
+    set_dir: str,
+    path: str | os.PathLike[str],
+    manifest: dict[str, Any],
+    real: str | None,
+    root: str | None,
+    sizes: Counter,
 ) -> dict[str, Any]:
-    """Write a PNG grid of a shard set to ``path``: one row per condition, else per cls, else one block.
+    h, w = (int(v) for v in sizes.most_common(1)[0][0].split("x")) if sizes else (8, 8)
+    images, real_from = _real_images(manifest, real, root, (h, w))
+    return _write_grid(collector, set_dir, path, images, real_from)
 
-    Each row holds the first ``per_row`` samples (in set order) of its condition or class; a set with
-    neither gives a block of its first ``per_row`` x ``BLOCK_ROWS`` samples. Images of other sizes than the
-    most common one are resized to it. Drawn by :func:`synthkit.images.condition_grid` (2x nearest upscale,
-    1 px white border), so the PNG is ``rows * (H + 2) * 2`` pixels high. ``path`` may not lie inside the set.
+
+def inspect_grid(
+    directory: str | os.PathLike[str],
+    path: str | os.PathLike[str],
+    per_row: int = 10,
+    *,
+    real: str | None = "auto",
+    root: str | None = None,
+) -> dict[str, Any]:
+    """Write a PNG grid of a shard set to ``path`` that explains itself: one labelled row per condition,
+    else per cls, else rows in set order; one panel (column group, titled) per kind of sample (hard samples,
+    pairs with a and b side by side and marked, real images, ...); a first row of real images to compare
+    with (``real``: see :func:`inspect_shard_set`; the grid's ``no_real_row`` says why there is none).
+
+    Each row holds the first ``per_row`` samples (in set order) of its condition or class and kind; without
+    either, rows of ``per_row`` from the first ``per_row`` x ``BLOCK_ROWS`` samples. Images of other sizes
+    than the most common one are resized to it. Drawn by :func:`synthkit.images.labelled_grid` (2x nearest
+    upscale), ``synthkit.images.grid_height`` pixels high. ``path`` may not lie inside the set.
 
     Returns:
-        ``{"path", "group_by": "condition" | "cls" | "none", "rows": row labels}``.
+        ``{"path", "group_by": "condition" | "cls" | "none", "rows": row labels, "panels": titles,
+        "real": the real row's source or None, "no_real_row": why not (only without one)}``.
     """
-    return inspect_shard_set(directory, grid=path, per_row=per_row)["grid"]
+    return inspect_shard_set(directory, grid=path, per_row=per_row, real=real, root=root)["grid"]
 
 
 def format_summary(summary: dict[str, Any]) -> str:

@@ -304,7 +304,7 @@ def _train(
                 epoch_rec["knn_acc"] = run.knn_monitor(acc.unwrap_model(encoder_ddp), real, test)
             acc.wait_for_everyone()
         run.log(epoch_rec, namespace="epoch")
-        run.log_samples(shown, state.epoch)
+        run.log_samples(shown, state.epoch, real.images if real is not None else None)
         if run.is_main:  # a log record, with or without progress bars
             seconds = time.perf_counter() - started  # the steps and the monitor
             logger.info(epoch_line(state.epoch, cfg.train.epochs, state.step, epoch_rec, seconds))

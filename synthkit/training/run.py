@@ -36,7 +36,7 @@ from synthkit.atomic import check_output_dir, write_text_atomic
 from synthkit.config import PipelineConfig, dump_yaml, load_pipeline, to_dict
 from synthkit.encoders.model import extract_features
 from synthkit.errors import CheckpointError, OutputError, RunError
-from synthkit.images import rows_grid, to_uint8
+from synthkit.images import Panel, labelled_grid, to_uint8
 from synthkit.logs import format_values
 from synthkit.metrics.knn import knn_accuracy, knn_k_problem
 from synthkit.provenance import created_by
@@ -255,17 +255,29 @@ class Run:
         if self.is_main and (ns in ECHOED or any(k.endswith("_final_loss") for k in record)):
             logger.info("%s: %s", ns, format_values({k.split("/", 1)[1]: v for k, v in values.items()}))
 
-    def log_samples(self, contribution: Contribution | None, epoch: int) -> None:
-        """A grid of the synthetic images of the epoch's last step to the trackers (one row per chunk; a
-        pair chunk is a row of x_a over a row of x_b); nothing without trackers or synthetic images."""
+    def log_samples(
+        self, contribution: Contribution | None, epoch: int, real: torch.Tensor | None = None
+    ) -> None:
+        """A labelled grid of the epoch's last step to the trackers: real training images (``real``, uint8
+        N x C x H x W, when given), then each synthetic chunk in a panel of its own (pairs: a and b side by
+        side, marked); nothing without trackers or synthetic images."""
         if not (self.trackers and self.is_main and contribution is not None and contribution.chunks):
             return
-        rows = []
+        panels, groups, per = [], [], GRID_PER_ROW // 2  # three panels of 16 would be too wide to read
+        if real is not None and len(real):
+            panels.append(Panel("real", per))
+            groups.append(list(real[:per].permute(0, 2, 3, 1).cpu().numpy()))
         for chunk in contribution.chunks:
-            rows.append(list(to_uint8(chunk.images[:GRID_PER_ROW].float())))
-            if chunk.partner is not None:
-                rows.append(list(to_uint8(chunk.partner[:GRID_PER_ROW].float())))
-        log_image(self.accelerator, "samples/grid", rows_grid(rows, scale=2), self.step, epoch)
+            if chunk.partner is None:
+                panels.append(Panel(f"synthetic ({chunk.name})", per))
+                groups.append(list(to_uint8(chunk.images[:per].float())))
+            else:
+                k = per // 2
+                pairs = torch.stack([chunk.images[:k], chunk.partner[:k]], dim=1).flatten(0, 1)
+                panels.append(Panel("positive pairs, a | b", 2 * k, pairs=True))
+                groups.append(list(to_uint8(pairs.float())))
+        grid, _ = labelled_grid([(f"epoch {epoch}", groups)], panels)
+        log_image(self.accelerator, "samples/grid", grid, self.step, epoch)
 
     def records(self) -> list[dict[str, Any]]:
         """The records of ``metrics.jsonl``. A last line cut short by a kill is dropped; any other line that

@@ -3,7 +3,7 @@
 The loop and the step benchmark both call :class:`EncoderStep`. The producer's contribution (its synthetic
 chunks, its generator loss and the optimizers of that loss) rides on the same backward pass: for HSG the
 hard chunk reaches the encoder through a gradient reversal, so the one pass gives the encoder its descent on
-the contrastive loss and the generator its ascent (METHOD.md, "HSG with a conditional GAN"). Rows of the
+the contrastive loss and the generator its ascent (docs/method.md, "HSG with a conditional GAN"). Rows of the
 per-view losses are [view 1 of every image, view 2 of every image], images in chunk order [real, chunks...];
 a chunk with a partner (a pair's b images) forms positive groups of four views with it.
 

@@ -14,6 +14,7 @@ import webdataset as wds
 from PIL import Image
 
 from synthkit.cli import main
+from synthkit.images import grid_height
 
 
 def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -284,8 +285,8 @@ def test_preview_grid_has_one_row_per_condition(trained_run: Path, tmp_path: Pat
     grid = np.asarray(Image.open(out / "preview.png"))
     urls = sorted(str(p) for p in out.glob("*.tar"))
     conds = {json.loads(m)["condition"] for (m,) in wds.WebDataset(urls, shardshuffle=False).to_tuple("json")}
-    # each row is (16 + 2) px tall before the 2x upscale
-    assert grid.shape[0] == len(conds) * 18 * 2
+    # a labelled row per condition (hard samples only: no pair marks), with the 16 px tiles upscaled 2x
+    assert grid.shape[0] == grid_height(len(conds), 16 * 2, caption=True, pairs=False)
 
 
 def test_rgb_pipeline_trains_and_exports_rgb(tiny_pipeline: Path, tmp_path: Path, capsys) -> None:

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 from synthkit.cli import main
 from synthkit.shards import read_manifest
@@ -80,5 +81,10 @@ def test_the_training_monitor_warns_once(tmp_path: Path, caplog) -> None:
 @pytest.mark.slow
 def test_quickstart_json(tmp_path: Path, capsys) -> None:
     res = _json(capsys, "quickstart", "--out", str(tmp_path / "q"), "--json", "--no-progress",
-                "--train.epochs=1", "--export.n=20")  # fmt: skip
+                "--train.epochs=1", "--export.n=20", "--generator.pretrain_steps=4")  # fmt: skip
     assert res["samples"] == 20 and res["verified"] is True and "text" not in res
+    # the pre-trained GAN is the HSG run's start and the naive set's generator; the comparison shows both
+    assert res["pretrain_steps"] == 4 and Path(res["naive_dir"], "manifest.json").is_file()
+    config = yaml.safe_load(Path(res["run_dir"], "config.yaml").read_text())
+    assert config["generator"]["init_run"] == res["gan_dir"] and config["generator"]["pretrain_steps"] == 0
+    assert Path(res["comparison"]).is_file() and Path(res["grid"]).is_file()

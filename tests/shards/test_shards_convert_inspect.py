@@ -13,6 +13,7 @@ from PIL import Image
 from synthkit.cli import main
 from synthkit.config import DataConfig, to_dict
 from synthkit.data.sources import load_source
+from synthkit.images import grid_height
 from synthkit.shards import ShardSetExistsError, ShardSetWriter, read_manifest, verify_shard_set
 from synthkit.shards.convert import convert_source
 from synthkit.shards.format import ShardError
@@ -194,10 +195,17 @@ def test_grid_has_one_row_per_condition(
     out, _, _ = hard_set
     info = inspect_grid(out, tmp_path / "grid.png", per_row=4)
     grid = Image.open(tmp_path / "grid.png")
-    h, w, scale = 12, 10, 2  # condition_grid's defaults: 1 px border each side, 2x upscale
+    h, scale = 12, 2  # labelled_grid's 2x upscale
     assert info["group_by"] == "condition" and info["rows"] == ["0", "1", "2"]
-    assert grid.size == (4 * (w + 2) * scale, 3 * (h + 2) * scale)
+    # a panel per kind, in the set's order; the pair panel marks a and b (a line of its own)
+    assert info["panels"] == ["hard samples", "positive pairs, a | b"]
+    assert info["real"] is None and "no data source" in info["no_real_row"]  # this manifest names none
+    assert grid.height == grid_height(3, h * scale, caption=True, pairs=True)
     assert grid.mode == "RGB"
+    # asked for, a row of real images comes first, in a panel of its own
+    real = inspect_grid(out, tmp_path / "real.png", per_row=4, real="digits")
+    assert real["real"] == "digits" and real["panels"][0] == "real (digits)"
+    assert Image.open(tmp_path / "real.png").height == grid_height(4, h * scale, caption=True, pairs=True)
     assert sorted(p.name for p in out.iterdir()) == [
         "hard-000000.tar",
         "hard-000001.tar",
@@ -211,7 +219,9 @@ def test_grid_has_one_row_per_condition(
 def test_grid_rows_by_cls_or_as_one_block(digits_set: Path, write_set, tmp_path: Path) -> None:
     by_cls = inspect_grid(digits_set, tmp_path / "cls.png", per_row=5)
     assert by_cls["group_by"] == "cls" and len(by_cls["rows"]) == len(inspect_shard_set(digits_set)["by_cls"])
-    assert Image.open(tmp_path / "cls.png").height == len(by_cls["rows"]) * (8 + 2) * 2
+    assert Image.open(tmp_path / "cls.png").height == grid_height(
+        len(by_cls["rows"]), 8 * 2, caption=True, pairs=False
+    )
 
     items = [
         (f"u{i}", np.full((6, 6), i * 20, np.uint8), {"kind": "sample", "producer": "t"}, None)
@@ -220,13 +230,15 @@ def test_grid_rows_by_cls_or_as_one_block(digits_set: Path, write_set, tmp_path:
     plain = write_set("plain", items=items)
     block = inspect_grid(plain, tmp_path / "block.png", per_row=3)
     assert block["group_by"] == "none" and len(block["rows"]) == 3  # 7 samples in rows of 3
-    assert Image.open(tmp_path / "block.png").size == (3 * 8 * 2, 3 * 8 * 2)
+    assert Image.open(tmp_path / "block.png").height == grid_height(3, 6 * 2, caption=True, pairs=False)
 
 
 def test_grid_of_mixed_sizes_and_modes(write_set, tmp_path: Path) -> None:
     info = inspect_grid(write_set(), tmp_path / "mixed.png", per_row=3)  # conftest: sizes and modes vary
     assert info["rows"] == ["0", "1"]
-    assert Image.open(tmp_path / "mixed.png").size == (3 * (5 + 2) * 2, 2 * (4 + 2) * 2)
+    # the most common size (4 x 5) sets the tiles' height; hard samples and pair_a members: two panels
+    assert info["panels"] == ["hard samples", "positive pairs, a | b"]
+    assert Image.open(tmp_path / "mixed.png").height == grid_height(2, 4 * 2, caption=True, pairs=True)
 
 
 def test_grid_is_never_written_inside_the_set(digits_set: Path) -> None:
