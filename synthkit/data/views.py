@@ -113,7 +113,12 @@ class Views(nn.Module):
 
     # ------------------------------------------------------------------ the view
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() != 4 or x.shape[1] != self.channels or x.shape[-1] != self.size or x.shape[-2] != self.size:
+        if (
+            x.dim() != 4
+            or x.shape[1] != self.channels
+            or x.shape[-1] != self.size
+            or x.shape[-2] != self.size
+        ):
             raise ValueError(
                 f"views expect N x {self.channels} x {self.size} x {self.size} images, got {tuple(x.shape)}"
             )

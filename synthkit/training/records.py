@@ -70,9 +70,7 @@ class StepRecords:
         sees it: reduced over processes (tensors stay 0-d tensors on the device; floats stay floats with one
         process, become 0-d tensors with several). Values that are neither are passed through."""
         tensor_keys = tuple(k for k, v in record.items() if isinstance(v, torch.Tensor))
-        float_keys = tuple(
-            k for k, v in record.items() if isinstance(v, float) and not isinstance(v, bool)
-        )
+        float_keys = tuple(k for k, v in record.items() if isinstance(v, float) and not isinstance(v, bool))
         parts = [record[k].detach().reshape(1).float() for k in tensor_keys]
         out = dict(record)
         if self.world > 1:  # the floats join the vector: one all-reduce (mean) for all of them
