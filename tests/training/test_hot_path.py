@@ -78,7 +78,9 @@ def test_a_logging_iteration_reads_the_records_once(tmp_path: Path, monkeypatch:
     assert max(syncs) <= LOGGING_SYNC_BUDGET, syncs
 
 
-def test_a_step_launches_as_many_ops_at_any_batch_size(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_step_launches_as_many_ops_at_any_batch_size(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """No per-sample loop anywhere in a joint step (the views' crops were one): doubling the batch leaves the
     number of aten ops of an iteration unchanged."""
     common = ["--train.log_every=100000", "--hpg.enabled=true", "--hpg.warmup_epochs=1", "--data.subset=256"]
