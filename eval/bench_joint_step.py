@@ -30,6 +30,7 @@ from synthkit.encoders.model import Encoder
 from synthkit.objectives.base import build_objective
 from synthkit.producers.base import TrainContext
 from synthkit.producers.cgan import CGanProducer
+from synthkit.producers.positive_pairs import AdaptiveTarget
 from synthkit.training.steps import EncoderStep
 
 
@@ -79,6 +80,7 @@ def measure(
             print,
         )
         producer.prepare(acc)
+        producer.adaptive = AdaptiveTarget(cfg.hpg.adaptive_momentum)  # what for_training would set
         return step, producer
 
     (plain, _), (joint, producer), (enlarged, _) = build(False), build(True), build(False)
