@@ -56,7 +56,7 @@ def _rgb_to_hsv(x: torch.Tensor, eps: float = 1e-8) -> tuple[torch.Tensor, torch
 
 
 def _hsv_to_rgb(h: torch.Tensor, s: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    n = torch.tensor([5.0, 3.0, 1.0], device=h.device, dtype=h.dtype).view(1, 3, 1, 1)
+    n = torch.arange(5.0, 0.0, -2.0, device=h.device, dtype=h.dtype).view(1, 3, 1, 1)  # 5, 3, 1: no copy
     k = torch.remainder(n + 6.0 * h.unsqueeze(1), 6.0)
     ramp = torch.clamp(torch.minimum(k, 4.0 - k), 0.0, 1.0)
     return v.unsqueeze(1) - v.unsqueeze(1) * s.unsqueeze(1) * ramp

@@ -2,7 +2,7 @@
 
 An objective scores the encoder's projections of a batch of views: ``per_view`` returns one loss per view
 (rows: view 1 of every image, then view 2 of every image), with views of one *positive group* (an image's
-two views; a generated pair's four) as each other's positives. Hardness (METHOD.md) is then the same for
+two views; a generated pair's four) as each other's positives. Hardness (docs/method.md) is then the same for
 every objective: the mean loss of an image's two views, in a batch with real images
 (``objectives/scoring.py``). State kept between steps (MoCo's momentum encoder and queue) lives in the
 objective, which checkpoints and publishes it, so that a run's exported hardness is its own loss.

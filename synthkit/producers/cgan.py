@@ -1,6 +1,6 @@
 """The cGAN producer: HSG's hard-sample generator and HPG's pair of generators, with one discriminator.
 
-Wu et al., "Synthetic Data Can Also Teach", AAAI 2023, in our formulation (METHOD.md): one joint step is
+Wu et al., "Synthetic Data Can Also Teach", AAAI 2023, in our formulation (docs/method.md): one joint step is
 (a) one D step on real vs every generator's samples, (b) each generator's realism term with D frozen,
 (c) with HPG, the pair-similarity term of G_a and G_b under the fixed encoder, and (d) the encoder's pass
 over real, hard and pair views (``training/steps.py``), whose backward pass also carries (b) and (c) and,
@@ -230,13 +230,14 @@ class CGanProducer(Producer):
         if not self.num_classes:
             return None
         if self.conditions.centroids is None:
-            return self.conditions.labels[index].to(self.ctx.accelerator.device)
+            # non-blocking: a fresh host tensor, staged by the copy; the host does not wait for the device
+            return self.conditions.labels[index].to(self.ctx.accelerator.device, non_blocking=True)
         return self.conditions.assign(eval_features(self.ctx.encoder(), images))
 
     def _draw(self, n: int) -> torch.Tensor | None:
         assert self.conditions is not None and self.ctx is not None
         c = self.conditions.sample(n) if self.num_classes else None
-        return c.to(self.ctx.accelerator.device) if c is not None else None
+        return c.to(self.ctx.accelerator.device, non_blocking=True) if c is not None else None
 
     def realism(self, fake: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:
         """L_adv of a generator's samples with D frozen (the bare D: it receives no gradient here)."""

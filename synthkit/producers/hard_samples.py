@@ -4,7 +4,7 @@ Wu, Wang, Zeng, Shi, Hu, "Synthetic Data Can Also Teach: Synthesizing Effective 
 Visual Representation Learning", AAAI 2023: a generator trained jointly with the contrastive encoder in a
 min-max game keeps producing samples that are hard for the encoder's current state.
 
-Our formulation (METHOD.md): G minimises L_adv(G) - lambda_hard(t) * L_CL, the encoder minimises L_CL
+Our formulation (docs/method.md): G minimises L_adv(G) - lambda_hard(t) * L_CL, the encoder minimises L_CL
 on real + synthetic views. Both come from ONE encoder forward/backward: a gradient-reversal layer between
 G's output and the views hands the encoder its descent direction and G the (scaled) ascent direction on
 the same loss, i.e. simultaneous gradient descent-ascent. This keeps a joint step close to the cost of a

@@ -4,7 +4,7 @@ Wu, Wang, Zeng, Shi, Hu, "Synthetic Data Can Also Teach", AAAI 2023: a pair of g
 similar-but-distinct samples that form a positive pair, and the pair's similarity is lowered as training
 goes on, so that positives get harder as the encoder learns.
 
-Our formulation (METHOD.md): G_a and G_b take the same (z, c); G_b starts as a copy of G_a and is free to
+Our formulation (docs/method.md): G_a and G_b take the same (z, c); G_b starts as a copy of G_a and is free to
 drift (it starts perturbed by ``hpg.init_noise``: at s = 1 the cosine's gradient vanishes, so an exact
 copy could not be pushed apart by the pair term). With s = cos(h(x_a), h(x_b)) in the encoder's backbone
 space (the encoder fixed), the generators minimise

@@ -18,7 +18,9 @@ steps). Read top to bottom:
 2. encoder, views, objective and producer, all seeded alike on every process; prepared;
 3. resume from the newest checkpoint when asked, then the producer's start (e.g. GAN pre-training);
 4. per epoch: the producer's epoch work (conditions, pools), then per step the producer's contribution and
-   one encoder step that carries it (``training/steps.py``), its records averaged over processes;
+   one encoder step that carries it (``training/steps.py``), its records averaged over processes on the
+   device and read once per ``train.log_every`` steps (``training/records.py``: a non-finite record stops
+   the run at that read, naming the step it appeared at);
 5. per epoch: throughput, monitor (kNN), log, checkpoint;
 6. publish the final weights (encoder, objective, producer) and a summary.
 """

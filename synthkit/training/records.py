@@ -75,7 +75,8 @@ class StepRecords:
         out = dict(record)
         if self.world > 1:  # the floats join the vector: one all-reduce (mean) for all of them
             if float_keys:
-                parts.append(torch.tensor([record[k] for k in float_keys], device=self.device))
+                floats = torch.tensor([record[k] for k in float_keys])
+                parts.append(floats.to(self.device, non_blocking=True))  # staged, no wait
             tensor_keys, float_keys = tensor_keys + float_keys, ()
         vec = torch.cat(parts) if parts else torch.zeros(0, device=self.device)
         if self.world > 1 and len(vec):
