@@ -64,11 +64,13 @@ class StepRecords:
         self.layouts: dict[tuple[tuple[str, ...], tuple[str, ...]], _Layout] = {}
         self.steps = 0
         self._last: tuple[_Layout, torch.Tensor, dict[str, float]] | None = None
+        self._order: dict[str, None] = {}  # every key, in the order first seen (the log's order)
 
     def add(self, record: dict[str, Any], step: int) -> dict[str, Any]:
         """Record one step (``step``: the loop's step count after it); return the record as every process
         sees it: reduced over processes (tensors stay 0-d tensors on the device; floats stay floats with one
         process, become 0-d tensors with several). Values that are neither are passed through."""
+        self._order.update(dict.fromkeys(record))
         tensor_keys = tuple(k for k, v in record.items() if isinstance(v, torch.Tensor))
         float_keys = tuple(k for k, v in record.items() if isinstance(v, float) and not isinstance(v, bool))
         parts = [record[k].detach().reshape(1).float() for k in tensor_keys]
@@ -137,6 +139,8 @@ class StepRecords:
         last: dict[str, float] = dict(last_floats)
         if last_layout is not None:
             last.update(zip(last_layout.tensor_keys, flat[at:], strict=True))
+        last = {k: last[k] for k in self._order if k in last}
+        means = {k: means[k] for k in self._order if k in means}
         steps = max(1, self.steps)
         diverged = None
         if first:
