@@ -312,6 +312,14 @@ class CGanConfig(GeneratorConfig):
                 "starts the cGAN producers; it needs hsg.enabled or hpg.enabled",
             )
         if active:
+            # one backward pass carries the encoder's and the generators' losses, stepped by several
+            # optimizers: Accelerate's one GradScaler would step (and rescale) once per optimizer
+            _check(
+                cfg.train.mixed_precision != "fp16",
+                "train.mixed_precision",
+                "fp16 cannot train the cGAN producers (one GradScaler, several optimizers per step); "
+                "use bf16 (the GPU setting) or no",
+            )
             size = cfg.data.size
             ok = any(size % (2**n) == 0 and size // (2**n) >= 4 for n in (1, 2, 3))
             _check(ok, "data.size", f"{size} cannot be built by the cGAN (size = s * 2^n, s >= 4, n in 1..3)")

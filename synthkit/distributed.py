@@ -15,6 +15,13 @@ its projections is ``d(sum_s L_s)/dz_r = W dL/dz_r``; DDP then averages over the
 exactly ``dL/dtheta``, the one-process gradient. (Scoring every row on every process and returning the
 local slice without the all-reduce, as solo-learn does, gives the same loss value but ``dL/dtheta / W``.)
 
+Equal shares. In a training step every process holds the same layout of rows: ``train.batch_size / W``
+real images and the producer's chunks, whose sizes come from the config (the cGAN's ``b_syn`` and
+``b_pair``, the diffusion pool's draws), the same on every process; a producer that contributes is asked to
+keep it so (``producers/base.py``, ``Chunk``). The step's gathers therefore pass ``equal=True`` and exchange
+no sizes; the general functions (:func:`gather_rows` without it, :func:`gather_groups`) still accept
+unequal counts, at the price of an exchange and a host read.
+
 Without an initialised process group (or with one process) every function here is the identity.
 
 :class:`FailTogether` makes an error on one process end every process (see there).
@@ -72,17 +79,18 @@ class _GatherRows(torch.autograd.Function):
         return grad[start : start + ctx.sizes[ctx.rank]], None, None
 
 
-def gather_rows(x: torch.Tensor) -> tuple[torch.Tensor, slice]:
+def gather_rows(x: torch.Tensor, *, equal: bool = False) -> tuple[torch.Tensor, slice]:
     """The rows of ``x`` of every process, in rank order, and the slice that holds this process's rows.
 
     Differentiable: the gradient of any loss of the result reaches this process's ``x`` summed over what
     every process's loss sent to those rows (see the module docstring for why the sum is right under DDP).
-    Processes may hold different numbers of rows.
+    Processes may hold different numbers of rows; ``equal=True`` says they hold the same number (a training
+    step's shares: see below), which saves exchanging the counts (a collective and a host read per call).
     """
     rank, size = world()
     if size == 1:
         return x, slice(0, len(x))
-    sizes = _row_counts(len(x), x.device)
+    sizes = [len(x)] * size if equal else _row_counts(len(x), x.device)
     start = sum(sizes[:rank])
     return _GatherRows.apply(x, sizes, rank), slice(start, start + len(x))
 
@@ -101,6 +109,19 @@ def gather_groups(groups: torch.Tensor) -> torch.Tensor:
     parts = _gather_padded(local, sizes)
     offsets = [sum(spans[:r]) for r in range(size)]
     return torch.cat([p + o for p, o in zip(parts, offsets, strict=True)])
+
+
+@torch.no_grad()
+def global_groups(groups: torch.Tensor) -> torch.Tensor:
+    """Every process's positive-group ids (non-negative, equal counts on every process), made globally
+    unique without exchanging sizes or spans: id g of rank r becomes ``g * W + r``. Equality within a process
+    is kept and no two processes share an id; unlike :func:`gather_groups` the ids are not contiguous (a
+    loss only compares them)."""
+    rank, size = world()
+    if size == 1:
+        return groups
+    local = groups.long() * size + rank
+    return torch.cat(_gather_padded(local, [len(local)] * size))
 
 
 @torch.no_grad()

@@ -46,10 +46,19 @@ class MomentumEncoder(nn.Module):
 
     @torch.no_grad()
     def update(self, encoder: nn.Module, m: float) -> None:
-        for pk, pq in zip(self.key_encoder.parameters(), encoder.parameters(), strict=True):
-            pk.mul_(m).add_(pq.detach(), alpha=1.0 - m)
-        for bk, bq in zip(self.key_encoder.buffers(), encoder.buffers(), strict=True):
-            bk.copy_(bq)
+        """theta_k <- m theta_k + (1 - m) theta_q for every parameter in a few fused (``torch._foreach``)
+        kernels; buffers copied. Nothing is read back from the device."""
+        keys = list(self.key_encoder.parameters())
+        queries = [p.detach() for p in encoder.parameters()]
+        if len(keys) != len(queries):
+            raise ValueError("the momentum encoder and the encoder have different parameters")
+        torch._foreach_lerp_(keys, queries, 1.0 - m)
+        key_buffers = list(self.key_encoder.buffers())
+        query_buffers = list(encoder.buffers())
+        if len(key_buffers) != len(query_buffers):
+            raise ValueError("the momentum encoder and the encoder have different buffers")
+        if key_buffers:
+            torch._foreach_copy_(key_buffers, query_buffers)
 
     @torch.no_grad()
     def enqueue(self, keys: torch.Tensor) -> None:

@@ -22,9 +22,17 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from synthkit.losses.precision import float32
+
 
 def moco_per_view(
-    q: torch.Tensor, k: torch.Tensor, groups: torch.Tensor, queue: torch.Tensor, temperature: float = 0.2
+    q: torch.Tensor,
+    k: torch.Tensor,
+    groups: torch.Tensor,
+    queue: torch.Tensor,
+    temperature: float = 0.2,
+    *,
+    validate: bool = True,
 ) -> torch.Tensor:
     """Per-query losses, shape (M,).
 
@@ -34,6 +42,11 @@ def moco_per_view(
         groups: M group ids; the keys of the other views of a query's group are its positives.
         queue: Q x D negative keys (need not be normalised).
         temperature: tau.
+        validate: check that every query has a positive (a host sync; off for groups that hold two views
+            or more by construction, as the objective's).
+
+    Computed in float32 whatever the autocast (``synthkit.losses.precision``). ``queue`` is only read: the
+    caller may update it in place after the backward pass.
     """
     fits = q.shape == k.shape and groups.shape == (q.shape[0],)
     if not fits or queue.dim() != 2 or queue.shape[1] != q.shape[1]:
@@ -42,15 +55,17 @@ def moco_per_view(
             f"queue {tuple(queue.shape)}"
         )
     m = q.shape[0]
-    qn, kn = F.normalize(q.float(), dim=1), F.normalize(k.float(), dim=1)
-    nq = F.normalize(queue.float(), dim=1)
     eye = torch.eye(m, dtype=torch.bool, device=q.device)
     positives = (groups[:, None] == groups[None, :]) & ~eye
     n_pos = positives.sum(1)
-    if bool((n_pos == 0).any()):
+    if validate and bool((n_pos == 0).any()):
         raise ValueError("every group needs at least two views; some view has no positive")
-    s_keys = (qn @ kn.t() / temperature).masked_fill(~positives, float("-inf"))  # batch keys: positives only
-    s_queue = qn @ nq.t() / temperature
-    log_z = torch.logsumexp(torch.cat([s_keys, s_queue], dim=1), dim=1, keepdim=True)
-    log_prob = s_keys - log_z
-    return -(log_prob.masked_fill(~positives, 0.0).sum(1) / n_pos)
+    with float32(q):  # similarities and logsumexp in float32 whatever the autocast
+        qn, kn = F.normalize(q.float(), dim=1), F.normalize(k.float(), dim=1)
+        # the normalised copy is what backward keeps: an in-place update of ``queue`` later is safe
+        nq = F.normalize(queue.float(), dim=1)
+        s_keys = (qn @ kn.t() / temperature).masked_fill(~positives, float("-inf"))  # batch keys: positives
+        s_queue = qn @ nq.t() / temperature
+        log_z = torch.logsumexp(torch.cat([s_keys, s_queue], dim=1), dim=1, keepdim=True)
+        log_prob = s_keys - log_z
+        return -(log_prob.masked_fill(~positives, 0.0).sum(1) / n_pos)

@@ -21,9 +21,16 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from synthkit.losses.precision import float32
+
 
 def multi_positive_nt_xent_per_view(
-    z: torch.Tensor, groups: torch.Tensor, temperature: float = 0.5, *, anchors: slice | None = None
+    z: torch.Tensor,
+    groups: torch.Tensor,
+    temperature: float = 0.5,
+    *,
+    anchors: slice | None = None,
+    validate: bool = True,
 ) -> torch.Tensor:
     """Per-view losses, shape (M,), or (len(anchors),) with ``anchors``.
 
@@ -35,6 +42,11 @@ def multi_positive_nt_xent_per_view(
         anchors: the rows whose losses are returned (default: all). Every row is a candidate either way;
             under data parallelism ``z`` is the global batch and ``anchors`` this process's rows
             (``synthkit.distributed``), which costs len(anchors) x M similarities instead of M x M.
+        validate: check that every anchor has a positive (a ValueError if not). The check reads a value
+            back from the device (a host sync); callers whose groups hold two views or more by construction
+            (``view_groups`` ids of two stacked view sets, as every objective passes) turn it off.
+
+    Computed in float32 whatever the autocast (``synthkit.losses.precision``).
     """
     if z.dim() != 2 or groups.shape != (z.shape[0],):
         raise ValueError(
@@ -42,18 +54,18 @@ def multi_positive_nt_xent_per_view(
         )
     m = z.shape[0]
     rows = slice(0, m) if anchors is None else anchors
-    zn = F.normalize(z.float(), dim=1)
-    logits = zn[rows] @ zn.t() / temperature
     index = torch.arange(m, device=z.device)
     eye = index[rows, None] == index[None, :]
-    logits = logits.masked_fill(eye, float("-inf"))
-    log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)
     positives = (groups[rows, None] == groups[None, :]) & ~eye
     n_pos = positives.sum(1)
-    if bool((n_pos == 0).any()):
+    if validate and bool((n_pos == 0).any()):
         raise ValueError("every group needs at least two views; some view has no positive")
-    # masked sum; the -inf on the diagonal is never selected
-    return -(log_prob.masked_fill(~positives, 0.0).sum(1) / n_pos)
+    with float32(z):  # logits and logsumexp in float32 whatever the autocast
+        zn = F.normalize(z.float(), dim=1)
+        logits = (zn[rows] @ zn.t() / temperature).masked_fill(eye, float("-inf"))
+        log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)
+        # masked sum; the -inf on the diagonal is never selected
+        return -(log_prob.masked_fill(~positives, 0.0).sum(1) / n_pos)
 
 
 def view_groups(sizes: list[int], paired: list[bool]) -> torch.Tensor:

@@ -15,6 +15,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from synthkit.losses.precision import float32
+
 
 def nt_xent_per_view(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5) -> torch.Tensor:
     """Per-view NT-Xent losses, shape (2N,): rows 0..N-1 are anchors z1, rows N..2N-1 anchors z2.
@@ -27,11 +29,12 @@ def nt_xent_per_view(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.
     if z1.shape != z2.shape or z1.dim() != 2:
         raise ValueError(f"z1 and z2 must both be N x D, got {tuple(z1.shape)} and {tuple(z2.shape)}")
     n = z1.shape[0]
-    z = F.normalize(torch.cat([z1, z2], dim=0).float(), dim=1)
-    logits = z @ z.t() / temperature
-    logits.fill_diagonal_(float("-inf"))
-    targets = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
-    return F.cross_entropy(logits, targets, reduction="none")
+    with float32(z1):  # logits and cross-entropy in float32 whatever the autocast
+        z = F.normalize(torch.cat([z1, z2], dim=0).float(), dim=1)
+        logits = z @ z.t() / temperature
+        logits.fill_diagonal_(float("-inf"))
+        targets = torch.cat([torch.arange(n, 2 * n, device=z.device), torch.arange(0, n, device=z.device)])
+        return F.cross_entropy(logits, targets, reduction="none")
 
 
 def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5) -> torch.Tensor:
@@ -41,6 +44,7 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5) -> tor
 
 def per_sample_hardness(per_view: torch.Tensor) -> torch.Tensor:
     """Hardness of each of the N images: the mean loss of its two views as anchors (docs/method.md,
-    "Hardness")."""
+    "Hardness"), in float32."""
     n = per_view.shape[0] // 2
+    per_view = per_view.float()
     return 0.5 * (per_view[:n] + per_view[n:])

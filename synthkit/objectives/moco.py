@@ -56,7 +56,9 @@ class MoCo(Objective):
     ) -> torch.Tensor:
         views = inputs if isinstance(inputs, torch.Tensor) else torch.cat(list(inputs))
         keys = self.momentum.keys(views.detach())
-        per_view = moco_per_view(z, keys, groups, self.momentum.queue.clone(), self.temperature)
+        # the queue itself, not a copy: the loss keeps only its normalised copy for backward, and the queue
+        # changes (in place) only in ``after_step``; groups hold two views or more by construction
+        per_view = moco_per_view(z, keys, groups, self.momentum.queue, self.temperature, validate=False)
         if train:
             n_images = z.shape[0] // 2
             # the second views' keys, as MoCo enqueues one key per image, and the sizes of their chunks
@@ -76,7 +78,7 @@ class MoCo(Objective):
         world = accelerator.num_processes
         if world > 1:  # rank-major from the gather -> chunk-major (every process's real keys first)
             gathered = accelerator.gather(keys).view(world, len(keys), -1)
-            bounds = torch.tensor([0, *self._pending_chunks]).cumsum(0).tolist()
+            bounds = [0, *itertools.accumulate(self._pending_chunks)]
             keys = torch.cat([gathered[:, a:b].flatten(0, 1) for a, b in itertools.pairwise(bounds)])
         self.momentum.enqueue(keys)
         self._pending = None

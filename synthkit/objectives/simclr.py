@@ -4,7 +4,8 @@ Every view's positives are the other views of its group; with groups of two this
 (``losses/nt_xent.py``), with larger groups (a generated pair's four views) the supervised-contrastive form
 (``losses/multi_positive.py``). SimCLR keeps no state between steps. Under data parallelism the negatives are
 the whole global batch, as in the paper: every process's projections are gathered (``synthkit.distributed``)
-and each process scores its own views against all of them.
+and each process scores its own views against all of them. The loss is computed in float32 whatever the
+autocast (``synthkit.losses``); the projections are gathered in float32.
 """
 
 from __future__ import annotations
@@ -14,9 +15,8 @@ from typing import ClassVar
 
 import torch
 
-from synthkit.distributed import gather_groups, gather_rows, world
+from synthkit.distributed import gather_rows, global_groups, world
 from synthkit.losses.multi_positive import multi_positive_nt_xent_per_view
-from synthkit.losses.nt_xent import nt_xent_per_view
 from synthkit.objectives.base import Objective
 
 
@@ -33,12 +33,15 @@ class SimCLR(Objective):
         train: bool,
         global_batch: bool = False,
     ) -> torch.Tensor:
+        # one form for every batch: with groups of two views it is NT-Xent view for view, and choosing
+        # the plain form would need the group ids read back from the device (a host sync every step).
+        # The ids come from ``view_groups`` over two stacked view sets: every group holds two views or more
+        # by construction, so the loss's own check (another host read) is off.
         if global_batch and world()[1] > 1:  # this process's rows, against every process's
-            z_all, rows = gather_rows(z.float())  # the loss is computed in float32 anyway
+            # equal shares by construction (``synthkit.distributed``): no exchange of sizes; gathered in
+            # float32 so that the backward all-reduce sums the gradients in float32 too
+            z_all, rows = gather_rows(z.float(), equal=True)
             return multi_positive_nt_xent_per_view(
-                z_all, gather_groups(groups), self.temperature, anchors=rows
+                z_all, global_groups(groups), self.temperature, anchors=rows, validate=False
             )
-        m = z.shape[0] // 2
-        if bool((groups[:m] == torch.arange(m, device=groups.device)).all()):  # every group: one image
-            return nt_xent_per_view(*z.chunk(2), temperature=self.temperature)
-        return multi_positive_nt_xent_per_view(z, groups, self.temperature)
+        return multi_positive_nt_xent_per_view(z, groups, self.temperature, validate=False)

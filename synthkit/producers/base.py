@@ -85,7 +85,9 @@ class StepInput:
 @dataclass
 class Chunk:
     """Synthetic images for the encoder's batch; with ``partner``, image j and partner j are one positive pair
-    (their four views one group). ``name`` keys the step's records (``hardness_<name>``)."""
+    (their four views one group). ``name`` keys the step's records (``hardness_<name>``). Under data
+    parallelism every process contributes chunks of the same sizes in the same order (the step's gathers
+    exchange no sizes: ``synthkit.distributed``)."""
 
     images: torch.Tensor
     name: str
@@ -99,7 +101,8 @@ class Contribution:
     chunks: list[Chunk] = field(default_factory=list)
     loss: torch.Tensor | None = None  # generator terms, back-propagated with the encoder's loss
     optimizers: list[torch.optim.Optimizer] = field(default_factory=list)  # zeroed before, stepped after
-    records: dict[str, float] = field(default_factory=dict)
+    # 0-d tensors on the device (read once per train.log_every: keep them there) or floats
+    records: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -136,8 +139,9 @@ class Producer:
         """Synthetic chunks (and a generator loss) for this step, or None."""
         return None
 
-    def after_step(self, records: dict[str, float]) -> None:
-        """After the optimizers stepped; ``records`` are the step's logged values."""
+    def after_step(self, records: dict[str, Any]) -> None:
+        """After the optimizers stepped; ``records`` are the step's values averaged over processes: 0-d
+        tensors on the device (reading one, ``float(t)``, makes the host wait for the device) or floats."""
 
     def finish(self) -> None:
         """After the last epoch, before the run publishes (e.g. train what no epoch reached)."""

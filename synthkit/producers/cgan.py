@@ -32,7 +32,7 @@ from synthkit.data.views import to_float
 from synthkit.distributed import reduce_values
 from synthkit.encoders.model import eval_features
 from synthkit.errors import CheckpointError, RunError
-from synthkit.generators.cgan import build_cgan
+from synthkit.generators.cgan import Generator, build_cgan
 from synthkit.producers.base import (
     Chunk,
     Contribution,
@@ -120,6 +120,10 @@ class CGanProducer(Producer):
             self.pairs = PairProducer(gen_cfg, cfg.hpg, g_a)
             if self.hsg is None:  # one D judges every generator
                 self.discriminator = d_own
+        for part in (self.hsg, self.pairs):
+            for sub in part.modules() if part is not None else ():
+                if isinstance(sub, Generator):  # ids drawn in range by construction: no per-step check
+                    sub.check_conditions = False
         self.conditions: Conditions | None = None
         self.generator_steps = 0  # G's own updates, pre-training and an init run's included
         self.export_kinds = tuple(k for k, on in (("hard", self.hsg), ("pair", self.pairs)) if on is not None)
@@ -165,10 +169,11 @@ class CGanProducer(Producer):
 
     def prepare(self, accelerator: Accelerator) -> None:
         g = self.gen_cfg
-        opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=g.lr_d, betas=g.betas)
+        # fused Adam: one kernel per step, and its step counters stay on the device (no host read)
+        opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=g.lr_d, betas=g.betas, fused=True)
         items: list[Any] = [self.discriminator, opt_d]
         if self.hsg is not None:
-            opt_g = torch.optim.Adam(self.hsg.generator.parameters(), lr=g.lr_g, betas=g.betas)
+            opt_g = torch.optim.Adam(self.hsg.generator.parameters(), lr=g.lr_g, betas=g.betas, fused=True)
             items += [self.hsg.generator, opt_g]
         if self.pairs is not None:
             items += [self.pairs.generator_a, self.pairs.generator_b]
@@ -229,13 +234,14 @@ class CGanProducer(Producer):
         if not self.num_classes:
             return None
         if self.conditions.centroids is None:
-            return self.conditions.labels[index].to(self.ctx.accelerator.device)
+            # non-blocking: a fresh host tensor, staged by the copy; the host does not wait for the device
+            return self.conditions.labels[index].to(self.ctx.accelerator.device, non_blocking=True)
         return self.conditions.assign(eval_features(self.ctx.encoder(), images))
 
     def _draw(self, n: int) -> torch.Tensor | None:
         assert self.conditions is not None and self.ctx is not None
         c = self.conditions.sample(n) if self.num_classes else None
-        return c.to(self.ctx.accelerator.device) if c is not None else None
+        return c.to(self.ctx.accelerator.device, non_blocking=True) if c is not None else None
 
     def realism(self, fake: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:
         """L_adv of a generator's samples with D frozen (the bare D: it receives no gradient here)."""
@@ -346,7 +352,7 @@ class CGanProducer(Producer):
         use_synthetic: bool,
         pair_z: torch.Tensor | None = None,
         pair_c: torch.Tensor | None = None,
-        pair_target: float = 1.0,
+        pair_target: float | torch.Tensor = 1.0,
         use_pairs: bool = False,
         real_positive_probe: int = 0,
     ) -> Contribution:
@@ -354,7 +360,9 @@ class CGanProducer(Producer):
         ctx = self.ctx
         assert ctx is not None
         acc, g = ctx.accelerator, self.gen_cfg
-        rec: dict[str, float] = {}
+        # records stay on the device (0-d tensors; floats for schedule values): the loop reads them once
+        # per train.log_every (training/records.py)
+        rec: dict[str, Any] = {}
         with acc.autocast():
             fakes: list[torch.Tensor] = []
             conds: list[torch.Tensor | None] = []
@@ -378,14 +386,14 @@ class CGanProducer(Producer):
         self.opt_d.zero_grad(set_to_none=True)
         acc.backward(loss_d)
         self.opt_d.step()
-        rec["loss_d"] = loss_d.item()
+        rec["loss_d"] = loss_d.detach()
         chunks: list[Chunk] = []
         with acc.autocast():
             # (b) realism of every generator, D frozen: one hinge term each
             loss_gen = torch.zeros((), device=x_real.device)
             for x, c, name in zip(fakes, conds, names, strict=True):
                 term = self.realism(x, c)
-                rec[name] = term.item()
+                rec[name] = term.detach()
                 loss_gen = loss_gen + term
             # (c) HPG: pair similarity in the fixed encoder's backbone space
             if self.pairs is not None:
@@ -394,12 +402,12 @@ class CGanProducer(Producer):
                 loss_pair = pair_loss(s, pair_target, self.cfg.hpg.lambda_pair, self.cfg.hpg.mu)
                 loss_gen = loss_gen + loss_pair
                 rec.update(
-                    pair_similarity=s.mean().item(), pair_target=pair_target, loss_pair=loss_pair.item()
+                    pair_similarity=s.detach().mean(), pair_target=pair_target, loss_pair=loss_pair.detach()
                 )
                 if real_positive_probe:
                     with torch.no_grad():
                         v1, v2 = ctx.views.two_views(x_real[:real_positive_probe])
-                        rec["real_positive_similarity"] = backbone_similarity(encoder, v1, v2).mean().item()
+                        rec["real_positive_similarity"] = backbone_similarity(encoder, v1, v2).mean()
             # the chunks of (d): the reversal turns the encoder's descent on L_CL into G's ascent, scaled by
             # lambda_hard; the encoder itself sees the synthetic images as plain data
             if hard is not None and use_synthetic:
@@ -411,7 +419,7 @@ class CGanProducer(Producer):
         optimizers = [o for o in (self.opt_g, self.opt_pair) if o is not None]
         return Contribution(chunks, loss_gen, optimizers, rec)
 
-    def after_step(self, records: dict[str, float]) -> None:
+    def after_step(self, records: dict[str, Any]) -> None:
         if self.hsg is not None:
             self.hsg.update_ema()
         if self.pairs is not None:
@@ -435,7 +443,7 @@ class CGanProducer(Producer):
             save_conditions(self.conditions, directory / "producer_conditions.safetensors")
         meta = {
             "generator_steps": self.generator_steps,
-            "hpg_adaptive": self.adaptive.value,
+            "hpg_adaptive": None if self.adaptive.value is None else float(self.adaptive.value),
             "conditions": None
             if self.conditions is None
             else {"num_classes": self.conditions.num_classes, "source": self.conditions.source},
@@ -447,7 +455,11 @@ class CGanProducer(Producer):
         try:
             self.generator_steps = int(meta["generator_steps"])
             adaptive = meta["hpg_adaptive"]
-            self.adaptive.value = None if adaptive is None else float(adaptive)
+            self.adaptive.value = (
+                None
+                if adaptive is None
+                else torch.tensor(float(adaptive), device=self.ctx.accelerator.device if self.ctx else "cpu")
+            )
             c = meta["conditions"]
         except (KeyError, TypeError, ValueError) as e:
             raise CheckpointError(f"{directory / STATE_JSON} is malformed: {type(e).__name__}: {e}") from e

@@ -338,7 +338,7 @@ class DiffusionProducer(Producer):
             raise RunError(f"the real data hold fewer images than one diffusion batch of {d.batch_size}")
         scheduler = DDPMScheduler.from_config(self.scheduler_config)
         g = torch.Generator(device=acc.device).manual_seed(cfg.train.seed * 1009 + 7919 * (rank + 1))
-        step, epoch, last = 0, 0, float("nan")
+        step, epoch, last = 0, 0, torch.tensor(float("nan"))  # the last loss, on the device until logged
         bar = Phase(
             "diffusion stage 1 (UNet on the real images)",
             d.train_steps,
@@ -361,15 +361,15 @@ class DiffusionProducer(Producer):
                 self.opt.step()
                 self.ema.step(acc.unwrap_model(self.model_ddp).parameters())
                 step += 1
-                last = float(loss.detach())
+                last = loss.detach()
                 bar.update(1)
                 if step % cfg.train.log_every == 0:
-                    loss_now = reduce_values({"loss_diffusion": last}, acc.device)
+                    loss_now = reduce_values({"loss_diffusion": float(last)}, acc.device)
                     ctx.log({"stage": "diffusion", "diffusion_step": step, **loss_now})
                 if step >= d.train_steps:
                     break
             epoch += 1
-        final = reduce_values({"diffusion_final_loss": last}, acc.device)
+        final = reduce_values({"diffusion_final_loss": float(last)}, acc.device)
         ctx.log({"stage": "diffusion", **final})
         bar.result(loss_diffusion=final["diffusion_final_loss"])
         bar.close()

@@ -13,9 +13,10 @@ close to the cost of a plain step on the enlarged batch.
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
-from torch.optim.swa_utils import AveragedModel
 
 from synthkit.config import CGanConfig, HSGConfig
 from synthkit.generators.cgan import build_cgan
@@ -49,19 +50,69 @@ def hsg_lambda(cfg: HSGConfig, epoch_progress: float) -> float:
     return cfg.lambda_hard * min(1.0, t / cfg.ramp_epochs)
 
 
-def _ema_with_warmup(decay: float):
-    """EMA whose decay warms up as min(decay, (1 + n) / (10 + n)) after n updates.
+def ema_decay(decay: float, n: int) -> float:
+    """The EMA's decay at its update after ``n`` earlier ones: min(decay, (1 + n) / (10 + n)).
 
     The warm-up (as in TensorFlow's ExponentialMovingAverage with num_updates, and diffusers' EMAModel)
     keeps a short run's EMA generator from being stuck near its random initialisation.
     """
+    return min(decay, (1.0 + n) / (10.0 + n))
 
-    def avg_fn(averaged: torch.Tensor, current: torch.Tensor, num_averaged: torch.Tensor) -> torch.Tensor:
-        n = float(num_averaged)
-        d = min(decay, (1.0 + n) / (10.0 + n))
-        return averaged * d + current * (1.0 - d)
 
-    return avg_fn
+class EMA(nn.Module):
+    """An exponential moving average of a module's parameters and floating-point buffers, with decay
+    warm-up (:func:`ema_decay`); integer buffers (batch-norm's counters) are copied.
+
+    The update is a few fused ``torch._foreach_lerp_`` kernels; the number of updates so far is a Python
+    counter, so an update never reads a value back from the device (torch's ``AveragedModel`` reads its
+    ``n_averaged`` once per parameter). The counter is mirrored in the buffer ``n_averaged`` (on the
+    device) so that checkpoints keep it: the state dict has ``AveragedModel``'s keys (``n_averaged``,
+    ``module.*``), and loading one sets the counter.
+    """
+
+    def __init__(self, module: nn.Module, decay: float) -> None:
+        super().__init__()
+        self.module = copy.deepcopy(module)
+        self.decay = decay
+        self.register_buffer("n_averaged", torch.tensor(0, dtype=torch.long))
+        self.count = 0
+        self.requires_grad_(False)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[no-untyped-def]
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self.count = int(self.n_averaged)  # one read, at load time
+
+    def reset(self) -> None:
+        """Start over: the next update copies the module."""
+        self.count = 0
+        self.n_averaged.zero_()
+
+    def _pairs(self, model: nn.Module) -> tuple[list[torch.Tensor], list[torch.Tensor], list, list]:
+        avg = [*self.module.parameters(), *self.module.buffers()]
+        cur = [*model.parameters(), *model.buffers()]
+        if len(avg) != len(cur):
+            raise ValueError("the EMA's module and the model have different parameters or buffers")
+        fa, fc, ia, ic = [], [], [], []
+        for a, c in zip(avg, cur, strict=True):
+            if a.is_floating_point():
+                fa.append(a)
+                fc.append(c.detach())
+            else:
+                ia.append(a)
+                ic.append(c.detach())
+        return fa, fc, ia, ic
+
+    @torch.no_grad()
+    def update_parameters(self, model: nn.Module) -> None:
+        fa, fc, ia, ic = self._pairs(model)
+        if self.count == 0:
+            torch._foreach_copy_(fa, fc)
+        else:
+            torch._foreach_lerp_(fa, fc, 1.0 - ema_decay(self.decay, self.count))
+        if ia:
+            torch._foreach_copy_(ia, ic)
+        self.count += 1
+        self.n_averaged.fill_(self.count)
 
 
 def discriminator_loss(
@@ -100,11 +151,9 @@ def adversarial_loss(
     return g_hinge(logits)
 
 
-def ema_copy(generator: nn.Module, decay: float) -> AveragedModel:
+def ema_copy(generator: nn.Module, decay: float) -> EMA:
     """An EMA copy of ``generator`` (with decay warm-up), for sampling."""
-    ema = AveragedModel(generator, avg_fn=_ema_with_warmup(decay), use_buffers=True)
-    ema.requires_grad_(False)
-    return ema
+    return EMA(generator, decay)
 
 
 class HardSampleProducer(nn.Module):
@@ -133,8 +182,12 @@ class HardSampleProducer(nn.Module):
         self.ema = ema_copy(self.generator, gen_cfg.ema_decay)
 
     def optimizers(self) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer]:
-        g = torch.optim.Adam(self.generator.parameters(), lr=self.gen_cfg.lr_g, betas=self.gen_cfg.betas)
-        d = torch.optim.Adam(self.discriminator.parameters(), lr=self.gen_cfg.lr_d, betas=self.gen_cfg.betas)
+        g = torch.optim.Adam(
+            self.generator.parameters(), lr=self.gen_cfg.lr_g, betas=self.gen_cfg.betas, fused=True
+        )
+        d = torch.optim.Adam(
+            self.discriminator.parameters(), lr=self.gen_cfg.lr_d, betas=self.gen_cfg.betas, fused=True
+        )
         return g, d
 
     def discriminator_loss(

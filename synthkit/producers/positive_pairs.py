@@ -26,6 +26,7 @@ from torch import nn
 
 from synthkit.config import CGanConfig, HPGConfig
 from synthkit.generators.cgan import Generator
+from synthkit.losses.precision import float32
 from synthkit.producers.hard_samples import ema_copy
 
 
@@ -38,13 +39,14 @@ def schedule_progress(cfg: HPGConfig, epoch_progress: float, total_epochs: int) 
 
 
 def target_similarity(
-    cfg: HPGConfig, progress: float, real_positive_similarity: float | None = None
-) -> float:
+    cfg: HPGConfig, progress: float, real_positive_similarity: float | torch.Tensor | None = None
+) -> float | torch.Tensor:
     """s*(t) at ``progress`` in [0, 1] (see :func:`schedule_progress`).
 
     ``linear``: s_start + (s_end - s_start) * p. ``cosine``: s_end + (s_start - s_end) * (1 + cos(pi p)) / 2,
     flat at both ends. ``adaptive``: the encoder's current similarity of real augmented positives minus
-    ``adaptive_margin``, clipped to [s_end, s_start] (s_start before any measurement).
+    ``adaptive_margin``, clipped to [s_end, s_start] (s_start before any measurement); a tensor when the
+    measurement is one (it stays on the device).
     """
     p = min(1.0, max(0.0, progress))
     if cfg.schedule == "linear":
@@ -53,21 +55,26 @@ def target_similarity(
         return cfg.s_end + (cfg.s_start - cfg.s_end) * 0.5 * (1.0 + math.cos(math.pi * p))
     if real_positive_similarity is None:
         return cfg.s_start
+    if isinstance(real_positive_similarity, torch.Tensor):
+        return torch.clamp(real_positive_similarity - cfg.adaptive_margin, cfg.s_end, cfg.s_start)
     return min(cfg.s_start, max(cfg.s_end, real_positive_similarity - cfg.adaptive_margin))
 
 
-def pair_loss(similarity: torch.Tensor, target: float, lambda_pair: float, mu: float) -> torch.Tensor:
+def pair_loss(
+    similarity: torch.Tensor, target: float | torch.Tensor, lambda_pair: float, mu: float
+) -> torch.Tensor:
     """lambda_pair * mean(relu(s - s*) + mu * relu(s* - s)) over the pairs."""
     return lambda_pair * (F.relu(similarity - target) + mu * F.relu(target - similarity)).mean()
 
 
 class AdaptiveTarget:
-    """An EMA of the encoder's mean backbone similarity of two augmented views of a real image."""
+    """An EMA of the encoder's mean backbone similarity of two augmented views of a real image (a 0-d
+    tensor on the device once measured: updating it reads nothing back to the host)."""
 
-    def __init__(self, momentum: float, value: float | None = None) -> None:
+    def __init__(self, momentum: float, value: float | torch.Tensor | None = None) -> None:
         self.momentum, self.value = momentum, value
 
-    def update(self, measured: float) -> float:
+    def update(self, measured: float | torch.Tensor) -> float | torch.Tensor:
         m = self.momentum
         self.value = measured if self.value is None else m * self.value + (1 - m) * measured
         return self.value
@@ -113,13 +120,13 @@ class PairProducer(nn.Module):
         _perturb(self.generator_b, self.hpg_cfg.init_noise, torch.Generator().manual_seed(seed))
         for ema, gen in ((self.ema_a, self.generator_a), (self.ema_b, self.generator_b)):
             ema.module.load_state_dict(gen.state_dict())
-            ema.n_averaged.zero_()
+            ema.reset()
 
     def optimizer(self, generator_a: nn.Module | None = None, generator_b: nn.Module | None = None):
         params = list((generator_a or self.generator_a).parameters()) + list(
             (generator_b or self.generator_b).parameters()
         )
-        return torch.optim.Adam(params, lr=self.gen_cfg.lr_g, betas=self.gen_cfg.betas)
+        return torch.optim.Adam(params, lr=self.gen_cfg.lr_g, betas=self.gen_cfg.betas, fused=True)
 
     @torch.no_grad()
     def update_ema(self) -> None:
@@ -141,5 +148,6 @@ def backbone_similarity(encoder: nn.Module, x_a: torch.Tensor, x_b: torch.Tensor
     finally:
         encoder.requires_grad_(True)
         encoder.train(was_training)
-    h_a, h_b = h.float().chunk(2)
-    return F.cosine_similarity(h_a, h_b, dim=1)
+    with float32(h):  # the similarity in float32 whatever the autocast
+        h_a, h_b = h.float().chunk(2)
+        return F.cosine_similarity(h_a, h_b, dim=1)

@@ -18,7 +18,9 @@ steps). Read top to bottom:
 2. encoder, views, objective and producer, all seeded alike on every process; prepared;
 3. resume from the newest checkpoint when asked, then the producer's start (e.g. GAN pre-training);
 4. per epoch: the producer's epoch work (conditions, pools), then per step the producer's contribution and
-   one encoder step that carries it (``training/steps.py``), its records averaged over processes;
+   one encoder step that carries it (``training/steps.py``), its records averaged over processes on the
+   device and read once per ``train.log_every`` steps (``training/records.py``: a non-finite record stops
+   the run at that read, naming the step it appeared at);
 5. per epoch: throughput, monitor (kNN), log, checkpoint;
 6. publish the final weights (encoder, objective, producer) and a summary.
 """
@@ -49,6 +51,7 @@ from synthkit.producers.base import Producer, StepInput, TrainContext
 from synthkit.registry import PRODUCERS
 from synthkit.shards.location import RemotePolicy
 from synthkit.shards.location import configure as configure_remote
+from synthkit.training.records import Read, StepRecords
 from synthkit.training.run import Run, RunResult
 from synthkit.training.state import LoopState
 from synthkit.training.steps import EncoderStep
@@ -126,6 +129,16 @@ def _real_batches(
     return batches, real.images.shape[1], real.images.shape[-1]
 
 
+def _checked(run: Run, records: StepRecords, state: LoopState) -> Read:
+    """The records read from the device; a non-finite one stops the run (``training/records.py``: at most
+    ``train.log_every`` steps after the step it appeared at, which the error names)."""
+    read = records.read()
+    if read.diverged is not None:
+        key, value, step = read.diverged
+        run.check_finite({key: value}, LoopState(epoch=state.epoch, step=step))
+    return read
+
+
 def _sync_batchnorm(encoder: Encoder, acc: Accelerator) -> Encoder:
     """The encoder with batch norm over the global batch (``train.sync_batchnorm``; SimCLR's global BN).
 
@@ -194,7 +207,10 @@ def _train(
         encoder = encoder.to(memory_format=torch.channels_last)
     views = Views(cfg.views, channels, size)
     objective = build_objective(cfg.objective, encoder, cfg.encoder.proj_dim, cfg.train.seed).to(device)
-    opt = torch.optim.Adam(encoder.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    # fused: one kernel per step and no read of the step counters back to the host
+    opt = torch.optim.Adam(
+        encoder.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay, fused=True
+    )
     encoder_ddp, opt = acc.prepare(encoder, opt)
     ctx = TrainContext(
         cfg=cfg,
@@ -243,7 +259,7 @@ def _train(
         if producer is not None:
             producer.on_epoch_start(epoch)
         encoder_ddp.train()
-        sums: dict[str, float] = {}
+        records = StepRecords(device)  # the epoch's records, on the device until read
         shown = None  # the epoch's last contribution: the trackers' sample grid
         bar = tqdm(
             batches.epoch(epoch),
@@ -260,11 +276,10 @@ def _train(
             contribution = producer.contribute(batch) if producer is not None else None
             if i == steps_per_epoch - 1:
                 shown = contribution
-            # this process's records -> the global batch's (one all-reduce; the producer's after_step,
-            # e.g. HPG's adaptive target, then sees the same numbers on every process)
-            rec = reduce_values(step(x_real, contribution), device)
+            # this process's records -> the global batch's, on the device (one all-reduce, no host read;
+            # the producer's after_step, e.g. HPG's adaptive target, sees the same numbers on every process)
             state.step = run.step = state.step + 1
-            run.check_finite(rec, state)
+            rec = records.add(step(x_real, contribution), state.step)
             if producer is not None:
                 producer.after_step(rec)
             if cfg.train.record_indices:
@@ -272,21 +287,21 @@ def _train(
                     state.seen_keys.append(gather_object([idx]))
                 else:
                     state.seen.append(acc.gather(idx.to(device)).view(run.world, -1).cpu())
-            for k, v in rec.items():
-                sums[k] = sums.get(k, 0.0) + v
-            if state.step % cfg.train.log_every == 0:
-                run.log({"epoch": epoch, **rec}, namespace="train")
-                bar.set_postfix(loss=f"{rec.get('loss_cl', 0):.3f}")
+            if state.step % cfg.train.log_every == 0:  # the one host read of these steps
+                read = _checked(run, records, state)
+                run.log({"epoch": epoch, **read.last}, namespace="train")
+                bar.set_postfix(loss=f"{read.last.get('loss_cl', 0):.3f}")
         bar.close()
         if i + 1 != steps_per_epoch:  # never: both kinds of batches give len(batches), or raise
             raise RunError(f"epoch {epoch + 1} gave {i + 1} batches, not {steps_per_epoch}")
+        epoch_means = _checked(run, records, state).means
         elapsed = reduce_values({"t": time.perf_counter() - started}, device, op="max")["t"]
 
         # 5. Throughput, monitor, log, checkpoint ---
         state.epoch = epoch + 1
         epoch_rec: dict[str, Any] = {
             "epoch": state.epoch,
-            **{f"epoch_{k}": v / steps_per_epoch for k, v in sums.items()},
+            **{f"epoch_{k}": v for k, v in epoch_means.items()},
             "epoch_time_s": elapsed,
             "epoch_step_time_s": elapsed / steps_per_epoch,
             "epoch_images_per_s": cfg.train.batch_size * steps_per_epoch / elapsed,

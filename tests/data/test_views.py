@@ -119,3 +119,77 @@ def test_to_float_scales_uint8_only() -> None:
     out = to_float(f)
     assert out.dtype == torch.float32
     torch.testing.assert_close(out, f.float())
+
+
+def test_crop_boxes_are_drawn_per_sample_within_the_recipe() -> None:
+    """torchvision's RandomResizedCrop draw, for the whole batch at once: every box inside the image, its
+    area a fraction crop_scale of the image's and its aspect ratio in [3/4, 4/3] (or the whole image when
+    no try fits), each sample's box its own."""
+    torch.manual_seed(5)
+    views = Views(ViewsConfig(crop_scale=(0.3, 1.0)), 1, 16)
+    box = views.crop_boxes(2000, torch.device("cpu"))
+    x0, y0, w, h = box.unbind(1)
+    assert (x0 >= 0).all() and (y0 >= 0).all() and (x0 + w <= 16 + 1e-4).all() and (y0 + h <= 16 + 1e-4).all()
+    full = (w == 16) & (h == 16)
+    area, ratio = (w * h / 256)[~full], (w / h)[~full]
+    assert (area >= 0.3 - 1e-5).all() and (area <= 1.0 + 1e-5).all()
+    assert (ratio >= 3 / 4 - 1e-5).all() and (ratio <= 4 / 3 + 1e-5).all()
+    assert area.std() > 0.1 and len(set(x0.tolist())) > 1900  # drawn per sample, not once per batch
+
+
+def test_a_full_crop_is_the_image_and_a_flip_mirrors_it() -> None:
+    x = _images(4, 3, 8)
+    keep = Views(ViewsConfig(crop_scale=(1.0, 1.0), flip_p=0.0, jitter_p=0.0, grayscale_p=0.0), 3, 8)
+    torch.testing.assert_close(keep(x), x, atol=1e-5, rtol=0)
+    flip = Views(ViewsConfig(crop_scale=(1.0, 1.0), flip_p=1.0, jitter_p=0.0, grayscale_p=0.0), 3, 8)
+    torch.testing.assert_close(flip(x), x.flip(-1), atol=1e-5, rtol=0)
+
+
+def test_a_crop_is_resampled_from_its_box() -> None:
+    """A half-size crop of a horizontal ramp, resized back: the view is a ramp over the box's columns."""
+    views = Views(ViewsConfig(crop_scale=(0.25, 0.25), flip_p=0.0, jitter_p=0.0), 1, 16)
+    ramp = torch.arange(16.0).view(1, 1, 1, 16).expand(3, 1, 16, 16) / 15
+    torch.manual_seed(7)
+    box = views.crop_boxes(3, torch.device("cpu"))
+    torch.manual_seed(7)
+    out = views(ramp)
+    for i in range(3):
+        x0, w = float(box[i, 0]), float(box[i, 2])
+        centres = x0 + (torch.arange(16.0) + 0.5) * w / 16 - 0.5  # source pixel coordinate of each column
+        expected = centres.clamp(0, 15) / 15
+        torch.testing.assert_close(out[i, 0, 8], expected, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_a_generators_parameters_get_a_gradient_through_the_views(channels: int) -> None:
+    """HSG's path: G's samples -> views -> a loss; every parameter of G receives a gradient, with the crop
+    and every colour operation on."""
+    torch.manual_seed(4)
+    gen = torch.nn.Sequential(torch.nn.Linear(8, channels * 64), torch.nn.Sigmoid())
+    views = Views(ViewsConfig(jitter_p=1.0, grayscale_p=0.0), channels, 8)
+    x = gen(torch.randn(6, 8)).view(6, channels, 8, 8)
+    v1, v2 = views.two_views(x)
+    ((v1 - v2) ** 2).sum().backward()
+    for p in gen.parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0
+
+
+def test_views_of_a_batch_run_the_same_ops_for_any_batch_size() -> None:
+    """No per-sample loop: the number of aten ops of a view does not grow with the batch."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            Count.n += 1
+            return func(*args, **(kwargs or {}))
+
+    views = Views(ViewsConfig(), 3, 8)
+    counts = []
+    for n in (4, 64):
+        Count.n = 0
+        with Count():
+            views(_images(n, 3, 8))
+        counts.append(Count.n)
+    assert counts[0] == counts[1]

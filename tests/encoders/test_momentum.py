@@ -51,3 +51,25 @@ def test_keys_carry_no_gradient_and_match_the_copy() -> None:
     k = mom.keys(x)
     assert not k.requires_grad
     assert torch.allclose(F.normalize(k, dim=1), F.normalize(enc(x).detach(), dim=1), atol=1e-6)
+
+
+def test_a_step_scores_against_the_queue_itself_and_updates_it_in_place() -> None:
+    """MoCo's step reads the queue without copying it and enqueues into the same storage after backward."""
+    from accelerate import Accelerator
+
+    from synthkit.config import MoCoConfig
+    from synthkit.objectives.moco import MoCo
+
+    acc = Accelerator(cpu=True)
+    enc = _encoder()
+    obj = MoCo(MoCoConfig(queue_size=16), enc, 6, seed=0)
+    storage, before = obj.momentum.queue.data_ptr(), obj.momentum.queue.clone()
+    views = torch.rand(8, 1, 8, 8)
+    groups = torch.arange(4).repeat(2)
+    loss = obj.per_view(enc(views), views, groups, 4, train=True).mean()
+    loss.backward()  # the queue is only read by the loss: nothing it saved for backward was a view of it
+    obj.after_step(enc, acc)
+    assert obj.momentum.queue.data_ptr() == storage
+    assert not torch.equal(obj.momentum.queue[:4], before[:4]) and torch.equal(
+        obj.momentum.queue[4:], before[4:]
+    )

@@ -351,3 +351,28 @@ def test_reversal_gives_g_minus_lambda_times_the_plain_gradient() -> None:
         torch.testing.assert_close(a, -lam * b)
     for a, b in zip(e_rev, e_plain, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_ema_state_keeps_its_count_and_averaged_models_keys() -> None:
+    """A checkpointed EMA resumes with its own update count (the warm-up decay continues where it was),
+    and its state dict has the keys torch's AveragedModel wrote (older checkpoints still load)."""
+    from torch.optim.swa_utils import AveragedModel
+
+    producer = _producer(ema_decay=0.999)
+    g = producer.generator
+    for _ in range(3):
+        _set(g, [torch.randn_like(p) for p in g.parameters()])
+        producer.update_ema()
+    state = {k: v.clone() for k, v in producer.ema.state_dict().items()}
+    assert set(state) == set(AveragedModel(g, use_buffers=True).state_dict())
+    assert int(state["n_averaged"]) == 3
+    fresh = _producer(ema_decay=0.999)
+    fresh.ema.load_state_dict(state)
+    before = _params(fresh.ema_generator)
+    w = [torch.randn_like(p) for p in g.parameters()]
+    _set(fresh.generator, w)
+    fresh.update_ema()
+    d = (1.0 + 3) / (10.0 + 3)  # the fourth update's warm-up decay, not the first's copy
+    for e, a, b in zip(fresh.ema_generator.parameters(), before, w, strict=True):
+        torch.testing.assert_close(e, d * a + (1 - d) * b)
+    assert int(fresh.ema.n_averaged) == 4
