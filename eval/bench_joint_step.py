@@ -1,9 +1,9 @@
 """Wall time of the views, a plain SimCLR step, a joint HSG step and a joint HSG+HPG step, same real batch.
 
-docs/method.md ("HSG with a conditional GAN"): sharing one encoder forward/backward between the encoder's descent and G's ascent
-(gradient reversal) keeps a joint HSG step close to a plain step on the enlarged batch (real + synthetic
-images; goal: <= 1.10x). Every step is the loop's own (synthkit.training.steps, the cGAN producer's
-``step_terms`` and ``after_step``); they are timed interleaved, after warm-up, and the medians are
+docs/method.md ("HSG with a conditional GAN"): sharing one encoder forward/backward between the encoder's
+descent and G's ascent (gradient reversal) keeps a joint HSG step close to a plain step on the enlarged batch
+(real + synthetic images; goal: <= 1.10x). Every step is the loop's own (synthkit.training.steps, the cGAN
+producer's ``step_terms`` and ``after_step``); they are timed interleaved, after warm-up, and the medians are
 reported. The views are timed alone on a batch of ``--views-batch`` images (512 by default).
 
     python eval/bench_joint_step.py [--pipeline pipelines/fashion-mnist-hsg.yaml] [--batch 256] [--repeats 30]

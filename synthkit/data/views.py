@@ -6,15 +6,15 @@ probability ``jitter_p`` in a random order) and, for RGB, random grayscale. Ever
 sample: torchvision's v2 transforms draw one set per batch call, which would give every image of a batch
 the same crop.
 
-Every operation is a batched tensor op, so a view of N images costs the same number of kernel launches for
-any N and stays differentiable: hard-sample generation needs the generator's gradient to flow back through
-the views (docs/method.md, "HSG with a conditional GAN"). The crop and the flip are one affine ``grid_sample`` (bilinear; a
-crop is never smaller than the output, so there is no down-sampling to alias); the colour operations are
-elementwise. The crop's sampling follows torchvision's ``RandomResizedCrop`` (ten tries of an area and a
-log-uniform aspect ratio, the first that fits; else the whole image, ratio-clamped), with continuous crop
-sizes and positions (the crop is resampled, so it need not be whole pixels). The parameters are drawn from
-the global RNG of the images' device (the jitter's order from the CPU generator), so seeding torch seeds
-the views; nothing reads a device value back to the host, so a view never waits for the device.
+Every operation is a batched tensor op, so a view of N images costs the same number of kernel launches for any
+N and stays differentiable: hard-sample generation needs the generator's gradient to flow back through the
+views (docs/method.md, "HSG with a conditional GAN"). The crop and the flip are one affine ``grid_sample``
+(bilinear; a crop is never smaller than the output, so there is no down-sampling to alias); the colour
+operations are elementwise. The crop's sampling follows torchvision's ``RandomResizedCrop`` (ten tries of an
+area and a log-uniform aspect ratio, the first that fits; else the whole image, ratio-clamped), with
+continuous crop sizes and positions (the crop is resampled, so it need not be whole pixels). The parameters
+are drawn from the global RNG of the images' device (the jitter's order from the CPU generator), so seeding
+torch seeds the views; nothing reads a device value back to the host, so a view never waits for the device.
 """
 
 from __future__ import annotations
