@@ -39,6 +39,7 @@ from synthkit.config import PipelineConfig
 from synthkit.data.batches import MemoryBatches, MixBatches
 from synthkit.data.sources import ImageSet, load_source
 from synthkit.data.views import Views, to_float
+from synthkit.determinism import deterministic_mode, strict_possible
 from synthkit.distributed import reduce_values
 from synthkit.encoders.model import Encoder, load_encoder_weights
 from synthkit.errors import RunError
@@ -110,7 +111,24 @@ def train(
     progress: bool = True,
     accelerator: Accelerator | None = None,
 ) -> RunResult:
-    """Train the encoder (with the configured producer) and publish its final weights in ``run_dir``."""
+    """Train the encoder (with the configured producer) and publish its final weights in ``run_dir``.
+
+    With ``train.deterministic`` the run's torch settings are deterministic (``synthkit/determinism.py``),
+    set before anything touches CUDA and restored when it returns.
+    """
+    strict = strict_possible(cfg.producer_active)
+    with deterministic_mode(cfg.train.deterministic, warn_only=not strict):
+        return _train(cfg, run_dir, resume=resume, progress=progress, accelerator=accelerator)
+
+
+def _train(
+    cfg: PipelineConfig,
+    run_dir: str | Path,
+    *,
+    resume: bool,
+    progress: bool,
+    accelerator: Accelerator | None,
+) -> RunResult:
     # 1. The run and the real data ---
     run = Run(cfg, Path(run_dir), resume=resume, accelerator=accelerator)
     acc, device = run.accelerator, run.accelerator.device
@@ -121,8 +139,8 @@ def train(
 
     # 2. Models: identical initial weights on every process ---
     set_seed(cfg.train.seed)
-    encoder = Encoder(cfg.encoder, channels)
-    encoder_info: dict[str, Any] = {"backbone": cfg.encoder.backbone}
+    encoder = Encoder(cfg.encoder, channels, size)
+    encoder_info: dict[str, Any] = {"backbone": cfg.encoder.backbone, "stem": encoder.stem}
     if cfg.encoder.weights is not None:  # a pretrained start, recorded by its content hash
         encoder_info.update(
             weights=cfg.encoder.weights, weights_hash=load_encoder_weights(encoder, cfg.encoder.weights)
