@@ -73,7 +73,7 @@ def test_gpu_study_quick_runs_on_the_cpu(fashion_root: Path, tmp_path: Path) -> 
     for run in result["runs"].values():
         assert 0.0 <= run["linear"] <= 1.0 and run["steps"] == 4 and run["epochs"] == 1
     assert result["steps"]["plain_img_per_s"] > 0 and result["steps"]["joint_img_per_s"] > 0
-    assert result["steps"]["mixed_precision"] == "bf16"
+    assert result["steps"]["mixed_precision"] == "no" and "bf16" in result["steps"]["precision_note"]
     assert result["steps"]["syncs"] == {
         "counted": False,
         "note": "sync counting needs CUDA (torch.cuda.set_sync_debug_mode)",
@@ -92,6 +92,6 @@ def test_steps_only_measures_the_steps_alone(fashion_root: Path, tmp_path: Path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert set(result["phases"]) == {"steps"} and "runs" not in result
-    assert result["steps"]["mixed_precision"] == "bf16" and result["steps"]["plain_img_per_s"] > 0
+    assert result["steps"]["mixed_precision"] == "no" and result["steps"]["plain_img_per_s"] > 0
     assert result["steps"]["syncs"]["counted"] is False and "needs CUDA" in proc.stdout
     assert not (tmp_path / "s").exists()  # no run was trained
