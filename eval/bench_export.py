@@ -1,7 +1,8 @@
 """Throughput of ``synthkit generate`` and where its time goes, for a cGAN and a diffusion run.
 
 The export does much more than sample the generator: it scores every chunk's hardness under the run's
-encoder and objective (two augmented views of the chunk plus a reference batch of real images), encodes
+encoder and objective (two augmented views of the chunk, next to a reference batch of real images whose
+views and projections are computed once per export, in the first chunk's scoring time), encodes
 PNGs, writes tar shards and fsyncs them and the resume journal. This splits one export's wall time into
 
 * ``sampling``: ``producer.make`` (the cGAN's EMA generator; the diffusion model's DDIM steps, with encoder

@@ -21,4 +21,4 @@ def load_run(run: Path, seed: int = 0) -> tuple[RunArtifacts, DiffusionProducer,
     real = load_source(cfg.data, "train")
     views = Views(cfg.views, real.images.shape[1], real.images.shape[-1])
     reference = reference_batch(real.images, cfg.train.batch_size, seed)
-    return art, producer, Scorer(art.encoder, views, art.objective, reference)
+    return art, producer, Scorer(art.encoder, views, art.objective, reference, seed=seed)

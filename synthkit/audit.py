@@ -258,7 +258,9 @@ class _HardnessStream:
         if self.scorer is None:
             real_x = self.ext.prepare(torch.stack([r for r in self.reference if r is not None]))
             views = Views(self.art.cfg.views, self.ext.channels or x.shape[1], x.shape[-1])
-            self.scorer = Scorer(self.art.encoder, views, self.art.objective, to_float(real_x))
+            self.scorer = Scorer(
+                self.art.encoder, views, self.art.objective, to_float(real_x), seed=self.seed
+            )
         self.values.append(hardness_of(self.scorer, x.float() / 255.0, seed=self.seed, offset=self.offset))
         self.offset += x.shape[0]
 

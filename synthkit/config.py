@@ -135,13 +135,16 @@ class ViewsConfig:
 class EncoderConfig:
     """Backbone h and projection head g; f = g(h(x)).
 
-    ``backbone``: a registered name (``convnet``, ``resnet18``, ``resnet50``: small-image stems for 16-32 px),
-    or ``timm/NAME`` for a timm architecture (the optional extra ``synthkit[timm]``; built without weights).
-    ``small_stem``: give a timm ResNet-family backbone the small-image stem (3x3 stride-1 first convolution,
-    no max-pool), as synthkit's own ResNets have; at 32 px the stock stem leaves a 1x1 map before the last
-    stage. ``weights``: a local safetensors file to start from: a whole encoder's state (``backbone.*`` and
-    ``head.*``, e.g. another run's ``final/encoder.safetensors``) or a backbone's alone; shapes are checked,
-    and nothing is ever downloaded.
+    ``backbone``: a registered name (``convnet``, ``resnet18``, ``resnet50``), or ``timm/NAME`` for a timm
+    architecture (the optional extra ``synthkit[timm]``; built without weights).
+    ``stem``: a ResNet's first layers. ``small``: a 3x3 stride-1 convolution, no max-pool (SimCLR's CIFAR
+    stem); ``standard``: the ImageNet stem (7x7 stride 2 and a max-pool); ``auto`` (default): ``small`` for
+    images up to 64 px (``data.size``), ``standard`` above (``encoders/backbones.py`` says why), and a timm
+    architecture's own stem. The stem a run used is recorded in ``run.json`` and ``final/final.json``.
+    ``small_stem``: the older spelling of ``stem: small`` for a timm ResNet-family backbone; at 32 px the
+    stock stem leaves a 1x1 map before the last stage. ``weights``: a local safetensors file to start from:
+    a whole encoder's state (``backbone.*`` and ``head.*``, e.g. another run's ``final/encoder.safetensors``)
+    or a backbone's alone; shapes are checked, and nothing is ever downloaded.
     """
 
     backbone: str = "convnet"
@@ -150,13 +153,29 @@ class EncoderConfig:
     proj_dim: int = 128
     small_stem: bool = False
     weights: str | None = None
+    stem: str = "auto"
 
     def __post_init__(self) -> None:
+        _choice(self.stem, "encoder.stem", ("auto", "small", "standard"))
         if self.backbone.startswith("timm/"):
             _check(len(self.backbone) > 5, "encoder.backbone", "timm/NAME needs a model name")
+            _check(
+                not (self.small_stem and self.stem == "standard"),
+                "encoder.small_stem",
+                "contradicts encoder.stem=standard (small_stem is the older spelling of stem=small)",
+            )
         else:
             BACKBONES.check(self.backbone, "encoder.backbone")
-            _check(not self.small_stem, "encoder.small_stem", "applies to timm/NAME backbones only")
+            _check(
+                not self.small_stem,
+                "encoder.small_stem",
+                "applies to timm/NAME backbones only (encoder.stem chooses a ResNet's stem)",
+            )
+            _check(
+                self.stem == "auto" or self.backbone in ("resnet18", "resnet50"),
+                "encoder.stem",
+                f"chooses a ResNet's stem; {self.backbone} has no choice (leave it auto)",
+            )
         for name in ("width", "proj_hidden", "proj_dim"):
             _check(getattr(self, name) > 0, f"encoder.{name}", "must be positive")
 
@@ -545,6 +564,12 @@ class TrainConfig:
     ``trackers``: where metrics and sample grids go besides ``metrics.jsonl``: any of ``tensorboard``,
     ``mlflow``, ``wandb`` (each an optional extra, ``pip install 'synthkit[mlflow]'``), ``[]`` for none, or
     ``[auto]`` (the default): TensorBoard when it is installed, else none (``synthkit/trackers.py``).
+
+    ``deterministic``: for bit-stable GPU runs, at some cost in speed: deterministic algorithms only
+    (``torch.use_deterministic_algorithms``; strict, except that on CUDA a run with a producer only warns
+    on the views' crop and resize backward, which have no deterministic CUDA kernel), cuDNN deterministic
+    and not autotuned, TF32 off, and ``CUBLAS_WORKSPACE_CONFIG=:4096:8`` (``synthkit/determinism.py``;
+    README.md, "Determinism", says what is then bit-identical). The settings are restored when the run ends.
     """
 
     epochs: int = 30
@@ -563,6 +588,7 @@ class TrainConfig:
     record_indices: bool = False
     sync_batchnorm: bool = False
     trackers: tuple[str, ...] = (AUTO,)
+    deterministic: bool = False
 
     def __post_init__(self) -> None:
         for name in self.trackers:

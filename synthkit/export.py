@@ -11,8 +11,10 @@ samples, as Hugging Face ``datasets`` does from five, sees every field; ``shards
 Every sample records its hardness under the run's encoder and objective (``objectives/scoring.py``: its
 loss in a chunk of ``export.batch_size`` samples next to a fixed, seeded reference batch of real training
 images, pairs as positive groups), and every pair member the cosine similarity of the pair's backbone
-features. Chunks are made by the producer from a generator seeded by (seed, kind, first index) alone, and
-their views from (seed, first index), so the same run, request and seed give byte-identical shards.
+features. The reference batch's views and projections are computed once per export (per process), from
+the seed, and reused for every chunk. Chunks are made by the producer from a generator seeded by (seed,
+kind, first index) alone, and their views from (seed, first index), so the same run, request and seed give
+byte-identical shards.
 
 An export killed at any point (even SIGKILL) resumes when the same command is run again: the writer's journal
 says which shards are complete and intact, chunks before them are skipped, the chunk holding the first missing
@@ -94,7 +96,8 @@ PREVIEW_PER_ROW = 10  # samples of each kind a row of the preview shows (pairs: 
 PREVIEW_REAL = 4  # real images at the head of a row
 HARDNESS_DEFINITION = (
     "the run's contrastive loss per sample (mean over its two views; pairs as one positive group of four "
-    "views), next to a seeded reference batch of real training images, encoder in eval mode"
+    "views), next to a seeded reference batch of real training images whose two views are drawn and encoded "
+    "once per export (not per chunk), encoder in eval mode"
 )
 PAIR_SIMILARITY_DEFINITION = "cosine of backbone features h(x_a), h(x_b), encoder in eval mode"
 
@@ -697,6 +700,7 @@ def _export_setup(
         Views(cfg.views, channels, size),
         art.objective,
         reference_batch(real, cfg.train.batch_size, seed),
+        seed=seed,
     )
     names = {"hard": "hsg", "pair": "hpg", "all": "hsg+hpg"}
     fields = {

@@ -165,7 +165,8 @@ def test_hardness_streamed_in_odd_batches_equals_one_call(
     art, ext = load_final(trained_run), encoder_extractor(trained_run)
     syn_x, real_x = ext.prepare(syn), ext.prepare(_digits())
     views = Views(art.cfg.views, ext.channels or syn_x.shape[1], syn_x.shape[-1])
-    scorer = Scorer(art.encoder, views, art.objective, reference_batch(real_x, art.cfg.train.batch_size, 2))
+    reference = reference_batch(real_x, art.cfg.train.batch_size, 2)
+    scorer = Scorer(art.encoder, views, art.objective, reference, seed=2)
     whole = hardness_of(scorer, syn_x.float() / 255.0, seed=2).double()
     got = report["details"]["hardness"]["encoder"]
     assert got["count"] == 300

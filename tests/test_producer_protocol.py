@@ -57,6 +57,7 @@ def test_hardness_of_a_pair_is_its_group_loss_for_every_producer(run_of: Path, t
         Views(cfg.views, real.images.shape[1], real.images.shape[-1]),
         art.objective,
         reference_batch(real.images, cfg.train.batch_size, 2),
+        seed=2,
     )
     samples = art.producer.make("pair", 0, 8, 2, scorer)
     grouped = scorer.hardness(samples.images, 2 * 1_000_003, pair_groups(4))

@@ -7,8 +7,21 @@ of it). HSG uses this so that autograd computes input gradients for the syntheti
 the real views sharing the batch; on a 1-channel 28 px batch that saves ~20% of a joint step on a CPU.
 
 ``convnet``: a 4-block conv net (widths w, 2w, 4w, 8w; strides 1-2-2-2; BN+ReLU; global average pooling),
-the CPU default. ``resnet18``/``resnet50``: torchvision ResNets with the small-image stem used for
-CIFAR-sized inputs in SimCLR's CIFAR experiments (3x3 stride-1 first conv, no max-pool).
+the CPU default. ``resnet18``/``resnet50``: torchvision ResNets with one of two stems (``encoder.stem``):
+
+* ``small``: a 3x3 stride-1 first convolution and no max-pool, the stem SimCLR's CIFAR experiments use;
+* ``standard``: torchvision's ImageNet stem, a 7x7 stride-2 convolution and a 3x3 stride-2 max-pool.
+
+``auto`` (the default) picks ``small`` up to :data:`SMALL_STEM_MAX_SIZE` (64 px) and ``standard`` above.
+Why 64: the standard stem divides the side by 4 before the first stage, so the last stage sees side/32: 1x1
+at 32 px and 2x2 at 64 px, too little left to learn from; the small stem keeps side/8 there (4x4 at 32 px).
+The small stem's cost grows with the side squared at full resolution: at 64 px its first stage runs at
+64x64, as the standard stem's does at 256 px (ImageNet's cost), and at 224 px it costs 16x the standard
+stem's FLOPs. So above 64 px (STL-10's 96, ImageNet's 224) the standard stem is the one that fits.
+
+Global average pooling is a mean over the spatial dimensions rather than ``nn.AdaptiveAvgPool2d``: the same
+numbers, and a backward pass that is deterministic on CUDA (torch has no deterministic CUDA backward for the
+adaptive pool, so ``train.deterministic`` would refuse it).
 """
 
 from __future__ import annotations
@@ -21,6 +34,18 @@ from torch import nn
 
 from synthkit.errors import ModelError
 from synthkit.registry import BACKBONES
+
+# the largest image side that ``encoder.stem: auto`` gives a ResNet the small stem (the module docstring)
+SMALL_STEM_MAX_SIZE = 64
+STEMS = ("auto", "small", "standard")
+RESNETS = ("resnet18", "resnet50")
+
+
+class GlobalAvgPool(nn.Module):
+    """N x C x H x W -> N x C x 1 x 1, the mean over H and W (deterministic backward on every device)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=(2, 3), keepdim=True)
 
 
 class _StemTrunk(nn.Module):
@@ -47,36 +72,73 @@ class ConvNet(_StemTrunk):
             ]
             prev = c
         self.stem = layers[0]
-        self.trunk = nn.Sequential(*layers[1:], nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.trunk = nn.Sequential(*layers[1:], GlobalAvgPool(), nn.Flatten())
         self.out_dim = prev
 
 
-class SmallStemResNet(_StemTrunk):
-    """A torchvision ResNet with a 3x3 stride-1 first convolution and no max-pool, for 32 px images."""
+class ResNet(_StemTrunk):
+    """A torchvision ResNet with the ``small`` or the ``standard`` stem (the module docstring).
 
-    def __init__(self, factory: Callable[..., nn.Module], in_channels: int) -> None:
+    The trunk's layout (and so its state dict) is the same with either stem: the standard stem's max-pool
+    sits with the ReLU after the first batch norm.
+    """
+
+    def __init__(self, factory: Callable[..., nn.Module], in_channels: int, stem: str = "small") -> None:
         super().__init__()
+        if stem not in ("small", "standard"):
+            raise ModelError(f"encoder.stem must be small or standard for a ResNet, got {stem!r}")
         net = factory(weights=None)
-        self.stem = nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False)
+        self.stem_kind = stem
+        if stem == "small":
+            self.stem = nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False)
+            act: nn.Module = net.relu
+        else:
+            self.stem = nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False)
+            act = nn.Sequential(net.relu, net.maxpool)
         self.trunk = nn.Sequential(
-            net.bn1, net.relu, net.layer1, net.layer2, net.layer3, net.layer4, net.avgpool, nn.Flatten()
+            net.bn1, act, net.layer1, net.layer2, net.layer3, net.layer4, GlobalAvgPool(), nn.Flatten()
         )
         self.out_dim = net.fc.in_features
 
 
-# The builders the BACKBONES registry (synthkit.registry) names: (in_channels, width) -> module.
+SmallStemResNet = ResNet  # the name before the standard stem existed
+
+
+def resolve_stem(backbone: str, stem: str, small_stem: bool, image_size: int | None) -> str | None:
+    """The stem a backbone gets: ``small`` or ``standard`` for a ResNet (synthkit's or timm's), None for a
+    backbone without that choice (``convnet``, a plugin, a timm architecture left as it is).
+
+    ``stem``: ``encoder.stem``; ``auto`` gives synthkit's ResNets the small stem up to
+    :data:`SMALL_STEM_MAX_SIZE` px and the standard stem above it (an unknown ``image_size``: small, as
+    before the choice existed), and leaves a timm architecture its own stem (``standard``) unless
+    ``small_stem`` (``encoder.small_stem``, the older spelling of ``stem: small`` for timm) asks otherwise.
+    """
+    if stem not in STEMS:
+        raise ModelError(f"encoder.stem must be one of {', '.join(STEMS)}, got {stem!r}")
+    if backbone.startswith("timm/"):
+        if small_stem or stem == "small":
+            return "small"
+        return "standard"
+    if backbone not in RESNETS:
+        return None
+    if stem != "auto":
+        return stem
+    return "small" if image_size is None or image_size <= SMALL_STEM_MAX_SIZE else "standard"
+
+
+# The builders the BACKBONES registry (synthkit.registry) names: (in_channels, width[, stem]) -> module.
 
 
 def convnet(in_channels: int, width: int) -> nn.Module:
     return ConvNet(in_channels, width)
 
 
-def resnet18(in_channels: int, width: int) -> nn.Module:
-    return SmallStemResNet(torchvision.models.resnet18, in_channels)
+def resnet18(in_channels: int, width: int, stem: str = "small") -> nn.Module:
+    return ResNet(torchvision.models.resnet18, in_channels, stem)
 
 
-def resnet50(in_channels: int, width: int) -> nn.Module:
-    return SmallStemResNet(torchvision.models.resnet50, in_channels)
+def resnet50(in_channels: int, width: int, stem: str = "small") -> nn.Module:
+    return ResNet(torchvision.models.resnet50, in_channels, stem)
 
 
 class TimmBackbone(nn.Module):
@@ -118,7 +180,7 @@ class TimmBackbone(nn.Module):
             conv, pool = getattr(model, "conv1", None), getattr(model, "maxpool", None)
             if not isinstance(conv, nn.Conv2d) or pool is None:
                 raise ModelError(
-                    f"encoder.small_stem: timm/{name} has no ResNet-style conv1/maxpool stem to replace"
+                    f"encoder.stem=small: timm/{name} has no ResNet-style conv1/maxpool stem to replace"
                 )
             model.conv1 = nn.Conv2d(in_channels, conv.out_channels, 3, stride=1, padding=1, bias=False)
             model.maxpool = nn.Identity()
@@ -130,9 +192,22 @@ class TimmBackbone(nn.Module):
 
 
 def build_backbone(
-    name: str, in_channels: int, width: int, *, small_stem: bool = False, has_weights: bool = False
+    name: str,
+    in_channels: int,
+    width: int,
+    *,
+    stem: str | None = None,
+    small_stem: bool = False,
+    has_weights: bool = False,
 ) -> nn.Module:
-    """A backbone (``encoder.backbone``: a registered name, or ``timm/NAME``); it exposes ``out_dim``."""
+    """A backbone (``encoder.backbone``: a registered name, or ``timm/NAME``); it exposes ``out_dim``.
+
+    ``stem``: ``small`` or ``standard`` for a ResNet (``resolve_stem``; None: a ResNet's small stem, a timm
+    architecture's own unless ``small_stem``)."""
     if name.startswith("timm/"):
-        return TimmBackbone(name[5:], in_channels, small_stem=small_stem, has_weights=has_weights)
-    return BACKBONES.get(name)(in_channels, width)
+        small = small_stem or stem == "small"
+        return TimmBackbone(name[5:], in_channels, small_stem=small, has_weights=has_weights)
+    builder = BACKBONES.get(name)
+    if stem is None or name not in RESNETS:
+        return builder(in_channels, width)
+    return builder(in_channels, width, stem)

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from synthkit.config import EncoderConfig
-from synthkit.encoders.backbones import build_backbone
+from synthkit.encoders.backbones import build_backbone, resolve_stem
 from synthkit.errors import CheckpointError, ModelError
 from synthkit.provenance import state_dict_hash
 from synthkit.weights import load_state_dict
@@ -28,14 +28,23 @@ class ProjectionHead(nn.Sequential):
 
 
 class Encoder(nn.Module):
-    """Inputs are images in [0, 1]; they are centred to [-1, 1] inside, so views stay in image space."""
+    """Inputs are images in [0, 1]; they are centred to [-1, 1] inside, so views stay in image space.
 
-    def __init__(self, cfg: EncoderConfig, in_channels: int) -> None:
+    ``image_size``: the side of the images it will see, which ``encoder.stem: auto`` picks a ResNet's stem
+    by (None: the small stem). ``stem``: the stem a run recorded (``final.json``), which overrides both.
+    ``self.stem`` is the stem built (``small``/``standard``; None for a backbone without that choice).
+    """
+
+    def __init__(
+        self, cfg: EncoderConfig, in_channels: int, image_size: int | None = None, *, stem: str | None = None
+    ) -> None:
         super().__init__()
+        self.stem = stem or resolve_stem(cfg.backbone, cfg.stem, cfg.small_stem, image_size)
         self.backbone = build_backbone(
             cfg.backbone,
             in_channels,
             cfg.width,
+            stem=self.stem,
             small_stem=cfg.small_stem,
             has_weights=cfg.weights is not None,
         )

@@ -78,6 +78,32 @@ def assign(x: torch.Tensor, centroids: torch.Tensor, chunk_size: int = DEFAULT_C
     return out
 
 
+# one-hot rows per block of points in cluster_sums on CUDA: at most this many elements (points x clusters)
+ONE_HOT_BLOCK = 1 << 24
+
+
+def cluster_sums(
+    x: torch.Tensor, label: torch.Tensor, k: int, *, one_hot: bool | None = None
+) -> torch.Tensor:
+    """k x D sums of the rows of ``x`` per ``label``.
+
+    On CUDA ``index_add_`` adds with atomics, in an order that varies from run to run, so the centroids (and
+    the lists built from them) would too; there the sums are products of one-hot blocks with ``x`` instead,
+    accumulated block after block: deterministic. ``one_hot`` forces one way (None: one-hot on CUDA,
+    ``index_add_`` elsewhere, where it is sequential already).
+    """
+    if one_hot is None:
+        one_hot = x.device.type == "cuda"
+    if not one_hot:
+        return torch.zeros(k, x.shape[1], dtype=x.dtype, device=x.device).index_add_(0, label, x)
+    sums = torch.zeros(k, x.shape[1], dtype=x.dtype, device=x.device)
+    rows = max(1, ONE_HOT_BLOCK // k)
+    for i in range(0, x.shape[0], rows):
+        block = torch.nn.functional.one_hot(label[i : i + rows], k).to(x.dtype)
+        sums += block.t() @ x[i : i + rows]
+    return sums
+
+
 @torch.no_grad()
 def kmeans(
     x: torch.Tensor, k: int, *, iters: int = 10, seed: int = 0, chunk_size: int = DEFAULT_CHUNK
@@ -94,7 +120,7 @@ def kmeans(
     centroids = x[torch.randperm(n, generator=g)[:k].to(x.device)].to(dtype).clone()
     for _ in range(iters):
         label = assign(x, centroids, chunk_size)
-        sums = torch.zeros_like(centroids).index_add_(0, label, x.to(dtype))
+        sums = cluster_sums(x.to(dtype), label, k)
         counts = torch.bincount(label, minlength=k).to(dtype)
         filled = counts > 0
         centroids[filled] = sums[filled] / counts[filled, None]

@@ -19,6 +19,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from synthkit.determinism import seeded
 from synthkit.metrics.neighbours import check_features
 
 FID, KID_MEAN, KID_STD = "fid", "kid_mean", "kid_std"
@@ -132,8 +133,7 @@ def kid(
     del chunk_size  # kept for callers: only the subsets are ever in float64
     n_real, n_fake = real_features.shape[0], fake_features.shape[0]
     scores = []
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeded(seed):
         for _ in range(subsets):  # torchmetrics' order of draws, so the values are the same as its
             real_idx = torch.randperm(n_real)[:size].to(real_features.device)
             fake_idx = torch.randperm(n_fake)[:size].to(fake_features.device)

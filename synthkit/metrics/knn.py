@@ -18,6 +18,32 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+# one-hot votes per block of queries: at most this many elements (queries x k x classes)
+ONE_HOT_BLOCK = 1 << 24
+
+
+def class_votes(
+    labels: torch.Tensor, weights: torch.Tensor, n_classes: int, *, one_hot: bool | None = None
+) -> torch.Tensor:
+    """Q x C sums of ``weights`` (Q x k) per class of ``labels`` (Q x k neighbours' classes).
+
+    On CUDA ``scatter_add_`` adds with atomics, in an order that varies from run to run (and a near-tie's
+    argmax with it), so there the votes are a sum of one-hot rows instead: deterministic, the neighbours
+    added in the same order every time, in blocks of at most ``ONE_HOT_BLOCK`` elements. ``one_hot``
+    forces one way (None: one-hot on CUDA, ``scatter_add_`` elsewhere, where it is sequential already).
+    """
+    if one_hot is None:
+        one_hot = labels.device.type == "cuda"
+    if not one_hot:
+        votes = torch.zeros(labels.shape[0], n_classes, dtype=weights.dtype, device=weights.device)
+        return votes.scatter_add_(1, labels, weights)
+    rows = max(1, ONE_HOT_BLOCK // max(1, labels.shape[1] * n_classes))
+    blocks = [
+        (F.one_hot(lab, n_classes).to(w.dtype) * w.unsqueeze(-1)).sum(dim=1)
+        for lab, w in zip(labels.split(rows), weights.split(rows), strict=True)
+    ]
+    return torch.cat(blocks) if blocks else weights.new_zeros(0, n_classes)
+
 
 def _check(train_features: torch.Tensor, train_labels: torch.Tensor, test_features: torch.Tensor) -> None:
     if train_features.ndim != 2 or test_features.ndim != 2:
@@ -107,9 +133,7 @@ def knn_predict(
         query = F.normalize(test_features[start : start + chunk_size].to(device=device, dtype=dtype), dim=1)
         sim, idx = (query @ train.T).topk(k, dim=1)
         weights = (sim / temperature).exp()
-        votes = torch.zeros(query.shape[0], n_classes, dtype=dtype, device=device)
-        votes.scatter_add_(1, labels[idx], weights)
-        preds.append(votes.argmax(dim=1))
+        preds.append(class_votes(labels[idx], weights, n_classes).argmax(dim=1))
     if not preds:
         return torch.empty(0, dtype=torch.int64, device=device)
     return torch.cat(preds)

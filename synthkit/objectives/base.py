@@ -44,6 +44,10 @@ class Objective:
     """
 
     name: ClassVar[str] = ""
+    # whether a view's loss involves the batch's other images (SimCLR's negatives); False when it involves
+    # only its own positive group and the objective's state (MoCo's queue): scoring then needs no real
+    # reference batch next to the samples (objectives/scoring.py)
+    scores_against_batch: ClassVar[bool] = True
 
     def __init__(self, cfg: ObjectiveConfig, encoder: nn.Module, proj_dim: int, seed: int) -> None:
         self.cfg = cfg

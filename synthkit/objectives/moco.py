@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 
 class MoCo(Objective):
     name: ClassVar[str] = "moco"
+    scores_against_batch: ClassVar[bool] = False  # a query's negatives are the queue, not the batch
 
     def __init__(self, cfg: MoCoConfig, encoder: nn.Module, proj_dim: int, seed: int) -> None:
         super().__init__(cfg, encoder, proj_dim, seed)

@@ -399,7 +399,7 @@ class DiffusionProducer(Producer):
                 else sample_images(ctx.batches, 4 * cfg.train.batch_size, REFERENCE_EPOCH)
             )
             reference = reference_batch(real, cfg.train.batch_size, cfg.train.seed).to(acc.device)
-            scorer = Scorer(encoder, ctx.views, ctx.objective, reference)
+            scorer = Scorer(encoder, ctx.views, ctx.objective, reference, seed=cfg.train.seed)
             what = " and ".join(f"{n} {k}" for k, n in self.pool_counts.items() if n)
             phase = Phase(
                 f"sampling the pool of epoch {epoch + 1}",

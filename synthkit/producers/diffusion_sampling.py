@@ -31,6 +31,7 @@ import torch
 from diffusers import DDIMScheduler
 
 from synthkit.config import DiffusionConfig
+from synthkit.determinism import seeded
 from synthkit.generators.diffusion import ddim_scheduler, to_image_range
 
 if TYPE_CHECKING:
@@ -72,8 +73,7 @@ def _guided_eps(
     """Move the predicted x0 up the encoder's loss by ``w`` (unit-RMS gradient), return the matching eps."""
     a = ddim.alphas_cumprod[t].to(x.device, x.dtype)
     x0 = ((x - (1 - a).sqrt() * eps) / a.sqrt()).clamp(-1.0, 1.0).detach().requires_grad_(True)
-    with torch.enable_grad(), torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)  # the views' randomness (kornia draws from the global generator)
+    with torch.enable_grad(), seeded(seed):  # the views' randomness, the caller's RNG state restored after
         x01 = to_image_range(x0)
         h = guidance.scorer.hardness_grad(guidance.prepare(x01) if guidance.prepare is not None else x01)
         (grad,) = torch.autograd.grad(h.sum(), x0)

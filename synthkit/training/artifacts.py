@@ -59,6 +59,7 @@ def publish_final(
     meta: dict[str, Any] = {
         "config": to_dict(cfg),
         "in_channels": encoder.in_channels,
+        "stem": encoder.stem,
         "epochs": epochs,
         "steps": steps,
         "created_by": created_by(),
@@ -136,7 +137,8 @@ def load_final(run_dir: str | Path) -> RunArtifacts:
         if not isinstance(meta, dict) or not isinstance(meta.get("hashes"), dict):
             raise CheckpointError(f"{final / FINAL_JSON} is not a synthkit final.json (no hashes)")
         cfg = from_dict(meta["config"])
-        encoder = Encoder(cfg.encoder, int(meta["in_channels"]))
+        # the stem the run recorded (runs from before encoder.stem record none: the default is theirs)
+        encoder = Encoder(cfg.encoder, int(meta["in_channels"]), stem=meta.get("stem"))
     except (KeyError, TypeError, ValueError, UnicodeDecodeError) as e:
         raise CheckpointError(f"cannot read {final / FINAL_JSON}: {type(e).__name__}: {e}") from e
     path = final / "encoder.safetensors"

@@ -42,6 +42,7 @@ from synthkit.config import PipelineConfig
 from synthkit.data.batches import MemoryBatches, MixBatches, MixInfo, check_mix, drawn_record
 from synthkit.data.sources import ImageSet, load_source
 from synthkit.data.views import Views, to_float
+from synthkit.determinism import deterministic_mode, strict_possible
 from synthkit.distributed import FailTogether, reduce_values
 from synthkit.encoders.model import Encoder, load_encoder_weights
 from synthkit.errors import ConfigError, RunError
@@ -168,8 +169,12 @@ def train(
     """Train the encoder (with the configured producer) and publish its final weights in ``run_dir``.
 
     The training data are checked before the run directory is made. On several processes an error on any
-    one ends them all, in bounded time, with the error printed once (:class:`FailTogether`)."""
-    with FailTogether() as team:
+    one ends them all, in bounded time, with the error printed once (:class:`FailTogether`). With
+    ``train.deterministic`` the run's torch settings are deterministic (``synthkit/determinism.py``), set
+    before anything touches CUDA and restored when it returns.
+    """
+    strict = strict_possible(cfg.producer_active)
+    with deterministic_mode(cfg.train.deterministic, warn_only=not strict), FailTogether() as team:
         return _train(cfg, run_dir, team, resume=resume, progress=progress, accelerator=accelerator)
 
 
@@ -195,8 +200,8 @@ def _train(
 
     # 2. Models: identical initial weights on every process ---
     set_seed(cfg.train.seed)
-    encoder = Encoder(cfg.encoder, channels)
-    encoder_info: dict[str, Any] = {"backbone": cfg.encoder.backbone}
+    encoder = Encoder(cfg.encoder, channels, size)
+    encoder_info: dict[str, Any] = {"backbone": cfg.encoder.backbone, "stem": encoder.stem}
     if cfg.encoder.weights is not None:  # a pretrained start, recorded by its content hash
         encoder_info.update(
             weights=cfg.encoder.weights, weights_hash=load_encoder_weights(encoder, cfg.encoder.weights)

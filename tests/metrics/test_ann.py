@@ -73,3 +73,17 @@ def test_bad_arguments_are_refused_and_defaults_are_sane() -> None:
     with pytest.raises(ValueError, match="dimensions"):
         search(build_ivf(ref, nlist=4), torch.randn(3, 5))
     assert default_nlist(1_000_000) == 4000 and default_nlist(10) == 1
+
+
+def test_one_hot_cluster_sums_equal_index_add(monkeypatch: pytest.MonkeyPatch) -> None:
+    """k-means' sums on CUDA (one-hot products, deterministic) equal index_add_'s, in small blocks too."""
+    from synthkit.metrics import ann
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(300, 5, generator=g, dtype=torch.float64)
+    label = torch.randint(0, 11, (300,), generator=g)
+    expected = torch.zeros(11, 5, dtype=torch.float64).index_add_(0, label, x)
+    torch.testing.assert_close(ann.cluster_sums(x, label, 11, one_hot=True), expected)
+    torch.testing.assert_close(ann.cluster_sums(x, label, 11, one_hot=False), expected)
+    monkeypatch.setattr(ann, "ONE_HOT_BLOCK", 11 * 7)  # blocks of 7 points
+    torch.testing.assert_close(ann.cluster_sums(x, label, 11, one_hot=True), expected)

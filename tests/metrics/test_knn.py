@@ -110,3 +110,18 @@ def test_k_above_the_images_per_class_is_a_problem_named() -> None:
     assert knn_k_problem(51, labels) is not None
     assert knn_k_problem(200, torch.arange(1437) % 10) is None  # the digits' 143 per class: k=200 is fine
     assert knn_k_problem(5, torch.zeros(0, dtype=torch.long)) is None
+
+
+def test_one_hot_votes_equal_scatter_votes() -> None:
+    """The CUDA path (one-hot sums, deterministic) and the scatter path give the same votes."""
+    from synthkit.metrics.knn import class_votes
+
+    g = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 7, (50, 9), generator=g)
+    weights = torch.rand(50, 9, generator=g, dtype=torch.float64)
+    scatter = class_votes(labels, weights, 7, one_hot=False)
+    torch.testing.assert_close(class_votes(labels, weights, 7, one_hot=True), scatter)
+    assert scatter.sum(1).allclose(weights.sum(1)) and scatter[:, 3].allclose(
+        (weights * (labels == 3)).sum(1)
+    )
+    assert class_votes(labels[:0], weights[:0], 7, one_hot=True).shape == (0, 7)
