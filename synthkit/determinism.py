@@ -28,7 +28,7 @@ CUBLAS_WORKSPACE = ":4096:8"
 # the workspace settings cuBLAS is deterministic with (CUDA's documentation, "Results reproducibility")
 DETERMINISTIC_WORKSPACES = (":4096:8", ":16:8")
 # ops synthkit runs that have no deterministic CUDA backward (torch raises on them when strict): the
-# views' crop and resize (kornia: grid_sample, or interpolate), through which HSG's and HPG's generator
+# views' crop and resize (one batched grid_sample), through which HSG's and HPG's generator
 # gradients and the diffusion producer's guidance flow, and the resize of diffusion samples for the encoder
 NONDETERMINISTIC_ON_CUDA = "grid_sample and bilinear interpolate backward (the views' crops and resizes)"
 

@@ -1,4 +1,4 @@
-"""Differentiable, per-sample random views (kornia): randomness per image, gradients, shapes, seeding."""
+"""Differentiable, per-sample random views (batched): randomness per image, gradients, shapes, seeding."""
 
 from __future__ import annotations
 
