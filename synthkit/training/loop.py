@@ -110,9 +110,19 @@ def train(
     progress: bool = True,
     accelerator: Accelerator | None = None,
 ) -> RunResult:
-    """Train the encoder (with the configured producer) and publish its final weights in ``run_dir``."""
-    # 1. The run and the real data ---
+    """Train the encoder (with the configured producer) and publish its final weights in ``run_dir``.
+
+    The run directory is locked for the whole run; ``--resume`` of a finished run returns its summary with
+    ``already_finished`` set and changes nothing (``training/run.py`` describes the directory's life)."""
     run = Run(cfg, Path(run_dir), resume=resume, accelerator=accelerator)
+    with run.guard():
+        if run.finished is not None:
+            return run.finished
+        return _train(cfg, run, progress)
+
+
+def _train(cfg: PipelineConfig, run: Run, progress: bool) -> RunResult:
+    # 1. The run and the real data ---
     acc, device = run.accelerator, run.accelerator.device
     batches, real, test, channels, size = _real_data(cfg, run)
     steps_per_epoch = len(batches)
@@ -154,6 +164,8 @@ def train(
         producer = PRODUCERS.get(cfg.generator.kind).impl_class().for_training(cfg, ctx)
         producer.prepare(acc)
     step = EncoderStep(acc, encoder_ddp, views, opt, objective)
+    # 3. Resume: the checkpoint is checked and loaded before anything in the run directory is written ---
+    state = run.load_checkpoint(objective, producer) if run.resume_from is not None else LoopState()
     run.write_files(
         {
             "name": real.name if real is not None and not cfg.mix.sources else "mix",
@@ -168,11 +180,8 @@ def train(
         encoder_info,
     )
 
-    # 3. Resume (the checkpoint was verified before anything was written), then the producer's start ---
-    state = LoopState()
-    if run.resume_from is not None:
-        state = run.load_checkpoint(objective, producer)
-    else:  # distinct augmentations and latents per process; same weights (set above)
+    # then the producer's start ---
+    if run.resume_from is None:  # distinct augmentations and latents per process; same weights (set above)
         torch.manual_seed(cfg.train.seed * 1009 + 7919 * (run.rank + 1))
     if producer is not None:
         producer.start(resumed=run.resume_from is not None)
