@@ -231,10 +231,11 @@ def _pickle_globals(data: bytes) -> Iterable[tuple[str, str] | None]:
             strings.append(None)
 
 
-def load_torch_file(path: Path) -> Any:
+def load_torch_file(path: Path, what: str = "") -> Any:
     """A torch file of a checkpoint, read only if its pickle refers to tensor storage alone (scanned
-    without being run), and then with ``weights_only``; any failure is one CheckpointError line."""
-    where = f"checkpoint {path.parent}: {path.name}"
+    without being run), and then with ``weights_only``; any failure is one CheckpointError line naming the
+    file (and ``what`` it is)."""
+    where = f"checkpoint {path.parent}: {what + ' ' if what else ''}{path.name}"
     try:
         with zipfile.ZipFile(path) as z:
             pickles = [n for n in z.namelist() if n.endswith("/data.pkl") or n == "data.pkl"]
@@ -318,7 +319,10 @@ def tensor_layout(
 
 
 def check_tensors(
-    path: Path, expected: dict[str, tuple[tuple[int, ...], str]], aliases: dict[str, str] | None = None
+    path: Path,
+    expected: dict[str, tuple[tuple[int, ...], str]],
+    aliases: dict[str, str] | None = None,
+    owner: str = "this run's models",
 ) -> None:
     """A safetensors file holds exactly ``expected`` (keys, shapes, dtypes), aliases aside."""
     where = f"checkpoint {path.parent}: {path.name}"
@@ -327,17 +331,20 @@ def check_tensors(
     found = safetensors_layout(path)
     aliases = aliases or {}
     extra = sorted(set(found) - set(expected))
-    if extra:
-        raise CheckpointError(f"{where} holds {extra[0]!r}, which this run's model does not have")
     missing = sorted(k for k in set(expected) - set(found) if aliases.get(k) not in found)
-    if missing:
-        raise CheckpointError(f"{where} lacks {missing[0]!r} ({len(missing)} key(s) missing)")
-    for key, (shape, dtype) in found.items():
-        if (shape, dtype) != expected[key]:
-            raise CheckpointError(
-                f"{where}: {key!r} is {dtype} {list(shape)}, this run's model needs {expected[key][1]} "
-                f"{list(expected[key][0])}"
-            )
+    problem = ""
+    if extra:
+        problem = f"it holds {extra[0]!r}, which {owner} lack"
+    elif missing:
+        problem = f"it lacks {missing[0]!r} ({len(missing)} key(s) missing)"
+    else:
+        for key, (shape, dtype) in found.items():
+            if (shape, dtype) != expected[key]:
+                want_shape, want_dtype = expected[key]
+                problem = f"{key!r} is {dtype} {list(shape)}, {owner} need {want_dtype} {list(want_shape)}"
+                break
+    if problem:
+        raise CheckpointError(f"{where} does not fit {owner}: {problem}")
 
 
 def _plain(value: Any) -> bool:
@@ -360,7 +367,7 @@ def check_optimizer(path: Path, optimizer: torch.optim.Optimizer) -> None:
     where = f"checkpoint {path.parent}: {path.name}"
     if not path.is_file():
         raise CheckpointError(f"{where} is missing")
-    saved = load_torch_file(path)
+    saved = load_torch_file(path, "the optimizer state")
     live = optimizer.state_dict()
     if not isinstance(saved, dict) or set(saved) != {"state", "param_groups"}:
         keys = sorted(map(str, saved)) if isinstance(saved, dict) else type(saved).__name__
@@ -391,8 +398,9 @@ def check_optimizer(path: Path, optimizer: torch.optim.Optimizer) -> None:
             raise CheckpointError(f"{where}: parameter group {i} {what}")
         if group["params"] != want["params"]:
             n = len(group["params"]) if isinstance(group["params"], list) else "?"
+            live_n = len(want["params"])
             raise CheckpointError(
-                f"{where}: parameter group {i} lists {n} parameters, this run's optimizer {len(want['params'])}"
+                f"{where}: parameter group {i} lists {n} parameters, this run's optimizer {live_n}"
             )
         bad = [k for k, v in group.items() if k != "params" and not _plain(v)]
         if bad:
@@ -429,10 +437,10 @@ def check_optimizer(path: Path, optimizer: torch.optim.Optimizer) -> None:
 
 def check_rng_state(path: Path) -> None:
     """An accelerate RNG state file: each generator's state is tried on a throw-away generator."""
-    where = f"checkpoint {path.parent}: {path.name}"
+    where = f"checkpoint {path.parent}: the RNG state {path.name}"
     if not path.is_file():
         raise CheckpointError(f"{where} is missing")
-    states = load_torch_file(path)
+    states = load_torch_file(path, "the RNG state")
     if not isinstance(states, dict):
         raise CheckpointError(f"{where} is not an RNG state (a {type(states).__name__})")
     lack = [k for k in ("random_state", "numpy_random_seed", "torch_manual_seed") if k not in states]
@@ -550,7 +558,7 @@ def check_structure(
             f"checkpoint {directory}: scaler.pt is not used by this run (mixed precision differs?)"
         )
     for name, layout in tensors.items():
-        check_tensors(directory / name, layout)
+        check_tensors(directory / name, layout, owner="this run")
     for name, keys in json_keys.items():
         check_json(directory / name, keys)
     for rel in _files(directory):

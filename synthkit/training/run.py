@@ -553,7 +553,7 @@ class Run:
         seen: dict[str, tuple[tuple[int, ...], str]] = {}
         if cfg.train.record_indices and not streaming and step > 0:
             seen["seen"] = ((step, self.world, cfg.train.batch_size // self.world), "I64")
-        tensors = {STATE_TENSORS: seen}
+        tensors = {STATE_TENSORS: seen}  # checked against the loop's own layout
         for name, module in objective.modules().items():
             tensors[f"objective_{name}.safetensors"] = ckpt.tensor_layout(module.state_dict())[0]
         ckpt.check_structure(
