@@ -556,6 +556,8 @@ class Run:
         tensors = {STATE_TENSORS: seen}  # checked against the loop's own layout
         for name, module in objective.modules().items():
             tensors[f"objective_{name}.safetensors"] = ckpt.tensor_layout(module.state_dict())[0]
+        for file, module in (producer.checkpoint_layout() if producer is not None else {}).items():
+            tensors[file] = ckpt.tensor_layout(module.state_dict())[0]
         ckpt.check_structure(
             path,
             models=list(acc._models),
