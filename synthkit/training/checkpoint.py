@@ -60,12 +60,13 @@ def _files(directory: Path) -> list[str]:
     )
 
 
-def verify_checkpoint(directory: Path) -> None:
+def verify_checkpoint(directory: Path, *, allow_unlisted: bool = False) -> None:
     """Raise :class:`CheckpointError` naming the first problem found.
 
     ``checksums.json`` must list every file of the directory, each with its size and sha256: an empty or
     partial list, an entry of the wrong shape, a path that leaves the directory, a file that is not listed,
     missing, truncated or altered is refused, so no damaged or foreign state is ever resumed from.
+    ``allow_unlisted``: only check what is listed (is what synthkit wrote here whole?).
     """
     directory = Path(directory)
     if not directory.is_dir():
@@ -104,7 +105,7 @@ def verify_checkpoint(directory: Path) -> None:
         if sha256_file(path) != expected["sha256"]:
             raise CheckpointError(f"checkpoint {directory}: file {rel} is corrupt (sha256 mismatch)")
     unlisted = sorted(set(_files(directory)) - set(sums))
-    if unlisted:
+    if unlisted and not allow_unlisted:
         raise CheckpointError(f"checkpoint {directory}: file {unlisted[0]} is not in {CHECKSUMS}")
 
 

@@ -262,11 +262,16 @@ class Run:
         self.ckpt_root = run_dir / "checkpoints"
         self.cfg, self.dir = cfg, check_output_dir(run_dir, "--out (the run directory)", create=False)
         self.trackers = resolve_trackers(cfg.train.trackers)
-        self.accelerator = accelerator or Accelerator(
-            mixed_precision=cfg.train.mixed_precision,
-            log_with=self.trackers or None,
-            project_dir=str(run_dir),
-        )
+        try:
+            self.accelerator = accelerator or Accelerator(
+                mixed_precision=cfg.train.mixed_precision,
+                log_with=self.trackers or None,
+                project_dir=str(run_dir),
+            )
+        except (ValueError, RuntimeError, OSError) as e:  # torch.distributed's rendezvous, a device
+            promised = promised_processes()
+            what = f"the {promised[0]} processes the launcher started" if promised else "this process"
+            raise RunError(f"cannot set up {what}: {ckpt._first_line(e)}; nothing was written") from e
         check_launch(self.accelerator)
         self.world, self.rank = self.accelerator.num_processes, self.accelerator.process_index
         if cfg.train.batch_size % self.world:
@@ -366,7 +371,7 @@ class Run:
         if not final.is_dir():
             return None
         try:
-            ckpt.verify_checkpoint(final)
+            ckpt.verify_checkpoint(final, allow_unlisted=True)  # the user's own files aside
             meta = json.loads((final / FINAL_JSON).read_text(encoding="utf-8"))
             epochs = meta["epochs"]
         except (CheckpointError, OSError, ValueError, KeyError, TypeError):

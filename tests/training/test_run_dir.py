@@ -7,6 +7,7 @@ must run at once) and checks the one line, the exit status, and what is left on 
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -157,7 +158,7 @@ def test_a_pickle_payload_with_matching_checksums_is_refused_and_never_run(
     last = ckpt.checkpoint_dirs(run / "checkpoints")[-1]
     torch.save({"state": Payload(marker), "param_groups": []}, last / target)
     # the payload is live: an unsafe load runs it
-    torch.load(last / target, weights_only=False)
+    torch.load(io.BytesIO((last / target).read_bytes()), weights_only=False)
     assert marker.exists()
     marker.unlink()
     _rechecksum(run)
@@ -395,14 +396,33 @@ def test_a_second_export_into_one_directory_is_refused_and_the_first_is_unharmed
 
 
 # ------------------------------------------------------------------------------ a launch that is no group
-def test_a_launch_whose_processes_formed_no_group_is_refused_before_anything_is_written(tmp_path) -> None:
-    """The launcher's environment promises two processes, but this one is alone (no process group)."""
+def test_a_launch_whose_processes_formed_no_group_is_refused(monkeypatch) -> None:
+    """The launcher's environment promises two processes, but this process is alone."""
+    from accelerate import Accelerator
+
+    from synthkit.errors import RunError
+    from synthkit.training.run import check_launch
+
+    alone = Accelerator(cpu=True)
+    check_launch(alone)  # no launcher: nothing promised
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(
+        RunError, match=r"started 2 processes \(WORLD_SIZE=2\) but they did not join one group"
+    ):
+        check_launch(alone)
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    check_launch(alone)
+
+
+def test_a_launch_environment_that_cannot_form_a_group_is_one_line(tmp_path) -> None:
+    """WORLD_SIZE without the rest of a launch (no MASTER_ADDR): one line, and nothing written."""
     run = tmp_path / "run"
-    env = {**ENV, "WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1"}
+    env = {k: v for k, v in ENV.items() if k not in ("MASTER_ADDR", "MASTER_PORT")}
+    env.update(WORLD_SIZE="2", RANK="1", LOCAL_RANK="1")
     proc = subprocess.run(_cli(*_train(run, *PLAIN)), env=env, capture_output=True, text=True, timeout=300)
     err = error_lines(proc.stderr)
     assert proc.returncode == 2 and len(err) == 1, proc.stderr[-2000:]
-    assert "started 2 processes (WORLD_SIZE=2) but they did not join one group" in err[0]
+    assert "cannot set up the 2 processes the launcher started" in err[0] and "MASTER_ADDR" in err[0]
     assert not run.exists()
 
 
