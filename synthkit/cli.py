@@ -105,8 +105,8 @@ def _cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
         _print_json({"run_dir": str(out), "already_finished": result.already_finished, **result.summary})
     elif result.already_finished:
         print(
-            f"{out} finished its {cfg.train.epochs} epochs already; nothing to do (to train it further, "
-            f"resume it with a larger --train.epochs)"
+            f"{out} already finished its train.epochs={cfg.train.epochs}; nothing to do (to train it "
+            "further, resume it with a larger --train.epochs)"
         )
     elif result.summary:
         last = result.summary.get("last_epoch", {})

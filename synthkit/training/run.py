@@ -479,7 +479,8 @@ class Run:
         ns = namespace or record_namespace(record)
         values = tags(record, ns)
         if values and self.trackers:
-            self.accelerator.log(values, step=tracker_step(record, ns, step))
+            with self._tracker_errors():
+                self.accelerator.log(values, step=tracker_step(record, ns, step))
         if self.is_main and (ns in ECHOED or any(k.endswith("_final_loss") for k in record)):
             logger.info("%s: %s", ns, format_values({k.split("/", 1)[1]: v for k, v in values.items()}))
 
@@ -493,7 +494,22 @@ class Run:
             rows.append(list(to_uint8(chunk.images[:GRID_PER_ROW].float())))
             if chunk.partner is not None:
                 rows.append(list(to_uint8(chunk.partner[:GRID_PER_ROW].float())))
-        log_image(self.accelerator, "samples/grid", rows_grid(rows, scale=2), self.step, epoch)
+        with self._tracker_errors():
+            log_image(self.accelerator, "samples/grid", rows_grid(rows, scale=2), self.step, epoch)
+
+    @contextlib.contextmanager
+    def _tracker_errors(self) -> Iterator[None]:
+        """A tracker that cannot write (a full disk under its log directory, a server gone) ends the run
+        with one line; the last checkpoint stays resumable."""
+        try:
+            yield
+        except SynthkitError:
+            raise
+        except Exception as e:  # noqa: BLE001 - every tracker library raises its own types
+            raise OutputError(
+                f"the trackers ({', '.join(self.trackers)}) cannot log in {self.dir}: "
+                f"{_write_failure(e, self.dir)}; the last checkpoint is intact (fix it, then --resume)"
+            ) from e
 
     def records(self) -> list[dict[str, Any]]:
         """The records of ``metrics.jsonl``. A last line cut short by a kill is dropped; any other line that
@@ -736,7 +752,8 @@ class Run:
             self._write_indices(state)
             write_text_atomic(self.dir / "summary.json", json.dumps(summary, indent=2))
         acc.wait_for_everyone()
-        acc.end_training()
+        with self._tracker_errors():
+            acc.end_training()
         return summary
 
     def _write_indices(self, state: LoopState) -> None:

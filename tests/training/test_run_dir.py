@@ -69,7 +69,7 @@ def test_resume_of_a_finished_run_does_nothing_and_keeps_the_users_files(finishe
     assert main(_train(run, "--train.epochs=1", "--resume")) == 0
     captured = capsys.readouterr()
     out = [line for line in captured.out.splitlines() if line.strip()]
-    assert len(out) == 1 and "finished its 1 epochs already; nothing to do" in out[0], out
+    assert len(out) == 1 and "already finished its train.epochs=1; nothing to do" in out[0], out
     assert not error_lines(captured.err)
     assert _snapshot(run) == before  # nothing deleted, nothing rewritten
     assert not (run / LOCK_NAME).exists()
@@ -278,6 +278,28 @@ def test_a_new_run_that_fails_after_its_directory_appeared_leaves_nothing(tmp_pa
     assert main([*argv, "--train.knn_every=0"]) == 0  # the same --out, fixed
 
 
+def test_a_tampered_shard_leaves_no_directory_that_blocks_the_rerun(tmp_path, capsys) -> None:
+    from synthkit.config import DataConfig
+    from synthkit.shards.convert import convert_source
+
+    real = tmp_path / "real"
+    convert_source(DataConfig(name="digits", size=16, subset=128), "train", real, maxcount=64)
+    shard = sorted(real.glob("*.tar"))[0]
+    good = shard.read_bytes()
+    bad = bytearray(good)
+    bad[len(bad) // 2] ^= 0xFF
+    shard.write_bytes(bytes(bad))
+    run = tmp_path / "run"
+    argv = _train(run, "--data", f"real={real}:1", *PLAIN, "--train.epochs=1")
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = error_lines(capsys.readouterr().err)
+    assert len(err) == 1 and shard.name in err[0], err
+    assert not run.exists()
+    shard.write_bytes(good)
+    assert main(argv) == 0  # the same command, once the shard is repaired
+
+
 def test_resume_of_a_directory_without_a_run_is_refused(tmp_path, capsys) -> None:
     for path, expected in ((tmp_path / "typo", "does not exist"), (tmp_path, "holds no run")):
         assert main(_train(path, "--resume")) == 2
@@ -331,6 +353,34 @@ def test_a_second_writer_into_a_run_directory_is_refused_and_the_first_is_unharm
     ckpt.verify_checkpoint(run / "final")
     assert json.loads((run / "final" / "final.json").read_text())["epochs"] == 12
     assert not (run / LOCK_NAME).exists()
+
+
+def test_a_killed_run_leaves_a_stale_lock_that_resume_breaks(tmp_path, capsys) -> None:
+    """SIGKILL after the first checkpoint: the lock stays behind, its process gone; --resume breaks it
+    and ends with the weights of a run that was never killed."""
+    run = tmp_path / "run"
+    proc = subprocess.Popen(
+        _cli(*_train(run, *PLAIN, "--train.epochs=30")),
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        _wait_for(run / "checkpoints" / "epoch_0002", proc)
+    finally:
+        proc.kill()
+        proc.communicate()
+    assert json.loads((run / LOCK_NAME).read_text())["pid"] == proc.pid
+    newest = ckpt.checkpoint_dirs(run / "checkpoints")[-1]
+    epochs = int(newest.name.split("_")[1]) + 1  # plain CL: nothing is scheduled over train.epochs
+    capsys.readouterr()
+    assert main(_train(run, *PLAIN, f"--train.epochs={epochs}", "--resume")) == 0
+    err = capsys.readouterr().err
+    assert f"broke a stale lock of pid {proc.pid}" in err and f"resumed from epoch {epochs - 1}" in err
+    full = tmp_path / "full"
+    assert main(_train(full, *PLAIN, f"--train.epochs={epochs}")) == 0
+    a, b = load_file(full / "final" / "encoder.safetensors"), load_file(run / "final" / "encoder.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def _dead_pid() -> int:
