@@ -419,9 +419,11 @@ class Run:
             logger.warning("%s has no checkpoint yet: starting the run over from its first step", self.dir)
             for leftover in (self.metrics, self.dir / "summary.json", self.dir / "indices.json"):
                 leftover.unlink(missing_ok=True)
-            for tree in (self.dir / "pools", self.dir / "synthkit", self.dir / ".tmp_final", self.ckpt_root):
+            for tree in (self.dir / "pools", self.dir / "synthkit", self.dir / ".tmp_final"):
                 if tree.is_dir():
                     shutil.rmtree(tree)
+            for tree in self.ckpt_root.glob(".tmp_*") if self.ckpt_root.is_dir() else []:
+                shutil.rmtree(tree)  # a checkpoint a kill interrupted (there is no published one)
         self.accelerator.wait_for_everyone()
 
     @property
