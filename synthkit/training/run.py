@@ -175,6 +175,8 @@ def _write_failure(exc: BaseException, where: Path) -> str:
     """Why a write failed, in a few words: a full disk is said as such whoever reported it."""
     if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
         return "disk full (ENOSPC)"
+    if "No space left on device" in str(exc) or "os error 28" in str(exc):  # safetensors' own I/O error
+        return "disk full (ENOSPC)"
     try:
         if shutil.disk_usage(where).free < (1 << 20):
             return "disk full"
@@ -694,9 +696,13 @@ class Run:
         ) as e:  # torch.save reports a full disk as RuntimeError
             if self.is_main:
                 shutil.rmtree(tmp, ignore_errors=True)
+            kept = (
+                "earlier checkpoints are intact"
+                if ckpt.checkpoint_dirs(root)
+                else "no checkpoint had been written yet"
+            )
             raise ckpt.CheckpointError(
-                f"could not write checkpoint {root / name}: {_write_failure(e, root)}; earlier checkpoints "
-                "are intact"
+                f"could not write checkpoint {root / name}: {_write_failure(e, root)}; {kept}"
             ) from e
         acc.wait_for_everyone()
 
