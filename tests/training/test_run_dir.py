@@ -327,7 +327,7 @@ def _wait_for(path: Path, proc: subprocess.Popen, seconds: float = 120) -> None:
 def test_a_second_writer_into_a_run_directory_is_refused_and_the_first_is_unharmed(tmp_path, capsys) -> None:
     run = tmp_path / "run"
     first = subprocess.Popen(
-        _cli(*_train(run, "--train.epochs=12")),
+        _cli(*_train(run, *PLAIN, "--train.epochs=40")),
         env=ENV,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -337,7 +337,10 @@ def test_a_second_writer_into_a_run_directory_is_refused_and_the_first_is_unharm
         _wait_for(run / "metrics.jsonl", first)  # training, with the lock held
         holder = json.loads((run / LOCK_NAME).read_text())
         assert holder["pid"] == first.pid and holder["host"] == socket.gethostname()
-        for argv in (_train(run, "--train.epochs=12"), _train(run, "--train.epochs=12", "--resume")):
+        for argv in (
+            _train(run, *PLAIN, "--train.epochs=40"),
+            _train(run, *PLAIN, "--train.epochs=40", "--resume"),
+        ):
             capsys.readouterr()
             assert main(argv) == 2
             err = error_lines(capsys.readouterr().err)
@@ -351,7 +354,7 @@ def test_a_second_writer_into_a_run_directory_is_refused_and_the_first_is_unharm
             first.kill()
     assert first.returncode == 0, err_text[-2000:]
     ckpt.verify_checkpoint(run / "final")
-    assert json.loads((run / "final" / "final.json").read_text())["epochs"] == 12
+    assert json.loads((run / "final" / "final.json").read_text())["epochs"] == 40
     assert not (run / LOCK_NAME).exists()
 
 
