@@ -12,6 +12,7 @@ import errno
 import io
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -153,3 +154,48 @@ def check_output_file(path: str | os.PathLike[str], what: str) -> Path:
         raise OutputError(f"{what} {p} exists and is not a regular file")
     check_output_dir(p.parent if str(p.parent) else Path("."), what=f"the directory of {what}")
     return p
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one step (Linux renameat2 RENAME_EXCHANGE); False where that is not available."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
+        return False  # an old kernel or a filesystem without it
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def replace_dir(new: Path, target: Path) -> Path | None:
+    """Put the complete directory ``new`` at ``target`` in one step; return where the old ``target`` went.
+
+    Without an old ``target`` a rename does it. With one, the two are exchanged atomically (Linux
+    ``renameat2(RENAME_EXCHANGE)``), so a reader sees the old directory or the new one, never neither; the
+    old one is then at ``new`` (returned, for the caller to remove what it wrote there). Where exchange is
+    not available the old directory is first renamed aside (``.TARGET.old``), a moment without ``target``.
+    """
+    new, target = Path(new), Path(target)
+    if not target.exists():
+        os.replace(new, target)
+        fsync_dir(target.parent)
+        return None
+    if _exchange(new, target):
+        fsync_dir(target.parent)
+        return new
+    aside = target.with_name(f".{target.name}.old")
+    if aside.exists():
+        raise OSError(errno.EEXIST, f"{aside} is in the way (left by an interrupted replacement)", str(aside))
+    os.replace(target, aside)
+    os.replace(new, target)
+    fsync_dir(target.parent)
+    return aside

@@ -106,7 +106,12 @@ def _cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
     out = Path(args.out) if args.out else Path("runs") / Path(args.pipeline).stem
     result = train(cfg, out, resume=args.resume, progress=_progress(args))
     if args.json:
-        _print_json({"run_dir": str(out), **result.summary})
+        _print_json({"run_dir": str(out), "already_finished": result.already_finished, **result.summary})
+    elif result.already_finished:
+        print(
+            f"{out} already finished its train.epochs={cfg.train.epochs}; nothing to do (to train it "
+            "further, resume it with a larger --train.epochs)"
+        )
     elif result.summary:
         last = result.summary.get("last_epoch", {})
         knn = f", kNN {last['knn_acc']:.4f}" if "knn_acc" in last else ""

@@ -72,7 +72,7 @@ from synthkit.shards import (
 )
 from synthkit.shards.format import is_safe_name, shard_pattern, temp_name
 from synthkit.shards.location import is_url
-from synthkit.shards.output import SetOutput, open_output
+from synthkit.shards.output import SetOutput, lock_part, open_output
 from synthkit.shards.parts import find_part_journals, publish_parts
 from synthkit.shards.writer import Part, journal_name
 from synthkit.training.artifacts import load_final
@@ -670,13 +670,19 @@ def generate(
     request = _request(art.hashes, n, seed, name, batch_size, maxcount, kind)
     if split is not None:
         mine = Part.of(total, maxcount, *split)
-        manifest = prepare_part_dir(Path(out_dir), name, request, mine, -(-total // maxcount))
-        if manifest is not None:
-            return ExportResult(
-                Path(out_dir), manifest, np.array([]), np.array([]), reused=True, main=rank == 0
+        part_lock = lock_part(Path(out_dir), *split, world=world)  # one writer per part (shards/output.py)
+        try:
+            manifest = prepare_part_dir(Path(out_dir), name, request, mine, -(-total // maxcount))
+            if manifest is not None:
+                return ExportResult(
+                    Path(out_dir), manifest, np.array([]), np.array([]), reused=True, main=rank == 0
+                )
+            scorer, write = _export_setup(art, request, seed, kind, batch_size, maxcount)
+            return _generate_part(
+                Path(out_dir), name, art.producer, scorer, counts, write, mine, world, progress
             )
-        scorer, write = _export_setup(art, request, seed, kind, batch_size, maxcount)
-        return _generate_part(Path(out_dir), name, art.producer, scorer, counts, write, mine, world, progress)
+        finally:
+            part_lock.release()
     output = open_output(out_dir)  # a URL is written through a local staging directory (shards/output.py)
     try:
         return _generate(art, output, request, counts, seed, name, maxcount, batch_size, kind, progress)

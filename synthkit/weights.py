@@ -36,7 +36,10 @@ def load_state_dict(path: Path, expected_hash: str | None = None) -> dict[str, t
     try:
         state = load_file(str(path))
     except Exception as e:  # noqa: BLE001 - safetensors raises several types for a damaged file
-        raise CheckpointError(f"cannot load {path}: {type(e).__name__}: {e}") from e
+        text = str(e).strip()  # one line: safetensors' and torch's messages can run to many
+        raise CheckpointError(
+            f"cannot load {path}: {type(e).__name__}: {text.splitlines()[0][:200] if text else ''}"
+        ) from e
     bad = next(
         (k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())), None
     )

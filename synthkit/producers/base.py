@@ -152,6 +152,12 @@ class Producer:
     def load_state(self, directory: Path) -> None:
         """Read what ``save_state`` wrote; every process."""
 
+    def checkpoint_layout(self) -> dict[str, nn.Module]:
+        """The weight files ``save_state`` writes (``producer_*.safetensors``) and the module each holds: a
+        resume checks each file's keys, shapes and dtypes against its module before anything is loaded.
+        Files not named here are left to ``load_state`` to check."""
+        return {}
+
     def fingerprint_modules(self) -> dict[str, nn.Module]:
         """Modules whose weights must agree on every process at the end (the summary checks them)."""
         return {}

@@ -450,6 +450,9 @@ class CGanProducer(Producer):
         }
         (directory / STATE_JSON).write_text(json.dumps(meta, indent=2))
 
+    def checkpoint_layout(self) -> dict[str, nn.Module]:
+        return {f"producer_{name}.safetensors": module for name, module in self._emas().items()}
+
     def load_state(self, directory: Path) -> None:
         meta = _read_json(directory / STATE_JSON)
         try:

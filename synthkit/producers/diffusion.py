@@ -485,6 +485,9 @@ class DiffusionProducer(Producer):
         }
         (directory / STATE_JSON).write_text(json.dumps(meta, indent=2))
 
+    def checkpoint_layout(self) -> dict[str, nn.Module]:
+        return {"producer_unet_ema.safetensors": self.unet}
+
     def load_state(self, directory: Path) -> None:
         assert self.ctx is not None
         path = directory / STATE_JSON

@@ -6,7 +6,11 @@ diffusion UNet in diffusers' layout, the conditions), and ``final.json`` with th
 producer's kind and record, and the content hash of every weight file. It is written to a temporary
 directory, checksummed and renamed, so it either exists complete or not at all. Loading checks every file
 against the checksums, and every weight set against the hash recorded for it, so a truncated, corrupt or
-replaced file is reported by name in one line rather than half-loaded.
+replaced file is reported by name in one line rather than half-loaded; whatever torch, safetensors or
+diffusers raise while loading becomes one such line (:func:`first_line`).
+
+``final/`` is replaced only by a new complete result, in one step, and only the files synthkit wrote in the
+old one are deleted (``training/checkpoint.py``: ``publish``).
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from synthkit.atomic import write_text_atomic
 from synthkit.config import PipelineConfig, dump_yaml, from_dict, to_dict
 from synthkit.encoders.model import Encoder
-from synthkit.errors import CheckpointError, ConfigError
+from synthkit.errors import CheckpointError, ConfigError, SynthkitError
 from synthkit.objectives.base import Objective, build_objective
 from synthkit.provenance import created_by
 from synthkit.registry import PRODUCERS
@@ -97,7 +101,14 @@ class RunArtifacts:
         obj = build_objective(
             self.cfg.objective, self.encoder, self.cfg.encoder.proj_dim, self.cfg.train.seed
         )
-        obj.load(self.final_dir, self.hashes)
+        try:
+            obj.load(self.final_dir, self.hashes)
+        except SynthkitError:
+            raise
+        except Exception as e:  # noqa: BLE001 - torch raises many types
+            raise CheckpointError(
+                f"{self.final_dir}: the objective's state cannot be loaded ({first_line(e)})"
+            ) from e
         for module in obj.modules().values():
             module.eval()
         return obj
@@ -115,7 +126,14 @@ class RunArtifacts:
             raise CheckpointError(
                 f"{self.final_dir}: the run's producer {kind!r} is not available: {e}"
             ) from e
-        return cls.load(self.cfg, self.final_dir, record)
+        try:
+            return cls.load(self.cfg, self.final_dir, record)
+        except SynthkitError:
+            raise
+        except Exception as e:  # noqa: BLE001 - torch, safetensors and diffusers raise many types
+            raise CheckpointError(
+                f"{self.final_dir}: the run's {kind} producer cannot be loaded ({first_line(e)})"
+            ) from e
 
     @property
     def conditions(self) -> Conditions | None:
@@ -142,6 +160,18 @@ def load_final(run_dir: str | Path) -> RunArtifacts:
     except (KeyError, TypeError, ValueError, UnicodeDecodeError) as e:
         raise CheckpointError(f"cannot read {final / FINAL_JSON}: {type(e).__name__}: {e}") from e
     path = final / "encoder.safetensors"
-    load_into(encoder, load_state_dict(path, meta["hashes"].get("encoder", "missing")), str(path))
+    try:
+        load_into(encoder, load_state_dict(path, meta["hashes"].get("encoder", "missing")), str(path))
+    except SynthkitError:
+        raise
+    except Exception as e:  # noqa: BLE001 - whatever torch raises for weights that do not fit
+        raise CheckpointError(f"{path} cannot be loaded ({first_line(e)})") from e
     encoder.eval()
     return RunArtifacts(run_dir, cfg, encoder, meta)
+
+
+def first_line(e: BaseException) -> str:
+    """An exception as one short line: its type and the first line of its message (torch's and diffusers'
+    messages run to many lines)."""
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0][:200]}" if text else type(e).__name__

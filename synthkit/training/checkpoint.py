@@ -5,23 +5,43 @@ state as safetensors + JSON (never pickle), then a ``checksums.json`` of every f
 the temporary directory to its final name. Before resuming, every file is checked against the checksums,
 so a truncated or corrupt checkpoint fails with a message naming the file instead of resuming silently
 from damaged state.
+
+The checksums catch accidents, not a checkpoint edited by hand (or by a broken tool) and re-checksummed, so
+:func:`check_structure` then checks every file against what this run's models expect before any of it is
+used: each model file's keys, shapes and dtypes; each optimizer state's groups, parameters and per-parameter
+tensors; the RNG states (each tried on a throw-away generator); the loop state's keys; and that every
+file torch would unpickle refers only to tensor storage (its pickle is scanned without being run, then read
+with ``weights_only``). A file that does not belong to a checkpoint at all is refused too.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
-import os
-import shutil
+import logging
+import math
+import pickletools
+import random
+import re
+import zipfile
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
+import numpy as np
+import torch
+
+from synthkit.atomic import fsync_dir, replace_dir, write_text_atomic
 from synthkit.errors import CheckpointError
 from synthkit.provenance import sha256_file
+
+logger = logging.getLogger(__name__)
 
 CHECKSUMS = "checksums.json"
 PREFIX = "epoch_"
 
 
-__all__ = ["CheckpointError", "publish", "verify_checkpoint"]
+__all__ = ["CheckpointError", "check_structure", "foreign_files", "publish", "verify_checkpoint"]
 
 
 def write_checksums(directory: Path) -> None:
@@ -29,9 +49,7 @@ def write_checksums(directory: Path) -> None:
         rel: {"sha256": sha256_file(directory / rel), "bytes": (directory / rel).stat().st_size}
         for rel in _files(directory)
     }
-    tmp = directory / (CHECKSUMS + ".tmp")
-    tmp.write_text(json.dumps(sums, indent=2, sort_keys=True))
-    os.replace(tmp, directory / CHECKSUMS)
+    write_text_atomic(directory / CHECKSUMS, json.dumps(sums, indent=2, sort_keys=True))
 
 
 def _files(directory: Path) -> list[str]:
@@ -42,12 +60,13 @@ def _files(directory: Path) -> list[str]:
     )
 
 
-def verify_checkpoint(directory: Path) -> None:
+def verify_checkpoint(directory: Path, *, allow_unlisted: bool = False) -> None:
     """Raise :class:`CheckpointError` naming the first problem found.
 
     ``checksums.json`` must list every file of the directory, each with its size and sha256: an empty or
     partial list, an entry of the wrong shape, a path that leaves the directory, a file that is not listed,
     missing, truncated or altered is refused, so no damaged or foreign state is ever resumed from.
+    ``allow_unlisted``: only check what is listed (is what synthkit wrote here whole?).
     """
     directory = Path(directory)
     if not directory.is_dir():
@@ -86,7 +105,7 @@ def verify_checkpoint(directory: Path) -> None:
         if sha256_file(path) != expected["sha256"]:
             raise CheckpointError(f"checkpoint {directory}: file {rel} is corrupt (sha256 mismatch)")
     unlisted = sorted(set(_files(directory)) - set(sums))
-    if unlisted:
+    if unlisted and not allow_unlisted:
         raise CheckpointError(f"checkpoint {directory}: file {unlisted[0]} is not in {CHECKSUMS}")
 
 
@@ -101,13 +120,453 @@ def checkpoint_name(epoch: int) -> str:
     return f"{PREFIX}{epoch:04d}"
 
 
+def listed_files(directory: Path) -> set[str] | None:
+    """The files ``checksums.json`` lists (what synthkit wrote there); None if it is missing or unreadable."""
+    try:
+        sums = json.loads((directory / CHECKSUMS).read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+    return set(sums) if isinstance(sums, dict) else None
+
+
+def foreign_files(directory: Path) -> list[str]:
+    """Files under ``directory`` that synthkit did not write there (not in its ``checksums.json``)."""
+    if not directory.is_dir():
+        return []
+    listed = listed_files(directory)
+    if listed is None:
+        return _files(directory) if (directory / CHECKSUMS).exists() or _files(directory) else []
+    return sorted(set(_files(directory)) - listed)
+
+
+def remove_written(directory: Path) -> None:
+    """Delete what synthkit wrote in ``directory`` (the files its checksums list, then empty folders), and
+    the directory once empty; anything else stays, and the directory is then renamed ``NAME.kept-N`` so the
+    name is free, with a warning."""
+    listed = listed_files(directory) or set()
+    for rel in sorted(listed) + [CHECKSUMS]:
+        path = directory / rel
+        if ".." not in Path(rel).parts and (path.is_file() or path.is_symlink()):
+            path.unlink()
+    for sub in sorted((p for p in directory.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
+        with contextlib.suppress(OSError):
+            sub.rmdir()
+    try:
+        directory.rmdir()
+    except OSError:
+        n = 1
+        while directory.with_name(f"{directory.name}.kept-{n}").exists():
+            n += 1
+        kept = directory.with_name(f"{directory.name}.kept-{n}")
+        directory.rename(kept)
+        logger.warning("%s held files synthkit did not write; they are kept in %s", directory, kept)
+
+
 def publish(tmp_dir: Path, final_dir: Path) -> None:
+    """Checksum ``tmp_dir`` and put it at ``final_dir`` in one step (:func:`synthkit.atomic.replace_dir`);
+    of a directory it replaces, only what synthkit wrote is deleted."""
     write_checksums(tmp_dir)
-    if final_dir.exists():
-        shutil.rmtree(final_dir)
-    os.replace(tmp_dir, final_dir)
+    fsync_dir(tmp_dir)
+    old = replace_dir(tmp_dir, final_dir)
+    if old is not None:
+        remove_written(old)
 
 
 def prune(root: Path, keep: int) -> None:
     for old in checkpoint_dirs(root)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            remove_written(old)
+
+
+# ---------------------------------------------------------------------------------------------- structure
+#: what may be referenced from the pickle inside a torch file of a checkpoint (tensors, their storage, the
+#: containers accelerate's RNG state uses); anything else is refused before torch reads the file
+_SAFE_GLOBALS = {
+    ("collections", "OrderedDict"),
+    ("torch._utils", "_rebuild_tensor_v2"),
+    ("torch._utils", "_rebuild_tensor"),
+    ("torch._utils", "_rebuild_parameter"),
+    ("torch", "Size"),
+    ("torch", "device"),
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("_codecs", "encode"),
+}
+
+
+def _safe_global(module: str, name: str) -> bool:
+    if (module, name) in _SAFE_GLOBALS:
+        return True
+    if module == "torch" and (
+        name.endswith("Storage") or isinstance(getattr(torch, name, None), torch.dtype)
+    ):
+        return True
+    return module == "numpy.dtypes" and name.endswith("DType")
+
+
+def _pickle_globals(data: bytes) -> Iterable[tuple[str, str] | None]:
+    """The globals a pickle refers to, read off its opcodes without running it (None: cannot tell)."""
+    strings: list[Any] = []
+    memo: dict[int, Any] = {}
+    for op, arg, _ in pickletools.genops(data):
+        name = op.name
+        if name == "GLOBAL":
+            module, _, attr = str(arg).partition(" ")
+            yield module, attr
+        elif name == "STACK_GLOBAL":
+            ok = len(strings) >= 2 and all(isinstance(x, str) for x in strings[-2:])
+            yield (strings[-2], strings[-1]) if ok else None
+        elif name == "INST":
+            yield None
+        if "UNICODE" in name or "STRING" in name:
+            strings.append(arg)
+        elif name in ("BINPUT", "LONG_BINPUT", "PUT"):
+            memo[int(arg)] = strings[-1] if strings else None
+        elif name == "MEMOIZE":
+            memo[len(memo)] = strings[-1] if strings else None
+        elif name in ("BINGET", "LONG_BINGET", "GET"):
+            strings.append(memo.get(int(arg)))
+        elif name != "STACK_GLOBAL":
+            strings.append(None)
+
+
+def load_torch_file(path: Path, what: str = "") -> Any:
+    """A torch file of a checkpoint, read only if its pickle refers to tensor storage alone (scanned
+    without being run), and then with ``weights_only``; any failure is one CheckpointError line naming the
+    file (and ``what`` it is)."""
+    where = f"checkpoint {path.parent}: {what + ' ' if what else ''}{path.name}"
+    try:
+        with zipfile.ZipFile(path) as z:
+            pickles = [n for n in z.namelist() if n.endswith("/data.pkl") or n == "data.pkl"]
+            if len(pickles) != 1:
+                raise CheckpointError(f"{where} is not a torch tensor file (no single data.pkl)")
+            data = z.read(pickles[0])
+    except (zipfile.BadZipFile, OSError, RuntimeError) as e:
+        raise CheckpointError(f"{where} is not a torch tensor file ({_first_line(e)})") from e
+    try:
+        for ref in _pickle_globals(data):
+            if ref is None:
+                raise CheckpointError(
+                    f"{where} holds a pickle that refers to something it does not name (refused; nothing "
+                    "of it was run)"
+                )
+            if not _safe_global(*ref):
+                raise CheckpointError(
+                    f"{where} is not tensor-only: its pickle refers to {ref[0]}.{ref[1]} (refused; nothing "
+                    "of it was run)"
+                )
+    except (ValueError, EOFError) as e:  # pickletools on a damaged stream
+        raise CheckpointError(f"{where} holds a damaged pickle ({_first_line(e)})") from e
+    from accelerate.utils import load as accelerate_load  # torch.load(weights_only=True) + numpy arrays
+
+    try:
+        return accelerate_load(str(path), map_location="cpu")
+    except Exception as e:  # noqa: BLE001 - whatever torch raises for a damaged or refused file
+        raise CheckpointError(f"{where} cannot be read ({_first_line(e)})") from e
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0][:200]}" if text else type(e).__name__
+
+
+def safetensors_layout(path: Path) -> dict[str, tuple[tuple[int, ...], str]]:
+    """Keys -> (shape, dtype name) of a safetensors file, from its header (no tensor is read)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            out = {}
+            for key in f.keys():  # noqa: SIM118 - safe_open is not a dict
+                s = f.get_slice(key)
+                out[key] = (tuple(int(d) for d in s.get_shape()), str(s.get_dtype()))
+            return out
+    except Exception as e:  # noqa: BLE001 - safetensors raises several types for a damaged file
+        raise CheckpointError(
+            f"checkpoint {path.parent}: {path.name} is not a safetensors file ({_first_line(e)})"
+        ) from e
+
+
+_ST_DTYPES = {
+    torch.float32: "F32",
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+    torch.float64: "F64",
+    torch.int64: "I64",
+    torch.int32: "I32",
+    torch.int16: "I16",
+    torch.int8: "I8",
+    torch.uint8: "U8",
+    torch.bool: "BOOL",
+}
+
+
+def tensor_layout(
+    state: dict[str, torch.Tensor],
+) -> tuple[dict[str, tuple[tuple[int, ...], str]], dict[str, str]]:
+    """What a safetensors file of ``state`` holds: keys -> (shape, dtype name), and the keys that may be
+    left out as aliases (they share storage with a key kept; accelerate drops them) -> that key."""
+    layout, aliases, seen = {}, {}, {}
+    for k, v in state.items():
+        layout[k] = (tuple(v.shape), _ST_DTYPES.get(v.dtype, str(v.dtype)))
+        ptr = (v.untyped_storage().data_ptr(), v.storage_offset(), tuple(v.shape)) if v.numel() else None
+        if ptr is not None and ptr in seen:
+            aliases[k] = seen[ptr]
+        elif ptr is not None:
+            seen[ptr] = k
+    return layout, aliases
+
+
+def check_tensors(
+    path: Path,
+    expected: dict[str, tuple[tuple[int, ...], str]],
+    aliases: dict[str, str] | None = None,
+    owner: str = "this run's models",
+) -> None:
+    """A safetensors file holds exactly ``expected`` (keys, shapes, dtypes), aliases aside."""
+    where = f"checkpoint {path.parent}: {path.name}"
+    if not path.is_file():
+        raise CheckpointError(f"{where} is missing")
+    found = safetensors_layout(path)
+    aliases = aliases or {}
+    extra = sorted(set(found) - set(expected))
+    missing = sorted(k for k in set(expected) - set(found) if aliases.get(k) not in found)
+    problem = ""
+    if extra:
+        problem = f"it holds {extra[0]!r}, which {owner} lack"
+    elif missing:
+        problem = f"it lacks {missing[0]!r} ({len(missing)} key(s) missing)"
+    else:
+        for key, (shape, dtype) in found.items():
+            if (shape, dtype) != expected[key]:
+                want_shape, want_dtype = expected[key]
+                problem = f"{key!r} is {dtype} {list(shape)}, {owner} need {want_dtype} {list(want_shape)}"
+                break
+    if problem:
+        raise CheckpointError(f"{where} does not fit {owner}: {problem}")
+
+
+def _plain(value: Any) -> bool:
+    if value is None or isinstance(value, (bool, int, str)):
+        return True
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, (tuple, list)):
+        return all(_plain(v) for v in value)
+    return isinstance(value, torch.Tensor) and value.numel() == 1
+
+
+#: per-parameter state an optimizer of this class cannot step without
+_OPTIMIZER_STATE = {"Adam": {"step", "exp_avg", "exp_avg_sq"}, "AdamW": {"step", "exp_avg", "exp_avg_sq"}}
+
+
+def check_optimizer(path: Path, optimizer: torch.optim.Optimizer) -> None:
+    """An optimizer state file fits ``optimizer``: the same groups and parameters, plain hyperparameters,
+    and per parameter the tensors its class steps with, each a scalar or of its parameter's shape."""
+    where = f"checkpoint {path.parent}: {path.name}"
+    if not path.is_file():
+        raise CheckpointError(f"{where} is missing")
+    saved = load_torch_file(path, "the optimizer state")
+    live = optimizer.state_dict()
+    if not isinstance(saved, dict) or set(saved) != {"state", "param_groups"}:
+        keys = sorted(map(str, saved)) if isinstance(saved, dict) else type(saved).__name__
+        raise CheckpointError(
+            f"{where} is not an optimizer state (holds {keys}; expected state, param_groups)"
+        )
+    groups, state = saved["param_groups"], saved["state"]
+    if not isinstance(groups, list) or len(groups) != len(live["param_groups"]):
+        raise CheckpointError(
+            f"{where} has {len(groups) if isinstance(groups, list) else 'no'} parameter group(s), this run's "
+            f"optimizer {len(live['param_groups'])}"
+        )
+    params: dict[int, torch.Tensor] = {}
+    inner = getattr(optimizer, "optimizer", optimizer)
+    for i, (group, want, obj) in enumerate(
+        zip(groups, live["param_groups"], inner.param_groups, strict=True)
+    ):
+        if not isinstance(group, dict):
+            raise CheckpointError(f"{where}: parameter group {i} is not a mapping")
+        missing = [k for k in want if k not in group and not (want[k] is None or isinstance(want[k], bool))]
+        extra = [k for k in group if k not in want]
+        if missing or extra:
+            what = (
+                f"lacks {missing[0]!r}"
+                if missing
+                else f"holds {extra[0]!r}, unknown to {type(inner).__name__}"
+            )
+            raise CheckpointError(f"{where}: parameter group {i} {what}")
+        if group["params"] != want["params"]:
+            n = len(group["params"]) if isinstance(group["params"], list) else "?"
+            live_n = len(want["params"])
+            raise CheckpointError(
+                f"{where}: parameter group {i} lists {n} parameters, this run's optimizer {live_n}"
+            )
+        bad = [k for k, v in group.items() if k != "params" and not _plain(v)]
+        if bad:
+            raise CheckpointError(f"{where}: parameter group {i} has a malformed {bad[0]!r}")
+        params.update(zip(want["params"], obj["params"], strict=True))
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{where}: its per-parameter state is not a mapping")
+    needed = _OPTIMIZER_STATE.get(type(inner).__name__)
+    if needed is not None and any(bool(g.get("amsgrad")) for g in groups):
+        needed = needed | {"max_exp_avg_sq"}
+    for pid, entry in state.items():
+        if pid not in params:
+            raise CheckpointError(
+                f"{where} holds state for parameter {pid!r}, which this run's optimizer lacks"
+            )
+        if not isinstance(entry, dict) or not all(isinstance(v, torch.Tensor) for v in entry.values()):
+            raise CheckpointError(f"{where}: the state of parameter {pid} is not a mapping of tensors")
+        if needed is not None and set(entry) != needed:
+            lack = sorted(needed - set(entry))
+            what = f"lacks {lack[0]!r}" if lack else f"holds {sorted(set(entry) - needed)[0]!r}"
+            raise CheckpointError(f"{where}: the state of parameter {pid} {what}")
+        p = params[pid]
+        for key, t in entry.items():
+            if t.numel() == 1 and t.dim() <= 1:
+                if t.is_floating_point() and not math.isfinite(float(t)):
+                    raise CheckpointError(f"{where}: {key} of parameter {pid} is not finite")
+                continue
+            if tuple(t.shape) != tuple(p.shape) or t.dtype != p.dtype:
+                raise CheckpointError(
+                    f"{where}: {key} of parameter {pid} is {t.dtype} {list(t.shape)}, the parameter "
+                    f"{p.dtype} {list(p.shape)}"
+                )
+
+
+def check_rng_state(path: Path) -> None:
+    """An accelerate RNG state file: each generator's state is tried on a throw-away generator."""
+    where = f"checkpoint {path.parent}: the RNG state {path.name}"
+    if not path.is_file():
+        raise CheckpointError(f"{where} is missing")
+    states = load_torch_file(path, "the RNG state")
+    if not isinstance(states, dict):
+        raise CheckpointError(f"{where} is not an RNG state (a {type(states).__name__})")
+    lack = [k for k in ("random_state", "numpy_random_seed", "torch_manual_seed") if k not in states]
+    if lack:
+        raise CheckpointError(f"{where} lacks {lack[0]!r}")
+    tries: list[tuple[str, Callable[[Any], Any]]] = [
+        ("random_state", lambda v: random.Random().setstate(v)),
+        ("numpy_random_seed", lambda v: np.random.RandomState().set_state(v)),
+        ("torch_manual_seed", lambda v: torch.Generator().set_state(v)),
+    ]
+    for key, attempt in tries:
+        try:
+            attempt(states[key])
+        except Exception as e:  # noqa: BLE001 - each library raises its own type
+            raise CheckpointError(f"{where}: {key} is not a valid state ({_first_line(e)})") from e
+    for key, value in states.items():
+        if key == "step":
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise CheckpointError(f"{where}: step is {value!r}, not a count")
+        elif key.startswith("torch_") and key != "torch_manual_seed":  # a device's generators
+            values = value if isinstance(value, (list, tuple)) else [value]
+            if not all(isinstance(v, torch.Tensor) and v.dtype == torch.uint8 for v in values):
+                raise CheckpointError(f"{where}: {key} is not a generator state")
+        elif key not in ("random_state", "numpy_random_seed", "torch_manual_seed", "xm_seed"):
+            raise CheckpointError(f"{where} holds {key!r}, which is not an RNG state")
+
+
+def check_scaler(path: Path, expected_keys: set[str]) -> None:
+    where = f"checkpoint {path.parent}: {path.name}"
+    if not path.is_file():
+        raise CheckpointError(f"{where} is missing")
+    state = load_torch_file(path)
+    if (
+        not isinstance(state, dict)
+        or set(state) != expected_keys
+        or not all(_plain(v) for v in state.values())
+    ):
+        raise CheckpointError(f"{where} is not this run's gradient scaler state")
+
+
+def check_json(path: Path, keys: set[str] | None = None) -> dict[str, Any]:
+    """A JSON object (with exactly ``keys``, when given)."""
+    where = f"checkpoint {path.parent}: {path.name}"
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as e:
+        raise CheckpointError(f"{where} is missing") from e
+    except (OSError, ValueError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{where} is not JSON ({_first_line(e)})") from e
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{where} is not a JSON object")
+    if keys is not None and set(obj) != keys:
+        lack = sorted(keys - set(obj))
+        what = f"lacks {lack[0]!r}" if lack else f"holds {sorted(set(obj) - keys)[0]!r}, which it never has"
+        raise CheckpointError(f"{where} {what}")
+    return obj
+
+
+_ACCELERATE_FILES = re.compile(
+    r"(model|optimizer)(_\d+)?\.(safetensors|bin)|random_states_\d+\.pkl|scaler\.pt"
+)
+
+
+def check_file_names(directory: Path, own: Iterable[str], prefixes: tuple[str, ...]) -> None:
+    """Every file is one a checkpoint holds: accelerate's, ``own`` names, or ``prefixes`` (the producer's)."""
+    own = set(own) | {CHECKSUMS}
+    for rel in _files(directory):
+        if rel in own or rel.startswith(prefixes) or _ACCELERATE_FILES.fullmatch(rel):
+            continue
+        raise CheckpointError(f"checkpoint {directory}: {rel} is not a file of a synthkit checkpoint")
+
+
+def check_structure(
+    directory: Path,
+    *,
+    models: list[torch.nn.Module],
+    optimizers: list[torch.optim.Optimizer],
+    rank: int,
+    scaler: Any = None,
+    tensors: dict[str, dict[str, tuple[tuple[int, ...], str]]] | None = None,
+    json_keys: dict[str, set[str]] | None = None,
+    own_prefixes: tuple[str, ...] = (),
+) -> None:
+    """Check every file of a checkpoint against this run before any of it is used (see the module).
+
+    ``models``/``optimizers``: accelerate's, in its order (``model_N.safetensors``, ``optimizer_N.bin``);
+    ``rank``: this process (its RNG state file must be there; every one present is checked); ``scaler``:
+    accelerate's gradient scaler, if any; ``tensors``: other safetensors files -> their layout;
+    ``json_keys``: JSON files -> their exact keys; ``own_prefixes``: names left to their owner (the
+    producer's ``producer_*`` files, checked by its ``load_state``) beyond being readable.
+    """
+    directory = Path(directory)
+    tensors, json_keys = tensors or {}, json_keys or {}
+    check_file_names(directory, [*tensors, *json_keys, "config.yaml"], own_prefixes)
+    for i, model in enumerate(models):
+        layout, aliases = tensor_layout(model.state_dict())
+        check_tensors(
+            directory / ("model.safetensors" if i == 0 else f"model_{i}.safetensors"), layout, aliases
+        )
+    for i, opt in enumerate(optimizers):
+        check_optimizer(directory / ("optimizer.bin" if i == 0 else f"optimizer_{i}.bin"), opt)
+    for path in sorted(directory.glob("random_states_*.pkl")):
+        check_rng_state(path)
+    if not (directory / f"random_states_{rank}.pkl").is_file():
+        written = len(list(directory.glob("random_states_*.pkl")))
+        raise CheckpointError(
+            f"checkpoint {directory} was written by {written} process(es) and holds no RNG state for process "
+            f"{rank}: resume it with {written} process(es)"
+        )
+    scaler_state = scaler.state_dict() if scaler is not None else {}
+    if scaler_state:
+        check_scaler(directory / "scaler.pt", set(scaler_state))
+    elif (directory / "scaler.pt").exists():
+        raise CheckpointError(
+            f"checkpoint {directory}: scaler.pt is not used by this run (mixed precision differs?)"
+        )
+    for name, layout in tensors.items():
+        check_tensors(directory / name, layout, owner="this run")
+    for name, keys in json_keys.items():
+        check_json(directory / name, keys)
+    for rel in _files(directory):
+        if rel.startswith(own_prefixes):
+            if rel.endswith(".safetensors"):
+                safetensors_layout(directory / rel)
+            elif rel.endswith(".json"):
+                check_json(directory / rel)
+            else:
+                raise CheckpointError(f"checkpoint {directory}: {rel} is not a file of a synthkit checkpoint")

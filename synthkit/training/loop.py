@@ -168,30 +168,33 @@ def train(
 ) -> RunResult:
     """Train the encoder (with the configured producer) and publish its final weights in ``run_dir``.
 
-    The training data are checked before the run directory is made. On several processes an error on any
-    one ends them all, in bounded time, with the error printed once (:class:`FailTogether`). With
+    The training data are checked before the run directory is made. The run directory is locked for the
+    whole run; ``--resume`` of a finished run returns its summary with ``already_finished`` set and changes
+    nothing (``training/run.py`` describes the directory's life). On several processes an error on any one
+    ends them all, in bounded time, with the error printed once (:class:`FailTogether`). With
     ``train.deterministic`` the run's torch settings are deterministic (``synthkit/determinism.py``), set
     before anything touches CUDA and restored when it returns.
     """
     strict = strict_possible(cfg.producer_active)
     with deterministic_mode(cfg.train.deterministic, warn_only=not strict), FailTogether() as team:
-        return _train(cfg, run_dir, team, resume=resume, progress=progress, accelerator=accelerator)
+        configure_remote(RemotePolicy(**dataclasses.asdict(cfg.remote)))  # retries of remote shard reads
+        data = _check_real_data(cfg)  # before anything is written
+        run = Run(cfg, Path(run_dir), resume=resume, accelerator=accelerator)
+        team.watch()
+        with run.guard():
+            if run.finished is not None:
+                return run.finished
+            return _train(cfg, run, data, progress)
 
 
 def _train(
     cfg: PipelineConfig,
-    run_dir: str | Path,
-    team: FailTogether,
-    *,
-    resume: bool,
+    run: Run,
+    data: tuple[MixInfo | None, ImageSet | None, ImageSet | None],
     progress: bool,
-    accelerator: Accelerator | None,
 ) -> RunResult:
-    # 1. The real data (checked before anything is written), the run ---
-    configure_remote(RemotePolicy(**dataclasses.asdict(cfg.remote)))  # retries of remote shard reads
-    info, real, test = _check_real_data(cfg)
-    run = Run(cfg, Path(run_dir), resume=resume, accelerator=accelerator)
-    team.watch()
+    # 1. The run and its real data (checked before the run directory was made) ---
+    info, real, test = data
     acc, device = run.accelerator, run.accelerator.device
     batches, channels, size = _real_batches(cfg, run, info, real)
     steps_per_epoch = len(batches)
@@ -236,6 +239,8 @@ def _train(
         producer = PRODUCERS.get(cfg.generator.kind).impl_class().for_training(cfg, ctx)
         producer.prepare(acc)
     step = EncoderStep(acc, encoder_ddp, views, opt, objective)
+    # 3. Resume: the checkpoint is checked and loaded before anything in the run directory is written ---
+    state = run.load_checkpoint(objective, producer) if run.resume_from is not None else LoopState()
     run.write_files(
         {
             "name": real.name if real is not None and not cfg.mix.sources else "mix",
@@ -250,11 +255,8 @@ def _train(
         encoder_info,
     )
 
-    # 3. Resume (the checkpoint was verified before anything was written), then the producer's start ---
-    state = LoopState()
-    if run.resume_from is not None:
-        state = run.load_checkpoint(objective, producer)
-    else:  # distinct augmentations and latents per process; same weights (set above)
+    # then the producer's start ---
+    if run.resume_from is None:  # distinct augmentations and latents per process; same weights (set above)
         torch.manual_seed(cfg.train.seed * 1009 + 7919 * (run.rank + 1))
     if producer is not None:
         producer.start(resumed=run.resume_from is not None)

@@ -114,8 +114,14 @@ def test_resume_before_the_first_checkpoint_starts_the_run_over(tmp_path: Path, 
     full = train(tiny_config(), tmp_path / "full", progress=False)
     assert res.summary["hashes"] == full.summary["hashes"]  # as if it had never been interrupted
     assert _records(run, deterministic=True) == _records(tmp_path / "full", deterministic=True)
-    # a directory that holds nothing yet: --resume just starts
-    assert train(tiny_config("--train.epochs=1"), tmp_path / "nothing", resume=True, progress=False).summary
+    # --resume of a directory that holds no run (a mistyped path) is refused, and creates nothing
+    with pytest.raises(RunError, match="does not exist"):
+        train(tiny_config("--train.epochs=1"), tmp_path / "nothing", resume=True, progress=False)
+    assert not (tmp_path / "nothing").exists()
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(RunError, match="holds no run"):
+        train(tiny_config("--train.epochs=1"), tmp_path / "empty", resume=True, progress=False)
+    assert list((tmp_path / "empty").iterdir()) == []
 
 
 @pytest.mark.parametrize("damage", ["truncate", "flip", "delete_checksums"])
