@@ -362,6 +362,7 @@ def _cmd_config(args: argparse.Namespace, extra: list[str]) -> int:
 
 def _cmd_audit(args: argparse.Namespace, extra: list[str]) -> int:
     from synthkit.audit import AuditConfig, audit
+    from synthkit.audit_verdict import failing, verdict_lines
 
     _no_extra(extra)
     cfg = AuditConfig(
@@ -374,6 +375,7 @@ def _cmd_audit(args: argparse.Namespace, extra: list[str]) -> int:
         device=args.device,
         exact_max=args.exact_max,
         prdc_sample=args.prdc_sample,
+        reference=args.reference,
     )
     report = audit(
         args.shards,
@@ -386,21 +388,35 @@ def _cmd_audit(args: argparse.Namespace, extra: list[str]) -> int:
         real_root=args.root,
         progress=_progress(args),
     )
+    verdict = report["verdict"]
     if args.json:
-        print(json.dumps(report["metrics"], indent=2))
+        print(json.dumps({"verdict": verdict, "metrics": report["metrics"]}, indent=2))
     else:
+        print("\n".join(verdict_lines(verdict)))
         e = report["extractor"]
         print(
             f"extractor {e['id']} ({e['chosen_by']}); {report['shards']['audited']} samples vs "
             f"{report['real']['count']} real, on {report['methods']['features']['device']}"
         )
+        print(f"  {'metric':<24} {'value':>10}  {'real vs real':>12}")
         for name, m in report["metrics"].items():
             value = f"{m['value']:.4f}" if isinstance(m["value"], float) else str(m["value"])
+            ref = m.get("reference")
+            ref_text = "" if ref is None else (f"{ref:.4f}" if isinstance(ref, float) else str(ref))
+            if "fraction" in m:  # a count: its share, and the reference's share
+                value = f"{m['value']} ({100 * m['fraction']:.1f} %)"
+                ref_text = "" if ref is None else f"{100 * ref:.1f} %"
             print(
-                f"  {name:<24} {value}"
+                f"  {name:<24} {value:>10}  {ref_text:>12}"
                 + ("  (estimated: see report.json methods)" if m.get("estimated") else "")
             )
         print(f"report: {Path(args.out) / 'report.html'}")
+    if args.fail_on is not None:
+        bad = failing(verdict, args.fail_on)
+        if bad:
+            names = ", ".join(f"{g['name']} ({g['status']})" for g in bad)
+            print(f"synthkit audit: --fail-on {args.fail_on}: {names}", file=sys.stderr)
+            return 1
     return 0
 
 
@@ -627,7 +643,20 @@ def build_parser() -> argparse.ArgumentParser:
         default=10_000,
         help="points per set of PRDC above --exact-max (default 10,000)",
     )
-    a.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    a.add_argument(
+        "--reference",
+        choices=("auto", "split", "none"),
+        default="auto",
+        help="the real-vs-real reference every figure is read against: auto (a named source's other split, "
+        "else a disjoint part of the real shard set), split (always the latter), none (gates that need it "
+        "are skipped) (default auto)",
+    )
+    a.add_argument(
+        "--fail-on",
+        choices=("warn", "fail"),
+        help="exit 1 when a gate is at or above this level (the report is written first)",
+    )
+    a.add_argument("--json", action="store_true", help="print the verdict and the metrics as JSON")
     a.add_argument("--no-progress", action="store_true", help=NO_PROGRESS)
     a.set_defaults(fn=_cmd_audit)
 

@@ -204,6 +204,7 @@ def classifier_extractor(directory: str | os.PathLike[str]) -> FeatureExtractor:
             "path": str(directory.resolve()),
             "data": meta["data"],
             "test_accuracy": meta["test_accuracy"],
+            "num_classes": meta["num_classes"],
             "classes": meta.get("classes"),
         },
     )
