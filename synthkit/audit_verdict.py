@@ -27,6 +27,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from synthkit.metrics.extractors import EXTRACTOR_FAIL, EXTRACTOR_PASS, chance_corrected
+
 PASS, WARN, FAIL, SKIP = "pass", "warn", "fail", "skip"
 LEVELS = {SKIP: -1, PASS: 0, WARN: 1, FAIL: 2}
 FAIL_ON = (WARN, FAIL)
@@ -52,11 +54,8 @@ SEPARABILITY_FAIL, SEPARABILITY_WARN = 0.1, 0.3
 # conditions: the samples' spread over real classes (normalised entropy of kNN-assigned classes) may fall
 # this far below the reference's before it is a warning
 CLASS_ENTROPY_SLACK = 0.15
-# extractor: chance-corrected accuracy (acc - 1/C) / (1 - 1/C) of held-out real images classified by kNN
-# in the audit's feature space (and a classifier's own test accuracy). At least halfway from chance to
-# perfect is a usable space; below a fifth of the way (0.28 for 10 classes) distances barely follow the
-# classes, so FID and PRDC measure mostly noise.
-EXTRACTOR_PASS, EXTRACTOR_FAIL = 0.5, 0.2
+# extractor: chance-corrected accuracy of held-out real images classified by kNN in the audit's feature
+# space, and a classifier's own test accuracy (EXTRACTOR_PASS / EXTRACTOR_FAIL: see metrics.extractors).
 THRESHOLDS = {
     "broken": {"warn_above": BROKEN_WARN, "fail_above": BROKEN_FAIL},
     "memorisation": {"warn_above": MEMORISATION_WARN, "fail_above": MEMORISATION_FAIL},
@@ -84,12 +83,6 @@ class Gate:
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "thresholds": THRESHOLDS[self.name]}
-
-
-def chance_corrected(accuracy: float, num_classes: int) -> float:
-    """(accuracy - 1/C) / (1 - 1/C): 0 at chance, 1 when perfect."""
-    chance = 1.0 / max(num_classes, 2)
-    return (accuracy - chance) / (1.0 - chance)
 
 
 def _pct(x: float) -> str:

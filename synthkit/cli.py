@@ -426,7 +426,7 @@ def _cmd_audit_train_extractor(args: argparse.Namespace, extra: list[str]) -> in
 
     _no_extra(extra)
     data = DataConfig(name=args.data, root=args.root, size=args.size, subset=args.subset)
-    if args.epochs < 1:
+    if args.epochs is not None and args.epochs < 1:
         raise ConfigError(f"--epochs must be >= 1 (0 would save an untrained classifier), got {args.epochs}")
     check_output_dir(args.out)
     meta = train_classifier(data, args.out, epochs=args.epochs, seed=args.seed, progress=_progress(args))
@@ -434,9 +434,17 @@ def _cmd_audit_train_extractor(args: argparse.Namespace, extra: list[str]) -> in
         _print_json({"out": str(args.out), **meta})
         return 0
     print(
-        f"trained a {meta['num_classes']}-class classifier on {meta['train_images']} {args.data} images: "
-        f"test accuracy {meta['test_accuracy']:.4f}; sha256 {meta['sha256'][:12]}; saved in {args.out}"
+        f"trained a {meta['num_classes']}-class classifier on {meta['train_images']} {args.data} images "
+        f"({meta['epochs']} epochs): test accuracy {meta['test_accuracy']:.4f}; "
+        f"sha256 {meta['sha256'][:12]}; saved in {args.out}"
     )
+    if meta["weak"]:
+        print(
+            f"warning: a weak classifier (test accuracy {meta['test_accuracy']:.3f}, chance "
+            f"{1 / meta['num_classes']:.3f}): audits in its feature space will flag it; train longer "
+            "(--epochs) or on more images",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -451,7 +459,11 @@ def _train_extractor_parser(prog: str = "synthkit audit train-extractor") -> Par
     te.add_argument("--root", help="data root for --data (default: the source's own)")
     te.add_argument("--size", type=int, default=28, help="image side length (default 28)")
     te.add_argument("--subset", type=int, help="a fixed random subset of N training images")
-    te.add_argument("--epochs", type=int, default=3, help="training epochs (default 3)")
+    te.add_argument(
+        "--epochs",
+        type=int,
+        help="training epochs (default: at least 10, and enough for 1,000 optimizer steps on small data)",
+    )
     te.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
     te.add_argument("--out", required=True, help="directory for the weights and extractor.json")
     te.add_argument("--json", action="store_true", help=JSON)
