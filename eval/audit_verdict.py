@@ -73,6 +73,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=2000, help="samples audited per set")
     ap.add_argument("--max-real", type=int, default=10000, help="real training images")
     ap.add_argument("--set", action="append", default=[], help="NAME=DIR: a synthetic set to audit too")
+    ap.add_argument("--only", action="append", default=[], help="audit only these sets; the others stay")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     args.work.mkdir(parents=True, exist_ok=True)
@@ -87,8 +88,11 @@ def main() -> None:
     for spec in args.set:
         name, _, where = spec.partition("=")
         sets[name] = Path(where)
-    summary = {}
+    saved = args.out / "summary.json"
+    summary = json.loads(saved.read_text()) if saved.exists() else {}
     for name, where in sets.items():
+        if args.only and name not in args.only:
+            continue
         report = args.work / f"audit-{name}"
         shutil.rmtree(report, ignore_errors=True)
         start = time.perf_counter()
@@ -108,7 +112,7 @@ def main() -> None:
         verdict = json.loads((report / "report.json").read_text())["verdict"]
         summary[name] = {"status": verdict["status"], "exit": done.returncode,
                          "gates": {g["name"]: g["status"] for g in verdict["gates"]}}  # fmt: skip
-    (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    saved.write_text(json.dumps(summary, indent=2) + "\n")
 
 
 if __name__ == "__main__":
