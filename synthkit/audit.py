@@ -17,7 +17,11 @@ Steps of :func:`audit`:
    index (:mod:`synthkit.metrics.estimates`), and ``report["methods"]`` says how, with the measured error;
 3. image and metadata metrics: broken images, condition counts and entropy, hardness (recorded, and
    recomputed under an encoder when a run is given), pair similarity over generator steps;
-4. the report: the images it shows are read again from only the shards that hold them. Every score
+4. the real-vs-real reference (:func:`_open_reference`): held-out real images, at the synthetic set's size
+   where the data allows, scored against the same real images in the same feature space; each figure gets
+   its reference, and the gates of :mod:`synthkit.audit_verdict` (broken, memorisation, precision,
+   coverage, conditions, extractor) give the verdict, pass / warn / fail with a one-sentence reason;
+5. the report: the images it shows are read again from only the shards that hold them. Every score
    records the extractor that produced it (``null`` for those that use none) and whether it is exact.
 
 Example::
@@ -25,7 +29,9 @@ Example::
     >>> report = audit("shards/fmnist-hard", "fashion-mnist", "audits/fmnist", extractor="classifier",
     ...                classifier="extractors/fmnist")  # doctest: +SKIP
     >>> report["metrics"]["fid"]  # doctest: +SKIP
-    {'value': 12.3, 'extractor': 'classifier:4be1c0a2f3d1', 'description': '...'}
+    {'value': 12.3, 'extractor': 'classifier:4be1c0a2f3d1', 'description': '...', 'reference': 1.3}
+    >>> report["verdict"]["status"]  # doctest: +SKIP
+    'pass'
 """
 
 from __future__ import annotations
@@ -498,13 +504,17 @@ def _open_reference(
     why_split = "the real data is a shard set, which has no second split"
     if cfg.reference == AUTO and not (is_url(real) or Path(real).is_dir()):
         other = "test" if cfg.real_split == "train" else "train"
+        source = None
         try:
             source = load_source(
                 DataConfig(name=real, root=real_root, size=ext.size or width, channels=ext.channels), other
             )
         except SynthkitError as exc:
             why_split = f"the {other} split of {real} could not be read ({exc})"
-        else:
+        if source is not None and min(n_syn, len(source)) <= cfg.k:
+            why_split = f"the {other} split of {real} holds {len(source)} images, too few for k={cfg.k}"
+            source = None
+        if source is not None:
             n_ref = min(n_syn, len(source))
             keep = torch.randperm(len(source), generator=torch.Generator().manual_seed(cfg.seed + 1))[:n_ref]
             keep = keep.sort().values

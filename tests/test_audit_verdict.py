@@ -280,3 +280,18 @@ def test_condition_separability_is_chance_when_conditions_are_ignored() -> None:
     assert follows["accuracy"] > 0.95 and follows["chance"] == pytest.approx(0.2)
     assert abs(ignored["chance_corrected"]) < 0.15
     assert condition_separability(x, [0] * 200) is None  # one condition: nothing to tell apart
+
+
+def test_a_source_without_its_other_split_falls_back_to_a_split(
+    sets: dict[str, Path], fashion_root: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    only_train = tmp_path / "fm"
+    only_train.mkdir()
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"):
+        shutil.copy(fashion_root / name, only_train / name)
+    report = audit(sets["real"], "fashion-mnist", tmp_path / "o", config=FAST, real_root=str(only_train))
+    desc = report["reference"]["desc"]
+    assert desc["kind"] == "disjoint split of the real set" and "test split of fashion-mnist" in desc["why"]
+    assert desc["held_out"]["count"] == N and desc["real"]["count"] == 400 - N
