@@ -12,6 +12,7 @@
     synthkit shards index DIR
     synthkit config PIPELINE.yaml [--section.key=value ...]
     synthkit audit SHARDS --real REAL --out DIR [--extractor KIND] [--encoder RUN_DIR] [--classifier DIR]
+        [--reference auto|split|none] [--fail-on warn|fail]
     synthkit audit train-extractor --data NAME --out DIR
 
 Multi-process: ``accelerate launch --num_processes 2 -m synthkit.cli train PIPELINE.yaml ...`` (and
