@@ -463,7 +463,7 @@ def _train_extractor_parser(prog: str = "synthkit audit train-extractor") -> Par
     te.add_argument(
         "--epochs",
         type=int,
-        help="training epochs (default: at least 10, and enough for 1,000 optimizer steps on small data)",
+        help="training epochs (default: at least 10, and enough for 500 optimizer steps on small data)",
     )
     te.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
     te.add_argument("--out", required=True, help="directory for the weights and extractor.json")

@@ -52,15 +52,22 @@ logger = logging.getLogger(__name__)
 # (0.28 for 10 classes) distances barely follow the classes, so FID and PRDC mostly measure noise. The audit's
 # ``extractor`` gate and ``train-extractor``'s warning read these.
 EXTRACTOR_PASS, EXTRACTOR_FAIL = 0.5, 0.2
-# train_classifier's default length: at least this many epochs and this many optimizer steps. The old default
-# of 3 epochs was 9 steps on a 600-image folder and gave a near-chance classifier (test accuracy 0.16).
-MIN_EPOCHS, MIN_STEPS = 10, 1000
+# train_classifier's default length: at least this many epochs and this many optimizer steps, with batches of
+# at most an eighth of the data (a 600-image folder: batches of 75, 63 epochs). The old default of 3 epochs
+# of 256 was 9 steps on a 600-image folder and gave a near-chance classifier (test accuracy 0.16).
+MIN_EPOCHS, MIN_STEPS, MAX_BATCH, MIN_BATCH = 10, 500, 256, 32
 
 
 def chance_corrected(accuracy: float, num_classes: int) -> float:
     """(accuracy - 1/C) / (1 - 1/C): 0 at chance, 1 when perfect."""
     chance = 1.0 / max(num_classes, 2)
     return (accuracy - chance) / (1.0 - chance)
+
+
+def default_batch_size(n: int) -> int:
+    """Batch size of :func:`train_classifier` when none is given: 256, at most an eighth of ``n`` (at least
+    32), so that a small data set still gives several steps per epoch."""
+    return min(MAX_BATCH, max(MIN_BATCH, n // 8))
 
 
 def default_epochs(n: int, batch_size: int) -> int:
@@ -306,7 +313,7 @@ def train_classifier(
     out_dir: str | os.PathLike[str],
     *,
     epochs: int | None = None,
-    batch_size: int = 256,
+    batch_size: int | None = None,
     lr: float = 1e-3,
     width: int = 32,
     seed: int = 0,
@@ -316,7 +323,8 @@ def train_classifier(
 
     Random crops (pad 2) and horizontal flips, Adam with cosine decay, cross-entropy; test accuracy on the
     test split is recorded. ``out_dir`` is written to a temp directory and renamed when complete.
-    ``epochs``: None for :func:`default_epochs` (at least 10 epochs and 1,000 steps). A classifier whose
+    ``epochs`` / ``batch_size``: None for :func:`default_epochs` (at least 10 epochs and 500 steps) and
+    :func:`default_batch_size` (256, at most an eighth of the data). A classifier whose
     chance-corrected test accuracy is below ``EXTRACTOR_PASS`` is recorded as ``weak`` and logged as a
     warning: the audit would flag it.
 
@@ -338,10 +346,19 @@ def train_classifier(
     model = DomainClassifier(channels, num_classes, width)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     n = len(train_set)
+    if batch_size is None:
+        batch_size = default_batch_size(n)
     if epochs is None:
         epochs = default_epochs(n, batch_size)
     steps = epochs * math.ceil(n / batch_size)
-    logger.info("classifier: %d epochs (%d steps) on %d images, %d classes", epochs, steps, n, num_classes)
+    logger.info(
+        "classifier: %d epochs of batches of %d (%d steps) on %d images, %d classes",
+        epochs,
+        batch_size,
+        steps,
+        n,
+        num_classes,
+    )
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     model.train()
     for epoch in range(epochs):

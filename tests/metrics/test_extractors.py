@@ -84,10 +84,11 @@ def test_inception_from_a_local_weights_file(tmp_path: Path) -> None:
 
 
 def test_default_length_is_enough_steps_and_a_weak_classifier_is_flagged(tmp_path: Path) -> None:
-    from synthkit.metrics.extractors import MIN_STEPS, default_epochs
+    from synthkit.metrics.extractors import MIN_STEPS, default_batch_size, default_epochs
 
-    assert default_epochs(60_000, 256) == 10  # 2,350 steps
-    assert default_epochs(600, 256) * 3 >= MIN_STEPS  # the user's 600-image folder: 3 steps per epoch
+    assert default_batch_size(60_000) == 256 and default_epochs(60_000, 256) == 10  # 2,350 steps
+    # the user's 600-image folder (3 epochs of batches of 256 were 9 steps): batches of 75, 8 per epoch
+    assert default_batch_size(600) == 75 and default_epochs(600, 75) * 8 >= MIN_STEPS
     # a classifier that cannot learn (lr ~ 0): near chance, recorded and flagged as weak
     meta = train_classifier(
         DataConfig(name="digits", size=8, subset=200),
