@@ -295,3 +295,22 @@ def test_a_source_without_its_other_split_falls_back_to_a_split(
     desc = report["reference"]["desc"]
     assert desc["kind"] == "disjoint split of the real set" and "test split of fashion-mnist" in desc["why"]
     assert desc["held_out"]["count"] == N and desc["real"]["count"] == 400 - N
+
+
+def test_a_near_chance_classifier_fails_the_extractor_gate(sets: dict[str, Path], tmp_path: Path) -> None:
+    from synthkit.metrics.extractors import train_classifier
+
+    clf = tmp_path / "clf"
+    meta = train_classifier(
+        DataConfig(name="digits", size=16, subset=200), clf, epochs=1, batch_size=64, lr=1e-9, width=4
+    )
+    cfg = AuditConfig(extractor="classifier", kid_subsets=5, kid_subset_size=30)
+    report = audit(sets["real"], "digits", tmp_path / "o", config=cfg, classifier=clf)
+    gate = _gates(report)["extractor"]
+    assert gate["status"] == FAIL and "near chance" in gate["reason"]
+    assert report["verdict"]["status"] == FAIL
+    q = report["reference"]["extractor_quality"]
+    assert q["classifier_test_accuracy"] == meta["test_accuracy"] and q["classifier_classes"] == 10
+    html = (tmp_path / "o" / REPORT_HTML).read_text(encoding="utf-8")
+    section = re.search(r'<section id="extractor">(.*?)</section>', html, re.S).group(1)
+    assert "classifier&#x27;s test accuracy" in section and f"{meta['test_accuracy']:.3f}" in section
