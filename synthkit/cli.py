@@ -401,9 +401,9 @@ def _cmd_audit(args: argparse.Namespace, extra: list[str]) -> int:
         )
         print(f"  {'metric':<24} {'value':>10}  {'real vs real':>12}")
         for name, m in report["metrics"].items():
-            value = f"{m['value']:.4f}" if isinstance(m["value"], float) else str(m["value"])
+            value = f"{m['value']:.4g}" if isinstance(m["value"], float) else str(m["value"])
             ref = m.get("reference")
-            ref_text = "" if ref is None else (f"{ref:.4f}" if isinstance(ref, float) else str(ref))
+            ref_text = "" if ref is None else (f"{ref:.4g}" if isinstance(ref, float) else str(ref))
             if "fraction" in m:  # a count: its share, and the reference's share
                 value = f"{m['value']} ({100 * m['fraction']:.1f} %)"
                 ref_text = "" if ref is None else f"{100 * ref:.1f} %"
