@@ -74,6 +74,9 @@ def main() -> None:
     ap.add_argument("--max-real", type=int, default=10000, help="real training images")
     ap.add_argument("--set", action="append", default=[], help="NAME=DIR: a synthetic set to audit too")
     ap.add_argument("--only", action="append", default=[], help="audit only these sets; the others stay")
+    ap.add_argument(
+        "--classifier", help="audit in this classifier's space (audit train-extractor), not pixels"
+    )
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     args.work.mkdir(parents=True, exist_ok=True)
@@ -93,11 +96,13 @@ def main() -> None:
     for name, where in sets.items():
         if args.only and name not in args.only:
             continue
-        report = args.work / f"audit-{name}"
+        tag = f"{name}-classifier" if args.classifier else name
+        report = args.work / f"audit-{tag}"
         shutil.rmtree(report, ignore_errors=True)
         start = time.perf_counter()
         cmd = [
-            "audit", str(where), "--real", "fashion-mnist", "--extractor", "pixels",
+            "audit", str(where), "--real", "fashion-mnist",
+            *(["--classifier", args.classifier] if args.classifier else ["--extractor", "pixels"]),
             "--max-samples", str(args.n), "--max-real", str(args.max_real), "--fail-on", "fail",
         ]  # fmt: skip
         done = _synthkit(*cmd, "--root", ROOT, "--out", str(report), "--no-progress")
@@ -106,11 +111,11 @@ def main() -> None:
             raise SystemExit(done.stderr)
         last = done.stderr.splitlines()[-1] + "\n" if done.returncode else ""
         text = f"$ synthkit {' '.join(cmd)}\n{done.stdout}{last}exit {done.returncode}, {seconds:.0f} s\n"
-        (args.out / f"{name}.txt").write_text(text)
+        (args.out / f"{tag}.txt").write_text(text)
         print(text)
-        _screenshot(report / "report.html", args.out / f"{name}.png", args.work)
+        _screenshot(report / "report.html", args.out / f"{tag}.png", args.work)
         verdict = json.loads((report / "report.json").read_text())["verdict"]
-        summary[name] = {"status": verdict["status"], "exit": done.returncode,
+        summary[tag] = {"status": verdict["status"], "exit": done.returncode,
                          "gates": {g["name"]: g["status"] for g in verdict["gates"]}}  # fmt: skip
     saved.write_text(json.dumps(summary, indent=2) + "\n")
 
