@@ -654,9 +654,20 @@ def _gates(
             details[memorisation.MEMORISATION]["suspect_fraction"], mem_ref, cfg.memorisation_threshold
         ),
     ]
-    for name in (prdc.PRECISION, prdc.COVERAGE):
-        value = syn[name] if syn else metrics[name]["value"]
-        gates.append(audit_verdict.ratio_gate(name, value, ref[name] if ref else None, why_none))
+    figure = {
+        k: syn[k] if syn else metrics[k]["value"] for k in (prdc.PRECISION, prdc.DENSITY, prdc.COVERAGE)
+    }
+    gates.append(
+        audit_verdict.precision_gate(
+            figure[prdc.PRECISION],
+            ref[prdc.PRECISION] if ref else None,
+            figure[prdc.DENSITY],
+            ref[prdc.DENSITY] if ref else None,
+            why_none,
+        )
+    )
+    coverage_ref = ref[prdc.COVERAGE] if ref else None
+    gates.append(audit_verdict.ratio_gate(prdc.COVERAGE, figure[prdc.COVERAGE], coverage_ref, why_none))
     gates.append(
         audit_verdict.conditions_gate(
             details[conditions_coverage.CONDITION_COVERAGE],

@@ -24,6 +24,7 @@ from synthkit.audit_verdict import (
     extractor_gate,
     failing,
     memorisation_gate,
+    precision_gate,
     ratio_gate,
     verdict,
 )
@@ -246,6 +247,11 @@ def test_gate_thresholds() -> None:
         FAIL,
     ]
     assert ratio_gate("coverage", 0.5, None, "no reference").status == SKIP
+    # precision fooled (noise in one dense spot of a classifier's space): density decides
+    fooled = precision_gate(0.867, 0.943, 0.173, 0.987, "")
+    assert fooled.status == FAIL and "density 0.173" in fooled.reason
+    assert precision_gate(0.8, 0.9, 0.95, 1.0, "").status == PASS
+    assert precision_gate(0.8, 0.9, 0.6, 1.0, "").status == WARN
     assert ratio_gate("coverage", 0.0, 0.01, "").status == WARN  # a reference near 0 judges nothing
     # extractors: the 0.16-accuracy classifier of 10 classes fails; 0.5 warns; 0.9 passes
     q = {"id": "x", "num_classes": 10}
