@@ -355,15 +355,20 @@ def _peak_mib() -> str:
 
 
 def _prdc_and_neighbours(
-    f_real: torch.Tensor, f_syn: torch.Tensor, cfg: AuditConfig
+    f_real: torch.Tensor, f_syn: torch.Tensor, cfg: AuditConfig, real_knn: dict[str, Any] | None = None
 ) -> tuple[dict[str, float], dict[str, Any], tuple[torch.Tensor, ...], dict[str, Any], dict[str, Any]]:
     """PRDC scores, how they were computed, the neighbours of memorisation (on the CPU), how, and the
     class-coverage inputs (``covered``: per real point of ``real_index``; ``fake_index``: samples to classify;
-    None: all)."""
+    None: all). ``real_knn``: a cache of the exact path's real k-NN distances, keyed by the real tensor, so
+    the reference and the size-matched samples, scored against the same real features, do not redo the
+    N x N pass."""
     n_real, n_syn = f_real.shape[0], f_syn.shape[0]
     start = time.perf_counter()
     if max(n_real, n_syn) <= cfg.exact_max:
-        pr = prdc.prdc(f_real, f_syn, k=cfg.k, chunk_size=cfg.chunk_size)
+        cached = real_knn.get("knn") if real_knn is not None and real_knn.get("of") is f_real else None
+        pr = prdc.prdc(f_real, f_syn, k=cfg.k, chunk_size=cfg.chunk_size, real_knn=cached)
+        if real_knn is not None:
+            real_knn.update({"of": f_real, "knn": pr.real_knn})
         points = {"real": n_real, "synthetic": n_syn}
         nn = (pr.fake_nn_distance.cpu(), pr.fake_nn_index.cpu(), pr.real_nn1.cpu())
         cover = {"covered": pr.real_covered.cpu(), "real_index": None, "fake_index": None}
@@ -553,10 +558,13 @@ def _figures(
     query: torch.Tensor,
     cfg: AuditConfig,
     classes: tuple[str, ...] | None,
+    real_knn: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The figures the gates compare, of ``query`` against ``f_real``: FID, KID, PRDC, the memorisation
     suspect fraction and the class view."""
-    scores, _, (nn_distance, nn_index, real_nn1), _, cover = _prdc_and_neighbours(f_real, query, cfg)
+    scores, _, (nn_distance, nn_index, real_nn1), _, cover = _prdc_and_neighbours(
+        f_real, query, cfg, real_knn
+    )
     mem = memorisation.memorisation_from_neighbours(
         nn_distance, nn_index, real_nn1, threshold=cfg.memorisation_threshold, top=0
     )
@@ -807,8 +815,9 @@ def audit(
         else "KID's std: not measurable (set too small)",
     )
     step("fid_kid")
+    knn_cache: dict[str, Any] = {}  # the real k-NN distances, reused by the reference (same real features)
     scores, prdc_how, (nn_distance, nn_index, real_nn1), mem_how, cover = _prdc_and_neighbours(
-        f_real, f_syn, cfg
+        f_real, f_syn, cfg, knn_cache
     )
     methods: dict[str, Any] = {
         "features": {"device": str(dev), "streamed": True, "batch_size": cfg.batch_size},
@@ -949,13 +958,13 @@ def audit(
     ref, ref_desc = _open_reference(real, real_root, cfg, ext, width, f_real, real_y, n_syn, dev)
     reference: dict[str, Any] = {"desc": ref_desc, "figures": None, "synthetic": None}
     if ref is not None:
-        reference["figures"] = _figures(ref.real, ref.real_labels, ref.held, cfg, classes)
+        reference["figures"] = _figures(ref.real, ref.real_labels, ref.held, cfg, classes, knn_cache)
         n_ref = ref.held.shape[0]
         if ref.real is f_real and n_ref >= n_syn:
             reference["synthetic"] = None  # the synthetic figures above are already at the reference's size
         else:
             matched = _subsample(f_syn, n_ref, cfg.seed + 3)
-            reference["synthetic"] = _figures(ref.real, ref.real_labels, matched, cfg, classes)
+            reference["synthetic"] = _figures(ref.real, ref.real_labels, matched, cfg, classes, knn_cache)
         _attach_reference(metrics, reference)
     reference["extractor_quality"] = _extractor_quality(ext, ref)
     real_broken = real_bad.result()["fraction"]
