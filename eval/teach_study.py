@@ -1,0 +1,583 @@
+"""Does synthetic data teach where it can? Long training on scarce real data (issue 22).
+
+    python eval/teach_study.py headroom [--settings NAME ...] [--seeds 0 1 2] [--out eval/results/teach]
+    python eval/teach_study.py summarise [--out eval/results/teach]
+    python eval/teach_study.py list
+
+Parts:
+- ``headroom`` (the oracle check): for each setting, real-only SimCLR on its N real images against real-only
+  on 10N real images at the same number of encoder steps (10N sees each image a tenth as often), and the
+  accuracy-vs-epoch curve of both (val linear, kNN and 10-per-class probe at every checkpoint). A setting is
+  *kept* when 10N beats N by at least 3 points of val linear accuracy (mean of the paired per-seed
+  differences): there the data is the bottleneck, which is where synthetic data can show anything.
+
+Settings (``SETTINGS``; ``list`` prints them): Fashion-MNIST at 28 px with N = 1,000 or 2,500 real images and
+a conv net narrow enough that a real-only run of 200 epochs costs at most about 5 minutes on one thread of
+this 2-core CPU; and a fast screen on the embedded digits (N = 100 at 16 px, seconds per run, 10 seeds) for
+trying variants before spending hours.
+
+Protocol (fixed before any test-split number was read; eval/results/teach/README.md states it too):
+- Data. Every split is class-balanced and fixed (seeded by ``ORDER_SEED``, the same for every run and seed):
+  the validation split is ``val_per_class`` held-out *training* images per class (Fashion-MNIST 500,
+  digits 35), never trained on; the rest of the training split is the pool, ordered per class, and a
+  training set of M images is the first M/10 of every class's order, so N is inside 2N is inside 10N and none
+  meets val. The test split is the source's own (Fashion-MNIST 10,000; digits 360).
+- Encoder. SimCLR on the real images only (``hsg.enabled=false``), the setting's conv-net width and batch,
+  Adam at a constant 1e-3 (the loop has no schedule), views as the pipeline's; seeds vary the encoder's
+  initialisation, views and batch order, never the data.
+- Equal encoder steps: a run on M images trains ``epochs x N / M`` epochs, so every run of a setting takes the
+  same number of steps of the same batch size (the batch divides N).
+- Metrics, all three always reported, on val and on test, from frozen backbone features (no augmentation):
+  (1) **primary: linear probe fitted on the N labelled training images** (the N-image set, with its labels,
+  for every run of a setting, the 10N run included, so runs differ only in their encoder); (2) weighted kNN
+  on the same N images, k = 20, temperature 0.1 (k = 200 would exceed twice the images per class at N = 100
+  digits); (3) a linear probe fitted on 10 labelled images per class (the first 10 per class of the order, a
+  subset of N). Probes: features standardised on the fitting set, Adam lr 1e-2 with cosine decay,
+  weight decay 1e-5, 100 epochs of batches of 64, seed 0 (``PROBE``).
+- Choosing: settings, epochs and every later method setting are chosen on val only; test is reported.
+- Curves are scored on val only (at every ``curve_every`` epochs at N; the 10N run at the same step counts).
+- References scored the same way: raw pixels, and the encoder at its random initialisation (per seed).
+
+Output (``--out``, default ``eval/results/teach``): one JSON file per finished run,
+``SETTING/RUN.json`` (scores, curve, training and scoring cost, commit), written when the run lands, so it
+can be committed on its own; ``SETTING/references.json``; ``table.md``, ``table.json`` and ``curves.png``
+rebuilt after every run. The runs themselves (weights, checkpoints, logs) go to ``OUT/runs/SETTING/RUN``
+(git-ignored); a finished run or result is never redone, an interrupted run is started again from scratch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "eval"))
+
+from study_common import probe_scores, summarise, train_timed  # noqa: E402
+
+from synthkit.config import DataConfig, EvalConfig, load_pipeline  # noqa: E402
+from synthkit.data.sources import ImageSet, load_source  # noqa: E402
+from synthkit.data.views import to_float  # noqa: E402
+from synthkit.encoders.model import Encoder, extract_features, load_encoder_weights  # noqa: E402
+from synthkit.registry import SOURCES  # noqa: E402
+from synthkit.training.artifacts import load_final  # noqa: E402
+from synthkit.training.checkpoint import checkpoint_dirs, verify_checkpoint  # noqa: E402
+
+ORDER_SEED = 2026
+VAL_PER_CLASS = {"fashion-mnist": 500, "digits": 35}
+BALANCED = {"fashion-mnist": "fashion-mnist-balanced", "digits": "digits-balanced"}
+PROBE = EvalConfig(knn_k=20, knn_temperature=0.1, probe_epochs=100, probe_lr=1e-2, probe_weight_decay=1e-5)
+PROBE_BATCH = 64
+LABELS_PER_CLASS = 10  # the few-label probe
+KEEP_MARGIN = 3.0  # points of val linear accuracy 10N must gain over N for a setting to be kept
+METRICS = ("linear", "knn", "linear10")
+SPLITS = ("val", "test")
+KEYS = tuple(f"{s}_{m}" for s in SPLITS for m in METRICS)
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    """One study setting: the data, the encoder's size and the training length at N."""
+
+    source: str  # the base source: fashion-mnist | digits
+    pipeline: str  # base pipeline, relative to the repository root
+    n: int  # real images the method sees (their labels fit the probes)
+    width: int  # conv-net width
+    batch: int  # real images per step; divides n
+    epochs: int  # epochs at N
+    curve_every: int  # epochs at N between scored checkpoints
+    size: int
+    note: str = ""
+    extra: tuple[str, ...] = ()
+    oracle: int = 10  # the oracle's real data: oracle x N
+
+    def overrides(self) -> list[str]:
+        return [
+            f"--data.name={BALANCED[self.source]}",
+            f"--data.size={self.size}",
+            f"--data.subset_seed={ORDER_SEED}",
+            f"--encoder.width={self.width}",
+            f"--train.batch_size={self.batch}",
+            "--train.knn_every=0",  # the loop's monitor would read the test split
+            "--train.trackers=[]",
+            "--train.keep_checkpoints=1000",
+            *self.extra,
+        ]
+
+    def epochs_at(self, m: int) -> tuple[int, int]:
+        """Epochs and checkpoint interval (epochs) for a run on m real images: the steps of N's run."""
+        if (self.epochs * self.n) % m or (self.curve_every * self.n) % m:
+            raise SystemExit(f"{m} real images do not give whole epochs at the steps of N={self.n}")
+        return self.epochs * self.n // m, self.curve_every * self.n // m
+
+    def steps(self) -> int:
+        return self.epochs * (self.n // self.batch)
+
+
+SETTINGS: dict[str, Setting] = {
+    # the screen: seconds per run
+    "digits-n100": Setting(
+        "digits", "pipelines/tiny.yaml", n=100, width=8, batch=50, epochs=200, curve_every=10, size=16,
+        note="embedded digits, 10 per class, 16 px, the tiny pipeline's heads",
+        extra=("--train.log_every=5",),
+    ),
+    "digits-n100-e1000": Setting(
+        "digits", "pipelines/tiny.yaml", n=100, width=8, batch=50, epochs=1000, curve_every=50, size=16,
+        note="the screen, 5x longer", extra=("--train.log_every=25",),
+    ),
+    "fmnist-n1000-w16": Setting(
+        "fashion-mnist", "pipelines/fashion-mnist-method.yaml", n=1000, width=16, batch=100, epochs=200,
+        curve_every=10, size=28,
+    ),
+    "fmnist-n1000-w8": Setting(
+        "fashion-mnist", "pipelines/fashion-mnist-method.yaml", n=1000, width=8, batch=100, epochs=200,
+        curve_every=10, size=28,
+    ),
+    "fmnist-n2500-w8": Setting(
+        "fashion-mnist", "pipelines/fashion-mnist-method.yaml", n=2500, width=8, batch=100, epochs=200,
+        curve_every=10, size=28,
+    ),
+}  # fmt: skip
+
+
+# --------------------------------------------------------------------------- data
+
+
+def balanced_order(labels: np.ndarray, val_per_class: int, seed: int) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The validation indices (``val_per_class`` of every class) and, per class, the pool's order."""
+    rng = np.random.default_rng(seed)
+    val, pool = [], []
+    for c in np.unique(labels):
+        perm = rng.permutation(np.flatnonzero(labels == c))
+        if len(perm) <= val_per_class:
+            raise SystemExit(f"class {c} has {len(perm)} images, not more than {val_per_class} for val")
+        val.append(perm[:val_per_class])
+        pool.append(perm[val_per_class:])
+    return np.sort(np.concatenate(val)), pool
+
+
+def balanced_subset(pool: list[np.ndarray], m: int) -> np.ndarray:
+    """The first m / classes images of every class's pool order (sorted indices)."""
+    if m % len(pool):
+        raise SystemExit(f"a class-balanced subset of {m} images needs a multiple of {len(pool)}")
+    k = m // len(pool)
+    short = [len(p) for p in pool if len(p) < k]
+    if short:
+        raise SystemExit(f"{m} images need {k} per class; a class has only {short[0]} outside val")
+    return np.sort(np.concatenate([p[:k] for p in pool]))
+
+
+def _base_cfg(cfg: DataConfig, base: str) -> DataConfig:
+    return dataclasses.replace(cfg, name=base, subset=None)
+
+
+def _take(s: ImageSet, idx: np.ndarray) -> ImageSet:
+    t = torch.from_numpy(idx)
+    return ImageSet(s.images[t], s.labels[t] if s.labels is not None else None, s.name, s.classes)
+
+
+def _balanced_loader(base: str) -> Any:
+    def load(cfg: DataConfig, split: str) -> ImageSet:
+        """``base``'s training pool outside the fixed val split, the first ``subset`` of it class-balanced
+        (``subset_seed`` seeds the order); the test split is ``base``'s own."""
+        full = load_source(_base_cfg(cfg, base), split)
+        if split != "train":
+            return full
+        assert full.labels is not None
+        val, pool = balanced_order(full.labels.numpy(), VAL_PER_CLASS[base], cfg.subset_seed)
+        idx = balanced_subset(pool, cfg.subset) if cfg.subset is not None else np.sort(np.concatenate(pool))
+        return _take(full, idx)
+
+    return load
+
+
+def register_sources() -> None:
+    """The class-balanced sources this study trains on (``data.name``), in this process."""
+    for base, name in BALANCED.items():
+        if name not in SOURCES:
+            SOURCES.register(name, _balanced_loader(base))
+
+
+@dataclasses.dataclass
+class Splits:
+    labelled: ImageSet  # the N training images with labels: the probes' fitting set
+    labelled10: ImageSet  # 10 per class of them
+    val: ImageSet
+    test: ImageSet
+
+
+def splits(setting: Setting) -> Splits:
+    cfg = DataConfig(name=setting.source, size=setting.size)
+    full = load_source(cfg, "train")
+    assert full.labels is not None
+    val, pool = balanced_order(full.labels.numpy(), VAL_PER_CLASS[setting.source], ORDER_SEED)
+    return Splits(
+        _take(full, balanced_subset(pool, setting.n)),
+        _take(full, balanced_subset(pool, LABELS_PER_CLASS * len(pool))),
+        _take(full, val),
+        load_source(cfg, "test"),
+    )
+
+
+# --------------------------------------------------------------------------- scoring
+
+
+def score_features(featurize: Any, sp: Splits, which: tuple[str, ...] = SPLITS) -> dict[str, float]:
+    """The three metrics on each split in ``which`` (``val_linear``, ``val_knn``, ``val_linear10``...)."""
+    f_fit, f_fit10 = featurize(sp.labelled.images), featurize(sp.labelled10.images)
+    out: dict[str, float] = {}
+    for name in which:
+        split: ImageSet = getattr(sp, name)
+        f = featurize(split.images)
+        s = probe_scores(f_fit, sp.labelled.labels, f, split.labels, PROBE, probe_batch_size=PROBE_BATCH)
+        s10 = probe_scores(
+            f_fit10, sp.labelled10.labels, f, split.labels, PROBE, probe_batch_size=PROBE_BATCH, knn=False
+        )
+        out.update({f"{name}_linear": s["linear"], f"{name}_knn": s["knn"]})
+        out[f"{name}_linear10"] = s10["linear"]
+    return out
+
+
+def _encoder_featurize(enc: Encoder) -> Any:
+    return lambda x: extract_features(enc, x)
+
+
+def score_curve(run: Path, sp: Splits) -> list[dict[str, Any]]:
+    """Val metrics at every checkpoint of ``run`` (each verified against its checksums first)."""
+    cfg = load_final(run).cfg
+    out = []
+    for ckpt in checkpoint_dirs(run / "checkpoints"):
+        verify_checkpoint(ckpt)
+        state = json.loads((ckpt / "loop_state.json").read_text())
+        epoch, step = state["epoch"], state["step"]
+        enc = Encoder(cfg.encoder, sp.labelled.images.shape[1])
+        load_encoder_weights(enc, ckpt / "model.safetensors")
+        out.append({"epoch": epoch, "step": step, **score_features(_encoder_featurize(enc), sp, ("val",))})
+    return out
+
+
+def references(out: Path, setting: Setting, sp: Splits, seeds: list[int]) -> dict[str, Any]:
+    """Raw pixels and the encoder at its random initialisation (per seed), scored the same way."""
+    path = out / "references.json"
+    refs = json.loads(path.read_text()) if path.exists() else {}
+    if "pixels" not in refs:
+        refs["pixels"] = score_features(lambda x: to_float(x).flatten(1), sp)
+    cfg = load_pipeline(ROOT / setting.pipeline, [*setting.overrides(), f"--data.subset={setting.n}"])
+    for seed in seeds:
+        key = f"random-init-s{seed}"
+        if key not in refs:
+            torch.manual_seed(seed)  # the loop's set_seed(train.seed) before building the encoder
+            enc = Encoder(cfg.encoder, sp.labelled.images.shape[1])
+            refs[key] = score_features(_encoder_featurize(enc), sp)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(refs, indent=2))
+    return refs
+
+
+# --------------------------------------------------------------------------- runs
+
+
+def _commit() -> str:
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(ROOT), "status", "--porcelain", "--", "synthkit"],
+            capture_output=True, text=True, check=True,
+        ).stdout.strip()  # fmt: skip
+        return head + ("+dirty-synthkit" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def real_only(out: Path, name: str, setting: Setting, sp: Splits, m: int, seed: int) -> dict[str, Any]:
+    """Train (unless done) and score real-only SimCLR on the first m real images; the result is written to
+    ``OUT/NAME/real-only-nM-sSEED.json`` when it lands."""
+    run_name = f"real-only-n{m}-s{seed}"
+    result_path = out / name / f"{run_name}.json"
+    if result_path.exists():
+        return json.loads(result_path.read_text())
+    epochs, every = setting.epochs_at(m)
+    overrides = [
+        *setting.overrides(),
+        "--hsg.enabled=false",
+        f"--data.subset={m}",
+        f"--train.epochs={epochs}",
+        f"--train.checkpoint_every={every}",
+        f"--train.seed={seed}",
+    ]
+    run = out / "runs" / name / run_name
+    print(f"[{time.strftime('%H:%M:%S')}] {name}/{run_name}: training {epochs} epochs", flush=True)
+    timing = train_timed(run, ROOT / setting.pipeline, overrides)
+    t0, c0 = time.perf_counter(), time.process_time()
+    final = score_features(_encoder_featurize(load_final(run).encoder), sp)
+    curve = score_curve(run, sp)
+    result = {
+        "setting": name,
+        "run": run_name,
+        "arm": "real-only" if m == setting.n else f"real-only at {m // setting.n}N",
+        "real_images": m,
+        "seed": seed,
+        "epochs": epochs,
+        "steps": epochs * (m // setting.batch),
+        "scores": final,
+        "curve": curve,
+        "train": timing,
+        "score_seconds": time.perf_counter() - t0,
+        "score_cpu_seconds": time.process_time() - c0,
+        "pipeline": setting.pipeline,
+        "overrides": overrides,
+        "commit": _commit(),
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    result_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = result_path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(result, indent=2))
+    os.replace(tmp, result_path)
+    s = final
+    print(
+        f"[{time.strftime('%H:%M:%S')}] {name}/{run_name}: val linear {100 * s['val_linear']:.2f} kNN "
+        f"{100 * s['val_knn']:.2f} 10/class {100 * s['val_linear10']:.2f} | train {timing['seconds']:.0f} s "
+        f"wall, {timing['cpu_seconds']:.0f} s CPU, load {timing['load_mean']:.1f}",
+        flush=True,
+    )
+    return result
+
+
+# --------------------------------------------------------------------------- tables
+
+
+def _results(out: Path, name: str) -> dict[str, dict[int, dict[str, Any]]]:
+    """Per arm label, per seed: the finished results of a setting."""
+    by: dict[str, dict[int, dict[str, Any]]] = {}
+    for path in sorted((out / name).glob("*.json")):
+        if path.name == "references.json":
+            continue
+        r = json.loads(path.read_text())
+        by.setdefault(f"n{r['real_images']}:{r['arm']}", {})[r["seed"]] = r
+    return by
+
+
+def _curve_shape(curve: list[dict[str, Any]]) -> dict[str, Any]:
+    """Where the val-linear curve peaks, what it ends at, and how much it moved over its last quarter."""
+    acc = [100 * c["val_linear"] for c in curve]
+    best = int(np.argmax(acc))
+    q = max(1, len(acc) // 4)
+    last_quarter = acc[-1] - acc[-1 - q] if len(acc) > q else 0.0
+    shape = "overfits" if acc[-1] < acc[best] - 1.0 else "still rising" if last_quarter > 1.0 else "plateau"
+    return {
+        "best_epoch": curve[best]["epoch"],
+        "best_val_linear": acc[best],
+        "final_val_linear": acc[-1],
+        "last_quarter_change": last_quarter,
+        "shape": shape,
+    }
+
+
+def headroom_table(out: Path) -> dict[str, Any]:
+    table: dict[str, Any] = {}
+    for name, setting in SETTINGS.items():
+        if not (out / name).is_dir():
+            continue
+        by = _results(out, name)
+        n_runs = by.get(f"n{setting.n}:real-only", {})
+        o_runs = by.get(f"n{setting.oracle * setting.n}:real-only at {setting.oracle}N", {})
+        if not n_runs:
+            continue
+        entry: dict[str, Any] = {"setting": dataclasses.asdict(setting), "steps": setting.steps(), "rows": {}}
+        for label, runs in (("N", n_runs), (f"{setting.oracle}N", o_runs)):
+            if not runs:
+                continue
+            seeds = sorted(runs)
+            entry["rows"][label] = {
+                "real_images": runs[seeds[0]]["real_images"],
+                "epochs": runs[seeds[0]]["epochs"],
+                "seeds": seeds,
+                **{k: summarise([100 * runs[s]["scores"][k] for s in seeds]) for k in KEYS},
+                "train_seconds": summarise([runs[s]["train"]["seconds"] for s in seeds]),
+                "train_cpu_seconds": summarise([runs[s]["train"]["cpu_seconds"] for s in seeds]),
+                "load_mean": summarise([runs[s]["train"]["load_mean"] for s in seeds]),
+                "curve_shape": {s: _curve_shape(runs[s]["curve"]) for s in seeds},
+            }
+        common = sorted(set(n_runs) & set(o_runs))
+        if common:
+            entry["paired"] = {
+                "seeds": common,
+                **{
+                    k: summarise([100 * (o_runs[s]["scores"][k] - n_runs[s]["scores"][k]) for s in common])
+                    for k in KEYS
+                },
+            }
+            entry["kept"] = entry["paired"]["val_linear"]["mean"] >= KEEP_MARGIN
+        refs_path = out / name / "references.json"
+        if refs_path.exists():
+            refs = json.loads(refs_path.read_text())
+            rnd = [v for k, v in refs.items() if k.startswith("random-init")]
+            entry["references"] = {
+                "pixels": {k: 100 * refs["pixels"][k] for k in KEYS},
+                "random-init": {k: summarise([100 * r[k] for r in rnd]) for k in KEYS} if rnd else None,
+            }
+        table[name] = entry
+    return table
+
+
+def _fmt(v: dict[str, float], n: int) -> str:
+    return f"{v['mean']:.2f} +- {v['std']:.2f}" if n > 1 else f"{v['mean']:.2f}"
+
+
+def headroom_markdown(table: dict[str, Any]) -> str:
+    lines = [
+        "# Head-room: real-only at N vs real-only at 10N, equal encoder steps",
+        "",
+        "Accuracy in %, mean +- std over seeds (one value at one seed). Linear: probe fitted on the N "
+        "labelled images; kNN: k=20 on the same N; 10/class: probe fitted on 10 labelled images per class. "
+        "val = held-out training images (settings are chosen on it), test = the test split (reported).",
+        f"A setting is kept when 10N - N >= {KEEP_MARGIN:g} points of val linear (mean paired difference).",
+        "",
+        "| setting | real images | epochs | steps | seeds | val linear | val kNN | val 10/class | "
+        "test linear | test kNN | test 10/class | train s (CPU s) | load |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, e in table.items():
+        for label, r in e["rows"].items():
+            n = len(r["seeds"])
+            cells = " | ".join(_fmt(r[k], n) for k in KEYS)
+            lines.append(
+                f"| {name} | {r['real_images']:,} ({label}) | {r['epochs']} | {e['steps']} | {n} | {cells} | "
+                f"{r['train_seconds']['mean']:.0f} ({r['train_cpu_seconds']['mean']:.0f}) | "
+                f"{r['load_mean']['mean']:.1f} |"
+            )
+        refs = e.get("references")
+        if refs:
+            pix = refs["pixels"]
+            cells = " | ".join(f"{pix[k]:.2f}" for k in KEYS)
+            lines.append(f"| {name} | raw pixels | | | | {cells} | | |")
+            if refs["random-init"]:
+                rnd = refs["random-init"]
+                lines.append(
+                    f"| {name} | random-init encoder | | | | "
+                    + " | ".join(f"{rnd[k]['mean']:.2f}" for k in KEYS)
+                    + " | | |"
+                )
+    lines += [
+        "",
+        "Paired 10N - N (same seed), points:",
+        "",
+        "| setting | seeds | val linear | val kNN | val 10/class | test linear | test kNN | test 10/class "
+        "| kept |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, e in table.items():
+        p = e.get("paired")
+        if not p:
+            continue
+        n = len(p["seeds"])
+        cells = " | ".join(
+            (f"{p[k]['mean']:+.2f} +- {p[k]['std']:.2f}" if n > 1 else f"{p[k]['mean']:+.2f}") for k in KEYS
+        )
+        lines.append(f"| {name} | {n} | {cells} | {'**yes**' if e['kept'] else 'no'} |")
+    lines += [
+        "",
+        "The real-only curve (val linear at every checkpoint; per seed): best epoch and value, final value, "
+        "change over the last quarter of training, and its shape (overfits: final > 1 point below the best; "
+        "still rising: > 1 point gained over the last quarter; else plateau):",
+        "",
+        "| setting | run | seed | best epoch | best val linear | final val linear | last-quarter change "
+        "| shape |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, e in table.items():
+        for label, r in e["rows"].items():
+            for seed, c in r["curve_shape"].items():
+                lines.append(
+                    f"| {name} | {label} | {seed} | {c['best_epoch']} | {c['best_val_linear']:.2f} | "
+                    f"{c['final_val_linear']:.2f} | {c['last_quarter_change']:+.2f} | {c['shape']} |"
+                )
+    return "\n".join(lines) + "\n"
+
+
+def curves_plot(out: Path, table: dict[str, Any]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(table)
+    if not names:
+        return
+    fig, axes = plt.subplots(1, len(names), figsize=(4.6 * len(names), 3.8), squeeze=False)
+    for ax, name in zip(axes[0], names, strict=True):
+        setting = SETTINGS[name]
+        by = _results(out, name)
+        for key, runs in sorted(by.items()):
+            m = int(key.split(":")[0][1:])
+            color = "#4c72b0" if m == setting.n else "#dd8452"
+            label = f"{m:,} real" + (" (N)" if m == setting.n else f" ({m // setting.n}N)")
+            for i, (_, r) in enumerate(sorted(runs.items())):
+                steps = [c["step"] for c in r["curve"]]
+                ax.plot(steps, [100 * c["val_linear"] for c in r["curve"]], "-", color=color, alpha=0.8,
+                        label=f"{label}: linear" if i == 0 else None)  # fmt: skip
+                ax.plot(steps, [100 * c["val_knn"] for c in r["curve"]], ":", color=color, alpha=0.8,
+                        label=f"{label}: kNN" if i == 0 else None)  # fmt: skip
+        ax.set_title(f"{name}", fontsize=10)
+        ax.set_xlabel("encoder steps")
+        ax.set_ylabel("val accuracy (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle("real-only SimCLR: val accuracy vs steps (probes on the N labelled images)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(out / "curves.png", dpi=110)
+    plt.close(fig)
+
+
+def summarise_all(out: Path) -> None:
+    table = headroom_table(out)
+    (out / "table.json").write_text(json.dumps(table, indent=2))
+    (out / "table.md").write_text(headroom_markdown(table))
+    curves_plot(out, table)
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("part", choices=("headroom", "summarise", "list"))
+    ap.add_argument("--out", type=Path, default=ROOT / "eval" / "results" / "teach")
+    ap.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
+    args = ap.parse_args(argv)
+    register_sources()
+    out: Path = args.out
+    if args.part == "list":
+        for name, s in SETTINGS.items():
+            print(name, dataclasses.asdict(s), f"steps={s.steps()}")
+        return 0
+    if args.part == "headroom":
+        for name in args.settings:
+            setting = SETTINGS[name]
+            sp = splits(setting)
+            references(out / name, setting, sp, args.seeds)
+            for seed in args.seeds:
+                for m in (setting.n, setting.oracle * setting.n):
+                    real_only(out, name, setting, sp, m, seed)
+                    summarise_all(out)
+    summarise_all(out)
+    print((out / "table.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
