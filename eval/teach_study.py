@@ -136,6 +136,11 @@ SETTINGS: dict[str, Setting] = {
         "digits", "pipelines/tiny.yaml", n=100, width=8, batch=50, epochs=1000, curve_every=50, size=16,
         note="the screen, 5x longer", extra=("--train.log_every=25",),
     ),
+    # the script's own smoke test (seconds): not a study setting
+    "digits-smoke": Setting(
+        "digits", "pipelines/tiny.yaml", n=100, width=8, batch=50, epochs=10, curve_every=10, size=16,
+        note="smoke test of the script", extra=("--train.log_every=2",),
+    ),
     "fmnist-n1000-w16": Setting(
         "fashion-mnist", "pipelines/fashion-mnist-method.yaml", n=1000, width=16, batch=100, epochs=200,
         curve_every=10, size=28,
@@ -302,21 +307,39 @@ def _commit() -> str:
         return "unknown"
 
 
-def real_only(out: Path, name: str, setting: Setting, sp: Splits, m: int, seed: int) -> dict[str, Any]:
-    """Train (unless done) and score real-only SimCLR on the first m real images; the result is written to
-    ``OUT/NAME/real-only-nM-sSEED.json`` when it lands."""
-    run_name = f"real-only-n{m}-s{seed}"
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, path)
+
+
+def _scored_run(
+    out: Path,
+    name: str,
+    setting: Setting,
+    sp: Splits,
+    *,
+    run_name: str,
+    arm: str,
+    m: int,
+    seed: int,
+    overrides: list[str],
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Train (unless done) and score one run on the first m real images; its result is written to
+    ``OUT/NAME/RUN_NAME.json`` when it lands (and never redone once there)."""
     result_path = out / name / f"{run_name}.json"
     if result_path.exists():
         return json.loads(result_path.read_text())
     epochs, every = setting.epochs_at(m)
     overrides = [
         *setting.overrides(),
-        "--hsg.enabled=false",
         f"--data.subset={m}",
         f"--train.epochs={epochs}",
         f"--train.checkpoint_every={every}",
         f"--train.seed={seed}",
+        *overrides,
     ]
     run = out / "runs" / name / run_name
     print(f"[{time.strftime('%H:%M:%S')}] {name}/{run_name}: training {epochs} epochs", flush=True)
@@ -327,7 +350,7 @@ def real_only(out: Path, name: str, setting: Setting, sp: Splits, m: int, seed: 
     result = {
         "setting": name,
         "run": run_name,
-        "arm": "real-only" if m == setting.n else f"real-only at {m // setting.n}N",
+        "arm": arm,
         "real_images": m,
         "seed": seed,
         "epochs": epochs,
@@ -341,11 +364,9 @@ def real_only(out: Path, name: str, setting: Setting, sp: Splits, m: int, seed: 
         "overrides": overrides,
         "commit": _commit(),
         "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **(extra or {}),
     }
-    result_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = result_path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=2))
-    os.replace(tmp, result_path)
+    _write_json(result_path, result)
     s = final
     print(
         f"[{time.strftime('%H:%M:%S')}] {name}/{run_name}: val linear {100 * s['val_linear']:.2f} kNN "
@@ -356,16 +377,256 @@ def real_only(out: Path, name: str, setting: Setting, sp: Splits, m: int, seed: 
     return result
 
 
+def real_only(out: Path, name: str, setting: Setting, sp: Splits, m: int, seed: int) -> dict[str, Any]:
+    """Real-only SimCLR on the first m real images (``real-only-nM-sSEED``)."""
+    return _scored_run(
+        out, name, setting, sp,
+        run_name=f"real-only-n{m}-s{seed}",
+        arm="real-only" if m == setting.n else f"real-only at {m // setting.n}N",
+        m=m, seed=seed, overrides=["--hsg.enabled=false"],
+    )  # fmt: skip
+
+
+# --------------------------------------------------------------------------- arms
+
+#: the method's arms: their sections (on the setting's pipeline; HSG and HPG keys as the pipeline has them)
+JOINT: dict[str, tuple[str, ...]] = {
+    "hsg": ("--hsg.enabled=true", "--hpg.enabled=false"),
+    "hpg": ("--hsg.enabled=false", "--hpg.enabled=true"),
+    "hsg+hpg": ("--hsg.enabled=true", "--hpg.enabled=true"),
+}
+#: real-only arms: their real data as a multiple of N (the oracle is the setting's ``oracle``)
+REAL_ARMS = {"real-only": 1, "real-2n": 2, "oracle": 0}
+ARMS = ("real-only", "naive", "hsg", "hpg", "hsg+hpg", "oracle", "real-2n")
+METHOD_ARMS = tuple(JOINT)
+
+
+def _gan_run(
+    out: Path, name: str, setting: Setting, run_name: str, seed: int, steps: int, init: Path | None
+) -> tuple[Path, dict[str, Any]]:
+    """A cGAN trained on realism alone for ``steps`` steps on the N real images (no encoder step: the
+    encoder stays at its initialisation, which only sets the k-means conditions), from ``init``'s weights."""
+    run = out / "runs" / name / run_name
+    overrides = [
+        *setting.overrides(),
+        f"--data.subset={setting.n}",
+        "--hsg.enabled=true",
+        "--hpg.enabled=false",
+        "--train.epochs=0",
+        f"--generator.pretrain_steps={steps}",
+        f"--train.seed={seed}",
+        *([f"--generator.init_run={init}"] if init is not None else []),
+    ]
+    print(f"[{time.strftime('%H:%M:%S')}] {name}/{run_name}: {steps} GAN steps", flush=True)
+    return run, train_timed(run, ROOT / setting.pipeline, overrides)
+
+
+def arm_run(
+    out: Path,
+    name: str,
+    setting: Setting,
+    sp: Splits,
+    arm: str,
+    seed: int,
+    *,
+    pretrain_steps: int = 0,
+    method_set: tuple[str, ...] = (),
+    baselines: Path | None = None,
+    diagnostics: bool = True,
+) -> dict[str, Any]:
+    """One arm at one seed, all at the setting's encoder steps and real batch.
+
+    - ``real-only``, ``real-2n``, ``oracle``: real-only SimCLR on N, 2N, oracle x N real images (results
+      shared with the head-room part); kept in ``baselines`` (default: ``out``).
+    - ``naive``: a cGAN trained on the N images with realism alone for as many GAN steps as the method's
+      generators get (``pretrain_steps`` + one per encoder step), then frozen; its EMA samples are mixed into
+      every step at ``hsg.synthetic_ratio`` (the method's synthetic share). Kept in ``baselines``.
+    - ``hsg``, ``hpg``, ``hsg+hpg``: the method, trained jointly; with ``pretrain_steps`` every generator
+      starts from one cGAN per seed pre-trained on realism alone (the naive arm's generator starts from it
+      too). ``method_set`` (``section.key=value``) applies to these arms only: a variant's changes.
+
+    The method's generators see only the N unlabelled real images.
+    """
+    base_out = baselines or out
+    if arm in REAL_ARMS:
+        factor = REAL_ARMS[arm] or setting.oracle
+        return real_only(base_out, name, setting, sp, factor * setting.n, seed)
+    pre: Path | None = None
+    extra: dict[str, Any] = {"pretrain_steps": pretrain_steps}
+    gan_out = base_out if arm == "naive" else out
+    if pretrain_steps:
+        pre, t = _gan_run(gan_out, name, setting, f"gan-pretrain-p{pretrain_steps}-s{seed}", seed,
+                          pretrain_steps, None)  # fmt: skip
+        extra["pretrain"] = t
+    cfg = load_pipeline(ROOT / setting.pipeline, [*setting.overrides(), f"--data.subset={setting.n}"])
+    suffix = f"-p{pretrain_steps}" if pretrain_steps else ""
+    if arm == "naive":
+        gan, t = _gan_run(base_out, name, setting, f"naive-gan{suffix}-s{seed}", seed, setting.steps(), pre)
+        extra["generator"] = t
+        overrides = [
+            "--hsg.enabled=false",
+            "--hpg.enabled=false",
+            "--generator.kind=naive",
+            f"--generator.run={gan}",
+            f"--generator.synthetic_ratio={cfg.hsg.synthetic_ratio}",
+        ]
+        result = _scored_run(
+            base_out, name, setting, sp, run_name=f"naive{suffix}-n{setting.n}-s{seed}", arm="naive",
+            m=setting.n, seed=seed, overrides=overrides, extra=extra,
+        )  # fmt: skip
+        target = base_out
+    else:
+        overrides = [*JOINT[arm], *(f"--{o}" for o in method_set)]
+        if pre is not None:
+            overrides.append(f"--generator.init_run={pre}")
+        extra["method_set"] = list(method_set)
+        result = _scored_run(
+            out, name, setting, sp, run_name=f"{arm.replace('+', '_')}{suffix}-n{setting.n}-s{seed}", arm=arm,
+            m=setting.n, seed=seed, overrides=overrides, extra=extra,
+        )  # fmt: skip
+        target = out
+    if diagnostics and "diagnostics" not in result:
+        result["diagnostics"] = run_diagnostics(target, name, result["run"], sp)
+        _write_json(target / name / f"{result['run']}.json", result)
+    return result
+
+
+def _mean_or_none(values: list[float]) -> float | None:
+    finite = [v for v in values if np.isfinite(v)]
+    return float(np.mean(finite)) if finite else None
+
+
+def run_diagnostics(out: Path, name: str, run_name: str, sp: Splits) -> dict[str, Any]:
+    """teach_diagnostics.diagnose on a finished run: the per-checkpoint values (in the result), the log's
+    series summarised, a four-panel plot ``NAME/diag/RUN.png`` and the sample grid ``NAME/diag/RUN-grid.png``.
+    """
+    from teach_diagnostics import diagnose, plot
+
+    t0 = time.perf_counter()
+    diag = diagnose(out / "runs" / name / run_name, sp.labelled, sp.val)
+    folder = out / name / "diag"
+    folder.mkdir(parents=True, exist_ok=True)
+    plot(diag, f"{name} / {run_name}", folder / f"{run_name}.png")
+    grid = diag.pop("_grid")
+    if grid is not None:
+        grid.save(folder / f"{run_name}-grid.png")
+    log = diag.pop("log")
+    q = max(1, len(log["step"]) // 10)  # the log in ten slices: its mean per slice
+    diag["log_tenths"] = {  # None where a slice logged nothing of it (e.g. before the warm-up ends)
+        k: [_mean_or_none(v[i : i + q]) for i in range(0, len(v), q)] for k, v in log.items()
+    }
+    diag["seconds"] = time.perf_counter() - t0
+    return diag
+
+
+def arms_table(out: Path, name: str, baselines: Path) -> dict[str, Any]:
+    """Per arm: mean +- std over seeds of every metric; paired differences (same seed) of every arm minus
+    real-only, the method arms minus naive and minus real-only at 2N (data efficiency); the best method arm
+    chosen on val linear; the targets of issue 22 checked on test."""
+    setting = SETTINGS[name]
+    by: dict[str, dict[int, dict[str, Any]]] = {}
+    for folder in {out, baselines}:
+        for r in run_results(folder / name):
+            arm = r["arm"]
+            if arm.startswith("real-only at"):
+                arm = (
+                    "oracle" if r["real_images"] == setting.oracle * setting.n else f"real-{arm[13:].lower()}"
+                )
+            if folder == baselines and arm in METHOD_ARMS and out != baselines:
+                continue  # a variant's method arms are its own
+            by.setdefault(arm, {})[r["seed"]] = r
+    rows = {
+        arm: {
+            "seeds": sorted(runs),
+            **{k: summarise([100 * runs[s]["scores"][k] for s in sorted(runs)]) for k in KEYS},
+            "train_seconds": summarise([runs[s]["train"]["seconds"] for s in sorted(runs)]),
+        }
+        for arm, runs in by.items()
+    }
+    paired = []
+    for arm, runs in by.items():
+        refs = [] if arm == "real-only" else ["real-only"]
+        if arm in METHOD_ARMS:
+            refs += ["naive", "real-2n"]
+        for ref in refs:
+            common = sorted(set(runs) & set(by.get(ref, {})))
+            if not common:
+                continue
+            entry: dict[str, Any] = {"arm": arm, "minus": ref, "seeds": common}
+            for k in KEYS:
+                d = [100 * (runs[s]["scores"][k] - by[ref][s]["scores"][k]) for s in common]
+                entry[k] = {**summarise(d), "per_seed": d}
+            paired.append(entry)
+    methods = [a for a in METHOD_ARMS if a in rows]
+    verdict: dict[str, Any] = {}
+    if methods:
+        best = max(methods, key=lambda a: rows[a]["val_linear"]["mean"])
+        worst = min(methods, key=lambda a: rows[a]["val_linear"]["mean"])
+        verdict = {"best_on_val": best, "worst_on_val": worst}
+        pr = {(p["arm"], p["minus"]): p for p in paired}
+        if (best, "real-only") in pr:
+            verdict["best_minus_real_only_test_linear"] = pr[(best, "real-only")]["test_linear"]["mean"]
+            verdict["target_2_points"] = verdict["best_minus_real_only_test_linear"] >= 2.0
+        if (best, "naive") in pr:
+            p = pr[(best, "naive")]["test_linear"]
+            verdict["best_minus_naive_test_linear"] = p
+            # a standard deviation needs two seeds at least
+            verdict["target_above_naive"] = p["mean"] > 2 * p["std"] if len(p["per_seed"]) > 1 else None
+        if (best, "real-2n") in pr:
+            verdict["best_minus_real_2n_test_linear"] = pr[(best, "real-2n")]["test_linear"]["mean"]
+            verdict["target_data_efficiency"] = verdict["best_minus_real_2n_test_linear"] >= 0
+    return {"setting": name, "rows": rows, "paired": paired, "verdict": verdict}
+
+
+def arms_markdown(t: dict[str, Any]) -> str:
+    lines = [
+        f"# Arms: {t['setting']} (equal encoder steps; accuracy in %, mean +- std over seeds)",
+        "",
+        "| arm | seeds | val linear | val kNN | val 10/class | test linear | test kNN | test 10/class "
+        "| train s |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    order = [a for a in ARMS if a in t["rows"]] + [a for a in t["rows"] if a not in ARMS]
+    for arm in order:
+        r = t["rows"][arm]
+        cells = " | ".join(_fmt(r[k], len(r["seeds"])) for k in KEYS)
+        lines.append(f"| {arm} | {len(r['seeds'])} | {cells} | {r['train_seconds']['mean']:.0f} |")
+    lines += [
+        "",
+        "Paired differences (same seed), points, mean +- std (per-seed values in the JSON):",
+        "",
+        "| difference | seeds | val linear | val kNN | val 10/class | test linear | test kNN "
+        "| test 10/class |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for p in t["paired"]:
+        cells = " | ".join(f"{p[k]['mean']:+.2f} +- {p[k]['std']:.2f}" for k in KEYS)
+        lines.append(f"| {p['arm']} - {p['minus']} | {len(p['seeds'])} | {cells} |")
+    if t["verdict"]:
+        lines += ["", "Verdict (best and worst method arm chosen on val linear; targets on test linear):", ""]
+        lines += [f"- {k}: {v}" for k, v in t["verdict"].items()]
+    return "\n".join(lines) + "\n"
+
+
 # --------------------------------------------------------------------------- tables
+
+
+def run_results(folder: Path) -> list[dict[str, Any]]:
+    """The per-run results in ``folder`` (the JSON files with an ``arm``; not the tables)."""
+    out = []
+    for path in sorted(folder.glob("*.json")):
+        r = json.loads(path.read_text())
+        if isinstance(r, dict) and "arm" in r and "scores" in r:
+            out.append(r)
+    return out
 
 
 def _results(out: Path, name: str) -> dict[str, dict[int, dict[str, Any]]]:
     """Per arm label, per seed: the finished results of a setting."""
     by: dict[str, dict[int, dict[str, Any]]] = {}
-    for path in sorted((out / name).glob("*.json")):
-        if path.name == "references.json":
+    for r in run_results(out / name):
+        if not r["arm"].startswith("real-only"):
             continue
-        r = json.loads(path.read_text())
         by.setdefault(f"n{r['real_images']}:{r['arm']}", {})[r["seed"]] = r
     return by
 
@@ -543,6 +804,11 @@ def curves_plot(out: Path, table: dict[str, Any]) -> None:
 
 
 def summarise_all(out: Path) -> None:
+    for name in SETTINGS:  # the arms' tables where arms ran
+        if any(r["arm"] in METHOD_ARMS + ("naive",) for r in run_results(out / name)):
+            t = arms_table(out, name, out)
+            _write_json(out / name / "arms.json", t)
+            (out / name / "arms.md").write_text(arms_markdown(t))
     table = headroom_table(out)
     (out / "table.json").write_text(json.dumps(table, indent=2))
     (out / "table.md").write_text(headroom_markdown(table))
@@ -554,10 +820,27 @@ def summarise_all(out: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("part", choices=("headroom", "summarise", "list"))
+    ap.add_argument("part", choices=("headroom", "arms", "summarise", "list"))
     ap.add_argument("--out", type=Path, default=ROOT / "eval" / "results" / "teach")
     ap.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
+    ap.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS), help="arms: the arms to run")
+    ap.add_argument(
+        "--pretrain-steps",
+        type=int,
+        default=0,
+        help="arms: pre-train one cGAN per seed for this many realism-only steps; every method generator and "
+        "the naive generator start from it (0: from scratch)",
+    )
+    ap.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        help="arms: section.key=value overrides of the method arms only (a variant: use its own --out and "
+        "--baselines DIR for the shared real-only and naive arms)",
+    )
+    ap.add_argument("--baselines", type=Path, help="arms: where the real-only and naive arms live (--out)")
+    ap.add_argument("--no-diagnostics", action="store_true", help="arms: skip the per-run diagnostics")
     args = ap.parse_args(argv)
     register_sources()
     out: Path = args.out
@@ -574,6 +857,25 @@ def main(argv: list[str] | None = None) -> int:
                 for m in (setting.n, setting.oracle * setting.n):
                     real_only(out, name, setting, sp, m, seed)
                     summarise_all(out)
+    if args.part == "arms":
+        baselines = args.baselines or out
+        for name in args.settings:
+            setting = SETTINGS[name]
+            sp = splits(setting)
+            references(baselines / name, setting, sp, args.seeds)
+            for seed in args.seeds:  # seed by seed: an interrupted table has every arm at the seeds it did
+                for arm in args.arms:
+                    arm_run(
+                        out, name, setting, sp, arm, seed, pretrain_steps=args.pretrain_steps,
+                        method_set=tuple(args.set), baselines=baselines,
+                        diagnostics=not args.no_diagnostics,
+                    )  # fmt: skip
+                    t = arms_table(out, name, baselines)
+                    _write_json(out / name / "arms.json", t)
+                    (out / name / "arms.md").write_text(arms_markdown(t))
+        for name in args.settings:
+            print((out / name / "arms.md").read_text())
+        return 0
     summarise_all(out)
     print((out / "table.md").read_text())
     return 0
