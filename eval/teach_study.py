@@ -788,8 +788,12 @@ def curves_plot(out: Path, table: dict[str, Any]) -> None:
     names = list(table)
     if not names:
         return
-    fig, axes = plt.subplots(1, len(names), figsize=(4.6 * len(names), 3.8), squeeze=False)
-    for ax, name in zip(axes[0], names, strict=True):
+    cols = min(len(names), 4)
+    rows = -(-len(names) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(max(4.6 * cols, 8), 3.8 * rows), squeeze=False)
+    for ax in axes.flat[len(names) :]:
+        ax.axis("off")
+    for ax, name in zip(axes.flat, names, strict=False):
         setting = SETTINGS[name]
         by = _results(out, name)
         for key, runs in sorted(by.items()):
@@ -802,12 +806,19 @@ def curves_plot(out: Path, table: dict[str, Any]) -> None:
                         label=f"{label}: linear" if i == 0 else None)  # fmt: skip
                 ax.plot(steps, [100 * c["val_knn"] for c in r["curve"]], ":", color=color, alpha=0.8,
                         label=f"{label}: kNN" if i == 0 else None)  # fmt: skip
+        refs = table[name].get("references")
+        if refs:
+            ax.axhline(
+                refs["pixels"]["val_linear"], color="grey", lw=0.8, ls="--", label="raw pixels: linear"
+            )
         ax.set_title(f"{name}", fontsize=10)
         ax.set_xlabel("encoder steps")
         ax.set_ylabel("val accuracy (%)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.suptitle("real-only SimCLR: val accuracy vs steps (probes on the N labelled images)", fontsize=10)
+    fig.suptitle(
+        "real-only SimCLR: val accuracy vs encoder steps (probes on the N labelled images)", fontsize=9
+    )
     fig.tight_layout()
     fig.savefig(out / "curves.png", dpi=110)
     plt.close(fig)
