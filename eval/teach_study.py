@@ -155,6 +155,16 @@ SETTINGS: dict[str, Setting] = {
         "fashion-mnist", "pipelines/fashion-mnist-method.yaml", n=500, width=16, batch=50, epochs=400,
         curve_every=20, size=28,
     ),
+    # added after n1000-w16 and n250-w16 showed no gap: more capacity (the method table's width 32; ~2x a
+    # width-16 step, so ~7 min a run on an idle thread) and more steps (N=1,000 x 800 epochs, ~12 min a run)
+    "fmnist-n250-w32": Setting(
+        "fashion-mnist", "pipelines/fashion-mnist-method.yaml", n=250, width=32, batch=50, epochs=800,
+        curve_every=40, size=28,
+    ),
+    "fmnist-n1000-w16-e800": Setting(
+        "fashion-mnist", "pipelines/fashion-mnist-method.yaml", n=1000, width=16, batch=100, epochs=800,
+        curve_every=40, size=28,
+    ),
     "fmnist-n1000-w8": Setting(
         "fashion-mnist", "pipelines/fashion-mnist-method.yaml", n=1000, width=8, batch=100, epochs=200,
         curve_every=10, size=28,
