@@ -1,6 +1,8 @@
 """Does synthetic data teach where it can? Long training on scarce real data (issue 22).
 
     python eval/teach_study.py headroom [--settings NAME ...] [--seeds 0 1 2] [--out eval/results/teach]
+    python eval/teach_study.py arms --settings NAME [--seeds 0 1 2 3 4] [--arms ...] [--pretrain-steps P]
+                                    [--set section.key=value ...] [--out DIR] [--baselines DIR]
     python eval/teach_study.py summarise [--out eval/results/teach]
     python eval/teach_study.py list
 
@@ -10,6 +12,16 @@ Parts:
   accuracy-vs-epoch curve of both (val linear, kNN and 10-per-class probe at every checkpoint). A setting is
   *kept* when 10N beats N by at least 3 points of val linear accuracy (mean of the paired per-seed
   differences): there the data is the bottleneck, which is where synthetic data can show anything.
+- ``arms`` (for the kept settings, on the hot-path code of issue 21): real-only, naive (a frozen cGAN trained
+  on the same N images for as many GAN steps as the method's generators get, sampled at the method's
+  synthetic share), HSG, HPG, HSG+HPG, the oracle (10N) and real-only at 2N (data efficiency), all at the
+  setting's encoder steps, seed by seed; ``arms.md``/``arms.json`` per setting with mean +- std, the paired
+  differences (every arm - real-only, method - naive, method - real-only at 2N), the best and worst method
+  arm chosen on val and issue 22's targets read on test. Every method and naive run also gets its
+  diagnostics from its checkpoints and log (``teach_diagnostics.py``: synthetic-or-real probe, D accuracy,
+  pair similarity against s*(t), hardness, sample grids over epochs) in ``SETTING/diag/``. ``--set`` changes
+  the method arms only (a variant, into its own ``--out``, with ``--baselines`` pointing at the shared
+  real-only and naive runs). Written and smoke-tested on ``digits-smoke``; not yet run on a study setting.
 
 Settings (``SETTINGS``; ``list`` prints them): Fashion-MNIST at 28 px with N = 1,000 or 2,500 real images and
 a conv net narrow enough that a real-only run of 200 epochs costs at most about 5 minutes on one thread of
