@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -49,10 +48,11 @@ from synthkit.config import PipelineConfig, load_pipeline  # noqa: E402
 from synthkit.data.sources import ImageSet, load_source, subset_indices  # noqa: E402
 from synthkit.data.views import to_float  # noqa: E402
 from synthkit.encoders.model import Encoder, extract_features  # noqa: E402
-from synthkit.metrics.knn import knn_accuracy  # noqa: E402
-from synthkit.metrics.linear_probe import linear_probe_accuracy  # noqa: E402
 from synthkit.training.artifacts import load_final  # noqa: E402
-from synthkit.training.loop import train  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "eval"))
+from study_common import probe_scores, train_once  # noqa: E402
+from study_common import summarise as _summarise  # noqa: E402
 
 ROWS: dict[str, tuple[str, ...]] = {
     "real-only": ("--hsg.enabled=false",),
@@ -129,20 +129,8 @@ def _score_features(featurize: Any, splits: Splits, cfg: PipelineConfig) -> dict
     f_fit = featurize(splits.fit.images)
     out: dict[str, float] = {}
     for name, split in (("val", splits.val), ("test", splits.test)):
-        f = featurize(split.images)
-        out[f"{name}_knn"] = knn_accuracy(
-            f_fit, splits.fit.labels, f, split.labels, k=cfg.eval.knn_k, temperature=cfg.eval.knn_temperature
-        )
-        out[f"{name}_linear"] = linear_probe_accuracy(
-            f_fit,
-            splits.fit.labels,
-            f,
-            split.labels,
-            epochs=cfg.eval.probe_epochs,
-            lr=cfg.eval.probe_lr,
-            weight_decay=cfg.eval.probe_weight_decay,
-            seed=0,
-        )
+        scores = probe_scores(f_fit, splits.fit.labels, featurize(split.images), split.labels, cfg.eval)
+        out[f"{name}_knn"], out[f"{name}_linear"] = scores["knn"], scores["linear"]
     return out
 
 
@@ -169,30 +157,6 @@ def _references(out: Path, splits: Splits, cfg: PipelineConfig, seeds: list[int]
     return {
         "pixels": refs["pixels"],
         "random-init": {k: _summarise([r[k] for r in per_seed]) for k in per_seed[0]},
-    }
-
-
-def _train_once(run: Path, pipeline: Path, overrides: list[str]) -> float:
-    """Train ``run`` unless it finished before; returns the training wall time (recorded in the run)."""
-    timing = run / "wall_time.json"
-    if (run / "final").is_dir() and timing.exists():
-        return json.loads(timing.read_text())["seconds"]
-    if run.exists():  # an interrupted run: start it again from scratch for a clean wall time
-        import shutil
-
-        shutil.rmtree(run)
-    cfg = load_pipeline(pipeline, overrides)
-    t0 = time.perf_counter()
-    train(cfg, run, progress=False)
-    seconds = time.perf_counter() - t0
-    timing.write_text(json.dumps({"seconds": seconds}))
-    return seconds
-
-
-def _summarise(values: list[float]) -> dict[str, float]:
-    return {
-        "mean": statistics.fmean(values),
-        "std": statistics.stdev(values) if len(values) > 1 else 0.0,
     }
 
 
@@ -424,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
             # epoch whose stage 1 trains the UNet; lambda_hard 0, so its own exports are unguided); every
             # row samples it without stage 1, the naive row unguided
             pre = out / "runs" / f"diffusion-pretrain-{'half' if half else 'all'}-s{seed}"
-            pre_seconds = _train_once(
+            pre_seconds = train_once(
                 pre,
                 args.pipeline,
                 [*(o for o in extra if not o.startswith("--generator.")), *data, *DIFFUSION_MODEL,
@@ -448,7 +412,7 @@ def main(argv: list[str] | None = None) -> int:
             # one GAN per seed and real data, trained on realism alone before any encoder step; the
             # naive generator and the joint producers start from it (the half rows' from half the data)
             pre = out / "runs" / f"gan-pretrain-{'half' if half else 'all'}-s{seed}"
-            pre_seconds = _train_once(
+            pre_seconds = train_once(
                 pre,
                 args.pipeline,
                 [
@@ -474,12 +438,12 @@ def main(argv: list[str] | None = None) -> int:
                 f"--hsg.warmup_epochs={epochs}",
                 f"--train.seed={seed}",
             ]
-            gan_seconds = _train_once(gan, args.pipeline, gan_overrides)
+            gan_seconds = train_once(gan, args.pipeline, gan_overrides)
             # the naive producer's own section: the cGAN's generator keys do not apply to it
             overrides = [o for o in overrides if not o.startswith("--generator.")]
             overrides += ["--generator.kind=naive", f"--generator.run={gan}"]
         run = out / "runs" / name
-        seconds = _train_once(run, args.pipeline, overrides)
+        seconds = train_once(run, args.pipeline, overrides)
         scores_path = run / "scores.json"
         if scores_path.exists():
             scores = json.loads(scores_path.read_text())
