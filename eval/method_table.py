@@ -51,7 +51,7 @@ from synthkit.data.views import to_float  # noqa: E402
 from synthkit.encoders.model import Encoder, extract_features  # noqa: E402
 from synthkit.metrics.knn import knn_accuracy  # noqa: E402
 from synthkit.metrics.linear_probe import linear_probe_accuracy  # noqa: E402
-from synthkit.training.artifacts import load_final  # noqa: E402
+from synthkit.run_files.final import load_final  # noqa: E402
 from synthkit.training.loop import train  # noqa: E402
 
 ROWS: dict[str, tuple[str, ...]] = {

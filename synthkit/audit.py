@@ -228,7 +228,7 @@ class _HardnessStream:
 
     def __init__(self, encoder_run: str | os.PathLike[str], n_real: int, seed: int) -> None:
         from synthkit.metrics.extractors import encoder_extractor
-        from synthkit.training.artifacts import load_final
+        from synthkit.run_files.final import load_final
 
         self.art = load_final(encoder_run)
         self.ext = encoder_extractor(encoder_run)

@@ -46,8 +46,7 @@ import math
 import os
 import re
 import tempfile
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -59,15 +58,14 @@ from synthkit.config import from_dict, to_dict
 from synthkit.data.sources import load_source
 from synthkit.data.views import Views
 from synthkit.errors import ExportError, SynthkitError
-from synthkit.images import Panel, labelled_grid, to_uint8
-from synthkit.objectives.scoring import Scorer, pair_groups, reference_batch
+from synthkit.images import Panel, labelled_grid
+from synthkit.objectives.scoring import Scorer, reference_batch
 from synthkit.progress import Phase
 from synthkit.provenance import created_by
+from synthkit.run_files.final import load_final
+from synthkit.samplers.write import WriteResult, read_back, write_samples
 from synthkit.shards import (
     ShardSetExistsError,
-    ShardSetWriter,
-    decode_sample,
-    iter_shard_members,
     read_manifest,
 )
 from synthkit.shards.format import is_safe_name, shard_pattern, temp_name
@@ -75,14 +73,13 @@ from synthkit.shards.location import is_url
 from synthkit.shards.output import SetOutput, lock_part, open_output
 from synthkit.shards.parts import find_part_journals, publish_parts
 from synthkit.shards.writer import Part, journal_name
-from synthkit.training.artifacts import load_final
 
 if TYPE_CHECKING:
     from PIL import Image
 
-    from synthkit.producers.base import Producer
+    from synthkit.samplers.base import Sampler
 
-__all__ = ["ExportError", "ExportResult", "generate", "write_samples"]
+__all__ = ["ExportError", "ExportResult", "generate"]
 
 logger = logging.getLogger(__name__)
 
@@ -117,180 +114,6 @@ class ExportResult:
     resumed_from: int = 0
     main: bool = True  # False on the other processes of a launch (the main process reports)
     part: dict[str, Any] | None = None  # one part written alone: its record (no manifest yet)
-
-
-@dataclass(frozen=True)
-class ChunkPlan:
-    kind: str  # "hard" or "pair"
-    first: int  # global index of the chunk's first sample in the set
-    start: int  # index of the first sample within its kind
-    size: int
-
-
-def plan_chunks(counts: dict[str, int], batch_size: int) -> list[ChunkPlan]:
-    """Every chunk of a set of ``counts`` samples per kind (pairs first), ``batch_size`` samples each (pairs:
-    an even number, so no pair is split)."""
-    out: list[ChunkPlan] = []
-    offset = 0
-    for kind in ("pair", "hard"):
-        n = counts.get(kind, 0)
-        bs = batch_size if kind == "hard" else max(2, batch_size - batch_size % 2)
-        out += [ChunkPlan(kind, offset + start, start, min(bs, n - start)) for start in range(0, n, bs)]
-        offset += n
-    return out
-
-
-@dataclass
-class WriteResult:
-    manifest: dict[str, Any]
-    hardness: list[float] = field(default_factory=list)
-    conditions: list[int] = field(default_factory=list)
-    pair_similarity: list[float] = field(default_factory=list)
-    previews: list[np.ndarray] = field(default_factory=list)
-    preview_index: list[int] = field(default_factory=list)  # the set index of each preview image
-    resumed_from: int = 0
-
-
-Previews = int | tuple[range, ...]
-
-
-def _in_preview(i: int, previews: Previews) -> bool:
-    """Whether sample ``i`` is drawn in the preview: one of the first ``previews`` (an int) or in a span."""
-    return i < previews if isinstance(previews, int) else any(i in span for span in previews)
-
-
-def _read_back(
-    out_dir: Path,
-    shards: list[dict[str, Any]],
-    name: str,
-    seed: int,
-    previews: Previews,
-    res: WriteResult,
-    first: int = 0,
-) -> None:
-    """Per-sample results and the first ``previews`` images of the kept shards, into ``res``.
-
-    Read with the safe reader (tar structure and member names checked, nothing unpickled) rather than
-    regenerated; only the preview's images are decoded. Keys and latent ids are checked so that a shard
-    which is intact but not this export's cannot slip in. ``first`` is the global index of the first
-    sample of ``shards`` (a part's).
-    """
-    for shard in shards:
-        path = out_dir / shard["name"]
-        for key, parts in iter_shard_members(path):
-            i = first + len(res.hardness)
-            if _in_preview(i, previews):
-                sample = decode_sample(str(path), key, parts)
-                meta = sample["meta"]
-                res.previews.append(sample["image"])
-                res.preview_index.append(i)
-            else:
-                try:
-                    meta = json.loads(parts.get("json", b"").decode("utf-8"))
-                except (UnicodeDecodeError, ValueError) as exc:
-                    raise ExportError(f"{path}: sample {key!r}: unreadable metadata: {exc}") from exc
-            if (
-                key != f"{name}_{i:08d}"
-                or not isinstance(meta, dict)
-                or meta.get("latent_id") != i
-                or meta.get("seed") != seed
-                or not isinstance(meta.get("hardness"), (int, float))
-            ):
-                raise ExportError(
-                    f"{path}: sample {key!r} is not sample {i} of this export; delete the directory to "
-                    "start over"
-                )
-            res.hardness.append(float(meta["hardness"]))
-            res.conditions.append(-1 if meta.get("condition") is None else int(meta["condition"]))
-            if meta.get("kind") == "pair_a" and isinstance(meta.get("pair_similarity"), (int, float)):
-                res.pair_similarity.append(float(meta["pair_similarity"]))
-
-
-def write_samples(
-    out_dir: Path,
-    name: str,
-    producer: Producer,
-    scorer: Scorer,
-    counts: dict[str, int],
-    *,
-    seed: int,
-    batch_size: int,
-    maxcount: int,
-    manifest_fields: dict[str, Any],
-    resume: bool = True,
-    previews: Previews = 0,
-    progress: Callable[[int], None] | None = None,
-    before_publish: Callable[[WriteResult], None] | None = None,
-    on_publish: Callable[[str], None] | None = None,
-    part: Part | None = None,
-) -> WriteResult:
-    """Make ``counts[kind]`` samples of each kind with ``producer``, score them, and write one shard set.
-
-    Keys are ``NAME_%08d`` in write order (pair members a, b, a, b, ..., then hard samples). ``previews``
-    keeps the first images for a grid; ``before_publish`` runs after the last sample and before the manifest.
-    With ``part`` only that part's shards are written (its samples, from the chunks that hold them, whole:
-    the same chunks, hence the same bytes, as one writer of the whole set), and nothing is published
-    (``res.manifest`` is the part's record; ``shards/parts.py`` publishes the parts).
-    """
-    res = WriteResult({})
-    step = producer.export_info().get("generator_step")
-    device = scorer.reference.device
-    total = sum(counts.values())
-    mine = part.samples(total, maxcount) if part is not None else range(total)
-    with ShardSetWriter(
-        out_dir,
-        name,
-        maxcount=maxcount,
-        manifest_fields=manifest_fields,
-        resume=resume,
-        on_publish=on_publish,
-        part=part,
-    ) as w:
-        res.resumed_from = w.resume_from
-        done = mine.start + w.resume_from
-        _read_back(out_dir, w.completed_shards, name, seed, previews, res, first=mine.start)
-        if len(res.hardness) != w.resume_from:  # the journal's counts and the shards' content disagree
-            raise ExportError(
-                f"{out_dir}: the kept shards hold {len(res.hardness)} samples, expected {w.resume_from}"
-            )
-        for chunk in plan_chunks(counts, batch_size):
-            if chunk.first + chunk.size <= done or chunk.first >= mine.stop:  # durable already, or not ours
-                continue
-            samples = producer.make(chunk.kind, chunk.start, chunk.size, seed, scorer)
-            images = samples.images.to(device)
-            pairs = chunk.kind == "pair"
-            groups = pair_groups(chunk.size // 2) if pairs else None
-            hardness = scorer.hardness(images, seed * 1_000_003 + chunk.first, groups).cpu()
-            similarity = scorer.pair_similarity(images[0::2], images[1::2]).cpu() if pairs else None
-            arrays = to_uint8(images)
-            todo = range(max(0, done - chunk.first), min(chunk.size, mine.stop - chunk.first))
-            for j in todo:
-                index = chunk.first + j
-                meta = {
-                    "kind": ("pair_a", "pair_b")[j % 2] if pairs else "hard",
-                    "generator_step": step,
-                    "seed": seed,
-                    "latent_id": index,
-                    **samples.meta[j],
-                    "hardness": round(float(hardness[j]), 6),
-                }
-                if similarity is not None:
-                    meta["pair_similarity"] = round(float(similarity[j // 2]), 6)
-                    if j % 2 == 0:
-                        res.pair_similarity.append(meta["pair_similarity"])
-                w.write(f"{name}_{index:08d}", arrays[j], meta)
-                res.hardness.append(meta["hardness"])
-                cond = meta.get("condition")
-                res.conditions.append(-1 if cond is None else int(cond))
-                if _in_preview(index, previews):
-                    res.previews.append(arrays[j])
-                    res.preview_index.append(index)
-            if progress is not None:
-                progress(len(todo))
-        if before_publish is not None:
-            before_publish(res)
-        res.manifest = w.close()
-    return res
 
 
 def training_images(cfg: Any, n: int) -> torch.Tensor:
@@ -492,7 +315,7 @@ def publish(out_dir: str | Path) -> ExportResult:
             return
         counts = {k: request["n"] for k in ("hard", "pair") if request["kind"] in (k, "all")}
         spans = _preview_spans(counts, request["batch_size"])
-        _read_back(out_dir, shards, request["name"], request["seed"], spans, res)
+        read_back(out_dir, shards, request["name"], request["seed"], spans, res)
         producer = fields.get("producer") or {}
         conditions = None  # the run is not on this machine: a plain row of real images
         with contextlib.suppress(SynthkitError, KeyError, TypeError, OSError):
@@ -619,7 +442,7 @@ def generate(
     # 1. The run, verified, and what its producer can make ---
     art = load_final(run_dir)
     cfg = art.cfg
-    producer = art.producer
+    producer = art.sampler
     have = producer.export_kinds if producer is not None else ()
     if not have:
         raise ExportError(
@@ -679,7 +502,7 @@ def generate(
                 )
             scorer, write = _export_setup(art, request, seed, kind, batch_size, maxcount)
             return _generate_part(
-                Path(out_dir), name, art.producer, scorer, counts, write, mine, world, progress
+                Path(out_dir), name, art.sampler, scorer, counts, write, mine, world, progress
             )
         finally:
             part_lock.release()
@@ -698,7 +521,7 @@ def _export_setup(
 ) -> tuple[Scorer, dict[str, Any]]:
     """The scorer (the run's encoder and objective, and the one reference batch) and the writer's settings
     with the manifest fields: the same for a whole export and for each of its parts."""
-    cfg, producer, run_dir = art.cfg, art.producer, art.run_dir
+    cfg, producer, run_dir = art.cfg, art.sampler, art.run_dir
     real = training_images(cfg, cfg.train.batch_size)
     channels, size = real.shape[1], real.shape[-1]
     scorer = Scorer(
@@ -768,8 +591,8 @@ def _generate(
     bar = Phase("generate", total, "img", progress=progress, logger=logger, detail=f" ({what})").start()
 
     def preview(res: WriteResult) -> None:
-        real_by_condition, real_row = _real_for_preview(art.cfg, getattr(art.producer, "conditions", None))
-        source = str(art.producer.export_info().get("condition_source", ""))
+        real_by_condition, real_row = _real_for_preview(art.cfg, getattr(art.sampler, "conditions", None))
+        source = str(art.sampler.export_info().get("condition_source", ""))
         grid = preview_grid(res, counts, name, source, real_by_condition, real_row)
         save_image_atomic(out_dir / PREVIEW, grid)
         output.publish(PREVIEW)  # before the manifest: a published set always has its preview
@@ -777,7 +600,7 @@ def _generate(
     res = write_samples(
         out_dir,
         name,
-        art.producer,
+        art.sampler,
         scorer,
         counts,
         **write,
@@ -799,7 +622,7 @@ def _generate(
 def _generate_part(
     out_dir: Path,
     name: str,
-    producer: Producer,
+    producer: Sampler,
     scorer: Scorer,
     counts: dict[str, int],
     write: dict[str, Any],

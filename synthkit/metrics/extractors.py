@@ -145,7 +145,7 @@ def pixels_extractor(size: int, channels: int) -> FeatureExtractor:
 
 
 def encoder_extractor(run_dir: str | os.PathLike[str]) -> FeatureExtractor:
-    from synthkit.training.artifacts import load_final  # imports the training stack
+    from synthkit.run_files.final import load_final  # imports the training stack
 
     art = load_final(run_dir)
     digest = art.meta["hashes"]["encoder"]

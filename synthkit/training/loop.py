@@ -48,7 +48,7 @@ from synthkit.encoders.model import Encoder, load_encoder_weights
 from synthkit.errors import ConfigError, RunError
 from synthkit.logs import epoch_line
 from synthkit.objectives.base import build_objective
-from synthkit.producers.base import Producer, StepInput, TrainContext
+from synthkit.producers.base import NullProducer, Producer, StepInput, TrainContext
 from synthkit.registry import PRODUCERS
 from synthkit.shards.location import RemotePolicy
 from synthkit.shards.location import configure as configure_remote
@@ -234,10 +234,10 @@ def _train(
         log=run.log,
         progress=progress,
     )
-    producer: Producer | None = None
+    producer: Producer = NullProducer()
     if cfg.producer_active:  # built (and an init run checked) before anything is written
         producer = PRODUCERS.get(cfg.generator.kind).impl_class().for_training(cfg, ctx)
-        producer.prepare(acc)
+    producer.prepare(acc)
     step = EncoderStep(acc, encoder_ddp, views, opt, objective)
     # 3. Resume: the checkpoint is checked and loaded before anything in the run directory is written ---
     state = run.load_checkpoint(objective, producer) if run.resume_from is not None else LoopState()
@@ -251,20 +251,18 @@ def _train(
             "channels": channels,
             "size": size,
         },
-        producer.describe() if producer is not None else None,
+        producer.describe(),
         encoder_info,
     )
 
     # then the producer's start ---
     if run.resume_from is None:  # distinct augmentations and latents per process; same weights (set above)
         torch.manual_seed(cfg.train.seed * 1009 + 7919 * (run.rank + 1))
-    if producer is not None:
-        producer.start(resumed=run.resume_from is not None)
+    producer.start(resumed=run.resume_from is not None)
 
     # 4. Epochs ---
     for epoch in range(state.epoch, cfg.train.epochs):
-        if producer is not None:
-            producer.on_epoch_start(epoch)
+        producer.on_epoch_start(epoch)
         encoder_ddp.train()
         records = StepRecords(device)  # the epoch's records, on the device until read
         shown = None  # the epoch's last contribution: the trackers' sample grid
@@ -280,15 +278,14 @@ def _train(
         for i, (idx, images) in enumerate(bar):
             x_real = to_float(images.to(device, non_blocking=True))  # uint8 over, float on the device
             batch = StepInput(x_real, idx, epoch, epoch + i / steps_per_epoch)
-            contribution = producer.contribute(batch) if producer is not None else None
+            contribution = producer.contribute(batch)
             if i == steps_per_epoch - 1:
                 shown = contribution
             # this process's records -> the global batch's, on the device (one all-reduce, no host read;
             # the producer's after_step, e.g. HPG's adaptive target, sees the same numbers on every process)
             state.step = run.step = state.step + 1
             rec = records.add(step(x_real, contribution), state.step)
-            if producer is not None:
-                producer.after_step(rec)
+            producer.after_step(rec)
             if cfg.train.record_indices:
                 if isinstance(idx, list):  # streamed from shards: sample keys, gathered as objects
                     state.seen_keys.append(gather_object([idx]))
@@ -333,12 +330,11 @@ def _train(
         if state.epoch % cfg.train.checkpoint_every == 0 or last:
             watched = [
                 encoder_ddp,
-                *(producer.fingerprint_modules().values() if producer is not None else []),
+                *producer.fingerprint_modules().values(),
             ]
             run.save_checkpoint(state, objective, producer, watched)
 
     # 6. Publish the final weights and a summary ---
-    if producer is not None:
-        producer.finish()
+    producer.finish()
     summary = run.publish(encoder_ddp, objective, producer, state)
     return RunResult(run.dir, summary)

@@ -11,12 +11,13 @@ import torch
 from synthkit.config import EncoderConfig, ViewsConfig, from_dict
 from synthkit.data.views import Views
 from synthkit.encoders.model import Encoder
-from synthkit.export import write_samples
 from synthkit.generators.diffusion import build_unet
 from synthkit.objectives.base import build_objective
 from synthkit.objectives.scoring import Scorer
-from synthkit.producers.conditions import Conditions
-from synthkit.producers.diffusion import DiffusionProducer, read_pool
+from synthkit.producers.diffusion import read_pool
+from synthkit.samplers.conditions import Conditions
+from synthkit.samplers.diffusion import DiffusionSampler, Settings
+from synthkit.samplers.write import write_samples
 from synthkit.shards import verify_shard_set
 
 CFG = from_dict(
@@ -35,10 +36,10 @@ CFG = from_dict(
 
 
 @pytest.fixture(scope="module")
-def parts() -> tuple[DiffusionProducer, Scorer]:
+def parts() -> tuple[DiffusionSampler, Scorer]:
     torch.manual_seed(0)
     unet = build_unet(CFG.generator, 1, 8, num_classes=3)
-    producer = DiffusionProducer(CFG, 1, 8, 3, unet=unet)
+    producer = DiffusionSampler(CFG, 1, 8, 3, unet=unet)
     producer.conditions = Conditions(torch.tensor([0, 1, 2, 2]), 3, "kmeans")
     producer.trained_steps = 7
     enc = Encoder(EncoderConfig(width=8, proj_hidden=16, proj_dim=8), 1).eval()
@@ -48,8 +49,8 @@ def parts() -> tuple[DiffusionProducer, Scorer]:
 
 
 def _write(parts, out: Path, guidance_scale: float = 0.05, n_pairs: int = 5, **kw):
-    producer, scorer = parts
-    producer.guidance_scale, producer.t_split = guidance_scale, 0.5
+    sampler, scorer = parts
+    producer = sampler.at(Settings(guidance_scale, 0.5))
     args = {"seed": 1, "batch_size": 4, "maxcount": 4, "manifest_fields": {}}
     return write_samples(out, "pool", producer, scorer, {"hard": 6, "pair": 2 * n_pairs}, **{**args, **kw})
 

@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save_file
 from synthkit.cli import main
 from synthkit.locks import LOCK_NAME
 from synthkit.logs import error_lines
-from synthkit.training import checkpoint as ckpt
+from synthkit.run_files import checkpoint as ckpt
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = str(ROOT / "pipelines" / "tiny.yaml")
