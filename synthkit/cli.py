@@ -115,7 +115,7 @@ def _cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
     elif result.summary:
         last = result.summary.get("last_epoch", {})
         knn = f", kNN {last['knn_acc']:.4f}" if "knn_acc" in last else ""
-        pre = getattr(cfg.generator, "pretrain_steps", 0) if cfg.hsg.enabled or cfg.hpg.enabled else 0
+        pre = cfg.generator.steps_before_epochs if cfg.producer_active else 0
         gan = f" after {pre} GAN pre-training steps" if pre else ""
         done = f"{result.summary['epochs']} epochs ({result.summary['steps']} steps)"
         print(f"trained {done}{gan}{knn}; run: {out}")

@@ -39,6 +39,7 @@ parts once all are written. Exports compute on the CPU, as a one-process export 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -55,6 +56,7 @@ import torch
 
 from synthkit.atomic import check_output_dir, save_image_atomic, write_json_atomic
 from synthkit.config import from_dict, to_dict
+from synthkit.data.batches import REFERENCE_EPOCH, MixBatches, sample_images
 from synthkit.data.sources import load_source
 from synthkit.data.views import Views
 from synthkit.errors import ExportError, SynthkitError
@@ -62,8 +64,8 @@ from synthkit.images import Panel, labelled_grid
 from synthkit.objectives.scoring import Scorer, reference_batch
 from synthkit.progress import Phase
 from synthkit.provenance import created_by
-from synthkit.run_files.final import load_final
-from synthkit.samplers.write import WriteResult, read_back, write_samples
+from synthkit.run_files.final import RunArtifacts, load_final
+from synthkit.samplers.write import Previews, SetEvents, SetPlan, WriteResult, read_back, write_samples
 from synthkit.shards import (
     ShardSetExistsError,
     read_manifest,
@@ -121,8 +123,6 @@ def training_images(cfg: Any, n: int) -> torch.Tensor:
     bounded sample of the run's shard sets when it trained on a stream (``mix.sources``)."""
     if not cfg.mix.sources:
         return load_source(cfg.data, "train").images
-    from synthkit.data.batches import REFERENCE_EPOCH, MixBatches, sample_images
-
     stream = MixBatches(cfg.mix, min(n, 64), 0, 1, cfg.train.seed)
     return sample_images(stream, 4 * n, REFERENCE_EPOCH)
 
@@ -415,6 +415,27 @@ def _parse_part(part: tuple[int, int] | None, rank: int, world: int) -> Part | t
     return None if count == 1 else (index, count)
 
 
+@dataclass(frozen=True)
+class _Request:
+    """One export's settings, checked: what it writes (``counts``), how, and its identity (``record``)."""
+
+    kind: str
+    n: int
+    seed: int
+    name: str
+    maxcount: int
+    batch_size: int
+    record: dict[str, Any]
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return {k: self.n for k in ("hard", "pair") if self.kind in (k, "all")}
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+
 @torch.no_grad()
 def generate(
     run_dir: str | Path,
@@ -431,7 +452,7 @@ def generate(
 ) -> ExportResult:
     """Write ``n`` samples of each requested ``kind`` of the run in ``run_dir`` as a shard set in ``out_dir``.
 
-    ``kind``: ``hard``, ``pair`` or ``all``; by default everything the run's producer makes (``all`` for an
+    ``kind``: ``hard``, ``pair`` or ``all``; by default everything the run's sampler makes (``all`` for an
     HSG+HPG run). The same request again is a no-op on a finished set and a resume on an interrupted one
     (the module docstring says how); a directory holding anything else is refused with ShardSetExistsError.
 
@@ -439,11 +460,29 @@ def generate(
     publishes it once all have; ``part=(I, N)`` writes part I of N alone and publishes nothing (``publish``
     does, once every part is written). Either way the set is byte-identical to a one-process export.
     """
-    # 1. The run, verified, and what its producer can make ---
+    # 1. The run, verified, and what its sampler can make ---
     art = load_final(run_dir)
-    cfg = art.cfg
-    producer = art.sampler
-    have = producer.export_kinds if producer is not None else ()
+    kind = _kind(art, run_dir, kind)
+    given = {"n": n, "seed": seed, "maxcount": maxcount, "batch_size": batch_size, "name": name}
+    req = _settings(art, kind, **{k: v for k, v in given.items() if v is not None})
+    rank, world = _launch()
+    split = _parse_part(part, rank, world)
+    out_dir = _check_destination(out_dir, art, req, split)
+    if split is not None:
+        return _generate_split(Path(out_dir), art, req, split, rank, world, progress)
+    output = open_output(out_dir)  # a URL is written through a local staging directory (shards/output.py)
+    try:
+        return _generate(art, output, req, progress)
+    except BaseException:
+        output.abandon()
+        raise
+    finally:
+        output.finish()
+
+
+def _kind(art: RunArtifacts, run_dir: str | Path, kind: str | None) -> str:
+    """The requested kind, checked against what the run's sampler makes (default: everything)."""
+    have = art.sampler.export_kinds if art.sampler is not None else ()
     if not have:
         raise ExportError(
             f"{run_dir} was trained without HSG and HPG (hsg.enabled=false, hpg.enabled=false): it has no "
@@ -458,157 +497,169 @@ def generate(
         raise ExportError(
             f"{run_dir} was trained without {why[missing[0]]}: it has no {missing[0]} generator"
         )
-    n = cfg.export.n if n is None else n
-    seed = cfg.export.seed if seed is None else seed
-    maxcount = cfg.export.maxcount if maxcount is None else maxcount
-    batch_size = cfg.export.batch_size if batch_size is None else batch_size
-    for flag, value in (("--n", n), ("--maxcount", maxcount), ("--batch-size", batch_size)):
+    return kind
+
+
+def _settings(art: RunArtifacts, kind: str, **given: Any) -> _Request:
+    """The request: ``given`` flags over the run's ``export`` section, each checked as the command line
+    names it."""
+    s = {**dataclasses.asdict(art.cfg.export), **given}
+    for flag in ("n", "maxcount", "batch_size"):
+        value = s[flag]
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ExportError(f"{flag} must be a positive integer, got {value!r}")
+            raise ExportError(f"--{flag.replace('_', '-')} must be a positive integer, got {value!r}")
+    seed = s["seed"]
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
         raise ExportError(f"--seed must be an integer in [0, 2**63), got {seed!r}")
-    if kind in ("pair", "all") and n % 2:
-        raise ExportError(f"--n must be even for pairs (two samples per pair), got {n}")
-    name = name or cfg.export.name
+    if kind in ("pair", "all") and s["n"] % 2:
+        raise ExportError(f"--n must be even for pairs (two samples per pair), got {s['n']}")
+    settings = (s["n"], seed, s["batch_size"], s["maxcount"], kind)
+    name = s["name"]
     if name is None:
-        unnamed = _request(art.hashes, n, seed, "", batch_size, maxcount, kind)
-        name = default_set_name(kind, producer.kind, unnamed)
+        assert art.sampler is not None
+        name = default_set_name(
+            kind, art.sampler.kind, _request(art.hashes, settings[0], seed, "", *settings[2:])
+        )
     if not is_safe_name(name):
         raise ExportError(f"--name {name!r} must be letters, digits, '_', '-' or '.', not hidden")
-    rank, world = _launch()
-    split = _parse_part(part, rank, world)
-    counts = {k: n for k in ("hard", "pair") if kind in (k, "all")}
-    total = sum(counts.values())
-    if is_url(str(out_dir)):  # written through a staging directory under the system temp directory
-        if split is not None:
-            raise ExportError(
-                "a set written in parts (several processes, or --part) needs a directory every part can "
-                f"reach (a shared filesystem), not a URL ({out_dir}); write it to such a directory and copy "
-                "it, or export with one process"
-            )
-        _check_disk(Path(tempfile.gettempdir()), total, art)
-    else:
+    record = _request(art.hashes, s["n"], seed, name, s["batch_size"], s["maxcount"], kind)
+    return _Request(kind, s["n"], seed, name, s["maxcount"], s["batch_size"], record)
+
+
+def _check_destination(
+    out_dir: str | Path, art: RunArtifacts, req: _Request, split: tuple[int, int] | None
+) -> str | Path:
+    """``out_dir`` checked (not a system or run directory, room for the whole set) before work starts."""
+    if not is_url(str(out_dir)):
         out_dir = check_output_dir(out_dir, create=False)
-        _check_disk(out_dir, total, art)  # the whole set: on a shared disk every part lands on it
-    request = _request(art.hashes, n, seed, name, batch_size, maxcount, kind)
+        _check_disk(out_dir, req.total, art)  # the whole set: on a shared disk every part lands on it
+        return out_dir
     if split is not None:
-        mine = Part.of(total, maxcount, *split)
-        part_lock = lock_part(Path(out_dir), *split, world=world)  # one writer per part (shards/output.py)
-        try:
-            manifest = prepare_part_dir(Path(out_dir), name, request, mine, -(-total // maxcount))
-            if manifest is not None:
-                return ExportResult(
-                    Path(out_dir), manifest, np.array([]), np.array([]), reused=True, main=rank == 0
-                )
-            scorer, write = _export_setup(art, request, seed, kind, batch_size, maxcount)
-            return _generate_part(
-                Path(out_dir), name, art.sampler, scorer, counts, write, mine, world, progress
-            )
-        finally:
-            part_lock.release()
-    output = open_output(out_dir)  # a URL is written through a local staging directory (shards/output.py)
+        raise ExportError(
+            "a set written in parts (several processes, or --part) needs a directory every part can "
+            f"reach (a shared filesystem), not a URL ({out_dir}); write it to such a directory and copy "
+            "it, or export with one process"
+        )
+    _check_disk(Path(tempfile.gettempdir()), req.total, art)  # written through a local staging directory
+    return out_dir
+
+
+def _generate_split(
+    out_dir: Path,
+    art: RunArtifacts,
+    req: _Request,
+    split: tuple[int, int],
+    rank: int,
+    world: int,
+    progress: bool,
+) -> ExportResult:
+    """Part ``split`` of the set, under its part lock (one writer per part: shards/output.py)."""
+    mine = Part.of(req.total, req.maxcount, *split)
+    part_lock = lock_part(out_dir, *split, world=world)
     try:
-        return _generate(art, output, request, counts, seed, name, maxcount, batch_size, kind, progress)
-    except BaseException:
-        output.abandon()
-        raise
+        manifest = prepare_part_dir(out_dir, req.name, req.record, mine, -(-req.total // req.maxcount))
+        if manifest is not None:
+            return ExportResult(out_dir, manifest, np.array([]), np.array([]), reused=True, main=rank == 0)
+        scorer, plan = _export_setup(art, req)
+        assert art.sampler is not None
+        return _generate_part(out_dir, art.sampler, scorer, plan, mine, world, progress)
     finally:
-        output.finish()
+        part_lock.release()
 
 
-def _export_setup(
-    art: Any, request: dict, seed: int, kind: str, batch_size: int, maxcount: int
-) -> tuple[Scorer, dict[str, Any]]:
-    """The scorer (the run's encoder and objective, and the one reference batch) and the writer's settings
-    with the manifest fields: the same for a whole export and for each of its parts."""
-    cfg, producer, run_dir = art.cfg, art.sampler, art.run_dir
+def _export_setup(art: RunArtifacts, req: _Request, previews: Previews = 0) -> tuple[Scorer, SetPlan]:
+    """The scorer (the run's encoder and objective, and the one reference batch) and the set's plan with
+    the manifest fields: the same for a whole export and for each of its parts."""
+    cfg, sampler, run_dir = art.cfg, art.sampler, art.run_dir
+    assert sampler is not None
     real = training_images(cfg, cfg.train.batch_size)
     channels, size = real.shape[1], real.shape[-1]
     scorer = Scorer(
         art.encoder,
         Views(cfg.views, channels, size),
         art.objective,
-        reference_batch(real, cfg.train.batch_size, seed),
-        seed=seed,
+        reference_batch(real, cfg.train.batch_size, req.seed),
+        seed=req.seed,
     )
     names = {"hard": "hsg", "pair": "hpg", "all": "hsg+hpg"}
     fields = {
         "config": to_dict(cfg),
         "producer": {
-            "name": f"{names[kind]}-{producer.kind}",
-            "kind": kind,
-            "generator": producer.kind,
+            "name": f"{names[req.kind]}-{sampler.kind}",
+            "kind": req.kind,
+            "generator": sampler.kind,
             "run_dir": str(Path(run_dir).resolve()),
             "hashes": art.hashes,
             "epochs": art.meta.get("epochs"),
             "objective": art.objective.describe(),
             "hardness": HARDNESS_DEFINITION,
             "pair_similarity": PAIR_SIMILARITY_DEFINITION,
-            **producer.export_info(),
+            **sampler.export_info(),
         },
         "created_by": created_by(),
-        "seed": seed,
-        "request": request,
+        "seed": req.seed,
+        "request": req.record,
     }
-    write = {"seed": seed, "batch_size": batch_size, "maxcount": maxcount, "manifest_fields": fields}
-    return scorer, write
+    plan = SetPlan(req.name, req.counts, req.seed, req.batch_size, req.maxcount, fields, previews)
+    return scorer, plan
 
 
-def _generate(
-    art: Any,
-    output: SetOutput,
-    request: dict,
-    counts: dict[str, int],
-    seed: int,
-    name: str,
-    maxcount: int,
-    batch_size: int,
-    kind: str,
-    progress: bool,
-) -> ExportResult:
+class _ExportEvents(SetEvents):
+    """A whole export's progress bar, its preview (published before the manifest) and its uploads."""
+
+    def __init__(self, art: RunArtifacts, output: SetOutput, plan: SetPlan, bar: Phase) -> None:
+        self.art, self.output, self.plan, self.bar = art, output, plan, bar
+
+    def made(self, n: int) -> None:
+        self.bar.update(n)
+
+    def before_publish(self, res: WriteResult) -> None:
+        sampler = self.art.sampler
+        assert sampler is not None
+        real_by_condition, real_row = _real_for_preview(self.art.cfg, sampler.conditions)
+        source = str(sampler.export_info().get("condition_source", ""))
+        grid = preview_grid(res, self.plan.counts, self.plan.name, source, real_by_condition, real_row)
+        save_image_atomic(self.output.local / PREVIEW, grid)
+        self.output.publish(PREVIEW)  # before the manifest: a published set always has its preview
+
+    def published(self, name: str) -> None:
+        self.output.publish(name)
+
+
+class _Progress(SetEvents):
+    def __init__(self, bar: Phase) -> None:
+        self.bar = bar
+
+    def made(self, n: int) -> None:
+        self.bar.update(n)
+
+
+def _generate(art: RunArtifacts, output: SetOutput, req: _Request, progress: bool) -> ExportResult:
     out_dir = output.local
     if output.url is not None:
         manifest = output.published_manifest()
-        if manifest is not None and manifest.get("request") != request:
+        if manifest is not None and manifest.get("request") != req.record:
             raise ShardSetExistsError(
                 f"{output.url} already holds a different shard set ({manifest.get('name')!r}); choose "
                 "another --out or delete it"
             )
     else:
-        manifest = prepare_out_dir(out_dir, name, request)
+        manifest = prepare_out_dir(out_dir, req.name, req.record)
     if manifest is not None:
         return ExportResult(Path(output.where), manifest, np.array([]), np.array([]), reused=True)
     if output.url is not None:
-        prepare_out_dir(out_dir, name, request)
+        prepare_out_dir(out_dir, req.name, req.record)
 
     # 2. The scorer: the run's encoder and objective, and the one reference batch ---
-    scorer, write = _export_setup(art, request, seed, kind, batch_size, maxcount)
-    total = sum(counts.values())
-    spans = _preview_spans(counts, batch_size)
+    scorer, plan = _export_setup(art, req, previews=_preview_spans(req.counts, req.batch_size))
 
     # 3. Chunks -> shards; the preview before the manifest ---
-    what = " and ".join(f"{n} {'pair samples' if k == 'pair' else 'hard samples'}" for k, n in counts.items())
-    bar = Phase("generate", total, "img", progress=progress, logger=logger, detail=f" ({what})").start()
-
-    def preview(res: WriteResult) -> None:
-        real_by_condition, real_row = _real_for_preview(art.cfg, getattr(art.sampler, "conditions", None))
-        source = str(art.sampler.export_info().get("condition_source", ""))
-        grid = preview_grid(res, counts, name, source, real_by_condition, real_row)
-        save_image_atomic(out_dir / PREVIEW, grid)
-        output.publish(PREVIEW)  # before the manifest: a published set always has its preview
-
-    res = write_samples(
-        out_dir,
-        name,
-        art.sampler,
-        scorer,
-        counts,
-        **write,
-        previews=spans,
-        progress=bar.update,
-        before_publish=preview,
-        on_publish=output.publish,
+    what = " and ".join(
+        f"{n} {'pair samples' if k == 'pair' else 'hard samples'}" for k, n in req.counts.items()
     )
+    bar = Phase("generate", req.total, "img", progress=progress, logger=logger, detail=f" ({what})").start()
+    assert art.sampler is not None
+    res = write_samples(out_dir, plan, art.sampler, scorer, events=_ExportEvents(art, output, plan, bar))
     if res.hardness:
         bar.result(samples=len(res.hardness), hardness_mean=float(np.mean(res.hardness)))
     bar.close()
@@ -621,11 +672,9 @@ def _generate(
 
 def _generate_part(
     out_dir: Path,
-    name: str,
-    producer: Sampler,
+    sampler: Sampler,
     scorer: Scorer,
-    counts: dict[str, int],
-    write: dict[str, Any],
+    plan: SetPlan,
     part: Part,
     world: int,
     progress: bool,
@@ -636,13 +685,13 @@ def _generate_part(
     where, so that one process's error ends every process with it instead of leaving them waiting.
     """
     main = part.index == 0
-    samples = part.samples(sum(counts.values()), write["maxcount"])
+    samples = part.samples(plan.total, plan.maxcount)
     desc = f"generate part {part.index}/{part.count}"
     bar = Phase(desc, len(samples), "img", progress=progress, logger=logger, main=main or world == 1).start()
     failure: SynthkitError | None = None
     res = WriteResult({})
     try:
-        res = write_samples(out_dir, name, producer, scorer, counts, **write, progress=bar.update, part=part)
+        res = write_samples(out_dir, plan, sampler, scorer, part=part, events=_Progress(bar))
     except SynthkitError as exc:
         if world == 1:
             raise

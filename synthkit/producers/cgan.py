@@ -35,7 +35,7 @@ from synthkit.generators.cgan import Generator, build_cgan
 from synthkit.producers.base import Chunk, Contribution, Producer, StepInput, TrainContext
 from synthkit.producers.conditions import num_conditions, refresh_conditions, refresh_stream_conditions
 from synthkit.producers.hard_samples import (
-    HardSampleProducer,
+    HardSampleGAN,
     adversarial_loss,
     discriminator_loss,
     grad_reverse,
@@ -43,7 +43,7 @@ from synthkit.producers.hard_samples import (
 )
 from synthkit.producers.positive_pairs import (
     AdaptiveTarget,
-    PairProducer,
+    GeneratorPair,
     backbone_similarity,
     pair_loss,
     schedule_progress,
@@ -91,16 +91,14 @@ class CGanProducer(Producer):
         assert isinstance(gen_cfg, CGanConfig)
         self.cfg, self.gen_cfg = cfg, gen_cfg
         self.channels, self.size, self.num_classes = channels, size, num_classes
-        self.hsg: HardSampleProducer | None = None
-        self.pairs: PairProducer | None = None
+        self.hsg: HardSampleGAN | None = None
+        self.pairs: GeneratorPair | None = None
         if cfg.hsg.enabled:
-            self.hsg = HardSampleProducer(
-                gen_cfg, cfg.hsg, channels, size, num_classes, load_weights=load_weights
-            )
+            self.hsg = HardSampleGAN(gen_cfg, cfg.hsg, channels, size, num_classes, load_weights=load_weights)
             self.discriminator: nn.Module = self.hsg.discriminator
         if cfg.hpg.enabled:
             g_a, d_own = build_cgan(gen_cfg, channels, size, num_classes, load_weights=load_weights)
-            self.pairs = PairProducer(gen_cfg, cfg.hpg, g_a)
+            self.pairs = GeneratorPair(gen_cfg, cfg.hpg, g_a)
             if self.hsg is None:  # one D judges every generator
                 self.discriminator = d_own
         for part in (self.hsg, self.pairs):
@@ -121,7 +119,8 @@ class CGanProducer(Producer):
             cfg.conditions, len(real.classes) if real is not None and real.classes else None
         )
         init = None
-        if cfg.generator.init_run:  # type: ignore[attr-defined]
+        assert isinstance(cfg.generator, CGanConfig)
+        if cfg.generator.init_run:
             with torch.random.fork_rng(devices=[]):  # loading builds models: keep this run's initial weights
                 init = _GanInit.load(cfg, real, n_cond)
         self = cls(cfg, ctx.channels, ctx.size, n_cond)

@@ -61,7 +61,7 @@ from synthkit.provenance import state_dict_hash
 from synthkit.samplers.conditions import Conditions, load_conditions, save_conditions
 from synthkit.samplers.diffusion import DIFFUSION_DIR, DiffusionSampler, Settings, resize
 from synthkit.samplers.diffusion_sampling import guidance_scale_at, t_split_at
-from synthkit.samplers.write import write_samples
+from synthkit.samplers.write import SetEvents, SetPlan, write_samples
 from synthkit.shards import iter_samples
 from synthkit.weights import cpu_state, load_into, load_state_dict, save_state_dict
 
@@ -149,6 +149,14 @@ def _load_pretrained(
         "scheduler_config": found.scheduler_config,
     }
     return unet, info
+
+
+class _PoolProgress(SetEvents):
+    def __init__(self, phase: Phase) -> None:
+        self.phase = phase
+
+    def made(self, n: int) -> None:
+        self.phase.update(n)
 
 
 class DiffusionProducer(Producer):
@@ -349,11 +357,8 @@ class DiffusionProducer(Producer):
                 logger=logger,
                 detail=f" ({what}; guidance {sampler.guidance_scale:.3g}, t_split {sampler.t_split:.3g})",
             ).start()
-            res = write_samples(
-                pool_dir,
+            plan = SetPlan(
                 "pool",
-                sampler,
-                scorer,
                 self.pool_counts,
                 seed=cfg.train.seed * 100_003 + epoch,
                 batch_size=d.sample_batch_size,
@@ -362,8 +367,8 @@ class DiffusionProducer(Producer):
                     "config": to_dict(cfg),
                     "producer": {"name": "diffusion-pool", "epoch": epoch},
                 },
-                progress=phase.update,
             )
+            res = write_samples(pool_dir, plan, sampler, scorer, events=_PoolProgress(phase))
             rec: dict[str, Any] = {
                 "epoch": epoch,
                 "pool_guidance_scale": sampler.guidance_scale,

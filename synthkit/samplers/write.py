@@ -12,7 +12,6 @@ encoder trained on and an exported set have one format.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -114,88 +113,123 @@ def read_back(
                 res.pair_similarity.append(float(meta["pair_similarity"]))
 
 
+@dataclass(frozen=True)
+class SetPlan:
+    """What one shard set holds: ``counts[kind]`` samples of each kind (pairs first), made in chunks of
+    ``batch_size`` from ``seed``, ``maxcount`` samples a shard, keys ``NAME_%08d``; ``previews``: which
+    images to keep for a grid (the first ones, or spans of the set)."""
+
+    name: str
+    counts: dict[str, int]
+    seed: int
+    batch_size: int
+    maxcount: int
+    manifest_fields: dict[str, Any]
+    previews: Previews = 0
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+
+class SetEvents:
+    """What a caller of :func:`write_samples` hears while the set is written; every hook does nothing here."""
+
+    def made(self, n: int) -> None:
+        """``n`` more samples are written."""
+
+    def before_publish(self, res: WriteResult) -> None:
+        """After the last sample, before the manifest (e.g. a preview grid to publish first)."""
+
+    def published(self, name: str) -> None:
+        """The writer made file ``name`` durable (e.g. an upload of it)."""
+
+
 def write_samples(
     out_dir: Path,
-    name: str,
-    producer: Sampler,
+    plan: SetPlan,
+    sampler: Sampler,
     scorer: Scorer,
-    counts: dict[str, int],
     *,
-    seed: int,
-    batch_size: int,
-    maxcount: int,
-    manifest_fields: dict[str, Any],
     resume: bool = True,
-    previews: Previews = 0,
-    progress: Callable[[int], None] | None = None,
-    before_publish: Callable[[WriteResult], None] | None = None,
-    on_publish: Callable[[str], None] | None = None,
     part: Part | None = None,
+    events: SetEvents | None = None,
 ) -> WriteResult:
-    """Make ``counts[kind]`` samples of each kind with ``producer``, score them, and write one shard set.
+    """Make the samples ``plan`` asks for with ``sampler``, score them, and write one shard set.
 
-    Keys are ``NAME_%08d`` in write order (pair members a, b, a, b, ..., then hard samples). ``previews``
-    keeps the first images for a grid; ``before_publish`` runs after the last sample and before the manifest.
-    With ``part`` only that part's shards are written (its samples, from the chunks that hold them, whole:
-    the same chunks, hence the same bytes, as one writer of the whole set), and nothing is published
+    Keys are ``NAME_%08d`` in write order (pair members a, b, a, b, ..., then hard samples). With ``part``
+    only that part's shards are written (its samples, from the chunks that hold them, whole: the same
+    chunks, hence the same bytes, as one writer of the whole set), and nothing is published
     (``res.manifest`` is the part's record; ``shards/parts.py`` publishes the parts).
     """
+    events = events or SetEvents()
     res = WriteResult({})
-    step = producer.export_info().get("generator_step")
-    device = scorer.reference.device
-    total = sum(counts.values())
-    mine = part.samples(total, maxcount) if part is not None else range(total)
+    step = sampler.export_info().get("generator_step")
+    mine = part.samples(plan.total, plan.maxcount) if part is not None else range(plan.total)
     with ShardSetWriter(
         out_dir,
-        name,
-        maxcount=maxcount,
-        manifest_fields=manifest_fields,
+        plan.name,
+        maxcount=plan.maxcount,
+        manifest_fields=plan.manifest_fields,
         resume=resume,
-        on_publish=on_publish,
+        on_publish=events.published,
         part=part,
     ) as w:
         res.resumed_from = w.resume_from
         done = mine.start + w.resume_from
-        read_back(out_dir, w.completed_shards, name, seed, previews, res, first=mine.start)
+        read_back(out_dir, w.completed_shards, plan.name, plan.seed, plan.previews, res, first=mine.start)
         if len(res.hardness) != w.resume_from:  # the journal's counts and the shards' content disagree
             raise ExportError(
                 f"{out_dir}: the kept shards hold {len(res.hardness)} samples, expected {w.resume_from}"
             )
-        for chunk in plan_chunks(counts, batch_size):
+        for chunk in plan_chunks(plan.counts, plan.batch_size):
             if chunk.first + chunk.size <= done or chunk.first >= mine.stop:  # durable already, or not ours
                 continue
-            samples = producer.make(chunk.kind, chunk.start, chunk.size, seed, scorer)
-            images = samples.images.to(device)
-            pairs = chunk.kind == "pair"
-            groups = pair_groups(chunk.size // 2) if pairs else None
-            hardness = scorer.hardness(images, seed * 1_000_003 + chunk.first, groups).cpu()
-            similarity = scorer.pair_similarity(images[0::2], images[1::2]).cpu() if pairs else None
-            arrays = to_uint8(images)
             todo = range(max(0, done - chunk.first), min(chunk.size, mine.stop - chunk.first))
-            for j in todo:
-                index = chunk.first + j
-                meta = {
-                    "kind": ("pair_a", "pair_b")[j % 2] if pairs else "hard",
-                    "generator_step": step,
-                    "seed": seed,
-                    "latent_id": index,
-                    **samples.meta[j],
-                    "hardness": round(float(hardness[j]), 6),
-                }
-                if similarity is not None:
-                    meta["pair_similarity"] = round(float(similarity[j // 2]), 6)
-                    if j % 2 == 0:
-                        res.pair_similarity.append(meta["pair_similarity"])
-                w.write(f"{name}_{index:08d}", arrays[j], meta)
-                res.hardness.append(meta["hardness"])
-                cond = meta.get("condition")
-                res.conditions.append(-1 if cond is None else int(cond))
-                if _in_preview(index, previews):
-                    res.previews.append(arrays[j])
-                    res.preview_index.append(index)
-            if progress is not None:
-                progress(len(todo))
-        if before_publish is not None:
-            before_publish(res)
+            _write_chunk(w, plan, chunk, todo, sampler, scorer, step, res)
+            events.made(len(todo))
+        events.before_publish(res)
         res.manifest = w.close()
     return res
+
+
+def _write_chunk(
+    w: ShardSetWriter,
+    plan: SetPlan,
+    chunk: ChunkPlan,
+    todo: range,
+    sampler: Sampler,
+    scorer: Scorer,
+    step: Any,
+    res: WriteResult,
+) -> None:
+    """Make ``chunk`` whole, score it, and write its samples ``todo`` (indices within the chunk)."""
+    seed = plan.seed
+    samples = sampler.make(chunk.kind, chunk.start, chunk.size, seed, scorer)
+    images = samples.images.to(scorer.reference.device)
+    pairs = chunk.kind == "pair"
+    groups = pair_groups(chunk.size // 2) if pairs else None
+    hardness = scorer.hardness(images, seed * 1_000_003 + chunk.first, groups).cpu()
+    similarity = scorer.pair_similarity(images[0::2], images[1::2]).cpu() if pairs else None
+    arrays = to_uint8(images)
+    for j in todo:
+        index = chunk.first + j
+        meta = {
+            "kind": ("pair_a", "pair_b")[j % 2] if pairs else "hard",
+            "generator_step": step,
+            "seed": seed,
+            "latent_id": index,
+            **samples.meta[j],
+            "hardness": round(float(hardness[j]), 6),
+        }
+        if similarity is not None:
+            meta["pair_similarity"] = round(float(similarity[j // 2]), 6)
+            if j % 2 == 0:
+                res.pair_similarity.append(meta["pair_similarity"])
+        w.write(f"{plan.name}_{index:08d}", arrays[j], meta)
+        res.hardness.append(meta["hardness"])
+        cond = meta.get("condition")
+        res.conditions.append(-1 if cond is None else int(cond))
+        if _in_preview(index, plan.previews):
+            res.previews.append(arrays[j])
+            res.preview_index.append(index)

@@ -17,7 +17,7 @@ from synthkit.objectives.scoring import Scorer
 from synthkit.producers.diffusion import read_pool
 from synthkit.samplers.conditions import Conditions
 from synthkit.samplers.diffusion import DiffusionSampler, Settings
-from synthkit.samplers.write import write_samples
+from synthkit.samplers.write import SetEvents, SetPlan, write_samples
 from synthkit.shards import verify_shard_set
 
 CFG = from_dict(
@@ -51,8 +51,10 @@ def parts() -> tuple[DiffusionSampler, Scorer]:
 def _write(parts, out: Path, guidance_scale: float = 0.05, n_pairs: int = 5, **kw):
     sampler, scorer = parts
     producer = sampler.at(Settings(guidance_scale, 0.5))
-    args = {"seed": 1, "batch_size": 4, "maxcount": 4, "manifest_fields": {}}
-    return write_samples(out, "pool", producer, scorer, {"hard": 6, "pair": 2 * n_pairs}, **{**args, **kw})
+    plan = SetPlan(
+        "pool", {"hard": 6, "pair": 2 * n_pairs}, seed=1, batch_size=4, maxcount=4, manifest_fields={}
+    )
+    return write_samples(out, plan, producer, scorer, **kw)
 
 
 def test_pool_holds_hard_samples_and_linked_pairs(parts, tmp_path: Path) -> None:
@@ -71,15 +73,16 @@ def test_same_seed_same_bytes_and_interrupted_pool_resumes_identically(parts, tm
     class Stop(Exception):
         pass
 
-    seen = []
+    class StopAfter9(SetEvents):
+        seen = 0
 
-    def stop_after_9(k: int) -> None:
-        seen.append(k)
-        if sum(seen) >= 9:
-            raise Stop
+        def made(self, n: int) -> None:
+            self.seen += n
+            if self.seen >= 9:
+                raise Stop
 
     with pytest.raises(Stop):
-        _write(parts, tmp_path / "cut", progress=stop_after_9)
+        _write(parts, tmp_path / "cut", events=StopAfter9())
     assert not (tmp_path / "cut" / "manifest.json").exists()
     assert len(list((tmp_path / "cut").glob("pool-*.tar"))) == 2  # two complete shards of 4 stay
     resumed = _write(parts, tmp_path / "cut")
