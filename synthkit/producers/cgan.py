@@ -31,7 +31,7 @@ from synthkit.data.views import to_float
 from synthkit.distributed import reduce_values
 from synthkit.encoders.model import eval_features
 from synthkit.errors import CheckpointError, RunError
-from synthkit.generators.cgan import Generator, build_cgan
+from synthkit.generators.cgan import Generator, build_cgan, build_generator
 from synthkit.producers.base import Chunk, Contribution, Producer, StepInput, TrainContext
 from synthkit.producers.conditions import num_conditions, refresh_conditions, refresh_stream_conditions
 from synthkit.producers.hard_samples import (
@@ -96,11 +96,14 @@ class CGanProducer(Producer):
         if cfg.hsg.enabled:
             self.hsg = HardSampleGAN(gen_cfg, cfg.hsg, channels, size, num_classes, load_weights=load_weights)
             self.discriminator: nn.Module = self.hsg.discriminator
-        if cfg.hpg.enabled:
-            g_a, d_own = build_cgan(gen_cfg, channels, size, num_classes, load_weights=load_weights)
+        if cfg.hpg.enabled:  # one D judges every generator: HSG's when it runs, else the pair's own
+            if self.hsg is None:
+                g_a, self.discriminator = build_cgan(
+                    gen_cfg, channels, size, num_classes, load_weights=load_weights
+                )
+            else:
+                g_a = build_generator(gen_cfg, channels, size, num_classes, load_weights=load_weights)
             self.pairs = GeneratorPair(gen_cfg, cfg.hpg, g_a)
-            if self.hsg is None:  # one D judges every generator
-                self.discriminator = d_own
         for part in (self.hsg, self.pairs):
             for sub in part.modules() if part is not None else ():
                 if isinstance(sub, Generator):  # ids drawn in range by construction: no per-step check
