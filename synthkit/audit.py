@@ -17,7 +17,11 @@ Steps of :func:`audit`:
    index (:mod:`synthkit.metrics.estimates`), and ``report["methods"]`` says how, with the measured error;
 3. image and metadata metrics: broken images, condition counts and entropy, hardness (recorded, and
    recomputed under an encoder when a run is given), pair similarity over generator steps;
-4. the report: the images it shows are read again from only the shards that hold them. Every score
+4. the real-vs-real reference (:func:`_open_reference`): held-out real images, at the synthetic set's size
+   where the data allows, scored against the same real images in the same feature space; each figure gets
+   its reference, and the gates of :mod:`synthkit.audit_verdict` (broken, memorisation, precision,
+   coverage, conditions, extractor) give the verdict, pass / warn / fail with a one-sentence reason;
+5. the report: the images it shows are read again from only the shards that hold them. Every score
    records the extractor that produced it (``null`` for those that use none) and whether it is exact.
 
 Example::
@@ -25,7 +29,9 @@ Example::
     >>> report = audit("shards/fmnist-hard", "fashion-mnist", "audits/fmnist", extractor="classifier",
     ...                classifier="extractors/fmnist")  # doctest: +SKIP
     >>> report["metrics"]["fid"]  # doctest: +SKIP
-    {'value': 12.3, 'extractor': 'classifier:4be1c0a2f3d1', 'description': '...'}
+    {'value': 12.3, 'extractor': 'classifier:4be1c0a2f3d1', 'description': '...', 'reference': 1.3}
+    >>> report["verdict"]["status"]  # doctest: +SKIP
+    'pass'
 """
 
 from __future__ import annotations
@@ -41,12 +47,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from synthkit import audit_verdict
 from synthkit.atomic import check_output_dir, write_json_atomic, write_text_atomic
 from synthkit.audit_stream import Batch, SetSide, TensorSide, open_side, stream_features
+from synthkit.audit_verdict import Gate
 from synthkit.config import DataConfig
 from synthkit.data.sources import load_source
 from synthkit.devices import resolve_device
-from synthkit.errors import AuditError, ConfigError
+from synthkit.errors import AuditError, ConfigError, SynthkitError
 from synthkit.metrics import (
     alignment_uniformity,
     broken,
@@ -73,6 +81,9 @@ REPORT_JSON, REPORT_HTML = "report.json", "report.html"
 PAIR_KINDS = ("pair_a", "pair_b")
 MAX_LISTED = 1000  # broken-image indices listed per reason
 AUTO = "auto"
+# the real-vs-real reference: auto (a named source's other split, else a disjoint split of the real set),
+# split (always a disjoint split of the real set), none (no reference; the gates that need one are skipped)
+REFERENCES = (AUTO, "split", "none")
 
 
 def choose_extractor(
@@ -112,6 +123,9 @@ class AuditConfig:
     distance is below it. ``uniformity_max``: uniformity uses a seeded subsample of at most this many
     points per set (all pairs of 50,000 points would cost more than everything else together).
     ``device``: where features and distances are computed (None: CUDA when available, else the CPU).
+    ``reference``: the real-vs-real reference the gates read every figure against (:data:`REFERENCES`):
+    ``auto`` holds out the other split of a named source (the test split when the real data is the train
+    split), or a disjoint part of a real shard set; ``split`` always the latter; ``none`` skips it.
 
     Scale: with both sets at most ``exact_max`` points PRDC and memorisation are exact. Above it PRDC is
     the mean over ``prdc_repeats`` seeded samples of ``prdc_sample`` points per set (Naeem et al. use
@@ -122,6 +136,7 @@ class AuditConfig:
 
     extractor: str = "auto"
     real_split: str = "train"
+    reference: str = "auto"
     k: int = 5
     chunk_size: int = 4096
     batch_size: int = 512
@@ -152,6 +167,7 @@ class AuditConfig:
                 f"must be one of {AUTO}, {', '.join(EXTRACTORS)}",
             ),
             (self.real_split in ("train", "test"), "real_split", "must be train or test"),
+            (self.reference in REFERENCES, "reference", f"must be one of {', '.join(REFERENCES)}"),
             (self.k >= 1, "k", "must be >= 1"),
             (self.chunk_size >= 1 and self.batch_size >= 1, "chunk_size/batch_size", "must be >= 1"),
             (self.kid_subsets >= 1 and self.kid_subset_size >= 2, "kid_subsets/kid_subset_size", "too small"),
@@ -341,15 +357,20 @@ def _peak_mib() -> str:
 
 
 def _prdc_and_neighbours(
-    f_real: torch.Tensor, f_syn: torch.Tensor, cfg: AuditConfig
+    f_real: torch.Tensor, f_syn: torch.Tensor, cfg: AuditConfig, real_knn: dict[str, Any] | None = None
 ) -> tuple[dict[str, float], dict[str, Any], tuple[torch.Tensor, ...], dict[str, Any], dict[str, Any]]:
     """PRDC scores, how they were computed, the neighbours of memorisation (on the CPU), how, and the
     class-coverage inputs (``covered``: per real point of ``real_index``; ``fake_index``: samples to classify;
-    None: all)."""
+    None: all). ``real_knn``: a cache of the exact path's real k-NN distances, keyed by the real tensor, so
+    the reference and the size-matched samples, scored against the same real features, do not redo the
+    N x N pass."""
     n_real, n_syn = f_real.shape[0], f_syn.shape[0]
     start = time.perf_counter()
     if max(n_real, n_syn) <= cfg.exact_max:
-        pr = prdc.prdc(f_real, f_syn, k=cfg.k, chunk_size=cfg.chunk_size)
+        cached = real_knn.get("knn") if real_knn is not None and real_knn.get("of") is f_real else None
+        pr = prdc.prdc(f_real, f_syn, k=cfg.k, chunk_size=cfg.chunk_size, real_knn=cached)
+        if real_knn is not None:
+            real_knn.update({"of": f_real, "knn": pr.real_knn})
         points = {"real": n_real, "synthetic": n_syn}
         nn = (pr.fake_nn_distance.cpu(), pr.fake_nn_index.cpu(), pr.real_nn1.cpu())
         cover = {"covered": pr.real_covered.cpu(), "real_index": None, "fake_index": None}
@@ -414,6 +435,261 @@ def _estimated(how: dict[str, Any], key: str | None = None) -> str | None:
     )
 
 
+# --------------------------------------------------------------------------- KID, classes, the reference
+
+
+def kid_subset_size(n_real: int, n_syn: int, wanted: int) -> int | None:
+    """KID's subset size: ``wanted``, at most half the smaller set so that subsets differ and their std
+    means something (subsets of a whole set are all that set: std 0); None when the sets are too small."""
+    half = min(n_real, n_syn) // 2
+    return min(wanted, half) if half >= 2 else None
+
+
+def _kid(f_real: torch.Tensor, f_syn: torch.Tensor, cfg: AuditConfig) -> tuple[float, float | None, str]:
+    """KID's mean, its std between subsets (None: not measurable), and how it was drawn."""
+    size = kid_subset_size(f_real.shape[0], f_syn.shape[0], cfg.kid_subset_size)
+    if size is None:
+        whole = min(f_real.shape[0], f_syn.shape[0])
+        mean, _ = fid.kid(f_real, f_syn, subsets=1, subset_size=whole, seed=cfg.seed)
+        return mean, None, f"one subset of {whole}: too few images for subsets that differ, so no std"
+    mean, std = fid.kid(f_real, f_syn, subsets=cfg.kid_subsets, subset_size=size, seed=cfg.seed)
+    return mean, std, f"mean over {cfg.kid_subsets} seeded subsets of {size} (at most half the smaller set)"
+
+
+def _class_view(
+    f_real: torch.Tensor,
+    real_y: torch.Tensor,
+    cover: dict[str, Any],
+    query: torch.Tensor,
+    classes: tuple[str, ...] | None,
+) -> tuple[dict[str, Any], torch.Tensor]:
+    """Class coverage of ``query`` against labelled real features (weighted kNN, k=20, t=0.1, on PRDC's
+    first sample when PRDC was sampled) and the predicted classes of the samples classified."""
+    num_classes = int(real_y.max()) + 1
+    ri, fi = cover["real_index"], cover["fake_index"]
+    dev = f_real.device
+    ref_f, ref_y = (f_real, real_y) if ri is None else (f_real[ri.to(dev)], real_y[ri])
+    q = query if fi is None else query[fi.to(dev)]
+    pred = knn_predict(
+        ref_f, ref_y, q, k=min(20, ref_f.shape[0]), temperature=0.1, num_classes=num_classes
+    ).cpu()
+    cc = conditions_coverage.class_coverage(ref_y, cover["covered"], pred, num_classes, classes)
+    return {**cc, "exact": ri is None}, pred
+
+
+@dataclass
+class Reference:
+    """The real-vs-real reference: ``held`` (features of held-out real images, scored as if they were
+    samples) against ``real`` (the real features they are compared with), labels where known."""
+
+    held: torch.Tensor
+    held_labels: torch.Tensor | None
+    real: torch.Tensor
+    real_labels: torch.Tensor | None
+    desc: dict[str, Any]
+
+
+def _open_reference(
+    real: str,
+    real_root: str | None,
+    cfg: AuditConfig,
+    ext: FeatureExtractor,
+    width: int,
+    f_real: torch.Tensor,
+    real_y: torch.Tensor | None,
+    n_syn: int,
+    dev: torch.device,
+) -> tuple[Reference | None, dict[str, Any]]:
+    """The held-out real images of the reference, at the synthetic set's size where the data allows.
+
+    A named source with ``reference: auto`` holds out its other split (disjoint by construction) against the
+    audited real images; otherwise the real set is cut in two disjoint parts (seeded): the held-out part, of
+    the synthetic set's size but at most half, against the rest.
+    """
+    if cfg.reference == "none":
+        return None, {"kind": "none", "why": "the reference was turned off (--reference none)"}
+    why_split = "the real data is a shard set, which has no second split"
+    if cfg.reference == AUTO and not (is_url(real) or Path(real).is_dir()):
+        other = "test" if cfg.real_split == "train" else "train"
+        source = None
+        try:
+            source = load_source(
+                DataConfig(name=real, root=real_root, size=ext.size or width, channels=ext.channels), other
+            )
+        except SynthkitError as exc:
+            why_split = f"the {other} split of {real} could not be read ({exc})"
+        if source is not None and min(n_syn, len(source)) <= cfg.k:
+            why_split = f"the {other} split of {real} holds {len(source)} images, too few for k={cfg.k}"
+            source = None
+        if source is not None:
+            n_ref = min(n_syn, len(source))
+            keep = torch.randperm(len(source), generator=torch.Generator().manual_seed(cfg.seed + 1))[:n_ref]
+            keep = keep.sort().values
+            labels = source.labels[keep] if source.labels is not None else None
+            side = TensorSide(source.images[keep], labels)
+            held = stream_features(side.batches(cfg.batch_size), n_ref, ext, dev, batch_size=cfg.batch_size)
+            desc = {
+                "kind": "held-out split",
+                "held_out": {"source": real, "split": other, "count": n_ref, "of": len(source)},
+                "real": {"split": cfg.real_split, "count": int(f_real.shape[0])},
+            }
+            return Reference(
+                held.features, labels if real_y is not None else None, f_real, real_y, desc
+            ), desc
+    n_real = f_real.shape[0]
+    n_ref = min(n_syn, n_real // 2)
+    if n_ref <= cfg.k or n_real - n_ref <= cfg.k:
+        why = f"{n_real} real images are too few to split into two parts of more than k={cfg.k}"
+        return None, {"kind": "none", "why": why}
+    perm = torch.randperm(n_real, generator=torch.Generator().manual_seed(cfg.seed + 2))
+    held_idx, rest_idx = perm[:n_ref].sort().values, perm[n_ref:].sort().values
+    desc = {
+        "kind": "disjoint split of the real set",
+        "why": why_split,
+        "held_out": {"count": n_ref, "seed": cfg.seed + 2},
+        "real": {"count": int(rest_idx.numel())},
+    }
+    labels = (real_y[held_idx], real_y[rest_idx]) if real_y is not None else (None, None)
+    ref = Reference(f_real[held_idx.to(dev)], labels[0], f_real[rest_idx.to(dev)], labels[1], desc)
+    return ref, desc
+
+
+def _figures(
+    f_real: torch.Tensor,
+    real_y: torch.Tensor | None,
+    query: torch.Tensor,
+    cfg: AuditConfig,
+    classes: tuple[str, ...] | None,
+    real_knn: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The figures the gates compare, of ``query`` against ``f_real``: FID, KID, PRDC, the memorisation
+    suspect fraction and the class view."""
+    scores, _, (nn_distance, nn_index, real_nn1), _, cover = _prdc_and_neighbours(
+        f_real, query, cfg, real_knn
+    )
+    mem = memorisation.memorisation_from_neighbours(
+        nn_distance, nn_index, real_nn1, threshold=cfg.memorisation_threshold, top=0
+    )
+    kid_mean, _, _ = _kid(f_real, query, cfg)
+    out: dict[str, Any] = {
+        "count": int(query.shape[0]),
+        "real_count": int(f_real.shape[0]),
+        fid.FID: fid.fid(f_real, query, cfg.chunk_size),
+        fid.KID_MEAN: kid_mean,
+        **scores,
+        "memorisation_fraction": mem["suspect_fraction"],
+        "classes": None,
+    }
+    if real_y is not None:
+        out["classes"], _ = _class_view(f_real, real_y, cover, query, classes)
+    return out
+
+
+def _extractor_quality(ext: FeatureExtractor, ref: Reference | None) -> dict[str, Any]:
+    """How well the feature space tells real classes apart: weighted-kNN accuracy (k=20, t=0.1) of the
+    held-out real images against the reference's real images, and a classifier's own test accuracy."""
+    quality: dict[str, Any] = {
+        "id": ext.ident,
+        "kind": ext.kind,
+        "knn_accuracy": None,
+        "num_classes": None,
+        "classifier_test_accuracy": ext.info.get("test_accuracy"),
+        "classifier_classes": ext.info.get("num_classes"),
+    }
+    if ref is not None and ref.held_labels is not None and ref.real_labels is not None:
+        n = int(max(ref.real_labels.max(), ref.held_labels.max())) + 1
+        pred = knn_predict(
+            ref.real, ref.real_labels, ref.held, k=min(20, ref.real.shape[0]), temperature=0.1, num_classes=n
+        ).cpu()
+        quality["knn_accuracy"] = (pred == ref.held_labels).double().mean().item()
+        quality["num_classes"] = n
+        quality["knn"] = "weighted kNN (k=20, t=0.1, cosine) of the held-out real images"
+    return quality
+
+
+def _attach_reference(metrics: dict[str, dict[str, Any]], reference: dict[str, Any]) -> None:
+    """Each figure with a reference gets it (``reference``), and, where the reference was scored at another
+    size or against another part of the real data, the synthetic figure at that size (``matched``)."""
+    ref, syn = reference["figures"], reference["synthetic"]
+    keys = {k: k for k in (fid.FID, fid.KID_MEAN, prdc.PRECISION, prdc.RECALL, prdc.DENSITY, prdc.COVERAGE)}
+    keys["memorisation_suspects"] = "memorisation_fraction"
+    for name, key in keys.items():
+        if name in metrics:
+            metrics[name]["reference"] = ref[key]
+            if syn is not None:
+                metrics[name]["matched"] = syn[key]
+    for name in ("classes_generated", "min_class_coverage"):
+        if name in metrics and ref["classes"] is not None:
+            metrics[name]["reference"] = ref["classes"][name]
+            if syn is not None and syn["classes"] is not None:
+                metrics[name]["matched"] = syn["classes"][name]
+
+
+def _real_row(real_y: torch.Tensor | None, n_real: int, cfg: AuditConfig) -> dict[str, Any]:
+    """The real images the report shows for comparison: the first of each class (labelled data), else a
+    seeded draw."""
+    if real_y is not None:
+        first: dict[int, int] = {}
+        for i, y in enumerate(real_y.tolist()):
+            first.setdefault(int(y), i)
+        keys = sorted(first)[: 2 * cfg.grid_per_row]
+        return {"indices": [first[c] for c in keys], "labels": keys}
+    pick = torch.randperm(n_real, generator=torch.Generator().manual_seed(cfg.seed + 4))[: cfg.grid_per_row]
+    return {"indices": sorted(pick.tolist()), "labels": None}
+
+
+def _condition_names(metas: list[dict], classes: tuple[str, ...] | None) -> dict[int, str] | None:
+    """Class names of the conditions, when every conditioned sample was conditioned on a true label."""
+    sources = {m.get("condition_source") for m in metas if isinstance(m.get("condition"), int)}
+    if classes is None or sources != {"labels"}:
+        return None
+    return dict(enumerate(classes))
+
+
+def _gates(
+    metrics: dict[str, dict[str, Any]],
+    details: dict[str, Any],
+    reference: dict[str, Any],
+    real_broken: float,
+    cfg: AuditConfig,
+) -> list[Gate]:
+    """One gate per check, each reading a synthetic figure against the reference
+    (:mod:`synthkit.audit_verdict`)."""
+    ref, syn = reference.get("figures"), reference.get("synthetic")
+    why_none = reference["desc"].get("why", "")
+    mem_ref = ref["memorisation_fraction"] if ref else None
+    gates = [
+        audit_verdict.broken_gate(details[broken.BROKEN]["fraction"], real_broken),
+        audit_verdict.memorisation_gate(
+            details[memorisation.MEMORISATION]["suspect_fraction"], mem_ref, cfg.memorisation_threshold
+        ),
+    ]
+    figure = {
+        k: syn[k] if syn else metrics[k]["value"] for k in (prdc.PRECISION, prdc.DENSITY, prdc.COVERAGE)
+    }
+    gates.append(
+        audit_verdict.precision_gate(
+            figure[prdc.PRECISION],
+            ref[prdc.PRECISION] if ref else None,
+            figure[prdc.DENSITY],
+            ref[prdc.DENSITY] if ref else None,
+            why_none,
+        )
+    )
+    coverage_ref = ref[prdc.COVERAGE] if ref else None
+    gates.append(audit_verdict.ratio_gate(prdc.COVERAGE, figure[prdc.COVERAGE], coverage_ref, why_none))
+    gates.append(
+        audit_verdict.conditions_gate(
+            details[conditions_coverage.CONDITION_COVERAGE],
+            details.get(conditions_coverage.CONDITION_SEPARABILITY),
+            (syn or {}).get("classes") or details.get(conditions_coverage.CLASS_COVERAGE),
+            ref["classes"] if ref else None,
+        )
+    )
+    gates.append(audit_verdict.extractor_gate(reference["extractor_quality"]))
+    return gates
+
+
 def audit(
     shards: str | os.PathLike[str],
     real: str,
@@ -474,6 +750,15 @@ def audit(
         kind, encoder_run, chosen_by = choose_extractor(
             manifest, encoder_run=encoder_run, classifier=classifier, inception_weights=inception_weights
         )
+    elif kind == "encoder" and encoder_run is None:
+        # the encoder of the run that made the set, as `auto` would choose it
+        found, run, why = choose_extractor(manifest)
+        if found != "encoder":
+            raise AuditError(
+                "--extractor encoder needs a run directory (--encoder RUN_DIR): the set's manifest names no "
+                "run whose final/ is on this machine"
+            )
+        encoder_run, chosen_by = run, f"extractor: encoder; {why.removeprefix('default: ')}"
     ext: FeatureExtractor = load_extractor(
         kind,
         encoder_run=encoder_run,
@@ -488,13 +773,12 @@ def audit(
     if min(n_syn, n_real) <= cfg.k:
         raise AuditError(f"an audit with k={cfg.k} needs more than {cfg.k} synthetic and real images")
     hardness_stream = _HardnessStream(encoder_run, n_real, cfg.seed) if encoder_run is not None else None
+    real_bad = broken.BrokenCounter(saturated_fraction=cfg.saturated_fraction, max_listed=0)
+    real_hooks: list[Any] = [lambda b: real_bad.add(b.images, b.start)]
+    if hardness_stream is not None:
+        real_hooks.append(hardness_stream.capture)
     real_stream = stream_features(
-        real_side.batches(cfg.batch_size),
-        n_real,
-        ext,
-        dev,
-        batch_size=cfg.batch_size,
-        hooks=[hardness_stream.capture] if hardness_stream is not None else [],
+        real_side.batches(cfg.batch_size), n_real, ext, dev, batch_size=cfg.batch_size, hooks=real_hooks
     )
     step("real_features")
     bad_counter = broken.BrokenCounter(saturated_fraction=cfg.saturated_fraction, max_listed=MAX_LISTED)
@@ -523,23 +807,24 @@ def audit(
     metrics[fid.FID] = _score(
         fid.fid(f_real, f_syn, cfg.chunk_size), xid, "Frechet distance (lower is closer)"
     )
-    kid_mean, kid_std = fid.kid(
-        f_real, f_syn, subsets=cfg.kid_subsets, subset_size=cfg.kid_subset_size, seed=cfg.seed
+    kid_mean, kid_std, kid_how = _kid(f_real, f_syn, cfg)
+    metrics[fid.KID_MEAN] = _score(kid_mean, xid, f"KID, {kid_how}")
+    metrics[fid.KID_STD] = _score(
+        kid_std,
+        xid,
+        "KID, std between the subsets"
+        if kid_std is not None
+        else "KID's std: not measurable (set too small)",
     )
-    kid_size = min(cfg.kid_subset_size, n_syn, n_real)
-    metrics[fid.KID_MEAN] = _score(kid_mean, xid, f"KID, mean over {cfg.kid_subsets} subsets of {kid_size}")
-    metrics[fid.KID_STD] = _score(kid_std, xid, "KID, std over the subsets")
     step("fid_kid")
+    knn_cache: dict[str, Any] = {}  # the real k-NN distances, reused by the reference (same real features)
     scores, prdc_how, (nn_distance, nn_index, real_nn1), mem_how, cover = _prdc_and_neighbours(
-        f_real, f_syn, cfg
+        f_real, f_syn, cfg, knn_cache
     )
     methods: dict[str, Any] = {
         "features": {"device": str(dev), "streamed": True, "batch_size": cfg.batch_size},
         "fid": {"exact": True, "method": "float64 mean and covariance of all features (streamed sums)"},
-        "kid": {
-            "exact": True,
-            "method": f"mean over {cfg.kid_subsets} seeded subsets of {kid_size} (KID's definition)",
-        },
+        "kid": {"exact": True, "method": f"{kid_how} (KID's definition)"},
         "prdc": prdc_how,
         "memorisation": mem_how,
     }
@@ -578,20 +863,17 @@ def audit(
     }
     metrics["uniformity_synthetic"] = _score(u_syn, xid, "Wang & Isola uniformity (t=2) of the samples")
     metrics["uniformity_real"] = _score(u_real, xid, "the same for the real images, for reference")
+    predicted: list[int] | None = None  # per sample, its kNN class (exact PRDC only: all samples)
     if real_y is not None:
         num_classes = int(real_y.max()) + 1
-        ri, fi = cover["real_index"], cover["fake_index"]
-        ref_f, ref_y = (f_real, real_y) if ri is None else (f_real[ri.to(dev)], real_y[ri])
-        query = f_syn if fi is None else f_syn[fi.to(dev)]
-        pred = knn_predict(
-            ref_f, ref_y, query, k=min(20, ref_f.shape[0]), temperature=0.1, num_classes=num_classes
-        ).cpu()
-        cc = conditions_coverage.class_coverage(ref_y, cover["covered"], pred, num_classes, classes)
+        cc, pred = _class_view(f_real, real_y, cover, f_syn, classes)
+        ri = cover["real_index"]
+        if cover["fake_index"] is None:
+            predicted = pred.tolist()
         details[conditions_coverage.CLASS_COVERAGE] = {
             **cc,
             "extractor": xid,
             "predicted_by": "weighted kNN, k=20" + ("" if ri is None else " on PRDC's first sample"),
-            "exact": ri is None,
         }
         metrics["classes_generated"] = _score(
             cc["classes_generated"], xid, f"classes (of {num_classes}) the samples are assigned to by kNN"
@@ -605,6 +887,7 @@ def audit(
 
     # 3. Pairs, hardness, conditions, broken images.
     pair_idx = _find_pairs(metas)
+    feature_sims: list[float] = []
     if pair_idx:
         a_idx = torch.tensor([a for a, _ in pair_idx], device=dev)
         b_idx = torch.tensor([b for _, b in pair_idx], device=dev)
@@ -663,9 +946,39 @@ def audit(
     metrics["broken"] = _score(
         bad["broken"], None, "constant, saturated or non-finite images", fraction=bad["fraction"]
     )
+    separability = conditions_coverage.condition_separability(f_syn, conditions, seed=cfg.seed)
+    if separability is not None:
+        details[conditions_coverage.CONDITION_SEPARABILITY] = {**separability, "extractor": xid}
+        metrics["condition_separability"] = _score(
+            separability["accuracy"],
+            xid,
+            f"leave-one-out kNN accuracy of the samples' conditions (chance {separability['chance']:.3f})",
+        )
     step("other_metrics")
 
-    # 4. The report; the images it shows are read again from the shards that hold them.
+    # 4. The real-vs-real reference in the same feature space, and the gates that read against it.
+    ref, ref_desc = _open_reference(real, real_root, cfg, ext, width, f_real, real_y, n_syn, dev)
+    reference: dict[str, Any] = {"desc": ref_desc, "figures": None, "synthetic": None}
+    if ref is not None:
+        reference["figures"] = _figures(ref.real, ref.real_labels, ref.held, cfg, classes, knn_cache)
+        n_ref = ref.held.shape[0]
+        if ref.real is f_real and n_ref >= n_syn:
+            reference["synthetic"] = None  # the synthetic figures above are already at the reference's size
+        else:
+            matched = _subsample(f_syn, n_ref, cfg.seed + 3)
+            reference["synthetic"] = _figures(ref.real, ref.real_labels, matched, cfg, classes, knn_cache)
+        _attach_reference(metrics, reference)
+    reference["extractor_quality"] = _extractor_quality(ext, ref)
+    real_broken = real_bad.result()["fraction"]
+    reference["real_broken_fraction"] = real_broken
+    metrics["broken"]["reference"] = real_broken  # a fraction, like the metric's "fraction"
+    gates = _gates(metrics, details, reference, real_broken, cfg)
+    if reference["synthetic"] is None and reference["figures"] is not None:
+        reference["synthetic"] = {"same_as": "metrics (the synthetic set is already at the reference's size)"}
+    details["real_row"] = _real_row(real_y, n_real, cfg)
+    step("reference_and_gates")
+
+    # 5. The report; the images it shows are read again from the shards that hold them.
     producer = manifest.get("producer")
     report = {
         "format": AUDIT_FORMAT,
@@ -682,6 +995,8 @@ def audit(
         "real": real_desc,
         "extractor": {**ext.describe(), "chosen_by": chosen_by},
         "conversions": conversions,
+        "verdict": audit_verdict.verdict(gates),
+        "reference": reference,
         "methods": methods,
         "metrics": metrics,
         "details": details,
@@ -696,7 +1011,14 @@ def audit(
         conditions=conditions,
         hardness=hardness_values,
         pairs=pair_idx,
-        values={"memorisation_ratio": ratio, "nearest_real_distance": nn_distance.numpy()},
+        values={
+            "memorisation_ratio": ratio,
+            "nearest_real_distance": nn_distance.numpy(),
+            "pair_similarity": np.asarray(feature_sims if pair_idx else []),
+        },
+        predicted=predicted,
+        classes=classes,
+        condition_names=_condition_names(metas, classes),
     )
     html = render_report(report, images)
     step("render")  # the last timing: report.json holds them all

@@ -46,6 +46,7 @@ META_KEYS = (
     "hardness",
     "condition",
     "condition_k",
+    "condition_source",
 )
 BATCH_BYTES = 64 * 2**20  # uint8 pixels per streamed batch at most (x 10: the arrays, tensor and floats)
 

@@ -12,6 +12,7 @@
     synthkit shards index DIR
     synthkit config PIPELINE.yaml [--section.key=value ...]
     synthkit audit SHARDS --real REAL --out DIR [--extractor KIND] [--encoder RUN_DIR] [--classifier DIR]
+        [--reference auto|split|none] [--fail-on warn|fail]
     synthkit audit train-extractor --data NAME --out DIR
 
 Multi-process: ``accelerate launch --num_processes 2 -m synthkit.cli train PIPELINE.yaml ...`` (and
@@ -403,6 +404,7 @@ def _cmd_config(args: argparse.Namespace, extra: list[str]) -> int:
 
 def _cmd_audit(args: argparse.Namespace, extra: list[str]) -> int:
     from synthkit.audit import AuditConfig, audit
+    from synthkit.audit_verdict import failing, verdict_lines
 
     _no_extra(extra)
     cfg = AuditConfig(
@@ -415,6 +417,7 @@ def _cmd_audit(args: argparse.Namespace, extra: list[str]) -> int:
         device=args.device,
         exact_max=args.exact_max,
         prdc_sample=args.prdc_sample,
+        reference=args.reference,
     )
     report = audit(
         args.shards,
@@ -427,21 +430,35 @@ def _cmd_audit(args: argparse.Namespace, extra: list[str]) -> int:
         real_root=args.root,
         progress=_progress(args),
     )
+    verdict = report["verdict"]
     if args.json:
-        print(json.dumps(report["metrics"], indent=2))
+        print(json.dumps({"verdict": verdict, "metrics": report["metrics"]}, indent=2))
     else:
+        print("\n".join(verdict_lines(verdict)))
         e = report["extractor"]
         print(
             f"extractor {e['id']} ({e['chosen_by']}); {report['shards']['audited']} samples vs "
             f"{report['real']['count']} real, on {report['methods']['features']['device']}"
         )
+        print(f"  {'metric':<24} {'value':>10}  {'real vs real':>12}")
         for name, m in report["metrics"].items():
-            value = f"{m['value']:.4f}" if isinstance(m["value"], float) else str(m["value"])
+            value = f"{m['value']:.4g}" if isinstance(m["value"], float) else str(m["value"])
+            ref = m.get("reference")
+            ref_text = "" if ref is None else (f"{ref:.4g}" if isinstance(ref, float) else str(ref))
+            if "fraction" in m:  # a count: its share, and the reference's share
+                value = f"{m['value']} ({100 * m['fraction']:.1f} %)"
+                ref_text = "" if ref is None else f"{100 * ref:.1f} %"
             print(
-                f"  {name:<24} {value}"
+                f"  {name:<24} {value:>10}  {ref_text:>12}"
                 + ("  (estimated: see report.json methods)" if m.get("estimated") else "")
             )
         print(f"report: {Path(args.out) / 'report.html'}")
+    if args.fail_on is not None:
+        bad = failing(verdict, args.fail_on)
+        if bad:
+            names = ", ".join(f"{g['name']} ({g['status']})" for g in bad)
+            print(f"synthkit audit: --fail-on {args.fail_on}: {names}", file=sys.stderr)
+            return 1
     return 0
 
 
@@ -451,7 +468,7 @@ def _cmd_audit_train_extractor(args: argparse.Namespace, extra: list[str]) -> in
 
     _no_extra(extra)
     data = DataConfig(name=args.data, root=args.root, size=args.size, subset=args.subset)
-    if args.epochs < 1:
+    if args.epochs is not None and args.epochs < 1:
         raise ConfigError(f"--epochs must be >= 1 (0 would save an untrained classifier), got {args.epochs}")
     check_output_dir(args.out)
     meta = train_classifier(data, args.out, epochs=args.epochs, seed=args.seed, progress=_progress(args))
@@ -459,9 +476,17 @@ def _cmd_audit_train_extractor(args: argparse.Namespace, extra: list[str]) -> in
         _print_json({"out": str(args.out), **meta})
         return 0
     print(
-        f"trained a {meta['num_classes']}-class classifier on {meta['train_images']} {args.data} images: "
-        f"test accuracy {meta['test_accuracy']:.4f}; sha256 {meta['sha256'][:12]}; saved in {args.out}"
+        f"trained a {meta['num_classes']}-class classifier on {meta['train_images']} {args.data} images "
+        f"({meta['epochs']} epochs): test accuracy {meta['test_accuracy']:.4f}; "
+        f"sha256 {meta['sha256'][:12]}; saved in {args.out}"
     )
+    if meta["weak"]:
+        print(
+            f"warning: a weak classifier (test accuracy {meta['test_accuracy']:.3f}, chance "
+            f"{1 / meta['num_classes']:.3f}): audits in its feature space will flag it; train longer "
+            "(--epochs) or on more images",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -476,7 +501,11 @@ def _train_extractor_parser(prog: str = "synthkit audit train-extractor") -> Par
     te.add_argument("--root", help="data root for --data (default: the source's own)")
     te.add_argument("--size", type=int, default=28, help="image side length (default 28)")
     te.add_argument("--subset", type=int, help="a fixed random subset of N training images")
-    te.add_argument("--epochs", type=int, default=3, help="training epochs (default 3)")
+    te.add_argument(
+        "--epochs",
+        type=int,
+        help="training epochs (default: at least 10, and enough for 500 optimizer steps on small data)",
+    )
     te.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
     te.add_argument("--out", required=True, help="directory for the weights and extractor.json")
     te.add_argument("--json", action="store_true", help=JSON)
@@ -697,7 +726,20 @@ def build_parser() -> argparse.ArgumentParser:
         default=10_000,
         help="points per set of PRDC above --exact-max (default 10,000)",
     )
-    a.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    a.add_argument(
+        "--reference",
+        choices=("auto", "split", "none"),
+        default="auto",
+        help="the real-vs-real reference every figure is read against: auto (a named source's other split, "
+        "else a disjoint part of the real shard set), split (always the latter), none (gates that need it "
+        "are skipped) (default auto)",
+    )
+    a.add_argument(
+        "--fail-on",
+        choices=("warn", "fail"),
+        help="exit 1 when a gate is at or above this level (the report is written first)",
+    )
+    a.add_argument("--json", action="store_true", help="print the verdict and the metrics as JSON")
     a.add_argument("--no-progress", action="store_true", help=NO_PROGRESS)
     a.set_defaults(fn=_cmd_audit)
 

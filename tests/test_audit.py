@@ -137,3 +137,33 @@ def test_encoder_extractor_and_recomputed_hardness(
     assert report["metrics"]["fid"]["extractor"] == report["extractor"]["id"]
     hard = report["details"]["hardness"]["encoder"]
     assert hard["count"] == report["shards"]["audited"] and hard["extractor"] == report["extractor"]["id"]
+
+
+@pytest.mark.slow
+def test_extractor_encoder_alone_uses_the_run_that_made_the_set(trained_run: Path, tmp_path: Path) -> None:
+    from synthkit.cli import main
+
+    shards = tmp_path / "set"
+    assert (
+        main(["generate", "--run", str(trained_run), "--out", str(shards), "--n", "24", "--no-progress"]) == 0
+    )
+    cfg = AuditConfig(extractor="encoder", kid_subsets=5, kid_subset_size=10)
+    report = audit(shards, "digits", tmp_path / "enc", config=cfg)  # no encoder_run: the manifest's run
+    final = json.loads((trained_run / "final" / "final.json").read_text())
+    assert report["extractor"]["sha256"] == final["hashes"]["encoder"]
+    assert str(trained_run.resolve()) in report["extractor"]["chosen_by"]
+    assert report["details"]["hardness"]["encoder"]["count"] == 24  # and hardness under that encoder
+    quality = report["reference"]["extractor_quality"]
+    assert quality["kind"] == "encoder" and 0 <= quality["knn_accuracy"] <= 1
+    with pytest.raises(AuditError, match="needs a run directory"):  # a set that names no run
+        audit(_no_run_set(tmp_path), "digits", tmp_path / "x", config=cfg)
+
+
+def _no_run_set(tmp_path: Path) -> Path:
+    import numpy as np
+
+    out = tmp_path / "no-run"
+    with ShardSetWriter(out, "norun", manifest_fields={"producer": {"name": "t"}}) as w:
+        for i in range(12):
+            w.write(f"s{i}", np.full((16, 16, 1), 10 * i, np.uint8), {"kind": "sample", "producer": "t"})
+    return out

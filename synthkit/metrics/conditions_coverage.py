@@ -97,3 +97,59 @@ def class_coverage(
             (p["coverage"] for p in per_class if p["coverage"] is not None), default=None
         ),
     }
+
+
+CONDITION_SEPARABILITY = "condition_separability"
+
+
+@torch.no_grad()
+def condition_separability(
+    features: torch.Tensor,
+    conditions: Sequence[Any],
+    *,
+    k: int = 10,
+    max_points: int = 2000,
+    seed: int = 0,
+    chunk_size: int = 1024,
+) -> dict[str, Any] | None:
+    """Whether the samples' features tell their conditions apart: leave-one-out kNN accuracy.
+
+    Each sample's condition is predicted by a majority vote of its ``k`` nearest *other* samples (Euclidean
+    distance in the audit's feature space; ties to the lowest condition), on a seeded subsample of at most
+    ``max_points`` conditioned samples. ``chance`` is the share of the most frequent condition (what a vote
+    that ignores the features gets); ``chance_corrected`` is ``(accuracy - chance) / (1 - chance)``: near 0
+    when the generator ignores its condition (condition collapse), near 1 when each condition is its own
+    region of feature space.
+
+    Returns None when it cannot be measured: fewer than two conditions, or fewer than ``k + 1`` samples.
+    """
+    keep = [i for i, c in enumerate(conditions) if isinstance(c, int) and not isinstance(c, bool)]
+    if len(keep) > max_points:
+        pick = torch.randperm(len(keep), generator=torch.Generator().manual_seed(seed))[:max_points]
+        keep = sorted(keep[i] for i in pick.tolist())
+    labels_raw = [conditions[i] for i in keep]
+    values = sorted(set(labels_raw))
+    if len(values) < 2 or len(keep) <= k:
+        return None
+    index = {v: j for j, v in enumerate(values)}
+    y = torch.tensor([index[c] for c in labels_raw], dtype=torch.int64)
+    x = features[torch.tensor(keep, device=features.device)].double()
+    correct = 0
+    for start in range(0, x.shape[0], chunk_size):
+        d = torch.cdist(x[start : start + chunk_size], x)
+        rows = torch.arange(d.shape[0], device=d.device)
+        d[rows, rows + start] = float("inf")  # leave the sample itself out
+        nearest = d.topk(k, dim=1, largest=False).indices.cpu()
+        votes = torch.zeros(d.shape[0], len(values), dtype=torch.int64)
+        votes.scatter_add_(1, y[nearest], torch.ones_like(nearest))
+        correct += int((votes.argmax(dim=1) == y[start : start + chunk_size]).sum())
+    accuracy = correct / len(keep)
+    chance = float(torch.bincount(y).max()) / len(keep)
+    return {
+        "accuracy": accuracy,
+        "chance": chance,
+        "chance_corrected": (accuracy - chance) / (1.0 - chance) if chance < 1 else 0.0,
+        "conditions": len(values),
+        "points": len(keep),
+        "k": k,
+    }

@@ -51,6 +51,7 @@ class PRDCResult:
     fake_nn_index: torch.Tensor
     real_radii: torch.Tensor
     real_nn1: torch.Tensor
+    real_knn: torch.Tensor | None = None  # N x k: reusable by a second prdc() against the same real points
 
     def scores(self) -> dict[str, float]:
         return {
@@ -63,7 +64,11 @@ class PRDCResult:
 
 @torch.no_grad()
 def prdc(
-    real_features: torch.Tensor, fake_features: torch.Tensor, k: int = 5, chunk_size: int = DEFAULT_CHUNK
+    real_features: torch.Tensor,
+    fake_features: torch.Tensor,
+    k: int = 5,
+    chunk_size: int = DEFAULT_CHUNK,
+    real_knn: torch.Tensor | None = None,
 ) -> PRDCResult:
     """Precision, recall, density and coverage of ``fake_features`` against ``real_features``.
 
@@ -72,13 +77,19 @@ def prdc(
         fake_features: ``M x D`` features of generated images.
         k: neighbourhood size of the manifold balls (Naeem et al. use 5).
         chunk_size: rows and columns per distance block; the result does not depend on it.
+        real_knn: the real points' distances to their ``k`` nearest other real points (``N x k``, as
+            :func:`~synthkit.metrics.neighbours.neighbour_distances` gives them), when already computed for
+            these real features: scoring two sets against one real set then costs the N x N pass once.
     """
     check_features(real_features, "real_features")
     check_features(fake_features, "fake_features")
     n, m = real_features.shape[0], fake_features.shape[0]
     if not 1 <= k < min(n, m):
         raise ValueError(f"k must be in [1, {min(n, m) - 1}] for {n} real and {m} fake points, got {k}")
-    real_knn = neighbour_distances(real_features, k, chunk_size)
+    if real_knn is None:
+        real_knn = neighbour_distances(real_features, k, chunk_size)
+    elif real_knn.shape != (n, k):
+        raise ValueError(f"real_knn must be {n} x {k}, got {tuple(real_knn.shape)}")
     real_radii, real_nn1 = real_knn[:, k - 1], real_knn[:, 0]  # nn1: the memorisation yardstick
     fake_radii = neighbour_distances(fake_features, k, chunk_size)[:, k - 1]
 
@@ -111,4 +122,5 @@ def prdc(
         fake_nn_index=fake_arg,
         real_radii=real_radii,
         real_nn1=real_nn1,
+        real_knn=real_knn,
     )

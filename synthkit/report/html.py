@@ -16,7 +16,7 @@ import html
 import io
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -36,6 +36,9 @@ class AuditImages:
     hardness: np.ndarray | None
     pairs: list[tuple[int, int]]
     values: dict[str, np.ndarray]
+    predicted: list[int] | None = None  # per sample, the real class its kNN vote gives (None: not computed)
+    classes: tuple[str, ...] | None = None  # class names of the real data
+    condition_names: dict[int, str] | None = field(default=None)  # a condition's class, for label conditions
 
 
 # Rows of the per-condition grid at most: a set whose metadata gives every sample its own condition would
@@ -43,7 +46,9 @@ class AuditImages:
 MAX_GRID_ROWS = 64
 
 SECTIONS = (
+    "verdict",
     "summary",
+    "extractor",
     "metrics",
     "grids",
     "hardest",
@@ -63,6 +68,10 @@ th{background:#f3f3f3}td.num{text-align:right;font-variant-numeric:tabular-nums}
 img.grid{image-rendering:pixelated;border:1px solid #ccc;max-width:100%}
 figure{display:inline-block;margin:.4em 1em .4em 0;vertical-align:top}figcaption{font-size:.85em;color:#555}
 .note{color:#666;font-size:.9em}code{background:#f3f3f3;padding:0 .2em}
+.badge{display:inline-block;padding:.1em .5em;border-radius:.3em;font-weight:bold;color:#fff;min-width:3em;
+text-align:center}.pass{background:#2e7d32}.warn{background:#e08a00}.fail{background:#c62828}
+.skip{background:#888}#verdict h2 .badge{font-size:1em}th.row{white-space:nowrap;vertical-align:middle}
+figure.pair{margin:0 .3em 0 0}figure.pair figcaption{text-align:center;font-weight:bold}
 """
 
 
@@ -78,6 +87,10 @@ def _png_uri(image: Image.Image) -> str:
 
 def _img(image: Image.Image, alt: str, cls: str = "grid") -> str:
     return f'<img class="{cls}" alt="{_esc(alt)}" src="{_png_uri(image)}">'
+
+
+def _pct(value: float) -> str:
+    return f"{100 * value:.2f} %"
 
 
 def _fmt(value: Any) -> str:
@@ -132,8 +145,83 @@ def _figure(image: Image.Image, caption: str, cls: str = "plot") -> str:
     return f"<figure>{_img(image, caption, cls)}<figcaption>{_esc(caption)}</figcaption></figure>"
 
 
-def _section(sid: str, title: str, body: str) -> str:
-    return f'<section id="{sid}"><h2>{_esc(title)}</h2>\n{body}\n</section>'
+def _section(sid: str, title: str, body: str, badge: str | None = None) -> str:
+    head = _esc(title) + (f" {_badge(badge)}" if badge else "")
+    return f'<section id="{sid}"><h2>{head}</h2>\n{body}\n</section>'
+
+
+def _badge(status: str) -> str:
+    return f'<span class="badge {_esc(status)}">{_esc(status)}</span>'
+
+
+# the figures the verdict's table sets next to their real-vs-real reference, in this order
+_VERDICT_FIGURES = (
+    ("precision", "precision (fidelity)"),
+    ("recall", "recall (diversity)"),
+    ("density", "density"),
+    ("coverage", "coverage"),
+    ("fid", "FID"),
+    ("kid_mean", "KID"),
+)
+
+
+def _verdict(report: dict[str, Any]) -> str:
+    """The answer first: the overall status, one row per gate, and the key figures next to their
+    real-vs-real reference."""
+    v, ref = report["verdict"], report["reference"]
+    rows = "".join(
+        f"<tr><td>{_badge(g['status'])}</td><th class='row'>{_esc(g['name'])}</th>"
+        f"<td>{_esc(g['reason'])}</td></tr>"
+        for g in v["gates"]
+    )
+    out = f"<table id='gates'><tr><th>status</th><th>gate</th><th>why</th></tr>{rows}</table>"
+    desc = ref["desc"]
+    if ref.get("figures") is None:
+        return out + f"<p class='note'>No real-vs-real reference: {_esc(desc.get('why', ''))}.</p>"
+    figs, syn = ref["figures"], ref.get("synthetic")
+    matched = syn is not None and "same_as" not in syn
+    head = "<tr><th>figure</th><th>synthetic</th>"
+    head += "<th>synthetic at the reference's size</th>" if matched else ""
+    head += "<th>real vs real (reference)</th></tr>"
+    body = []
+    for key, label in _VERDICT_FIGURES:
+        m = report["metrics"].get(key)
+        if m is None:
+            continue
+        cells = f"<td class='num'>{_fmt(m['value'])}</td>"
+        cells += f"<td class='num'>{_fmt(syn[key])}</td>" if matched else ""
+        body.append(f"<tr><td>{_esc(label)}</td>{cells}<td class='num'>{_fmt(figs[key])}</td></tr>")
+    held = desc.get("held_out", {})
+    where = (
+        f"{held.get('count')} held-out real images ({desc['kind']}"
+        + (f": {held['source']} {held['split']}" if "source" in held else "")
+        + f") scored against {figs['real_count']} real images, in the same feature space"
+    )
+    return (
+        out
+        + f"<p class='note'>Reference: {_esc(where)}.</p><table id='reference'>{head}{''.join(body)}</table>"
+    )
+
+
+def _extractor(report: dict[str, Any]) -> str:
+    """The feature space and how well it tells real classes apart (a weak one makes every figure weak)."""
+    e, q = report["extractor"], report["reference"]["extractor_quality"]
+    gate = next(g for g in report["verdict"]["gates"] if g["name"] == "extractor")
+    rows = [
+        ("extractor", f"{e['id']} ({e['kind']}, {e['feature_dim']}-D)"),
+        ("chosen by", str(e.get("chosen_by", "extractor given"))),
+        (
+            "kNN accuracy of held-out real images",
+            "not measured (no labels or no reference)"
+            if q["knn_accuracy"] is None
+            else f"{q['knn_accuracy']:.3f} with {q['num_classes']} classes "
+            f"(chance {1 / q['num_classes']:.3f})",
+        ),
+    ]
+    if q.get("classifier_test_accuracy") is not None:
+        rows.append(("classifier's test accuracy", f"{q['classifier_test_accuracy']:.3f}"))
+    table = "".join(f"<tr><th>{_esc(a)}</th><td>{_esc(b)}</td></tr>" for a, b in rows)
+    return f"<p>{_badge(gate['status'])} {_esc(gate['reason'])}</p><table>{table}</table>"
 
 
 def _summary(report: dict[str, Any]) -> str:
@@ -146,19 +234,31 @@ def _summary(report: dict[str, Any]) -> str:
         ("extractor", f"{e['id']} ({e['kind']}, {e['feature_dim']}-D, sha256 {e['sha256']})"),
         ("chosen by", str(e.get("chosen_by", "extractor given"))),
         ("conversions", "; ".join(conv) if conv else "none (images already fit the extractor)"),
+        ("reference", json.dumps(report["reference"]["desc"], sort_keys=True)),
         ("synthkit", json.dumps(report["created_by"], sort_keys=True)),
     ]
     return "<table>" + "".join(f"<tr><th>{_esc(a)}</th><td>{_esc(b)}</td></tr>" for a, b in rows) + "</table>"
 
 
 def _metrics_table(report: dict[str, Any]) -> str:
-    head = "<tr><th>metric</th><th>value</th><th>extractor</th><th>computed</th><th>meaning</th></tr>"
+    head = (
+        "<tr><th>metric</th><th>value</th><th>real vs real</th><th>extractor</th><th>computed</th>"
+        "<th>meaning</th></tr>"
+    )
     rows = []
     for name, m in report["metrics"].items():
         extractor = m["extractor"] if m["extractor"] is not None else "none (pixels / metadata)"
         how = f"estimated: {m['estimated']}" if m.get("estimated") else "exact"
+        share = "fraction" in m  # a count: shown with its share, and the reference is a share
+        value = _fmt(m["value"]) + (f" ({_pct(m['fraction'])})" if share else "")
+        ref = m.get("reference")
+        ref_text = "" if ref is None else (_pct(ref) if share else _fmt(ref))
+        if m.get("matched") is not None:
+            matched = _pct(m["matched"]) if share else _fmt(m["matched"])
+            ref_text += f" <span class='note'>(samples at its size: {matched})</span>"
         rows.append(
-            f"<tr><td><code>{_esc(name)}</code></td><td class='num'>{_fmt(m['value'])}</td>"
+            f"<tr><td><code>{_esc(name)}</code></td><td class='num'>{value}</td>"
+            f"<td class='num'>{ref_text}</td>"
             f"<td>{_esc(extractor)}</td><td>{_esc(how)}</td><td>{_esc(m['description'])}</td></tr>"
         )
     return f"<table>{head}{''.join(rows)}</table>" + _methods_table(report)
@@ -233,12 +333,57 @@ def shown_indices(
     nearest = report["details"]["memorisation"]["nearest_pairs"]
     syn.update(p["fake_index"] for p in nearest)
     syn.update(_broken_shown(report, top))
-    return sorted(syn), sorted({p["real_index"] for p in nearest})
+    real = {p["real_index"] for p in nearest} | set(report["details"]["real_row"]["indices"])
+    return sorted(syn), sorted(real)
 
 
-def _grids(images: AuditImages, per_row: int) -> str:
+def _row_label(images: AuditImages, row: list[int]) -> str:
+    """A grid row's label: its condition (and class, for label conditions), how many samples it has, and the
+    real class most of its samples are nearest to."""
+    cond = images.conditions[row[0]]
+    if cond is None:
+        label = "no condition"
+    else:
+        label = f"condition {cond}"
+        if images.condition_names and cond in images.condition_names:
+            label += f" ({images.condition_names[cond]})"
+    n = sum(1 for c in images.conditions if c == cond)
+    text = f"<b>{_esc(label)}</b><br>{n} samples"
+    if images.predicted is not None:
+        votes = [images.predicted[i] for i in range(len(images.conditions)) if images.conditions[i] == cond]
+        top = max(set(votes), key=lambda c: (votes.count(c), -c))
+        name = images.classes[top] if images.classes and top < len(images.classes) else str(top)
+        share = 100 * votes.count(top) / len(votes)
+        text += f"<br><span class='note'>nearest real class: {_esc(name)} ({share:.0f} %)</span>"
+    return text
+
+
+def _grids(report: dict[str, Any], images: AuditImages, per_row: int) -> str:
     rows, caption = _grid_rows(images.conditions, per_row)
-    return _figure(rows_grid([[images.synthetic[i] for i in row] for row in rows]), caption, "grid")
+    real_row = report["details"]["real_row"]
+    out = ["<table id='grid'>"]
+    if real_row["indices"]:
+        names = real_row["labels"]
+        label = "<b>real images</b><br>" + (
+            "one per class:<br><span class='note'>"
+            + _esc(
+                ", ".join(
+                    images.classes[c] if images.classes and c < len(images.classes) else str(c) for c in names
+                )
+            )
+            + "</span>"
+            if names is not None
+            else "a seeded draw"
+        )
+        strip = rows_grid([[images.real[i] for i in real_row["indices"]]])
+        out.append(f"<tr><th class='row'>{label}</th><td>{_img(strip, 'real images')}</td></tr>")
+    for row in rows:
+        strip = rows_grid([[images.synthetic[i] for i in row]])
+        out.append(
+            f"<tr><th class='row'>{_row_label(images, row)}</th><td>{_img(strip, 'samples')}</td></tr>"
+        )
+    out.append("</table>")
+    return f"<p class='note'>{_esc(caption)}; the first row is real data, for comparison</p>" + "".join(out)
 
 
 def _hardest(images: AuditImages, per_row: int) -> str:
@@ -261,7 +406,6 @@ def _pairs(report: dict[str, Any], images: AuditImages, limit: int) -> str:
             "<code>pair_id</code>)</p>"
         )
     shown = images.pairs[:limit]
-    rows = [[images.synthetic[a], images.synthetic[b]] for a, b in shown]
     info = report["details"]["pairs"]
     trend = info["feature_similarity"]["trend"]
     text = (
@@ -270,7 +414,25 @@ def _pairs(report: dict[str, Any], images: AuditImages, limit: int) -> str:
         + (f", trend {_fmt(trend['slope_per_1k_steps'])} per 1,000 generator steps" if trend else "")
         + "</p>"
     )
-    return text + _figure(rows_grid(rows), f"the first {len(shown)} pairs: pair_a | pair_b", "grid")
+    cells = []
+    for j, (a, b) in enumerate(shown):
+        sides = "".join(
+            f"<figure class='pair'>{_img(rows_grid([[images.synthetic[i]]]), name)}"
+            f"<figcaption>{name}</figcaption></figure>"
+            for name, i in (("pair_a", a), ("pair_b", b))
+        )
+        sim = images.values.get("pair_similarity")
+        sim_text = f"<br>cosine {_fmt(float(sim[j]))}" if sim is not None and j < len(sim) else ""
+        cells.append(f"<td>{sides}<div class='note'>samples {a} | {b}{sim_text}</div></td>")
+    per_line = 4
+    table = "".join(
+        "<tr>" + "".join(cells[i : i + per_line]) + "</tr>" for i in range(0, len(cells), per_line)
+    )
+    return (
+        text
+        + f"<p class='note'>the first {len(shown)} pairs, each pair_a beside its pair_b</p>"
+        + f"<table id='pair-table'>{table}</table>"
+    )
 
 
 def _histograms(report: dict[str, Any], images: AuditImages) -> str:
@@ -363,9 +525,11 @@ def render_report(report: dict[str, Any], images: AuditImages) -> str:
     per_row = report["config"]["grid_per_row"]
     top = report["config"]["top"]
     sections = [
+        _section("verdict", "Verdict:", _verdict(report), badge=report["verdict"]["status"]),
         _section("summary", "What was audited", _summary(report)),
+        _section("extractor", "Feature space", _extractor(report)),
         _section("metrics", f"Metrics (extractor {report['extractor']['id']})", _metrics_table(report)),
-        _section("grids", "Samples per condition", _grids(images, per_row)),
+        _section("grids", "Samples per condition", _grids(report, images, per_row)),
         _section("hardest", "Hardest and easiest samples", _hardest(images, per_row)),
         _section("pairs", "Positive pairs", _pairs(report, images, top)),
         _section("histograms", "Distributions", _histograms(report, images)),

@@ -72,7 +72,7 @@ def test_train_extractor_then_audit_with_it(
         "--no-progress",
     )
     assert code == 0
-    metrics = json.loads(text)
+    metrics = json.loads(text)["metrics"]
     assert metrics["fid"]["extractor"] == f"classifier:{sha[:12]}"
 
 

@@ -81,3 +81,22 @@ def test_inception_from_a_local_weights_file(tmp_path: Path) -> None:
     gray = torch.randint(0, 256, (2, 1, 28, 28), dtype=torch.uint8)
     feats = ext.features(ext.prepare(gray))
     assert feats.shape == (2, 2048) and torch.isfinite(feats).all()
+
+
+def test_default_length_is_enough_steps_and_a_weak_classifier_is_flagged(tmp_path: Path) -> None:
+    from synthkit.metrics.extractors import MIN_STEPS, default_batch_size, default_epochs
+
+    assert default_batch_size(60_000) == 256 and default_epochs(60_000, 256) == 10  # 2,350 steps
+    # the user's 600-image folder (3 epochs of batches of 256 were 9 steps): batches of 75, 8 per epoch
+    assert default_batch_size(600) == 75 and default_epochs(600, 75) * 8 >= MIN_STEPS
+    # a classifier that cannot learn (lr ~ 0): near chance, recorded and flagged as weak
+    meta = train_classifier(
+        DataConfig(name="digits", size=8, subset=200),
+        tmp_path / "weak",
+        epochs=1,
+        batch_size=64,
+        lr=1e-9,
+        width=4,
+    )
+    assert meta["weak"] is True and meta["chance_corrected_accuracy"] < 0.5
+    assert json.loads((tmp_path / "weak" / CLASSIFIER_META).read_text())["weak"] is True

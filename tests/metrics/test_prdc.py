@@ -70,3 +70,14 @@ def test_neighbour_helpers_match_brute_force() -> None:
 def test_k_too_large_is_refused() -> None:
     with pytest.raises(ValueError, match="k must be"):
         prdc(torch.randn(5, 2), torch.randn(5, 2), k=5)
+
+
+def test_precomputed_real_neighbours_give_the_same_scores() -> None:
+    g = torch.Generator().manual_seed(0)
+    real, fake, other = (torch.randn(n, 6, generator=g) for n in (80, 50, 40))
+    first = prdc(real, fake, k=5, chunk_size=16)
+    again = prdc(real, other, k=5, chunk_size=16, real_knn=first.real_knn)
+    fresh = prdc(real, other, k=5, chunk_size=16)
+    assert again.scores() == fresh.scores() and torch.equal(again.real_nn1, fresh.real_nn1)
+    with pytest.raises(ValueError, match="real_knn must be 80 x 5"):
+        prdc(real, other, k=5, real_knn=first.real_knn[:, :3])
