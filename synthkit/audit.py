@@ -52,6 +52,7 @@ from synthkit.atomic import check_output_dir, write_json_atomic, write_text_atom
 from synthkit.audit_stream import Batch, SetSide, TensorSide, open_side, stream_features
 from synthkit.audit_verdict import Gate
 from synthkit.config import DataConfig
+from synthkit.data.inspect import describe
 from synthkit.data.sources import load_source
 from synthkit.data.views import Views, to_float
 from synthkit.devices import resolve_device
@@ -74,7 +75,6 @@ from synthkit.provenance import created_by
 from synthkit.registry import SOURCES
 from synthkit.report.html import AuditImages, render_report, shown_indices
 from synthkit.run_files.final import load_final
-from synthkit.shards.inspect import describe
 from synthkit.shards.location import is_url
 
 logger = logging.getLogger(__name__)

@@ -715,6 +715,7 @@ class RemoteConfig:
     backoff_max_s: float = 30.0
 
     def __post_init__(self) -> None:
+        # lazily: loading a config must not import the shard reader and writer (synthkit/shards/__init__)
         from synthkit.shards.location import RemotePolicy
 
         try:

@@ -1,7 +1,8 @@
 """``synthkit generate``: a finished run's synthetic samples as a shard set, for every producer.
 
-One path for every producer (``producers/base.py``): the run records its producer kind and the hash of every
-weight file, ``load_final`` verifies them, and the producer makes chunks of samples on request. ``kind``
+One path for every producer: the run records its producer kind and the hash of every weight file,
+``load_final`` verifies them and loads the run's frozen sampler (``samplers/``), which makes chunks of
+samples on request. ``kind``
 picks what is written: ``hard`` (HSG's samples), ``pair`` (HPG's positive pairs: samples ``pair_a`` and
 ``pair_b`` sharing a ``pair_id``, with their pair similarity) or ``all`` (both: the pairs first, whose
 metadata has every field a hard sample's has, so that a reader that infers a schema from the first few
@@ -21,8 +22,9 @@ says which shards are complete and intact, chunks before them are skipped, the c
 sample is recomputed whole (its hardness depends on the whole chunk) and only the missing samples are written.
 The result is byte-identical to an uninterrupted run; the per-sample results of the kept shards are read back
 from them, not regenerated. ``preview.png`` (a grid, one row per condition) is published before the manifest,
-so a set with a manifest always has its preview. The diffusion producer writes its training pools through
-:func:`write_samples` too, so a pool the encoder trained on and an exported set have one format.
+so a set with a manifest always has its preview. Chunks become shards in ``samplers/write.py``
+(:func:`~synthkit.samplers.write.write_samples`), through which the diffusion trainer writes its training
+pools too, so a pool the encoder trained on and an exported set have one format.
 
 Several processes. Under ``accelerate launch`` (W processes) the set is split by global sample index into W
 parts of whole shards (``shards.writer.Part``): process r makes the chunks that hold part r's samples (a

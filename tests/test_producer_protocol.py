@@ -231,7 +231,7 @@ def test_diffusion_runs_write_tracker_logs_and_checkpoints(diffusion_run: Path) 
 
 def test_naive_baseline_of_a_diffusion_run_trains_on_a_shard_mix(diffusion_run: Path, tmp_path: Path) -> None:
     from synthkit.config import DataConfig
-    from synthkit.shards.convert import convert_source
+    from synthkit.data.convert import convert_source
 
     real = tmp_path / "real"
     convert_source(DataConfig(name="digits", size=16, subset=128), "train", real, maxcount=32)

@@ -57,6 +57,19 @@ class TrainContext:
     log: Callable[[dict[str, Any]], None]
     progress: bool = True
 
+    def per_step(self, ratio: float) -> int:
+        """``ratio`` x this process's share of ``train.batch_size``, at least 1: synthetic images a step."""
+        return max(1, round(self.cfg.train.batch_size // self.accelerator.num_processes * ratio))
+
+    def check_shape(self, sample: Callable[[int, torch.device], torch.Tensor], who: str) -> None:
+        """A RunError naming ``who`` unless ``sample`` makes images of the training data's shape (one probe
+        image, drawn before the loop seeds each process)."""
+        probe = sample(1, self.accelerator.device)
+        if tuple(probe.shape[1:]) != (self.channels, self.size, self.size):
+            shape = "x".join(str(v) for v in probe.shape[1:])
+            data = f"{self.channels}x{self.size}x{self.size}"
+            raise RunError(f"{who} makes {shape} images but the training data are {data}")
+
     def real_in_memory(self, who: str) -> ImageSet:
         """The in-memory real training images a producer trains on; a RunError when there are none."""
         if self.real is None:

@@ -32,18 +32,8 @@ class FrozenProducer(Producer):
         if sampler_class is None or not issubclass(sampler_class, FrozenSampler):
             raise RunError(f"generator.kind={cfg.generator.kind} is not a frozen sampler")
         frozen = sampler_class(cfg.generator, ctx.channels, ctx.size)
-        probe = frozen.sampler(cfg.train.seed)(
-            1, ctx.accelerator.device
-        )  # before the loop seeds each process
-        if tuple(probe.shape[1:]) != (ctx.channels, ctx.size, ctx.size):
-            shape = "x".join(str(v) for v in probe.shape[1:])
-            raise RunError(
-                f"generator.kind={cfg.generator.kind} makes {shape} images but the training data are "
-                f"{ctx.channels}x{ctx.size}x{ctx.size}"
-            )
-        b_real = cfg.train.batch_size // ctx.accelerator.num_processes
-        ratio = frozen.gen_cfg.synthetic_ratio
-        return cls(frozen, cfg.train.seed, max(1, round(b_real * ratio)))
+        ctx.check_shape(frozen.sampler(cfg.train.seed), f"generator.kind={cfg.generator.kind}")
+        return cls(frozen, cfg.train.seed, ctx.per_step(frozen.gen_cfg.synthetic_ratio))
 
     def contribute(self, batch: StepInput) -> Contribution:
         return Contribution([Chunk(self.sample(self.n, batch.images.device), "syn")])

@@ -118,15 +118,8 @@ class NaiveProducer(Producer):
                 )
             self.sample = source.sampler(cfg.train.seed)
             self.identity = {"run": str(Path(gen.run).resolve()), "hashes": art.hashes}
-        probe = self.sample(1, ctx.accelerator.device)
-        if tuple(probe.shape[1:]) != (ctx.channels, ctx.size, ctx.size):
-            shape = "x".join(str(v) for v in probe.shape[1:])
-            raise RunError(
-                f"the naive baseline's generator makes {shape} images but the training data are "
-                f"{ctx.channels}x{ctx.size}x{ctx.size}"
-            )
-        b_real = cfg.train.batch_size // ctx.accelerator.num_processes
-        self.n = max(1, round(b_real * gen.synthetic_ratio))
+        ctx.check_shape(self.sample, "the naive baseline's generator")
+        self.n = ctx.per_step(gen.synthetic_ratio)
         return self
 
     def contribute(self, batch: StepInput) -> Contribution:
