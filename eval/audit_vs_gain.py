@@ -11,7 +11,7 @@ with ``synthkit shards convert``) in one in-domain feature space (``--classifier
 
 - diffusion rows (``generator.kind: diffusion``): the run's last pool (``RUN/pools/epoch-*``, the guided
   hard samples and branched pairs of its last refresh), i.e. what the encoder saw at the end of training;
-- the naive row: the pool of unguided samples it drew from, remade (``DiffusionProducer.naive_pool``: the
+- the naive row: the pool of unguided samples it drew from, remade (``DiffusionSampler.naive_pool``: the
   same model and ``train.seed``, hence the same 1,024 images) and written as a shard set under ``--work``;
 - cGAN rows would need an export (``synthkit generate``); the script says so and skips them.
 
@@ -90,13 +90,13 @@ def _naive_pool(run: Path, source: Path, seed: int, work: Path) -> Path | None:
     import torch
 
     from synthkit.images import to_uint8
+    from synthkit.run_files.final import load_final
     from synthkit.shards import ShardSetWriter
-    from synthkit.training.artifacts import load_final
 
     out = work / f"naive-pool-{run.name}"
     if (out / "manifest.json").exists():
         return out
-    producer = load_final(str(source)).producer
+    producer = load_final(str(source)).sampler
     if producer is None or not hasattr(producer, "naive_pool"):
         return None
     images = to_uint8(producer.naive_pool(seed, torch.device("cpu")))

@@ -39,9 +39,9 @@ import torch
 from synthkit.config import load_pipeline
 from synthkit.export import generate
 from synthkit.objectives.scoring import Scorer
+from synthkit.run_files.final import load_final
 from synthkit.shards import ShardSetWriter
 from synthkit.shards import writer as shard_writer
-from synthkit.training.artifacts import load_final
 from synthkit.training.loop import train
 
 PIPELINES = Path(__file__).resolve().parents[1] / "pipelines"
@@ -74,7 +74,7 @@ def _timed_export(run: Path, out: Path, **request: Any) -> tuple[float, dict[str
     art = load_final(run)
     timers = _Timers()
     originals = {
-        "make": type(art.producer).make,
+        "make": type(art.sampler).make,
         "hardness": Scorer.hardness,
         "pair_similarity": Scorer.pair_similarity,
         "png": shard_writer._encode_png,
@@ -88,7 +88,7 @@ def _timed_export(run: Path, out: Path, **request: Any) -> tuple[float, dict[str
         # the PNG encoding inside write counts as png, the rest of it as tar+fsync
         timers.seconds["tar+fsync"] += time.perf_counter() - t - (timers.seconds["png"] - png_before)
 
-    type(art.producer).make = timers.wrap("sampling", originals["make"])  # type: ignore[method-assign]
+    type(art.sampler).make = timers.wrap("sampling", originals["make"])  # type: ignore[method-assign]
     Scorer.hardness = timers.wrap("scoring", originals["hardness"])  # type: ignore[method-assign]
     Scorer.pair_similarity = timers.wrap("scoring", originals["pair_similarity"])  # type: ignore[method-assign]
     shard_writer._encode_png = timers.wrap("png", originals["png"])
@@ -99,7 +99,7 @@ def _timed_export(run: Path, out: Path, **request: Any) -> tuple[float, dict[str
         res = generate(run, out, progress=False, **request)
         total = time.perf_counter() - t
     finally:
-        type(art.producer).make = originals["make"]  # type: ignore[method-assign]
+        type(art.sampler).make = originals["make"]  # type: ignore[method-assign]
         Scorer.hardness, Scorer.pair_similarity = originals["hardness"], originals["pair_similarity"]  # type: ignore[method-assign]
         shard_writer._encode_png = originals["png"]
         ShardSetWriter.write, ShardSetWriter.close = originals["write"], originals["close"]  # type: ignore[method-assign]

@@ -54,8 +54,8 @@ from torchvision import transforms
 from torchvision.datasets import ImageFolder
 
 from synthkit.config import DataConfig
+from synthkit.data.convert import convert_source
 from synthkit.data.sources import load_source
-from synthkit.shards.convert import convert_source
 from synthkit.shards.mix import MixedShardStream, MixSource, collate_images
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from diffusion_common import load_run
 
-from synthkit.producers.diffusion_sampling import Guidance, ddim_pairs, ddim_sample
+from synthkit.samplers.diffusion_sampling import Guidance, ddim_pairs, ddim_sample
 
 
 def _floats(text: str) -> list[float]:

@@ -48,7 +48,7 @@ from synthkit.config import PipelineConfig, load_pipeline  # noqa: E402
 from synthkit.data.sources import ImageSet, load_source, subset_indices  # noqa: E402
 from synthkit.data.views import to_float  # noqa: E402
 from synthkit.encoders.model import Encoder, extract_features  # noqa: E402
-from synthkit.training.artifacts import load_final  # noqa: E402
+from synthkit.run_files.final import load_final  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "eval"))
 from study_common import probe_scores, train_once  # noqa: E402

@@ -25,8 +25,8 @@ from scipy import linalg
 from synthkit.data.sources import load_source
 from synthkit.encoders.model import extract_features
 from synthkit.provenance import state_dict_hash
+from synthkit.run_files.final import load_final
 from synthkit.shards import iter_samples
-from synthkit.training.artifacts import load_final
 
 
 def fid(a: np.ndarray, b: np.ndarray) -> float:

@@ -140,9 +140,9 @@ def fault_table(args: argparse.Namespace, tmp: Path) -> list[dict[str, Any]]:
 
     from synthkit.audit import AuditConfig, audit
     from synthkit.config import DataConfig
+    from synthkit.data.convert import convert_source
     from synthkit.shards import location as loc
     from synthkit.shards import verify_shard_set
-    from synthkit.shards.convert import convert_source
 
     policy = _policy_flags(args)
     loc.configure(loc.RemotePolicy(**policy))
@@ -219,7 +219,7 @@ def fault_table(args: argparse.Namespace, tmp: Path) -> list[dict[str, Any]]:
 def every_tenth(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     """A longer streamed run through a server dropping every tenth request, against the local run."""
     from synthkit.config import DataConfig
-    from synthkit.shards.convert import convert_source
+    from synthkit.data.convert import convert_source
 
     policy = _policy_flags(args)
     www = tmp / "www10"

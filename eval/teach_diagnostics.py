@@ -36,8 +36,8 @@ from synthkit.encoders.model import Encoder, extract_features, load_encoder_weig
 from synthkit.images import rows_grid, to_uint8
 from synthkit.metrics.linear_probe import linear_probe_accuracy
 from synthkit.producers.conditions import Conditions, load_conditions
-from synthkit.training.artifacts import load_final
-from synthkit.training.checkpoint import checkpoint_dirs, verify_checkpoint
+from synthkit.run_files.checkpoint import checkpoint_dirs, verify_checkpoint
+from synthkit.run_files.final import load_final
 from synthkit.weights import load_state_dict
 
 LOG_KEYS = (

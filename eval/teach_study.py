@@ -83,8 +83,8 @@ from synthkit.data.sources import ImageSet, load_source  # noqa: E402
 from synthkit.data.views import to_float  # noqa: E402
 from synthkit.encoders.model import Encoder, extract_features, load_encoder_weights  # noqa: E402
 from synthkit.registry import SOURCES  # noqa: E402
-from synthkit.training.artifacts import load_final  # noqa: E402
-from synthkit.training.checkpoint import checkpoint_dirs, verify_checkpoint  # noqa: E402
+from synthkit.run_files.checkpoint import checkpoint_dirs, verify_checkpoint  # noqa: E402
+from synthkit.run_files.final import load_final  # noqa: E402
 
 ORDER_SEED = 2026
 VAL_PER_CLASS = {"fashion-mnist": 500, "digits": 35}

@@ -40,7 +40,7 @@ import logging
 import os
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +52,9 @@ from synthkit.atomic import check_output_dir, write_json_atomic, write_text_atom
 from synthkit.audit_stream import Batch, SetSide, TensorSide, open_side, stream_features
 from synthkit.audit_verdict import Gate
 from synthkit.config import DataConfig
+from synthkit.data.inspect import describe
 from synthkit.data.sources import load_source
+from synthkit.data.views import Views, to_float
 from synthkit.devices import resolve_device
 from synthkit.errors import AuditError, ConfigError, SynthkitError
 from synthkit.metrics import (
@@ -65,12 +67,14 @@ from synthkit.metrics import (
     pairs,
     prdc,
 )
-from synthkit.metrics.extractors import EXTRACTORS, FeatureExtractor, load_extractor
+from synthkit.metrics.extractors import EXTRACTORS, FeatureExtractor, encoder_extractor, load_extractor
+from synthkit.metrics.hardness import hardness_of
 from synthkit.metrics.knn import knn_predict
+from synthkit.objectives.scoring import Scorer
 from synthkit.provenance import created_by
 from synthkit.registry import SOURCES
 from synthkit.report.html import AuditImages, render_report, shown_indices
-from synthkit.shards.inspect import describe
+from synthkit.run_files.final import load_final
 from synthkit.shards.location import is_url
 
 logger = logging.getLogger(__name__)
@@ -243,9 +247,6 @@ class _HardnessStream:
     CHUNK = 256
 
     def __init__(self, encoder_run: str | os.PathLike[str], n_real: int, seed: int) -> None:
-        from synthkit.metrics.extractors import encoder_extractor
-        from synthkit.training.artifacts import load_final
-
         self.art = load_final(encoder_run)
         self.ext = encoder_extractor(encoder_run)
         self.ext.module = self.art.encoder  # one encoder, on the CPU
@@ -267,10 +268,6 @@ class _HardnessStream:
                 self.reference[slot] = batch.images[i].clone()
 
     def _score(self, x: torch.Tensor) -> None:
-        from synthkit.data.views import Views, to_float
-        from synthkit.metrics.hardness import hardness_of
-        from synthkit.objectives.scoring import Scorer
-
         if self.scorer is None:
             real_x = self.ext.prepare(torch.stack([r for r in self.reference if r is not None]))
             views = Views(self.art.cfg.views, self.ext.channels or x.shape[1], x.shape[-1])
@@ -690,6 +687,76 @@ def _gates(
     return gates
 
 
+@dataclass
+class _Inputs:
+    """Stage 1's result: both sets streamed through one extractor, and what the later stages read."""
+
+    set_dir: str
+    local: Path | None
+    manifest: dict[str, Any]
+    syn_side: SetSide
+    real_side: SetSide | TensorSide
+    ext: FeatureExtractor
+    chosen_by: str
+    width: int
+    classes: tuple[str, ...] | None
+    real_desc: dict[str, Any]
+    f_syn: torch.Tensor
+    f_real: torch.Tensor
+    metas: list[dict[str, Any]]
+    real_y: torch.Tensor | None
+    conversions: dict[str, Any]
+    hardness_stream: _HardnessStream | None
+    bad_counter: broken.BrokenCounter
+    real_bad: broken.BrokenCounter
+    dev: torch.device
+
+    @property
+    def n_syn(self) -> int:
+        return self.syn_side.count
+
+    @property
+    def n_real(self) -> int:
+        return self.real_side.count
+
+
+@dataclass
+class _Scores:
+    """What the metric stages fill in: the report's metrics, details and methods, and the per-sample values
+    the report's images are chosen by."""
+
+    metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
+    details: dict[str, Any] = field(default_factory=dict)
+    methods: dict[str, Any] = field(default_factory=dict)
+    knn_cache: dict[str, Any] = field(
+        default_factory=dict
+    )  # the real k-NN distances, reused by the reference
+    cover: dict[str, Any] = field(default_factory=dict)
+    ratio: np.ndarray | None = None
+    nn_distance: torch.Tensor | None = None
+    predicted: list[int] | None = None  # per sample, its kNN class (exact PRDC only: all samples)
+    pair_idx: list[tuple[int, int]] = field(default_factory=list)
+    feature_sims: list[float] = field(default_factory=list)
+    hardness_values: np.ndarray | None = None
+    conditions: list[int | None] = field(default_factory=list)
+
+
+class _Clock:
+    """Each stage's time, one log line per stage."""
+
+    def __init__(self) -> None:
+        self.timings: dict[str, float] = {}
+        self.last = time.perf_counter()
+
+    def step(self, name: str) -> None:
+        now = time.perf_counter()
+        self.timings[name] = round(now - self.last, 3)
+        self.last = now
+        logger.info(
+            "audit: %s done in %.1f s (peak RSS so far %s MiB)", name, self.timings[name], _peak_mib()
+        )
+
+
 def audit(
     shards: str | os.PathLike[str],
     real: str,
@@ -723,34 +790,66 @@ def audit(
         The report dict, as written to ``report.json``.
     """
     cfg = config or AuditConfig()
-    set_dir, out = str(shards), Path(out_dir)  # a URL stays text: Path would mangle "http://"
+    out = Path(out_dir)
+    _check_out(str(shards), out)
+    dev = resolve_device(device if device is not None else cfg.device, "--device")
+    clock = _Clock()
+    # 1. Inputs: both sets streamed through one extractor
+    inp = _read_inputs(
+        str(shards), real, real_root, cfg, dev, encoder_run, classifier, inception_weights, clock
+    )
+    # 2. Feature-space metrics, one family at a time
+    s = _Scores()
+    _fid_kid(inp, cfg, s)
+    clock.step("fid_kid")
+    _prdc_memorisation(inp, cfg, s)
+    clock.step("prdc_memorisation")
+    _uniformity(inp, cfg, s)
+    _class_coverage(inp, s)
+    # 3. Pairs, hardness, conditions, broken images
+    _pair_metrics(inp, s)
+    _hardness_metrics(inp, s)
+    _condition_metrics(inp, s)
+    _broken_metric(inp, s)
+    _separability(inp, cfg, s)
+    clock.step("other_metrics")
+    # 4. The real-vs-real reference in the same feature space, and the gates that read against it
+    reference, gates = _reference_and_gates(inp, cfg, real, real_root, s)
+    clock.step("reference_and_gates")
+    # 5. The report, then its rendering (the images it shows read again from the shards that hold them)
+    report = _assemble(inp, cfg, s, reference, gates, clock.timings)
+    html = _render(report, inp, s)
+    clock.step("render")  # the last timing: report.json holds them all
+    out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out / REPORT_HTML, html)
+    write_json_atomic(out / REPORT_JSON, report, indent=2)
+    return report
+
+
+def _check_out(set_dir: str, out: Path) -> None:
+    """The report's directory: never inside the audited set (a URL stays text: Path would mangle it)."""
     local = None if is_url(set_dir) else Path(set_dir).resolve()
     if local is not None and local in (out.resolve(), *out.resolve().parents):
         raise AuditError(
             f"refusing to write the audit into the shard set {set_dir}; choose a directory outside"
         )
     check_output_dir(out)
-    dev = resolve_device(device if device is not None else cfg.device, "--device")
-    timings: dict[str, float] = {}
-    clock = time.perf_counter()
 
-    def step(name: str) -> None:
-        nonlocal clock
-        now = time.perf_counter()
-        timings[name] = round(now - clock, 3)
-        clock = now
-        logger.info("audit: %s done in %.1f s (peak RSS so far %s MiB)", name, timings[name], _peak_mib())
 
-    # 1. Inputs: the synthetic set's manifest and image size choose the extractor; both sets are streamed.
-    syn_side = open_side(set_dir, "synthetic", cfg.max_samples)
-    manifest = syn_side.manifest
-    _, width, channels = syn_side.peek()
+def _extractor_for(
+    manifest: dict[str, Any],
+    cfg: AuditConfig,
+    encoder_run: str | os.PathLike[str] | None,
+    classifier: str | os.PathLike[str] | None,
+    inception_weights: str | os.PathLike[str] | None,
+) -> tuple[str, str | os.PathLike[str] | None, str]:
+    """The extractor's kind, the encoder run it (and recomputed hardness) uses, and why it was chosen."""
     kind, chosen_by = cfg.extractor, f"extractor: {cfg.extractor}"
     if kind == AUTO:
-        kind, encoder_run, chosen_by = choose_extractor(
+        return choose_extractor(
             manifest, encoder_run=encoder_run, classifier=classifier, inception_weights=inception_weights
         )
-    elif kind == "encoder" and encoder_run is None:
+    if kind == "encoder" and encoder_run is None:
         # the encoder of the run that made the set, as `auto` would choose it
         found, run, why = choose_extractor(manifest)
         if found != "encoder":
@@ -758,13 +857,33 @@ def audit(
                 "--extractor encoder needs a run directory (--encoder RUN_DIR): the set's manifest names no "
                 "run whose final/ is on this machine"
             )
-        encoder_run, chosen_by = run, f"extractor: encoder; {why.removeprefix('default: ')}"
+        return kind, run, f"extractor: encoder; {why.removeprefix('default: ')}"
+    return kind, encoder_run, chosen_by
+
+
+def _read_inputs(
+    set_dir: str,
+    real: str,
+    real_root: str | None,
+    cfg: AuditConfig,
+    dev: torch.device,
+    encoder_run: str | os.PathLike[str] | None,
+    classifier: str | os.PathLike[str] | None,
+    inception_weights: str | os.PathLike[str] | None,
+    clock: _Clock,
+) -> _Inputs:
+    """Stage 1: the synthetic set's manifest and image size choose the extractor; both sets are streamed
+    through it, broken images counted and hardness recomputed on the way."""
+    syn_side = open_side(set_dir, "synthetic", cfg.max_samples)
+    manifest = syn_side.manifest
+    _, width, _channels = syn_side.peek()
+    kind, encoder_run, chosen_by = _extractor_for(manifest, cfg, encoder_run, classifier, inception_weights)
     ext: FeatureExtractor = load_extractor(
         kind,
         encoder_run=encoder_run,
         classifier=classifier,
         inception_weights=inception_weights,
-        pixels_shape=(width, channels),
+        pixels_shape=(width, _channels),
     )
     real_side, classes, real_desc = _open_real(
         real, real_root, cfg.real_split, ext.size or width, ext.channels, cfg.max_real, cfg.seed
@@ -780,7 +899,7 @@ def audit(
     real_stream = stream_features(
         real_side.batches(cfg.batch_size), n_real, ext, dev, batch_size=cfg.batch_size, hooks=real_hooks
     )
-    step("real_features")
+    clock.step("real_features")
     bad_counter = broken.BrokenCounter(saturated_fraction=cfg.saturated_fraction, max_listed=MAX_LISTED)
     hooks: list[Any] = [lambda b: bad_counter.add(b.images, b.start)]
     if hardness_stream is not None:
@@ -788,8 +907,7 @@ def audit(
     syn_stream = stream_features(
         syn_side.batches(cfg.batch_size), n_syn, ext, dev, batch_size=cfg.batch_size, hooks=hooks
     )
-    step("synthetic_features")
-    f_syn, f_real, metas = syn_stream.features, real_stream.features, syn_stream.metas
+    clock.step("synthetic_features")
     labels = real_stream.labels
     real_y = torch.tensor(labels, dtype=torch.int64) if all(c is not None for c in labels) else None
     real_desc["labels"] = real_y is not None
@@ -799,35 +917,44 @@ def audit(
         else None
         for name, st in (("synthetic", syn_stream), ("real", real_stream))
     }
+    local = None if is_url(set_dir) else Path(set_dir).resolve()
+    return _Inputs(
+        set_dir, local, manifest, syn_side, real_side, ext, chosen_by, width, classes, real_desc,
+        syn_stream.features, real_stream.features, syn_stream.metas, real_y, conversions, hardness_stream,
+        bad_counter, real_bad, dev,
+    )  # fmt: skip
 
-    # 2. Feature-space metrics.
-    xid = ext.ident
-    metrics: dict[str, dict[str, Any]] = {}
-    details: dict[str, Any] = {}
-    metrics[fid.FID] = _score(
+
+def _fid_kid(inp: _Inputs, cfg: AuditConfig, s: _Scores) -> None:
+    """FID (exact: float64 moments of all features) and KID."""
+    xid, f_real, f_syn = inp.ext.ident, inp.f_real, inp.f_syn
+    s.metrics[fid.FID] = _score(
         fid.fid(f_real, f_syn, cfg.chunk_size), xid, "Frechet distance (lower is closer)"
     )
     kid_mean, kid_std, kid_how = _kid(f_real, f_syn, cfg)
-    metrics[fid.KID_MEAN] = _score(kid_mean, xid, f"KID, {kid_how}")
-    metrics[fid.KID_STD] = _score(
+    s.metrics[fid.KID_MEAN] = _score(kid_mean, xid, f"KID, {kid_how}")
+    s.metrics[fid.KID_STD] = _score(
         kid_std,
         xid,
         "KID, std between the subsets"
         if kid_std is not None
         else "KID's std: not measurable (set too small)",
     )
-    step("fid_kid")
-    knn_cache: dict[str, Any] = {}  # the real k-NN distances, reused by the reference (same real features)
-    scores, prdc_how, (nn_distance, nn_index, real_nn1), mem_how, cover = _prdc_and_neighbours(
-        f_real, f_syn, cfg, knn_cache
-    )
-    methods: dict[str, Any] = {
-        "features": {"device": str(dev), "streamed": True, "batch_size": cfg.batch_size},
-        "fid": {"exact": True, "method": "float64 mean and covariance of all features (streamed sums)"},
-        "kid": {"exact": True, "method": f"{kid_how} (KID's definition)"},
-        "prdc": prdc_how,
-        "memorisation": mem_how,
+    s.methods["features"] = {"device": str(inp.dev), "streamed": True, "batch_size": cfg.batch_size}
+    s.methods["fid"] = {
+        "exact": True,
+        "method": "float64 mean and covariance of all features (streamed sums)",
     }
+    s.methods["kid"] = {"exact": True, "method": f"{kid_how} (KID's definition)"}
+
+
+def _prdc_memorisation(inp: _Inputs, cfg: AuditConfig, s: _Scores) -> None:
+    """Precision, recall, density, coverage and memorisation, from one set of nearest neighbours."""
+    xid = inp.ext.ident
+    scores, prdc_how, (nn_distance, nn_index, real_nn1), mem_how, s.cover = _prdc_and_neighbours(
+        inp.f_real, inp.f_syn, cfg, s.knn_cache
+    )
+    s.methods["prdc"], s.methods["memorisation"] = prdc_how, mem_how
     texts = {
         prdc.PRECISION: "share of samples on the real manifold (fidelity)",
         prdc.RECALL: "share of real images on the samples' manifold (diversity)",
@@ -835,194 +962,239 @@ def audit(
         prdc.COVERAGE: "share of real neighbourhoods holding a sample (diversity)",
     }
     for key, value in scores.items():
-        metrics[key] = _score(value, xid, texts[key], k=cfg.k, estimated=_estimated(prdc_how, key))
+        s.metrics[key] = _score(value, xid, texts[key], k=cfg.k, estimated=_estimated(prdc_how, key))
         if not prdc_how["exact"]:
-            metrics[key]["std"] = prdc_how["std"][key]
+            s.metrics[key]["std"] = prdc_how["std"][key]
     mem = memorisation.memorisation_from_neighbours(
         nn_distance, nn_index, real_nn1, threshold=cfg.memorisation_threshold, top=cfg.top
     )
-    ratio = (nn_distance / real_nn1[nn_index].clamp_min(1e-12)).numpy()
-    details[memorisation.MEMORISATION] = {**mem, "method": mem_how}
-    metrics["memorisation_suspects"] = _score(
+    s.ratio = (nn_distance / real_nn1[nn_index].clamp_min(1e-12)).numpy()
+    s.nn_distance = nn_distance
+    s.details[memorisation.MEMORISATION] = {**mem, "method": mem_how}
+    s.metrics["memorisation_suspects"] = _score(
         mem["suspect_count"],
         xid,
         f"samples nearer a real image than {cfg.memorisation_threshold} x its nearest real neighbour",
         fraction=mem["suspect_fraction"],
         estimated=_estimated(mem_how),
     )
-    step("prdc_memorisation")
+
+
+def _uniformity(inp: _Inputs, cfg: AuditConfig, s: _Scores) -> None:
+    """Wang & Isola uniformity of each set, on seeded subsamples."""
+    xid = inp.ext.ident
     u_syn = alignment_uniformity.uniformity(
-        _subsample(f_syn, cfg.uniformity_max, cfg.seed), chunk_size=cfg.chunk_size
+        _subsample(inp.f_syn, cfg.uniformity_max, cfg.seed), chunk_size=cfg.chunk_size
     )
     u_real = alignment_uniformity.uniformity(
-        _subsample(f_real, cfg.uniformity_max, cfg.seed + 1), chunk_size=cfg.chunk_size
+        _subsample(inp.f_real, cfg.uniformity_max, cfg.seed + 1), chunk_size=cfg.chunk_size
     )
-    methods["uniformity"] = {
-        "exact": max(n_syn, n_real) <= cfg.uniformity_max,
+    s.methods["uniformity"] = {
+        "exact": max(inp.n_syn, inp.n_real) <= cfg.uniformity_max,
         "method": f"all pairs of a seeded subsample of at most {cfg.uniformity_max} points per set",
     }
-    metrics["uniformity_synthetic"] = _score(u_syn, xid, "Wang & Isola uniformity (t=2) of the samples")
-    metrics["uniformity_real"] = _score(u_real, xid, "the same for the real images, for reference")
-    predicted: list[int] | None = None  # per sample, its kNN class (exact PRDC only: all samples)
-    if real_y is not None:
-        num_classes = int(real_y.max()) + 1
-        cc, pred = _class_view(f_real, real_y, cover, f_syn, classes)
-        ri = cover["real_index"]
-        if cover["fake_index"] is None:
-            predicted = pred.tolist()
-        details[conditions_coverage.CLASS_COVERAGE] = {
-            **cc,
-            "extractor": xid,
-            "predicted_by": "weighted kNN, k=20" + ("" if ri is None else " on PRDC's first sample"),
-        }
-        metrics["classes_generated"] = _score(
-            cc["classes_generated"], xid, f"classes (of {num_classes}) the samples are assigned to by kNN"
-        )
-        metrics["min_class_coverage"] = _score(
-            cc["min_class_coverage"],
-            xid,
-            "coverage of the worst class",
-            estimated=None if ri is None else "on PRDC's first sample",
+    s.metrics["uniformity_synthetic"] = _score(u_syn, xid, "Wang & Isola uniformity (t=2) of the samples")
+    s.metrics["uniformity_real"] = _score(u_real, xid, "the same for the real images, for reference")
+
+
+def _class_coverage(inp: _Inputs, s: _Scores) -> None:
+    """With labelled real data: the classes the samples are assigned to by kNN, and each class's coverage."""
+    if inp.real_y is None:
+        return
+    xid = inp.ext.ident
+    num_classes = int(inp.real_y.max()) + 1
+    cc, pred = _class_view(inp.f_real, inp.real_y, s.cover, inp.f_syn, inp.classes)
+    ri = s.cover["real_index"]
+    if s.cover["fake_index"] is None:
+        s.predicted = pred.tolist()
+    s.details[conditions_coverage.CLASS_COVERAGE] = {
+        **cc,
+        "extractor": xid,
+        "predicted_by": "weighted kNN, k=20" + ("" if ri is None else " on PRDC's first sample"),
+    }
+    s.metrics["classes_generated"] = _score(
+        cc["classes_generated"], xid, f"classes (of {num_classes}) the samples are assigned to by kNN"
+    )
+    s.metrics["min_class_coverage"] = _score(
+        cc["min_class_coverage"],
+        xid,
+        "coverage of the worst class",
+        estimated=None if ri is None else "on PRDC's first sample",
+    )
+
+
+def _pair_metrics(inp: _Inputs, s: _Scores) -> None:
+    """Positive pairs: their feature similarity (and its trend over generator steps) and alignment."""
+    metas, xid = inp.metas, inp.ext.ident
+    s.pair_idx = _find_pairs(metas)
+    if not s.pair_idx:
+        s.details["pairs"] = {"count": 0}
+        return
+    a_idx = torch.tensor([a for a, _ in s.pair_idx], device=inp.dev)
+    b_idx = torch.tensor([b for _, b in s.pair_idx], device=inp.dev)
+    steps = [_pair_step(metas[a], metas[b]) for a, b in s.pair_idx]
+    s.feature_sims = pairs.pair_cosine(inp.f_syn[a_idx], inp.f_syn[b_idx]).tolist()
+    recorded = [_number(metas[a], "pair_similarity") for a, _ in s.pair_idx]
+    known = [(v, st) for v, st in zip(recorded, steps, strict=True) if v is not None]
+    s.details["pairs"] = {
+        "count": len(s.pair_idx),
+        "feature_similarity": {**pairs.pair_similarity_summary(s.feature_sims, steps), "extractor": xid},
+        "recorded_similarity": pairs.pair_similarity_summary(*zip(*known, strict=True)) if known else None,
+    }
+    s.metrics["pair_similarity"] = _score(
+        float(np.mean(s.feature_sims)), xid, "mean cosine similarity of pairs"
+    )
+    s.metrics["alignment_pairs"] = _score(
+        alignment_uniformity.alignment(inp.f_syn[a_idx], inp.f_syn[b_idx]),
+        xid,
+        "Wang & Isola alignment of pairs",
+    )
+    trend = s.details["pairs"]["feature_similarity"]["trend"]
+    if trend is not None:
+        s.metrics["pair_similarity_trend"] = _score(
+            trend["slope_per_1k_steps"], xid, "change of pair similarity per 1,000 generator steps"
         )
 
-    # 3. Pairs, hardness, conditions, broken images.
-    pair_idx = _find_pairs(metas)
-    feature_sims: list[float] = []
-    if pair_idx:
-        a_idx = torch.tensor([a for a, _ in pair_idx], device=dev)
-        b_idx = torch.tensor([b for _, b in pair_idx], device=dev)
-        steps = [_pair_step(metas[a], metas[b]) for a, b in pair_idx]
-        feature_sims = pairs.pair_cosine(f_syn[a_idx], f_syn[b_idx]).tolist()
-        recorded = [_number(metas[a], "pair_similarity") for a, _ in pair_idx]
-        known = [(s, st) for s, st in zip(recorded, steps, strict=True) if s is not None]
-        details["pairs"] = {
-            "count": len(pair_idx),
-            "feature_similarity": {**pairs.pair_similarity_summary(feature_sims, steps), "extractor": xid},
-            "recorded_similarity": pairs.pair_similarity_summary(*zip(*known, strict=True))
-            if known
-            else None,
-        }
-        metrics["pair_similarity"] = _score(
-            float(np.mean(feature_sims)), xid, "mean cosine similarity of pairs"
-        )
-        metrics["alignment_pairs"] = _score(
-            alignment_uniformity.alignment(f_syn[a_idx], f_syn[b_idx]), xid, "Wang & Isola alignment of pairs"
-        )
-        trend = details["pairs"]["feature_similarity"]["trend"]
-        if trend is not None:
-            metrics["pair_similarity_trend"] = _score(
-                trend["slope_per_1k_steps"], xid, "change of pair similarity per 1,000 generator steps"
-            )
-    else:
-        details["pairs"] = {"count": 0}
-    recorded_h = [_number(m, "hardness") for m in metas]
-    hardness_values: np.ndarray | None = None
+
+def _hardness_metrics(inp: _Inputs, s: _Scores) -> None:
+    """Hardness as the samples record it, and recomputed under an encoder when a run is given."""
+    recorded_h = [_number(m, "hardness") for m in inp.metas]
     hard: dict[str, Any] = {}
     if all(h is not None for h in recorded_h):
-        hardness_values = np.asarray(recorded_h, dtype=np.float64)
+        s.hardness_values = np.asarray(recorded_h, dtype=np.float64)
         hard["recorded"] = {**describe(recorded_h), "extractor": None, "source": "sample metadata"}
-        metrics["hardness_recorded_mean"] = _score(hard["recorded"]["mean"], None, "mean recorded hardness")
-    if hardness_stream is not None:
-        values, enc_id = hardness_stream.finish(), hardness_stream.ext.ident
-        hardness_values = values.astype(np.float64)
+        s.metrics["hardness_recorded_mean"] = _score(hard["recorded"]["mean"], None, "mean recorded hardness")
+    if inp.hardness_stream is not None:
+        values, enc_id = inp.hardness_stream.finish(), inp.hardness_stream.ext.ident
+        s.hardness_values = values.astype(np.float64)
         hard["encoder"] = {**describe(values.tolist()), "extractor": enc_id, "source": "recomputed NT-Xent"}
-        metrics["hardness_mean"] = _score(
+        s.metrics["hardness_mean"] = _score(
             float(values.mean()), enc_id, "mean per-sample NT-Xent under the encoder"
         )
-    details["hardness"] = hard or None
-    conditions = [m.get("condition") if isinstance(m.get("condition"), int) else None for m in metas]
-    details[conditions_coverage.CONDITION_COVERAGE] = conditions_coverage.condition_coverage(
-        conditions, _num_conditions(metas, manifest)
-    )
-    if details[conditions_coverage.CONDITION_COVERAGE]["conditions_seen"]:
-        metrics["condition_entropy"] = _score(
-            details[conditions_coverage.CONDITION_COVERAGE]["normalized_entropy"],
+    s.details["hardness"] = hard or None
+
+
+def _condition_metrics(inp: _Inputs, s: _Scores) -> None:
+    """Condition counts and their entropy."""
+    metas = inp.metas
+    s.conditions = [m.get("condition") if isinstance(m.get("condition"), int) else None for m in metas]
+    coverage = conditions_coverage.condition_coverage(s.conditions, _num_conditions(metas, inp.manifest))
+    s.details[conditions_coverage.CONDITION_COVERAGE] = coverage
+    if coverage["conditions_seen"]:
+        s.metrics["condition_entropy"] = _score(
+            coverage["normalized_entropy"],
             None,
             "entropy of condition counts / log(number of conditions); 1 = uniform",
         )
-    # counted per batch; report.json lists the first MAX_LISTED indices per reason, even for a set all blank
-    bad = bad_counter.result()
-    details[broken.BROKEN] = bad
-    metrics["broken"] = _score(
-        bad["broken"], None, "constant, saturated or non-finite images", fraction=bad["fraction"]
-    )
-    separability = conditions_coverage.condition_separability(f_syn, conditions, seed=cfg.seed)
+
+
+def _separability(inp: _Inputs, cfg: AuditConfig, s: _Scores) -> None:
+    """How separable the samples' conditions are in feature space (leave-one-out kNN)."""
+    xid = inp.ext.ident
+    separability = conditions_coverage.condition_separability(inp.f_syn, s.conditions, seed=cfg.seed)
     if separability is not None:
-        details[conditions_coverage.CONDITION_SEPARABILITY] = {**separability, "extractor": xid}
-        metrics["condition_separability"] = _score(
+        s.details[conditions_coverage.CONDITION_SEPARABILITY] = {**separability, "extractor": xid}
+        s.metrics["condition_separability"] = _score(
             separability["accuracy"],
             xid,
             f"leave-one-out kNN accuracy of the samples' conditions (chance {separability['chance']:.3f})",
         )
-    step("other_metrics")
 
-    # 4. The real-vs-real reference in the same feature space, and the gates that read against it.
-    ref, ref_desc = _open_reference(real, real_root, cfg, ext, width, f_real, real_y, n_syn, dev)
+
+def _broken_metric(inp: _Inputs, s: _Scores) -> None:
+    """Broken images, counted per batch; report.json lists the first MAX_LISTED indices per reason, even
+    for a set all blank."""
+    bad = inp.bad_counter.result()
+    s.details[broken.BROKEN] = bad
+    s.metrics["broken"] = _score(
+        bad["broken"], None, "constant, saturated or non-finite images", fraction=bad["fraction"]
+    )
+
+
+def _reference_and_gates(
+    inp: _Inputs, cfg: AuditConfig, real: str, real_root: str | None, s: _Scores
+) -> tuple[dict[str, Any], list[Gate]]:
+    """The real-vs-real reference in the same feature space (each figure gets its reference), then the
+    gates that read against it."""
+    ref, ref_desc = _open_reference(
+        real, real_root, cfg, inp.ext, inp.width, inp.f_real, inp.real_y, inp.n_syn, inp.dev
+    )
     reference: dict[str, Any] = {"desc": ref_desc, "figures": None, "synthetic": None}
     if ref is not None:
-        reference["figures"] = _figures(ref.real, ref.real_labels, ref.held, cfg, classes, knn_cache)
+        reference["figures"] = _figures(ref.real, ref.real_labels, ref.held, cfg, inp.classes, s.knn_cache)
         n_ref = ref.held.shape[0]
-        if ref.real is f_real and n_ref >= n_syn:
+        if ref.real is inp.f_real and n_ref >= inp.n_syn:
             reference["synthetic"] = None  # the synthetic figures above are already at the reference's size
         else:
-            matched = _subsample(f_syn, n_ref, cfg.seed + 3)
-            reference["synthetic"] = _figures(ref.real, ref.real_labels, matched, cfg, classes, knn_cache)
-        _attach_reference(metrics, reference)
-    reference["extractor_quality"] = _extractor_quality(ext, ref)
-    real_broken = real_bad.result()["fraction"]
+            matched = _subsample(inp.f_syn, n_ref, cfg.seed + 3)
+            reference["synthetic"] = _figures(
+                ref.real, ref.real_labels, matched, cfg, inp.classes, s.knn_cache
+            )
+        _attach_reference(s.metrics, reference)
+    reference["extractor_quality"] = _extractor_quality(inp.ext, ref)
+    real_broken = inp.real_bad.result()["fraction"]
     reference["real_broken_fraction"] = real_broken
-    metrics["broken"]["reference"] = real_broken  # a fraction, like the metric's "fraction"
-    gates = _gates(metrics, details, reference, real_broken, cfg)
+    s.metrics["broken"]["reference"] = real_broken  # a fraction, like the metric's "fraction"
+    gates = _gates(s.metrics, s.details, reference, real_broken, cfg)
     if reference["synthetic"] is None and reference["figures"] is not None:
         reference["synthetic"] = {"same_as": "metrics (the synthetic set is already at the reference's size)"}
-    details["real_row"] = _real_row(real_y, n_real, cfg)
-    step("reference_and_gates")
+    s.details["real_row"] = _real_row(inp.real_y, inp.n_real, cfg)
+    return reference, gates
 
-    # 5. The report; the images it shows are read again from the shards that hold them.
-    producer = manifest.get("producer")
-    report = {
+
+def _assemble(
+    inp: _Inputs,
+    cfg: AuditConfig,
+    s: _Scores,
+    reference: dict[str, Any],
+    gates: list[Gate],
+    timings: dict[str, float],
+) -> dict[str, Any]:
+    """The report dict (``report.json``)."""
+    producer = inp.manifest.get("producer")
+    return {
         "format": AUDIT_FORMAT,
         "version": AUDIT_VERSION,
         "shards": {
-            "dir": set_dir if local is None else str(local),
-            "name": manifest.get("name"),
-            "total": manifest.get("total"),
-            "audited": n_syn,
+            "dir": inp.set_dir if inp.local is None else str(inp.local),
+            "name": inp.manifest.get("name"),
+            "total": inp.manifest.get("total"),
+            "audited": inp.n_syn,
             "producer": producer.get("name") if isinstance(producer, dict) else producer,
             "hashes": producer.get("hashes") if isinstance(producer, dict) else None,
-            "by_kind": dict(Counter(str(m.get("kind")) for m in metas)),
+            "by_kind": dict(Counter(str(m.get("kind")) for m in inp.metas)),
         },
-        "real": real_desc,
-        "extractor": {**ext.describe(), "chosen_by": chosen_by},
-        "conversions": conversions,
+        "real": inp.real_desc,
+        "extractor": {**inp.ext.describe(), "chosen_by": inp.chosen_by},
+        "conversions": inp.conversions,
         "verdict": audit_verdict.verdict(gates),
         "reference": reference,
-        "methods": methods,
-        "metrics": metrics,
-        "details": details,
+        "methods": s.methods,
+        "metrics": s.metrics,
+        "details": s.details,
         "config": asdict(cfg),
         "created_by": created_by(),
         "timings_s": timings,
     }
-    want_syn, want_real = shown_indices(report, conditions, hardness_values, pair_idx)
+
+
+def _render(report: dict[str, Any], inp: _Inputs, s: _Scores) -> str:
+    """``report.html``: the images it shows are read again from only the shards that hold them."""
+    want_syn, want_real = shown_indices(report, s.conditions, s.hardness_values, s.pair_idx)
+    assert s.ratio is not None and s.nn_distance is not None
     images = AuditImages(
-        synthetic=syn_side.fetch(want_syn),
-        real=real_side.fetch(want_real),
-        conditions=conditions,
-        hardness=hardness_values,
-        pairs=pair_idx,
+        synthetic=inp.syn_side.fetch(want_syn),
+        real=inp.real_side.fetch(want_real),
+        conditions=s.conditions,
+        hardness=s.hardness_values,
+        pairs=s.pair_idx,
         values={
-            "memorisation_ratio": ratio,
-            "nearest_real_distance": nn_distance.numpy(),
-            "pair_similarity": np.asarray(feature_sims if pair_idx else []),
+            "memorisation_ratio": s.ratio,
+            "nearest_real_distance": s.nn_distance.numpy(),
+            "pair_similarity": np.asarray(s.feature_sims if s.pair_idx else []),
         },
-        predicted=predicted,
-        classes=classes,
-        condition_names=_condition_names(metas, classes),
+        predicted=s.predicted,
+        classes=inp.classes,
+        condition_names=_condition_names(inp.metas, inp.classes),
     )
-    html = render_report(report, images)
-    step("render")  # the last timing: report.json holds them all
-    out.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out / REPORT_HTML, html)
-    write_json_atomic(out / REPORT_JSON, report, indent=2)
-    return report
+    return render_report(report, images)

@@ -116,7 +116,7 @@ def _cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
     elif result.summary:
         last = result.summary.get("last_epoch", {})
         knn = f", kNN {last['knn_acc']:.4f}" if "knn_acc" in last else ""
-        pre = getattr(cfg.generator, "pretrain_steps", 0) if cfg.hsg.enabled or cfg.hpg.enabled else 0
+        pre = cfg.generator.steps_before_epochs if cfg.producer_active else 0
         gan = f" after {pre} GAN pre-training steps" if pre else ""
         done = f"{result.summary['epochs']} epochs ({result.summary['steps']} steps)"
         print(f"trained {done}{gan}{knn}; run: {out}")
@@ -297,8 +297,8 @@ def _seed(text: str) -> int:
 
 def _cmd_shards_convert(args: argparse.Namespace, extra: list[str]) -> int:
     from synthkit.config import DataConfig
+    from synthkit.data.convert import TRAINING_SIZES, convert_source, default_dir, default_name
     from synthkit.data.sources import check_source
-    from synthkit.shards.convert import TRAINING_SIZES, convert_source, default_dir, default_name
     from synthkit.shards.format import is_safe_name
     from synthkit.shards.location import is_url
 
@@ -380,7 +380,7 @@ def _cmd_shards_index(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def _cmd_shards_inspect(args: argparse.Namespace, extra: list[str]) -> int:
-    from synthkit.shards.inspect import format_summary, inspect_shard_set
+    from synthkit.data.inspect import format_summary, inspect_shard_set
 
     _no_extra(extra)
     if args.per_row < 1:

@@ -246,6 +246,11 @@ class GeneratorConfig:
     def check_pipeline(self, cfg: PipelineConfig) -> None:
         """What this producer needs of the other sections (raise ConfigError); ``PipelineConfig`` calls it."""
 
+    @property
+    def steps_before_epochs(self) -> int:
+        """Generator steps a run takes before the encoder's first epoch (the cGAN's pre-training)."""
+        return 0
+
 
 def streamed_method_data(cfg: PipelineConfig) -> None:
     """HSG and HPG on real data streamed from shard sets (``mix.sources``): conditions are fitted on a
@@ -294,6 +299,10 @@ class CGanConfig(GeneratorConfig):
     weights: str | None = None
     discriminator_builder: str | None = None
     discriminator_weights: str | None = None
+
+    @property
+    def steps_before_epochs(self) -> int:
+        return self.pretrain_steps
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -706,6 +715,7 @@ class RemoteConfig:
     backoff_max_s: float = 30.0
 
     def __post_init__(self) -> None:
+        # lazily: loading a config must not import the shard reader and writer (synthkit/shards/__init__)
         from synthkit.shards.location import RemotePolicy
 
         try:
@@ -768,7 +778,7 @@ class PipelineConfig:
                             f"{gen.kind} does not use it (it reads {section}.{', '.join(reads)}); remove it"
                         )
         _check(
-            self.train.epochs >= 1 or getattr(gen, "pretrain_steps", 0) > 0,
+            self.train.epochs >= 1 or gen.steps_before_epochs > 0,
             "train.epochs",
             "must be >= 1 (0 trains the GAN alone, and needs generator.pretrain_steps > 0)",
         )

@@ -18,7 +18,7 @@ from synthkit.encoders.model import extract_features
 from synthkit.errors import ConfigError
 from synthkit.metrics.knn import knn_accuracy, knn_k_problem
 from synthkit.metrics.linear_probe import linear_probe_accuracy
-from synthkit.training.artifacts import load_final
+from synthkit.run_files.final import load_final
 
 logger = logging.getLogger(__name__)
 

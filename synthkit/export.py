@@ -1,7 +1,8 @@
 """``synthkit generate``: a finished run's synthetic samples as a shard set, for every producer.
 
-One path for every producer (``producers/base.py``): the run records its producer kind and the hash of every
-weight file, ``load_final`` verifies them, and the producer makes chunks of samples on request. ``kind``
+One path for every producer: the run records its producer kind and the hash of every weight file,
+``load_final`` verifies them and loads the run's frozen sampler (``samplers/``), which makes chunks of
+samples on request. ``kind``
 picks what is written: ``hard`` (HSG's samples), ``pair`` (HPG's positive pairs: samples ``pair_a`` and
 ``pair_b`` sharing a ``pair_id``, with their pair similarity) or ``all`` (both: the pairs first, whose
 metadata has every field a hard sample's has, so that a reader that infers a schema from the first few
@@ -21,8 +22,9 @@ says which shards are complete and intact, chunks before them are skipped, the c
 sample is recomputed whole (its hardness depends on the whole chunk) and only the missing samples are written.
 The result is byte-identical to an uninterrupted run; the per-sample results of the kept shards are read back
 from them, not regenerated. ``preview.png`` (a grid, one row per condition) is published before the manifest,
-so a set with a manifest always has its preview. The diffusion producer writes its training pools through
-:func:`write_samples` too, so a pool the encoder trained on and an exported set have one format.
+so a set with a manifest always has its preview. Chunks become shards in ``samplers/write.py``
+(:func:`~synthkit.samplers.write.write_samples`), through which the diffusion trainer writes its training
+pools too, so a pool the encoder trained on and an exported set have one format.
 
 Several processes. Under ``accelerate launch`` (W processes) the set is split by global sample index into W
 parts of whole shards (``shards.writer.Part``): process r makes the chunks that hold part r's samples (a
@@ -39,6 +41,7 @@ parts once all are written. Exports compute on the CPU, as a one-process export 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -46,8 +49,7 @@ import math
 import os
 import re
 import tempfile
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -56,18 +58,18 @@ import torch
 
 from synthkit.atomic import check_output_dir, save_image_atomic, write_json_atomic
 from synthkit.config import from_dict, to_dict
+from synthkit.data.batches import REFERENCE_EPOCH, MixBatches, sample_images
 from synthkit.data.sources import load_source
 from synthkit.data.views import Views
 from synthkit.errors import ExportError, SynthkitError
-from synthkit.images import Panel, labelled_grid, to_uint8
-from synthkit.objectives.scoring import Scorer, pair_groups, reference_batch
+from synthkit.images import Panel, labelled_grid
+from synthkit.objectives.scoring import Scorer, reference_batch
 from synthkit.progress import Phase
 from synthkit.provenance import created_by
+from synthkit.run_files.final import RunArtifacts, load_final
+from synthkit.samplers.write import Previews, SetEvents, SetPlan, WriteResult, read_back, write_samples
 from synthkit.shards import (
     ShardSetExistsError,
-    ShardSetWriter,
-    decode_sample,
-    iter_shard_members,
     read_manifest,
 )
 from synthkit.shards.format import is_safe_name, shard_pattern, temp_name
@@ -75,14 +77,13 @@ from synthkit.shards.location import is_url
 from synthkit.shards.output import SetOutput, lock_part, open_output
 from synthkit.shards.parts import find_part_journals, publish_parts
 from synthkit.shards.writer import Part, journal_name
-from synthkit.training.artifacts import load_final
 
 if TYPE_CHECKING:
     from PIL import Image
 
-    from synthkit.producers.base import Producer
+    from synthkit.samplers.base import Sampler
 
-__all__ = ["ExportError", "ExportResult", "generate", "write_samples"]
+__all__ = ["ExportError", "ExportResult", "generate"]
 
 logger = logging.getLogger(__name__)
 
@@ -119,187 +120,11 @@ class ExportResult:
     part: dict[str, Any] | None = None  # one part written alone: its record (no manifest yet)
 
 
-@dataclass(frozen=True)
-class ChunkPlan:
-    kind: str  # "hard" or "pair"
-    first: int  # global index of the chunk's first sample in the set
-    start: int  # index of the first sample within its kind
-    size: int
-
-
-def plan_chunks(counts: dict[str, int], batch_size: int) -> list[ChunkPlan]:
-    """Every chunk of a set of ``counts`` samples per kind (pairs first), ``batch_size`` samples each (pairs:
-    an even number, so no pair is split)."""
-    out: list[ChunkPlan] = []
-    offset = 0
-    for kind in ("pair", "hard"):
-        n = counts.get(kind, 0)
-        bs = batch_size if kind == "hard" else max(2, batch_size - batch_size % 2)
-        out += [ChunkPlan(kind, offset + start, start, min(bs, n - start)) for start in range(0, n, bs)]
-        offset += n
-    return out
-
-
-@dataclass
-class WriteResult:
-    manifest: dict[str, Any]
-    hardness: list[float] = field(default_factory=list)
-    conditions: list[int] = field(default_factory=list)
-    pair_similarity: list[float] = field(default_factory=list)
-    previews: list[np.ndarray] = field(default_factory=list)
-    preview_index: list[int] = field(default_factory=list)  # the set index of each preview image
-    resumed_from: int = 0
-
-
-Previews = int | tuple[range, ...]
-
-
-def _in_preview(i: int, previews: Previews) -> bool:
-    """Whether sample ``i`` is drawn in the preview: one of the first ``previews`` (an int) or in a span."""
-    return i < previews if isinstance(previews, int) else any(i in span for span in previews)
-
-
-def _read_back(
-    out_dir: Path,
-    shards: list[dict[str, Any]],
-    name: str,
-    seed: int,
-    previews: Previews,
-    res: WriteResult,
-    first: int = 0,
-) -> None:
-    """Per-sample results and the first ``previews`` images of the kept shards, into ``res``.
-
-    Read with the safe reader (tar structure and member names checked, nothing unpickled) rather than
-    regenerated; only the preview's images are decoded. Keys and latent ids are checked so that a shard
-    which is intact but not this export's cannot slip in. ``first`` is the global index of the first
-    sample of ``shards`` (a part's).
-    """
-    for shard in shards:
-        path = out_dir / shard["name"]
-        for key, parts in iter_shard_members(path):
-            i = first + len(res.hardness)
-            if _in_preview(i, previews):
-                sample = decode_sample(str(path), key, parts)
-                meta = sample["meta"]
-                res.previews.append(sample["image"])
-                res.preview_index.append(i)
-            else:
-                try:
-                    meta = json.loads(parts.get("json", b"").decode("utf-8"))
-                except (UnicodeDecodeError, ValueError) as exc:
-                    raise ExportError(f"{path}: sample {key!r}: unreadable metadata: {exc}") from exc
-            if (
-                key != f"{name}_{i:08d}"
-                or not isinstance(meta, dict)
-                or meta.get("latent_id") != i
-                or meta.get("seed") != seed
-                or not isinstance(meta.get("hardness"), (int, float))
-            ):
-                raise ExportError(
-                    f"{path}: sample {key!r} is not sample {i} of this export; delete the directory to "
-                    "start over"
-                )
-            res.hardness.append(float(meta["hardness"]))
-            res.conditions.append(-1 if meta.get("condition") is None else int(meta["condition"]))
-            if meta.get("kind") == "pair_a" and isinstance(meta.get("pair_similarity"), (int, float)):
-                res.pair_similarity.append(float(meta["pair_similarity"]))
-
-
-def write_samples(
-    out_dir: Path,
-    name: str,
-    producer: Producer,
-    scorer: Scorer,
-    counts: dict[str, int],
-    *,
-    seed: int,
-    batch_size: int,
-    maxcount: int,
-    manifest_fields: dict[str, Any],
-    resume: bool = True,
-    previews: Previews = 0,
-    progress: Callable[[int], None] | None = None,
-    before_publish: Callable[[WriteResult], None] | None = None,
-    on_publish: Callable[[str], None] | None = None,
-    part: Part | None = None,
-) -> WriteResult:
-    """Make ``counts[kind]`` samples of each kind with ``producer``, score them, and write one shard set.
-
-    Keys are ``NAME_%08d`` in write order (pair members a, b, a, b, ..., then hard samples). ``previews``
-    keeps the first images for a grid; ``before_publish`` runs after the last sample and before the manifest.
-    With ``part`` only that part's shards are written (its samples, from the chunks that hold them, whole:
-    the same chunks, hence the same bytes, as one writer of the whole set), and nothing is published
-    (``res.manifest`` is the part's record; ``shards/parts.py`` publishes the parts).
-    """
-    res = WriteResult({})
-    step = producer.export_info().get("generator_step")
-    device = scorer.reference.device
-    total = sum(counts.values())
-    mine = part.samples(total, maxcount) if part is not None else range(total)
-    with ShardSetWriter(
-        out_dir,
-        name,
-        maxcount=maxcount,
-        manifest_fields=manifest_fields,
-        resume=resume,
-        on_publish=on_publish,
-        part=part,
-    ) as w:
-        res.resumed_from = w.resume_from
-        done = mine.start + w.resume_from
-        _read_back(out_dir, w.completed_shards, name, seed, previews, res, first=mine.start)
-        if len(res.hardness) != w.resume_from:  # the journal's counts and the shards' content disagree
-            raise ExportError(
-                f"{out_dir}: the kept shards hold {len(res.hardness)} samples, expected {w.resume_from}"
-            )
-        for chunk in plan_chunks(counts, batch_size):
-            if chunk.first + chunk.size <= done or chunk.first >= mine.stop:  # durable already, or not ours
-                continue
-            samples = producer.make(chunk.kind, chunk.start, chunk.size, seed, scorer)
-            images = samples.images.to(device)
-            pairs = chunk.kind == "pair"
-            groups = pair_groups(chunk.size // 2) if pairs else None
-            hardness = scorer.hardness(images, seed * 1_000_003 + chunk.first, groups).cpu()
-            similarity = scorer.pair_similarity(images[0::2], images[1::2]).cpu() if pairs else None
-            arrays = to_uint8(images)
-            todo = range(max(0, done - chunk.first), min(chunk.size, mine.stop - chunk.first))
-            for j in todo:
-                index = chunk.first + j
-                meta = {
-                    "kind": ("pair_a", "pair_b")[j % 2] if pairs else "hard",
-                    "generator_step": step,
-                    "seed": seed,
-                    "latent_id": index,
-                    **samples.meta[j],
-                    "hardness": round(float(hardness[j]), 6),
-                }
-                if similarity is not None:
-                    meta["pair_similarity"] = round(float(similarity[j // 2]), 6)
-                    if j % 2 == 0:
-                        res.pair_similarity.append(meta["pair_similarity"])
-                w.write(f"{name}_{index:08d}", arrays[j], meta)
-                res.hardness.append(meta["hardness"])
-                cond = meta.get("condition")
-                res.conditions.append(-1 if cond is None else int(cond))
-                if _in_preview(index, previews):
-                    res.previews.append(arrays[j])
-                    res.preview_index.append(index)
-            if progress is not None:
-                progress(len(todo))
-        if before_publish is not None:
-            before_publish(res)
-        res.manifest = w.close()
-    return res
-
-
 def training_images(cfg: Any, n: int) -> torch.Tensor:
     """Real training images (uint8) to draw a reference batch of ``n`` from: the in-memory source, or a
     bounded sample of the run's shard sets when it trained on a stream (``mix.sources``)."""
     if not cfg.mix.sources:
         return load_source(cfg.data, "train").images
-    from synthkit.data.batches import REFERENCE_EPOCH, MixBatches, sample_images
-
     stream = MixBatches(cfg.mix, min(n, 64), 0, 1, cfg.train.seed)
     return sample_images(stream, 4 * n, REFERENCE_EPOCH)
 
@@ -492,7 +317,7 @@ def publish(out_dir: str | Path) -> ExportResult:
             return
         counts = {k: request["n"] for k in ("hard", "pair") if request["kind"] in (k, "all")}
         spans = _preview_spans(counts, request["batch_size"])
-        _read_back(out_dir, shards, request["name"], request["seed"], spans, res)
+        read_back(out_dir, shards, request["name"], request["seed"], spans, res)
         producer = fields.get("producer") or {}
         conditions = None  # the run is not on this machine: a plain row of real images
         with contextlib.suppress(SynthkitError, KeyError, TypeError, OSError):
@@ -592,6 +417,27 @@ def _parse_part(part: tuple[int, int] | None, rank: int, world: int) -> Part | t
     return None if count == 1 else (index, count)
 
 
+@dataclass(frozen=True)
+class _Request:
+    """One export's settings, checked: what it writes (``counts``), how, and its identity (``record``)."""
+
+    kind: str
+    n: int
+    seed: int
+    name: str
+    maxcount: int
+    batch_size: int
+    record: dict[str, Any]
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return {k: self.n for k in ("hard", "pair") if self.kind in (k, "all")}
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+
 @torch.no_grad()
 def generate(
     run_dir: str | Path,
@@ -608,7 +454,7 @@ def generate(
 ) -> ExportResult:
     """Write ``n`` samples of each requested ``kind`` of the run in ``run_dir`` as a shard set in ``out_dir``.
 
-    ``kind``: ``hard``, ``pair`` or ``all``; by default everything the run's producer makes (``all`` for an
+    ``kind``: ``hard``, ``pair`` or ``all``; by default everything the run's sampler makes (``all`` for an
     HSG+HPG run). The same request again is a no-op on a finished set and a resume on an interrupted one
     (the module docstring says how); a directory holding anything else is refused with ShardSetExistsError.
 
@@ -616,11 +462,29 @@ def generate(
     publishes it once all have; ``part=(I, N)`` writes part I of N alone and publishes nothing (``publish``
     does, once every part is written). Either way the set is byte-identical to a one-process export.
     """
-    # 1. The run, verified, and what its producer can make ---
+    # 1. The run, verified, and what its sampler can make ---
     art = load_final(run_dir)
-    cfg = art.cfg
-    producer = art.producer
-    have = producer.export_kinds if producer is not None else ()
+    kind = _kind(art, run_dir, kind)
+    given = {"n": n, "seed": seed, "maxcount": maxcount, "batch_size": batch_size, "name": name}
+    req = _settings(art, kind, **{k: v for k, v in given.items() if v is not None})
+    rank, world = _launch()
+    split = _parse_part(part, rank, world)
+    out_dir = _check_destination(out_dir, art, req, split)
+    if split is not None:
+        return _generate_split(Path(out_dir), art, req, split, rank, world, progress)
+    output = open_output(out_dir)  # a URL is written through a local staging directory (shards/output.py)
+    try:
+        return _generate(art, output, req, progress)
+    except BaseException:
+        output.abandon()
+        raise
+    finally:
+        output.finish()
+
+
+def _kind(art: RunArtifacts, run_dir: str | Path, kind: str | None) -> str:
+    """The requested kind, checked against what the run's sampler makes (default: everything)."""
+    have = art.sampler.export_kinds if art.sampler is not None else ()
     if not have:
         raise ExportError(
             f"{run_dir} was trained without HSG and HPG (hsg.enabled=false, hpg.enabled=false): it has no "
@@ -635,157 +499,169 @@ def generate(
         raise ExportError(
             f"{run_dir} was trained without {why[missing[0]]}: it has no {missing[0]} generator"
         )
-    n = cfg.export.n if n is None else n
-    seed = cfg.export.seed if seed is None else seed
-    maxcount = cfg.export.maxcount if maxcount is None else maxcount
-    batch_size = cfg.export.batch_size if batch_size is None else batch_size
-    for flag, value in (("--n", n), ("--maxcount", maxcount), ("--batch-size", batch_size)):
+    return kind
+
+
+def _settings(art: RunArtifacts, kind: str, **given: Any) -> _Request:
+    """The request: ``given`` flags over the run's ``export`` section, each checked as the command line
+    names it."""
+    s = {**dataclasses.asdict(art.cfg.export), **given}
+    for flag in ("n", "maxcount", "batch_size"):
+        value = s[flag]
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ExportError(f"{flag} must be a positive integer, got {value!r}")
+            raise ExportError(f"--{flag.replace('_', '-')} must be a positive integer, got {value!r}")
+    seed = s["seed"]
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
         raise ExportError(f"--seed must be an integer in [0, 2**63), got {seed!r}")
-    if kind in ("pair", "all") and n % 2:
-        raise ExportError(f"--n must be even for pairs (two samples per pair), got {n}")
-    name = name or cfg.export.name
+    if kind in ("pair", "all") and s["n"] % 2:
+        raise ExportError(f"--n must be even for pairs (two samples per pair), got {s['n']}")
+    settings = (s["n"], seed, s["batch_size"], s["maxcount"], kind)
+    name = s["name"]
     if name is None:
-        unnamed = _request(art.hashes, n, seed, "", batch_size, maxcount, kind)
-        name = default_set_name(kind, producer.kind, unnamed)
+        assert art.sampler is not None
+        name = default_set_name(
+            kind, art.sampler.kind, _request(art.hashes, settings[0], seed, "", *settings[2:])
+        )
     if not is_safe_name(name):
         raise ExportError(f"--name {name!r} must be letters, digits, '_', '-' or '.', not hidden")
-    rank, world = _launch()
-    split = _parse_part(part, rank, world)
-    counts = {k: n for k in ("hard", "pair") if kind in (k, "all")}
-    total = sum(counts.values())
-    if is_url(str(out_dir)):  # written through a staging directory under the system temp directory
-        if split is not None:
-            raise ExportError(
-                "a set written in parts (several processes, or --part) needs a directory every part can "
-                f"reach (a shared filesystem), not a URL ({out_dir}); write it to such a directory and copy "
-                "it, or export with one process"
-            )
-        _check_disk(Path(tempfile.gettempdir()), total, art)
-    else:
+    record = _request(art.hashes, s["n"], seed, name, s["batch_size"], s["maxcount"], kind)
+    return _Request(kind, s["n"], seed, name, s["maxcount"], s["batch_size"], record)
+
+
+def _check_destination(
+    out_dir: str | Path, art: RunArtifacts, req: _Request, split: tuple[int, int] | None
+) -> str | Path:
+    """``out_dir`` checked (not a system or run directory, room for the whole set) before work starts."""
+    if not is_url(str(out_dir)):
         out_dir = check_output_dir(out_dir, create=False)
-        _check_disk(out_dir, total, art)  # the whole set: on a shared disk every part lands on it
-    request = _request(art.hashes, n, seed, name, batch_size, maxcount, kind)
+        _check_disk(out_dir, req.total, art)  # the whole set: on a shared disk every part lands on it
+        return out_dir
     if split is not None:
-        mine = Part.of(total, maxcount, *split)
-        part_lock = lock_part(Path(out_dir), *split, world=world)  # one writer per part (shards/output.py)
-        try:
-            manifest = prepare_part_dir(Path(out_dir), name, request, mine, -(-total // maxcount))
-            if manifest is not None:
-                return ExportResult(
-                    Path(out_dir), manifest, np.array([]), np.array([]), reused=True, main=rank == 0
-                )
-            scorer, write = _export_setup(art, request, seed, kind, batch_size, maxcount)
-            return _generate_part(
-                Path(out_dir), name, art.producer, scorer, counts, write, mine, world, progress
-            )
-        finally:
-            part_lock.release()
-    output = open_output(out_dir)  # a URL is written through a local staging directory (shards/output.py)
+        raise ExportError(
+            "a set written in parts (several processes, or --part) needs a directory every part can "
+            f"reach (a shared filesystem), not a URL ({out_dir}); write it to such a directory and copy "
+            "it, or export with one process"
+        )
+    _check_disk(Path(tempfile.gettempdir()), req.total, art)  # written through a local staging directory
+    return out_dir
+
+
+def _generate_split(
+    out_dir: Path,
+    art: RunArtifacts,
+    req: _Request,
+    split: tuple[int, int],
+    rank: int,
+    world: int,
+    progress: bool,
+) -> ExportResult:
+    """Part ``split`` of the set, under its part lock (one writer per part: shards/output.py)."""
+    mine = Part.of(req.total, req.maxcount, *split)
+    part_lock = lock_part(out_dir, *split, world=world)
     try:
-        return _generate(art, output, request, counts, seed, name, maxcount, batch_size, kind, progress)
-    except BaseException:
-        output.abandon()
-        raise
+        manifest = prepare_part_dir(out_dir, req.name, req.record, mine, -(-req.total // req.maxcount))
+        if manifest is not None:
+            return ExportResult(out_dir, manifest, np.array([]), np.array([]), reused=True, main=rank == 0)
+        scorer, plan = _export_setup(art, req)
+        assert art.sampler is not None
+        return _generate_part(out_dir, art.sampler, scorer, plan, mine, world, progress)
     finally:
-        output.finish()
+        part_lock.release()
 
 
-def _export_setup(
-    art: Any, request: dict, seed: int, kind: str, batch_size: int, maxcount: int
-) -> tuple[Scorer, dict[str, Any]]:
-    """The scorer (the run's encoder and objective, and the one reference batch) and the writer's settings
-    with the manifest fields: the same for a whole export and for each of its parts."""
-    cfg, producer, run_dir = art.cfg, art.producer, art.run_dir
+def _export_setup(art: RunArtifacts, req: _Request, previews: Previews = 0) -> tuple[Scorer, SetPlan]:
+    """The scorer (the run's encoder and objective, and the one reference batch) and the set's plan with
+    the manifest fields: the same for a whole export and for each of its parts."""
+    cfg, sampler, run_dir = art.cfg, art.sampler, art.run_dir
+    assert sampler is not None
     real = training_images(cfg, cfg.train.batch_size)
     channels, size = real.shape[1], real.shape[-1]
     scorer = Scorer(
         art.encoder,
         Views(cfg.views, channels, size),
         art.objective,
-        reference_batch(real, cfg.train.batch_size, seed),
-        seed=seed,
+        reference_batch(real, cfg.train.batch_size, req.seed),
+        seed=req.seed,
     )
     names = {"hard": "hsg", "pair": "hpg", "all": "hsg+hpg"}
     fields = {
         "config": to_dict(cfg),
         "producer": {
-            "name": f"{names[kind]}-{producer.kind}",
-            "kind": kind,
-            "generator": producer.kind,
+            "name": f"{names[req.kind]}-{sampler.kind}",
+            "kind": req.kind,
+            "generator": sampler.kind,
             "run_dir": str(Path(run_dir).resolve()),
             "hashes": art.hashes,
             "epochs": art.meta.get("epochs"),
             "objective": art.objective.describe(),
             "hardness": HARDNESS_DEFINITION,
             "pair_similarity": PAIR_SIMILARITY_DEFINITION,
-            **producer.export_info(),
+            **sampler.export_info(),
         },
         "created_by": created_by(),
-        "seed": seed,
-        "request": request,
+        "seed": req.seed,
+        "request": req.record,
     }
-    write = {"seed": seed, "batch_size": batch_size, "maxcount": maxcount, "manifest_fields": fields}
-    return scorer, write
+    plan = SetPlan(req.name, req.counts, req.seed, req.batch_size, req.maxcount, fields, previews)
+    return scorer, plan
 
 
-def _generate(
-    art: Any,
-    output: SetOutput,
-    request: dict,
-    counts: dict[str, int],
-    seed: int,
-    name: str,
-    maxcount: int,
-    batch_size: int,
-    kind: str,
-    progress: bool,
-) -> ExportResult:
+class _ExportEvents(SetEvents):
+    """A whole export's progress bar, its preview (published before the manifest) and its uploads."""
+
+    def __init__(self, art: RunArtifacts, output: SetOutput, plan: SetPlan, bar: Phase) -> None:
+        self.art, self.output, self.plan, self.bar = art, output, plan, bar
+
+    def made(self, n: int) -> None:
+        self.bar.update(n)
+
+    def before_publish(self, res: WriteResult) -> None:
+        sampler = self.art.sampler
+        assert sampler is not None
+        real_by_condition, real_row = _real_for_preview(self.art.cfg, sampler.conditions)
+        source = str(sampler.export_info().get("condition_source", ""))
+        grid = preview_grid(res, self.plan.counts, self.plan.name, source, real_by_condition, real_row)
+        save_image_atomic(self.output.local / PREVIEW, grid)
+        self.output.publish(PREVIEW)  # before the manifest: a published set always has its preview
+
+    def published(self, name: str) -> None:
+        self.output.publish(name)
+
+
+class _Progress(SetEvents):
+    def __init__(self, bar: Phase) -> None:
+        self.bar = bar
+
+    def made(self, n: int) -> None:
+        self.bar.update(n)
+
+
+def _generate(art: RunArtifacts, output: SetOutput, req: _Request, progress: bool) -> ExportResult:
     out_dir = output.local
     if output.url is not None:
         manifest = output.published_manifest()
-        if manifest is not None and manifest.get("request") != request:
+        if manifest is not None and manifest.get("request") != req.record:
             raise ShardSetExistsError(
                 f"{output.url} already holds a different shard set ({manifest.get('name')!r}); choose "
                 "another --out or delete it"
             )
     else:
-        manifest = prepare_out_dir(out_dir, name, request)
+        manifest = prepare_out_dir(out_dir, req.name, req.record)
     if manifest is not None:
         return ExportResult(Path(output.where), manifest, np.array([]), np.array([]), reused=True)
     if output.url is not None:
-        prepare_out_dir(out_dir, name, request)
+        prepare_out_dir(out_dir, req.name, req.record)
 
     # 2. The scorer: the run's encoder and objective, and the one reference batch ---
-    scorer, write = _export_setup(art, request, seed, kind, batch_size, maxcount)
-    total = sum(counts.values())
-    spans = _preview_spans(counts, batch_size)
+    scorer, plan = _export_setup(art, req, previews=_preview_spans(req.counts, req.batch_size))
 
     # 3. Chunks -> shards; the preview before the manifest ---
-    what = " and ".join(f"{n} {'pair samples' if k == 'pair' else 'hard samples'}" for k, n in counts.items())
-    bar = Phase("generate", total, "img", progress=progress, logger=logger, detail=f" ({what})").start()
-
-    def preview(res: WriteResult) -> None:
-        real_by_condition, real_row = _real_for_preview(art.cfg, getattr(art.producer, "conditions", None))
-        source = str(art.producer.export_info().get("condition_source", ""))
-        grid = preview_grid(res, counts, name, source, real_by_condition, real_row)
-        save_image_atomic(out_dir / PREVIEW, grid)
-        output.publish(PREVIEW)  # before the manifest: a published set always has its preview
-
-    res = write_samples(
-        out_dir,
-        name,
-        art.producer,
-        scorer,
-        counts,
-        **write,
-        previews=spans,
-        progress=bar.update,
-        before_publish=preview,
-        on_publish=output.publish,
+    what = " and ".join(
+        f"{n} {'pair samples' if k == 'pair' else 'hard samples'}" for k, n in req.counts.items()
     )
+    bar = Phase("generate", req.total, "img", progress=progress, logger=logger, detail=f" ({what})").start()
+    assert art.sampler is not None
+    res = write_samples(out_dir, plan, art.sampler, scorer, events=_ExportEvents(art, output, plan, bar))
     if res.hardness:
         bar.result(samples=len(res.hardness), hardness_mean=float(np.mean(res.hardness)))
     bar.close()
@@ -798,11 +674,9 @@ def _generate(
 
 def _generate_part(
     out_dir: Path,
-    name: str,
-    producer: Producer,
+    sampler: Sampler,
     scorer: Scorer,
-    counts: dict[str, int],
-    write: dict[str, Any],
+    plan: SetPlan,
     part: Part,
     world: int,
     progress: bool,
@@ -813,13 +687,13 @@ def _generate_part(
     where, so that one process's error ends every process with it instead of leaving them waiting.
     """
     main = part.index == 0
-    samples = part.samples(sum(counts.values()), write["maxcount"])
+    samples = part.samples(plan.total, plan.maxcount)
     desc = f"generate part {part.index}/{part.count}"
     bar = Phase(desc, len(samples), "img", progress=progress, logger=logger, main=main or world == 1).start()
     failure: SynthkitError | None = None
     res = WriteResult({})
     try:
-        res = write_samples(out_dir, name, producer, scorer, counts, **write, progress=bar.update, part=part)
+        res = write_samples(out_dir, plan, sampler, scorer, part=part, events=_Progress(bar))
     except SynthkitError as exc:
         if world == 1:
             raise

@@ -29,8 +29,8 @@ from synthkit.data.sources import load_source
 from synthkit.evaluate import evaluate
 from synthkit.export import generate
 from synthkit.images import Panel, labelled_grid
+from synthkit.run_files.final import load_final
 from synthkit.shards import ShardError, iter_samples, verify_shard_set
-from synthkit.training.artifacts import load_final
 from synthkit.training.loop import train
 
 logger = logging.getLogger(__name__)

@@ -114,19 +114,31 @@ class Registry:
 
 @dataclass(frozen=True)
 class ProducerEntry:
-    """A producer kind: its config dataclass (the ``generator`` section) and its implementation class.
+    """A producer kind: its config dataclass (the ``generator`` section), its trainer class and the class
+    that loads its frozen sampler from a finished run (by default the trainer's ``Sampler`` attribute;
+    None: the kind publishes nothing to sample).
 
-    Both are import paths (or the objects), so that loading a config never imports model code.
+    All are import paths (or the objects), so that loading a config never imports model code.
     """
 
     config: Any
     impl: Any
+    sampler: Any = None
 
     def config_class(self) -> type:
         return resolve(self.config) if isinstance(self.config, str) else self.config
 
     def impl_class(self) -> type:
         return resolve(self.impl) if isinstance(self.impl, str) else self.impl
+
+    def sampler_class(self) -> type | None:
+        if self.sampler is not None:
+            return resolve(self.sampler) if isinstance(self.sampler, str) else self.sampler
+        return getattr(self.impl_class(), "Sampler", None)
+
+
+#: the trainer of a producer that only samples (``samplers/frozen.py``): its samples join every step
+FROZEN_TRAINER = "synthkit.producers.frozen:FrozenProducer"
 
 
 class _EntryRegistry(Registry):
@@ -136,10 +148,13 @@ class _EntryRegistry(Registry):
             cfg = getattr(entry, "Config", None)
             if cfg is None:
                 raise ConfigError(
-                    f"generator.kind={name!r} is registered as {entry!r}, which is neither a ProducerEntry "
-                    "nor a producer class with a Config attribute"
+                    f"{self.key}={name!r} is registered as {entry!r}, which is neither a ProducerEntry "
+                    "nor a class with a Config attribute"
                 )
-            entry = ProducerEntry(config=cfg, impl=entry)
+            if getattr(entry, "for_training", None) is None and getattr(entry, "make", None) is not None:
+                entry = ProducerEntry(config=cfg, impl=FROZEN_TRAINER, sampler=entry)  # a sampler alone
+            else:
+                entry = ProducerEntry(config=cfg, impl=entry)
             self._resolved[name] = entry
         return entry
 

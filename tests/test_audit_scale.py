@@ -151,7 +151,7 @@ def test_hardness_streamed_in_odd_batches_equals_one_call(
     from synthkit.metrics.extractors import encoder_extractor
     from synthkit.metrics.hardness import hardness_of
     from synthkit.objectives.scoring import Scorer, reference_batch
-    from synthkit.training.artifacts import load_final
+    from synthkit.run_files.final import load_final
 
     syn, _ = _stacked(audit_shards)
     syn = torch.cat([syn, syn, syn])[:300]  # more than one chunk of 256

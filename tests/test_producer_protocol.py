@@ -24,8 +24,8 @@ from synthkit.data.views import Views
 from synthkit.export import generate
 from synthkit.logs import error_lines
 from synthkit.objectives.scoring import Scorer, pair_groups, reference_batch
+from synthkit.run_files.final import load_final
 from synthkit.shards import ShardSetWriter, iter_samples
-from synthkit.training.artifacts import load_final
 from synthkit.training.loop import train
 from synthkit.training.run import Run
 from tests.conftest import TINY_DIFFUSION, tiny_config
@@ -59,7 +59,7 @@ def test_hardness_of_a_pair_is_its_group_loss_for_every_producer(run_of: Path, t
         reference_batch(real.images, cfg.train.batch_size, 2),
         seed=2,
     )
-    samples = art.producer.make("pair", 0, 8, 2, scorer)
+    samples = art.sampler.make("pair", 0, 8, 2, scorer)
     grouped = scorer.hardness(samples.images, 2 * 1_000_003, pair_groups(4))
     alone = scorer.hardness(samples.images, 2 * 1_000_003, None)
     assert res.hardness.tolist() == [round(float(h), 6) for h in grouped]
@@ -136,7 +136,7 @@ def test_a_replaced_unet_is_refused_in_one_line(diffusion_run: Path, tmp_path: P
     save_file(state, str(weights))
     # the run's checksums and the hash final.json records for the UNet both disagree now; fix the
     # checksums the way a careless copy would, so that the recorded UNet hash is what catches it
-    from synthkit.training.checkpoint import write_checksums
+    from synthkit.run_files.checkpoint import write_checksums
 
     write_checksums(run / "final")
     code = main(["generate", "--run", str(run), "--out", str(tmp_path / "x"), "--n", "2", "--no-progress"])
@@ -231,7 +231,7 @@ def test_diffusion_runs_write_tracker_logs_and_checkpoints(diffusion_run: Path) 
 
 def test_naive_baseline_of_a_diffusion_run_trains_on_a_shard_mix(diffusion_run: Path, tmp_path: Path) -> None:
     from synthkit.config import DataConfig
-    from synthkit.shards.convert import convert_source
+    from synthkit.data.convert import convert_source
 
     real = tmp_path / "real"
     convert_source(DataConfig(name="digits", size=16, subset=128), "train", real, maxcount=32)
@@ -253,7 +253,7 @@ def test_naive_baseline_of_a_diffusion_run_trains_on_a_shard_mix(diffusion_run: 
 def test_the_naive_pool_of_a_diffusion_run_can_be_remade_for_an_audit(diffusion_run: Path) -> None:
     """What a naive row trains on lives only in its process; ``naive_pool(seed)`` remakes exactly the pool
     its sampler draws from (eval/audit_vs_gain.py audits it), and another seed gives another pool."""
-    producer = load_final(diffusion_run).producer
+    producer = load_final(diffusion_run).sampler
     cpu = torch.device("cpu")
     pool = producer.naive_pool(3, cpu)
     torch.manual_seed(0)

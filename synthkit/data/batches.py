@@ -26,6 +26,10 @@ import torch
 
 from synthkit.config import MixConfig
 from synthkit.errors import ConfigError, ShardError
+from synthkit.shards import iter_samples
+from synthkit.shards.format import MIXED
+from synthkit.shards.mix import MixedShardStream, collate_images, iter_batches, parse_mix_spec
+from synthkit.shards.reader import open_set
 
 # epoch ids of the bounded samples drawn from streamed real data, far from any training epoch
 FIT_EPOCH = 3_000_000
@@ -165,11 +169,6 @@ def check_mix(mix: MixConfig) -> MixInfo:
             (named, with their shapes), or are not square.
         ShardError: a set that is not a published set, holds no samples, or whose first shard is unusable.
     """
-    from synthkit.shards import iter_samples
-    from synthkit.shards.format import MIXED
-    from synthkit.shards.mix import parse_mix_spec
-    from synthkit.shards.reader import open_set
-
     try:
         sources = [parse_mix_spec(spec) for spec in mix.sources]
     except ValueError as e:  # a malformed NAME=DIR:WEIGHT or a missing directory
@@ -235,8 +234,6 @@ class MixBatches:
         info: MixInfo | None = None,
         pin_memory: bool = False,
     ) -> None:
-        from synthkit.shards.mix import MixedShardStream, parse_mix_spec
-
         self.info = info if info is not None else check_mix(mix)
         self.size, self.channels = self.info.size, self.info.channels
         self.stream = MixedShardStream(
@@ -266,8 +263,6 @@ class MixBatches:
     def _make_loader(self, stream: Any, persistent: bool) -> Any:
         from torch.utils.data import DataLoader
 
-        from synthkit.shards.mix import collate_images
-
         return DataLoader(
             stream,
             batch_size=self.batch_size,
@@ -283,8 +278,6 @@ class MixBatches:
         Raises ShardError: a shard a worker read is unusable (the same one line as without workers), or
         the stream ended before its batches (never, unless the sets changed underneath)."""
         import copy
-
-        from synthkit.shards.mix import iter_batches
 
         stream, nested = self.stream, self._busy
         if nested:  # read while another epoch is being read: a loader (and epoch) of its own

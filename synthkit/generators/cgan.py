@@ -133,19 +133,31 @@ class Discriminator(nn.Module):
 
 def build_cgan(
     cfg: CGanConfig, channels: int, size: int, num_classes: int, *, load_weights: bool = True
-) -> tuple[nn.Module, Discriminator]:
-    """G and D for the cGAN producer: synthkit's Generator, or the user's (``generator.builder``), and the
-    projection discriminator. ``load_weights``: start the user's G from ``generator.weights`` (a run loading
-    its own published G passes False: those weights replace the initial ones)."""
+) -> tuple[nn.Module, nn.Module]:
+    """G and D for the cGAN producer (built in this order: the initial weights depend on it)."""
+    gen = build_generator(cfg, channels, size, num_classes, load_weights=load_weights)
+    return gen, build_discriminator(cfg, channels, size, num_classes, load_weights=load_weights)
+
+
+def build_generator(
+    cfg: CGanConfig, channels: int, size: int, num_classes: int, *, load_weights: bool = True
+) -> nn.Module:
+    """synthkit's Generator, or the user's (``generator.builder``). ``load_weights``: start the user's G from
+    ``generator.weights`` (a run loading its own published G passes False: those weights replace them)."""
     if cfg.builder is None:
-        gen: nn.Module = Generator(cfg.z_dim, channels, size, num_classes, base=cfg.g_channels)
-    else:
-        weights = cfg.weights if load_weights else None
-        gen = user_generator(cfg.builder, weights, cfg.z_dim, channels, size, num_classes)
+        return Generator(cfg.z_dim, channels, size, num_classes, base=cfg.g_channels)
+    weights = cfg.weights if load_weights else None
+    return user_generator(cfg.builder, weights, cfg.z_dim, channels, size, num_classes)
+
+
+def build_discriminator(
+    cfg: CGanConfig, channels: int, size: int, num_classes: int, *, load_weights: bool = True
+) -> nn.Module:
+    """The projection discriminator, or the user's (``generator.discriminator_builder``)."""
     if cfg.discriminator_builder is None:
-        return gen, Discriminator(channels, size, num_classes, base=cfg.d_channels)
+        return Discriminator(channels, size, num_classes, base=cfg.d_channels)
     weights = cfg.discriminator_weights if load_weights else None
-    return gen, user_discriminator(cfg.discriminator_builder, weights, channels, size, num_classes)
+    return user_discriminator(cfg.discriminator_builder, weights, channels, size, num_classes)
 
 
 def user_discriminator(

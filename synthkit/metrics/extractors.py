@@ -37,6 +37,7 @@ from synthkit.errors import ExtractorError
 from synthkit.progress import Phase
 from synthkit.provenance import created_by, sha256_file, state_dict_hash
 from synthkit.registry import EXTRACTORS
+from synthkit.run_files.final import load_final
 
 __all__ = ["EXTRACTORS", "ExtractorError", "FeatureExtractor", "load_extractor", "train_classifier"]
 CLASSIFIER_WEIGHTS = "classifier.safetensors"
@@ -174,8 +175,6 @@ def pixels_extractor(size: int, channels: int) -> FeatureExtractor:
 
 
 def encoder_extractor(run_dir: str | os.PathLike[str]) -> FeatureExtractor:
-    from synthkit.training.artifacts import load_final  # imports the training stack
-
     art = load_final(run_dir)
     digest = art.meta["hashes"]["encoder"]
     return FeatureExtractor(
@@ -360,9 +359,39 @@ def train_classifier(
         n,
         num_classes,
     )
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     phase = Phase(f"training the classifier, {epochs} epochs", steps, progress=progress, logger=logger)
     phase.start()
+    _fit(model, opt, train_set, epochs, batch_size, g, phase)
+    accuracy = _test_accuracy(model, test_set)
+    phase.result(test_accuracy=accuracy)
+    phase.close()
+    meta = _publish_classifier(model, out, data, train_set, test_set, num_classes, accuracy, {
+        "width": width, "epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed,
+    })  # fmt: skip
+    if meta["weak"]:
+        logger.warning(
+            "the classifier is weak: test accuracy %.3f with %d classes (chance %.3f) is less than halfway "
+            "from chance to perfect; an audit in its feature space will say so. Train longer (--epochs) or "
+            "on more images",
+            accuracy,
+            num_classes,
+            1.0 / num_classes,
+        )
+    return meta
+
+
+def _fit(
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    train_set: Any,
+    epochs: int,
+    batch_size: int,
+    g: torch.Generator,
+    phase: Phase,
+) -> None:
+    """Random crops and flips, cross-entropy, cosine decay of the learning rate over every step."""
+    n = len(train_set)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs * math.ceil(n / batch_size))
     model.train()
     for epoch in range(epochs):
         perm = torch.randperm(n, generator=g)
@@ -381,16 +410,27 @@ def train_classifier(
         if (epoch + 1) % max(1, epochs // 20) == 0 or epoch + 1 == epochs:  # at most ~20 lines
             logger.info("classifier epoch %d/%d: loss %.4f", epoch + 1, epochs, total / n)
     model.eval()
-    with torch.no_grad():
-        pred = torch.cat(
-            [
-                model(test_set.images[i : i + 1024].float() / 255.0).argmax(1)
-                for i in range(0, len(test_set), 1024)
-            ]
-        )
-    accuracy = (pred == test_set.labels).double().mean().item()
-    phase.result(test_accuracy=accuracy)
-    phase.close()
+
+
+@torch.no_grad()
+def _test_accuracy(model: nn.Module, test_set: Any) -> float:
+    batches = (test_set.images[i : i + 1024].float() / 255.0 for i in range(0, len(test_set), 1024))
+    pred = torch.cat([model(x).argmax(1) for x in batches])
+    return (pred == test_set.labels).double().mean().item()
+
+
+def _publish_classifier(
+    model: nn.Module,
+    out: Path,
+    data: DataConfig,
+    train_set: Any,
+    test_set: Any,
+    num_classes: int,
+    accuracy: float,
+    settings: dict[str, Any],
+) -> dict[str, Any]:
+    """The weights and ``extractor.json``, written to a temp directory and renamed into ``out``."""
+    channels = train_set.images.shape[1]
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     tmp = out.parent / f".{out.name}.tmp"
     if tmp.exists():
@@ -407,12 +447,8 @@ def train_classifier(
         "channels": channels,
         "num_classes": num_classes,
         "classes": list(train_set.classes) if train_set.classes else None,
-        "width": width,
-        "epochs": epochs,
-        "batch_size": batch_size,
-        "lr": lr,
-        "seed": seed,
-        "train_images": n,
+        **settings,
+        "train_images": len(train_set),
         "test_images": len(test_set),
         "test_accuracy": accuracy,
         "chance_corrected_accuracy": chance_corrected(accuracy, num_classes),
@@ -423,15 +459,6 @@ def train_classifier(
     if out.exists() and not any(out.iterdir()):
         out.rmdir()
     os.replace(tmp, out)
-    if meta["weak"]:
-        logger.warning(
-            "the classifier is weak: test accuracy %.3f with %d classes (chance %.3f) is less than halfway "
-            "from chance to perfect; an audit in its feature space will say so. Train longer (--epochs) or "
-            "on more images",
-            accuracy,
-            num_classes,
-            1.0 / num_classes,
-        )
     return meta
 
 

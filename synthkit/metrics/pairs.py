@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from synthkit.shards.inspect import describe
+from synthkit.data.inspect import describe
 
 PAIR_SIMILARITY = "pair_similarity"
 

@@ -1,22 +1,18 @@
-"""The producer protocol: anything that makes synthetic data for the encoder.
+"""The producer protocol: anything that makes synthetic data for the encoder while it trains (a trainer).
 
 A producer is one kind of ``generator.kind`` (registry ``PRODUCERS``): the cGAN family (HSG generator, HPG
 pair, one shared discriminator), the diffusion pool producer, the naive baseline, or a third party's.
-The training loop (``training/loop.py``), the export (``export.py``) and the run files know producers only
-through this protocol:
+The training loop (``training/loop.py``) and the run files know producers only through this protocol,
+built by ``for_training`` inside a run, on every process:
+``prepare`` its modules and optimizers with the run's Accelerator (so checkpoints hold them);
+``start`` once before the first epoch (e.g. GAN pre-training); ``on_epoch_start`` (condition or pool
+refresh); ``contribute`` to an encoder step: synthetic chunks, and a generator loss the same backward
+pass carries, with the optimizers to step; ``after_step`` (EMAs); ``finish`` after the last epoch;
+``save_state``/``load_state`` for what Accelerate does not checkpoint; ``publish`` its final weights.
 
-training (built by ``for_training`` inside a run, on every process)
-    ``prepare`` its modules and optimizers with the run's Accelerator (so checkpoints hold them);
-    ``start`` once before the first epoch (e.g. GAN pre-training); ``on_epoch_start`` (condition or pool
-    refresh); ``contribute`` to an encoder step: synthetic chunks, and a generator loss the same backward
-    pass carries, with the optimizers to step; ``after_step`` (EMAs); ``finish`` after the last epoch;
-    ``save_state``/``load_state`` for what Accelerate does not checkpoint; ``publish`` its final weights.
-export (built by ``load`` from a finished run's ``final/``, verified against the recorded hashes)
-    ``export_kinds`` it can make; ``make(kind, start, count, seed, scorer)``: a chunk of samples with their
-    per-sample metadata, a pure function of its arguments, so that any process can make any chunk and a
-    killed export can recompute one; ``export_info`` for the manifest; ``sampler`` for the naive baseline.
-
-Pairs are always two consecutive samples, a then b, so ``count`` is even for ``kind="pair"``.
+What a finished run publishes is read back as a frozen sampler (``samplers/base.py``): the producer class
+names it (``Sampler``), and export, ``generator.init_run``, the naive baseline and the audit use only that.
+A run without a producer trains with :class:`NullProducer`, whose every hook does nothing.
 """
 
 from __future__ import annotations
@@ -38,10 +34,6 @@ if TYPE_CHECKING:
     from synthkit.data.sources import ImageSet
     from synthkit.data.views import Views
     from synthkit.objectives.base import Objective
-    from synthkit.objectives.scoring import Scorer
-
-#: What ``make`` can be asked for: hard samples, or positive pairs (a, b, a, b, ...).
-EXPORT_KINDS = ("hard", "pair")
 
 
 @dataclass
@@ -64,6 +56,19 @@ class TrainContext:
     encoder: Callable[[], nn.Module]
     log: Callable[[dict[str, Any]], None]
     progress: bool = True
+
+    def per_step(self, ratio: float) -> int:
+        """``ratio`` x this process's share of ``train.batch_size``, at least 1: synthetic images a step."""
+        return max(1, round(self.cfg.train.batch_size // self.accelerator.num_processes * ratio))
+
+    def check_shape(self, sample: Callable[[int, torch.device], torch.Tensor], who: str) -> None:
+        """A RunError naming ``who`` unless ``sample`` makes images of the training data's shape (one probe
+        image, drawn before the loop seeds each process)."""
+        probe = sample(1, self.accelerator.device)
+        if tuple(probe.shape[1:]) != (self.channels, self.size, self.size):
+            shape = "x".join(str(v) for v in probe.shape[1:])
+            data = f"{self.channels}x{self.size}x{self.size}"
+            raise RunError(f"{who} makes {shape} images but the training data are {data}")
 
     def real_in_memory(self, who: str) -> ImageSet:
         """The in-memory real training images a producer trains on; a RunError when there are none."""
@@ -105,23 +110,15 @@ class Contribution:
     records: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass
-class Samples:
-    """A chunk made for export: images (floats in [0, 1], N x C x H x W, on the CPU) and, per sample, the
-    metadata the producer knows (condition, pair fields, sampler settings); the export adds the rest."""
-
-    images: torch.Tensor
-    meta: list[dict[str, Any]]
-
-
 class Producer:
     """Base class with the protocol's defaults; subclasses override what they do."""
 
     kind: ClassVar[str] = ""
     #: the config dataclass of the ``generator`` section for this kind
     Config: ClassVar[type]
+    #: the frozen sampler ``load_final`` reads back from what ``publish`` wrote (None: nothing to sample)
+    Sampler: ClassVar[type | None] = None
 
-    # ------------------------------------------------------------------ training
     @classmethod
     def for_training(cls, cfg: PipelineConfig, ctx: TrainContext) -> Producer:
         raise NotImplementedError
@@ -175,35 +172,14 @@ class Producer:
         """What this producer is, for ``run.json``: its kind and the identity of any model it starts from."""
         return {"kind": self.kind}
 
-    # ------------------------------------------------------------------ export
-    @classmethod
-    def load(cls, cfg: PipelineConfig, directory: Path, record: dict[str, Any]) -> Producer:
-        """The published producer of a finished run, its weights verified against ``record["hashes"]``."""
-        raise NotImplementedError
 
-    #: what ``make`` can make, of ``EXPORT_KINDS``
-    export_kinds: tuple[str, ...] = ()
+class NullProducer(Producer):
+    """No producer (plain contrastive learning): contributes nothing and publishes nothing."""
 
-    def make(self, kind: str, start: int, count: int, seed: int, scorer: Scorer) -> Samples:
-        """``count`` samples of ``kind`` (pairs: ``count`` even, a then b) numbered from ``start``, drawn
-        from a generator seeded by (``seed``, ``kind``, ``start``) alone."""
-        raise NotImplementedError
+    kind: ClassVar[str] = "none"
 
-    def export_info(self) -> dict[str, Any]:
-        """Fields of the manifest's ``producer`` entry (generator step, sampler, ...)."""
-        return {}
+    def publish(self, directory: Path) -> dict[str, Any] | None:  # type: ignore[override]
+        return None
 
-    def sampler(self, seed: int) -> Callable[[int, torch.device], torch.Tensor]:
-        """A frozen sampler for the naive baseline: ``n, device -> n images in [0, 1]``."""
-        raise NotImplementedError(f"generator.kind={self.kind} cannot serve as a naive baseline")
-
-
-def chunk_generator(seed: int, kind: str, start: int, device: torch.device | str = "cpu") -> torch.Generator:
-    """The RNG of one export chunk: a function of the set's seed, the kind and the chunk's first index."""
-    offset = {"hard": 0, "pair": 7_777_777}.get(kind, 3_333_333)
-    return torch.Generator(device=device).manual_seed((seed * 1_000_003 + start + offset) % (2**63))
-
-
-def interleave(x_a: torch.Tensor, x_b: torch.Tensor) -> torch.Tensor:
-    """a0, b0, a1, b1, ...: the layout of pairs in a chunk and in a shard set."""
-    return torch.stack([x_a, x_b], dim=1).flatten(0, 1)
+    def describe(self) -> dict[str, Any] | None:  # type: ignore[override]
+        return None

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -32,27 +31,11 @@ from synthkit.data.views import to_float
 from synthkit.distributed import reduce_values
 from synthkit.encoders.model import eval_features
 from synthkit.errors import CheckpointError, RunError
-from synthkit.generators.cgan import Generator, build_cgan
-from synthkit.producers.base import (
-    Chunk,
-    Contribution,
-    Producer,
-    Samples,
-    StepInput,
-    TrainContext,
-    chunk_generator,
-    interleave,
-)
-from synthkit.producers.conditions import (
-    Conditions,
-    load_conditions,
-    num_conditions,
-    refresh_conditions,
-    refresh_stream_conditions,
-    save_conditions,
-)
+from synthkit.generators.cgan import Generator, build_cgan, build_generator
+from synthkit.producers.base import Chunk, Contribution, Producer, StepInput, TrainContext
+from synthkit.producers.conditions import num_conditions, refresh_conditions, refresh_stream_conditions
 from synthkit.producers.hard_samples import (
-    HardSampleProducer,
+    HardSampleGAN,
     adversarial_loss,
     discriminator_loss,
     grad_reverse,
@@ -60,23 +43,24 @@ from synthkit.producers.hard_samples import (
 )
 from synthkit.producers.positive_pairs import (
     AdaptiveTarget,
-    PairProducer,
+    GeneratorPair,
     backbone_similarity,
     pair_loss,
     schedule_progress,
     target_similarity,
 )
 from synthkit.progress import Phase
+from synthkit.provenance import state_dict_hash
+from synthkit.run_files.final import load_final
+from synthkit.samplers.cgan import CGanSampler, generator_meta
+from synthkit.samplers.conditions import Conditions, load_conditions, save_conditions
 from synthkit.weights import load_into, load_state_dict, save_state_dict
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
 
     from synthkit.data.sources import ImageSet
-    from synthkit.objectives.scoring import Scorer
 
-HSG_PRODUCER = "hsg-cgan"
-HPG_PRODUCER = "hpg-cgan"
 # the pre-training's passes over the real batches use the batches' own permutations at "epochs" the
 # encoder's epochs never reach
 PRETRAIN_EPOCH_BASE = 1_000_000
@@ -86,8 +70,6 @@ logger = logging.getLogger(__name__)
 
 
 def _weights_hash(path: str | None) -> str | None:
-    from synthkit.provenance import state_dict_hash
-
     return None if path is None else state_dict_hash(load_state_dict(Path(path)))
 
 
@@ -100,6 +82,7 @@ class CGanProducer(Producer):
 
     kind: ClassVar[str] = "cgan"
     Config: ClassVar[type] = CGanConfig
+    Sampler: ClassVar[type] = CGanSampler
 
     def __init__(
         self, cfg: PipelineConfig, channels: int, size: int, num_classes: int, *, load_weights: bool = True
@@ -108,25 +91,25 @@ class CGanProducer(Producer):
         assert isinstance(gen_cfg, CGanConfig)
         self.cfg, self.gen_cfg = cfg, gen_cfg
         self.channels, self.size, self.num_classes = channels, size, num_classes
-        self.hsg: HardSampleProducer | None = None
-        self.pairs: PairProducer | None = None
+        self.hsg: HardSampleGAN | None = None
+        self.pairs: GeneratorPair | None = None
         if cfg.hsg.enabled:
-            self.hsg = HardSampleProducer(
-                gen_cfg, cfg.hsg, channels, size, num_classes, load_weights=load_weights
-            )
+            self.hsg = HardSampleGAN(gen_cfg, cfg.hsg, channels, size, num_classes, load_weights=load_weights)
             self.discriminator: nn.Module = self.hsg.discriminator
-        if cfg.hpg.enabled:
-            g_a, d_own = build_cgan(gen_cfg, channels, size, num_classes, load_weights=load_weights)
-            self.pairs = PairProducer(gen_cfg, cfg.hpg, g_a)
-            if self.hsg is None:  # one D judges every generator
-                self.discriminator = d_own
+        if cfg.hpg.enabled:  # one D judges every generator: HSG's when it runs, else the pair's own
+            if self.hsg is None:
+                g_a, self.discriminator = build_cgan(
+                    gen_cfg, channels, size, num_classes, load_weights=load_weights
+                )
+            else:
+                g_a = build_generator(gen_cfg, channels, size, num_classes, load_weights=load_weights)
+            self.pairs = GeneratorPair(gen_cfg, cfg.hpg, g_a)
         for part in (self.hsg, self.pairs):
             for sub in part.modules() if part is not None else ():
                 if isinstance(sub, Generator):  # ids drawn in range by construction: no per-step check
                     sub.check_conditions = False
         self.conditions: Conditions | None = None
         self.generator_steps = 0  # G's own updates, pre-training and an init run's included
-        self.export_kinds = tuple(k for k, on in (("hard", self.hsg), ("pair", self.pairs)) if on is not None)
         self.ctx: TrainContext | None = None
         self.init: _GanInit | None = None
         self.weights_hash = _weights_hash(gen_cfg.weights) if load_weights else None
@@ -139,7 +122,8 @@ class CGanProducer(Producer):
             cfg.conditions, len(real.classes) if real is not None and real.classes else None
         )
         init = None
-        if cfg.generator.init_run:  # type: ignore[attr-defined]
+        assert isinstance(cfg.generator, CGanConfig)
+        if cfg.generator.init_run:
             with torch.random.fork_rng(devices=[]):  # loading builds models: keep this run's initial weights
                 init = _GanInit.load(cfg, real, n_cond)
         self = cls(cfg, ctx.channels, ctx.size, n_cond)
@@ -506,17 +490,7 @@ class CGanProducer(Producer):
         return record
 
     def _meta(self) -> dict[str, Any]:
-        meta: dict[str, Any] = {
-            "z_dim": self.gen_cfg.z_dim,
-            "channels": self.channels,
-            "size": self.size,
-            "num_classes": self.num_classes,
-        }
-        if self.gen_cfg.builder is not None:  # the user's generator: where it comes from
-            meta.update(
-                builder=self.gen_cfg.builder, weights=self.gen_cfg.weights, weights_hash=self.weights_hash
-            )
-        return meta
+        return generator_meta(self.gen_cfg, self.channels, self.size, self.num_classes, self.weights_hash)
 
     def describe(self) -> dict[str, Any]:
         return {"kind": self.kind, **self._meta()}
@@ -524,92 +498,6 @@ class CGanProducer(Producer):
     def summary(self) -> dict[str, Any]:
         init = self.init
         return {"generator_init": {"run": str(init.run), "hashes": init.hashes}} if init is not None else {}
-
-    # ------------------------------------------------------------------ export
-    @classmethod
-    def load(cls, cfg: PipelineConfig, directory: Path, record: dict[str, Any]) -> CGanProducer:
-        meta = record.get("generator") or record.get("pair_generator")
-        if not isinstance(meta, dict):
-            raise CheckpointError(f"{directory}: the cGAN record names no generator")
-        self = cls(
-            cfg, int(meta["channels"]), int(meta["size"]), int(meta["num_classes"]), load_weights=False
-        )
-        hashes = record.get("hashes", {})
-
-        def load(module: nn.Module, stem: str) -> None:
-            path = directory / f"{stem}.safetensors"
-            load_into(module, load_state_dict(path, hashes.get(stem, "missing")), str(path))
-
-        if self.hsg is not None:
-            load(self.hsg.generator, "generator_ema")
-            self.hsg.ema.module.load_state_dict(self.hsg.generator.state_dict())
-        if self.pairs is not None:
-            load(self.pairs.generator_a, "generator_a_ema")
-            load(self.pairs.generator_b, "generator_b_ema")
-        if (directory / "discriminator.safetensors").is_file():
-            load(self.discriminator, "discriminator")
-        c = record.get("conditions")
-        if c is not None:
-            self.conditions = load_conditions(directory / "conditions.safetensors", c)
-        self.generator_steps = int(record.get("generator_steps", 0))
-        self.weights_hash = meta.get("weights_hash")
-        for module in self._trainable():
-            module.eval().requires_grad_(False)
-        return self
-
-    def _generators(self, kind: str) -> tuple[nn.Module, nn.Module | None]:
-        if kind == "hard" and self.hsg is not None:
-            return self.hsg.generator, None
-        if kind == "pair" and self.pairs is not None:
-            return self.pairs.generator_a, self.pairs.generator_b
-        raise ValueError(f"this cGAN run has no {kind} generator")
-
-    @torch.no_grad()
-    def make(self, kind: str, start: int, count: int, seed: int, scorer: Scorer) -> Samples:
-        gen, gen_b = self._generators(kind)
-        k = count if gen_b is None else count // 2
-        g = chunk_generator(seed, kind, start)
-        z = torch.randn(k, self.gen_cfg.z_dim, generator=g)
-        cond = self.conditions
-        c = cond.sample(k, generator=g) if cond is not None and cond.num_classes else None
-        base = {
-            "producer": HSG_PRODUCER if gen_b is None else HPG_PRODUCER,
-            "condition_source": cond.source if cond else "none",
-            "condition_k": cond.num_classes if cond and cond.source == "kmeans" else None,
-        }
-        if gen_b is None:
-            images = gen(z, c)
-            meta = [{**base, "condition": None if c is None else int(c[j])} for j in range(k)]
-        else:
-            images = interleave(gen(z, c), gen_b(z, c))
-            meta = [
-                {**base, "condition": None if c is None else int(c[j // 2]), "pair_id": (start + j) // 2}
-                for j in range(count)
-            ]
-        return Samples(images.float(), meta)
-
-    def export_info(self) -> dict[str, Any]:
-        cond = self.conditions
-        info: dict[str, Any] = {
-            "generator_step": self.generator_steps,
-            "condition_source": cond.source if cond else "none",
-        }
-        if self.gen_cfg.builder is not None:
-            info["generator"] = self._meta()
-        return info
-
-    def sampler(self, seed: int) -> Callable[[int, torch.device], torch.Tensor]:
-        """The EMA generator (G_a for a pairs-only run), conditions drawn from the run's frequencies."""
-        gen = self.hsg.generator if self.hsg is not None else self.pairs.generator_a  # type: ignore[union-attr]
-        cond, z_dim = self.conditions, self.gen_cfg.z_dim
-
-        @torch.no_grad()
-        def sample(n: int, device: torch.device) -> torch.Tensor:
-            gen.to(device)
-            c = cond.sample(n).to(device) if cond is not None and cond.num_classes else None
-            return gen(torch.randn(n, z_dim, device=device), c)
-
-        return sample
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -635,17 +523,12 @@ class _GanInit:
 
     @classmethod
     def load(cls, cfg: PipelineConfig, real: ImageSet, n_cond: int) -> _GanInit:
-        from synthkit.training.artifacts import load_final
-
         gen_cfg = cfg.generator
         assert isinstance(gen_cfg, CGanConfig) and gen_cfg.init_run is not None
         run = Path(gen_cfg.init_run)
         art = load_final(run)
-        producer = art.producer
-        if (
-            not isinstance(producer, CGanProducer)
-            or not (run / "final" / "discriminator.safetensors").is_file()
-        ):
+        sampler = art.sampler
+        if not isinstance(sampler, CGanSampler) or sampler.discriminator is None:
             raise CheckpointError(
                 f"generator.init_run={run} holds no cGAN with its discriminator; start from a cGAN run "
                 "(hsg.enabled or hpg.enabled, e.g. --train.epochs=0 --generator.pretrain_steps=N)"
@@ -654,7 +537,7 @@ class _GanInit:
         same = {k: v for k, v in to_dict(src.data).items() if k != "root"} == {
             k: v for k, v in to_dict(cfg.data).items() if k != "root"
         }
-        cond = producer.conditions
+        cond = sampler.conditions
         if not same or (cond is not None and real is not None and len(cond.labels) != len(real)):
             raise RunError(
                 f"generator.init_run={run} was trained on other real data ({to_dict(src.data)}); a GAN "
@@ -673,14 +556,13 @@ class _GanInit:
                 f"{n_src} {src.conditions.mode} conditions; this run needs {ours} with {n_cond} "
                 f"{cfg.conditions.mode} conditions"
             )
-        gen = producer.hsg.generator if producer.hsg is not None else producer.pairs.generator_a  # type: ignore[union-attr]
         return cls(
             run,
-            gen.state_dict(),
-            producer.discriminator.state_dict(),
+            sampler.main_generator.state_dict(),
+            sampler.discriminator.state_dict(),
             cond,
             art.hashes,
-            producer.generator_steps,
+            sampler.generator_steps,
         )
 
     def apply(self, producer: CGanProducer) -> None:

@@ -12,13 +12,15 @@ per image, so instead of a generator step per encoder step the producer refreshe
 3. every ``generator.refresh_every`` epochs the main process samples a pool of ``generator.pool_size``
    images *with the current encoder* (HSG: guided hard samples, with the ``hsg`` ramp on the guidance
    scale; HPG: branched pairs, with ``t_split`` scheduled over training), writes it as the shard set
-   ``RUN/pools/epoch-EEEE`` through the export's writer (``export.write_samples``: one format for pools and
+   ``RUN/pools/epoch-EEEE`` through the export's writer (``samplers/write.py``: one format for pools and
    exports) and every process reads it back through the safe reader;
 4. every encoder step draws ``hsg.synthetic_ratio`` x B hard samples and ``hpg.pair_ratio`` x B pairs from
    the pool (a pair: one positive group of four views).
 
-Published: the EMA UNet and its noise schedule in diffusers' layout (``final/diffusion``), the conditions.
-Exports sample with DDIM at the end-of-training settings (the full guidance scale, ``t_split_end``).
+Published: the EMA UNet and its noise schedule in diffusers' layout (``final/diffusion``), the conditions;
+read back as the frozen sampler of ``samplers/diffusion.py``, which exports sample with DDIM at the
+end-of-training settings (the full guidance strength, ``t_split_end``). The trainer builds on that sampler:
+its pools are made by it at each pool's settings.
 """
 
 from __future__ import annotations
@@ -27,14 +29,12 @@ import copy
 import json
 import logging
 import shutil
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from diffusers import DDPMScheduler, UNet2DModel
 from diffusers.training_utils import EMAModel
 from torch import nn
@@ -46,43 +46,22 @@ from synthkit.distributed import reduce_values
 from synthkit.encoders.model import eval_features
 from synthkit.errors import CheckpointError, ModelError, RunError
 from synthkit.generators.diffusion import (
-    SCHEDULER_DIR,
-    UNET_DIR,
-    build_scheduler,
     build_unet,
     diffusion_loss,
     load_pretrained,
     save_diffusion,
     to_model_range,
 )
-from synthkit.producers.base import (
-    Chunk,
-    Contribution,
-    Producer,
-    Samples,
-    StepInput,
-    TrainContext,
-    chunk_generator,
-    interleave,
-)
-from synthkit.producers.conditions import (
-    Conditions,
-    load_conditions,
-    num_conditions,
-    refresh_conditions,
-    refresh_stream_conditions,
-    save_conditions,
-)
-from synthkit.producers.diffusion_sampling import (
-    Guidance,
-    ddim_pairs,
-    ddim_sample,
-    guidance_scale_at,
-    t_split_at,
-)
+from synthkit.objectives.scoring import Scorer, reference_batch
+from synthkit.producers.base import Chunk, Contribution, Producer, StepInput, TrainContext
+from synthkit.producers.conditions import num_conditions, refresh_conditions, refresh_stream_conditions
 from synthkit.producers.hard_samples import hsg_lambda
 from synthkit.progress import Phase
 from synthkit.provenance import state_dict_hash
+from synthkit.samplers.conditions import Conditions, load_conditions, save_conditions
+from synthkit.samplers.diffusion import DIFFUSION_DIR, DiffusionSampler, Settings, resize
+from synthkit.samplers.diffusion_sampling import guidance_scale_at, t_split_at
+from synthkit.samplers.write import SetEvents, SetPlan, write_samples
 from synthkit.shards import iter_samples
 from synthkit.weights import cpu_state, load_into, load_state_dict, save_state_dict
 
@@ -91,13 +70,8 @@ if TYPE_CHECKING:
 
     from synthkit.objectives.scoring import Scorer
 
-HSG_PRODUCER = "hsg-diffusion"
-HPG_PRODUCER = "hpg-diffusion"
-DIFFUSION_DIR = "diffusion"
 POOLS_DIR = "pools"
 STATE_JSON = "producer_state.json"
-#: unguided samples the naive baseline draws from (made once: a diffusion model cannot sample every step)
-NAIVE_POOL = 1024
 
 logger = logging.getLogger(__name__)
 
@@ -130,13 +104,6 @@ def read_pool(directory: str | Path) -> Pool:
         return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
 
     return Pool(stack(hard), stack([a[i] for i in ids]), stack([b[i] for i in ids]))
-
-
-def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
-    """Bilinear resize (antialiased when shrinking) of N x C x H x W images in [0, 1]."""
-    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True).clamp(
-        0, 1
-    )
 
 
 def _load_pretrained(
@@ -184,75 +151,35 @@ def _load_pretrained(
     return unet, info
 
 
+class _PoolProgress(SetEvents):
+    def __init__(self, phase: Phase) -> None:
+        self.phase = phase
+
+    def made(self, n: int) -> None:
+        self.phase.update(n)
+
+
 class DiffusionProducer(Producer):
     """A conditional UNet (trained in stage 1, or loaded from a run) that makes guided samples and pairs."""
 
     kind: ClassVar[str] = "diffusion"
     Config: ClassVar[type] = DiffusionConfig
+    Sampler: ClassVar[type] = DiffusionSampler
 
     def __init__(
-        self,
-        cfg: PipelineConfig,
-        channels: int,
-        size: int,
-        num_classes: int,
-        unet: UNet2DModel | None = None,
-        scheduler_config: dict | None = None,
+        self, cfg: PipelineConfig, ctx: TrainContext, frozen: DiffusionSampler, model: UNet2DModel | None
     ) -> None:
         d = cfg.generator
         assert isinstance(d, DiffusionConfig)
-        self.cfg, self.d = cfg, d
-        self.channels, self.size, self.num_classes = channels, size, num_classes
-        # the sampler: the EMA weights after stage 1 (or a published model)
-        self.unet = unet if unet is not None else build_unet(d, channels, size, num_classes)
-        self.unet.eval().requires_grad_(False)
-        self.scheduler_config = scheduler_config or dict(build_scheduler(d).config)
-        self.conditions: Conditions | None = None
-        self.export_kinds = tuple(k for k, on in (("hard", cfg.hsg.enabled), ("pair", cfg.hpg.enabled)) if on)
-        # the settings samples are made with; exports use the end-of-training ones
-        self.guidance_scale = guidance_scale_at(d, cfg.hsg.lambda_hard) if cfg.hsg.enabled else 0.0
-        self.t_split = d.t_split_end
-        self.trained_steps = 0
-        self.pools: list[dict[str, Any]] = []
-        self.ctx: TrainContext | None = None
-
-    # ------------------------------------------------------------------ training
-    @classmethod
-    def for_training(cls, cfg: PipelineConfig, ctx: TrainContext) -> DiffusionProducer:
-        real = ctx.real  # None: real data streamed from shard sets (mix.sources)
-        d = cfg.generator
-        assert isinstance(d, DiffusionConfig)
-        n_cond = num_conditions(
-            cfg.conditions, len(real.classes) if real is not None and real.classes else None
-        )
-        pretrained = _load_pretrained(cfg, ctx.channels, ctx.size, n_cond) if d.pretrained else None
-        if pretrained is not None:
-            unet, info = pretrained
-            n_cond = int(unet.config.num_class_embeds or 0)
-            self = cls(
-                cfg,
-                ctx.channels,
-                ctx.size,
-                n_cond,
-                unet=copy.deepcopy(unet),
-                scheduler_config=info.pop("scheduler_config"),
-            )
-            self.pretrained = info
-            # the trainable UNet starts from the pretrained weights; none is needed without stage-1 steps
-            self.model = unet if d.train_steps else None
-        else:
-            self = cls(cfg, ctx.channels, ctx.size, n_cond)
-            # the trainable UNet starts from the same weights on every process (the loop seeded them)
-            self.model = build_unet(d, ctx.channels, ctx.size, n_cond)
-        self.ctx = ctx
+        self.cfg, self.d, self.ctx = cfg, d, ctx
+        # the sampler: the EMA weights after stage 1 (or a pretrained model), its conditions and pools
+        self.frozen = frozen
+        self.pool_settings = frozen.settings  # those of the newest pool (the end-of-training ones before)
+        # the trainable UNet (None: a pretrained model sampled as it is), its EMA
+        self.model = model
         self.ema = (
-            EMAModel(
-                self.model.parameters(),
-                decay=d.ema_decay,
-                model_cls=UNet2DModel,
-                model_config=self.model.config,
-            )
-            if self.model is not None
+            EMAModel(model.parameters(), decay=d.ema_decay, model_cls=UNet2DModel, model_config=model.config)
+            if model is not None
             else None
         )
         warmups = [
@@ -272,10 +199,31 @@ class DiffusionProducer(Producer):
         self.stage1_done = False
         self.pool: Pool | None = None
         self.pool_dir: Path | None = None
-        return self
+
+    @classmethod
+    def for_training(cls, cfg: PipelineConfig, ctx: TrainContext) -> DiffusionProducer:
+        real = ctx.real  # None: real data streamed from shard sets (mix.sources)
+        d = cfg.generator
+        assert isinstance(d, DiffusionConfig)
+        n_cond = num_conditions(
+            cfg.conditions, len(real.classes) if real is not None and real.classes else None
+        )
+        if d.pretrained:
+            unet, info = _load_pretrained(cfg, ctx.channels, ctx.size, n_cond)
+            n_cond = int(unet.config.num_class_embeds or 0)
+            scheduler_config = info.pop("scheduler_config")
+            frozen = DiffusionSampler(
+                cfg, ctx.channels, ctx.size, n_cond, unet=copy.deepcopy(unet),
+                scheduler_config=scheduler_config, pretrained=info,
+            )  # fmt: skip
+            # the trainable UNet starts from the pretrained weights; none is needed without stage-1 steps
+            return cls(cfg, ctx, frozen, unet if d.train_steps else None)
+        frozen = DiffusionSampler(cfg, ctx.channels, ctx.size, n_cond)
+        # the trainable UNet starts from the same weights on every process (the loop seeded them)
+        return cls(cfg, ctx, frozen, build_unet(d, ctx.channels, ctx.size, n_cond))
 
     def prepare(self, accelerator: Accelerator) -> None:
-        self.unet.to(accelerator.device)
+        self.frozen.unet.to(accelerator.device)
         if self.model is None:
             return
         opt = torch.optim.AdamW(self.model.parameters(), lr=self.d.lr, weight_decay=0.0)
@@ -311,8 +259,8 @@ class DiffusionProducer(Producer):
         assert ctx is not None
         acc, d, cfg = ctx.accelerator, self.d, self.cfg
         if self.model is None:
-            k = self.num_classes
-            self.conditions = Conditions(torch.arange(k), k, "model") if k else None
+            k = self.frozen.num_classes
+            self.frozen.conditions = Conditions(torch.arange(k), k, "model") if k else None
             self.stage1_done = True
             return
         world, rank = acc.num_processes, acc.process_index
@@ -320,23 +268,23 @@ class DiffusionProducer(Producer):
             raise RunError(f"generator.batch_size={d.batch_size} is not divisible by {world} processes")
         batches: MemoryBatches | MixBatches
         if ctx.real is not None:
-            self.conditions = refresh_conditions(
+            self.frozen.conditions = refresh_conditions(
                 cfg.conditions, acc, ctx.encoder(), ctx.real, None, seed=cfg.train.seed + self.warm,
-                num_classes=self.num_classes,
+                num_classes=self.frozen.num_classes,
             )  # fmt: skip
             batches = MemoryBatches(
                 ctx.real.images, d.batch_size // world, rank, world, seed=cfg.train.seed + 17
             )
         else:  # streamed: k-means on a bounded sample; the UNet reads the stream in batches of its own size
-            self.conditions = refresh_stream_conditions(
+            self.frozen.conditions = refresh_stream_conditions(
                 cfg.conditions, acc, ctx.encoder(),
                 lambda: sample_images(ctx.batches, cfg.conditions.fit_samples, FIT_EPOCH + self.warm),
-                None, seed=cfg.train.seed + self.warm, num_classes=self.num_classes,
+                None, seed=cfg.train.seed + self.warm, num_classes=self.frozen.num_classes,
             )  # fmt: skip
             batches = MixBatches(cfg.mix, d.batch_size // world, rank, world, seed=cfg.train.seed + 17)
         if len(batches) == 0:
             raise RunError(f"the real data hold fewer images than one diffusion batch of {d.batch_size}")
-        scheduler = DDPMScheduler.from_config(self.scheduler_config)
+        scheduler = DDPMScheduler.from_config(self.frozen.scheduler_config)
         g = torch.Generator(device=acc.device).manual_seed(cfg.train.seed * 1009 + 7919 * (rank + 1))
         step, epoch, last = 0, 0, torch.tensor(float("nan"))  # the last loss, on the device until logged
         bar = Phase(
@@ -373,23 +321,23 @@ class DiffusionProducer(Producer):
         ctx.log({"stage": "diffusion", **final})
         bar.result(loss_diffusion=final["diffusion_final_loss"])
         bar.close()
-        self.ema.copy_to(self.unet.parameters())
-        self.trained_steps = d.train_steps
+        self.ema.copy_to(self.frozen.unet.parameters())
+        self.frozen.trained_steps = d.train_steps
         self.stage1_done = True
         # the encoder's randomness afterwards does not depend on how long stage 1 ran
         torch.manual_seed(cfg.train.seed * 1009 + 7919 * (rank + 1) + 1)
 
     def _refresh_pool(self, epoch: int) -> None:
         """A pool sampled with the current encoder by the main process, read back by every process."""
-        from synthkit.export import write_samples
-        from synthkit.objectives.scoring import Scorer, reference_batch
-
         ctx = self.ctx
         assert ctx is not None
         acc, cfg, d = ctx.accelerator, self.cfg, self.d
         progress = (epoch - self.warm) / max(1, cfg.train.epochs - 1 - self.warm)
-        self.guidance_scale = guidance_scale_at(d, hsg_lambda(cfg.hsg, epoch + 1)) if cfg.hsg.enabled else 0.0
-        self.t_split = t_split_at(d, progress)
+        self.pool_settings = Settings(
+            guidance_scale_at(d, hsg_lambda(cfg.hsg, epoch + 1)) if cfg.hsg.enabled else 0.0,
+            t_split_at(d, progress),
+        )
+        sampler = self.frozen.at(self.pool_settings)
         pool_dir = ctx.run_dir / POOLS_DIR / f"epoch-{epoch:04d}"
         if acc.is_main_process:
             encoder = ctx.encoder()
@@ -407,13 +355,10 @@ class DiffusionProducer(Producer):
                 "img",
                 progress=ctx.progress,
                 logger=logger,
-                detail=f" ({what}; guidance {self.guidance_scale:.3g}, t_split {self.t_split:.3g})",
+                detail=f" ({what}; guidance {sampler.guidance_scale:.3g}, t_split {sampler.t_split:.3g})",
             ).start()
-            res = write_samples(
-                pool_dir,
+            plan = SetPlan(
                 "pool",
-                self,
-                scorer,
                 self.pool_counts,
                 seed=cfg.train.seed * 100_003 + epoch,
                 batch_size=d.sample_batch_size,
@@ -422,19 +367,19 @@ class DiffusionProducer(Producer):
                     "config": to_dict(cfg),
                     "producer": {"name": "diffusion-pool", "epoch": epoch},
                 },
-                progress=phase.update,
             )
+            res = write_samples(pool_dir, plan, sampler, scorer, events=_PoolProgress(phase))
             rec: dict[str, Any] = {
                 "epoch": epoch,
-                "pool_guidance_scale": self.guidance_scale,
-                "pool_t_split": self.t_split,
+                "pool_guidance_scale": sampler.guidance_scale,
+                "pool_t_split": sampler.t_split,
             }
             hard = res.hardness[len(res.hardness) - self.pool_counts["hard"] :]  # pairs come first
             if hard:
                 rec["pool_hardness"] = sum(hard) / len(hard)
             if res.pair_similarity:
                 rec["pool_pair_similarity"] = sum(res.pair_similarity) / len(res.pair_similarity)
-            self.pools.append(rec)
+            self.frozen.pools.append(rec)
             ctx.log(rec)
             phase.result(
                 **{
@@ -468,25 +413,25 @@ class DiffusionProducer(Producer):
         return Contribution(chunks) if chunks else None
 
     def save_state(self, directory: Path) -> None:
-        save_state_dict(self.unet, directory / "producer_unet_ema.safetensors")
-        if self.conditions is not None:
-            save_conditions(self.conditions, directory / "producer_conditions.safetensors")
+        save_state_dict(self.frozen.unet, directory / "producer_unet_ema.safetensors")
+        if self.frozen.conditions is not None:
+            save_conditions(self.frozen.conditions, directory / "producer_conditions.safetensors")
         run_dir = self.ctx.run_dir if self.ctx is not None else directory
         meta = {
             "stage1_done": self.stage1_done,
-            "trained_steps": self.trained_steps,
-            "guidance_scale": self.guidance_scale,
-            "t_split": self.t_split,
+            "trained_steps": self.frozen.trained_steps,
+            "guidance_scale": self.pool_settings.guidance_scale,
+            "t_split": self.pool_settings.t_split,
             "pool_dir": None if self.pool_dir is None else self.pool_dir.relative_to(run_dir).as_posix(),
-            "pools": self.pools,
+            "pools": self.frozen.pools,
             "conditions": None
-            if self.conditions is None
-            else {"num_classes": self.conditions.num_classes, "source": self.conditions.source},
+            if self.frozen.conditions is None
+            else {"num_classes": self.frozen.conditions.num_classes, "source": self.frozen.conditions.source},
         }
         (directory / STATE_JSON).write_text(json.dumps(meta, indent=2))
 
     def checkpoint_layout(self) -> dict[str, nn.Module]:
-        return {"producer_unet_ema.safetensors": self.unet}
+        return {"producer_unet_ema.safetensors": self.frozen.unet}
 
     def load_state(self, directory: Path) -> None:
         assert self.ctx is not None
@@ -494,16 +439,16 @@ class DiffusionProducer(Producer):
         try:
             meta = json.loads(path.read_text(encoding="utf-8"))
             self.stage1_done = bool(meta["stage1_done"])
-            self.trained_steps = int(meta["trained_steps"])
-            self.guidance_scale, self.t_split = float(meta["guidance_scale"]), float(meta["t_split"])
-            self.pools = list(meta["pools"])
+            self.frozen.trained_steps = int(meta["trained_steps"])
+            self.pool_settings = Settings(float(meta["guidance_scale"]), float(meta["t_split"]))
+            self.frozen.pools = list(meta["pools"])
             pool_dir, c = meta["pool_dir"], meta["conditions"]
         except (OSError, KeyError, TypeError, ValueError) as e:
             raise CheckpointError(f"cannot read {path}: {type(e).__name__}: {e}") from e
         weights = directory / "producer_unet_ema.safetensors"
-        load_into(self.unet, load_state_dict(weights), str(weights))
+        load_into(self.frozen.unet, load_state_dict(weights), str(weights))
         if c is not None:
-            self.conditions = load_conditions(directory / "producer_conditions.safetensors", c)
+            self.frozen.conditions = load_conditions(directory / "producer_conditions.safetensors", c)
         if pool_dir is not None:
             if not isinstance(pool_dir, str) or ".." in Path(pool_dir).parts or Path(pool_dir).is_absolute():
                 raise CheckpointError(f"{path}: pool_dir {pool_dir!r} is not a pool of this run")
@@ -512,8 +457,8 @@ class DiffusionProducer(Producer):
 
     def _batch_conditions(self, index: Any, x: torch.Tensor) -> torch.Tensor | None:
         """A real batch's conditions: looked up (in-memory data) or assigned by its features (streamed)."""
-        cond = self.conditions
-        if not self.num_classes or cond is None:
+        cond = self.frozen.conditions
+        if not self.frozen.num_classes or cond is None:
             return None
         if cond.centroids is None:
             return cond.labels[index].to(x.device)
@@ -521,213 +466,58 @@ class DiffusionProducer(Producer):
         return cond.assign(eval_features(self.ctx.encoder(), x))
 
     def fingerprint_modules(self) -> dict[str, nn.Module]:
-        return {"unet": self.model if self.model is not None else self.unet}
-
-    @property
-    def model_size(self) -> int:
-        return int(self.unet.config.sample_size)
+        return {"unet": self.model if self.model is not None else self.frozen.unet}
 
     def _to_model_size(self, x: torch.Tensor) -> torch.Tensor:
         """Real images (data.size) at the model's size, for fine-tuning a model of another size."""
-        return x if self.model_size == x.shape[-1] else _resize(x, self.model_size)
-
-    def _to_data_size(self, x: torch.Tensor) -> torch.Tensor:
-        """Samples (the model's size) at data.size; differentiable, so guidance can look through it."""
-        return x if x.shape[-1] == self.size else _resize(x, self.size)
+        return x if self.frozen.model_size == x.shape[-1] else resize(x, self.frozen.model_size)
 
     def describe(self) -> dict[str, Any]:
         info: dict[str, Any] = {"kind": self.kind}
-        if getattr(self, "pretrained", None):
-            info["pretrained"] = self.pretrained
+        if self.frozen.pretrained:
+            info["pretrained"] = self.frozen.pretrained
         return info
 
     def _class_meaning(self) -> dict[str, Any]:
-        cond = self.conditions
-        if not self.num_classes:
+        cond, k = self.frozen.conditions, self.frozen.num_classes
+        if not self.frozen.num_classes:
             return {"num_classes": 0, "meaning": "unconditional"}
         source = cond.source if cond is not None else "model"
         meaning = {
-            "kmeans": f"k-means pseudo-classes of the run's encoder features (k={self.num_classes}); sample "
+            "kmeans": f"k-means pseudo-classes of the run's encoder features (k={k}); sample "
             "them with the frequencies in final/conditions.safetensors",
             "labels": "the data set's true labels (conditions.mode=labels)",
             "model": "the pretrained model's own classes (synthkit samples them uniformly)",
         }.get(source, source)
-        return {"num_classes": self.num_classes, "source": source, "meaning": meaning}
+        return {"num_classes": self.frozen.num_classes, "source": source, "meaning": meaning}
 
     def publish(self, directory: Path) -> dict[str, Any]:
-        unet = self.unet.to("cpu")
-        meta = {"class_ids": self._class_meaning(), "data": {"size": self.size, "channels": self.channels}}
-        if getattr(self, "pretrained", None):
-            meta["pretrained"] = self.pretrained
+        unet = self.frozen.unet.to("cpu")
+        meta = {
+            "class_ids": self._class_meaning(),
+            "data": {"size": self.frozen.size, "channels": self.frozen.channels},
+        }
+        if self.frozen.pretrained:
+            meta["pretrained"] = self.frozen.pretrained
         save_diffusion(
-            unet, DDPMScheduler.from_config(self.scheduler_config), directory / DIFFUSION_DIR, meta
+            unet, DDPMScheduler.from_config(self.frozen.scheduler_config), directory / DIFFUSION_DIR, meta
         )
         record: dict[str, Any] = {
             "kind": self.kind,
             "hashes": {"unet_ema": state_dict_hash(cpu_state(unet))},
-            "train_steps": self.trained_steps,
-            "num_classes": self.num_classes,
-            "condition_source": self.conditions.source if self.conditions else "none",
-            "pools": self.pools,
-            **({"pretrained": self.pretrained} if getattr(self, "pretrained", None) else {}),
+            "train_steps": self.frozen.trained_steps,
+            "num_classes": self.frozen.num_classes,
+            "condition_source": self.frozen.conditions.source if self.frozen.conditions else "none",
+            "pools": self.frozen.pools,
+            **({"pretrained": self.frozen.pretrained} if self.frozen.pretrained else {}),
         }
-        if self.conditions is not None:
-            save_conditions(self.conditions, directory / "conditions.safetensors")
+        if self.frozen.conditions is not None:
+            save_conditions(self.frozen.conditions, directory / "conditions.safetensors")
             record["conditions"] = {
-                "num_classes": self.conditions.num_classes,
-                "source": self.conditions.source,
+                "num_classes": self.frozen.conditions.num_classes,
+                "source": self.frozen.conditions.source,
             }
         return record
 
     def summary(self) -> dict[str, Any]:
-        return {"pools": self.pools}
-
-    # ------------------------------------------------------------------ export
-    @classmethod
-    def load(cls, cfg: PipelineConfig, directory: Path, record: dict[str, Any]) -> DiffusionProducer:
-        root = directory / DIFFUSION_DIR
-        if not (root / UNET_DIR / "config.json").is_file():
-            raise CheckpointError(f"{directory} holds no diffusers UNet ({root / UNET_DIR} is missing)")
-        try:
-            unet = UNet2DModel.from_pretrained(root / UNET_DIR, use_safetensors=True, local_files_only=True)
-            scheduler = DDPMScheduler.from_pretrained(root / SCHEDULER_DIR)
-        except (OSError, ValueError, RuntimeError) as e:
-            raise CheckpointError(f"cannot load the UNet in {root}: {type(e).__name__}: {e}") from e
-        expected = record.get("hashes", {}).get("unet_ema")
-        state = cpu_state(unet)
-        if not all(bool(torch.isfinite(v).all()) for v in state.values() if v.is_floating_point()):
-            raise CheckpointError(f"{root / UNET_DIR} holds non-finite weights: a diverged UNet is refused")
-        found = state_dict_hash(state)
-        if found != expected:
-            raise CheckpointError(
-                f"{root / UNET_DIR} does not hold the UNet this run recorded (content hash {found[:12]}, "
-                f"recorded {str(expected)[:12]}); it was replaced or damaged"
-            )
-        # the producer makes images of the run's data size (a resized pretrained model: its samples resized)
-        self = cls(
-            cfg,
-            int(unet.config.in_channels),
-            cfg.data.size,
-            int(record.get("num_classes") or 0),
-            unet=unet,
-            scheduler_config=dict(scheduler.config),
-        )
-        if record.get("pretrained"):
-            self.pretrained = record["pretrained"]
-        cond = record.get("conditions")
-        if cond is not None:
-            self.conditions = load_conditions(directory / "conditions.safetensors", cond)
-        self.trained_steps = int(record.get("train_steps", 0))
-        self.pools = list(record.get("pools", []))
-        return self
-
-    def draw_conditions(self, k: int, g: torch.Generator) -> torch.Tensor | None:
-        cond = self.conditions
-        return cond.sample(k, generator=g) if cond is not None and cond.num_classes else None
-
-    @torch.no_grad()
-    def make(self, kind: str, start: int, count: int, seed: int, scorer: Scorer) -> Samples:
-        if kind not in self.export_kinds:
-            raise ValueError(f"this diffusion run makes no {kind} samples")
-        d, device = self.d, next(self.unet.parameters()).device
-        k = count if kind == "hard" else count // 2
-        g = chunk_generator(seed, kind, start, device=device)
-        labels = self.draw_conditions(k, g)
-        cond = self.conditions
-        base = {
-            "condition_source": cond.source if cond else "none",
-            "condition_k": cond.num_classes if cond and cond.source == "kmeans" else None,
-        }
-        if kind == "hard":
-            guidance = (
-                Guidance(scorer, self.guidance_scale, d.guidance_schedule, prepare=self._to_data_size)
-                if self.guidance_scale > 0
-                else None
-            )
-            images = ddim_sample(
-                self.unet,
-                self.scheduler_config,
-                labels,
-                generator=g,
-                steps=d.ddim_steps,
-                eta=d.ddim_eta,
-                n=k,
-                guidance=guidance,
-            )
-            meta = [
-                {
-                    **base,
-                    "producer": HSG_PRODUCER,
-                    "condition": None if labels is None else int(labels[j]),
-                    "guidance_scale": self.guidance_scale,
-                }
-                for j in range(k)
-            ]
-        else:
-            x_a, x_b = ddim_pairs(
-                self.unet,
-                self.scheduler_config,
-                labels,
-                t_split=self.t_split,
-                generator=g,
-                steps=d.ddim_steps,
-                eta=d.ddim_eta,
-                mode=d.branch_mode,
-                branch_eta=d.branch_eta,
-                n=k,
-            )
-            images = interleave(x_a, x_b)
-            meta = [
-                {
-                    **base,
-                    "producer": HPG_PRODUCER,
-                    "condition": None if labels is None else int(labels[j // 2]),
-                    "pair_id": (start + j) // 2,
-                    "t_split": round(self.t_split, 6),
-                    "branch_mode": d.branch_mode,
-                    "guidance_scale": 0.0,  # pairs are sampled unguided
-                }
-                for j in range(count)
-            ]
-        return Samples(self._to_data_size(images).float().cpu(), meta)
-
-    def export_info(self) -> dict[str, Any]:
-        d, cond = self.d, self.conditions
-        return {
-            "generator_step": self.trained_steps,
-            "condition_source": cond.source if cond else "none",
-            "sampler": f"DDIM {d.ddim_steps} steps, eta {d.ddim_eta}",
-            "guidance_scale": self.guidance_scale,
-            "t_split": self.t_split,
-            "branch_mode": d.branch_mode,
-            **({"pretrained": self.pretrained} if getattr(self, "pretrained", None) else {}),
-        }
-
-    @torch.no_grad()
-    def naive_pool(self, seed: int, device: torch.device) -> torch.Tensor:
-        """The naive baseline's NAIVE_POOL unguided samples for ``seed`` (the same images every time): what
-        a naive run with ``train.seed=seed`` trains on, so that it can be audited afterwards."""
-        self.unet.to(device)
-        g = chunk_generator(seed, "naive", 0, device=device)
-        with Phase("sampling the naive baseline's pool", NAIVE_POOL, "img", progress=False, logger=logger):
-            return ddim_sample(
-                self.unet,
-                self.scheduler_config,
-                self.draw_conditions(NAIVE_POOL, g),
-                generator=g,
-                steps=self.d.ddim_steps,
-                eta=self.d.ddim_eta,
-                n=NAIVE_POOL,
-            )
-
-    def sampler(self, seed: int) -> Callable[[int, torch.device], torch.Tensor]:
-        """Unguided samples for the naive baseline: the pool of :meth:`naive_pool`, made once, from which
-        every step draws with the global generator."""
-        pool: list[torch.Tensor] = []
-
-        def sample(n: int, device: torch.device) -> torch.Tensor:
-            if not pool:
-                pool.append(self.naive_pool(seed, device))
-            return pool[0][torch.randint(len(pool[0]), (n,))].to(device)
-
-        return sample
+        return {"pools": self.frozen.pools}

@@ -156,11 +156,11 @@ def ema_copy(generator: nn.Module, decay: float) -> EMA:
     return EMA(generator, decay)
 
 
-class HardSampleProducer(nn.Module):
-    """Holds G, D and G's EMA copy, and performs the producer's parts of a joint step.
+class HardSampleGAN(nn.Module):
+    """HSG's modules: G, D and G's EMA copy, with D's loss and G's realism term.
 
-    The loop owns the order of operations (``train/joint.py``); this class only knows how to update D
-    and how to score G's samples for realism.
+    The cGAN trainer (``producers/cgan.py``) owns the order of operations and the optimizers of a joint
+    step; this class only holds the modules and knows how to score samples for D and for realism.
     """
 
     def __init__(
@@ -180,15 +180,6 @@ class HardSampleProducer(nn.Module):
             gen_cfg, channels, size, num_classes, load_weights=load_weights
         )
         self.ema = ema_copy(self.generator, gen_cfg.ema_decay)
-
-    def optimizers(self) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer]:
-        g = torch.optim.Adam(
-            self.generator.parameters(), lr=self.gen_cfg.lr_g, betas=self.gen_cfg.betas, fused=True
-        )
-        d = torch.optim.Adam(
-            self.discriminator.parameters(), lr=self.gen_cfg.lr_d, betas=self.gen_cfg.betas, fused=True
-        )
-        return g, d
 
     def discriminator_loss(
         self,

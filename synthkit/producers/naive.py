@@ -2,7 +2,7 @@
 
 The first baseline of docs/method.md ("Baselines every comparison needs"): synthetic data from a generator
 trained once on the same unlabeled data, not customised for the encoder. ``generator.run`` names a finished
-run, whose published producer (verified) serves unguided samples (``Producer.sampler``: a cGAN's EMA
+run, whose frozen sampler (verified) serves unguided samples (``Sampler.sampler``: a cGAN's EMA
 generator, a diffusion model's unguided DDIM samples); or ``generator.builder`` + ``generator.weights`` name
 your own generator (as for the cGAN producer). Every encoder step mixes ``generator.synthetic_ratio`` x B of
 its samples in as plain instances. Nothing of the frozen generator trains, and this run publishes nothing of
@@ -20,7 +20,11 @@ import torch
 
 from synthkit.config import GeneratorConfig, PipelineConfig
 from synthkit.errors import ConfigError, RunError
+from synthkit.generators.cgan import user_generator
 from synthkit.producers.base import Chunk, Contribution, Producer, StepInput, TrainContext
+from synthkit.provenance import state_dict_hash
+from synthkit.run_files.final import load_final
+from synthkit.weights import load_state_dict
 
 
 @dataclass(frozen=True)
@@ -67,9 +71,6 @@ class NaiveConfig(GeneratorConfig):
 
 
 def _hash_file(path: str) -> str:
-    from synthkit.provenance import state_dict_hash
-    from synthkit.weights import load_state_dict
-
     return state_dict_hash(load_state_dict(Path(path)))
 
 
@@ -77,8 +78,6 @@ def _frozen_user_generator(
     gen: NaiveConfig, channels: int, size: int
 ) -> Callable[[int, torch.device], torch.Tensor]:
     """The user's generator, frozen: z ~ N(0, I), classes uniform over ``generator.num_classes``."""
-    from synthkit.generators.cgan import user_generator
-
     assert gen.builder is not None
     g = user_generator(gen.builder, gen.weights, gen.z_dim, channels, size, gen.num_classes)
     g.eval().requires_grad_(False)
@@ -98,7 +97,6 @@ class NaiveProducer(Producer):
 
     @classmethod
     def for_training(cls, cfg: PipelineConfig, ctx: TrainContext) -> NaiveProducer:
-        from synthkit.training.artifacts import load_final
 
         gen = cfg.generator
         assert isinstance(gen, NaiveConfig)
@@ -113,20 +111,15 @@ class NaiveProducer(Producer):
         else:
             assert gen.run is not None
             art = load_final(gen.run)
-            source = art.producer
+            source = art.sampler
             if source is None:
-                raise RunError(f"generator.run={gen.run} holds no generator (trained with hsg.enabled=false)")
+                raise RunError(
+                    f"generator.run={gen.run} holds no generator to sample (trained without HSG and HPG)"
+                )
             self.sample = source.sampler(cfg.train.seed)
             self.identity = {"run": str(Path(gen.run).resolve()), "hashes": art.hashes}
-        probe = self.sample(1, ctx.accelerator.device)
-        if tuple(probe.shape[1:]) != (ctx.channels, ctx.size, ctx.size):
-            shape = "x".join(str(v) for v in probe.shape[1:])
-            raise RunError(
-                f"the naive baseline's generator makes {shape} images but the training data are "
-                f"{ctx.channels}x{ctx.size}x{ctx.size}"
-            )
-        b_real = cfg.train.batch_size // ctx.accelerator.num_processes
-        self.n = max(1, round(b_real * gen.synthetic_ratio))
+        ctx.check_shape(self.sample, "the naive baseline's generator")
+        self.n = ctx.per_step(gen.synthetic_ratio)
         return self
 
     def contribute(self, batch: StepInput) -> Contribution:
@@ -138,9 +131,3 @@ class NaiveProducer(Producer):
 
     def describe(self) -> dict[str, Any]:
         return {"kind": self.kind, "source": self.identity}
-
-    @classmethod
-    def load(cls, cfg: PipelineConfig, directory: Path, record: dict[str, Any]) -> NaiveProducer:
-        self = cls()
-        self.record = record
-        return self  # exports nothing: export_kinds is empty

@@ -94,11 +94,11 @@ def _perturb(module: nn.Module, noise: float, generator: torch.Generator | None 
         p.add_(eps * noise * scale)
 
 
-class PairProducer(nn.Module):
+class GeneratorPair(nn.Module):
     """Holds G_a, G_b (G_b a perturbed copy of G_a at the start) and their EMA copies for sampling.
 
-    D is not part of the producer: one discriminator judges every generator's samples for realism (owned by
-    the loop, or by the HSG producer when both run).
+    D is not part of the pair: one discriminator judges every generator's samples for realism (the cGAN
+    trainer's, ``producers/cgan.py``).
     """
 
     def __init__(self, gen_cfg: CGanConfig, hpg_cfg: HPGConfig, generator: Generator) -> None:

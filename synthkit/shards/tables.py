@@ -37,6 +37,7 @@ from synthkit.atomic import write_bytes_atomic
 from synthkit.errors import OutputError
 from synthkit.shards import location as loc
 from synthkit.shards.format import META_FIELDS, ShardError
+from synthkit.shards.reader import iter_shard_members  # the reader imports nothing of the tables
 
 __all__ = [
     "COLUMNS",
@@ -138,8 +139,6 @@ def shard_rows(path: Path) -> list[dict[str, Any]]:
     """The table rows of a finished shard, read back from it (its ``json`` and ``cls`` members): how a
     resumed writer gets the rows of the shards it kept, and how a set published from parts gets all of
     them (the same rows, hence the same bytes, as the writer that wrote the samples would have)."""
-    from synthkit.shards.reader import iter_shard_members  # the reader imports nothing of the tables
-
     rows = []
     for key, parts in iter_shard_members(path):
         meta = json.loads(parts.get("json", b"{}").decode("utf-8"))

@@ -44,6 +44,7 @@ from PIL import Image
 
 from synthkit.atomic import fsync_dir, os_reason, write_json_atomic
 from synthkit.errors import OutputError
+from synthkit.shards.decode import png_header
 from synthkit.shards.format import (
     FORMAT,
     IMAGE_SHAPE,
@@ -63,6 +64,7 @@ from synthkit.shards.format import (
 )
 from synthkit.shards.location import is_url
 from synthkit.shards.manifest import sha256_file
+from synthkit.shards.reader import iter_shard_members
 from synthkit.shards.tables import COLUMNS, encode_table, publish_tables, table_format, table_row
 
 # Fixed so that PNG bytes (and hence shard hashes) depend only on the pixels.
@@ -702,9 +704,6 @@ class ShardSetWriter:
         written = sum(s["count"] for s in self._shards) + self._in_shard
         if self.resume_from == 0 or written == 0:
             return set()
-        from synthkit.shards.decode import png_header
-        from synthkit.shards.reader import iter_shard_members
-
         shapes = set()
         kept = self.resume_from
         for entry in self._shards:

@@ -30,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,8 +48,8 @@ from synthkit.distributed import FailTogether, reduce_values
 from synthkit.encoders.model import Encoder, load_encoder_weights
 from synthkit.errors import ConfigError, RunError
 from synthkit.logs import epoch_line
-from synthkit.objectives.base import build_objective
-from synthkit.producers.base import Producer, StepInput, TrainContext
+from synthkit.objectives.base import Objective, build_objective
+from synthkit.producers.base import NullProducer, Producer, StepInput, TrainContext
 from synthkit.registry import PRODUCERS
 from synthkit.shards.location import RemotePolicy
 from synthkit.shards.location import configure as configure_remote
@@ -187,6 +188,18 @@ def train(
             return _train(cfg, run, data, progress)
 
 
+@dataclass
+class _Models:
+    """What the epochs work with: the prepared encoder and its optimizer, the views, the objective, the
+    producer (a NullProducer without one) and the step that joins them."""
+
+    encoder_ddp: Any
+    encoder_info: dict[str, Any]
+    objective: Objective
+    producer: Producer
+    step: EncoderStep
+
+
 def _train(
     cfg: PipelineConfig,
     run: Run,
@@ -195,13 +208,46 @@ def _train(
 ) -> RunResult:
     # 1. The run and its real data (checked before the run directory was made) ---
     info, real, test = data
-    acc, device = run.accelerator, run.accelerator.device
     batches, channels, size = _real_batches(cfg, run, info, real)
-    steps_per_epoch = len(batches)
-    if steps_per_epoch == 0:
+    if len(batches) == 0:
         raise RunError(f"the training data hold fewer images than one batch of {cfg.train.batch_size}")
 
     # 2. Models: identical initial weights on every process ---
+    m = _models(cfg, run, real, batches, channels, size, progress)
+
+    # 3. Resume: the checkpoint is checked and loaded before anything in the run directory is written ---
+    state = run.load_checkpoint(m.objective, m.producer) if run.resume_from is not None else LoopState()
+    run.write_files(_data_record(cfg, real, batches, channels, size), m.producer.describe(), m.encoder_info)
+
+    # then the producer's start ---
+    if run.resume_from is None:  # distinct augmentations and latents per process; same weights (set above)
+        torch.manual_seed(cfg.train.seed * 1009 + 7919 * (run.rank + 1))
+    m.producer.start(resumed=run.resume_from is not None)
+
+    # 4. Epochs: the producer's epoch work (conditions, pools), then the steps, then the epoch's end ---
+    for epoch in range(state.epoch, cfg.train.epochs):
+        m.producer.on_epoch_start(epoch)
+        started = time.perf_counter()
+        means, shown = _epoch_steps(cfg, run, m, batches, state, epoch, progress)
+        _end_epoch(cfg, run, m, batches, state, means, shown, started, real, test)
+
+    # 6. Publish the final weights and a summary ---
+    m.producer.finish()
+    summary = run.publish(m.encoder_ddp, m.objective, m.producer, state)
+    return RunResult(run.dir, summary)
+
+
+def _models(
+    cfg: PipelineConfig,
+    run: Run,
+    real: ImageSet | None,
+    batches: MemoryBatches | MixBatches,
+    channels: int,
+    size: int,
+    progress: bool,
+) -> _Models:
+    """Encoder, views, objective, optimizer and producer, seeded alike on every process, prepared."""
+    acc, device = run.accelerator, run.accelerator.device
     set_seed(cfg.train.seed)
     encoder = Encoder(cfg.encoder, channels, size)
     encoder_info: dict[str, Any] = {"backbone": cfg.encoder.backbone, "stem": encoder.stem}
@@ -234,111 +280,127 @@ def _train(
         log=run.log,
         progress=progress,
     )
-    producer: Producer | None = None
+    producer: Producer = NullProducer()
     if cfg.producer_active:  # built (and an init run checked) before anything is written
         producer = PRODUCERS.get(cfg.generator.kind).impl_class().for_training(cfg, ctx)
-        producer.prepare(acc)
+    producer.prepare(acc)
     step = EncoderStep(acc, encoder_ddp, views, opt, objective)
-    # 3. Resume: the checkpoint is checked and loaded before anything in the run directory is written ---
-    state = run.load_checkpoint(objective, producer) if run.resume_from is not None else LoopState()
-    run.write_files(
-        {
-            "name": real.name if real is not None and not cfg.mix.sources else "mix",
-            "train_images": len(real)
-            if not cfg.mix.sources and real is not None
-            else batches.stream.epoch_samples,
-            "mix": list(cfg.mix.sources),
-            "channels": channels,
-            "size": size,
-        },
-        producer.describe() if producer is not None else None,
-        encoder_info,
+    return _Models(encoder_ddp, encoder_info, objective, producer, step)
+
+
+def _data_record(
+    cfg: PipelineConfig, real: ImageSet | None, batches: Any, channels: int, size: int
+) -> dict[str, Any]:
+    """``run.json``'s data entry."""
+    in_memory = not cfg.mix.sources and real is not None
+    return {
+        "name": real.name if in_memory else "mix",  # type: ignore[union-attr]
+        "train_images": len(real) if in_memory else batches.stream.epoch_samples,  # type: ignore[arg-type]
+        "mix": list(cfg.mix.sources),
+        "channels": channels,
+        "size": size,
+    }
+
+
+def _epoch_steps(
+    cfg: PipelineConfig,
+    run: Run,
+    m: _Models,
+    batches: MemoryBatches | MixBatches,
+    state: LoopState,
+    epoch: int,
+    progress: bool,
+) -> tuple[dict[str, float], Any]:
+    """One epoch's steps: per step the producer's contribution and the encoder's step, then its
+    ``after_step``. Returns the epoch's mean records and its last contribution (the trackers' grid)."""
+    acc, device = run.accelerator, run.accelerator.device
+    steps_per_epoch = len(batches)
+    m.encoder_ddp.train()
+    records = StepRecords(device)  # the epoch's records, on the device until read
+    shown = None  # the epoch's last contribution: the trackers' sample grid
+    bar = tqdm(
+        batches.epoch(epoch),
+        total=steps_per_epoch,
+        desc=f"epoch {epoch + 1}/{cfg.train.epochs}",
+        disable=not (progress and run.is_main),
+        leave=False,
     )
+    i = -1
+    for i, (idx, images) in enumerate(bar):
+        x_real = to_float(images.to(device, non_blocking=True))  # uint8 over, float on the device
+        batch = StepInput(x_real, idx, epoch, epoch + i / steps_per_epoch)
+        contribution = m.producer.contribute(batch)
+        if i == steps_per_epoch - 1:
+            shown = contribution
+        # this process's records -> the global batch's, on the device (one all-reduce, no host read;
+        # the producer's after_step, e.g. HPG's adaptive target, sees the same numbers on every process)
+        state.step = run.step = state.step + 1
+        rec = records.add(m.step(x_real, contribution), state.step)
+        m.producer.after_step(rec)
+        if cfg.train.record_indices:
+            if isinstance(idx, list):  # streamed from shards: sample keys, gathered as objects
+                state.seen_keys.append(gather_object([idx]))
+            else:
+                state.seen.append(acc.gather(idx.to(device)).view(run.world, -1).cpu())
+        if state.step % cfg.train.log_every == 0:  # the one host read of these steps
+            read = _checked(run, records, state)
+            run.log({"epoch": epoch, **read.last}, namespace="train")
+            bar.set_postfix(loss=f"{read.last.get('loss_cl', 0):.3f}")
+    bar.close()
+    if i + 1 != steps_per_epoch:  # never: both kinds of batches give len(batches), or raise
+        raise RunError(f"epoch {epoch + 1} gave {i + 1} batches, not {steps_per_epoch}")
+    return _checked(run, records, state).means, shown
 
-    # then the producer's start ---
-    if run.resume_from is None:  # distinct augmentations and latents per process; same weights (set above)
-        torch.manual_seed(cfg.train.seed * 1009 + 7919 * (run.rank + 1))
-    if producer is not None:
-        producer.start(resumed=run.resume_from is not None)
 
-    # 4. Epochs ---
-    for epoch in range(state.epoch, cfg.train.epochs):
-        if producer is not None:
-            producer.on_epoch_start(epoch)
-        encoder_ddp.train()
-        records = StepRecords(device)  # the epoch's records, on the device until read
-        shown = None  # the epoch's last contribution: the trackers' sample grid
-        bar = tqdm(
-            batches.epoch(epoch),
-            total=steps_per_epoch,
-            desc=f"epoch {epoch + 1}/{cfg.train.epochs}",
-            disable=not (progress and run.is_main),
-            leave=False,
-        )
-        started = time.perf_counter()
-        i = -1
-        for i, (idx, images) in enumerate(bar):
-            x_real = to_float(images.to(device, non_blocking=True))  # uint8 over, float on the device
-            batch = StepInput(x_real, idx, epoch, epoch + i / steps_per_epoch)
-            contribution = producer.contribute(batch) if producer is not None else None
-            if i == steps_per_epoch - 1:
-                shown = contribution
-            # this process's records -> the global batch's, on the device (one all-reduce, no host read;
-            # the producer's after_step, e.g. HPG's adaptive target, sees the same numbers on every process)
-            state.step = run.step = state.step + 1
-            rec = records.add(step(x_real, contribution), state.step)
-            if producer is not None:
-                producer.after_step(rec)
-            if cfg.train.record_indices:
-                if isinstance(idx, list):  # streamed from shards: sample keys, gathered as objects
-                    state.seen_keys.append(gather_object([idx]))
-                else:
-                    state.seen.append(acc.gather(idx.to(device)).view(run.world, -1).cpu())
-            if state.step % cfg.train.log_every == 0:  # the one host read of these steps
-                read = _checked(run, records, state)
-                run.log({"epoch": epoch, **read.last}, namespace="train")
-                bar.set_postfix(loss=f"{read.last.get('loss_cl', 0):.3f}")
-        bar.close()
-        if i + 1 != steps_per_epoch:  # never: both kinds of batches give len(batches), or raise
-            raise RunError(f"epoch {epoch + 1} gave {i + 1} batches, not {steps_per_epoch}")
-        epoch_means = _checked(run, records, state).means
-        elapsed = reduce_values({"t": time.perf_counter() - started}, device, op="max")["t"]
+def _end_epoch(
+    cfg: PipelineConfig,
+    run: Run,
+    m: _Models,
+    batches: MemoryBatches | MixBatches,
+    state: LoopState,
+    epoch_means: dict[str, float],
+    shown: Any,
+    started: float,
+    real: ImageSet | None,
+    test: ImageSet | None,
+) -> None:
+    """5. Throughput, monitor, log, checkpoint."""
+    acc, device = run.accelerator, run.accelerator.device
+    steps_per_epoch = len(batches)
+    elapsed = reduce_values({"t": time.perf_counter() - started}, device, op="max")["t"]
+    state.epoch += 1
+    epoch_rec: dict[str, Any] = {
+        "epoch": state.epoch,
+        **{f"epoch_{k}": v for k, v in epoch_means.items()},
+        "epoch_time_s": elapsed,
+        "epoch_step_time_s": elapsed / steps_per_epoch,
+        "epoch_images_per_s": cfg.train.batch_size * steps_per_epoch / elapsed,
+    }
+    if isinstance(batches, MixBatches):
+        epoch_rec.update(_mix_record(cfg, batches, device))
+    last = state.epoch == cfg.train.epochs
+    if test is not None and real is not None and (state.epoch % cfg.train.knn_every == 0 or last):
+        if run.is_main:
+            epoch_rec["knn_acc"] = run.knn_monitor(acc.unwrap_model(m.encoder_ddp), real, test)
+        acc.wait_for_everyone()
+    run.log(epoch_rec, namespace="epoch")
+    run.log_samples(shown, state.epoch, real.images if real is not None else None)
+    if run.is_main:  # a log record, with or without progress bars
+        seconds = time.perf_counter() - started  # the steps and the monitor
+        logger.info(epoch_line(state.epoch, cfg.train.epochs, state.step, epoch_rec, seconds))
+    if state.epoch % cfg.train.checkpoint_every == 0 or last:
+        watched = [m.encoder_ddp, *m.producer.fingerprint_modules().values()]
+        run.save_checkpoint(state, m.objective, m.producer, watched)
 
-        # 5. Throughput, monitor, log, checkpoint ---
-        state.epoch = epoch + 1
-        epoch_rec: dict[str, Any] = {
-            "epoch": state.epoch,
-            **{f"epoch_{k}": v for k, v in epoch_means.items()},
-            "epoch_time_s": elapsed,
-            "epoch_step_time_s": elapsed / steps_per_epoch,
-            "epoch_images_per_s": cfg.train.batch_size * steps_per_epoch / elapsed,
-        }
-        if isinstance(batches, MixBatches) and cfg.mix.on_error == "skip":  # broken shards and samples passed
-            skipped = reduce_values({"n": float(batches.skipped_in_epoch)}, device, op="sum")["n"]
-            epoch_rec["epoch_skipped"] = int(skipped)
-        if isinstance(batches, MixBatches):  # the samples drawn per set, over all processes
-            drawn = drawn_record(batches.drawn, batches.info.sets)
-            totals = reduce_values({k: float(v) for k, v in drawn.items()}, device, op="sum")
-            epoch_rec.update({k: round(totals[k]) for k in drawn})
-        last = state.epoch == cfg.train.epochs
-        if test is not None and real is not None and (state.epoch % cfg.train.knn_every == 0 or last):
-            if run.is_main:
-                epoch_rec["knn_acc"] = run.knn_monitor(acc.unwrap_model(encoder_ddp), real, test)
-            acc.wait_for_everyone()
-        run.log(epoch_rec, namespace="epoch")
-        run.log_samples(shown, state.epoch, real.images if real is not None else None)
-        if run.is_main:  # a log record, with or without progress bars
-            seconds = time.perf_counter() - started  # the steps and the monitor
-            logger.info(epoch_line(state.epoch, cfg.train.epochs, state.step, epoch_rec, seconds))
-        if state.epoch % cfg.train.checkpoint_every == 0 or last:
-            watched = [
-                encoder_ddp,
-                *(producer.fingerprint_modules().values() if producer is not None else []),
-            ]
-            run.save_checkpoint(state, objective, producer, watched)
 
-    # 6. Publish the final weights and a summary ---
-    if producer is not None:
-        producer.finish()
-    summary = run.publish(encoder_ddp, objective, producer, state)
-    return RunResult(run.dir, summary)
+def _mix_record(cfg: PipelineConfig, batches: MixBatches, device: torch.device) -> dict[str, int]:
+    """A streamed epoch's counts over all processes: broken shards and samples passed (``mix.on_error:
+    skip``) and the samples drawn per set."""
+    out: dict[str, int] = {}
+    if cfg.mix.on_error == "skip":
+        skipped = reduce_values({"n": float(batches.skipped_in_epoch)}, device, op="sum")["n"]
+        out["epoch_skipped"] = int(skipped)
+    drawn = drawn_record(batches.drawn, batches.info.sets)
+    totals = reduce_values({k: float(v) for k, v in drawn.items()}, device, op="sum")
+    out.update({k: round(totals[k]) for k in drawn})
+    return out

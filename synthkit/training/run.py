@@ -26,7 +26,7 @@ Life of a run directory:
 - ``--resume`` needs a directory holding a run (``config.yaml``), else it is refused. A finished run
   (``final/`` of ``train.epochs`` epochs) is left as it is; with more epochs it goes on from its newest
   checkpoint, which must be of the epoch ``final/`` was published at. The checkpoint is checked (checksums,
-  then every file's structure: ``training/checkpoint.py``) and loaded before anything in the directory is
+  then every file's structure: ``run_files/checkpoint.py``) and loaded before anything in the directory is
   written, so a refused resume leaves it as it was.
 - ``final/`` is replaced in one step by a new complete result (``synthkit.atomic.replace_dir``); of the old
   one only the files synthkit wrote are deleted, and a ``final/`` holding files of the user's is refused
@@ -65,10 +65,11 @@ from synthkit.locks import DirLock, LockHeld
 from synthkit.logs import format_values
 from synthkit.metrics.knn import knn_accuracy, knn_k_problem
 from synthkit.provenance import created_by
+from synthkit.run_files import checkpoint as ckpt
+from synthkit.run_files.final import FINAL, FINAL_JSON
 from synthkit.trackers import init_kwargs, log_image, resolve_trackers, tags, tracker_step
 from synthkit.trackers import namespace as record_namespace
-from synthkit.training import checkpoint as ckpt
-from synthkit.training.artifacts import FINAL, FINAL_JSON, publish_final
+from synthkit.training.artifacts import publish_final
 from synthkit.training.state import (
     STATE_JSON,
     STATE_TENSORS,
@@ -578,9 +579,10 @@ class Run:
         )
 
     # ------------------------------------------------------------------ checkpoints
-    def check_checkpoint(self, objective: Objective, producer: Producer | None) -> None:
+    def check_checkpoint(self, objective: Objective, producer: Producer) -> None:
         """Every file of the checkpoint to resume from against this run's models, optimizers and settings
-        (``training/checkpoint.py``), before any of it is loaded; one CheckpointError line naming the file."""
+        (``run_files/checkpoint.py``), before any of it is loaded; one CheckpointError line naming the
+        file."""
         path = self.resume_from
         assert path is not None
         acc, cfg = self.accelerator, self.cfg
@@ -594,7 +596,7 @@ class Run:
         tensors = {STATE_TENSORS: seen}  # checked against the loop's own layout
         for name, module in objective.modules().items():
             tensors[f"objective_{name}.safetensors"] = ckpt.tensor_layout(module.state_dict())[0]
-        for file, module in (producer.checkpoint_layout() if producer is not None else {}).items():
+        for file, module in producer.checkpoint_layout().items():
             tensors[file] = ckpt.tensor_layout(module.state_dict())[0]
         ckpt.check_structure(
             path,
@@ -607,7 +609,7 @@ class Run:
             own_prefixes=("producer_", STATE_JSON),
         )
 
-    def load_checkpoint(self, objective: Objective, producer: Producer | None) -> LoopState:
+    def load_checkpoint(self, objective: Objective, producer: Producer) -> LoopState:
         """Check, then restore models, optimizers, RNGs, the objective's and producer's state, the loop
         counters. Writes nothing until everything is loaded (then the log is cut back to the checkpoint)."""
         path = self.resume_from
@@ -633,8 +635,7 @@ class Run:
             ) from e
         try:
             objective.load(path)
-            if producer is not None:
-                producer.load_state(path)
+            producer.load_state(path)
         except SynthkitError:
             raise
         except Exception as e:  # noqa: BLE001 - a producer's loader (torch, safetensors, diffusers)
@@ -674,7 +675,7 @@ class Run:
         self,
         state: LoopState,
         objective: Objective,
-        producer: Producer | None,
+        producer: Producer,
         modules: list[nn.Module] | None = None,
     ) -> None:
         """Publish a verified checkpoint of the epoch just ended; ``modules`` (the encoder, the producer's)
@@ -694,8 +695,7 @@ class Run:
             if self.is_main:
                 save_loop_state(tmp, state)
                 objective.save(tmp)
-                if producer is not None:
-                    producer.save_state(tmp)
+                producer.save_state(tmp)
                 (tmp / "config.yaml").write_text(dump_yaml(self.cfg))
             acc.wait_for_everyone()
             if self.is_main:
@@ -724,14 +724,14 @@ class Run:
         self,
         encoder: nn.Module,
         objective: Objective,
-        producer: Producer | None,
+        producer: Producer,
         state: LoopState,
     ) -> dict[str, Any]:
         """Check the weights agree on every process, publish ``final/`` and write ``summary.json``."""
         acc, device, world = self.accelerator, self.accelerator.device, self.world
         bare = acc.unwrap_model(encoder)
         checks: dict[str, list[torch.Tensor]] = {"encoder": list(bare.parameters())}
-        for name, module in (producer.fingerprint_modules() if producer is not None else {}).items():
+        for name, module in producer.fingerprint_modules().items():
             checks[name] = list(module.parameters())
         for name, module in objective.modules().items():  # e.g. MoCo's key encoder and queue
             checks[name] = _synced_tensors(module)
@@ -761,7 +761,7 @@ class Run:
                 "weights_in_sync": all(bool((f == f[0]).all()) for f in fingerprints.values()),
                 "fingerprints": {k: v.tolist() for k, v in fingerprints.items()},
                 "hashes": hashes,
-                **(producer.summary() if producer is not None else {}),
+                **producer.summary(),
             }
             records = self.records()
             epoch_lines = [r for r in records if "epoch_loss_cl" in r]

@@ -20,7 +20,7 @@ import pytest
 
 from synthkit.cli import main
 from synthkit.logs import error_lines
-from synthkit.training import checkpoint as ckpt
+from synthkit.run_files import checkpoint as ckpt
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = str(ROOT / "pipelines" / "tiny.yaml")

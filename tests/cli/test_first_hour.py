@@ -16,10 +16,10 @@ from PIL import Image
 
 from synthkit.cli import main
 from synthkit.config import DataConfig, load_pipeline
+from synthkit.data.convert import TRAINING_SIZES
 from synthkit.data.sources import DataSourceError, check_source, load_source
 from synthkit.errors import ConfigError
 from synthkit.logs import error_lines
-from synthkit.shards.convert import TRAINING_SIZES
 
 ROOT = Path(__file__).resolve().parents[2]
 FOLDER = str(ROOT / "pipelines" / "folder.yaml")

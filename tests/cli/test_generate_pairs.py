@@ -13,7 +13,7 @@ import webdataset as wds
 from PIL import Image
 
 from synthkit.cli import main
-from synthkit.training.artifacts import load_final
+from synthkit.run_files.final import load_final
 
 
 def _read(out: Path) -> list[tuple[str, np.ndarray, dict]]:

@@ -10,7 +10,7 @@ import torch
 
 from synthkit.config import DataConfig, MixConfig
 from synthkit.data.batches import EpochBatches, MemoryBatches, MixBatches, check_mix, sample_images
-from synthkit.shards.convert import convert_source
+from synthkit.data.convert import convert_source
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:source .* has .* shards for:UserWarning"),

@@ -14,7 +14,9 @@ from synthkit.config import ConfigError, EncoderConfig, ObjectiveConfig, from_di
 from synthkit.encoders.backbones import SMALL_STEM_MAX_SIZE, resolve_stem
 from synthkit.encoders.model import Encoder
 from synthkit.objectives.base import build_objective
-from synthkit.training.artifacts import load_final, publish_final
+from synthkit.producers.base import NullProducer
+from synthkit.run_files.final import load_final
+from synthkit.training.artifacts import publish_final
 
 R18 = {"backbone": "resnet18", "proj_hidden": 16, "proj_dim": 8}
 
@@ -81,7 +83,7 @@ def _publish(tmp_path: Path, size: int, stem_recorded: str | None, built_for: in
     objective = build_objective(ObjectiveConfig(), enc, 8, seed=0)
     run = tmp_path / "run"
     run.mkdir()
-    publish_final(run, cfg, enc, objective, None, epochs=1, steps=1)
+    publish_final(run, cfg, enc, objective, NullProducer(), epochs=1, steps=1)
     return run
 
 

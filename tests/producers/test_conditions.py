@@ -9,12 +9,12 @@ from sklearn.metrics import adjusted_rand_score
 
 from synthkit.config import ConditionsConfig
 from synthkit.producers.conditions import (
-    Conditions,
     kmeans_conditions,
     make_conditions,
     match_to_previous,
     num_conditions,
 )
+from synthkit.samplers.conditions import Conditions
 
 
 def _blobs(k: int = 4, per: int = 20, seed: int = 0) -> tuple[torch.Tensor, np.ndarray]:

@@ -11,12 +11,13 @@ import torch
 from synthkit.config import EncoderConfig, ViewsConfig, from_dict
 from synthkit.data.views import Views
 from synthkit.encoders.model import Encoder
-from synthkit.export import write_samples
 from synthkit.generators.diffusion import build_unet
 from synthkit.objectives.base import build_objective
 from synthkit.objectives.scoring import Scorer
-from synthkit.producers.conditions import Conditions
-from synthkit.producers.diffusion import DiffusionProducer, read_pool
+from synthkit.producers.diffusion import read_pool
+from synthkit.samplers.conditions import Conditions
+from synthkit.samplers.diffusion import DiffusionSampler, Settings
+from synthkit.samplers.write import SetEvents, SetPlan, write_samples
 from synthkit.shards import verify_shard_set
 
 CFG = from_dict(
@@ -35,10 +36,10 @@ CFG = from_dict(
 
 
 @pytest.fixture(scope="module")
-def parts() -> tuple[DiffusionProducer, Scorer]:
+def parts() -> tuple[DiffusionSampler, Scorer]:
     torch.manual_seed(0)
     unet = build_unet(CFG.generator, 1, 8, num_classes=3)
-    producer = DiffusionProducer(CFG, 1, 8, 3, unet=unet)
+    producer = DiffusionSampler(CFG, 1, 8, 3, unet=unet)
     producer.conditions = Conditions(torch.tensor([0, 1, 2, 2]), 3, "kmeans")
     producer.trained_steps = 7
     enc = Encoder(EncoderConfig(width=8, proj_hidden=16, proj_dim=8), 1).eval()
@@ -48,10 +49,12 @@ def parts() -> tuple[DiffusionProducer, Scorer]:
 
 
 def _write(parts, out: Path, guidance_scale: float = 0.05, n_pairs: int = 5, **kw):
-    producer, scorer = parts
-    producer.guidance_scale, producer.t_split = guidance_scale, 0.5
-    args = {"seed": 1, "batch_size": 4, "maxcount": 4, "manifest_fields": {}}
-    return write_samples(out, "pool", producer, scorer, {"hard": 6, "pair": 2 * n_pairs}, **{**args, **kw})
+    sampler, scorer = parts
+    producer = sampler.at(Settings(guidance_scale, 0.5))
+    plan = SetPlan(
+        "pool", {"hard": 6, "pair": 2 * n_pairs}, seed=1, batch_size=4, maxcount=4, manifest_fields={}
+    )
+    return write_samples(out, plan, producer, scorer, **kw)
 
 
 def test_pool_holds_hard_samples_and_linked_pairs(parts, tmp_path: Path) -> None:
@@ -70,15 +73,16 @@ def test_same_seed_same_bytes_and_interrupted_pool_resumes_identically(parts, tm
     class Stop(Exception):
         pass
 
-    seen = []
+    class StopAfter9(SetEvents):
+        seen = 0
 
-    def stop_after_9(k: int) -> None:
-        seen.append(k)
-        if sum(seen) >= 9:
-            raise Stop
+        def made(self, n: int) -> None:
+            self.seen += n
+            if self.seen >= 9:
+                raise Stop
 
     with pytest.raises(Stop):
-        _write(parts, tmp_path / "cut", progress=stop_after_9)
+        _write(parts, tmp_path / "cut", events=StopAfter9())
     assert not (tmp_path / "cut" / "manifest.json").exists()
     assert len(list((tmp_path / "cut").glob("pool-*.tar"))) == 2  # two complete shards of 4 stay
     resumed = _write(parts, tmp_path / "cut")

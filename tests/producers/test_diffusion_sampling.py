@@ -12,7 +12,7 @@ from synthkit.generators.diffusion import build_scheduler, build_unet, diffusion
 from synthkit.losses.nt_xent import nt_xent
 from synthkit.objectives.base import build_objective
 from synthkit.objectives.scoring import Scorer
-from synthkit.producers.diffusion_sampling import (
+from synthkit.samplers.diffusion_sampling import (
     Guidance,
     ddim_pairs,
     ddim_sample,

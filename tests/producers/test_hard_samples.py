@@ -19,17 +19,17 @@ from synthkit.losses.nt_xent import nt_xent, nt_xent_per_view
 from synthkit.objectives.base import build_objective
 from synthkit.producers.base import TrainContext
 from synthkit.producers.cgan import CGanProducer
-from synthkit.producers.hard_samples import HardSampleProducer, grad_reverse, hsg_lambda
+from synthkit.producers.hard_samples import HardSampleGAN, grad_reverse, hsg_lambda
 from synthkit.training.steps import EncoderStep
 
 SIZE, Z, K = 8, 8, 2
 GEN = CGanConfig(z_dim=Z, g_channels=8, d_channels=8)
 
 
-def _producer(num_classes: int = K, ema_decay: float = 0.999) -> HardSampleProducer:
+def _producer(num_classes: int = K, ema_decay: float = 0.999) -> HardSampleGAN:
     torch.manual_seed(0)
     cfg = CGanConfig(z_dim=Z, g_channels=8, d_channels=8, ema_decay=ema_decay)
-    return HardSampleProducer(cfg, HSGConfig(), 1, SIZE, num_classes)
+    return HardSampleGAN(cfg, HSGConfig(), 1, SIZE, num_classes)
 
 
 def _batch(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -12,7 +12,7 @@ from synthkit.encoders.model import Encoder
 from synthkit.generators.cgan import build_cgan
 from synthkit.producers.positive_pairs import (
     AdaptiveTarget,
-    PairProducer,
+    GeneratorPair,
     backbone_similarity,
     pair_loss,
     schedule_progress,
@@ -69,9 +69,9 @@ def test_g_b_starts_as_a_perturbed_copy_and_drifts_independently() -> None:
     gen_cfg = CGanConfig(z_dim=8, g_channels=8, d_channels=8)
     g_a, _ = build_cgan(gen_cfg, 1, 16, 3)
     z, c = torch.randn(4, 8), torch.tensor([0, 1, 2, 0])
-    exact = PairProducer(gen_cfg, HPGConfig(init_noise=0.0), g_a).eval()
+    exact = GeneratorPair(gen_cfg, HPGConfig(init_noise=0.0), g_a).eval()
     assert torch.equal(exact.generator_a(z, c), exact.generator_b(z, c))
-    pairs = PairProducer(gen_cfg, HPGConfig(init_noise=0.05), g_a)
+    pairs = GeneratorPair(gen_cfg, HPGConfig(init_noise=0.05), g_a)
     pairs.eval()
     with torch.no_grad():
         x_a, x_b = pairs.generator_a(z, c), pairs.generator_b(z, c)

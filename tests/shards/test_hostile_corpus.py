@@ -24,10 +24,10 @@ from hostile import CASES, Case
 from torch.utils.data import DataLoader
 
 from synthkit.audit_stream import open_side
+from synthkit.data.inspect import format_summary, inspect_shard_set
 from synthkit.errors import ShardError
 from synthkit.logs import error_lines
 from synthkit.shards import iter_samples, verify_shard_set
-from synthkit.shards.inspect import format_summary, inspect_shard_set
 from synthkit.shards.mix import MixedShardStream, MixSource, collate_images, iter_batches
 
 LIMIT_S = 30.0

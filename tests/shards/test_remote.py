@@ -19,10 +19,10 @@ import pytest
 
 from synthkit.cli import main
 from synthkit.config import DataConfig
+from synthkit.data.convert import convert_source
+from synthkit.data.inspect import inspect_shard_set
 from synthkit.errors import ShardError
 from synthkit.shards import iter_samples, read_manifest, verify_shard_set
-from synthkit.shards.convert import convert_source
-from synthkit.shards.inspect import inspect_shard_set
 from synthkit.shards.mix import MixedShardStream, parse_mix_spec
 from synthkit.shards.output import open_output
 

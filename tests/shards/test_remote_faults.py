@@ -19,10 +19,10 @@ import pytest
 
 from synthkit.cli import main
 from synthkit.config import ConfigError, DataConfig, RemoteConfig
+from synthkit.data.convert import convert_source
 from synthkit.errors import ShardError
 from synthkit.shards import iter_samples, read_manifest, verify_shard_set
 from synthkit.shards import location as loc
-from synthkit.shards.convert import convert_source
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from faultserver import FaultServer, Rule  # noqa: E402

@@ -12,12 +12,12 @@ from PIL import Image
 
 from synthkit.cli import main
 from synthkit.config import DataConfig, to_dict
+from synthkit.data.convert import convert_source
+from synthkit.data.inspect import inspect_grid, inspect_shard_set
 from synthkit.data.sources import load_source
 from synthkit.images import grid_height
 from synthkit.shards import ShardSetExistsError, ShardSetWriter, read_manifest, verify_shard_set
-from synthkit.shards.convert import convert_source
 from synthkit.shards.format import ShardError
-from synthkit.shards.inspect import inspect_grid, inspect_shard_set
 
 DIGITS = DataConfig(name="digits", size=8, subset=40)
 

@@ -11,8 +11,8 @@ from safetensors.torch import load_file
 
 from synthkit.config import ConfigError
 from synthkit.encoders.model import Encoder
-from synthkit.training.artifacts import load_final
-from synthkit.training.checkpoint import CheckpointError
+from synthkit.run_files.checkpoint import CheckpointError
+from synthkit.run_files.final import load_final
 from synthkit.training.loop import RunError, train
 from tests.conftest import tiny_config
 

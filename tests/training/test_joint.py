@@ -11,7 +11,7 @@ import yaml
 from safetensors.torch import load_file
 
 from synthkit.config import load_pipeline, to_dict
-from synthkit.training import checkpoint as ckpt
+from synthkit.run_files import checkpoint as ckpt
 from synthkit.training.loop import WALL_CLOCK_KEYS, RunError, train
 from tests.conftest import tiny_config
 

@@ -112,8 +112,8 @@ def test_two_process_training_on_a_shard_mix(trained_run: Path, tiny_pipeline: P
     """Streaming a mix with 2 processes x 2 DataLoader workers: every process sees different samples, over
     shards of unequal sizes (each set's last shard is partial: 5 x 48 + 16 and 6 x 20 + 8)."""
     from synthkit.config import DataConfig
+    from synthkit.data.convert import convert_source
     from synthkit.export import generate
-    from synthkit.shards.convert import convert_source
 
     real, syn = tmp_path / "real", tmp_path / "syn"
     convert_source(DataConfig(name="digits", size=16, subset=256), "train", real, maxcount=48)
@@ -177,8 +177,8 @@ def test_a_corrupt_shard_on_one_process_ends_both_with_one_line(tiny_pipeline: P
     import time
 
     from synthkit.config import DataConfig
+    from synthkit.data.convert import convert_source
     from synthkit.logs import error_lines
-    from synthkit.shards.convert import convert_source
 
     real = tmp_path / "real"
     manifest = convert_source(DataConfig(name="digits", size=16, subset=256), "train", real, maxcount=16)

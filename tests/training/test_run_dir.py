@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save_file
 from synthkit.cli import main
 from synthkit.locks import LOCK_NAME
 from synthkit.logs import error_lines
-from synthkit.training import checkpoint as ckpt
+from synthkit.run_files import checkpoint as ckpt
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = str(ROOT / "pipelines" / "tiny.yaml")
@@ -264,7 +264,7 @@ def test_a_new_run_that_fails_after_its_directory_appeared_leaves_nothing(tmp_pa
     """The monitor data do not match the run's: refused after the run started setting up; the directory
     it made is gone, and the corrected rerun into the same --out works."""
     from synthkit.config import DataConfig
-    from synthkit.shards.convert import convert_source
+    from synthkit.data.convert import convert_source
 
     rgb = tmp_path / "rgb"
     convert_source(DataConfig(name="digits", size=16, channels=3, subset=128), "train", rgb, maxcount=64)
@@ -280,7 +280,7 @@ def test_a_new_run_that_fails_after_its_directory_appeared_leaves_nothing(tmp_pa
 
 def test_a_tampered_shard_leaves_no_directory_that_blocks_the_rerun(tmp_path, capsys) -> None:
     from synthkit.config import DataConfig
-    from synthkit.shards.convert import convert_source
+    from synthkit.data.convert import convert_source
 
     real = tmp_path / "real"
     convert_source(DataConfig(name="digits", size=16, subset=128), "train", real, maxcount=64)

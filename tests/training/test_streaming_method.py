@@ -10,8 +10,8 @@ import torch
 from safetensors.torch import load_file
 
 from synthkit.config import DataConfig, load_pipeline
+from synthkit.data.convert import convert_source
 from synthkit.export import generate
-from synthkit.shards.convert import convert_source
 from synthkit.training.loop import train
 from tests.conftest import TINY_DIFFUSION, tiny_config
 

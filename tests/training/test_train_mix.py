@@ -11,8 +11,8 @@ from safetensors.torch import load_file
 
 from synthkit.cli import main
 from synthkit.config import ConfigError, DataConfig
+from synthkit.data.convert import convert_source
 from synthkit.export import generate
-from synthkit.shards.convert import convert_source
 from synthkit.training.loop import train
 from tests.conftest import tiny_config
 

@@ -23,6 +23,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from synthkit.config import DataConfig
+from synthkit.data.sources import FASHION_MNIST_ROOT, load_source
+from synthkit.errors import SynthkitError
 from synthkit.images import Panel, labelled_grid
 from synthkit.shards import location as loc
 from synthkit.shards.format import ShardError, printable
@@ -142,10 +145,6 @@ def _real_images(manifest: dict[str, Any], real: str | None, root: str | None, s
     from the source's own default location (a path from the set's manifest is never read); a source name:
     that source (``root`` its data root); None: no real row.
     """
-    from synthkit.config import DataConfig
-    from synthkit.data.sources import FASHION_MNIST_ROOT, load_source
-    from synthkit.errors import SynthkitError
-
     if real is None:
         return None, "not asked for"
     if real == "auto":

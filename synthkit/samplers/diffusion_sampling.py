@@ -56,9 +56,12 @@ class Guidance:
         return self.scale
 
 
-def guidance_scale_at(cfg: DiffusionConfig, ramp: float) -> float:
-    """The guidance scale during joint training: ``guidance_scale`` times the HSG ramp factor in [0, 1]."""
-    return cfg.guidance_scale * ramp
+def guidance_scale_at(cfg: DiffusionConfig, lambda_hard: float) -> float:
+    """eta_hard, the one number for the strength of encoder guidance: ``generator.guidance_scale`` x
+    lambda_hard, HSG's weight at that time (``hsg_lambda``: 0 during ``hsg.warmup_epochs``, then ramping
+    to ``hsg.lambda_hard`` over ``hsg.ramp_epochs``; exports use ``hsg.lambda_hard``). Samples, pools and
+    manifests record it as ``guidance_scale`` (docs/method.md, "HSG by guided sampling")."""
+    return cfg.guidance_scale * lambda_hard
 
 
 def t_split_at(cfg: DiffusionConfig, progress: float) -> float:
