@@ -5,7 +5,7 @@ encoder and objective (two augmented views of the chunk, next to a reference bat
 views and projections are computed once per export, in the first chunk's scoring time), encodes
 PNGs, writes tar shards and fsyncs them and the resume journal. This splits one export's wall time into
 
-* ``sampling``: ``producer.make`` (the cGAN's EMA generator; the diffusion model's DDIM steps, with encoder
+* ``sampling``: ``sampler.make`` (the cGAN's EMA generator; the diffusion model's DDIM steps, with encoder
   guidance for hard samples and branching for pairs);
 * ``scoring``: hardness (and, for pairs, pair similarity) under the encoder (``objectives/scoring.py``);
 * ``png``: PNG encoding of every image;

@@ -16,6 +16,11 @@ or, with nothing to import first, through an entry point of its distribution (``
 
 or by naming the import path itself in the config: ``generator.kind: mypkg.gan:MyGanProducer``.
 
+A producer is registered by its trainer class (``producers/base.py``), whose ``Sampler`` attribute names the
+frozen sampler ``load_final`` reads back; a producer that only samples (a frozen generator of your own,
+``samplers/frozen.py``) is registered by its sampler class alone, and trains with ``FROZEN_TRAINER``
+(docs/producers.md).
+
 Entry-point groups: ``synthkit.producers``, ``synthkit.objectives``, ``synthkit.backbones``.
 """
 
