@@ -69,6 +69,16 @@ def verify_checkpoint(directory: Path, *, allow_unlisted: bool = False) -> None:
     ``allow_unlisted``: only check what is listed (is what synthkit wrote here whole?).
     """
     directory = Path(directory)
+    sums = _read_checksums(directory)
+    for rel, expected in sums.items():
+        _check_listed_file(directory, rel, expected)
+    unlisted = sorted(set(_files(directory)) - set(sums))
+    if unlisted and not allow_unlisted:
+        raise CheckpointError(f"checkpoint {directory}: file {unlisted[0]} is not in {CHECKSUMS}")
+
+
+def _read_checksums(directory: Path) -> dict[str, Any]:
+    """The checkpoint's ``checksums.json``: a JSON object of at least one entry."""
     if not directory.is_dir():
         raise CheckpointError(f"checkpoint {directory} does not exist")
     sums_path = directory / CHECKSUMS
@@ -82,31 +92,46 @@ def verify_checkpoint(directory: Path, *, allow_unlisted: bool = False) -> None:
         raise CheckpointError(
             f"checkpoint {directory}: {CHECKSUMS} lists no files (expected one entry per file)"
         )
-    for rel, expected in sums.items():
-        ok = (
-            isinstance(expected, dict)
-            and isinstance(expected.get("bytes"), int)
-            and not isinstance(expected.get("bytes"), bool)
-            and isinstance(expected.get("sha256"), str)
-            and len(expected["sha256"]) == 64
+    return sums
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_sha256(value: Any) -> bool:
+    return isinstance(value, str) and len(value) == 64
+
+
+#: the fields of a checksums entry -> what each must be
+_ENTRY_FIELDS: dict[str, Callable[[Any], bool]] = {"bytes": _is_count, "sha256": _is_sha256}
+
+
+def _well_formed_entry(rel: str, expected: Any) -> bool:
+    """A checksums entry: a relative path inside the checkpoint -> ``{"bytes": int, "sha256": 64 chars}``."""
+    if not isinstance(expected, dict):
+        return False
+    if not all(valid(expected.get(key)) for key, valid in _ENTRY_FIELDS.items()):
+        return False
+    parts = Path(rel).parts
+    return bool(parts) and not Path(rel).is_absolute() and ".." not in parts
+
+
+def _check_listed_file(directory: Path, rel: str, expected: Any) -> None:
+    """One file ``checksums.json`` lists is there, of its size and sha256."""
+    if not _well_formed_entry(rel, expected):
+        raise CheckpointError(f"checkpoint {directory}: {CHECKSUMS} has a malformed entry for {rel!r}")
+    path = directory / rel
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {directory}: file {rel} is missing")
+    size = path.stat().st_size
+    if size != expected["bytes"]:
+        raise CheckpointError(
+            f"checkpoint {directory}: file {rel} is truncated or altered "
+            f"({size} bytes, expected {expected['bytes']})"
         )
-        parts = Path(rel).parts
-        if not ok or not parts or Path(rel).is_absolute() or ".." in parts:
-            raise CheckpointError(f"checkpoint {directory}: {CHECKSUMS} has a malformed entry for {rel!r}")
-        path = directory / rel
-        if not path.is_file():
-            raise CheckpointError(f"checkpoint {directory}: file {rel} is missing")
-        size = path.stat().st_size
-        if size != expected["bytes"]:
-            raise CheckpointError(
-                f"checkpoint {directory}: file {rel} is truncated or altered "
-                f"({size} bytes, expected {expected['bytes']})"
-            )
-        if sha256_file(path) != expected["sha256"]:
-            raise CheckpointError(f"checkpoint {directory}: file {rel} is corrupt (sha256 mismatch)")
-    unlisted = sorted(set(_files(directory)) - set(sums))
-    if unlisted and not allow_unlisted:
-        raise CheckpointError(f"checkpoint {directory}: file {unlisted[0]} is not in {CHECKSUMS}")
+    if sha256_file(path) != expected["sha256"]:
+        raise CheckpointError(f"checkpoint {directory}: file {rel} is corrupt (sha256 mismatch)")
 
 
 def checkpoint_dirs(root: Path) -> list[Path]:
@@ -368,72 +393,118 @@ def check_optimizer(path: Path, optimizer: torch.optim.Optimizer) -> None:
     where = f"checkpoint {path.parent}: {path.name}"
     if not path.is_file():
         raise CheckpointError(f"{where} is missing")
-    saved = load_torch_file(path, "the optimizer state")
-    live = optimizer.state_dict()
+    saved = _optimizer_state(load_torch_file(path, "the optimizer state"), where)
+    inner = getattr(optimizer, "optimizer", optimizer)
+    groups = saved["param_groups"]
+    params = _check_param_groups(where, groups, optimizer.state_dict()["param_groups"], inner)
+    _check_parameter_states(where, saved["state"], params, _needed_state(inner, groups))
+
+
+def _optimizer_state(saved: Any, where: str) -> dict[str, Any]:
+    """``saved`` is a mapping of exactly ``state`` and ``param_groups`` (what ``state_dict`` returns)."""
     if not isinstance(saved, dict) or set(saved) != {"state", "param_groups"}:
         keys = sorted(map(str, saved)) if isinstance(saved, dict) else type(saved).__name__
         raise CheckpointError(
             f"{where} is not an optimizer state (holds {keys}; expected state, param_groups)"
         )
-    groups, state = saved["param_groups"], saved["state"]
-    if not isinstance(groups, list) or len(groups) != len(live["param_groups"]):
+    return saved
+
+
+def _check_param_groups(
+    where: str, groups: Any, live: list[dict[str, Any]], inner: torch.optim.Optimizer
+) -> dict[int, torch.Tensor]:
+    """The saved parameter groups match the live optimizer's one for one; returns parameter id -> the
+    parameter it stands for."""
+    if not isinstance(groups, list) or len(groups) != len(live):
         raise CheckpointError(
             f"{where} has {len(groups) if isinstance(groups, list) else 'no'} parameter group(s), this run's "
-            f"optimizer {len(live['param_groups'])}"
+            f"optimizer {len(live)}"
         )
     params: dict[int, torch.Tensor] = {}
-    inner = getattr(optimizer, "optimizer", optimizer)
-    for i, (group, want, obj) in enumerate(
-        zip(groups, live["param_groups"], inner.param_groups, strict=True)
-    ):
-        if not isinstance(group, dict):
-            raise CheckpointError(f"{where}: parameter group {i} is not a mapping")
-        missing = [k for k in want if k not in group and not (want[k] is None or isinstance(want[k], bool))]
-        extra = [k for k in group if k not in want]
-        if missing or extra:
-            what = (
-                f"lacks {missing[0]!r}"
-                if missing
-                else f"holds {extra[0]!r}, unknown to {type(inner).__name__}"
-            )
-            raise CheckpointError(f"{where}: parameter group {i} {what}")
-        if group["params"] != want["params"]:
-            n = len(group["params"]) if isinstance(group["params"], list) else "?"
-            live_n = len(want["params"])
-            raise CheckpointError(
-                f"{where}: parameter group {i} lists {n} parameters, this run's optimizer {live_n}"
-            )
-        bad = [k for k, v in group.items() if k != "params" and not _plain(v)]
-        if bad:
-            raise CheckpointError(f"{where}: parameter group {i} has a malformed {bad[0]!r}")
+    for i, (group, want, obj) in enumerate(zip(groups, live, inner.param_groups, strict=True)):
+        _check_param_group(f"{where}: parameter group {i}", group, want, type(inner).__name__)
         params.update(zip(want["params"], obj["params"], strict=True))
-    if not isinstance(state, dict):
-        raise CheckpointError(f"{where}: its per-parameter state is not a mapping")
+    return params
+
+
+def _may_be_absent(default: Any) -> bool:
+    """A hyperparameter whose live value is None or a flag may be missing from a saved group (torch adds
+    such options over its versions, and a state saved before one existed still loads)."""
+    return default is None or isinstance(default, bool)
+
+
+def _check_param_group(where: str, group: Any, want: dict[str, Any], optimizer_class: str) -> None:
+    """One saved parameter group has the live group's keys, its parameter ids and plain hyperparameters."""
+    if not isinstance(group, dict):
+        raise CheckpointError(f"{where} is not a mapping")
+    missing = [k for k in want if k not in group and not _may_be_absent(want[k])]
+    if missing:
+        raise CheckpointError(f"{where} lacks {missing[0]!r}")
+    extra = [k for k in group if k not in want]
+    if extra:
+        raise CheckpointError(f"{where} holds {extra[0]!r}, unknown to {optimizer_class}")
+    if group["params"] != want["params"]:
+        n = len(group["params"]) if isinstance(group["params"], list) else "?"
+        raise CheckpointError(f"{where} lists {n} parameters, this run's optimizer {len(want['params'])}")
+    bad = [k for k, v in group.items() if k != "params" and not _plain(v)]
+    if bad:
+        raise CheckpointError(f"{where} has a malformed {bad[0]!r}")
+
+
+def _needed_state(inner: torch.optim.Optimizer, groups: list[dict[str, Any]]) -> set[str] | None:
+    """The per-parameter state keys ``inner``'s class steps with (None: not known for this class)."""
     needed = _OPTIMIZER_STATE.get(type(inner).__name__)
     if needed is not None and any(bool(g.get("amsgrad")) for g in groups):
         needed = needed | {"max_exp_avg_sq"}
+    return needed
+
+
+def _check_parameter_states(
+    where: str, state: Any, params: dict[int, torch.Tensor], needed: set[str] | None
+) -> None:
+    """Every saved per-parameter state belongs to a parameter of this optimizer and fits it."""
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{where}: its per-parameter state is not a mapping")
     for pid, entry in state.items():
         if pid not in params:
             raise CheckpointError(
                 f"{where} holds state for parameter {pid!r}, which this run's optimizer lacks"
             )
-        if not isinstance(entry, dict) or not all(isinstance(v, torch.Tensor) for v in entry.values()):
-            raise CheckpointError(f"{where}: the state of parameter {pid} is not a mapping of tensors")
-        if needed is not None and set(entry) != needed:
-            lack = sorted(needed - set(entry))
-            what = f"lacks {lack[0]!r}" if lack else f"holds {sorted(set(entry) - needed)[0]!r}"
-            raise CheckpointError(f"{where}: the state of parameter {pid} {what}")
-        p = params[pid]
-        for key, t in entry.items():
-            if t.numel() == 1 and t.dim() <= 1:
-                if t.is_floating_point() and not math.isfinite(float(t)):
-                    raise CheckpointError(f"{where}: {key} of parameter {pid} is not finite")
-                continue
-            if tuple(t.shape) != tuple(p.shape) or t.dtype != p.dtype:
-                raise CheckpointError(
-                    f"{where}: {key} of parameter {pid} is {t.dtype} {list(t.shape)}, the parameter "
-                    f"{p.dtype} {list(p.shape)}"
-                )
+        _check_parameter_state(where, pid, entry, params[pid], needed)
+
+
+def _check_parameter_state(
+    where: str, pid: int, entry: Any, param: torch.Tensor, needed: set[str] | None
+) -> None:
+    """One parameter's state: a mapping of the ``needed`` keys to tensors that fit ``param``."""
+    if not isinstance(entry, dict) or not all(isinstance(v, torch.Tensor) for v in entry.values()):
+        raise CheckpointError(f"{where}: the state of parameter {pid} is not a mapping of tensors")
+    if needed is not None and set(entry) != needed:
+        lack = sorted(needed - set(entry))
+        what = f"lacks {lack[0]!r}" if lack else f"holds {sorted(set(entry) - needed)[0]!r}"
+        raise CheckpointError(f"{where}: the state of parameter {pid} {what}")
+    for key, t in entry.items():
+        _check_state_tensor(f"{where}: {key} of parameter {pid}", t, param)
+
+
+def _check_state_tensor(what: str, t: torch.Tensor, param: torch.Tensor) -> None:
+    """A scalar (a step count) is finite; anything else has its parameter's shape and dtype."""
+    if t.numel() == 1 and t.dim() <= 1:
+        if t.is_floating_point() and not math.isfinite(float(t)):
+            raise CheckpointError(f"{what} is not finite")
+        return
+    if tuple(t.shape) != tuple(param.shape) or t.dtype != param.dtype:
+        raise CheckpointError(
+            f"{what} is {t.dtype} {list(t.shape)}, the parameter {param.dtype} {list(param.shape)}"
+        )
+
+
+#: the generator states of an accelerate RNG state file -> how each is tried on a throw-away generator
+_RNG_TRIES: dict[str, Callable[[Any], Any]] = {
+    "random_state": lambda v: random.Random().setstate(v),
+    "numpy_random_seed": lambda v: np.random.RandomState().set_state(v),
+    "torch_manual_seed": lambda v: torch.Generator().set_state(v),
+}
 
 
 def check_rng_state(path: Path) -> None:
@@ -444,29 +515,31 @@ def check_rng_state(path: Path) -> None:
     states = load_torch_file(path, "the RNG state")
     if not isinstance(states, dict):
         raise CheckpointError(f"{where} is not an RNG state (a {type(states).__name__})")
-    lack = [k for k in ("random_state", "numpy_random_seed", "torch_manual_seed") if k not in states]
+    lack = [k for k in _RNG_TRIES if k not in states]
     if lack:
         raise CheckpointError(f"{where} lacks {lack[0]!r}")
-    tries: list[tuple[str, Callable[[Any], Any]]] = [
-        ("random_state", lambda v: random.Random().setstate(v)),
-        ("numpy_random_seed", lambda v: np.random.RandomState().set_state(v)),
-        ("torch_manual_seed", lambda v: torch.Generator().set_state(v)),
-    ]
-    for key, attempt in tries:
+    for key, attempt in _RNG_TRIES.items():
         try:
             attempt(states[key])
         except Exception as e:  # noqa: BLE001 - each library raises its own type
             raise CheckpointError(f"{where}: {key} is not a valid state ({_first_line(e)})") from e
     for key, value in states.items():
-        if key == "step":
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise CheckpointError(f"{where}: step is {value!r}, not a count")
-        elif key.startswith("torch_") and key != "torch_manual_seed":  # a device's generators
-            values = value if isinstance(value, (list, tuple)) else [value]
-            if not all(isinstance(v, torch.Tensor) and v.dtype == torch.uint8 for v in values):
-                raise CheckpointError(f"{where}: {key} is not a generator state")
-        elif key not in ("random_state", "numpy_random_seed", "torch_manual_seed", "xm_seed"):
-            raise CheckpointError(f"{where} holds {key!r}, which is not an RNG state")
+        _check_rng_entry(where, key, value)
+
+
+def _check_rng_entry(where: str, key: str, value: Any) -> None:
+    """Any other entry of an RNG state file: the step, a device's generators, or the TPU seed."""
+    if key in _RNG_TRIES or key == "xm_seed":  # tried above / an int accelerate writes on a TPU
+        return
+    if key == "step":
+        if not _is_count(value) or value < 0:
+            raise CheckpointError(f"{where}: step is {value!r}, not a count")
+        return
+    if not key.startswith("torch_"):
+        raise CheckpointError(f"{where} holds {key!r}, which is not an RNG state")
+    values = value if isinstance(value, (list, tuple)) else [value]  # a device's generators
+    if not all(isinstance(v, torch.Tensor) and v.dtype == torch.uint8 for v in values):
+        raise CheckpointError(f"{where}: {key} is not a generator state")
 
 
 def check_scaler(path: Path, expected_keys: set[str]) -> None:
@@ -538,19 +611,37 @@ def check_structure(
     check_file_names(directory, [*tensors, *json_keys, "config.yaml"], own_prefixes)
     for i, model in enumerate(models):
         layout, aliases = tensor_layout(model.state_dict())
-        check_tensors(
-            directory / ("model.safetensors" if i == 0 else f"model_{i}.safetensors"), layout, aliases
-        )
+        check_tensors(directory / _accelerate_name("model", i, ".safetensors"), layout, aliases)
     for i, opt in enumerate(optimizers):
-        check_optimizer(directory / ("optimizer.bin" if i == 0 else f"optimizer_{i}.bin"), opt)
-    for path in sorted(directory.glob("random_states_*.pkl")):
+        check_optimizer(directory / _accelerate_name("optimizer", i, ".bin"), opt)
+    _check_rng_states(directory, rank)
+    _check_scaler_use(directory, scaler)
+    for name, layout in tensors.items():
+        check_tensors(directory / name, layout, owner="this run")
+    for name, keys in json_keys.items():
+        check_json(directory / name, keys)
+    _check_own_files(directory, own_prefixes)
+
+
+def _accelerate_name(stem: str, index: int, suffix: str) -> str:
+    """The file ``accelerate.save_state`` writes for its ``index``-th model or optimizer."""
+    return f"{stem}{suffix}" if index == 0 else f"{stem}_{index}{suffix}"
+
+
+def _check_rng_states(directory: Path, rank: int) -> None:
+    """Every process's RNG state present is one, and this process's is there."""
+    present = sorted(directory.glob("random_states_*.pkl"))
+    for path in present:
         check_rng_state(path)
     if not (directory / f"random_states_{rank}.pkl").is_file():
-        written = len(list(directory.glob("random_states_*.pkl")))
         raise CheckpointError(
-            f"checkpoint {directory} was written by {written} process(es) and holds no RNG state for process "
-            f"{rank}: resume it with {written} process(es)"
+            f"checkpoint {directory} was written by {len(present)} process(es) and holds no RNG state for "
+            f"process {rank}: resume it with {len(present)} process(es)"
         )
+
+
+def _check_scaler_use(directory: Path, scaler: Any) -> None:
+    """A gradient scaler's state is there exactly when this run has one with a state to restore."""
     scaler_state = scaler.state_dict() if scaler is not None else {}
     if scaler_state:
         check_scaler(directory / "scaler.pt", set(scaler_state))
@@ -558,15 +649,21 @@ def check_structure(
         raise CheckpointError(
             f"checkpoint {directory}: scaler.pt is not used by this run (mixed precision differs?)"
         )
-    for name, layout in tensors.items():
-        check_tensors(directory / name, layout, owner="this run")
-    for name, keys in json_keys.items():
-        check_json(directory / name, keys)
+
+
+#: the kinds of file left to their owner (the producer) -> how each is checked to be readable here
+_OWN_FILE_CHECKS: tuple[tuple[str, Callable[[Path], Any]], ...] = (
+    (".safetensors", safetensors_layout),
+    (".json", check_json),
+)
+
+
+def _check_own_files(directory: Path, own_prefixes: tuple[str, ...]) -> None:
+    """Files left to their owner are of a kind a checkpoint holds, and readable as that kind."""
     for rel in _files(directory):
-        if rel.startswith(own_prefixes):
-            if rel.endswith(".safetensors"):
-                safetensors_layout(directory / rel)
-            elif rel.endswith(".json"):
-                check_json(directory / rel)
-            else:
-                raise CheckpointError(f"checkpoint {directory}: {rel} is not a file of a synthkit checkpoint")
+        if not rel.startswith(own_prefixes):
+            continue
+        check = next((c for ending, c in _OWN_FILE_CHECKS if rel.endswith(ending)), None)
+        if check is None:
+            raise CheckpointError(f"checkpoint {directory}: {rel} is not a file of a synthkit checkpoint")
+        check(directory / rel)
