@@ -144,58 +144,100 @@ def labelled_grid(
     if not flat:
         raise ValueError("a grid needs at least one image")
     h, w = Counter(im.shape[:2] for im in flat).most_common(1)[0][0]
-    th, tw = h * scale, w * scale
-    line = int(FONT.getbbox("Ag")[3]) + 2
-    label_w = max(_text_width(label) for label, _ in rows) + 2 * _PAD
-
-    def panel_width(p: Panel) -> int:
-        if not p.pairs:
-            return p.width * tw + (p.width - 1) * _GAP
-        n = (p.width + 1) // 2
-        return p.width * tw + n * _GAP // 2 + (n - 1) * _PAIR_GAP
-
-    widths = [max(panel_width(p), _text_width(p.title)) for p in panels]
-    top = _PAD + (line if caption else 0) + line + (line if any(p.pairs for p in panels) else 0)
-    row_h = th + _MARK + _GAP + 2
-    width = label_w + sum(widths) + _PANEL_GAP * (len(panels) - 1) + _PAD
-    height = grid_height(len(rows), th, caption=bool(caption), pairs=any(p.pairs for p in panels))
-    width = max(width, _text_width(caption or "") + 2 * _PAD)
-    canvas = Image.new("RGB", (width, height), (255, 255, 255))
-    draw = ImageDraw.Draw(canvas)
+    painter = _GridPainter(rows, panels, (h, w), scale, caption)
     if caption:
-        draw.text((_PAD, _PAD), caption, fill=(0, 0, 0), font=FONT)
-    layout = GridLayout([label for label, _ in rows], [p.title for p in panels])
-    x_panel = label_w
-    for p_i, (panel, pw) in enumerate(zip(panels, widths, strict=True)):
-        y_title = _PAD + (line if caption else 0)
-        draw.text((x_panel, y_title), panel.title, fill=(0, 0, 0), font=FONT)
+        painter.caption(caption)
+    x_panel = painter.label_w
+    for p_i, (panel, pw) in enumerate(zip(panels, painter.widths, strict=True)):
+        painter.panel(p_i, panel, x_panel)
+        x_panel += pw + _PANEL_GAP
+    painter.row_labels()
+    return painter.canvas, painter.layout
+
+
+def _panel_width(panel: Panel, tile_w: int) -> int:
+    """The pixel width of a panel's tiles and the gaps between them."""
+    if not panel.pairs:
+        return panel.width * tile_w + (panel.width - 1) * _GAP
+    n = (panel.width + 1) // 2
+    return panel.width * tile_w + n * _GAP // 2 + (n - 1) * _PAIR_GAP
+
+
+def _gap_after(panel: Panel, j: int) -> int:
+    """The gap after tile ``j`` of a panel: narrow inside a pair, wider between pairs."""
+    if not panel.pairs:
+        return _GAP
+    return _GAP // 2 if j % 2 == 0 else _PAIR_GAP
+
+
+class _GridPainter:
+    """Draws one :func:`labelled_grid`: its sizes are fixed when it is made, each part has its method."""
+
+    def __init__(
+        self,
+        rows: list[tuple[str, list[list[np.ndarray]]]],
+        panels: list[Panel],
+        image_size: tuple[int, int],
+        scale: int,
+        caption: str | None,
+    ) -> None:
+        self.rows, self.image_size, self.scale = rows, image_size, scale
+        self.th, self.tw = image_size[0] * scale, image_size[1] * scale
+        self.line = int(FONT.getbbox("Ag")[3]) + 2
+        self.label_w = max(_text_width(label) for label, _ in rows) + 2 * _PAD
+        self.widths = [max(_panel_width(p, self.tw), _text_width(p.title)) for p in panels]
+        pairs = any(p.pairs for p in panels)
+        self.y_title = _PAD + (self.line if caption else 0)
+        self.top = self.y_title + self.line + (self.line if pairs else 0)
+        self.row_h = self.th + _MARK + _GAP + 2
+        width = self.label_w + sum(self.widths) + _PANEL_GAP * (len(panels) - 1) + _PAD
+        width = max(width, _text_width(caption or "") + 2 * _PAD)
+        self.height = grid_height(len(rows), self.th, caption=bool(caption), pairs=pairs)
+        self.canvas = Image.new("RGB", (width, self.height), (255, 255, 255))
+        self.draw = ImageDraw.Draw(self.canvas)
+        self.layout = GridLayout([label for label, _ in rows], [p.title for p in panels])
+
+    def caption(self, text: str) -> None:
+        self.draw.text((_PAD, _PAD), text, fill=(0, 0, 0), font=FONT)
+
+    def panel(self, p_i: int, panel: Panel, x_panel: int) -> None:
+        """Panel ``p_i`` at ``x_panel``: its title (and a/b marks), a separator before it, its rows."""
+        self.draw.text((x_panel, self.y_title), panel.title, fill=(0, 0, 0), font=FONT)
         xs = []
         x = x_panel
         for j in range(panel.width):
             xs.append(x)
-            x += tw + (_GAP // 2 if panel.pairs and j % 2 == 0 else _PAIR_GAP if panel.pairs else _GAP)
+            x += self.tw + _gap_after(panel, j)
         if panel.pairs:
             for j in range(min(2, panel.width)):
-                draw.text((xs[j] + tw // 2 - 3, y_title + line), "ab"[j], fill=PAIR_COLOURS[j], font=FONT)
+                at = (xs[j] + self.tw // 2 - 3, self.y_title + self.line)
+                self.draw.text(at, "ab"[j], fill=PAIR_COLOURS[j], font=FONT)
         if p_i:
             x_sep = x_panel - _PANEL_GAP // 2
-            draw.line([(x_sep, top - 2), (x_sep, height - _PAD)], fill=(170, 170, 170))
-        for r, (_, groups) in enumerate(rows):
-            y = top + r * row_h
+            self.draw.line([(x_sep, self.top - 2), (x_sep, self.height - _PAD)], fill=(170, 170, 170))
+        for r, (_, groups) in enumerate(self.rows):
             images = groups[p_i] if p_i < len(groups) else []
-            if not images:  # nothing of this panel in this row (e.g. the real row of a samples panel)
+            if images:  # else nothing of this panel in this row (e.g. the real row of a samples panel)
+                self._tiles(r, p_i, panel, xs, images)
+
+    def _tiles(self, r: int, p_i: int, panel: Panel, xs: list[int], images: list[np.ndarray]) -> None:
+        """Row ``r`` of a panel: its images (pair members marked), empty tiles after them."""
+        y = self.top + r * self.row_h
+        h, w = self.image_size
+        for j in range(panel.width):
+            box = (xs[j], y, xs[j] + self.tw, y + self.th)
+            if j >= len(images):
+                self.draw.rectangle([box[0], box[1], box[2] - 1, box[3] - 1], fill=EMPTY)
                 continue
-            for j in range(panel.width):
-                box = (xs[j], y, xs[j] + tw, y + th)
-                if j < len(images):
-                    canvas.paste(_tile(images[j], h, w, scale), box[:2])
-                    layout.tiles[(r, p_i, j)] = box
-                else:
-                    draw.rectangle([box[0], box[1], box[2] - 1, box[3] - 1], fill=EMPTY)
-                if panel.pairs and j < len(images):
-                    draw.rectangle([box[0], y + th + 1, box[2] - 1, y + th + _MARK], fill=PAIR_COLOURS[j % 2])
-        x_panel += pw + _PANEL_GAP
-    for r, (label, _) in enumerate(rows):
-        y = top + r * row_h + (th - line) // 2
-        draw.text((_PAD, max(y, top + r * row_h)), label, fill=(0, 0, 0), font=FONT)
-    return canvas, layout
+            self.canvas.paste(_tile(images[j], h, w, self.scale), box[:2])
+            self.layout.tiles[(r, p_i, j)] = box
+            if panel.pairs:
+                mark = [box[0], y + self.th + 1, box[2] - 1, y + self.th + _MARK]
+                self.draw.rectangle(mark, fill=PAIR_COLOURS[j % 2])
+
+    def row_labels(self) -> None:
+        """Each row's label at its left, centred on the tiles' height."""
+        for r, (label, _) in enumerate(self.rows):
+            y_row = self.top + r * self.row_h
+            y = y_row + (self.th - self.line) // 2
+            self.draw.text((_PAD, max(y, y_row)), label, fill=(0, 0, 0), font=FONT)
