@@ -209,6 +209,10 @@ def ratio_gate(name: str, value: float, reference: float | None, why_none: str) 
     return Gate(name, PASS, f"{where}.", value, reference)
 
 
+#: one finding of the conditions gate: (status, sentence, value, reference)
+_Finding = tuple[str, str, float | None, float | None]
+
+
 def conditions_gate(
     conditions: dict[str, Any] | None,
     separability: dict[str, Any] | None,
@@ -217,45 +221,15 @@ def conditions_gate(
 ) -> Gate:
     """Condition collapse, from the condition counts, the conditions' separability among the samples and
     the samples' spread over real classes next to the reference's; the worst finding decides."""
-    findings: list[tuple[str, str, float | None, float | None]] = []  # (status, sentence, value, reference)
-    if conditions and conditions.get("conditions_seen"):
-        seen, total = conditions["conditions_seen"], conditions["num_conditions"]
-        if seen <= total / 2:
-            findings.append((FAIL, f"only {seen} of {total} conditions were generated", seen, total))
-        elif seen < total:
-            findings.append((WARN, f"{total - seen} of {total} conditions were never generated", seen, total))
-    if separability is not None:
-        k = separability["chance_corrected"]
-        text = (
-            f"the samples' features tell their {separability['conditions']} conditions apart with kNN "
-            f"accuracy {separability['accuracy']:.2f} (chance {separability['chance']:.2f})"
+    findings = [
+        f
+        for f in (
+            _conditions_seen(conditions),
+            _separability(separability),
+            _class_spread(classes, reference_classes),
         )
-        if k < SEPARABILITY_FAIL:
-            findings.append((FAIL, text + ": the generator ignores its condition", k, None))
-        elif k < SEPARABILITY_WARN:
-            findings.append((WARN, text + ": the conditions barely show", k, None))
-        else:
-            findings.append((PASS, text, k, None))
-    if classes is not None:
-        got, n = classes["classes_generated"], classes["num_classes"]
-        ref_got = reference_classes["classes_generated"] if reference_classes else n
-        text = f"the samples fall into {got} of {n} real classes (held-out real images: {ref_got})"
-        h, ref_h = classes["normalized_entropy"], (reference_classes or {}).get("normalized_entropy")
-        if got <= ref_got / 2:
-            findings.append((FAIL, text + ": the set has collapsed onto a few classes", got, ref_got))
-        elif got < ref_got:
-            findings.append((WARN, text, got, ref_got))
-        elif ref_h is not None and h < ref_h - CLASS_ENTROPY_SLACK:
-            findings.append((WARN, f"{text}, but unevenly (class entropy {h:.2f} vs {ref_h:.2f})", h, ref_h))
-        else:
-            findings.append(
-                (
-                    PASS,
-                    f"{text}, class entropy {h:.2f}" + (f" vs {ref_h:.2f}" if ref_h is not None else ""),
-                    h,
-                    ref_h,
-                )
-            )
+        if f is not None
+    ]
     if not findings:
         return Gate(
             "conditions",
@@ -267,6 +241,54 @@ def conditions_gate(
     status, _, value, reference = chosen[0]
     sentence = "; ".join(text for _, text, _, _ in chosen)
     return Gate("conditions", status, sentence[0].upper() + sentence[1:] + ".", value, reference)
+
+
+def _conditions_seen(conditions: dict[str, Any] | None) -> _Finding | None:
+    """Conditions never generated: half or more fail, any warns (None: no counts, or all seen)."""
+    seen = (conditions or {}).get("conditions_seen")
+    if not seen:
+        return None
+    total = conditions["num_conditions"]
+    if seen <= total / 2:
+        return (FAIL, f"only {seen} of {total} conditions were generated", seen, total)
+    if seen < total:
+        return (WARN, f"{total - seen} of {total} conditions were never generated", seen, total)
+    return None
+
+
+def _separability(separability: dict[str, Any] | None) -> _Finding | None:
+    """How well the samples' features tell their conditions apart (chance-corrected kNN accuracy)."""
+    if separability is None:
+        return None
+    k = separability["chance_corrected"]
+    text = (
+        f"the samples' features tell their {separability['conditions']} conditions apart with kNN "
+        f"accuracy {separability['accuracy']:.2f} (chance {separability['chance']:.2f})"
+    )
+    if k < SEPARABILITY_FAIL:
+        return (FAIL, text + ": the generator ignores its condition", k, None)
+    if k < SEPARABILITY_WARN:
+        return (WARN, text + ": the conditions barely show", k, None)
+    return (PASS, text, k, None)
+
+
+def _class_spread(classes: dict[str, Any] | None, reference: dict[str, Any] | None) -> _Finding | None:
+    """How many real classes the samples fall into, and how evenly, next to held-out real images."""
+    if classes is None:
+        return None
+    got, n = classes["classes_generated"], classes["num_classes"]
+    ref_got = reference["classes_generated"] if reference else n
+    text = f"the samples fall into {got} of {n} real classes (held-out real images: {ref_got})"
+    h, ref_h = classes["normalized_entropy"], (reference or {}).get("normalized_entropy")
+    if got <= ref_got / 2:
+        return (FAIL, text + ": the set has collapsed onto a few classes", got, ref_got)
+    if got < ref_got:
+        return (WARN, text, got, ref_got)
+    if ref_h is None:
+        return (PASS, f"{text}, class entropy {h:.2f}", h, ref_h)
+    if h < ref_h - CLASS_ENTROPY_SLACK:
+        return (WARN, f"{text}, but unevenly (class entropy {h:.2f} vs {ref_h:.2f})", h, ref_h)
+    return (PASS, f"{text}, class entropy {h:.2f} vs {ref_h:.2f}", h, ref_h)
 
 
 def extractor_gate(quality: dict[str, Any]) -> Gate:
