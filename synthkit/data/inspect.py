@@ -241,60 +241,78 @@ def inspect_shard_set(
     if per_row < 1:
         raise ValueError(f"per_row must be >= 1, got {per_row}")
     set_dir, manifest = _open_set(directory)
-    local = None if loc.is_url(set_dir) else Path(set_dir).resolve()
-    if (
-        grid is not None
-        and local is not None
-        and local in (Path(grid).resolve(), *Path(grid).resolve().parents)
-    ):
+    if grid is not None:
+        _refuse_grid_inside(set_dir, grid)
+    tally = _Tally(_Grid(per_row) if grid is not None else None)
+    for sample in iter_samples(set_dir):
+        tally.add(sample)
+    producer = manifest.get("producer")
+    return {
+        "dir": set_dir,
+        "name": manifest.get("name"),
+        "total": sum(tally.kinds.values()),
+        "shards": len(manifest["shards"]),
+        "producer": producer.get("name") if isinstance(producer, dict) else producer,
+        "by_kind": _counts(tally.kinds),
+        "by_condition": _counts(tally.conditions),
+        "by_cls": _counts(tally.classes),
+        **{key: describe(v) if v else None for key, v in tally.values.items()},
+        "images": {"sizes": dict(tally.sizes.most_common()), "modes": dict(tally.modes.most_common())},
+        "grid": _grid(tally.collector, set_dir, grid, manifest, real, root, tally.sizes)
+        if tally.collector is not None
+        else None,
+    }
+
+
+def _refuse_grid_inside(set_dir: str, grid: str | os.PathLike[str]) -> None:
+    """Inspection never writes into a published set (a remote set cannot be written into from here)."""
+    if loc.is_url(set_dir):
+        return
+    grid_path = Path(grid).resolve()
+    if Path(set_dir).resolve() in (grid_path, *grid_path.parents):
         raise ShardError(
             f"refusing to write the grid {grid} inside the published shard set {set_dir}; "
             "choose a path outside it"
         )
-    kinds: Counter = Counter()
-    conditions: Counter = Counter()
-    classes: Counter = Counter()
-    sizes: Counter = Counter()
-    modes: Counter = Counter()
-    values: dict[str, list[float]] = {key: [] for key in STAT_KEYS}
-    collector = _Grid(per_row) if grid is not None else None
-    for sample in iter_samples(set_dir):
+
+
+def _finite_number(value: Any) -> bool:
+    """A number from the metadata that a statistic can use: JSON like 1e999 parses as inf, and a single one
+    would make every statistic meaningless (true and false are not numbers here)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+class _Tally:
+    """What :func:`inspect_shard_set` counts, one sample at a time: counters, the values of ``STAT_KEYS``
+    and (with a ``collector``) the grid's images."""
+
+    def __init__(self, collector: _Grid | None) -> None:
+        self.kinds: Counter = Counter()
+        self.conditions: Counter = Counter()
+        self.classes: Counter = Counter()
+        self.sizes: Counter = Counter()
+        self.modes: Counter = Counter()
+        self.values: dict[str, list[float]] = {key: [] for key in STAT_KEYS}
+        self.collector = collector
+
+    def add(self, sample: dict[str, Any]) -> None:
         meta, image, cls = sample["meta"], sample["image"], sample["cls"]
-        kinds[_hashable(meta.get("kind"))] += 1
+        self.kinds[_hashable(meta.get("kind"))] += 1
         # every field is present (null where it does not apply): a sample has a condition when it was
         # generated with one, or unconditionally (condition null, condition_source "none")
         has_condition = meta.get("condition") is not None or meta.get("condition_source") is not None
         condition = _hashable(meta.get("condition"))
         if has_condition:
-            conditions[condition] += 1
+            self.conditions[condition] += 1
         if cls is not None:
-            classes[cls] += 1
+            self.classes[cls] += 1
         for key in STAT_KEYS:
-            value = meta.get(key)
-            # JSON like 1e999 parses as inf; a single one would make every statistic meaningless.
-            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-                values[key].append(float(value))
-        sizes[f"{image.shape[0]}x{image.shape[1]}"] += 1
-        modes["L" if image.shape[2] == 1 else "RGB"] += 1
-        if collector is not None:
-            collector.add(image, condition, has_condition, cls, meta.get("kind"))
-
-    producer = manifest.get("producer")
-    return {
-        "dir": set_dir,
-        "name": manifest.get("name"),
-        "total": sum(kinds.values()),
-        "shards": len(manifest["shards"]),
-        "producer": producer.get("name") if isinstance(producer, dict) else producer,
-        "by_kind": _counts(kinds),
-        "by_condition": _counts(conditions),
-        "by_cls": _counts(classes),
-        **{key: describe(v) if v else None for key, v in values.items()},
-        "images": {"sizes": dict(sizes.most_common()), "modes": dict(modes.most_common())},
-        "grid": _grid(collector, set_dir, grid, manifest, real, root, sizes)
-        if collector is not None
-        else None,
-    }
+            if _finite_number(meta.get(key)):
+                self.values[key].append(float(meta[key]))
+        self.sizes[f"{image.shape[0]}x{image.shape[1]}"] += 1
+        self.modes["L" if image.shape[2] == 1 else "RGB"] += 1
+        if self.collector is not None:
+            self.collector.add(image, condition, has_condition, cls, meta.get("kind"))
 
 
 def _grid(
