@@ -12,7 +12,8 @@ import logging
 import time
 from typing import Any
 
-from synthkit.data.sources import DataSourceError, load_source
+from synthkit.config import DataConfig
+from synthkit.data.sources import DataSourceError, ImageSet, load_source
 from synthkit.devices import resolve_device
 from synthkit.encoders.model import extract_features
 from synthkit.errors import ConfigError
@@ -42,29 +43,13 @@ def evaluate(
     about (a log record, and ``knn_warning`` in the result): the vote is then biased low
     (:func:`synthkit.metrics.knn.knn_k_problem`).
     """
-    if knn_k is not None and (isinstance(knn_k, bool) or not isinstance(knn_k, int) or knn_k < 1):
-        raise ConfigError(f"--knn-k must be a positive integer, got {knn_k!r}")
+    _check_knn_k(knn_k)
     dev = resolve_device(device)
     t0 = time.perf_counter()
     art = load_final(run_dir)
     cfg = art.cfg
-    data_cfg = cfg.data
-    if data is not None and data != cfg.data.name:
-        data_cfg = dataclasses.replace(cfg.data, name=data, root=root, subset=None)
-    elif root is not None:
-        data_cfg = dataclasses.replace(data_cfg, root=root)
-    # evaluate at the resolution and channel count the encoder was trained on
-    data_cfg = dataclasses.replace(data_cfg, channels=art.encoder.in_channels)
-    if full_train:
-        data_cfg = dataclasses.replace(data_cfg, subset=None)
-    train, test = load_source(data_cfg, "train"), load_source(data_cfg, "test")
-    if test_limit is not None:
-        test = type(test)(
-            test.images[:test_limit],
-            test.labels[:test_limit] if test.labels is not None else None,
-            test.name,
-            test.classes,
-        )
+    data_cfg = _eval_data(cfg.data, art.encoder.in_channels, data, root, full_train)
+    train, test = load_source(data_cfg, "train"), _first(load_source(data_cfg, "test"), test_limit)
     if train.labels is None or test.labels is None:
         raise DataSourceError(f"data set {data_cfg.name!r} has no labels: kNN and linear probe need them")
     art.encoder.to(dev)
@@ -101,3 +86,32 @@ def evaluate(
         "device": str(dev),
         "seconds": round(time.perf_counter() - t0, 2),
     }
+
+
+def _check_knn_k(knn_k: int | None) -> None:
+    if knn_k is not None and (isinstance(knn_k, bool) or not isinstance(knn_k, int) or knn_k < 1):
+        raise ConfigError(f"--knn-k must be a positive integer, got {knn_k!r}")
+
+
+def _eval_data(
+    run_data: DataConfig, channels: int, data: str | None, root: str | None, full_train: bool
+) -> DataConfig:
+    """The data to evaluate on: the run's (``root`` may move it), or another source ``data`` (its whole
+    train split, from ``root``); always at the channel count the encoder was trained on."""
+    data_cfg = run_data
+    if data is not None and data != run_data.name:
+        data_cfg = dataclasses.replace(run_data, name=data, root=root, subset=None)
+    elif root is not None:
+        data_cfg = dataclasses.replace(data_cfg, root=root)
+    data_cfg = dataclasses.replace(data_cfg, channels=channels)
+    if full_train:
+        data_cfg = dataclasses.replace(data_cfg, subset=None)
+    return data_cfg
+
+
+def _first(split: ImageSet, limit: int | None) -> ImageSet:
+    """The first ``limit`` images of a split (all of them without a limit)."""
+    if limit is None:
+        return split
+    labels = split.labels[:limit] if split.labels is not None else None
+    return type(split)(split.images[:limit], labels, split.name, split.classes)
