@@ -121,28 +121,37 @@ def resize_images(images: torch.Tensor, size: int, channels: int | None) -> torc
     out_c = channels or c
     if out_c == c and (h, w) == (size, size):
         return images.contiguous()
-    need = (
-        images.shape[0] * out_c * size * size + min(_RESIZE_CHUNK, images.shape[0]) * out_c * size * size * 4
-    )
-    available = available_memory()
-    if available is not None and need > available:
-        raise DataSourceError(
-            f"data.size={size}: {images.shape[0]} images of {out_c}x{size}x{size} need "
-            f"{need / 2**30:.3g} GiB in memory, and {available / 2**30:.3g} GiB are available; choose a "
-            "smaller data.size or data.subset"
-        )
+    _check_resize_memory(images.shape[0], out_c, size)
     out = torch.empty((images.shape[0], out_c, size, size), dtype=torch.uint8)
     luma = torch.tensor(_LUMA, dtype=torch.float32).view(1, 3, 1, 1)
     for start in range(0, images.shape[0], _RESIZE_CHUNK):
-        x = images[start : start + _RESIZE_CHUNK].to(torch.float32)
-        if out_c == 1 and c == 3:
-            x = (x * luma).sum(dim=1, keepdim=True)
-        elif out_c == 3 and c == 1:
-            x = x.expand(-1, 3, -1, -1)
+        x = _convert_channels(images[start : start + _RESIZE_CHUNK].to(torch.float32), out_c, luma)
         if (h, w) != (size, size):
             x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
         out[start : start + x.shape[0]] = x.round().clamp_(0, 255).to(torch.uint8)
     return out
+
+
+def _check_resize_memory(n: int, channels: int, size: int) -> None:
+    """Refuse a resize whose output and one float32 chunk would not fit in the memory available now."""
+    need = n * channels * size * size + min(_RESIZE_CHUNK, n) * channels * size * size * 4
+    available = available_memory()
+    if available is not None and need > available:
+        raise DataSourceError(
+            f"data.size={size}: {n} images of {channels}x{size}x{size} need "
+            f"{need / 2**30:.3g} GiB in memory, and {available / 2**30:.3g} GiB are available; choose a "
+            "smaller data.size or data.subset"
+        )
+
+
+def _convert_channels(x: torch.Tensor, channels: int, luma: torch.Tensor) -> torch.Tensor:
+    """Float N x C x H x W images to ``channels``: RGB to gray by ``luma`` (601), gray to RGB repeated."""
+    c = x.shape[1]
+    if channels == 1 and c == 3:
+        return (x * luma).sum(dim=1, keepdim=True)
+    if channels == 3 and c == 1:
+        return x.expand(-1, 3, -1, -1)
+    return x
 
 
 def subset_indices(n: int, cfg: DataConfig) -> np.ndarray | None:

@@ -17,6 +17,7 @@ from synthkit.data.sources import (
     DataSourceError,
     ImageSet,
     load_source,
+    resize_images,
 )
 
 
@@ -74,6 +75,19 @@ def test_digits_resize_and_channel_conversion() -> None:
     # Resizing keeps the mean brightness (bilinear interpolation averages).
     assert abs(big.images.float().mean() - small.images.float().mean()) < 2.0
     assert torch.equal(small.labels, big.labels)
+
+
+def test_rgb_to_gray_is_601_luma_rounded_once_and_a_resize_beyond_memory_is_refused() -> None:
+    rgb = torch.tensor([[200, 10, 255], [0, 255, 7]], dtype=torch.uint8).view(2, 3, 1, 1)
+    gray = resize_images(rgb.expand(-1, -1, 2, 2), 2, 1)
+    expected = [round(0.299 * 200 + 0.587 * 10 + 0.114 * 255), round(0.587 * 255 + 0.114 * 7)]
+    assert gray.shape == (2, 1, 2, 2) and gray[:, 0, 0, 0].tolist() == expected
+    assert torch.equal(resize_images(gray, 2, 3), gray.expand(-1, 3, -1, -1))
+    # checked before anything is allocated: a million-pixel side needs terabytes
+    with pytest.raises(
+        DataSourceError, match=r"data.size=1000000: 2 images of 1x1000000x1000000 need .* GiB"
+    ):
+        resize_images(gray, 10**6, None)
 
 
 def test_subset_is_deterministic_and_train_only() -> None:
