@@ -90,21 +90,37 @@ def holder_alive(holder: dict[str, Any]) -> bool | None:
     me = identity()
     if holder.get("host") != me["host"] or holder.get("machine_id", "") != me["machine_id"]:
         return None
-    if holder.get("boot_id") and me["boot_id"] and holder["boot_id"] != me["boot_id"]:
-        return False  # this host rebooted since the lock was taken
+    if _rebooted_since(holder, me):
+        return False
     pid = holder.get("pid")
     if isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0:
         return None
+    if not _pid_exists(pid):
+        return False
+    # a different start time: the id now belongs to a process that started later
+    return not _started_at_another_time(pid, holder.get("start_ticks"))
+
+
+def _rebooted_since(holder: dict[str, Any], me: dict[str, Any]) -> bool:
+    """This host rebooted since the lock was taken (both boot ids known, and they differ)."""
+    return bool(holder.get("boot_id") and me["boot_id"] and holder["boot_id"] != me["boot_id"])
+
+
+def _pid_exists(pid: int) -> bool:
+    """A process of this id runs on this host (a signal 0 is sent, nothing is delivered)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         pass  # a process of another user: it exists
-    ticks = holder.get("start_ticks")
+    return True
+
+
+def _started_at_another_time(pid: int, ticks: Any) -> bool:
+    """The process ``pid`` started at another time than the ``ticks`` the holder recorded (None: unknown)."""
     now = _start_ticks(pid)
-    # a different start time: the id now belongs to a process that started later
-    return not (isinstance(ticks, int) and now is not None and now != ticks)
+    return isinstance(ticks, int) and now is not None and now != ticks
 
 
 def _describe(holder: dict[str, Any]) -> str:
