@@ -194,30 +194,55 @@ def prepare_out_dir(out_dir: Path, name: str, request: dict) -> dict | None:
     attempt from before journals existed) leaves shards nothing can vouch for, so they are deleted.
     """
     manifest = read_manifest(out_dir) if out_dir.is_dir() else None
-    marker, journal = out_dir / IN_PROGRESS, out_dir / journal_name(name)
     if manifest is not None:
-        if manifest.get("request") == request:
-            parts = [p for _, _, p in find_part_journals(out_dir, name).get(name, [])]
-            for p in (journal, marker, *parts):  # a kill after the manifest was published can leave these
-                with contextlib.suppress(OSError):
-                    p.unlink(missing_ok=True)
-            return manifest
+        return _reuse_published(out_dir, name, manifest, request)
+    _refuse_split_export(out_dir, name)
+    marker = out_dir / IN_PROGRESS
+    ours = _read_marker(marker) == request
+    _clear_unfinished(out_dir, name, ours)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for temp in (temp_name(IN_PROGRESS), temp_name(PREVIEW)):  # left by a kill mid-write
+        (out_dir / temp).unlink(missing_ok=True)
+    if not ours:
+        write_json_atomic(marker, request)
+    return None
+
+
+def _reuse_published(out_dir: Path, name: str, manifest: dict, request: dict) -> dict:
+    """A published set is reused when this very request made it (what a kill after its publication left
+    beside it is deleted); any other set there is refused."""
+    if manifest.get("request") != request:
         raise ShardSetExistsError(
             f"{out_dir} already holds a different shard set ({manifest.get('name')!r}, "
             f"{manifest.get('total')} samples); choose another --out or delete it"
         )
+    parts = [p for _, _, p in find_part_journals(out_dir, name).get(name, [])]
+    for p in (out_dir / journal_name(name), out_dir / IN_PROGRESS, *parts):
+        with contextlib.suppress(OSError):
+            p.unlink(missing_ok=True)
+    return manifest
+
+
+def _refuse_split_export(out_dir: Path, name: str) -> None:
+    """An export interrupted while split into parts is finished by as many parts, not by one process."""
     split = {n for _, n, _ in find_part_journals(out_dir, name).get(name, [])}
     if split:
         raise ShardSetExistsError(
             f"{out_dir} holds an interrupted export split into {min(split)} parts; finish it with "
             f"{min(split)} processes (or --part I/{min(split)}), or delete it"
         )
+
+
+def _clear_unfinished(out_dir: Path, name: str, ours: bool) -> None:
+    """Unpublished shards are refused unless our own marker is there; ours without a journal (an attempt
+    from before journals existed) are deleted, as nothing can vouch for them; with a journal they stay for
+    the writer to resume from."""
+    journal = out_dir / journal_name(name)
     leftovers = (
         [p for p in out_dir.glob("*.tar") if shard_pattern(name).fullmatch(p.name)]
         if out_dir.is_dir()
         else []
     )
-    ours = _read_marker(marker) == request
     if (leftovers or journal.exists()) and not ours:
         raise ShardSetExistsError(
             f"{out_dir} holds shards without a manifest that this export did not start "
@@ -226,12 +251,6 @@ def prepare_out_dir(out_dir: Path, name: str, request: dict) -> dict | None:
     if leftovers and not journal.exists():
         for p in leftovers:
             p.unlink()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for temp in (temp_name(IN_PROGRESS), temp_name(PREVIEW)):  # left by a kill mid-write
-        (out_dir / temp).unlink(missing_ok=True)
-    if not ours:
-        write_json_atomic(marker, request)
-    return None
 
 
 def _launch() -> tuple[int, int]:
@@ -707,20 +726,23 @@ def _generate_part(
         return ExportResult(
             out_dir, {}, np.array(res.hardness), conds, resumed_from=res.resumed_from, part=res.manifest
         )
+    return _publish_together(out_dir, res, conds, failure, main)
 
+
+def _publish_together(
+    out_dir: Path, res: WriteResult, conds: np.ndarray, failure: SynthkitError | None, main: bool
+) -> ExportResult:
+    """The parts' outcomes gathered, the set published by the main process when every part is whole, and
+    its manifest (or why there is none) broadcast: every process takes part in both collectives, and each
+    raises when any part or the publication failed."""
     from accelerate.utils import broadcast_object_list, gather_object
 
     outcomes = gather_object([(None if failure is None else str(failure), res.resumed_from)])
     failed = [f"process {r}: {msg}" for r, (msg, _) in enumerate(outcomes) if msg is not None]
-    result: ExportResult | None = None
-    published: list[Any] = [None, None]  # the manifest, or why there is none
-    if main and not failed:
-        try:
-            result = publish(out_dir)
-            published = [result.manifest, None]
-        except SynthkitError as exc:
-            published, failure = [None, str(exc)], exc
+    result, published, publish_error = _publish_if_whole(out_dir, main and not failed)
     broadcast_object_list(published, from_process=0)
+    if publish_error is not None:
+        raise publish_error
     if failure is not None:
         raise failure
     if failed or published[1] is not None:
@@ -734,3 +756,17 @@ def _generate_part(
     return ExportResult(
         out_dir, published[0], np.array(res.hardness), conds, resumed_from=resumed, main=False
     )
+
+
+def _publish_if_whole(
+    out_dir: Path, publish_here: bool
+) -> tuple[ExportResult | None, list[Any], SynthkitError | None]:
+    """Publish the set here (the main process, every part whole): (the result, ``[manifest, why not]`` to
+    broadcast, the publication's error); elsewhere nothing is published: ``(None, [None, None], None)``."""
+    if not publish_here:
+        return None, [None, None], None
+    try:
+        result = publish(out_dir)
+    except SynthkitError as exc:
+        return None, [None, str(exc)], exc
+    return result, [result.manifest, None], None
