@@ -65,13 +65,7 @@ def linear_probe_accuracy(
         batch_size: examples per step; a batch of ``N`` or more trains full-batch.
         seed: seeds the initialisation and the shuffles; the result is deterministic for a seed.
     """
-    _check(train_features, train_labels, "train")
-    _check(test_features, test_labels, "test")
-    if train_features.shape[1] != test_features.shape[1]:
-        raise ValueError(
-            f"train and test features differ in dimension: {train_features.shape[1]} vs "
-            f"{test_features.shape[1]}"
-        )
+    _check_inputs(train_features, train_labels, test_features, test_labels)
     if epochs < 1 or batch_size < 1 or lr <= 0 or weight_decay < 0:
         raise ValueError(
             f"need epochs, batch_size >= 1, lr > 0, weight_decay >= 0; got {epochs}, "
@@ -85,32 +79,71 @@ def linear_probe_accuracy(
     y_test = test_labels.detach().to(device, torch.int64)
     if int(y.min()) < 0 or int(y_test.min()) < 0:
         raise ValueError("labels must be non-negative class indices")
+    x, x_test = _standardise(x, x_test)
 
-    # 1. Standardise with the training statistics only; constant features stay at 0.
+    generator = torch.Generator().manual_seed(seed)
+    num_classes = max(int(y.max()), int(y_test.max())) + 1
+    probe = _init_probe(x.shape[1], num_classes, generator).to(device)
+    _train(probe, x, y, generator, epochs=epochs, lr=lr, weight_decay=weight_decay, batch_size=batch_size)
+
+    # Held-out accuracy.
+    with torch.no_grad():
+        pred = probe(x_test).argmax(dim=1)
+    return (pred == y_test).double().mean().item()
+
+
+def _check_inputs(
+    train_features: torch.Tensor,
+    train_labels: torch.Tensor,
+    test_features: torch.Tensor,
+    test_labels: torch.Tensor,
+) -> None:
+    _check(train_features, train_labels, "train")
+    _check(test_features, test_labels, "test")
+    if train_features.shape[1] != test_features.shape[1]:
+        raise ValueError(
+            f"train and test features differ in dimension: {train_features.shape[1]} vs "
+            f"{test_features.shape[1]}"
+        )
+
+
+def _standardise(x: torch.Tensor, x_test: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both feature sets standardised with the training statistics only; constant features stay at 0."""
     mean = x.mean(dim=0)
     std = x.std(dim=0, unbiased=False).clamp_min(1e-6)
-    x = (x - mean) / std
-    x_test = (x_test - mean) / std
+    return (x - mean) / std, (x_test - mean) / std
 
-    # 2. A linear layer initialised like nn.Linear's default, but from our own generator.
-    generator = torch.Generator().manual_seed(seed)
-    n, dim = x.shape
-    num_classes = max(int(y.max()), int(y_test.max())) + 1
+
+def _init_probe(dim: int, num_classes: int, generator: torch.Generator) -> nn.Linear:
+    """A linear layer initialised like ``nn.Linear``'s default, but from ``generator`` (on the CPU)."""
     probe = nn.Linear(dim, num_classes)
     bound = 1.0 / math.sqrt(dim)
     with torch.no_grad():
         probe.weight.uniform_(-bound, bound, generator=generator)
         probe.bias.uniform_(-bound, bound, generator=generator)
-    probe.to(device)
-    optimizer = torch.optim.Adam(probe.parameters(), lr=lr, weight_decay=weight_decay, fused=True)
+    return probe
 
-    # 3. Mini-batch Adam with a per-step cosine decay; the last short batch of an epoch is kept.
+
+def _train(
+    probe: nn.Linear,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    generator: torch.Generator,
+    *,
+    epochs: int,
+    lr: float,
+    weight_decay: float,
+    batch_size: int,
+) -> None:
+    """Mini-batch (fused) Adam with a per-step cosine decay to 0; the last short batch of an epoch is kept;
+    the shuffles come from ``generator``."""
+    optimizer = torch.optim.Adam(probe.parameters(), lr=lr, weight_decay=weight_decay, fused=True)
+    n = x.shape[0]
     batch_size = min(batch_size, n)
-    steps_per_epoch = math.ceil(n / batch_size)
-    total_steps = epochs * steps_per_epoch
+    total_steps = epochs * math.ceil(n / batch_size)
     step = 0
     for _ in range(epochs):
-        perm = torch.randperm(n, generator=generator).to(device)
+        perm = torch.randperm(n, generator=generator).to(x.device)
         for start in range(0, n, batch_size):
             for group in optimizer.param_groups:
                 group["lr"] = 0.5 * lr * (1.0 + math.cos(math.pi * step / total_steps))
@@ -120,8 +153,3 @@ def linear_probe_accuracy(
             loss.backward()
             optimizer.step()
             step += 1
-
-    # 4. Held-out accuracy.
-    with torch.no_grad():
-        pred = probe(x_test).argmax(dim=1)
-    return (pred == y_test).double().mean().item()
