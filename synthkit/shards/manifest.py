@@ -99,3 +99,25 @@ def read_manifest(directory: str | os.PathLike[str]) -> dict[str, Any] | None:
         )
     _check_structure(manifest, path)
     return manifest
+
+
+def manifest_of(
+    name: str, fields: dict[str, Any], shards: list[dict[str, Any]], shapes: set[tuple[int, int, int]]
+) -> dict[str, Any]:
+    """The manifest of a set: the one definition, for a writer's ``close`` and for parts published together
+    (``shards/parts.py``), so a set written in parts has the bytes of one written by one writer.
+
+    ``shapes`` are the (H, W, C) of its images: readers hold a set to one image size unless it declares
+    several (``image_shape``).
+    """
+    manifest = {
+        **fields,
+        "format": FORMAT,
+        "version": VERSION,
+        "name": name,
+        "shards": shards,
+        "total": sum(s["count"] for s in shards),
+    }
+    if shapes:
+        manifest[IMAGE_SHAPE] = list(next(iter(shapes))) if len(shapes) == 1 else MIXED
+    return manifest

@@ -1,6 +1,6 @@
 """A shard set written in parts (processes of one launch, or the jobs of an array), published as one set.
 
-Each part is a contiguous run of whole shards (``writer.Part``), written by a ``ShardSetWriter(part=...)``
+Each part is a contiguous run of whole shards (``layout.Part``), written by a ``ShardSetWriter(part=...)``
 into the same directory with its own journal, ``.NAME.part-IIIII-of-NNNNN.journal.json``: the journal
 format of a resumable writer plus the part's place, the manifest fields and, once the part is closed,
 ``"complete": true``. Nothing a part writes claims the set is complete; :func:`publish_parts` does, after it
@@ -12,7 +12,7 @@ has checked every part:
 * every shard file has its journal's size and SHA-256 (read in full: the copy being published is the one
   checked).
 
-Only then does it publish ``sizes.json`` and ``manifest.json`` (``writer.manifest_of``, with the image
+Only then does it publish ``sizes.json`` and ``manifest.json`` (``manifest.manifest_of``, with the image
 shapes every part recorded: the same bytes one writer's ``close`` writes) and remove the part journals. A
 problem raises ShardError listing every problem found, and nothing is published.
 """
@@ -36,15 +36,9 @@ from synthkit.shards.format import (
     ShardSetExistsError,
     shard_name,
 )
-from synthkit.shards.manifest import read_manifest
+from synthkit.shards.journal import JOURNAL_FORMAT, JOURNAL_VERSION, fields_digest, shard_matches
+from synthkit.shards.manifest import manifest_of, read_manifest
 from synthkit.shards.tables import publish_tables, table_format
-from synthkit.shards.writer import (
-    JOURNAL_FORMAT,
-    JOURNAL_VERSION,
-    fields_digest,
-    manifest_of,
-    shard_matches,
-)
 
 __all__ = ["find_part_journals", "publish_parts"]
 

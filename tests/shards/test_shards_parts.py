@@ -132,9 +132,9 @@ def test_a_part_leaves_the_other_parts_files_alone_and_stays_in_its_shards(tmp_p
     w = ShardSetWriter(out, "hard", maxcount=MAXCOUNT, manifest_fields=FIELDS, resume=True, part=p0)
     for item in items[:4]:
         w.write(*item)
-    w._file._flush()
-    os.close(w._file._fd)
-    w._file._fd = -1
+    w._shard.file._flush()
+    os.close(w._shard.file._fd)
+    w._shard.file._fd = -1
     busy = out / ".hard-000004.tar.tmp"
     busy.write_bytes(b"another part's shard in progress")
     w = ShardSetWriter(out, "hard", maxcount=MAXCOUNT, manifest_fields=FIELDS, resume=True, part=p0)
