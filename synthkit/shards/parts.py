@@ -36,7 +36,7 @@ from synthkit.shards.format import (
     ShardSetExistsError,
     shard_name,
 )
-from synthkit.shards.journal import JOURNAL_FORMAT, JOURNAL_VERSION, fields_digest, shard_matches
+from synthkit.shards.journal import ENTRY_KEYS, JOURNAL_FORMAT, JOURNAL_VERSION, fields_digest, shard_matches
 from synthkit.shards.manifest import manifest_of, read_manifest
 from synthkit.shards.tables import publish_tables, table_format
 
@@ -106,10 +106,41 @@ def publish_parts(
     out_dir = Path(out_dir)
     found = find_part_journals(out_dir, name)
     if not found:
-        manifest = read_manifest(out_dir) if out_dir.is_dir() else None
-        if manifest is not None and name in (None, manifest.get("name")):
-            return manifest  # published already, its journals gone
-        raise ShardError(f"{out_dir} holds no parts of a shard set (no .NAME.part-*.journal.json)")
+        return _published_without_journals(out_dir, name)
+    name, entries, count = _one_split(out_dir, found)
+    journals = {i: _load(path) for i, _, path in entries}
+    missing = [i for i in range(count) if i not in journals]
+    problems = [f"part(s) {', '.join(map(str, missing))} of {count} never started"] if missing else []
+    maxcount = _one_request(out_dir, name, journals)
+    fields = next(iter(journals.values()))["fields"]
+    done = _already_published(out_dir, name, fields)
+    if done is not None:
+        _remove([p for _, _, p in entries], out_dir)
+        return done
+    shards = _joined_shards(journals, count, problems, check_starts=not missing)
+    _refuse(out_dir, name, problems)
+    _refuse(out_dir, name, _shard_problems(out_dir, name, shards, maxcount))
+    shapes = {tuple(shape) for j in journals.values() for shape in j.get("image_shapes", [])}
+    if before_publish is not None:
+        before_publish(fields, shards)
+    manifest = _publish(out_dir, manifest_of(name, fields, shards, shapes), shards)
+    _remove([p for _, _, p in entries], out_dir)
+    return manifest
+
+
+def _published_without_journals(out_dir: Path, name: str | None) -> dict[str, Any]:
+    """The manifest of a set published already (its journals gone); ShardError where there is none."""
+    manifest = read_manifest(out_dir) if out_dir.is_dir() else None
+    if manifest is not None and name in (None, manifest.get("name")):
+        return manifest
+    raise ShardError(f"{out_dir} holds no parts of a shard set (no .NAME.part-*.journal.json)")
+
+
+def _one_split(
+    out_dir: Path, found: dict[str, list[tuple[int, int, Path]]]
+) -> tuple[str, list[tuple[int, int, Path]], int]:
+    """The one set of ``found`` and its part count: parts of several sets, or one set split in different
+    ways, are refused."""
     if len(found) > 1:
         raise ShardError(f"{out_dir} holds the parts of several sets ({', '.join(sorted(found))}); name one")
     ((name, entries),) = found.items()
@@ -119,24 +150,23 @@ def publish_parts(
             f"{out_dir} holds parts of {name!r} split in different ways (into {sorted(counts)} parts): "
             "an interrupted export must be finished with the split it started with"
         )
-    (count,) = counts
-    journals = {i: _load(path) for i, _, path in entries}
+    return name, entries, counts.pop()
 
-    problems: list[str] = []
-    missing = [i for i in range(count) if i not in journals]
-    if missing:
-        problems.append(f"part(s) {', '.join(map(str, missing))} of {count} never started")
+
+def _one_request(out_dir: Path, name: str, journals: dict[int, dict[str, Any]]) -> Any:
+    """The parts' common ``maxcount``; parts started by different requests are refused."""
     digests = {j["fields_sha256"] for j in journals.values()}
     maxcounts = {j.get("maxcount") for j in journals.values()}
     if len(digests) > 1 or len(maxcounts) > 1:
         raise ShardError(f"{out_dir}: the parts of {name!r} were started by different requests; delete it")
-    (maxcount,) = maxcounts
-    fields = next(iter(journals.values()))["fields"]
-    done = _already_published(out_dir, name, fields)
-    if done is not None:
-        _remove([p for _, _, p in entries], out_dir)
-        return done
+    return maxcounts.pop()
 
+
+def _joined_shards(
+    journals: dict[int, dict[str, Any]], count: int, problems: list[str], *, check_starts: bool
+) -> list[dict[str, Any]]:
+    """The parts' shard entries in part order; an incomplete part, or one that does not start where the
+    one before ended (checked when no part is missing), adds to ``problems``."""
     shards: list[dict[str, Any]] = []
     for i in sorted(journals):
         journal, part = journals[i], journals[i]["part"]
@@ -145,32 +175,49 @@ def publish_parts(
                 f"part {i} of {count} is not complete ({len(journal['shards'])} of {part.get('shards')} "
                 "shards written): rerun it"
             )
-        if part.get("first_shard") != len(shards) and not missing:
+        if check_starts and part.get("first_shard") != len(shards):
             problems.append(
                 f"part {i} of {count} starts at shard {part.get('first_shard')}, not {len(shards)}"
             )
-        shards += [{k: e.get(k) for k in ("name", "count", "bytes", "sha256")} for e in journal["shards"]]
+        shards += [{k: e.get(k) for k in ENTRY_KEYS} for e in journal["shards"]]
+    return shards
+
+
+def _shard_problems(out_dir: Path, name: str, shards: list[dict[str, Any]], maxcount: Any) -> list[str]:
+    found = (
+        _shard_problem(out_dir, name, k, entry, maxcount, last=k == len(shards) - 1)
+        for k, entry in enumerate(shards)
+    )
+    return [problem for problem in found if problem is not None]
+
+
+def _shard_problem(
+    out_dir: Path, name: str, k: int, entry: dict[str, Any], maxcount: Any, *, last: bool
+) -> str | None:
+    """What is wrong with shard ``k`` of the joined list (its first problem), None if nothing: the entry,
+    then the file (its size and SHA-256 read in full), then its place (only the last may be short)."""
+    count = entry["count"]
+    path = out_dir / str(entry["name"])
+    if not (isinstance(count, int) and not isinstance(count, bool) and 1 <= count <= maxcount):
+        return f"shard {k} has a malformed journal entry {entry!r}"
+    if entry["name"] != shard_name(name, k):
+        return f"shard {k} is recorded as {entry['name']!r}"
+    if not path.is_file():
+        return f"{path.name} is missing"
+    if not shard_matches(path, entry):
+        return f"{path.name} differs from its part's journal (size or SHA-256)"
+    if count != maxcount and not last:
+        return f"{path.name} holds {count} samples, only the last shard may hold fewer"
+    return None
+
+
+def _refuse(out_dir: Path, name: str, problems: list[str]) -> None:
     if problems:
         raise ShardError(f"{out_dir}: cannot publish {name!r}: " + "; ".join(problems))
-    for k, entry in enumerate(shards):
-        path = out_dir / str(entry["name"])
-        count_ok = isinstance(entry["count"], int) and not isinstance(entry["count"], bool)
-        if not count_ok or not 1 <= entry["count"] <= maxcount:
-            problems.append(f"shard {k} has a malformed journal entry {entry!r}")
-        elif entry["name"] != shard_name(name, k):
-            problems.append(f"shard {k} is recorded as {entry['name']!r}")
-        elif not path.is_file():
-            problems.append(f"{path.name} is missing")
-        elif not shard_matches(path, entry):
-            problems.append(f"{path.name} differs from its part's journal (size or SHA-256)")
-        elif entry["count"] != maxcount and k != len(shards) - 1:
-            problems.append(f"{path.name} holds {entry['count']} samples, only the last shard may hold fewer")
-    if problems:
-        raise ShardError(f"{out_dir}: cannot publish {name!r}: " + "; ".join(problems))
-    shapes = {tuple(shape) for j in journals.values() for shape in j.get("image_shapes", [])}
-    if before_publish is not None:
-        before_publish(fields, shards)
-    manifest = manifest_of(name, fields, shards, shapes)
+
+
+def _publish(out_dir: Path, manifest: dict[str, Any], shards: list[dict[str, Any]]) -> dict[str, Any]:
+    """``sizes.json``, the tables, then ``manifest.json``: the files one writer's ``close`` writes."""
     try:
         write_json_atomic(out_dir / SIZES, {s["name"]: s["count"] for s in shards}, indent=2)
         # the tables a one-process writer would have written, from the shards themselves (same bytes)
@@ -178,7 +225,6 @@ def publish_parts(
         write_json_atomic(out_dir / MANIFEST, manifest, indent=2)
     except OutputError as exc:
         raise ShardError(f"{exc}; the shard set was not published") from exc.__cause__
-    _remove([p for _, _, p in entries], out_dir)
     return manifest
 
 
