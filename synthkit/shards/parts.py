@@ -59,21 +59,29 @@ def find_part_journals(out_dir: Path, name: str | None = None) -> dict[str, list
     return found
 
 
+# A part journal's header: (key, the value it must have) and (key, the type its value must have).
+_PART_JOURNAL_VALUES = (("format", JOURNAL_FORMAT), ("version", JOURNAL_VERSION))
+_PART_JOURNAL_TYPES = (("part", dict), ("fields", dict), ("shards", list))
+
+
+def _is_part_journal(journal: Any) -> bool:
+    """The header of a part journal of this format and version, its shard entries objects (each entry's
+    fields are checked where the shards are joined)."""
+    if not isinstance(journal, dict):
+        return False
+    if any(journal.get(key) != value for key, value in _PART_JOURNAL_VALUES):
+        return False
+    if any(not isinstance(journal.get(key), kind) for key, kind in _PART_JOURNAL_TYPES):
+        return False
+    return all(isinstance(e, dict) for e in journal["shards"])
+
+
 def _load(path: Path) -> dict[str, Any]:
     try:
         journal = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise ShardError(f"{path}: cannot read the part journal: {exc}") from exc
-    ok = (
-        isinstance(journal, dict)
-        and journal.get("format") == JOURNAL_FORMAT
-        and journal.get("version") == JOURNAL_VERSION
-        and isinstance(journal.get("part"), dict)
-        and isinstance(journal.get("fields"), dict)
-        and isinstance(journal.get("shards"), list)
-        and all(isinstance(e, dict) for e in journal["shards"])
-    )
-    if not ok:
+    if not _is_part_journal(journal):
         raise ShardError(f"{path}: not a {JOURNAL_FORMAT} version {JOURNAL_VERSION} part journal")
     if fields_digest(journal["fields"]) != journal.get("fields_sha256"):
         raise ShardError(f"{path}: its manifest fields do not match their recorded digest")

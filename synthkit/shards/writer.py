@@ -155,11 +155,19 @@ def _check_request(
             f"shard set name {name!r} must be letters, digits, '_', '-' or '.', not hidden",
         ),
         (_is_int(maxcount) and maxcount >= 1, f"maxcount must be a positive integer, got {maxcount!r}"),
-        (isinstance(fields, dict), f"manifest_fields must be a dict, got {type(fields).__name__}"),
     )
     for ok, message in rows:
         if not ok:
             raise ValueError(message)
+    _check_fields(fields)
+    if part is not None and not resume:
+        raise ValueError("a part of a set is always written resumably: pass resume=True")
+
+
+def _check_fields(fields: Any) -> None:
+    """``manifest_fields``: a dict, none of the reserved manifest keys, JSON-serialisable."""
+    if not isinstance(fields, dict):
+        raise ValueError(f"manifest_fields must be a dict, got {type(fields).__name__}")
     clash = sorted(set(fields) & set(MANIFEST_RESERVED))
     if clash:
         raise ValueError(f"manifest_fields may not set the reserved manifest keys {clash}")
@@ -167,8 +175,6 @@ def _check_request(
         json.dumps(fields, sort_keys=True, allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"manifest_fields is not JSON-serialisable: {exc}") from exc
-    if part is not None and not resume:
-        raise ValueError("a part of a set is always written resumably: pass resume=True")
 
 
 class TableRows:
