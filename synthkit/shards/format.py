@@ -155,6 +155,32 @@ def _valid_text(text: str) -> bool:
     return True
 
 
+def _is_kind(value: Any) -> bool:
+    return value in KINDS
+
+
+def _is_producer(value: Any) -> bool:
+    return isinstance(value, str) and value != ""
+
+
+# The required keys: (key, test of its value, what the value must be).
+_REQUIRED_CHECKS = (
+    ("kind", _is_kind, f"one of {', '.join(KINDS)}"),
+    ("producer", _is_producer, "a non-empty string"),
+)
+
+
+def _required_problems(meta: dict) -> list[str]:
+    """A problem for each required key that is missing or has a wrong value."""
+    problems = []
+    for key, valid, expected in _REQUIRED_CHECKS:
+        if key not in meta:
+            problems.append(f"missing required key '{key}'")
+        elif not valid(meta[key]):
+            problems.append(f"'{key}' must be {expected}; got {meta[key]!r}")
+    return problems
+
+
 def validate_meta(meta: dict, *, parsed: bool = False) -> list[str]:
     """Return the schema problems of one sample's json metadata (empty list: valid).
 
@@ -175,15 +201,7 @@ def validate_meta(meta: dict, *, parsed: bool = False) -> list[str]:
     layout = (tuple(meta), tuple(map(type, meta.values())))
     if layout in _VALID_LAYOUTS and _values_ok(meta, kind, producer, parsed):
         return []  # keys and types checked before for this layout; the values are checked just now
-    problems: list[str] = []
-    if "kind" not in meta:
-        problems.append("missing required key 'kind'")
-    elif kind not in KINDS:
-        problems.append(f"'kind' must be one of {', '.join(KINDS)}; got {kind!r}")
-    if "producer" not in meta:
-        problems.append("missing required key 'producer'")
-    elif not isinstance(producer, str) or not producer:
-        problems.append(f"'producer' must be a non-empty string; got {producer!r}")
+    problems = _required_problems(meta)
     fields = KIND_FIELDS.get(kind, COMMON_FIELDS) if isinstance(kind, str) else COMMON_FIELDS
     for key, allowed in fields.items():
         if key in meta:

@@ -370,27 +370,40 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__} ({'timed out' if timeout else 'no message'})"
 
 
+# Causes no retry can help: (exception type, what the fault says, whether it means "missing").
+_PERMANENT_CAUSES = ((FileNotFoundError, "missing", True), (PermissionError, "access denied", False))
+
+
+def _cause_chain(exc: BaseException, most: int = 8) -> list[BaseException]:
+    """``exc`` and what caused it (explicitly or in passing), outermost first, at most ``most`` deep."""
+    chain, cause = [exc], exc.__cause__ or exc.__context__
+    while cause is not None and len(chain) < most:
+        chain.append(cause)
+        cause = cause.__cause__ or cause.__context__
+    return chain
+
+
+def _network_like(chain: list[BaseException]) -> bool:
+    """An OS, timeout or end-of-file error anywhere in the chain, or a type named as transient."""
+    if any(isinstance(e, (OSError, TimeoutError, EOFError)) for e in chain):
+        return True
+    return bool({cls.__name__ for e in chain for cls in type(e).__mro__} & _TRANSIENT_NAMES)
+
+
 def classify(exc: BaseException) -> Fault:
     """An exception of one try (from any fsspec backend, or the network) as a Fault."""
     if isinstance(exc, Fault):
         return exc
     described = _describe(exc)
-    chain, cause = [exc], exc.__cause__ or exc.__context__
-    while cause is not None and len(chain) < 8:
-        chain.append(cause)
-        cause = cause.__cause__ or cause.__context__
-    if any(isinstance(e, FileNotFoundError) for e in chain):
-        return Fault(f"missing ({described})", transient=False, missing=True)
-    if any(isinstance(e, PermissionError) for e in chain):
-        return Fault(f"access denied ({described})", transient=False)
+    chain = _cause_chain(exc)
+    for cause, what, missing in _PERMANENT_CAUSES:
+        if any(isinstance(e, cause) for e in chain):
+            return Fault(f"{what} ({described})", transient=False, missing=missing)
     for e in chain:
         status = _exception_status(e)
         if status is not None:
             return _status_fault(status, described, None)
-    names = {cls.__name__ for e in chain for cls in type(e).__mro__}
-    if any(isinstance(e, (OSError, TimeoutError, EOFError)) for e in chain) or names & _TRANSIENT_NAMES:
-        return Fault(described, transient=True)
-    return Fault(described, transient=False)
+    return Fault(described, transient=_network_like(chain))
 
 
 def _status_fault(status: int, reason: str, retry_after: float | None) -> Fault:
@@ -450,72 +463,99 @@ class _HttpState:
         self.validator: str | None = None
 
 
+_REDIRECTS = (301, 302, 303, 307, 308)
+
+
+def _range_headers(offset: int, validator: str | None) -> dict[str, str]:
+    """A GET's headers: the bytes from ``offset`` on, only if the file is still the one first read."""
+    headers = {"User-Agent": "synthkit", "Accept-Encoding": "identity"}
+    if offset:
+        headers["Range"] = f"bytes={offset}-"
+        if validator is not None:
+            headers["If-Range"] = validator
+    return headers
+
+
+def _http_connect(conn: http.client.HTTPConnection, policy: RemotePolicy) -> None:
+    """Connect (within ``connect_timeout_s``), then give reads ``read_timeout_s``; failures as Faults."""
+    try:
+        conn.connect()
+    except TimeoutError as exc:
+        raise Fault(f"connect timed out after {policy.connect_timeout_s:g} s", transient=True) from exc
+    except ssl.SSLCertVerificationError as exc:
+        raise Fault(f"TLS certificate refused: {exc}", transient=False) from exc
+    except OSError as exc:
+        raise Fault(f"cannot connect: {_describe(exc)}", transient=True) from exc
+    assert conn.sock is not None
+    conn.sock.settimeout(policy.read_timeout_s)
+
+
+def _http_get(
+    conn: http.client.HTTPConnection, url: str, headers: dict[str, str], policy: RemotePolicy
+) -> http.client.HTTPResponse:
+    """The response (status and headers) to a GET of ``url`` on ``conn``; failures as Faults."""
+    parts = urllib.parse.urlsplit(url)
+    target = urllib.parse.urlunsplit(("", "", parts.path or "/", parts.query, ""))
+    _http_connect(conn, policy)
+    try:
+        conn.request("GET", target, headers=headers)
+        return conn.getresponse()
+    except TimeoutError as exc:
+        raise Fault(f"stalled: no response within {policy.read_timeout_s:g} s", transient=True) from exc
+    except (OSError, http.client.HTTPException) as exc:
+        raise Fault(f"request failed: {_describe(exc)}", transient=True) from exc
+
+
+def _range_skip(response: http.client.HTTPResponse, offset: int) -> int:
+    """Bytes of the body to drop: none for a 206 that starts at ``offset`` (any other start is a Fault),
+    ``offset`` for a 200 (the whole file again)."""
+    if response.status != 206:
+        return offset
+    content_range = response.getheader("Content-Range")
+    start = re.match(r"bytes (\d+)-", content_range or "")
+    if start is None or int(start.group(1)) != offset:
+        raise Fault(f"asked for bytes from {offset}, got Content-Range {content_range!r}", transient=True)
+    return 0
+
+
+def _response_validator(response: http.client.HTTPResponse) -> str | None:
+    """What identifies the file's version: a strong ETag, else Last-Modified."""
+    etag = response.getheader("ETag")
+    if etag and not etag.startswith("W/"):
+        return etag
+    return response.getheader("Last-Modified")
+
+
+def _adopt_validator(state: _HttpState, response: http.client.HTTPResponse, skip: int) -> None:
+    """Remember the file's validator; a resumed read of a file that changed since is a permanent Fault."""
+    validator = _response_validator(response)
+    if skip and state.validator is not None and validator not in (None, state.validator):
+        raise Fault(
+            f"the file changed at the source while it was read ({state.validator} then {validator}); "
+            "its two parts cannot be joined",
+            transient=False,
+        )
+    if state.validator is None:
+        state.validator = validator
+
+
 def _http_try(state: _HttpState, offset: int, policy: RemotePolicy) -> Iterator[bytes]:
     """One GET of ``state.url`` from byte ``offset``: its body blocks (the first ``offset`` bytes dropped
     where the server sends the whole file), or a Fault."""
-    url = state.url
     for _ in range(MAX_REDIRECTS + 1):
-        parts = urllib.parse.urlsplit(url)
-        target = urllib.parse.urlunsplit(("", "", parts.path or "/", parts.query, ""))
-        headers = {"User-Agent": "synthkit", "Accept-Encoding": "identity"}
-        if offset:
-            headers["Range"] = f"bytes={offset}-"
-            if state.validator is not None:
-                headers["If-Range"] = state.validator
-        conn = _http_connection(parts, policy)
+        conn = _http_connection(urllib.parse.urlsplit(state.url), policy)
         try:
-            try:
-                conn.connect()
-            except TimeoutError as exc:
-                raise Fault(
-                    f"connect timed out after {policy.connect_timeout_s:g} s", transient=True
-                ) from exc
-            except ssl.SSLCertVerificationError as exc:
-                raise Fault(f"TLS certificate refused: {exc}", transient=False) from exc
-            except OSError as exc:
-                raise Fault(f"cannot connect: {_describe(exc)}", transient=True) from exc
-            assert conn.sock is not None
-            conn.sock.settimeout(policy.read_timeout_s)
-            try:
-                conn.request("GET", target, headers=headers)
-                response = conn.getresponse()
-            except TimeoutError as exc:
-                raise Fault(
-                    f"stalled: no response within {policy.read_timeout_s:g} s", transient=True
-                ) from exc
-            except (OSError, http.client.HTTPException) as exc:
-                raise Fault(f"request failed: {_describe(exc)}", transient=True) from exc
-            status = response.status
-            if status in (301, 302, 303, 307, 308) and response.getheader("Location"):
-                url = urllib.parse.urljoin(url, response.getheader("Location", ""))
-                state.url = url
+            response = _http_get(conn, state.url, _range_headers(offset, state.validator), policy)
+            status, moved = response.status, response.getheader("Location")
+            if status in _REDIRECTS and moved:
+                state.url = urllib.parse.urljoin(state.url, moved)
                 continue
             if status == 416 and offset:  # nothing after byte ``offset``: the copy at the source ends there
                 return
             if status not in (200, 206):
                 raise _status_fault(status, response.reason, _retry_after(response.getheader("Retry-After")))
-            skip = offset
-            if status == 206:
-                start = re.match(r"bytes (\d+)-", response.getheader("Content-Range") or "")
-                if start is None or int(start.group(1)) != offset:
-                    raise Fault(
-                        f"asked for bytes from {offset}, got Content-Range "
-                        f"{response.getheader('Content-Range')!r}",
-                        transient=True,
-                    )
-                skip = 0
-            etag = response.getheader("ETag")
-            validator = (etag if etag and not etag.startswith("W/") else None) or response.getheader(
-                "Last-Modified"
-            )
-            if skip and state.validator is not None and validator not in (None, state.validator):
-                raise Fault(
-                    f"the file changed at the source while it was read ({state.validator} then {validator}); "
-                    "its two parts cannot be joined",
-                    transient=False,
-                )
-            if state.validator is None:
-                state.validator = validator
+            skip = _range_skip(response, offset)
+            _adopt_validator(state, response, skip)
             yield from _http_body(response, skip, policy)
             return
         finally:
@@ -642,17 +682,39 @@ def _tries(attempt: int, started: float) -> str:
     return f"{attempt} attempt{'s' if attempt > 1 else ''} in {time.monotonic() - started:.1f} s"
 
 
+def _one_try(location: str, policy: RemotePolicy) -> Callable[[int], Iterator[bytes]]:
+    """One read of ``location`` from a byte offset, by its kind: a ``pipe:`` command, HTTP(S) (redirects
+    and the file's validator kept across tries), or an fsspec object."""
+    if is_pipe(location):
+        return lambda offset: _pipe_try(location, offset, policy)
+    if _protocol(location) in ("http", "https"):
+        state = _HttpState(location)
+        return lambda offset: _http_try(state, offset, policy)
+    return lambda offset: _fs_try(location, offset, policy)
+
+
+def _give_up_or_wait(fault: Fault, location: str, attempt: int, started: float, policy: RemotePolicy) -> None:
+    """After a failed try: a permanent fault, or the last attempt, as ShardError; else the pause before the
+    next try (none for a clean end short of the size; at least the server's Retry-After, within bounds)."""
+    if not fault.transient:
+        error = ShardError(f"{location}: {fault} ({_tries(attempt, started)}; permanent, not retried)")
+        raise error from (FileNotFoundError(str(fault)) if fault.missing else fault)
+    if attempt >= policy.attempts:
+        raise ShardError(
+            f"{location}: {fault} (gave up after {_tries(attempt, started)}; "
+            f"remote.attempts={policy.attempts})"
+        ) from fault
+    if fault.pause:
+        wait = policy.backoff(attempt)
+        if fault.retry_after is not None:
+            wait = max(wait, min(fault.retry_after, policy.backoff_max_s))
+        time.sleep(wait)
+
+
 def _iter_remote(location: str, limit: int, what: str, size: int | None) -> Iterator[bytes]:
     """The bytes of a URL or ``pipe:`` stream, retried and resumed on transient faults (see the module)."""
     policy = remote_policy()
-    try_once: Callable[[int], Iterator[bytes]]
-    if is_pipe(location):
-        try_once = lambda offset: _pipe_try(location, offset, policy)  # noqa: E731
-    elif _protocol(location) in ("http", "https"):
-        state = _HttpState(location)
-        try_once = lambda offset: _http_try(state, offset, policy)  # noqa: E731
-    else:
-        try_once = lambda offset: _fs_try(location, offset, policy)  # noqa: E731
+    try_once = _one_try(location, policy)
     started = time.monotonic()
     total = attempt = 0
     while True:
@@ -672,21 +734,7 @@ def _iter_remote(location: str, limit: int, what: str, size: int | None) -> Iter
                 return
             raise Fault(f"the stream ended after {total} of {size} bytes", transient=True, pause=False)
         except Fault as fault:
-            if not fault.transient:
-                error = ShardError(
-                    f"{location}: {fault} ({_tries(attempt, started)}; permanent, not retried)"
-                )
-                raise error from (FileNotFoundError(str(fault)) if fault.missing else fault)
-            if attempt >= policy.attempts:
-                raise ShardError(
-                    f"{location}: {fault} (gave up after {_tries(attempt, started)}; "
-                    f"remote.attempts={policy.attempts})"
-                ) from fault
-            if fault.pause:
-                wait = policy.backoff(attempt)
-                if fault.retry_after is not None:
-                    wait = max(wait, min(fault.retry_after, policy.backoff_max_s))
-                time.sleep(wait)
+            _give_up_or_wait(fault, location, attempt, started, policy)
 
 
 def call_with_retries(what: str, action: Callable[[], T]) -> T:

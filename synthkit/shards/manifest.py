@@ -27,6 +27,44 @@ def _is_count(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def _is_shard_name(name: Any) -> bool:
+    return isinstance(name, str) and name.endswith(".tar") and is_safe_name(name)
+
+
+def _is_sha256(value: Any) -> bool:
+    return isinstance(value, str) and _SHA256.fullmatch(value) is not None
+
+
+def _is_image_shape(shape: Any) -> bool:
+    """``None`` (undeclared), ``"mixed"``, or ``[H, W, C]`` of positive integers with C 1 or 3."""
+    if shape is None or shape == MIXED:
+        return True
+    if not isinstance(shape, list) or len(shape) != 3:
+        return False
+    return all(_is_count(v) and v > 0 for v in shape) and shape[2] in (1, 3)
+
+
+def _entry_problem(entry: Any, i: int, names: set[str]) -> str | None:
+    """The first problem of ``shards[i]``, None if none; each check relies on the ones before it."""
+    if not isinstance(entry, dict):
+        return f"shards[{i}] must be an object"
+    name = entry.get("name")
+    if not _is_shard_name(name):
+        return f"shards[{i}] has an unsafe or missing name {name!r}"
+    if name in names:
+        return f"shard {name} is listed more than once"
+    if not (_is_count(entry.get("count")) and _is_count(entry.get("bytes"))):
+        return f"shards[{i}] ({name}) needs non-negative integer 'count' and 'bytes'"
+    if entry["count"] == 0:
+        return f"shards[{i}] ({name}) holds no samples; an empty shard is refused"
+    if not _is_sha256(entry.get("sha256")):
+        return f"shards[{i}] ({name}) has an invalid 'sha256' {entry.get('sha256')!r}"
+    return None
+
+
 def _check_structure(manifest: dict[str, Any], path: str) -> None:
     """Raise ShardError if the shard list cannot be trusted to drive file access and counting."""
     shards = manifest.get("shards")
@@ -34,21 +72,10 @@ def _check_structure(manifest: dict[str, Any], path: str) -> None:
         raise ShardError(f"{path}: 'shards' must be a list")
     names: set[str] = set()
     for i, entry in enumerate(shards):
-        if not isinstance(entry, dict):
-            raise ShardError(f"{path}: shards[{i}] must be an object")
-        name = entry.get("name")
-        if not isinstance(name, str) or not name.endswith(".tar") or not is_safe_name(name):
-            raise ShardError(f"{path}: shards[{i}] has an unsafe or missing name {name!r}")
-        if name in names:
-            raise ShardError(f"{path}: shard {name} is listed more than once")
-        names.add(name)
-        if not _is_count(entry.get("count")) or not _is_count(entry.get("bytes")):
-            raise ShardError(f"{path}: shards[{i}] ({name}) needs non-negative integer 'count' and 'bytes'")
-        if entry["count"] == 0:
-            raise ShardError(f"{path}: shards[{i}] ({name}) holds no samples; an empty shard is refused")
-        sha = entry.get("sha256")
-        if not isinstance(sha, str) or not re.fullmatch(r"[0-9a-f]{64}", sha):
-            raise ShardError(f"{path}: shards[{i}] ({name}) has an invalid 'sha256' {sha!r}")
+        problem = _entry_problem(entry, i, names)
+        if problem is not None:
+            raise ShardError(f"{path}: {problem}")
+        names.add(entry["name"])
     total = manifest.get("total")
     if not _is_count(total):
         raise ShardError(f"{path}: 'total' must be a non-negative integer")
@@ -56,17 +83,7 @@ def _check_structure(manifest: dict[str, Any], path: str) -> None:
     if total != listed:
         raise ShardError(f"{path}: total {total} != sum of shard counts {listed}")
     shape = manifest.get(IMAGE_SHAPE)
-    ok_shape = (
-        shape is None
-        or shape == MIXED
-        or (
-            isinstance(shape, list)
-            and len(shape) == 3
-            and all(_is_count(v) and v > 0 for v in shape)
-            and shape[2] in (1, 3)
-        )
-    )
-    if not ok_shape:
+    if not _is_image_shape(shape):
         raise ShardError(f"{path}: '{IMAGE_SHAPE}' must be [H, W, 1 or 3] or {MIXED!r}; got {shape!r}")
 
 
@@ -98,4 +115,26 @@ def read_manifest(directory: str | os.PathLike[str]) -> dict[str, Any] | None:
             f"{path}: format version is {manifest.get('version')!r}, this synthkit reads version {VERSION}"
         )
     _check_structure(manifest, path)
+    return manifest
+
+
+def manifest_of(
+    name: str, fields: dict[str, Any], shards: list[dict[str, Any]], shapes: set[tuple[int, int, int]]
+) -> dict[str, Any]:
+    """The manifest of a set: the one definition, for a writer's ``close`` and for parts published together
+    (``shards/parts.py``), so a set written in parts has the bytes of one written by one writer.
+
+    ``shapes`` are the (H, W, C) of its images: readers hold a set to one image size unless it declares
+    several (``image_shape``).
+    """
+    manifest = {
+        **fields,
+        "format": FORMAT,
+        "version": VERSION,
+        "name": name,
+        "shards": shards,
+        "total": sum(s["count"] for s in shards),
+    }
+    if shapes:
+        manifest[IMAGE_SHAPE] = list(next(iter(shapes))) if len(shapes) == 1 else MIXED
     return manifest

@@ -193,6 +193,39 @@ class Batch(tuple):
         return pinned
 
 
+def _check_sources(sources: Sequence[MixSource]) -> None:
+    """At least one source, unique names, finite positive weights."""
+    if not sources:
+        raise ValueError("a mix needs at least one source")
+    names = [s.name for s in sources]
+    if len(set(names)) != len(names):
+        raise ValueError(f"source names must be unique, got {names}")
+    for source in sources:
+        if not (math.isfinite(source.weight) and source.weight > 0):
+            raise ValueError(
+                f"source {source.name!r}: weight must be finite and above 0, got {source.weight}"
+            )
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_draws(*, seed: Any, epoch_samples: Any, batch_size: Any, rank: Any, world: Any) -> None:
+    """The integers of a mix: each at least its lower bound, ``rank`` in ``[0, world)``."""
+    lows = (
+        ("seed", seed, 0),
+        ("epoch_samples", epoch_samples, 1),
+        ("batch_size", batch_size, 1),
+        ("world", world, 1),
+    )
+    for label, value, low in lows:
+        if not _is_int(value) or value < low:
+            raise ValueError(f"{label} must be an integer >= {low}, got {value!r}")
+    if not _is_int(rank) or not 0 <= rank < world:
+        raise ValueError(f"rank must be an integer in [0, {world}), got {rank!r}")
+
+
 class MixedShardStream(IterableDataset):
     """Several shard sets mixed with given proportions, resampled, split by rank and worker; see the module.
 
@@ -230,26 +263,8 @@ class MixedShardStream(IterableDataset):
         check_hash: bool = True,
     ) -> None:
         super().__init__()
-        if not sources:
-            raise ValueError("a mix needs at least one source")
-        names = [s.name for s in sources]
-        if len(set(names)) != len(names):
-            raise ValueError(f"source names must be unique, got {names}")
-        for source in sources:
-            if not (math.isfinite(source.weight) and source.weight > 0):
-                raise ValueError(
-                    f"source {source.name!r}: weight must be finite and above 0, got {source.weight}"
-                )
-        for label, value, low in (
-            ("seed", seed, 0),
-            ("epoch_samples", epoch_samples, 1),
-            ("batch_size", batch_size, 1),
-            ("world", world, 1),
-        ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"{label} must be an integer >= {low}, got {value!r}")
-        if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < world:
-            raise ValueError(f"rank must be an integer in [0, {world}), got {rank!r}")
+        _check_sources(sources)
+        _check_draws(seed=seed, epoch_samples=epoch_samples, batch_size=batch_size, rank=rank, world=world)
         if on_error not in ON_ERROR:
             raise ValueError(f"on_error must be one of {', '.join(ON_ERROR)}, got {on_error!r}")
         self.sources = list(sources)

@@ -3,6 +3,7 @@ writes; a part's writer touches only its own shards; publication refuses anythin
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -132,9 +133,9 @@ def test_a_part_leaves_the_other_parts_files_alone_and_stays_in_its_shards(tmp_p
     w = ShardSetWriter(out, "hard", maxcount=MAXCOUNT, manifest_fields=FIELDS, resume=True, part=p0)
     for item in items[:4]:
         w.write(*item)
-    w._file._flush()
-    os.close(w._file._fd)
-    w._file._fd = -1
+    w._shard.file._flush()
+    os.close(w._shard.file._fd)
+    w._shard.file._fd = -1
     busy = out / ".hard-000004.tar.tmp"
     busy.write_bytes(b"another part's shard in progress")
     w = ShardSetWriter(out, "hard", maxcount=MAXCOUNT, manifest_fields=FIELDS, resume=True, part=p0)
@@ -158,3 +159,30 @@ def test_part_journal_names_and_resume_only(tmp_path: Path) -> None:
     assert journal_name("hard") == ".hard.journal.json"
     with pytest.raises(ValueError, match="resume=True"):
         ShardSetWriter(tmp_path, "hard", maxcount=3, manifest_fields=FIELDS, part=part)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda j: j.update(format="other"), "not a synthkit-shards-journal version 1 part journal"),
+        (lambda j: j.update(version=2), "not a synthkit-shards-journal version 1 part journal"),
+        (lambda j: j.update(part=[0, 2]), "not a synthkit-shards-journal version 1 part journal"),
+        (lambda j: j.update(fields=None), "not a synthkit-shards-journal version 1 part journal"),
+        (
+            lambda j: j.update(shards=["hard-000000.tar"]),
+            "not a synthkit-shards-journal version 1 part journal",
+        ),
+        (lambda j: j["fields"].update(seed=1), "its manifest fields do not match their recorded digest"),
+    ],
+)
+def test_a_part_journal_that_cannot_be_trusted_is_refused(tmp_path: Path, change, message: str) -> None:
+    items, out = _samples(), tmp_path / "parts"
+    for i in range(2):
+        _part(out, items, i, 2)
+    journal = out / journal_name("hard", Part.of(len(items), MAXCOUNT, 1, 2))
+    data = json.loads(journal.read_text())
+    change(data)
+    journal.write_text(json.dumps(data))
+    with pytest.raises(ShardError, match=message):
+        publish_parts(out)
+    assert not (out / "manifest.json").exists()

@@ -28,10 +28,10 @@ def _killed(out: Path, items: list[Sample]) -> None:
     writer = _open(out, resume=True)
     for key, image, meta, cls in items:
         writer.write(key, image, meta, cls)
-    if writer._file is not None:  # the bytes a killed process had already handed to the OS stay behind
-        writer._file._flush()
-        os.close(writer._file._fd)
-        writer._file._fd = -1
+    if writer._shard is not None:  # the bytes a killed process had already handed to the OS stay behind
+        writer._shard.file._flush()
+        os.close(writer._shard.file._fd)
+        writer._shard.file._fd = -1
 
 
 def _files(out: Path) -> dict[str, bytes]:

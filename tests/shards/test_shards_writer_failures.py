@@ -20,6 +20,7 @@ from synthkit.shards import (
     shard_name,
     validate_meta,
 )
+from synthkit.shards.layout import Part
 
 META = {"kind": "hard", "producer": "test"}
 IMAGE = np.zeros((2, 3, 3), np.uint8)
@@ -177,3 +178,23 @@ def test_manifest_errors_are_clear(tmp_path):
     )
     with pytest.raises(ShardError, match="unsafe"):
         read_manifest(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"name": ".hidden"}, r"shard set name '.hidden' must be letters"),
+        ({"name": 3}, r"shard set name 3 must be letters"),
+        ({"maxcount": 0}, "maxcount must be a positive integer, got 0"),
+        ({"maxcount": True}, "maxcount must be a positive integer, got True"),
+        ({"manifest_fields": ["producer"]}, "manifest_fields must be a dict, got list"),
+        ({"manifest_fields": {"total": 3}}, r"may not set the reserved manifest keys \['total'\]"),
+        ({"manifest_fields": {"seed": float("nan")}}, "manifest_fields is not JSON-serialisable"),
+        ({"part": Part.of(4, 2, 0, 2)}, "a part of a set is always written resumably: pass resume=True"),
+    ],
+)
+def test_bad_writer_arguments_are_refused_before_anything_is_created(tmp_path, kwargs, message):
+    args = {"name": "hard", "maxcount": 2, "manifest_fields": {"producer": "test"}, **kwargs}
+    with pytest.raises(ValueError, match=message):
+        ShardSetWriter(tmp_path / "out", args.pop("name"), **args)
+    assert not (tmp_path / "out").exists()
