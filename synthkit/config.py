@@ -65,19 +65,39 @@ __all__ = ["ConfigError", "PipelineConfig", "load_pipeline", "from_dict", "to_di
 # Small closed choices of one key each; the open ones (sources, backbones, objectives, producers) are
 # registries (synthkit.registry), which third-party packages can extend.
 HPG_SCHEDULES = ("linear", "cosine", "adaptive")
-BRANCH_MODES = ("noise", "sdedit")
-GUIDANCE_SCHEDULES = ("constant", "linear")
 CONDITION_MODES = ("kmeans", "none", "labels")
 MIXED_PRECISION = ("no", "bf16", "fp16")
 
 
-def _check(cond: bool, key: str, msg: str) -> None:
+# The checks every section's ``__post_init__`` is written with; an error names its key first
+# (``train.lr: must be > 0``).
+
+
+def check(cond: bool, key: str, msg: str) -> None:
+    """Raise ``ConfigError("KEY: MSG")`` unless ``cond``."""
     if not cond:
         raise ConfigError(f"{key}: {msg}")
 
 
-def _choice(value: str, key: str, choices: tuple[str, ...]) -> None:
-    _check(value in choices, key, f"{value!r} is not one of {', '.join(choices)}")
+def choice(value: str, key: str, choices: tuple[str, ...]) -> None:
+    """``value`` is one of ``choices``."""
+    check(value in choices, key, f"{value!r} is not one of {', '.join(choices)}")
+
+
+def is_integer(value: Any) -> bool:
+    """An ``int`` that is not a ``bool`` (Python's and YAML's ``true`` is an int)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_number(value: Any) -> bool:
+    """A finite ``int`` or ``float`` that is not a ``bool``."""
+    return (isinstance(value, float) or is_integer(value)) and math.isfinite(value)
+
+
+def check_minima(section: Any, prefix: str, minima: dict[str, int]) -> None:
+    """Each key of ``minima`` is at least its minimum in ``section`` (``train.log_every: must be >= 1``)."""
+    for name, least in minima.items():
+        check(getattr(section, name) >= least, f"{prefix}.{name}", f"must be >= {least}")
 
 
 @dataclass(frozen=True)
@@ -99,12 +119,10 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         SOURCES.check(self.name, "data.name")
-        _check(self.size >= 8, "data.size", f"must be >= 8, got {self.size}")
-        _check(self.channels in (None, 1, 3), "data.channels", f"must be 1, 3 or null, got {self.channels}")
-        _check(self.subset is None or self.subset > 0, "data.subset", "must be positive or null")
-        _check(
-            self.name != "folder" or self.root is not None, "data.root", "is required for data.name=folder"
-        )
+        check(self.size >= 8, "data.size", f"must be >= 8, got {self.size}")
+        check(self.channels in (None, 1, 3), "data.channels", f"must be 1, 3 or null, got {self.channels}")
+        check(self.subset is None or self.subset > 0, "data.subset", "must be positive or null")
+        check(self.name != "folder" or self.root is not None, "data.root", "is required for data.name=folder")
 
 
 @dataclass(frozen=True)
@@ -122,13 +140,13 @@ class ViewsConfig:
 
     def __post_init__(self) -> None:
         lo, hi = self.crop_scale
-        _check(0 < lo <= hi <= 1, "views.crop_scale", f"needs 0 < min <= max <= 1, got {self.crop_scale}")
+        check(0 < lo <= hi <= 1, "views.crop_scale", f"needs 0 < min <= max <= 1, got {self.crop_scale}")
         for name in ("flip_p", "jitter_p", "grayscale_p"):
             v = getattr(self, name)
-            _check(0 <= v <= 1, f"views.{name}", f"must be a probability, got {v}")
+            check(0 <= v <= 1, f"views.{name}", f"must be a probability, got {v}")
         for name in ("brightness", "contrast", "saturation"):
-            _check(getattr(self, name) >= 0, f"views.{name}", "must be >= 0")
-        _check(0 <= self.hue <= 0.5, "views.hue", "must be in [0, 0.5]")
+            check(getattr(self, name) >= 0, f"views.{name}", "must be >= 0")
+        check(0 <= self.hue <= 0.5, "views.hue", "must be in [0, 0.5]")
 
 
 @dataclass(frozen=True)
@@ -156,28 +174,28 @@ class EncoderConfig:
     stem: str = "auto"
 
     def __post_init__(self) -> None:
-        _choice(self.stem, "encoder.stem", ("auto", "small", "standard"))
+        choice(self.stem, "encoder.stem", ("auto", "small", "standard"))
         if self.backbone.startswith("timm/"):
-            _check(len(self.backbone) > 5, "encoder.backbone", "timm/NAME needs a model name")
-            _check(
+            check(len(self.backbone) > 5, "encoder.backbone", "timm/NAME needs a model name")
+            check(
                 not (self.small_stem and self.stem == "standard"),
                 "encoder.small_stem",
                 "contradicts encoder.stem=standard (small_stem is the older spelling of stem=small)",
             )
         else:
             BACKBONES.check(self.backbone, "encoder.backbone")
-            _check(
+            check(
                 not self.small_stem,
                 "encoder.small_stem",
                 "applies to timm/NAME backbones only (encoder.stem chooses a ResNet's stem)",
             )
-            _check(
+            check(
                 self.stem == "auto" or self.backbone in ("resnet18", "resnet50"),
                 "encoder.stem",
                 f"chooses a ResNet's stem; {self.backbone} has no choice (leave it auto)",
             )
         for name in ("width", "proj_hidden", "proj_dim"):
-            _check(getattr(self, name) > 0, f"encoder.{name}", "must be positive")
+            check(getattr(self, name) > 0, f"encoder.{name}", "must be positive")
 
 
 @dataclass(frozen=True)
@@ -193,7 +211,7 @@ class ObjectiveConfig:
 
     def __post_init__(self) -> None:
         OBJECTIVES.check(self.name, "objective.name")
-        _check(self.temperature > 0, "objective.temperature", "must be > 0")
+        check(self.temperature > 0, "objective.temperature", "must be > 0")
 
 
 @dataclass(frozen=True)
@@ -221,15 +239,16 @@ class MoCoConfig(ObjectiveConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _check(0 <= self.moco_momentum < 1, "objective.moco_momentum", "must be in [0, 1)")
-        _check(self.queue_size >= 1, "objective.queue_size", "must be >= 1")
+        check(0 <= self.moco_momentum < 1, "objective.moco_momentum", "must be in [0, 1)")
+        check(self.queue_size >= 1, "objective.queue_size", "must be >= 1")
 
 
 @dataclass(frozen=True)
 class GeneratorConfig:
     """The producer of synthetic data; ``kind`` picks it (registry ``PRODUCERS``) and which keys exist.
 
-    Each kind is a subclass below with its own keys; a key of another kind is an unknown key. ``READS`` names
+    Each kind is a subclass with its own keys, in ``synthkit/producer_configs/`` for the built-in kinds (a
+    plugin's beside its producer); a key of another kind is an unknown key. ``READS`` names
     the keys of the ``hsg`` and ``hpg`` sections the kind uses (None: all of them); setting another of them
     away from its default is an error, since the producer would silently ignore it.
     """
@@ -255,204 +274,12 @@ class GeneratorConfig:
 def streamed_method_data(cfg: PipelineConfig) -> None:
     """HSG and HPG on real data streamed from shard sets (``mix.sources``): conditions are fitted on a
     bounded sample and assigned per batch, which k-means and unconditional modes support; labels do not."""
-    _check(
+    check(
         not cfg.mix.sources or cfg.conditions.mode != "labels",
         "conditions.mode",
         "labels conditions need the in-memory real data (data.*); with shard sets (mix.sources) use "
         "kmeans or none",
     )
-
-
-@dataclass(frozen=True)
-class CGanConfig(GeneratorConfig):
-    """Conditional GAN: conditional-BN generator, spectral-norm projection discriminator, hinge loss.
-
-    ``pretrain_steps``: G and D train on realism alone for that many steps before the encoder's first
-    step (conditions from the initial encoder's k-means; the encoder is untouched). A GAN gets one step per
-    encoder step, so a short run's generator would otherwise make blobs for most of the run. With
-    ``train.epochs=0`` the run trains the GAN alone, e.g. as the naive baseline's generator.
-    ``init_run``: start G (and its EMA), D, and, with HPG, G_a and G_b (G_b perturbed by
-    ``hpg.init_noise``) from that finished run's final weights, and its conditions as the starting
-    pseudo-classes; the run must have the same ``data`` section and generator shape.
-
-    Your own generator: ``builder`` is an import path ``package.module:function``; it is called as
-    ``function(z_dim=..., channels=..., size=..., num_classes=...)`` (the number of conditions, 0 for
-    unconditional) and returns an ``nn.Module`` mapping ``(z, c)`` to images in [0, 1]; ``weights`` is a local
-    safetensors file of its state (optional: without it the module starts as built). HSG and HPG then
-    fine-tune it against synthkit's discriminator, or yours: ``discriminator_builder`` is called as
-    ``function(channels=..., size=..., num_classes=...)`` and returns ``D(x, c)`` -> one logit per image,
-    started from ``discriminator_weights``. ``g_channels`` (``d_channels``) does not apply to yours.
-    """
-
-    kind: str = "cgan"
-    z_dim: int = 64
-    g_channels: int = 64
-    d_channels: int = 64
-    lr_g: float = 2e-4
-    lr_d: float = 2e-4
-    betas: tuple[float, float] = (0.0, 0.9)
-    ema_decay: float = 0.999
-    diffaugment: str = "color,translation,cutout"
-    pretrain_steps: int = 0
-    init_run: str | None = None
-    builder: str | None = None
-    weights: str | None = None
-    discriminator_builder: str | None = None
-    discriminator_weights: str | None = None
-
-    @property
-    def steps_before_epochs(self) -> int:
-        return self.pretrain_steps
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        _check(self.pretrain_steps >= 0, "generator.pretrain_steps", "must be >= 0")
-        for name in ("z_dim", "g_channels", "d_channels"):
-            _check(getattr(self, name) > 0, f"generator.{name}", "must be positive")
-        _check(self.lr_g > 0 and self.lr_d > 0, "generator.lr_g/lr_d", "must be > 0")
-        _check(0 <= self.ema_decay < 1, "generator.ema_decay", "must be in [0, 1)")
-        _check(all(0 <= b < 1 for b in self.betas), "generator.betas", f"must be in [0, 1), got {self.betas}")
-        for part in filter(None, self.diffaugment.split(",")):
-            _choice(part.strip(), "generator.diffaugment", ("color", "translation", "cutout"))
-        _check(
-            self.builder is None or (":" in self.builder and all(self.builder.split(":", 1))),
-            "generator.builder",
-            f"{self.builder!r} is not an import path package.module:function",
-        )
-        _check(
-            self.weights is None or self.builder is not None, "generator.weights", "needs generator.builder"
-        )
-        _check(
-            self.builder is None or self.init_run is None,
-            "generator.init_run",
-            "starts synthkit's own cGAN; with generator.builder, give generator.weights instead",
-        )
-
-    def check_pipeline(self, cfg: PipelineConfig) -> None:
-        """What the cGAN needs of the other sections."""
-        active = cfg.hsg.enabled or cfg.hpg.enabled
-        if active:
-            streamed_method_data(cfg)
-        for key in ("pretrain_steps", "init_run"):
-            _check(
-                active or not getattr(self, key),
-                f"generator.{key}",
-                "starts the cGAN producers; it needs hsg.enabled or hpg.enabled",
-            )
-        if active:
-            # one backward pass carries the encoder's and the generators' losses, stepped by several
-            # optimizers: Accelerate's one GradScaler would step (and rescale) once per optimizer
-            _check(
-                cfg.train.mixed_precision != "fp16",
-                "train.mixed_precision",
-                "fp16 cannot train the cGAN producers (one GradScaler, several optimizers per step); "
-                "use bf16 (the GPU setting) or no",
-            )
-            size = cfg.data.size
-            ok = any(size % (2**n) == 0 and size // (2**n) >= 4 for n in (1, 2, 3))
-            _check(ok, "data.size", f"{size} cannot be built by the cGAN (size = s * 2^n, s >= 4, n in 1..3)")
-
-
-@dataclass(frozen=True)
-class DiffusionConfig(GeneratorConfig):
-    """The diffusion producers (docs/method.md, "The same two producers with diffusion").
-
-    Model: a (pseudo-)class-conditional diffusers ``UNet2DModel`` (one resolution level per entry of
-    ``block_out_channels``; 3 levels suit 16-32 px; ``attention`` adds self-attention at the coarsest level),
-    trained for ``train_steps`` with ``DDPMScheduler`` (epsilon prediction) and an ``EMAModel`` copy.
-    Sampling: DDIM with ``ddim_steps`` and ``ddim_eta``. HSG (``hsg.enabled``): encoder guidance with scale
-    ``guidance_scale`` (x ``hsg.lambda_hard`` and its warm-up/ramp over epochs, shaped over the sampling
-    steps by ``guidance_schedule``). HPG (``hpg.enabled``): pairs share noise and trajectory down to
-    ``t_split`` (a fraction of the noise levels), which moves from ``t_split_start`` to ``t_split_end`` over
-    training; ``branch_mode`` ``noise`` branches with fresh DDIM noise (``branch_eta``), ``sdedit`` re-noises
-    the finished x_a. Joint: every ``refresh_every`` epochs a pool of ``pool_size`` images is sampled with
-    the current encoder (hard samples and pair members in the proportion of ``hsg.synthetic_ratio`` to
-    2 x ``hpg.pair_ratio``), written as a shard set and mixed into training at those ratios.
-
-    A model of your own: ``pretrained`` is a local diffusers directory (a pipeline with ``model_index.json``,
-    a bare ``UNet2DModel.save_pretrained`` directory with an optional scheduler config next to it, or
-    another synthkit run's ``final/diffusion``); the architecture keys above then come from it.
-    ``train_steps: 0`` skips stage 1 (the model samples as it is; a class-conditional model is sampled with
-    its own class ids, uniformly); more steps fine-tune it on the real data (a class-conditional model then
-    needs as many classes as there are conditions). ``resize``: allow a model of another image size;
-    its samples are resized (bilinear) to ``data.size``, and real images to its size for fine-tuning; off,
-    a size mismatch is an error.
-    """
-
-    READS: ClassVar[dict[str, tuple[str, ...] | None]] = {
-        "hsg": ("enabled", "lambda_hard", "warmup_epochs", "ramp_epochs", "synthetic_ratio"),
-        "hpg": ("enabled", "pair_ratio", "warmup_epochs"),
-    }
-    kind: str = "diffusion"
-    block_out_channels: tuple[int, ...] = (32, 64, 64)
-    layers_per_block: int = 1
-    norm_num_groups: int = 8
-    attention: bool = False
-    num_train_timesteps: int = 1000
-    beta_schedule: str = "squaredcos_cap_v2"
-    train_steps: int = 2000
-    batch_size: int = 64
-    lr: float = 2e-4
-    ema_decay: float = 0.999
-    ddim_steps: int = 20
-    ddim_eta: float = 0.0
-    guidance_scale: float = 0.05
-    guidance_schedule: str = "constant"
-    branch_mode: str = "noise"
-    branch_eta: float = 1.0
-    t_split_start: float = 0.2
-    t_split_end: float = 0.6
-    pool_size: int = 512
-    refresh_every: int = 2
-    sample_batch_size: int = 64
-    pretrained: str | None = None
-    resize: bool = False
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        _check(
-            len(self.block_out_channels) >= 2 and all(c > 0 for c in self.block_out_channels),
-            "generator.block_out_channels",
-            "needs >= 2 positive channel counts (one per resolution level)",
-        )
-        _check(
-            self.norm_num_groups >= 1 and all(c % self.norm_num_groups == 0 for c in self.block_out_channels),
-            "generator.norm_num_groups",
-            f"{self.norm_num_groups} must divide every entry of block_out_channels",
-        )
-        _check(
-            self.train_steps >= 1 or (self.train_steps == 0 and self.pretrained is not None),
-            "generator.train_steps",
-            "must be >= 1 (0, no stage 1, needs a pretrained model: generator.pretrained=DIR)",
-        )
-        _check(
-            not self.resize or self.pretrained is not None, "generator.resize", "needs generator.pretrained"
-        )
-        for name in ("layers_per_block", "num_train_timesteps", "batch_size", "ddim_steps"):
-            _check(getattr(self, name) >= 1, f"generator.{name}", "must be >= 1")
-        for name in ("pool_size", "refresh_every", "sample_batch_size"):
-            _check(getattr(self, name) >= 1, f"generator.{name}", "must be >= 1")
-        _check(self.ddim_steps <= self.num_train_timesteps, "generator.ddim_steps", "must be <= timesteps")
-        _choice(
-            self.beta_schedule, "generator.beta_schedule", ("linear", "scaled_linear", "squaredcos_cap_v2")
-        )
-        _check(self.lr > 0, "generator.lr", "must be > 0")
-        _check(0 <= self.ema_decay < 1, "generator.ema_decay", "must be in [0, 1)")
-        _check(
-            0 <= self.ddim_eta <= 1 and 0 <= self.branch_eta <= 1,
-            "generator.ddim_eta/branch_eta",
-            "in [0, 1]",
-        )
-        _check(self.guidance_scale >= 0, "generator.guidance_scale", "must be >= 0")
-        _choice(self.guidance_schedule, "generator.guidance_schedule", GUIDANCE_SCHEDULES)
-        _choice(self.branch_mode, "generator.branch_mode", BRANCH_MODES)
-        for name in ("t_split_start", "t_split_end"):
-            v = getattr(self, name)
-            _check(0 <= v <= 1, f"generator.{name}", f"must be in [0, 1], got {v}")
-
-    def check_pipeline(self, cfg: PipelineConfig) -> None:
-        if cfg.hsg.enabled or cfg.hpg.enabled:
-            streamed_method_data(cfg)
 
 
 @dataclass(frozen=True)
@@ -476,11 +303,11 @@ class ConditionsConfig:
     fit_samples: int = 10_000
 
     def __post_init__(self) -> None:
-        _choice(self.mode, "conditions.mode", CONDITION_MODES)
-        _check(self.k >= 1, "conditions.k", "must be >= 1")
-        _check(self.refresh_every >= 1, "conditions.refresh_every", "must be >= 1")
-        _check(self.fit_samples >= self.k, "conditions.fit_samples", f"must be >= conditions.k ({self.k})")
-        _check(
+        choice(self.mode, "conditions.mode", CONDITION_MODES)
+        check(self.k >= 1, "conditions.k", "must be >= 1")
+        check(self.refresh_every >= 1, "conditions.refresh_every", "must be >= 1")
+        check(self.fit_samples >= self.k, "conditions.fit_samples", f"must be >= conditions.k ({self.k})")
+        check(
             self.mode != "labels" or self.allow_labels,
             "conditions.mode",
             "'labels' conditions the generator on true labels; set conditions.allow_labels=true to opt in",
@@ -503,10 +330,10 @@ class HSGConfig:
     synthetic_ratio: float = 0.25
 
     def __post_init__(self) -> None:
-        _check(self.lambda_hard >= 0, "hsg.lambda_hard", "must be >= 0")
-        _check(self.warmup_epochs >= 0, "hsg.warmup_epochs", "must be >= 0")
-        _check(self.ramp_epochs >= 0, "hsg.ramp_epochs", "must be >= 0")
-        _check(0 < self.synthetic_ratio <= 4, "hsg.synthetic_ratio", "must be in (0, 4]")
+        check(self.lambda_hard >= 0, "hsg.lambda_hard", "must be >= 0")
+        check(self.warmup_epochs >= 0, "hsg.warmup_epochs", "must be >= 0")
+        check(self.ramp_epochs >= 0, "hsg.ramp_epochs", "must be >= 0")
+        check(0 < self.synthetic_ratio <= 4, "hsg.synthetic_ratio", "must be in (0, 4]")
 
 
 @dataclass(frozen=True)
@@ -546,14 +373,14 @@ class HPGConfig:
     init_noise: float = 0.1
 
     def __post_init__(self) -> None:
-        _check(self.init_noise >= 0, "hpg.init_noise", "must be >= 0")
-        _check(0 < self.pair_ratio <= 2, "hpg.pair_ratio", "must be in (0, 2]")
-        _check(self.lambda_pair >= 0, "hpg.lambda_pair", "must be >= 0")
-        _check(self.mu >= 0, "hpg.mu", "must be >= 0")
-        _choice(self.schedule, "hpg.schedule", HPG_SCHEDULES)
-        _check(-1 <= self.s_end <= self.s_start <= 1, "hpg.s_start/s_end", "need -1 <= s_end <= s_start <= 1")
-        _check(self.warmup_epochs >= 0, "hpg.warmup_epochs", "must be >= 0")
-        _check(0 <= self.adaptive_momentum < 1, "hpg.adaptive_momentum", "must be in [0, 1)")
+        check(self.init_noise >= 0, "hpg.init_noise", "must be >= 0")
+        check(0 < self.pair_ratio <= 2, "hpg.pair_ratio", "must be in (0, 2]")
+        check(self.lambda_pair >= 0, "hpg.lambda_pair", "must be >= 0")
+        check(self.mu >= 0, "hpg.mu", "must be >= 0")
+        choice(self.schedule, "hpg.schedule", HPG_SCHEDULES)
+        check(-1 <= self.s_end <= self.s_start <= 1, "hpg.s_start/s_end", "need -1 <= s_end <= s_start <= 1")
+        check(self.warmup_epochs >= 0, "hpg.warmup_epochs", "must be >= 0")
+        check(0 <= self.adaptive_momentum < 1, "hpg.adaptive_momentum", "must be in [0, 1)")
 
 
 @dataclass(frozen=True)
@@ -601,18 +428,18 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         for name in self.trackers:
-            _choice(name, "train.trackers", (AUTO, *TRACKERS))
-        _check(AUTO not in self.trackers or len(self.trackers) == 1, "train.trackers", "auto stands alone")
-        _check(len(set(self.trackers)) == len(self.trackers), "train.trackers", "lists a tracker twice")
-        _check(self.epochs >= 0, "train.epochs", "must be >= 0 (0 only for a GAN pre-training run)")
-        _check(self.batch_size >= 2, "train.batch_size", "must be >= 2")
-        _check(self.lr > 0, "train.lr", "must be > 0")
-        _check(self.weight_decay >= 0, "train.weight_decay", "must be >= 0")
-        _choice(self.mixed_precision, "train.mixed_precision", MIXED_PRECISION)
+            choice(name, "train.trackers", (AUTO, *TRACKERS))
+        check(AUTO not in self.trackers or len(self.trackers) == 1, "train.trackers", "auto stands alone")
+        check(len(set(self.trackers)) == len(self.trackers), "train.trackers", "lists a tracker twice")
+        check(self.epochs >= 0, "train.epochs", "must be >= 0 (0 only for a GAN pre-training run)")
+        check(self.batch_size >= 2, "train.batch_size", "must be >= 2")
+        check(self.lr > 0, "train.lr", "must be > 0")
+        check(self.weight_decay >= 0, "train.weight_decay", "must be >= 0")
+        choice(self.mixed_precision, "train.mixed_precision", MIXED_PRECISION)
         for name in ("checkpoint_every", "keep_checkpoints", "log_every", "knn_k"):
-            _check(getattr(self, name) >= 1, f"train.{name}", "must be >= 1")
-        _check(self.knn_every >= 0, "train.knn_every", "must be >= 0 (0 disables the monitor)")
-        _check(self.knn_temperature > 0, "train.knn_temperature", "must be > 0")
+            check(getattr(self, name) >= 1, f"train.{name}", "must be >= 1")
+        check(self.knn_every >= 0, "train.knn_every", "must be >= 0 (0 disables the monitor)")
+        check(self.knn_temperature > 0, "train.knn_temperature", "must be > 0")
 
 
 @dataclass(frozen=True)
@@ -633,11 +460,11 @@ class ExportConfig:
     name: str | None = None
 
     def __post_init__(self) -> None:
-        _check(self.n >= 1, "export.n", "must be >= 1")
-        _check(0 <= self.seed < 2**63, "export.seed", f"must be in [0, 2**63), got {self.seed}")
-        _check(self.maxcount >= 1, "export.maxcount", "must be >= 1")
-        _check(self.batch_size >= 1, "export.batch_size", "must be >= 1")
-        _check(
+        check(self.n >= 1, "export.n", "must be >= 1")
+        check(0 <= self.seed < 2**63, "export.seed", f"must be in [0, 2**63), got {self.seed}")
+        check(self.maxcount >= 1, "export.maxcount", "must be >= 1")
+        check(self.batch_size >= 1, "export.batch_size", "must be >= 1")
+        check(
             self.name is None or self.name.isidentifier() or self.name.replace("-", "_").isidentifier(),
             "export.name",
             f"{self.name!r} must be letters, digits, '_' or '-'",
@@ -670,10 +497,10 @@ class MixConfig:
 
     def __post_init__(self) -> None:
         for spec in self.sources:
-            _check("=" in spec and ":" in spec, "mix.sources", f"{spec!r} is not NAME=DIR:WEIGHT")
+            check("=" in spec and ":" in spec, "mix.sources", f"{spec!r} is not NAME=DIR:WEIGHT")
         names = [spec.partition("=")[0] for spec in self.sources]
         twice = sorted({n for n in names if names.count(n) > 1})
-        _check(not twice, "mix.sources", f"source names must be unique; {', '.join(twice)} given twice")
+        check(not twice, "mix.sources", f"source names must be unique; {', '.join(twice)} given twice")
         weights = []
         for spec in self.sources:
             try:
@@ -683,16 +510,16 @@ class MixConfig:
                 break
         if weights and all(math.isfinite(w) for w in weights):
             total = sum(weights)
-            _check(
+            check(
                 abs(total - 1.0) <= 1e-3,
                 "mix.sources",
                 f"the weights add up to {total:g}, not 1 ("
                 + ", ".join(f"{n} {w:g}" for n, w in zip(names, weights, strict=True))
                 + "); they are the proportions each set is drawn with",
             )
-        _check(self.epoch_samples is None or self.epoch_samples > 0, "mix.epoch_samples", "must be positive")
-        _check(self.num_workers >= 0, "mix.num_workers", "must be >= 0")
-        _choice(self.on_error, "mix.on_error", ("raise", "skip"))
+        check(self.epoch_samples is None or self.epoch_samples > 0, "mix.epoch_samples", "must be positive")
+        check(self.num_workers >= 0, "mix.num_workers", "must be >= 0")
+        choice(self.on_error, "mix.on_error", ("raise", "skip"))
 
 
 @dataclass(frozen=True)
@@ -705,6 +532,9 @@ class RemoteConfig:
     ``min_bytes_per_s`` (0: off) on average over that long. Commands without a pipeline config read the
     ``SYNTHKIT_REMOTE_ATTEMPTS``, ``SYNTHKIT_REMOTE_READ_TIMEOUT_S``, ... environment variables. These keys
     do not change what a run computes: ``--resume`` may change them.
+
+    The one place of these keys, their defaults and their checks: the policy the shard reader follows
+    (``synthkit.shards.location.RemotePolicy``) is this section with its backoff added.
     """
 
     attempts: int = 6
@@ -715,13 +545,15 @@ class RemoteConfig:
     backoff_max_s: float = 30.0
 
     def __post_init__(self) -> None:
-        # lazily: loading a config must not import the shard reader and writer (synthkit/shards/__init__)
-        from synthkit.shards.location import RemotePolicy
-
-        try:
-            RemotePolicy(**dataclasses.asdict(self))
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from None
+        # the policy is also built from the SYNTHKIT_REMOTE_* environment, whose errors quote these messages
+        if not (is_integer(self.attempts) and self.attempts >= 1):
+            raise ConfigError(f"remote.attempts must be an integer >= 1, got {self.attempts!r}")
+        for name in ("connect_timeout_s", "read_timeout_s", "min_bytes_per_s", "backoff_s", "backoff_max_s"):
+            value, positive = getattr(self, name), name.endswith("timeout_s")
+            if not (is_number(value) and (value > 0 if positive else value >= 0)):
+                raise ConfigError(
+                    f"remote.{name} must be a number {'> 0' if positive else '>= 0'}, got {value!r}"
+                )
 
 
 @dataclass(frozen=True)
@@ -735,9 +567,16 @@ class EvalConfig:
     probe_weight_decay: float = 1e-5
 
     def __post_init__(self) -> None:
-        _check(self.knn_k >= 1, "eval.knn_k", "must be >= 1")
-        _check(self.knn_temperature > 0, "eval.knn_temperature", "must be > 0")
-        _check(self.probe_epochs >= 1, "eval.probe_epochs", "must be >= 1")
+        check(self.knn_k >= 1, "eval.knn_k", "must be >= 1")
+        check(self.knn_temperature > 0, "eval.knn_temperature", "must be > 0")
+        check(self.probe_epochs >= 1, "eval.probe_epochs", "must be >= 1")
+
+
+def _default_generator() -> GeneratorConfig:
+    """The ``generator`` section left out: the default kind's (``cgan``), found in the registry like any other
+    kind's, so that this module imports no kind's module (they import this one)."""
+    kind, _ = _tagged(GeneratorConfig, {}, "generator")
+    return kind()
 
 
 @dataclass(frozen=True)
@@ -748,7 +587,7 @@ class PipelineConfig:
     views: ViewsConfig = field(default_factory=ViewsConfig)
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     objective: ObjectiveConfig = field(default_factory=SimCLRConfig)
-    generator: GeneratorConfig = field(default_factory=CGanConfig)
+    generator: GeneratorConfig = field(default_factory=_default_generator)
     conditions: ConditionsConfig = field(default_factory=ConditionsConfig)
     hsg: HSGConfig = field(default_factory=HSGConfig)
     hpg: HPGConfig = field(default_factory=HPGConfig)
@@ -777,7 +616,7 @@ class PipelineConfig:
                             f"{section}.{f.name} is set to {getattr(ours, f.name)!r}, but generator.kind="
                             f"{gen.kind} does not use it (it reads {section}.{', '.join(reads)}); remove it"
                         )
-        _check(
+        check(
             self.train.epochs >= 1 or gen.steps_before_epochs > 0,
             "train.epochs",
             "must be >= 1 (0 trains the GAN alone, and needs generator.pretrain_steps > 0)",

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from synthkit.config import (
-    CGanConfig,
     ConditionsConfig,
     ConfigError,
     DataConfig,
@@ -32,6 +33,8 @@ from synthkit.config import (
     save_pipeline,
     to_dict,
 )
+from synthkit.producer_configs.cgan import CGanConfig
+from synthkit.registry import PRODUCERS
 
 PIPELINES = Path(__file__).resolve().parents[1] / "pipelines"
 
@@ -369,3 +372,73 @@ def test_mix_sources_are_a_list_of_specs() -> None:
 def test_hpg_moco_naive_errors_name_the_key(override: str, message: str) -> None:
     with pytest.raises(ConfigError, match=re.escape(message)):
         load_pipeline(None, override.split())
+
+
+# --------------------------------------------------------------------------- where each section lives
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        [],
+        ["--generator.kind=diffusion"],
+        ["--generator.kind=naive", "--generator.run=R", "--hsg.enabled=false"],
+        ["--remote.attempts=3", "--objective.name=moco"],
+    ],
+    ids=["cgan", "diffusion", "naive", "remote-moco"],
+)
+def test_loading_a_config_imports_no_model_code(overrides: list[str]) -> None:
+    """Config loading is the command line's fast path (checked before work starts): every section, each
+    producer kind's included, is built without importing torch, diffusers or the shard reader."""
+    code = (
+        "import sys; from synthkit.config import load_pipeline; "
+        f"cfg = load_pipeline(None, {overrides!r}); "
+        "heavy = sorted(m for m in ('torch', 'diffusers', 'synthkit.shards', 'synthkit.producers.cgan') "
+        "if m in sys.modules); print(type(cfg.generator).__module__, heavy)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    module, heavy = out.split(" ", 1)
+    assert module.startswith("synthkit.producer_configs."), module
+    assert heavy.strip() == "[]", heavy
+
+
+def test_each_built_in_kind_has_its_config_module() -> None:
+    """A kind's config class is registered by its own light module's path, and a section naming the kind
+    is built from that class."""
+    sections = {
+        "cgan": {"hsg": {"enabled": True}},
+        "diffusion": {"hsg": {"enabled": True}},
+        "naive": {"generator": {"run": "R"}, "hsg": {"enabled": False}},
+    }
+    for kind, raw in sections.items():
+        cls = PRODUCERS.get(kind).config_class()
+        assert cls.__module__ == f"synthkit.producer_configs.{kind}"
+        generator = {"kind": kind, **raw.get("generator", {})}
+        assert type(from_dict({**raw, "generator": generator}).generator) is cls
+    assert type(PipelineConfig().generator) is CGanConfig  # the section left out: the default kind
+
+
+def test_the_remote_policy_is_the_remote_section_at_work(monkeypatch: pytest.MonkeyPatch) -> None:
+    from synthkit.shards import location
+
+    assert dataclasses.fields(location.RemotePolicy) == dataclasses.fields(RemoteConfig)
+    assert dataclasses.asdict(location.RemotePolicy()) == dataclasses.asdict(RemoteConfig())
+    cfg = load_pipeline(None, ["--remote.attempts=2", "--remote.backoff_s=0.5"])
+    policy = location.RemotePolicy(**dataclasses.asdict(cfg.remote))
+    assert (policy.attempts, policy.backoff_s, policy.read_timeout_s) == (2, 0.5, RemoteConfig.read_timeout_s)
+    for bad, message in [
+        ({"attempts": True}, "remote.attempts must be an integer >= 1, got True"),
+        ({"backoff_s": -1.0}, "remote.backoff_s must be a number >= 0, got -1.0"),
+        ({"connect_timeout_s": float("inf")}, "remote.connect_timeout_s must be a number > 0, got inf"),
+    ]:
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            RemoteConfig(**bad)
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            location.RemotePolicy(**bad)
+    # the environment's policy is checked the same way, and its error says where the value came from
+    monkeypatch.setattr(location, "_policy", None)
+    monkeypatch.setenv("SYNTHKIT_REMOTE_ATTEMPTS", "0")
+    with pytest.raises(
+        location.ShardError, match=r"remote.attempts must be .* SYNTHKIT_REMOTE_\* environment"
+    ):
+        location.remote_policy()
