@@ -630,59 +630,89 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
+def _coerce_union(value: Any, tp: Any, key: str) -> Any:
+    """``X | None`` (and ``X | Y``): None where allowed, else the first alternative that takes the value."""
+    args = typing.get_args(tp)
+    if value is None and type(None) in args:
+        return None
+    for arg in args:
+        if arg is type(None):
+            continue
+        try:
+            return _coerce(value, arg, key)
+        except ConfigError:
+            pass
+    raise ConfigError(f"{key}: expected {' or '.join(_type_name(a) for a in args)}, got {value!r}")
+
+
+def _coerce_literal(value: Any, tp: Any, key: str) -> Any:
+    if value not in typing.get_args(tp):
+        raise ConfigError(f"{key}: {value!r} is not one of {typing.get_args(tp)}")
+    return value
+
+
+def _coerce_tuple(value: Any, tp: Any, key: str) -> tuple[Any, ...]:
+    """A YAML list: ``tuple[X, ...]`` of any length, or ``tuple[X, Y]`` of exactly that many values."""
+    args = typing.get_args(tp)
+    if args[-1] is Ellipsis:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return tuple(_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
+    if not isinstance(value, (list, tuple)) or len(value) != len(args):
+        raise ConfigError(f"{key}: expected a list of {len(args)} values, got {value!r}")
+    return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True)))
+
+
+def _coerce_bool(value: Any, key: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    return value
+
+
+def _coerce_int(value: Any, key: str) -> int:
+    if not is_integer(value):
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    return value
+
+
+def _coerce_float(value: Any, key: str) -> float:
+    """A number (an integer is taken as a float), finite."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if not math.isfinite(value):
+        raise ConfigError(f"{key}: expected a finite number, got {value!r}")
+    return float(value)
+
+
+def _coerce_str(value: Any, key: str) -> str:
+    if isinstance(value, bool):
+        raise ConfigError(
+            f"{key}: expected a string, got {value!r} (YAML reads yes/no/on/off as booleans: quote it, "
+            f"e.g. {key}='{'yes' if value else 'no'}')"
+        )
+    if not isinstance(value, str):
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    return value
+
+
+# How a value is checked and converted against its field's annotation: generic forms by their origin
+# (``typing.get_origin``), plain types by the type itself.
+_BY_ORIGIN = {
+    Union: _coerce_union,
+    types.UnionType: _coerce_union,
+    Literal: _coerce_literal,
+    tuple: _coerce_tuple,
+}
+_BY_TYPE = {bool: _coerce_bool, int: _coerce_int, float: _coerce_float, str: _coerce_str}
+
+
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     """Check ``value`` against annotation ``tp``; return it converted (lists to tuples, ints to floats)."""
     origin = typing.get_origin(tp)
-    if origin in (Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(value, arg, key)
-            except ConfigError as e:
-                errors.append(str(e))
-        raise ConfigError(f"{key}: expected {' or '.join(_type_name(a) for a in args)}, got {value!r}")
-    if origin is Literal:
-        if value not in typing.get_args(tp):
-            raise ConfigError(f"{key}: {value!r} is not one of {typing.get_args(tp)}")
-        return value
-    if origin is tuple and typing.get_args(tp)[-1] is Ellipsis:
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: expected a list, got {value!r}")
-        item = typing.get_args(tp)[0]
-        return tuple(_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value))
-    if origin is tuple:
-        args = typing.get_args(tp)
-        if not isinstance(value, (list, tuple)) or len(value) != len(args):
-            raise ConfigError(f"{key}: expected a list of {len(args)} values, got {value!r}")
-        return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True)))
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{key}: expected true or false, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
-        if not math.isfinite(value):
-            raise ConfigError(f"{key}: expected a finite number, got {value!r}")
-        return float(value)
-    if tp is str:
-        if isinstance(value, bool):
-            raise ConfigError(
-                f"{key}: expected a string, got {value!r} (YAML reads yes/no/on/off as booleans: quote it, "
-                f"e.g. {key}='{'yes' if value else 'no'}')"
-            )
-        if not isinstance(value, str):
-            raise ConfigError(f"{key}: expected a string, got {value!r}")
-        return value
+    if origin in _BY_ORIGIN:
+        return _BY_ORIGIN[origin](value, tp, key)
+    if tp in _BY_TYPE:
+        return _BY_TYPE[tp](value, key)
     raise TypeError(f"unsupported config annotation {tp!r} at {key}")
 
 
