@@ -37,7 +37,7 @@ from typing import Any, NoReturn
 
 from synthkit import __version__
 from synthkit.atomic import check_output_dir, check_output_file
-from synthkit.config import dump_yaml, load_pipeline, to_dict
+from synthkit.config import GenerateConfig, dump_yaml, load_pipeline, to_dict
 from synthkit.errors import ConfigError, SynthkitError
 from synthkit.logs import configure, show_progress
 from synthkit.registry import EXTRACTORS, SOURCES
@@ -124,20 +124,13 @@ def _cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def _cmd_generate(args: argparse.Namespace, extra: list[str]) -> int:
+    _no_extra(extra)
+    asked = GenerateConfig(  # the flags, checked before the run is read
+        n=args.n, seed=args.seed, name=args.name, maxcount=args.maxcount, kind=args.kind, part=args.part
+    )
     from synthkit.export import generate
 
-    _no_extra(extra)
-    res = generate(
-        args.run,
-        args.out,
-        n=args.n,
-        seed=args.seed,
-        name=args.name,
-        maxcount=args.maxcount,
-        kind=args.kind,
-        progress=_progress(args),
-        part=args.part,
-    )
+    res = generate(args.run, args.out, **dataclasses.asdict(asked), progress=_progress(args))
     m = res.manifest
     if not res.main:  # another process of a launch: the main process reports
         return 0
@@ -277,22 +270,6 @@ def _part(text: str) -> tuple[int, int]:
     except ValueError:
         pass
     raise argparse.ArgumentTypeError(f"expected I/N (part I of N, from 0), got {text!r}")
-
-
-#: ``generate --seed`` takes 0 <= S < 2**63 (a non-negative signed 64-bit integer: torch's generators)
-SEED_MAX = 2**63 - 1
-
-
-def _seed(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if not 0 <= value <= SEED_MAX:
-        raise argparse.ArgumentTypeError(
-            f"must be between 0 and 2**63 - 1 = {SEED_MAX} (a non-negative 64-bit seed), got {text}"
-        )
-    return value
 
 
 def _cmd_shards_convert(args: argparse.Namespace, extra: list[str]) -> int:
@@ -572,7 +549,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument(
         "--seed",
-        type=_seed,
+        type=int,
         help="sampling seed, 0 <= S < 2**63 (default: the run's export.seed); negative seeds are refused",
     )
     g.add_argument(

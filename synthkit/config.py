@@ -12,6 +12,7 @@ import math
 import re
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Union
@@ -92,6 +93,22 @@ def is_integer(value: Any) -> bool:
 def is_number(value: Any) -> bool:
     """A finite ``int`` or ``float`` that is not a ``bool``."""
     return (isinstance(value, float) or is_integer(value)) and math.isfinite(value)
+
+
+def is_positive_integer(value: Any) -> bool:
+    return is_integer(value) and value >= 1
+
+
+def is_seed(value: Any) -> bool:
+    """A seed torch's generators take: a non-negative signed 64-bit integer, 0 <= seed < 2**63."""
+    return is_integer(value) and 0 <= value < 2**63
+
+
+def _is_part(part: Any) -> bool:
+    """(I, N): part I of N, 0 <= I < N."""
+    return (
+        isinstance(part, tuple) and len(part) == 2 and all(map(is_integer, part)) and 0 <= part[0] < part[1]
+    )
 
 
 def check_minima(section: Any, prefix: str, minima: dict[str, int]) -> None:
@@ -442,6 +459,16 @@ class TrainConfig:
         check(self.knn_temperature > 0, "train.knn_temperature", "must be > 0")
 
 
+#: The export settings' checks, shared by the ``export`` section (``export.n: must be ...``) and the flags
+#: of ``synthkit generate`` over it (``--n must be ...``): key -> (the test, what the value must be).
+EXPORT_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "n": (is_positive_integer, "must be a positive integer"),
+    "seed": (is_seed, "must be an integer in [0, 2**63)"),
+    "maxcount": (is_positive_integer, "must be a positive integer"),
+    "batch_size": (is_positive_integer, "must be a positive integer"),
+}
+
+
 @dataclass(frozen=True)
 class ExportConfig:
     """Defaults for ``synthkit generate``.
@@ -460,15 +487,69 @@ class ExportConfig:
     name: str | None = None
 
     def __post_init__(self) -> None:
-        check(self.n >= 1, "export.n", "must be >= 1")
-        check(0 <= self.seed < 2**63, "export.seed", f"must be in [0, 2**63), got {self.seed}")
-        check(self.maxcount >= 1, "export.maxcount", "must be >= 1")
-        check(self.batch_size >= 1, "export.batch_size", "must be >= 1")
+        for key, (ok, must) in EXPORT_CHECKS.items():
+            value = getattr(self, key)
+            check(ok(value), f"export.{key}", f"{must}, got {value!r}")
         check(
             self.name is None or self.name.isidentifier() or self.name.replace("-", "_").isidentifier(),
             "export.name",
             f"{self.name!r} must be letters, digits, '_' or '-'",
         )
+
+
+#: what ``synthkit generate --kind`` writes: hard samples, positive pairs, or both
+GENERATE_KINDS = ("hard", "pair", "all")
+
+
+def _check_flag(cond: bool, flag: str, msg: str) -> None:
+    """A command-line flag's value is named as the flag: ``--maxcount must be a positive integer, got 0``."""
+    if not cond:
+        raise ConfigError(f"--{flag.replace('_', '-')} {msg}")
+
+
+@dataclass(frozen=True)
+class GenerateConfig:
+    """What ``synthkit generate`` (:func:`synthkit.export.generate`) is asked for, each value as given.
+
+    None leaves a value to the run: ``n``, ``seed``, ``maxcount``, ``batch_size`` and ``name`` to its
+    ``export`` section (:meth:`over`), ``kind`` to what its sampler makes, ``part`` to the launch (the
+    whole set, or this process's part under ``accelerate launch``). ``part``: (I, N), part I of N. Every
+    value is checked as its flag names it (``--maxcount must be a positive integer, got 0``), by the same
+    checks as the ``export`` section, before the run is read.
+    """
+
+    n: int | None = None
+    seed: int | None = None
+    maxcount: int | None = None
+    batch_size: int | None = None
+    name: str | None = None
+    kind: str | None = None
+    part: tuple[int, int] | None = None
+
+    def __post_init__(self) -> None:
+        for key, (ok, must) in EXPORT_CHECKS.items():
+            value = getattr(self, key)
+            _check_flag(value is None or ok(value), key, f"{must}, got {value!r}")
+        kinds = ", ".join(GENERATE_KINDS)
+        _check_flag(
+            self.kind in (None, *GENERATE_KINDS), "kind", f"must be one of {kinds}, got {self.kind!r}"
+        )
+        self._check_part()
+
+    def _check_part(self) -> None:
+        if self.part is None:
+            return
+        text = "/".join(map(str, self.part)) if isinstance(self.part, tuple) else repr(self.part)
+        _check_flag(_is_part(self.part), "part", f"must be I/N with 0 <= I < N, got {text}")
+
+    def over(self, section: ExportConfig) -> GenerateConfig:
+        """These values over the run's ``export`` section: every value of it that was not given here."""
+        unset = {
+            f.name: getattr(section, f.name)
+            for f in dataclasses.fields(section)
+            if getattr(self, f.name) is None
+        }
+        return dataclasses.replace(self, **unset)
 
 
 @dataclass(frozen=True)

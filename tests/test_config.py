@@ -18,6 +18,7 @@ from synthkit.config import (
     EncoderConfig,
     EvalConfig,
     ExportConfig,
+    GenerateConfig,
     HPGConfig,
     HSGConfig,
     MixConfig,
@@ -442,3 +443,43 @@ def test_the_remote_policy_is_the_remote_section_at_work(monkeypatch: pytest.Mon
         location.ShardError, match=r"remote.attempts must be .* SYNTHKIT_REMOTE_\* environment"
     ):
         location.remote_policy()
+
+
+# --------------------------------------------------------------------------- synthkit generate's request
+
+
+@pytest.mark.parametrize(
+    ("given", "message"),
+    [
+        ({"maxcount": 0}, "--maxcount must be a positive integer, got 0"),
+        ({"n": True}, "--n must be a positive integer, got True"),
+        ({"batch_size": -3}, "--batch-size must be a positive integer, got -3"),
+        ({"seed": 2**63}, f"--seed must be an integer in [0, 2**63), got {2**63}"),
+        ({"seed": -1}, "--seed must be an integer in [0, 2**63), got -1"),
+        ({"kind": "pairs"}, "--kind must be one of hard, pair, all, got 'pairs'"),
+        ({"part": (2, 2)}, "--part must be I/N with 0 <= I < N, got 2/2"),
+        ({"part": (0, True)}, "--part must be I/N with 0 <= I < N, got 0/True"),
+    ],
+)
+def test_generate_flags_are_named_as_flags(given: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        GenerateConfig(**given)
+
+
+def test_generate_flags_over_the_run_export_section() -> None:
+    section = ExportConfig(n=40, seed=7, maxcount=16, batch_size=8, name="run-set")
+    asked = GenerateConfig(n=10, seed=0, kind="hard", part=(1, 3))
+    assert asked.over(section) == GenerateConfig(
+        n=10, seed=0, maxcount=16, batch_size=8, name="run-set", kind="hard", part=(1, 3)
+    )
+    assert GenerateConfig().over(ExportConfig()) == GenerateConfig(**dataclasses.asdict(ExportConfig()))
+    assert GenerateConfig(seed=2**63 - 1).seed == 2**63 - 1  # the largest seed torch takes
+
+
+def test_the_export_section_shares_the_flags_checks() -> None:
+    for key, value in [("maxcount", 0), ("seed", 2**63), ("n", 1.5)]:
+        with pytest.raises(ConfigError) as e:
+            ExportConfig(**{key: value})
+        assert_names(e, f"export.{key}")
+        with pytest.raises(ConfigError, match=re.escape(f"--{key} ")):
+            GenerateConfig(**{key: value})
