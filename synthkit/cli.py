@@ -37,7 +37,7 @@ from typing import Any, NoReturn
 
 from synthkit import __version__
 from synthkit.atomic import check_output_dir, check_output_file
-from synthkit.config import GenerateConfig, dump_yaml, load_pipeline, to_dict
+from synthkit.config import AuditConfig, GenerateConfig, dump_yaml, load_pipeline, to_dict
 from synthkit.errors import ConfigError, SynthkitError
 from synthkit.logs import configure, show_progress
 from synthkit.registry import EXTRACTORS, SOURCES
@@ -380,11 +380,8 @@ def _cmd_config(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def _cmd_audit(args: argparse.Namespace, extra: list[str]) -> int:
-    from synthkit.audit import AuditConfig, audit
-    from synthkit.audit_verdict import failing, verdict_lines
-
     _no_extra(extra)
-    cfg = AuditConfig(
+    cfg = AuditConfig(  # the flags, checked before the audit's modules load
         extractor=args.extractor or "auto",
         real_split=args.split,
         k=args.k,
@@ -396,6 +393,9 @@ def _cmd_audit(args: argparse.Namespace, extra: list[str]) -> int:
         prdc_sample=args.prdc_sample,
         reference=args.reference,
     )
+    from synthkit.audit import audit
+    from synthkit.audit_verdict import failing, verdict_lines
+
     report = audit(
         args.shards,
         args.real,

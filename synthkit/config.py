@@ -20,7 +20,7 @@ from typing import Any, ClassVar, Literal, Union
 import yaml
 
 from synthkit.errors import ConfigError
-from synthkit.registry import BACKBONES, OBJECTIVES, PRODUCERS, SOURCES
+from synthkit.registry import BACKBONES, EXTRACTORS, OBJECTIVES, PRODUCERS, SOURCES
 from synthkit.trackers import AUTO, TRACKERS
 
 
@@ -111,10 +111,13 @@ def _is_part(part: Any) -> bool:
     )
 
 
-def check_minima(section: Any, prefix: str, minima: dict[str, int]) -> None:
-    """Each key of ``minima`` is at least its minimum in ``section`` (``train.log_every: must be >= 1``)."""
+def check_minima(section: Any, prefix: str, minima: dict[str, int], *, or_null: bool = False) -> None:
+    """Each key of ``minima`` is at least its minimum in ``section`` (``train.log_every: must be >= 1``);
+    ``or_null``: the keys may also be None."""
     for name, least in minima.items():
-        check(getattr(section, name) >= least, f"{prefix}.{name}", f"must be >= {least}")
+        value = getattr(section, name)
+        ok = (or_null and value is None) or value >= least
+        check(ok, f"{prefix}.{name}", f"must be >= {least}{' or null' if or_null else ''}")
 
 
 @dataclass(frozen=True)
@@ -550,6 +553,91 @@ class GenerateConfig:
             if getattr(self, f.name) is None
         }
         return dataclasses.replace(self, **unset)
+
+
+#: ``audit.reference``, the real-vs-real reference: ``auto`` (a named source's other split, else a disjoint
+#: split of the real set), ``split`` (always a disjoint split of the real set), ``none`` (no reference; the
+#: gates that need one are skipped)
+AUDIT_REFERENCES = (AUTO, "split", "none")
+#: the least value of each of the audit's sizes and counts
+_AUDIT_MINIMA = {
+    "k": 1,
+    "chunk_size": 1,
+    "batch_size": 1,
+    "kid_subsets": 1,
+    "kid_subset_size": 2,
+    "uniformity_max": 2,
+    "top": 1,
+    "grid_per_row": 1,
+    "exact_max": 2,
+    "prdc_repeats": 1,
+    "ann_nprobe": 1,
+    "ann_iters": 0,
+    "ann_probe": 1,
+}
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    """``synthkit audit``: the hyperparameters of one audit (:func:`synthkit.audit.audit`); recorded in the
+    report. Not a pipeline section: the command's flags build it.
+
+    ``k``: neighbourhood of the PRDC manifolds (Naeem et al. use 5). ``chunk_size``: rows and columns per
+    distance block (memory, not results). ``kid_subsets`` x ``kid_subset_size``: KID's random subsets.
+    ``memorisation_threshold``: suspect when nearest-real distance / that real image's own nearest-real
+    distance is below it. ``uniformity_max``: uniformity uses a seeded subsample of at most this many
+    points per set (all pairs of 50,000 points would cost more than everything else together).
+    ``device``: where features and distances are computed (None: CUDA when available, else the CPU).
+    ``reference``: the real-vs-real reference the gates read every figure against (:data:`AUDIT_REFERENCES`):
+    ``auto`` holds out the other split of a named source (the test split when the real data is the train
+    split), or a disjoint part of a real shard set; ``split`` always the latter; ``none`` skips it.
+
+    Scale: with both sets at most ``exact_max`` points PRDC and memorisation are exact. Above it PRDC is
+    the mean over ``prdc_repeats`` seeded samples of ``prdc_sample`` points per set (Naeem et al. use
+    10,000), and memorisation's nearest neighbours come from an IVF index of the real features with
+    ``ann_nlist`` lists (None: 4 sqrt(N)), ``ann_nprobe`` probed per query and ``ann_iters`` k-means
+    rounds, its recall measured on ``ann_probe`` seeded samples against the exact search.
+    """
+
+    extractor: str = "auto"
+    real_split: str = "train"
+    reference: str = "auto"
+    k: int = 5
+    chunk_size: int = 4096
+    batch_size: int = 512
+    kid_subsets: int = 100
+    kid_subset_size: int = 1000
+    memorisation_threshold: float = 0.25
+    saturated_fraction: float = 0.99
+    uniformity_max: int = 5000
+    max_samples: int | None = None
+    max_real: int | None = None
+    top: int = 16
+    grid_per_row: int = 10
+    seed: int = 0
+    device: str | None = None
+    exact_max: int = 50_000
+    prdc_sample: int = 10_000
+    prdc_repeats: int = 3
+    ann_nlist: int | None = None
+    ann_nprobe: int = 32
+    ann_iters: int = 10
+    ann_probe: int = 1000
+
+    def __post_init__(self) -> None:
+        choice(self.extractor, "audit.extractor", (AUTO, *EXTRACTORS))
+        choice(self.real_split, "audit.real_split", ("train", "test"))
+        choice(self.reference, "audit.reference", AUDIT_REFERENCES)
+        check_minima(self, "audit", _AUDIT_MINIMA)
+        check_minima(self, "audit", {"max_samples": 2, "max_real": 2, "ann_nlist": 1}, or_null=True)
+        check(self.prdc_sample > self.k, "audit.prdc_sample", f"must be > audit.k ({self.k})")
+        check(self.memorisation_threshold > 0, "audit.memorisation_threshold", "must be > 0")
+        check(0 < self.saturated_fraction <= 1, "audit.saturated_fraction", "must be in (0, 1]")
+        check(
+            self.device is None or isinstance(self.device, str),
+            "audit.device",
+            "must be a device name or null",
+        )
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from synthkit.config import (
+    AuditConfig,
     ConditionsConfig,
     ConfigError,
     DataConfig,
@@ -483,3 +484,32 @@ def test_the_export_section_shares_the_flags_checks() -> None:
         assert_names(e, f"export.{key}")
         with pytest.raises(ConfigError, match=re.escape(f"--{key} ")):
             GenerateConfig(**{key: value})
+
+
+# --------------------------------------------------------------------------- synthkit audit's config
+
+
+@pytest.mark.parametrize(
+    ("given", "message"),
+    [
+        ({"k": 0}, "audit.k: must be >= 1"),
+        ({"kid_subset_size": 1}, "audit.kid_subset_size: must be >= 2"),
+        ({"ann_iters": -1}, "audit.ann_iters: must be >= 0"),
+        ({"max_real": 1}, "audit.max_real: must be >= 2 or null"),
+        ({"ann_nlist": 0}, "audit.ann_nlist: must be >= 1 or null"),
+        ({"extractor": "clip"}, "audit.extractor: 'clip' is not one of auto, encoder, classifier"),
+        ({"reference": "other"}, "audit.reference: 'other' is not one of auto, split, none"),
+        ({"real_split": "val"}, "audit.real_split: 'val' is not one of train, test"),
+        ({"k": 20, "prdc_sample": 20}, "audit.prdc_sample: must be > audit.k (20)"),
+        ({"saturated_fraction": 0.0}, "audit.saturated_fraction: must be in (0, 1]"),
+        ({"device": 0}, "audit.device: must be a device name or null"),
+    ],
+)
+def test_audit_config_errors_name_the_key(given: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        AuditConfig(**given)
+
+
+def test_audit_config_accepts_null_limits() -> None:
+    cfg = AuditConfig(max_samples=None, max_real=2, ann_nlist=None, ann_iters=0, device="cpu")
+    assert (cfg.max_samples, cfg.max_real, cfg.ann_iters) == (None, 2, 0)
