@@ -37,7 +37,7 @@ from typing import Any, NoReturn
 
 from synthkit import __version__
 from synthkit.atomic import check_output_dir, check_output_file
-from synthkit.config import AuditConfig, GenerateConfig, dump_yaml, load_pipeline, to_dict
+from synthkit.config import AuditConfig, DataConfig, GenerateConfig, dump_yaml, load_pipeline, to_dict
 from synthkit.errors import ConfigError, SynthkitError
 from synthkit.logs import configure, show_progress
 from synthkit.registry import EXTRACTORS, SOURCES
@@ -273,8 +273,7 @@ def _part(text: str) -> tuple[int, int]:
 
 
 def _cmd_shards_convert(args: argparse.Namespace, extra: list[str]) -> int:
-    from synthkit.config import DataConfig
-    from synthkit.data.convert import TRAINING_SIZES, convert_source, default_dir, default_name
+    from synthkit.data.convert import convert_source, default_dir, default_name
     from synthkit.data.sources import check_source
     from synthkit.shards.format import is_safe_name
     from synthkit.shards.location import is_url
@@ -284,25 +283,7 @@ def _cmd_shards_convert(args: argparse.Namespace, extra: list[str]) -> int:
         raise ConfigError(f"--maxcount must be >= 1, got {args.maxcount}")
     if args.name is not None and not is_safe_name(args.name):
         raise ConfigError(f"--name {args.name!r} must be letters, digits, '_', '-' or '.', not hidden")
-    if args.pipeline is not None:  # the data section of the run the set is meant for, flags over it
-        data = load_pipeline(args.pipeline, []).data
-        if args.data is not None and args.data != data.name:
-            raise ConfigError(f"--data {args.data} differs from {args.pipeline}'s data.name {data.name}")
-        given = {"root": args.root, "size": args.size, "channels": args.channels, "subset": args.subset}
-        data_cfg = dataclasses.replace(data, **{k: v for k, v in given.items() if v is not None})
-        if args.subset_seed is not None:
-            data_cfg = dataclasses.replace(data_cfg, subset_seed=args.subset_seed)
-    elif args.data is None:
-        raise ConfigError("shards convert needs --data NAME (or --pipeline PIPELINE.yaml)")
-    else:
-        data_cfg = DataConfig(
-            name=args.data,
-            root=args.root,
-            size=args.size if args.size is not None else TRAINING_SIZES.get(args.data, DataConfig.size),
-            channels=args.channels,
-            subset=args.subset,
-            subset_seed=args.subset_seed or 0,
-        )
+    data_cfg = _convert_data(args)
     if data_cfg.name == "folder":
         check_source(data_cfg, test=args.split == "test")
     name = args.name or default_name(data_cfg, args.split)
@@ -330,6 +311,35 @@ def _cmd_shards_convert(args: argparse.Namespace, extra: list[str]) -> int:
         f"{data_cfg.size} to mix it"
     )
     return 0
+
+
+def _convert_data(args: argparse.Namespace) -> DataConfig:
+    """The data section ``shards convert`` reads: ``--pipeline``'s with the flags over it, else the flags'
+    (with the size synthkit's pipelines train the source at)."""
+    from synthkit.data.convert import TRAINING_SIZES
+
+    if args.pipeline is not None:
+        return _pipeline_data(args)
+    if args.data is None:
+        raise ConfigError("shards convert needs --data NAME (or --pipeline PIPELINE.yaml)")
+    return DataConfig(
+        name=args.data,
+        root=args.root,
+        size=args.size if args.size is not None else TRAINING_SIZES.get(args.data, DataConfig.size),
+        channels=args.channels,
+        subset=args.subset,
+        subset_seed=args.subset_seed or 0,
+    )
+
+
+def _pipeline_data(args: argparse.Namespace) -> DataConfig:
+    """The data section of the run the set is meant for (``--pipeline``), the flags given over it."""
+    data = load_pipeline(args.pipeline, []).data
+    if args.data is not None and args.data != data.name:
+        raise ConfigError(f"--data {args.data} differs from {args.pipeline}'s data.name {data.name}")
+    flags = ("root", "size", "channels", "subset", "subset_seed")
+    given = {key: getattr(args, key) for key in flags if getattr(args, key) is not None}
+    return dataclasses.replace(data, **given)
 
 
 def _cmd_shards_index(args: argparse.Namespace, extra: list[str]) -> int:
@@ -440,7 +450,6 @@ def _cmd_audit(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def _cmd_audit_train_extractor(args: argparse.Namespace, extra: list[str]) -> int:
-    from synthkit.config import DataConfig
     from synthkit.metrics.extractors import train_classifier
 
     _no_extra(extra)
