@@ -459,6 +459,8 @@ def generate(
     Under ``accelerate launch`` (W processes) process r writes part r of W of the set and the main process
     publishes it once all have; ``part=(I, N)`` writes part I of N alone and publishes nothing (``publish``
     does, once every part is written). Either way the set is byte-identical to a one-process export.
+    The arguments build a :class:`synthkit.config.GenerateConfig`: a value out of range is a ConfigError
+    naming its flag (``--maxcount must be a positive integer, got 0``) before the run is read.
     """
     # 1. The request, checked; the run, verified, and what its sampler can make ---
     asked = GenerateConfig(
