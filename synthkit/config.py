@@ -3,6 +3,13 @@
 One frozen dataclass per stage; a pipeline YAML file maps onto :class:`PipelineConfig` one to one.
 Unknown keys and values of the wrong type are errors that name the offending key, raised before any
 work starts. Overrides use the CLI form ``--section.key=value`` (the value is parsed as YAML).
+
+The ``generator`` section has one subclass of :class:`GeneratorConfig` per producer kind, each in its own
+module (``synthkit/producer_configs/``, found through the registry ``PRODUCERS``), which imports this one.
+Two commands build their config from flags rather than a pipeline: :class:`GenerateConfig` (``synthkit
+generate``, over the run's ``export`` section) and :class:`AuditConfig` (``synthkit audit``). Every
+section checks itself in ``__post_init__`` with :func:`check`, :func:`choice` and :func:`check_minima`.
+Nothing here imports torch, diffusers or the shard reader: loading a config is the command line's fast path.
 """
 
 from __future__ import annotations
