@@ -111,13 +111,6 @@ def is_seed(value: Any) -> bool:
     return is_integer(value) and 0 <= value < 2**63
 
 
-def _is_part(part: Any) -> bool:
-    """(I, N): part I of N, 0 <= I < N."""
-    return (
-        isinstance(part, tuple) and len(part) == 2 and all(map(is_integer, part)) and 0 <= part[0] < part[1]
-    )
-
-
 def check_minima(section: Any, prefix: str, minima: dict[str, int], *, or_null: bool = False) -> None:
     """Each key of ``minima`` is at least its minimum in ``section`` (``train.log_every: must be >= 1``);
     ``or_null``: the keys may also be None."""
@@ -547,10 +540,13 @@ class GenerateConfig:
         self._check_part()
 
     def _check_part(self) -> None:
-        if self.part is None:
+        """(I, N): part I of N, 0 <= I < N."""
+        part = self.part
+        if part is None:
             return
-        text = "/".join(map(str, self.part)) if isinstance(self.part, tuple) else repr(self.part)
-        _check_flag(_is_part(self.part), "part", f"must be I/N with 0 <= I < N, got {text}")
+        pair = isinstance(part, tuple) and len(part) == 2 and all(map(is_integer, part))
+        text = "/".join(map(str, part)) if isinstance(part, tuple) else repr(part)
+        _check_flag(pair and 0 <= part[0] < part[1], "part", f"must be I/N with 0 <= I < N, got {text}")
 
     def over(self, section: ExportConfig) -> GenerateConfig:
         """These values over the run's ``export`` section: every value of it that was not given here."""
