@@ -113,7 +113,7 @@ def main() -> None:
     out = work / f"report-{args.n}"
 
     child = (
-        "import json, sys; from synthkit.audit import AuditConfig, audit; "
+        "import json, sys; from synthkit.audit import audit; from synthkit.config import AuditConfig; "
         f"r = audit({str(shards)!r}, 'fashion-mnist', {str(out)!r}, classifier={str(classifier)!r}, "
         f"config=AuditConfig(extractor='classifier', max_real={args.n}, chunk_size={args.chunk_size}), "
         "progress=True); "

@@ -86,7 +86,8 @@ def write_sets(work: Path, n: int, subset: int) -> tuple[Path, Path, Path]:
 
 CHILD = """
 import json, resource, sys, time
-from synthkit.audit import AuditConfig, audit
+from synthkit.config import AuditConfig
+from synthkit.audit import audit
 args = json.loads(sys.argv[1])
 t = time.perf_counter()
 r = audit(args["shards"], args["real"], args["out"], config=AuditConfig(**args["config"]))

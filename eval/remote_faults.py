@@ -138,8 +138,8 @@ def fault_table(args: argparse.Namespace, tmp: Path) -> list[dict[str, Any]]:
     import s3fs
     from moto.moto_server.threaded_moto_server import ThreadedMotoServer
 
-    from synthkit.audit import AuditConfig, audit
-    from synthkit.config import DataConfig
+    from synthkit.audit import audit
+    from synthkit.config import AuditConfig, DataConfig
     from synthkit.data.convert import convert_source
     from synthkit.shards import location as loc
     from synthkit.shards import verify_shard_set

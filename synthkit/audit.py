@@ -51,12 +51,12 @@ from synthkit import audit_verdict
 from synthkit.atomic import check_output_dir, write_json_atomic, write_text_atomic
 from synthkit.audit_stream import Batch, SetSide, TensorSide, open_side, stream_features
 from synthkit.audit_verdict import Gate
-from synthkit.config import DataConfig
+from synthkit.config import AuditConfig, DataConfig
 from synthkit.data.inspect import describe
 from synthkit.data.sources import load_source
 from synthkit.data.views import Views, to_float
 from synthkit.devices import resolve_device
-from synthkit.errors import AuditError, ConfigError, SynthkitError
+from synthkit.errors import AuditError, SynthkitError
 from synthkit.metrics import (
     alignment_uniformity,
     broken,
@@ -67,7 +67,7 @@ from synthkit.metrics import (
     pairs,
     prdc,
 )
-from synthkit.metrics.extractors import EXTRACTORS, FeatureExtractor, encoder_extractor, load_extractor
+from synthkit.metrics.extractors import FeatureExtractor, encoder_extractor, load_extractor
 from synthkit.metrics.hardness import hardness_of
 from synthkit.metrics.knn import knn_predict
 from synthkit.objectives.scoring import Scorer
@@ -85,9 +85,6 @@ REPORT_JSON, REPORT_HTML = "report.json", "report.html"
 PAIR_KINDS = ("pair_a", "pair_b")
 MAX_LISTED = 1000  # broken-image indices listed per reason
 AUTO = "auto"
-# the real-vs-real reference: auto (a named source's other split, else a disjoint split of the real set),
-# split (always a disjoint split of the real set), none (no reference; the gates that need one are skipped)
-REFERENCES = (AUTO, "split", "none")
 
 
 def choose_extractor(
@@ -115,83 +112,6 @@ def choose_extractor(
     if isinstance(run, str) and (Path(run) / "final").is_dir():
         return "encoder", run, f"default: the encoder of the run that made the set ({run})"
     return "pixels", None, "default: pixels (no --encoder, --classifier or --inception-weights, and no run)"
-
-
-@dataclass(frozen=True)
-class AuditConfig:
-    """Hyperparameters of one audit; recorded in the report.
-
-    ``k``: neighbourhood of the PRDC manifolds (Naeem et al. use 5). ``chunk_size``: rows and columns per
-    distance block (memory, not results). ``kid_subsets`` x ``kid_subset_size``: KID's random subsets.
-    ``memorisation_threshold``: suspect when nearest-real distance / that real image's own nearest-real
-    distance is below it. ``uniformity_max``: uniformity uses a seeded subsample of at most this many
-    points per set (all pairs of 50,000 points would cost more than everything else together).
-    ``device``: where features and distances are computed (None: CUDA when available, else the CPU).
-    ``reference``: the real-vs-real reference the gates read every figure against (:data:`REFERENCES`):
-    ``auto`` holds out the other split of a named source (the test split when the real data is the train
-    split), or a disjoint part of a real shard set; ``split`` always the latter; ``none`` skips it.
-
-    Scale: with both sets at most ``exact_max`` points PRDC and memorisation are exact. Above it PRDC is
-    the mean over ``prdc_repeats`` seeded samples of ``prdc_sample`` points per set (Naeem et al. use
-    10,000), and memorisation's nearest neighbours come from an IVF index of the real features with
-    ``ann_nlist`` lists (None: 4 sqrt(N)), ``ann_nprobe`` probed per query and ``ann_iters`` k-means
-    rounds, its recall measured on ``ann_probe`` seeded samples against the exact search.
-    """
-
-    extractor: str = "auto"
-    real_split: str = "train"
-    reference: str = "auto"
-    k: int = 5
-    chunk_size: int = 4096
-    batch_size: int = 512
-    kid_subsets: int = 100
-    kid_subset_size: int = 1000
-    memorisation_threshold: float = 0.25
-    saturated_fraction: float = 0.99
-    uniformity_max: int = 5000
-    max_samples: int | None = None
-    max_real: int | None = None
-    top: int = 16
-    grid_per_row: int = 10
-    seed: int = 0
-    device: str | None = None
-    exact_max: int = 50_000
-    prdc_sample: int = 10_000
-    prdc_repeats: int = 3
-    ann_nlist: int | None = None
-    ann_nprobe: int = 32
-    ann_iters: int = 10
-    ann_probe: int = 1000
-
-    def __post_init__(self) -> None:
-        checks = [
-            (
-                self.extractor in (AUTO, *EXTRACTORS),
-                "extractor",
-                f"must be one of {AUTO}, {', '.join(EXTRACTORS)}",
-            ),
-            (self.real_split in ("train", "test"), "real_split", "must be train or test"),
-            (self.reference in REFERENCES, "reference", f"must be one of {', '.join(REFERENCES)}"),
-            (self.k >= 1, "k", "must be >= 1"),
-            (self.chunk_size >= 1 and self.batch_size >= 1, "chunk_size/batch_size", "must be >= 1"),
-            (self.kid_subsets >= 1 and self.kid_subset_size >= 2, "kid_subsets/kid_subset_size", "too small"),
-            (self.memorisation_threshold > 0, "memorisation_threshold", "must be > 0"),
-            (0 < self.saturated_fraction <= 1, "saturated_fraction", "must be in (0, 1]"),
-            (self.uniformity_max >= 2, "uniformity_max", "must be >= 2"),
-            (self.max_samples is None or self.max_samples >= 2, "max_samples", "must be >= 2 or None"),
-            (self.max_real is None or self.max_real >= 2, "max_real", "must be >= 2 or None"),
-            (self.top >= 1 and self.grid_per_row >= 1, "top/grid_per_row", "must be >= 1"),
-            (self.device is None or isinstance(self.device, str), "device", "must be a device name or None"),
-            (self.exact_max >= 2, "exact_max", "must be >= 2"),
-            (self.prdc_sample > self.k, "prdc_sample", "must be > k"),
-            (self.prdc_repeats >= 1, "prdc_repeats", "must be >= 1"),
-            (self.ann_nlist is None or self.ann_nlist >= 1, "ann_nlist", "must be >= 1 or None"),
-            (self.ann_nprobe >= 1 and self.ann_iters >= 0, "ann_nprobe/ann_iters", "must be >= 1 and >= 0"),
-            (self.ann_probe >= 1, "ann_probe", "must be >= 1"),
-        ]
-        for ok, key, msg in checks:
-            if not ok:
-                raise ConfigError(f"audit.{key} {msg}, got {getattr(self, key.split('/')[0])!r}")
 
 
 # --------------------------------------------------------------------------- inputs
@@ -487,15 +407,7 @@ class Reference:
 
 
 def _open_reference(
-    real: str,
-    real_root: str | None,
-    cfg: AuditConfig,
-    ext: FeatureExtractor,
-    width: int,
-    f_real: torch.Tensor,
-    real_y: torch.Tensor | None,
-    n_syn: int,
-    dev: torch.device,
+    inp: _Inputs, cfg: AuditConfig, real: str, real_root: str | None
 ) -> tuple[Reference | None, dict[str, Any]]:
     """The held-out real images of the reference, at the synthetic set's size where the data allows.
 
@@ -507,34 +419,48 @@ def _open_reference(
         return None, {"kind": "none", "why": "the reference was turned off (--reference none)"}
     why_split = "the real data is a shard set, which has no second split"
     if cfg.reference == AUTO and not (is_url(real) or Path(real).is_dir()):
-        other = "test" if cfg.real_split == "train" else "train"
-        source = None
-        try:
-            source = load_source(
-                DataConfig(name=real, root=real_root, size=ext.size or width, channels=ext.channels), other
-            )
-        except SynthkitError as exc:
-            why_split = f"the {other} split of {real} could not be read ({exc})"
-        if source is not None and min(n_syn, len(source)) <= cfg.k:
-            why_split = f"the {other} split of {real} holds {len(source)} images, too few for k={cfg.k}"
-            source = None
-        if source is not None:
-            n_ref = min(n_syn, len(source))
-            keep = torch.randperm(len(source), generator=torch.Generator().manual_seed(cfg.seed + 1))[:n_ref]
-            keep = keep.sort().values
-            labels = source.labels[keep] if source.labels is not None else None
-            side = TensorSide(source.images[keep], labels)
-            held = stream_features(side.batches(cfg.batch_size), n_ref, ext, dev, batch_size=cfg.batch_size)
-            desc = {
-                "kind": "held-out split",
-                "held_out": {"source": real, "split": other, "count": n_ref, "of": len(source)},
-                "real": {"split": cfg.real_split, "count": int(f_real.shape[0])},
-            }
-            return Reference(
-                held.features, labels if real_y is not None else None, f_real, real_y, desc
-            ), desc
+        ref, why_split = _held_out_split(inp, cfg, real, real_root)
+        if ref is not None:
+            return ref, ref.desc
+    return _disjoint_split(inp, cfg, why_split)
+
+
+def _held_out_split(
+    inp: _Inputs, cfg: AuditConfig, real: str, real_root: str | None
+) -> tuple[Reference | None, str]:
+    """The named source's other split, at most the synthetic set's size, against the audited real images;
+    or None and why it cannot be (unreadable, or too few images for ``k``)."""
+    other = "test" if cfg.real_split == "train" else "train"
+    data = DataConfig(name=real, root=real_root, size=inp.ext.size or inp.width, channels=inp.ext.channels)
+    try:
+        source = load_source(data, other)
+    except SynthkitError as exc:
+        return None, f"the {other} split of {real} could not be read ({exc})"
+    n_ref = min(inp.n_syn, len(source))
+    if n_ref <= cfg.k:
+        return None, f"the {other} split of {real} holds {len(source)} images, too few for k={cfg.k}"
+    keep = torch.randperm(len(source), generator=torch.Generator().manual_seed(cfg.seed + 1))[:n_ref]
+    keep = keep.sort().values
+    labels = source.labels[keep] if source.labels is not None else None
+    side = TensorSide(source.images[keep], labels)
+    held = stream_features(side.batches(cfg.batch_size), n_ref, inp.ext, inp.dev, batch_size=cfg.batch_size)
+    desc = {
+        "kind": "held-out split",
+        "held_out": {"source": real, "split": other, "count": n_ref, "of": len(source)},
+        "real": {"split": cfg.real_split, "count": int(inp.f_real.shape[0])},
+    }
+    held_labels = labels if inp.real_y is not None else None
+    return Reference(held.features, held_labels, inp.f_real, inp.real_y, desc), ""
+
+
+def _disjoint_split(
+    inp: _Inputs, cfg: AuditConfig, why_split: str
+) -> tuple[Reference | None, dict[str, Any]]:
+    """The real set cut in two disjoint parts (seeded): the held-out part, of the synthetic set's size but
+    at most half, against the rest; none when either part would hold ``k`` images or fewer."""
+    f_real, real_y = inp.f_real, inp.real_y
     n_real = f_real.shape[0]
-    n_ref = min(n_syn, n_real // 2)
+    n_ref = min(inp.n_syn, n_real // 2)
     if n_ref <= cfg.k or n_real - n_ref <= cfg.k:
         why = f"{n_real} real images are too few to split into two parts of more than k={cfg.k}"
         return None, {"kind": "none", "why": why}
@@ -547,6 +473,7 @@ def _open_reference(
         "real": {"count": int(rest_idx.numel())},
     }
     labels = (real_y[held_idx], real_y[rest_idx]) if real_y is not None else (None, None)
+    dev = inp.dev
     ref = Reference(f_real[held_idx.to(dev)], labels[0], f_real[rest_idx.to(dev)], labels[1], desc)
     return ref, desc
 
@@ -1116,9 +1043,7 @@ def _reference_and_gates(
 ) -> tuple[dict[str, Any], list[Gate]]:
     """The real-vs-real reference in the same feature space (each figure gets its reference), then the
     gates that read against it."""
-    ref, ref_desc = _open_reference(
-        real, real_root, cfg, inp.ext, inp.width, inp.f_real, inp.real_y, inp.n_syn, inp.dev
-    )
+    ref, ref_desc = _open_reference(inp, cfg, real, real_root)
     reference: dict[str, Any] = {"desc": ref_desc, "figures": None, "synthetic": None}
     if ref is not None:
         reference["figures"] = _figures(ref.real, ref.real_labels, ref.held, cfg, inp.classes, s.knn_cache)

@@ -37,7 +37,7 @@ from typing import Any, NoReturn
 
 from synthkit import __version__
 from synthkit.atomic import check_output_dir, check_output_file
-from synthkit.config import dump_yaml, load_pipeline, to_dict
+from synthkit.config import AuditConfig, DataConfig, GenerateConfig, dump_yaml, load_pipeline, to_dict
 from synthkit.errors import ConfigError, SynthkitError
 from synthkit.logs import configure, show_progress
 from synthkit.registry import EXTRACTORS, SOURCES
@@ -124,20 +124,13 @@ def _cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def _cmd_generate(args: argparse.Namespace, extra: list[str]) -> int:
+    _no_extra(extra)
+    asked = GenerateConfig(  # the flags, checked before the run is read
+        n=args.n, seed=args.seed, name=args.name, maxcount=args.maxcount, kind=args.kind, part=args.part
+    )
     from synthkit.export import generate
 
-    _no_extra(extra)
-    res = generate(
-        args.run,
-        args.out,
-        n=args.n,
-        seed=args.seed,
-        name=args.name,
-        maxcount=args.maxcount,
-        kind=args.kind,
-        progress=_progress(args),
-        part=args.part,
-    )
+    res = generate(args.run, args.out, **dataclasses.asdict(asked), progress=_progress(args))
     m = res.manifest
     if not res.main:  # another process of a launch: the main process reports
         return 0
@@ -279,25 +272,8 @@ def _part(text: str) -> tuple[int, int]:
     raise argparse.ArgumentTypeError(f"expected I/N (part I of N, from 0), got {text!r}")
 
 
-#: ``generate --seed`` takes 0 <= S < 2**63 (a non-negative signed 64-bit integer: torch's generators)
-SEED_MAX = 2**63 - 1
-
-
-def _seed(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if not 0 <= value <= SEED_MAX:
-        raise argparse.ArgumentTypeError(
-            f"must be between 0 and 2**63 - 1 = {SEED_MAX} (a non-negative 64-bit seed), got {text}"
-        )
-    return value
-
-
 def _cmd_shards_convert(args: argparse.Namespace, extra: list[str]) -> int:
-    from synthkit.config import DataConfig
-    from synthkit.data.convert import TRAINING_SIZES, convert_source, default_dir, default_name
+    from synthkit.data.convert import convert_source, default_dir, default_name
     from synthkit.data.sources import check_source
     from synthkit.shards.format import is_safe_name
     from synthkit.shards.location import is_url
@@ -307,25 +283,7 @@ def _cmd_shards_convert(args: argparse.Namespace, extra: list[str]) -> int:
         raise ConfigError(f"--maxcount must be >= 1, got {args.maxcount}")
     if args.name is not None and not is_safe_name(args.name):
         raise ConfigError(f"--name {args.name!r} must be letters, digits, '_', '-' or '.', not hidden")
-    if args.pipeline is not None:  # the data section of the run the set is meant for, flags over it
-        data = load_pipeline(args.pipeline, []).data
-        if args.data is not None and args.data != data.name:
-            raise ConfigError(f"--data {args.data} differs from {args.pipeline}'s data.name {data.name}")
-        given = {"root": args.root, "size": args.size, "channels": args.channels, "subset": args.subset}
-        data_cfg = dataclasses.replace(data, **{k: v for k, v in given.items() if v is not None})
-        if args.subset_seed is not None:
-            data_cfg = dataclasses.replace(data_cfg, subset_seed=args.subset_seed)
-    elif args.data is None:
-        raise ConfigError("shards convert needs --data NAME (or --pipeline PIPELINE.yaml)")
-    else:
-        data_cfg = DataConfig(
-            name=args.data,
-            root=args.root,
-            size=args.size if args.size is not None else TRAINING_SIZES.get(args.data, DataConfig.size),
-            channels=args.channels,
-            subset=args.subset,
-            subset_seed=args.subset_seed or 0,
-        )
+    data_cfg = _convert_data(args)
     if data_cfg.name == "folder":
         check_source(data_cfg, test=args.split == "test")
     name = args.name or default_name(data_cfg, args.split)
@@ -353,6 +311,35 @@ def _cmd_shards_convert(args: argparse.Namespace, extra: list[str]) -> int:
         f"{data_cfg.size} to mix it"
     )
     return 0
+
+
+def _convert_data(args: argparse.Namespace) -> DataConfig:
+    """The data section ``shards convert`` reads: ``--pipeline``'s with the flags over it, else the flags'
+    (with the size synthkit's pipelines train the source at)."""
+    from synthkit.data.convert import TRAINING_SIZES
+
+    if args.pipeline is not None:
+        return _pipeline_data(args)
+    if args.data is None:
+        raise ConfigError("shards convert needs --data NAME (or --pipeline PIPELINE.yaml)")
+    return DataConfig(
+        name=args.data,
+        root=args.root,
+        size=args.size if args.size is not None else TRAINING_SIZES.get(args.data, DataConfig.size),
+        channels=args.channels,
+        subset=args.subset,
+        subset_seed=args.subset_seed or 0,
+    )
+
+
+def _pipeline_data(args: argparse.Namespace) -> DataConfig:
+    """The data section of the run the set is meant for (``--pipeline``), the flags given over it."""
+    data = load_pipeline(args.pipeline, []).data
+    if args.data is not None and args.data != data.name:
+        raise ConfigError(f"--data {args.data} differs from {args.pipeline}'s data.name {data.name}")
+    flags = ("root", "size", "channels", "subset", "subset_seed")
+    given = {key: getattr(args, key) for key in flags if getattr(args, key) is not None}
+    return dataclasses.replace(data, **given)
 
 
 def _cmd_shards_index(args: argparse.Namespace, extra: list[str]) -> int:
@@ -403,11 +390,8 @@ def _cmd_config(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def _cmd_audit(args: argparse.Namespace, extra: list[str]) -> int:
-    from synthkit.audit import AuditConfig, audit
-    from synthkit.audit_verdict import failing, verdict_lines
-
     _no_extra(extra)
-    cfg = AuditConfig(
+    cfg = AuditConfig(  # the flags, checked before the audit's modules load
         extractor=args.extractor or "auto",
         real_split=args.split,
         k=args.k,
@@ -419,6 +403,9 @@ def _cmd_audit(args: argparse.Namespace, extra: list[str]) -> int:
         prdc_sample=args.prdc_sample,
         reference=args.reference,
     )
+    from synthkit.audit import audit
+    from synthkit.audit_verdict import failing, verdict_lines
+
     report = audit(
         args.shards,
         args.real,
@@ -463,7 +450,6 @@ def _cmd_audit(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def _cmd_audit_train_extractor(args: argparse.Namespace, extra: list[str]) -> int:
-    from synthkit.config import DataConfig
     from synthkit.metrics.extractors import train_classifier
 
     _no_extra(extra)
@@ -572,7 +558,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument(
         "--seed",
-        type=_seed,
+        type=int,
         help="sampling seed, 0 <= S < 2**63 (default: the run's export.seed); negative seeds are refused",
     )
     g.add_argument(

@@ -3,6 +3,13 @@
 One frozen dataclass per stage; a pipeline YAML file maps onto :class:`PipelineConfig` one to one.
 Unknown keys and values of the wrong type are errors that name the offending key, raised before any
 work starts. Overrides use the CLI form ``--section.key=value`` (the value is parsed as YAML).
+
+The ``generator`` section has one subclass of :class:`GeneratorConfig` per producer kind, each in its own
+module (``synthkit/producer_configs/``, found through the registry ``PRODUCERS``), which imports this one.
+Two commands build their config from flags rather than a pipeline: :class:`GenerateConfig` (``synthkit
+generate``, over the run's ``export`` section) and :class:`AuditConfig` (``synthkit audit``). Every
+section checks itself in ``__post_init__`` with :func:`check`, :func:`choice` and :func:`check_minima`.
+Nothing here imports torch, diffusers or the shard reader: loading a config is the command line's fast path.
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ import math
 import re
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Union
@@ -19,7 +27,7 @@ from typing import Any, ClassVar, Literal, Union
 import yaml
 
 from synthkit.errors import ConfigError
-from synthkit.registry import BACKBONES, OBJECTIVES, PRODUCERS, SOURCES
+from synthkit.registry import BACKBONES, EXTRACTORS, OBJECTIVES, PRODUCERS, SOURCES
 from synthkit.trackers import AUTO, TRACKERS
 
 
@@ -65,19 +73,51 @@ __all__ = ["ConfigError", "PipelineConfig", "load_pipeline", "from_dict", "to_di
 # Small closed choices of one key each; the open ones (sources, backbones, objectives, producers) are
 # registries (synthkit.registry), which third-party packages can extend.
 HPG_SCHEDULES = ("linear", "cosine", "adaptive")
-BRANCH_MODES = ("noise", "sdedit")
-GUIDANCE_SCHEDULES = ("constant", "linear")
 CONDITION_MODES = ("kmeans", "none", "labels")
 MIXED_PRECISION = ("no", "bf16", "fp16")
 
 
-def _check(cond: bool, key: str, msg: str) -> None:
+# The checks every section's ``__post_init__`` is written with; an error names its key first
+# (``train.lr: must be > 0``).
+
+
+def check(cond: bool, key: str, msg: str) -> None:
+    """Raise ``ConfigError("KEY: MSG")`` unless ``cond``."""
     if not cond:
         raise ConfigError(f"{key}: {msg}")
 
 
-def _choice(value: str, key: str, choices: tuple[str, ...]) -> None:
-    _check(value in choices, key, f"{value!r} is not one of {', '.join(choices)}")
+def choice(value: str, key: str, choices: tuple[str, ...]) -> None:
+    """``value`` is one of ``choices``."""
+    check(value in choices, key, f"{value!r} is not one of {', '.join(choices)}")
+
+
+def is_integer(value: Any) -> bool:
+    """An ``int`` that is not a ``bool`` (Python's and YAML's ``true`` is an int)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_number(value: Any) -> bool:
+    """A finite ``int`` or ``float`` that is not a ``bool``."""
+    return (isinstance(value, float) or is_integer(value)) and math.isfinite(value)
+
+
+def is_positive_integer(value: Any) -> bool:
+    return is_integer(value) and value >= 1
+
+
+def is_seed(value: Any) -> bool:
+    """A seed torch's generators take: a non-negative signed 64-bit integer, 0 <= seed < 2**63."""
+    return is_integer(value) and 0 <= value < 2**63
+
+
+def check_minima(section: Any, prefix: str, minima: dict[str, int], *, or_null: bool = False) -> None:
+    """Each key of ``minima`` is at least its minimum in ``section`` (``train.log_every: must be >= 1``);
+    ``or_null``: the keys may also be None."""
+    for name, least in minima.items():
+        value = getattr(section, name)
+        ok = (or_null and value is None) or value >= least
+        check(ok, f"{prefix}.{name}", f"must be >= {least}{' or null' if or_null else ''}")
 
 
 @dataclass(frozen=True)
@@ -99,12 +139,10 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         SOURCES.check(self.name, "data.name")
-        _check(self.size >= 8, "data.size", f"must be >= 8, got {self.size}")
-        _check(self.channels in (None, 1, 3), "data.channels", f"must be 1, 3 or null, got {self.channels}")
-        _check(self.subset is None or self.subset > 0, "data.subset", "must be positive or null")
-        _check(
-            self.name != "folder" or self.root is not None, "data.root", "is required for data.name=folder"
-        )
+        check(self.size >= 8, "data.size", f"must be >= 8, got {self.size}")
+        check(self.channels in (None, 1, 3), "data.channels", f"must be 1, 3 or null, got {self.channels}")
+        check(self.subset is None or self.subset > 0, "data.subset", "must be positive or null")
+        check(self.name != "folder" or self.root is not None, "data.root", "is required for data.name=folder")
 
 
 @dataclass(frozen=True)
@@ -122,13 +160,13 @@ class ViewsConfig:
 
     def __post_init__(self) -> None:
         lo, hi = self.crop_scale
-        _check(0 < lo <= hi <= 1, "views.crop_scale", f"needs 0 < min <= max <= 1, got {self.crop_scale}")
+        check(0 < lo <= hi <= 1, "views.crop_scale", f"needs 0 < min <= max <= 1, got {self.crop_scale}")
         for name in ("flip_p", "jitter_p", "grayscale_p"):
             v = getattr(self, name)
-            _check(0 <= v <= 1, f"views.{name}", f"must be a probability, got {v}")
+            check(0 <= v <= 1, f"views.{name}", f"must be a probability, got {v}")
         for name in ("brightness", "contrast", "saturation"):
-            _check(getattr(self, name) >= 0, f"views.{name}", "must be >= 0")
-        _check(0 <= self.hue <= 0.5, "views.hue", "must be in [0, 0.5]")
+            check(getattr(self, name) >= 0, f"views.{name}", "must be >= 0")
+        check(0 <= self.hue <= 0.5, "views.hue", "must be in [0, 0.5]")
 
 
 @dataclass(frozen=True)
@@ -156,28 +194,28 @@ class EncoderConfig:
     stem: str = "auto"
 
     def __post_init__(self) -> None:
-        _choice(self.stem, "encoder.stem", ("auto", "small", "standard"))
+        choice(self.stem, "encoder.stem", ("auto", "small", "standard"))
         if self.backbone.startswith("timm/"):
-            _check(len(self.backbone) > 5, "encoder.backbone", "timm/NAME needs a model name")
-            _check(
+            check(len(self.backbone) > 5, "encoder.backbone", "timm/NAME needs a model name")
+            check(
                 not (self.small_stem and self.stem == "standard"),
                 "encoder.small_stem",
                 "contradicts encoder.stem=standard (small_stem is the older spelling of stem=small)",
             )
         else:
             BACKBONES.check(self.backbone, "encoder.backbone")
-            _check(
+            check(
                 not self.small_stem,
                 "encoder.small_stem",
                 "applies to timm/NAME backbones only (encoder.stem chooses a ResNet's stem)",
             )
-            _check(
+            check(
                 self.stem == "auto" or self.backbone in ("resnet18", "resnet50"),
                 "encoder.stem",
                 f"chooses a ResNet's stem; {self.backbone} has no choice (leave it auto)",
             )
         for name in ("width", "proj_hidden", "proj_dim"):
-            _check(getattr(self, name) > 0, f"encoder.{name}", "must be positive")
+            check(getattr(self, name) > 0, f"encoder.{name}", "must be positive")
 
 
 @dataclass(frozen=True)
@@ -193,7 +231,7 @@ class ObjectiveConfig:
 
     def __post_init__(self) -> None:
         OBJECTIVES.check(self.name, "objective.name")
-        _check(self.temperature > 0, "objective.temperature", "must be > 0")
+        check(self.temperature > 0, "objective.temperature", "must be > 0")
 
 
 @dataclass(frozen=True)
@@ -221,15 +259,16 @@ class MoCoConfig(ObjectiveConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _check(0 <= self.moco_momentum < 1, "objective.moco_momentum", "must be in [0, 1)")
-        _check(self.queue_size >= 1, "objective.queue_size", "must be >= 1")
+        check(0 <= self.moco_momentum < 1, "objective.moco_momentum", "must be in [0, 1)")
+        check(self.queue_size >= 1, "objective.queue_size", "must be >= 1")
 
 
 @dataclass(frozen=True)
 class GeneratorConfig:
     """The producer of synthetic data; ``kind`` picks it (registry ``PRODUCERS``) and which keys exist.
 
-    Each kind is a subclass below with its own keys; a key of another kind is an unknown key. ``READS`` names
+    Each kind is a subclass with its own keys, in ``synthkit/producer_configs/`` for the built-in kinds (a
+    plugin's beside its producer); a key of another kind is an unknown key. ``READS`` names
     the keys of the ``hsg`` and ``hpg`` sections the kind uses (None: all of them); setting another of them
     away from its default is an error, since the producer would silently ignore it.
     """
@@ -255,204 +294,12 @@ class GeneratorConfig:
 def streamed_method_data(cfg: PipelineConfig) -> None:
     """HSG and HPG on real data streamed from shard sets (``mix.sources``): conditions are fitted on a
     bounded sample and assigned per batch, which k-means and unconditional modes support; labels do not."""
-    _check(
+    check(
         not cfg.mix.sources or cfg.conditions.mode != "labels",
         "conditions.mode",
         "labels conditions need the in-memory real data (data.*); with shard sets (mix.sources) use "
         "kmeans or none",
     )
-
-
-@dataclass(frozen=True)
-class CGanConfig(GeneratorConfig):
-    """Conditional GAN: conditional-BN generator, spectral-norm projection discriminator, hinge loss.
-
-    ``pretrain_steps``: G and D train on realism alone for that many steps before the encoder's first
-    step (conditions from the initial encoder's k-means; the encoder is untouched). A GAN gets one step per
-    encoder step, so a short run's generator would otherwise make blobs for most of the run. With
-    ``train.epochs=0`` the run trains the GAN alone, e.g. as the naive baseline's generator.
-    ``init_run``: start G (and its EMA), D, and, with HPG, G_a and G_b (G_b perturbed by
-    ``hpg.init_noise``) from that finished run's final weights, and its conditions as the starting
-    pseudo-classes; the run must have the same ``data`` section and generator shape.
-
-    Your own generator: ``builder`` is an import path ``package.module:function``; it is called as
-    ``function(z_dim=..., channels=..., size=..., num_classes=...)`` (the number of conditions, 0 for
-    unconditional) and returns an ``nn.Module`` mapping ``(z, c)`` to images in [0, 1]; ``weights`` is a local
-    safetensors file of its state (optional: without it the module starts as built). HSG and HPG then
-    fine-tune it against synthkit's discriminator, or yours: ``discriminator_builder`` is called as
-    ``function(channels=..., size=..., num_classes=...)`` and returns ``D(x, c)`` -> one logit per image,
-    started from ``discriminator_weights``. ``g_channels`` (``d_channels``) does not apply to yours.
-    """
-
-    kind: str = "cgan"
-    z_dim: int = 64
-    g_channels: int = 64
-    d_channels: int = 64
-    lr_g: float = 2e-4
-    lr_d: float = 2e-4
-    betas: tuple[float, float] = (0.0, 0.9)
-    ema_decay: float = 0.999
-    diffaugment: str = "color,translation,cutout"
-    pretrain_steps: int = 0
-    init_run: str | None = None
-    builder: str | None = None
-    weights: str | None = None
-    discriminator_builder: str | None = None
-    discriminator_weights: str | None = None
-
-    @property
-    def steps_before_epochs(self) -> int:
-        return self.pretrain_steps
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        _check(self.pretrain_steps >= 0, "generator.pretrain_steps", "must be >= 0")
-        for name in ("z_dim", "g_channels", "d_channels"):
-            _check(getattr(self, name) > 0, f"generator.{name}", "must be positive")
-        _check(self.lr_g > 0 and self.lr_d > 0, "generator.lr_g/lr_d", "must be > 0")
-        _check(0 <= self.ema_decay < 1, "generator.ema_decay", "must be in [0, 1)")
-        _check(all(0 <= b < 1 for b in self.betas), "generator.betas", f"must be in [0, 1), got {self.betas}")
-        for part in filter(None, self.diffaugment.split(",")):
-            _choice(part.strip(), "generator.diffaugment", ("color", "translation", "cutout"))
-        _check(
-            self.builder is None or (":" in self.builder and all(self.builder.split(":", 1))),
-            "generator.builder",
-            f"{self.builder!r} is not an import path package.module:function",
-        )
-        _check(
-            self.weights is None or self.builder is not None, "generator.weights", "needs generator.builder"
-        )
-        _check(
-            self.builder is None or self.init_run is None,
-            "generator.init_run",
-            "starts synthkit's own cGAN; with generator.builder, give generator.weights instead",
-        )
-
-    def check_pipeline(self, cfg: PipelineConfig) -> None:
-        """What the cGAN needs of the other sections."""
-        active = cfg.hsg.enabled or cfg.hpg.enabled
-        if active:
-            streamed_method_data(cfg)
-        for key in ("pretrain_steps", "init_run"):
-            _check(
-                active or not getattr(self, key),
-                f"generator.{key}",
-                "starts the cGAN producers; it needs hsg.enabled or hpg.enabled",
-            )
-        if active:
-            # one backward pass carries the encoder's and the generators' losses, stepped by several
-            # optimizers: Accelerate's one GradScaler would step (and rescale) once per optimizer
-            _check(
-                cfg.train.mixed_precision != "fp16",
-                "train.mixed_precision",
-                "fp16 cannot train the cGAN producers (one GradScaler, several optimizers per step); "
-                "use bf16 (the GPU setting) or no",
-            )
-            size = cfg.data.size
-            ok = any(size % (2**n) == 0 and size // (2**n) >= 4 for n in (1, 2, 3))
-            _check(ok, "data.size", f"{size} cannot be built by the cGAN (size = s * 2^n, s >= 4, n in 1..3)")
-
-
-@dataclass(frozen=True)
-class DiffusionConfig(GeneratorConfig):
-    """The diffusion producers (docs/method.md, "The same two producers with diffusion").
-
-    Model: a (pseudo-)class-conditional diffusers ``UNet2DModel`` (one resolution level per entry of
-    ``block_out_channels``; 3 levels suit 16-32 px; ``attention`` adds self-attention at the coarsest level),
-    trained for ``train_steps`` with ``DDPMScheduler`` (epsilon prediction) and an ``EMAModel`` copy.
-    Sampling: DDIM with ``ddim_steps`` and ``ddim_eta``. HSG (``hsg.enabled``): encoder guidance with scale
-    ``guidance_scale`` (x ``hsg.lambda_hard`` and its warm-up/ramp over epochs, shaped over the sampling
-    steps by ``guidance_schedule``). HPG (``hpg.enabled``): pairs share noise and trajectory down to
-    ``t_split`` (a fraction of the noise levels), which moves from ``t_split_start`` to ``t_split_end`` over
-    training; ``branch_mode`` ``noise`` branches with fresh DDIM noise (``branch_eta``), ``sdedit`` re-noises
-    the finished x_a. Joint: every ``refresh_every`` epochs a pool of ``pool_size`` images is sampled with
-    the current encoder (hard samples and pair members in the proportion of ``hsg.synthetic_ratio`` to
-    2 x ``hpg.pair_ratio``), written as a shard set and mixed into training at those ratios.
-
-    A model of your own: ``pretrained`` is a local diffusers directory (a pipeline with ``model_index.json``,
-    a bare ``UNet2DModel.save_pretrained`` directory with an optional scheduler config next to it, or
-    another synthkit run's ``final/diffusion``); the architecture keys above then come from it.
-    ``train_steps: 0`` skips stage 1 (the model samples as it is; a class-conditional model is sampled with
-    its own class ids, uniformly); more steps fine-tune it on the real data (a class-conditional model then
-    needs as many classes as there are conditions). ``resize``: allow a model of another image size;
-    its samples are resized (bilinear) to ``data.size``, and real images to its size for fine-tuning; off,
-    a size mismatch is an error.
-    """
-
-    READS: ClassVar[dict[str, tuple[str, ...] | None]] = {
-        "hsg": ("enabled", "lambda_hard", "warmup_epochs", "ramp_epochs", "synthetic_ratio"),
-        "hpg": ("enabled", "pair_ratio", "warmup_epochs"),
-    }
-    kind: str = "diffusion"
-    block_out_channels: tuple[int, ...] = (32, 64, 64)
-    layers_per_block: int = 1
-    norm_num_groups: int = 8
-    attention: bool = False
-    num_train_timesteps: int = 1000
-    beta_schedule: str = "squaredcos_cap_v2"
-    train_steps: int = 2000
-    batch_size: int = 64
-    lr: float = 2e-4
-    ema_decay: float = 0.999
-    ddim_steps: int = 20
-    ddim_eta: float = 0.0
-    guidance_scale: float = 0.05
-    guidance_schedule: str = "constant"
-    branch_mode: str = "noise"
-    branch_eta: float = 1.0
-    t_split_start: float = 0.2
-    t_split_end: float = 0.6
-    pool_size: int = 512
-    refresh_every: int = 2
-    sample_batch_size: int = 64
-    pretrained: str | None = None
-    resize: bool = False
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        _check(
-            len(self.block_out_channels) >= 2 and all(c > 0 for c in self.block_out_channels),
-            "generator.block_out_channels",
-            "needs >= 2 positive channel counts (one per resolution level)",
-        )
-        _check(
-            self.norm_num_groups >= 1 and all(c % self.norm_num_groups == 0 for c in self.block_out_channels),
-            "generator.norm_num_groups",
-            f"{self.norm_num_groups} must divide every entry of block_out_channels",
-        )
-        _check(
-            self.train_steps >= 1 or (self.train_steps == 0 and self.pretrained is not None),
-            "generator.train_steps",
-            "must be >= 1 (0, no stage 1, needs a pretrained model: generator.pretrained=DIR)",
-        )
-        _check(
-            not self.resize or self.pretrained is not None, "generator.resize", "needs generator.pretrained"
-        )
-        for name in ("layers_per_block", "num_train_timesteps", "batch_size", "ddim_steps"):
-            _check(getattr(self, name) >= 1, f"generator.{name}", "must be >= 1")
-        for name in ("pool_size", "refresh_every", "sample_batch_size"):
-            _check(getattr(self, name) >= 1, f"generator.{name}", "must be >= 1")
-        _check(self.ddim_steps <= self.num_train_timesteps, "generator.ddim_steps", "must be <= timesteps")
-        _choice(
-            self.beta_schedule, "generator.beta_schedule", ("linear", "scaled_linear", "squaredcos_cap_v2")
-        )
-        _check(self.lr > 0, "generator.lr", "must be > 0")
-        _check(0 <= self.ema_decay < 1, "generator.ema_decay", "must be in [0, 1)")
-        _check(
-            0 <= self.ddim_eta <= 1 and 0 <= self.branch_eta <= 1,
-            "generator.ddim_eta/branch_eta",
-            "in [0, 1]",
-        )
-        _check(self.guidance_scale >= 0, "generator.guidance_scale", "must be >= 0")
-        _choice(self.guidance_schedule, "generator.guidance_schedule", GUIDANCE_SCHEDULES)
-        _choice(self.branch_mode, "generator.branch_mode", BRANCH_MODES)
-        for name in ("t_split_start", "t_split_end"):
-            v = getattr(self, name)
-            _check(0 <= v <= 1, f"generator.{name}", f"must be in [0, 1], got {v}")
-
-    def check_pipeline(self, cfg: PipelineConfig) -> None:
-        if cfg.hsg.enabled or cfg.hpg.enabled:
-            streamed_method_data(cfg)
 
 
 @dataclass(frozen=True)
@@ -476,11 +323,11 @@ class ConditionsConfig:
     fit_samples: int = 10_000
 
     def __post_init__(self) -> None:
-        _choice(self.mode, "conditions.mode", CONDITION_MODES)
-        _check(self.k >= 1, "conditions.k", "must be >= 1")
-        _check(self.refresh_every >= 1, "conditions.refresh_every", "must be >= 1")
-        _check(self.fit_samples >= self.k, "conditions.fit_samples", f"must be >= conditions.k ({self.k})")
-        _check(
+        choice(self.mode, "conditions.mode", CONDITION_MODES)
+        check(self.k >= 1, "conditions.k", "must be >= 1")
+        check(self.refresh_every >= 1, "conditions.refresh_every", "must be >= 1")
+        check(self.fit_samples >= self.k, "conditions.fit_samples", f"must be >= conditions.k ({self.k})")
+        check(
             self.mode != "labels" or self.allow_labels,
             "conditions.mode",
             "'labels' conditions the generator on true labels; set conditions.allow_labels=true to opt in",
@@ -503,10 +350,10 @@ class HSGConfig:
     synthetic_ratio: float = 0.25
 
     def __post_init__(self) -> None:
-        _check(self.lambda_hard >= 0, "hsg.lambda_hard", "must be >= 0")
-        _check(self.warmup_epochs >= 0, "hsg.warmup_epochs", "must be >= 0")
-        _check(self.ramp_epochs >= 0, "hsg.ramp_epochs", "must be >= 0")
-        _check(0 < self.synthetic_ratio <= 4, "hsg.synthetic_ratio", "must be in (0, 4]")
+        check(self.lambda_hard >= 0, "hsg.lambda_hard", "must be >= 0")
+        check(self.warmup_epochs >= 0, "hsg.warmup_epochs", "must be >= 0")
+        check(self.ramp_epochs >= 0, "hsg.ramp_epochs", "must be >= 0")
+        check(0 < self.synthetic_ratio <= 4, "hsg.synthetic_ratio", "must be in (0, 4]")
 
 
 @dataclass(frozen=True)
@@ -546,14 +393,14 @@ class HPGConfig:
     init_noise: float = 0.1
 
     def __post_init__(self) -> None:
-        _check(self.init_noise >= 0, "hpg.init_noise", "must be >= 0")
-        _check(0 < self.pair_ratio <= 2, "hpg.pair_ratio", "must be in (0, 2]")
-        _check(self.lambda_pair >= 0, "hpg.lambda_pair", "must be >= 0")
-        _check(self.mu >= 0, "hpg.mu", "must be >= 0")
-        _choice(self.schedule, "hpg.schedule", HPG_SCHEDULES)
-        _check(-1 <= self.s_end <= self.s_start <= 1, "hpg.s_start/s_end", "need -1 <= s_end <= s_start <= 1")
-        _check(self.warmup_epochs >= 0, "hpg.warmup_epochs", "must be >= 0")
-        _check(0 <= self.adaptive_momentum < 1, "hpg.adaptive_momentum", "must be in [0, 1)")
+        check(self.init_noise >= 0, "hpg.init_noise", "must be >= 0")
+        check(0 < self.pair_ratio <= 2, "hpg.pair_ratio", "must be in (0, 2]")
+        check(self.lambda_pair >= 0, "hpg.lambda_pair", "must be >= 0")
+        check(self.mu >= 0, "hpg.mu", "must be >= 0")
+        choice(self.schedule, "hpg.schedule", HPG_SCHEDULES)
+        check(-1 <= self.s_end <= self.s_start <= 1, "hpg.s_start/s_end", "need -1 <= s_end <= s_start <= 1")
+        check(self.warmup_epochs >= 0, "hpg.warmup_epochs", "must be >= 0")
+        check(0 <= self.adaptive_momentum < 1, "hpg.adaptive_momentum", "must be in [0, 1)")
 
 
 @dataclass(frozen=True)
@@ -601,18 +448,28 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         for name in self.trackers:
-            _choice(name, "train.trackers", (AUTO, *TRACKERS))
-        _check(AUTO not in self.trackers or len(self.trackers) == 1, "train.trackers", "auto stands alone")
-        _check(len(set(self.trackers)) == len(self.trackers), "train.trackers", "lists a tracker twice")
-        _check(self.epochs >= 0, "train.epochs", "must be >= 0 (0 only for a GAN pre-training run)")
-        _check(self.batch_size >= 2, "train.batch_size", "must be >= 2")
-        _check(self.lr > 0, "train.lr", "must be > 0")
-        _check(self.weight_decay >= 0, "train.weight_decay", "must be >= 0")
-        _choice(self.mixed_precision, "train.mixed_precision", MIXED_PRECISION)
+            choice(name, "train.trackers", (AUTO, *TRACKERS))
+        check(AUTO not in self.trackers or len(self.trackers) == 1, "train.trackers", "auto stands alone")
+        check(len(set(self.trackers)) == len(self.trackers), "train.trackers", "lists a tracker twice")
+        check(self.epochs >= 0, "train.epochs", "must be >= 0 (0 only for a GAN pre-training run)")
+        check(self.batch_size >= 2, "train.batch_size", "must be >= 2")
+        check(self.lr > 0, "train.lr", "must be > 0")
+        check(self.weight_decay >= 0, "train.weight_decay", "must be >= 0")
+        choice(self.mixed_precision, "train.mixed_precision", MIXED_PRECISION)
         for name in ("checkpoint_every", "keep_checkpoints", "log_every", "knn_k"):
-            _check(getattr(self, name) >= 1, f"train.{name}", "must be >= 1")
-        _check(self.knn_every >= 0, "train.knn_every", "must be >= 0 (0 disables the monitor)")
-        _check(self.knn_temperature > 0, "train.knn_temperature", "must be > 0")
+            check(getattr(self, name) >= 1, f"train.{name}", "must be >= 1")
+        check(self.knn_every >= 0, "train.knn_every", "must be >= 0 (0 disables the monitor)")
+        check(self.knn_temperature > 0, "train.knn_temperature", "must be > 0")
+
+
+#: The export settings' checks, shared by the ``export`` section (``export.n: must be ...``) and the flags
+#: of ``synthkit generate`` over it (``--n must be ...``): key -> (the test, what the value must be).
+EXPORT_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "n": (is_positive_integer, "must be a positive integer"),
+    "seed": (is_seed, "must be an integer in [0, 2**63)"),
+    "maxcount": (is_positive_integer, "must be a positive integer"),
+    "batch_size": (is_positive_integer, "must be a positive integer"),
+}
 
 
 @dataclass(frozen=True)
@@ -633,14 +490,156 @@ class ExportConfig:
     name: str | None = None
 
     def __post_init__(self) -> None:
-        _check(self.n >= 1, "export.n", "must be >= 1")
-        _check(0 <= self.seed < 2**63, "export.seed", f"must be in [0, 2**63), got {self.seed}")
-        _check(self.maxcount >= 1, "export.maxcount", "must be >= 1")
-        _check(self.batch_size >= 1, "export.batch_size", "must be >= 1")
-        _check(
+        for key, (ok, must) in EXPORT_CHECKS.items():
+            value = getattr(self, key)
+            check(ok(value), f"export.{key}", f"{must}, got {value!r}")
+        check(
             self.name is None or self.name.isidentifier() or self.name.replace("-", "_").isidentifier(),
             "export.name",
             f"{self.name!r} must be letters, digits, '_' or '-'",
+        )
+
+
+#: what ``synthkit generate --kind`` writes: hard samples, positive pairs, or both
+GENERATE_KINDS = ("hard", "pair", "all")
+
+
+def _check_flag(cond: bool, flag: str, msg: str) -> None:
+    """A command-line flag's value is named as the flag: ``--maxcount must be a positive integer, got 0``."""
+    if not cond:
+        raise ConfigError(f"--{flag.replace('_', '-')} {msg}")
+
+
+@dataclass(frozen=True)
+class GenerateConfig:
+    """What ``synthkit generate`` (:func:`synthkit.export.generate`) is asked for, each value as given.
+
+    None leaves a value to the run: ``n``, ``seed``, ``maxcount``, ``batch_size`` and ``name`` to its
+    ``export`` section (:meth:`over`), ``kind`` to what its sampler makes, ``part`` to the launch (the
+    whole set, or this process's part under ``accelerate launch``). ``part``: (I, N), part I of N. Every
+    value is checked as its flag names it (``--maxcount must be a positive integer, got 0``), by the same
+    checks as the ``export`` section, before the run is read.
+    """
+
+    n: int | None = None
+    seed: int | None = None
+    maxcount: int | None = None
+    batch_size: int | None = None
+    name: str | None = None
+    kind: str | None = None
+    part: tuple[int, int] | None = None
+
+    def __post_init__(self) -> None:
+        for key, (ok, must) in EXPORT_CHECKS.items():
+            value = getattr(self, key)
+            _check_flag(value is None or ok(value), key, f"{must}, got {value!r}")
+        kinds = ", ".join(GENERATE_KINDS)
+        _check_flag(
+            self.kind in (None, *GENERATE_KINDS), "kind", f"must be one of {kinds}, got {self.kind!r}"
+        )
+        self._check_part()
+
+    def _check_part(self) -> None:
+        """(I, N): part I of N, 0 <= I < N."""
+        part = self.part
+        if part is None:
+            return
+        pair = isinstance(part, tuple) and len(part) == 2 and all(map(is_integer, part))
+        text = "/".join(map(str, part)) if isinstance(part, tuple) else repr(part)
+        _check_flag(pair and 0 <= part[0] < part[1], "part", f"must be I/N with 0 <= I < N, got {text}")
+
+    def over(self, section: ExportConfig) -> GenerateConfig:
+        """These values over the run's ``export`` section: every value of it that was not given here."""
+        unset = {
+            f.name: getattr(section, f.name)
+            for f in dataclasses.fields(section)
+            if getattr(self, f.name) is None
+        }
+        return dataclasses.replace(self, **unset)
+
+
+#: ``audit.reference``, the real-vs-real reference: ``auto`` (a named source's other split, else a disjoint
+#: split of the real set), ``split`` (always a disjoint split of the real set), ``none`` (no reference; the
+#: gates that need one are skipped)
+AUDIT_REFERENCES = (AUTO, "split", "none")
+#: the least value of each of the audit's sizes and counts
+_AUDIT_MINIMA = {
+    "k": 1,
+    "chunk_size": 1,
+    "batch_size": 1,
+    "kid_subsets": 1,
+    "kid_subset_size": 2,
+    "uniformity_max": 2,
+    "top": 1,
+    "grid_per_row": 1,
+    "exact_max": 2,
+    "prdc_repeats": 1,
+    "ann_nprobe": 1,
+    "ann_iters": 0,
+    "ann_probe": 1,
+}
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    """``synthkit audit``: the hyperparameters of one audit (:func:`synthkit.audit.audit`); recorded in the
+    report. Not a pipeline section: the command's flags build it.
+
+    ``k``: neighbourhood of the PRDC manifolds (Naeem et al. use 5). ``chunk_size``: rows and columns per
+    distance block (memory, not results). ``kid_subsets`` x ``kid_subset_size``: KID's random subsets.
+    ``memorisation_threshold``: suspect when nearest-real distance / that real image's own nearest-real
+    distance is below it. ``uniformity_max``: uniformity uses a seeded subsample of at most this many
+    points per set (all pairs of 50,000 points would cost more than everything else together).
+    ``device``: where features and distances are computed (None: CUDA when available, else the CPU).
+    ``reference``: the real-vs-real reference the gates read every figure against (:data:`AUDIT_REFERENCES`):
+    ``auto`` holds out the other split of a named source (the test split when the real data is the train
+    split), or a disjoint part of a real shard set; ``split`` always the latter; ``none`` skips it.
+
+    Scale: with both sets at most ``exact_max`` points PRDC and memorisation are exact. Above it PRDC is
+    the mean over ``prdc_repeats`` seeded samples of ``prdc_sample`` points per set (Naeem et al. use
+    10,000), and memorisation's nearest neighbours come from an IVF index of the real features with
+    ``ann_nlist`` lists (None: 4 sqrt(N)), ``ann_nprobe`` probed per query and ``ann_iters`` k-means
+    rounds, its recall measured on ``ann_probe`` seeded samples against the exact search.
+    """
+
+    extractor: str = "auto"
+    real_split: str = "train"
+    reference: str = "auto"
+    k: int = 5
+    chunk_size: int = 4096
+    batch_size: int = 512
+    kid_subsets: int = 100
+    kid_subset_size: int = 1000
+    memorisation_threshold: float = 0.25
+    saturated_fraction: float = 0.99
+    uniformity_max: int = 5000
+    max_samples: int | None = None
+    max_real: int | None = None
+    top: int = 16
+    grid_per_row: int = 10
+    seed: int = 0
+    device: str | None = None
+    exact_max: int = 50_000
+    prdc_sample: int = 10_000
+    prdc_repeats: int = 3
+    ann_nlist: int | None = None
+    ann_nprobe: int = 32
+    ann_iters: int = 10
+    ann_probe: int = 1000
+
+    def __post_init__(self) -> None:
+        choice(self.extractor, "audit.extractor", (AUTO, *EXTRACTORS))
+        choice(self.real_split, "audit.real_split", ("train", "test"))
+        choice(self.reference, "audit.reference", AUDIT_REFERENCES)
+        check_minima(self, "audit", _AUDIT_MINIMA)
+        check_minima(self, "audit", {"max_samples": 2, "max_real": 2, "ann_nlist": 1}, or_null=True)
+        check(self.prdc_sample > self.k, "audit.prdc_sample", f"must be > audit.k ({self.k})")
+        check(self.memorisation_threshold > 0, "audit.memorisation_threshold", "must be > 0")
+        check(0 < self.saturated_fraction <= 1, "audit.saturated_fraction", "must be in (0, 1]")
+        check(
+            self.device is None or isinstance(self.device, str),
+            "audit.device",
+            "must be a device name or null",
         )
 
 
@@ -670,10 +669,10 @@ class MixConfig:
 
     def __post_init__(self) -> None:
         for spec in self.sources:
-            _check("=" in spec and ":" in spec, "mix.sources", f"{spec!r} is not NAME=DIR:WEIGHT")
+            check("=" in spec and ":" in spec, "mix.sources", f"{spec!r} is not NAME=DIR:WEIGHT")
         names = [spec.partition("=")[0] for spec in self.sources]
         twice = sorted({n for n in names if names.count(n) > 1})
-        _check(not twice, "mix.sources", f"source names must be unique; {', '.join(twice)} given twice")
+        check(not twice, "mix.sources", f"source names must be unique; {', '.join(twice)} given twice")
         weights = []
         for spec in self.sources:
             try:
@@ -683,16 +682,16 @@ class MixConfig:
                 break
         if weights and all(math.isfinite(w) for w in weights):
             total = sum(weights)
-            _check(
+            check(
                 abs(total - 1.0) <= 1e-3,
                 "mix.sources",
                 f"the weights add up to {total:g}, not 1 ("
                 + ", ".join(f"{n} {w:g}" for n, w in zip(names, weights, strict=True))
                 + "); they are the proportions each set is drawn with",
             )
-        _check(self.epoch_samples is None or self.epoch_samples > 0, "mix.epoch_samples", "must be positive")
-        _check(self.num_workers >= 0, "mix.num_workers", "must be >= 0")
-        _choice(self.on_error, "mix.on_error", ("raise", "skip"))
+        check(self.epoch_samples is None or self.epoch_samples > 0, "mix.epoch_samples", "must be positive")
+        check(self.num_workers >= 0, "mix.num_workers", "must be >= 0")
+        choice(self.on_error, "mix.on_error", ("raise", "skip"))
 
 
 @dataclass(frozen=True)
@@ -705,6 +704,9 @@ class RemoteConfig:
     ``min_bytes_per_s`` (0: off) on average over that long. Commands without a pipeline config read the
     ``SYNTHKIT_REMOTE_ATTEMPTS``, ``SYNTHKIT_REMOTE_READ_TIMEOUT_S``, ... environment variables. These keys
     do not change what a run computes: ``--resume`` may change them.
+
+    The one place of these keys, their defaults and their checks: the policy the shard reader follows
+    (``synthkit.shards.location.RemotePolicy``) is this section with its backoff added.
     """
 
     attempts: int = 6
@@ -715,13 +717,15 @@ class RemoteConfig:
     backoff_max_s: float = 30.0
 
     def __post_init__(self) -> None:
-        # lazily: loading a config must not import the shard reader and writer (synthkit/shards/__init__)
-        from synthkit.shards.location import RemotePolicy
-
-        try:
-            RemotePolicy(**dataclasses.asdict(self))
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from None
+        # the policy is also built from the SYNTHKIT_REMOTE_* environment, whose errors quote these messages
+        if not (is_integer(self.attempts) and self.attempts >= 1):
+            raise ConfigError(f"remote.attempts must be an integer >= 1, got {self.attempts!r}")
+        for name in ("connect_timeout_s", "read_timeout_s", "min_bytes_per_s", "backoff_s", "backoff_max_s"):
+            value, positive = getattr(self, name), name.endswith("timeout_s")
+            if not (is_number(value) and (value > 0 if positive else value >= 0)):
+                raise ConfigError(
+                    f"remote.{name} must be a number {'> 0' if positive else '>= 0'}, got {value!r}"
+                )
 
 
 @dataclass(frozen=True)
@@ -735,9 +739,16 @@ class EvalConfig:
     probe_weight_decay: float = 1e-5
 
     def __post_init__(self) -> None:
-        _check(self.knn_k >= 1, "eval.knn_k", "must be >= 1")
-        _check(self.knn_temperature > 0, "eval.knn_temperature", "must be > 0")
-        _check(self.probe_epochs >= 1, "eval.probe_epochs", "must be >= 1")
+        check(self.knn_k >= 1, "eval.knn_k", "must be >= 1")
+        check(self.knn_temperature > 0, "eval.knn_temperature", "must be > 0")
+        check(self.probe_epochs >= 1, "eval.probe_epochs", "must be >= 1")
+
+
+def _default_generator() -> GeneratorConfig:
+    """The ``generator`` section left out: the default kind's (``cgan``), found in the registry like any other
+    kind's, so that this module imports no kind's module (they import this one)."""
+    kind, _ = _tagged(GeneratorConfig, {}, "generator")
+    return kind()
 
 
 @dataclass(frozen=True)
@@ -748,7 +759,7 @@ class PipelineConfig:
     views: ViewsConfig = field(default_factory=ViewsConfig)
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     objective: ObjectiveConfig = field(default_factory=SimCLRConfig)
-    generator: GeneratorConfig = field(default_factory=CGanConfig)
+    generator: GeneratorConfig = field(default_factory=_default_generator)
     conditions: ConditionsConfig = field(default_factory=ConditionsConfig)
     hsg: HSGConfig = field(default_factory=HSGConfig)
     hpg: HPGConfig = field(default_factory=HPGConfig)
@@ -777,7 +788,7 @@ class PipelineConfig:
                             f"{section}.{f.name} is set to {getattr(ours, f.name)!r}, but generator.kind="
                             f"{gen.kind} does not use it (it reads {section}.{', '.join(reads)}); remove it"
                         )
-        _check(
+        check(
             self.train.epochs >= 1 or gen.steps_before_epochs > 0,
             "train.epochs",
             "must be >= 1 (0 trains the GAN alone, and needs generator.pretrain_steps > 0)",
@@ -791,59 +802,89 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
+def _coerce_union(value: Any, tp: Any, key: str) -> Any:
+    """``X | None`` (and ``X | Y``): None where allowed, else the first alternative that takes the value."""
+    args = typing.get_args(tp)
+    if value is None and type(None) in args:
+        return None
+    for arg in args:
+        if arg is type(None):
+            continue
+        try:
+            return _coerce(value, arg, key)
+        except ConfigError:
+            pass
+    raise ConfigError(f"{key}: expected {' or '.join(_type_name(a) for a in args)}, got {value!r}")
+
+
+def _coerce_literal(value: Any, tp: Any, key: str) -> Any:
+    if value not in typing.get_args(tp):
+        raise ConfigError(f"{key}: {value!r} is not one of {typing.get_args(tp)}")
+    return value
+
+
+def _coerce_tuple(value: Any, tp: Any, key: str) -> tuple[Any, ...]:
+    """A YAML list: ``tuple[X, ...]`` of any length, or ``tuple[X, Y]`` of exactly that many values."""
+    args = typing.get_args(tp)
+    if args[-1] is Ellipsis:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return tuple(_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
+    if not isinstance(value, (list, tuple)) or len(value) != len(args):
+        raise ConfigError(f"{key}: expected a list of {len(args)} values, got {value!r}")
+    return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True)))
+
+
+def _coerce_bool(value: Any, key: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    return value
+
+
+def _coerce_int(value: Any, key: str) -> int:
+    if not is_integer(value):
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    return value
+
+
+def _coerce_float(value: Any, key: str) -> float:
+    """A number (an integer is taken as a float), finite."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if not math.isfinite(value):
+        raise ConfigError(f"{key}: expected a finite number, got {value!r}")
+    return float(value)
+
+
+def _coerce_str(value: Any, key: str) -> str:
+    if isinstance(value, bool):
+        raise ConfigError(
+            f"{key}: expected a string, got {value!r} (YAML reads yes/no/on/off as booleans: quote it, "
+            f"e.g. {key}='{'yes' if value else 'no'}')"
+        )
+    if not isinstance(value, str):
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    return value
+
+
+# How a value is checked and converted against its field's annotation: generic forms by their origin
+# (``typing.get_origin``), plain types by the type itself.
+_BY_ORIGIN = {
+    Union: _coerce_union,
+    types.UnionType: _coerce_union,
+    Literal: _coerce_literal,
+    tuple: _coerce_tuple,
+}
+_BY_TYPE = {bool: _coerce_bool, int: _coerce_int, float: _coerce_float, str: _coerce_str}
+
+
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     """Check ``value`` against annotation ``tp``; return it converted (lists to tuples, ints to floats)."""
     origin = typing.get_origin(tp)
-    if origin in (Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(value, arg, key)
-            except ConfigError as e:
-                errors.append(str(e))
-        raise ConfigError(f"{key}: expected {' or '.join(_type_name(a) for a in args)}, got {value!r}")
-    if origin is Literal:
-        if value not in typing.get_args(tp):
-            raise ConfigError(f"{key}: {value!r} is not one of {typing.get_args(tp)}")
-        return value
-    if origin is tuple and typing.get_args(tp)[-1] is Ellipsis:
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: expected a list, got {value!r}")
-        item = typing.get_args(tp)[0]
-        return tuple(_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value))
-    if origin is tuple:
-        args = typing.get_args(tp)
-        if not isinstance(value, (list, tuple)) or len(value) != len(args):
-            raise ConfigError(f"{key}: expected a list of {len(args)} values, got {value!r}")
-        return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True)))
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{key}: expected true or false, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
-        if not math.isfinite(value):
-            raise ConfigError(f"{key}: expected a finite number, got {value!r}")
-        return float(value)
-    if tp is str:
-        if isinstance(value, bool):
-            raise ConfigError(
-                f"{key}: expected a string, got {value!r} (YAML reads yes/no/on/off as booleans: quote it, "
-                f"e.g. {key}='{'yes' if value else 'no'}')"
-            )
-        if not isinstance(value, str):
-            raise ConfigError(f"{key}: expected a string, got {value!r}")
-        return value
+    if origin in _BY_ORIGIN:
+        return _BY_ORIGIN[origin](value, tp, key)
+    if tp in _BY_TYPE:
+        return _BY_TYPE[tp](value, key)
     raise TypeError(f"unsupported config annotation {tp!r} at {key}")
 
 

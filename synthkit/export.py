@@ -41,7 +41,6 @@ parts once all are written. Exports compute on the CPU, as a one-process export 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
 import json
 import logging
@@ -57,7 +56,7 @@ import numpy as np
 import torch
 
 from synthkit.atomic import check_output_dir, save_image_atomic, write_json_atomic
-from synthkit.config import from_dict, to_dict
+from synthkit.config import GenerateConfig, from_dict, to_dict
 from synthkit.data.batches import REFERENCE_EPOCH, MixBatches, sample_images
 from synthkit.data.sources import load_source
 from synthkit.data.views import Views
@@ -88,7 +87,6 @@ __all__ = ["ExportError", "ExportResult", "generate"]
 logger = logging.getLogger(__name__)
 
 IN_PROGRESS = ".export-in-progress.json"
-KINDS = ("hard", "pair", "all")
 STAGE_NAMES = {"hard": "hsg", "pair": "hpg", "all": "hsg-hpg"}
 PREVIEW = "preview.png"
 # the preview grid draws from the samples of the chunks that start before this index
@@ -425,14 +423,14 @@ def preview_grid(
 
 
 def _parse_part(part: tuple[int, int] | None, rank: int, world: int) -> Part | tuple[int, int] | None:
+    """The part this process writes (None: the whole set): ``--part`` (checked by GenerateConfig), or the
+    launch's."""
     if part is not None and world > 1:
         raise ExportError(
             "--part is for jobs started on their own (array jobs); under accelerate launch every process "
             "writes its own part of the set already"
         )
     index, count = part if part is not None else (rank, world)
-    if isinstance(count, bool) or not isinstance(count, int) or count < 1 or not 0 <= index < count:
-        raise ExportError(f"--part must be I/N with 0 <= I < N, got {index}/{count}")
     return None if count == 1 else (index, count)
 
 
@@ -480,14 +478,18 @@ def generate(
     Under ``accelerate launch`` (W processes) process r writes part r of W of the set and the main process
     publishes it once all have; ``part=(I, N)`` writes part I of N alone and publishes nothing (``publish``
     does, once every part is written). Either way the set is byte-identical to a one-process export.
+    The arguments build a :class:`synthkit.config.GenerateConfig`: a value out of range is a ConfigError
+    naming its flag (``--maxcount must be a positive integer, got 0``) before the run is read.
     """
-    # 1. The run, verified, and what its sampler can make ---
+    # 1. The request, checked; the run, verified, and what its sampler can make ---
+    asked = GenerateConfig(
+        n=n, seed=seed, maxcount=maxcount, batch_size=batch_size, name=name, kind=kind, part=part
+    )
     art = load_final(run_dir)
-    kind = _kind(art, run_dir, kind)
-    given = {"n": n, "seed": seed, "maxcount": maxcount, "batch_size": batch_size, "name": name}
-    req = _settings(art, kind, **{k: v for k, v in given.items() if v is not None})
+    kind = _kind(art, run_dir, asked.kind)
+    req = _settings(art, kind, asked.over(art.cfg.export))
     rank, world = _launch()
-    split = _parse_part(part, rank, world)
+    split = _parse_part(asked.part, rank, world)
     out_dir = _check_destination(out_dir, art, req, split)
     if split is not None:
         return _generate_split(Path(out_dir), art, req, split, rank, world, progress)
@@ -510,8 +512,6 @@ def _kind(art: RunArtifacts, run_dir: str | Path, kind: str | None) -> str:
             "generator to sample"
         )
     kind = kind or ("all" if len(have) == 2 else have[0])
-    if kind not in KINDS:
-        raise ExportError(f"--kind must be one of {', '.join(KINDS)}, got {kind!r}")
     missing = [k for k in ("hard", "pair") if kind in (k, "all") and k not in have]
     if missing:
         why = {"hard": "HSG (hsg.enabled=false)", "pair": "HPG (hpg.enabled=false)"}
@@ -521,21 +521,14 @@ def _kind(art: RunArtifacts, run_dir: str | Path, kind: str | None) -> str:
     return kind
 
 
-def _settings(art: RunArtifacts, kind: str, **given: Any) -> _Request:
-    """The request: ``given`` flags over the run's ``export`` section, each checked as the command line
-    names it."""
-    s = {**dataclasses.asdict(art.cfg.export), **given}
-    for flag in ("n", "maxcount", "batch_size"):
-        value = s[flag]
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ExportError(f"--{flag.replace('_', '-')} must be a positive integer, got {value!r}")
-    seed = s["seed"]
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
-        raise ExportError(f"--seed must be an integer in [0, 2**63), got {seed!r}")
-    if kind in ("pair", "all") and s["n"] % 2:
-        raise ExportError(f"--n must be even for pairs (two samples per pair), got {s['n']}")
-    settings = (s["n"], seed, s["batch_size"], s["maxcount"], kind)
-    name = s["name"]
+def _settings(art: RunArtifacts, kind: str, s: GenerateConfig) -> _Request:
+    """The request: the flags over the run's ``export`` section (``s``, checked as it was built), the set's
+    name and its identity."""
+    seed = s.seed
+    if kind in ("pair", "all") and s.n % 2:
+        raise ExportError(f"--n must be even for pairs (two samples per pair), got {s.n}")
+    settings = (s.n, seed, s.batch_size, s.maxcount, kind)
+    name = s.name
     if name is None:
         assert art.sampler is not None
         name = default_set_name(
@@ -543,8 +536,8 @@ def _settings(art: RunArtifacts, kind: str, **given: Any) -> _Request:
         )
     if not is_safe_name(name):
         raise ExportError(f"--name {name!r} must be letters, digits, '_', '-' or '.', not hidden")
-    record = _request(art.hashes, s["n"], seed, name, s["batch_size"], s["maxcount"], kind)
-    return _Request(kind, s["n"], seed, name, s["maxcount"], s["batch_size"], record)
+    record = _request(art.hashes, s.n, seed, name, s.batch_size, s.maxcount, kind)
+    return _Request(kind, s.n, seed, name, s.maxcount, s.batch_size, record)
 
 
 def _check_destination(

@@ -168,12 +168,15 @@ class _EntryRegistry(Registry):
 PRODUCERS = _EntryRegistry(
     "generator.kind",
     {
-        "cgan": ProducerEntry("synthkit.config:CGanConfig", "synthkit.producers.cgan:CGanProducer"),
+        "cgan": ProducerEntry(
+            "synthkit.producer_configs.cgan:CGanConfig", "synthkit.producers.cgan:CGanProducer"
+        ),
         "diffusion": ProducerEntry(
-            "synthkit.config:DiffusionConfig", "synthkit.producers.diffusion:DiffusionProducer"
+            "synthkit.producer_configs.diffusion:DiffusionConfig",
+            "synthkit.producers.diffusion:DiffusionProducer",
         ),
         "naive": ProducerEntry(
-            "synthkit.producers.naive:NaiveConfig", "synthkit.producers.naive:NaiveProducer"
+            "synthkit.producer_configs.naive:NaiveConfig", "synthkit.producers.naive:NaiveProducer"
         ),
     },
     group="synthkit.producers",

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from synthkit.audit import REPORT_HTML, REPORT_JSON, AuditConfig, AuditError, audit
+from synthkit.audit import REPORT_HTML, REPORT_JSON, AuditError, audit
+from synthkit.config import AuditConfig
 from synthkit.shards import ShardSetWriter
 
 FAST = AuditConfig(extractor="pixels", kid_subsets=10, kid_subset_size=50)

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from synthkit.audit import REPORT_HTML, REPORT_JSON, AuditConfig, audit
+from synthkit.audit import REPORT_HTML, REPORT_JSON, audit
 from synthkit.cli import EXIT_USAGE, main
-from synthkit.config import DataConfig
+from synthkit.config import AuditConfig, DataConfig
 from synthkit.data.sources import load_source
 from synthkit.logs import error_lines
 from synthkit.metrics import broken, fid, memorisation, prdc

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from synthkit.audit import REPORT_HTML, REPORT_JSON, AuditConfig, audit, kid_subset_size
+from synthkit.audit import REPORT_HTML, REPORT_JSON, audit, kid_subset_size
 from synthkit.audit_verdict import (
     FAIL,
     PASS,
@@ -29,7 +29,7 @@ from synthkit.audit_verdict import (
     verdict,
 )
 from synthkit.cli import main
-from synthkit.config import DataConfig
+from synthkit.config import AuditConfig, DataConfig
 from synthkit.data.sources import load_source
 from synthkit.metrics.conditions_coverage import condition_separability
 from synthkit.shards import ShardSetWriter

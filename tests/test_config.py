@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from synthkit.config import (
-    CGanConfig,
+    AuditConfig,
     ConditionsConfig,
     ConfigError,
     DataConfig,
     EncoderConfig,
     EvalConfig,
     ExportConfig,
+    GenerateConfig,
     HPGConfig,
     HSGConfig,
     MixConfig,
@@ -32,6 +35,8 @@ from synthkit.config import (
     save_pipeline,
     to_dict,
 )
+from synthkit.producer_configs.cgan import CGanConfig
+from synthkit.registry import PRODUCERS
 
 PIPELINES = Path(__file__).resolve().parents[1] / "pipelines"
 
@@ -369,3 +374,142 @@ def test_mix_sources_are_a_list_of_specs() -> None:
 def test_hpg_moco_naive_errors_name_the_key(override: str, message: str) -> None:
     with pytest.raises(ConfigError, match=re.escape(message)):
         load_pipeline(None, override.split())
+
+
+# --------------------------------------------------------------------------- where each section lives
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        [],
+        ["--generator.kind=diffusion"],
+        ["--generator.kind=naive", "--generator.run=R", "--hsg.enabled=false"],
+        ["--remote.attempts=3", "--objective.name=moco"],
+    ],
+    ids=["cgan", "diffusion", "naive", "remote-moco"],
+)
+def test_loading_a_config_imports_no_model_code(overrides: list[str]) -> None:
+    """Config loading is the command line's fast path (checked before work starts): every section, each
+    producer kind's included, is built without importing torch, diffusers or the shard reader."""
+    code = (
+        "import sys; from synthkit.config import load_pipeline; "
+        f"cfg = load_pipeline(None, {overrides!r}); "
+        "heavy = sorted(m for m in ('torch', 'diffusers', 'synthkit.shards', 'synthkit.producers.cgan') "
+        "if m in sys.modules); print(type(cfg.generator).__module__, heavy)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    module, heavy = out.split(" ", 1)
+    assert module.startswith("synthkit.producer_configs."), module
+    assert heavy.strip() == "[]", heavy
+
+
+def test_each_built_in_kind_has_its_config_module() -> None:
+    """A kind's config class is registered by its own light module's path, and a section naming the kind
+    is built from that class."""
+    sections = {
+        "cgan": {"hsg": {"enabled": True}},
+        "diffusion": {"hsg": {"enabled": True}},
+        "naive": {"generator": {"run": "R"}, "hsg": {"enabled": False}},
+    }
+    for kind, raw in sections.items():
+        cls = PRODUCERS.get(kind).config_class()
+        assert cls.__module__ == f"synthkit.producer_configs.{kind}"
+        generator = {"kind": kind, **raw.get("generator", {})}
+        assert type(from_dict({**raw, "generator": generator}).generator) is cls
+    assert type(PipelineConfig().generator) is CGanConfig  # the section left out: the default kind
+
+
+def test_the_remote_policy_is_the_remote_section_at_work(monkeypatch: pytest.MonkeyPatch) -> None:
+    from synthkit.shards import location
+
+    assert dataclasses.fields(location.RemotePolicy) == dataclasses.fields(RemoteConfig)
+    assert dataclasses.asdict(location.RemotePolicy()) == dataclasses.asdict(RemoteConfig())
+    cfg = load_pipeline(None, ["--remote.attempts=2", "--remote.backoff_s=0.5"])
+    policy = location.RemotePolicy(**dataclasses.asdict(cfg.remote))
+    assert (policy.attempts, policy.backoff_s, policy.read_timeout_s) == (2, 0.5, RemoteConfig.read_timeout_s)
+    for bad, message in [
+        ({"attempts": True}, "remote.attempts must be an integer >= 1, got True"),
+        ({"backoff_s": -1.0}, "remote.backoff_s must be a number >= 0, got -1.0"),
+        ({"connect_timeout_s": float("inf")}, "remote.connect_timeout_s must be a number > 0, got inf"),
+    ]:
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            RemoteConfig(**bad)
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            location.RemotePolicy(**bad)
+    # the environment's policy is checked the same way, and its error says where the value came from
+    monkeypatch.setattr(location, "_policy", None)
+    monkeypatch.setenv("SYNTHKIT_REMOTE_ATTEMPTS", "0")
+    with pytest.raises(
+        location.ShardError, match=r"remote.attempts must be .* SYNTHKIT_REMOTE_\* environment"
+    ):
+        location.remote_policy()
+
+
+# --------------------------------------------------------------------------- synthkit generate's request
+
+
+@pytest.mark.parametrize(
+    ("given", "message"),
+    [
+        ({"maxcount": 0}, "--maxcount must be a positive integer, got 0"),
+        ({"n": True}, "--n must be a positive integer, got True"),
+        ({"batch_size": -3}, "--batch-size must be a positive integer, got -3"),
+        ({"seed": 2**63}, f"--seed must be an integer in [0, 2**63), got {2**63}"),
+        ({"seed": -1}, "--seed must be an integer in [0, 2**63), got -1"),
+        ({"kind": "pairs"}, "--kind must be one of hard, pair, all, got 'pairs'"),
+        ({"part": (2, 2)}, "--part must be I/N with 0 <= I < N, got 2/2"),
+        ({"part": (0, True)}, "--part must be I/N with 0 <= I < N, got 0/True"),
+    ],
+)
+def test_generate_flags_are_named_as_flags(given: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        GenerateConfig(**given)
+
+
+def test_generate_flags_over_the_run_export_section() -> None:
+    section = ExportConfig(n=40, seed=7, maxcount=16, batch_size=8, name="run-set")
+    asked = GenerateConfig(n=10, seed=0, kind="hard", part=(1, 3))
+    assert asked.over(section) == GenerateConfig(
+        n=10, seed=0, maxcount=16, batch_size=8, name="run-set", kind="hard", part=(1, 3)
+    )
+    assert GenerateConfig().over(ExportConfig()) == GenerateConfig(**dataclasses.asdict(ExportConfig()))
+    assert GenerateConfig(seed=2**63 - 1).seed == 2**63 - 1  # the largest seed torch takes
+
+
+def test_the_export_section_shares_the_flags_checks() -> None:
+    for key, value in [("maxcount", 0), ("seed", 2**63), ("n", 1.5)]:
+        with pytest.raises(ConfigError) as e:
+            ExportConfig(**{key: value})
+        assert_names(e, f"export.{key}")
+        with pytest.raises(ConfigError, match=re.escape(f"--{key} ")):
+            GenerateConfig(**{key: value})
+
+
+# --------------------------------------------------------------------------- synthkit audit's config
+
+
+@pytest.mark.parametrize(
+    ("given", "message"),
+    [
+        ({"k": 0}, "audit.k: must be >= 1"),
+        ({"kid_subset_size": 1}, "audit.kid_subset_size: must be >= 2"),
+        ({"ann_iters": -1}, "audit.ann_iters: must be >= 0"),
+        ({"max_real": 1}, "audit.max_real: must be >= 2 or null"),
+        ({"ann_nlist": 0}, "audit.ann_nlist: must be >= 1 or null"),
+        ({"extractor": "clip"}, "audit.extractor: 'clip' is not one of auto, encoder, classifier"),
+        ({"reference": "other"}, "audit.reference: 'other' is not one of auto, split, none"),
+        ({"real_split": "val"}, "audit.real_split: 'val' is not one of train, test"),
+        ({"k": 20, "prdc_sample": 20}, "audit.prdc_sample: must be > audit.k (20)"),
+        ({"saturated_fraction": 0.0}, "audit.saturated_fraction: must be in (0, 1]"),
+        ({"device": 0}, "audit.device: must be a device name or null"),
+    ],
+)
+def test_audit_config_errors_name_the_key(given: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        AuditConfig(**given)
+
+
+def test_audit_config_accepts_null_limits() -> None:
+    cfg = AuditConfig(max_samples=None, max_real=2, ann_nlist=None, ann_iters=0, device="cpu")
+    assert (cfg.max_samples, cfg.max_real, cfg.ann_iters) == (None, 2, 0)

@@ -14,8 +14,8 @@ import torch
 from torch import nn
 from torch.nn.utils import spectral_norm
 
-from synthkit.config import CGanConfig
 from synthkit.errors import ModelError
+from synthkit.producer_configs.cgan import CGanConfig
 from synthkit.registry import resolve
 from synthkit.weights import load_into, load_state_dict
 

@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
 
-from synthkit.config import DiffusionConfig
 from synthkit.errors import ModelError
+from synthkit.producer_configs.diffusion import DiffusionConfig
 
 UNET_DIR = "unet"
 SCHEDULER_DIR = "scheduler"

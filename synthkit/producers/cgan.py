@@ -25,13 +25,14 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from torch import nn
 
-from synthkit.config import CGanConfig, PipelineConfig, to_dict
+from synthkit.config import PipelineConfig, to_dict
 from synthkit.data.batches import FIT_EPOCH, sample_images
 from synthkit.data.views import to_float
 from synthkit.distributed import reduce_values
 from synthkit.encoders.model import eval_features
 from synthkit.errors import CheckpointError, RunError
 from synthkit.generators.cgan import Generator, build_cgan, build_generator
+from synthkit.producer_configs.cgan import CGanConfig
 from synthkit.producers.base import Chunk, Contribution, Producer, StepInput, TrainContext
 from synthkit.producers.conditions import num_conditions, refresh_conditions, refresh_stream_conditions
 from synthkit.producers.hard_samples import (

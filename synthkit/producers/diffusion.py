@@ -39,7 +39,7 @@ from diffusers import DDPMScheduler, UNet2DModel
 from diffusers.training_utils import EMAModel
 from torch import nn
 
-from synthkit.config import DiffusionConfig, PipelineConfig, to_dict
+from synthkit.config import PipelineConfig, to_dict
 from synthkit.data.batches import FIT_EPOCH, REFERENCE_EPOCH, MemoryBatches, MixBatches, sample_images
 from synthkit.data.views import to_float
 from synthkit.distributed import reduce_values
@@ -53,6 +53,7 @@ from synthkit.generators.diffusion import (
     to_model_range,
 )
 from synthkit.objectives.scoring import Scorer, reference_batch
+from synthkit.producer_configs.diffusion import DiffusionConfig
 from synthkit.producers.base import Chunk, Contribution, Producer, StepInput, TrainContext
 from synthkit.producers.conditions import num_conditions, refresh_conditions, refresh_stream_conditions
 from synthkit.producers.hard_samples import hsg_lambda

@@ -18,10 +18,11 @@ import copy
 import torch
 from torch import nn
 
-from synthkit.config import CGanConfig, HSGConfig
+from synthkit.config import HSGConfig
 from synthkit.generators.cgan import build_cgan
 from synthkit.generators.diffaugment import diff_augment
 from synthkit.losses.hinge import d_hinge, g_hinge
+from synthkit.producer_configs.cgan import CGanConfig
 
 
 class _GradReverse(torch.autograd.Function):

@@ -12,62 +12,19 @@ it (its outputs name it).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 
-from synthkit.config import GeneratorConfig, PipelineConfig
-from synthkit.errors import ConfigError, RunError
+from synthkit.config import PipelineConfig
+from synthkit.errors import RunError
 from synthkit.generators.cgan import user_generator
+from synthkit.producer_configs.naive import NaiveConfig
 from synthkit.producers.base import Chunk, Contribution, Producer, StepInput, TrainContext
 from synthkit.provenance import state_dict_hash
 from synthkit.run_files.final import load_final
 from synthkit.weights import load_state_dict
-
-
-@dataclass(frozen=True)
-class NaiveConfig(GeneratorConfig):
-    """``generator.kind: naive``: the naive-synthetic baseline's section.
-
-    ``run`` is a finished run directory whose producer is frozen and sampled every step without guidance
-    (for a cGAN run: its EMA generator, conditions drawn from its final condition frequencies; for a
-    diffusion run: unguided DDIM samples); ``synthetic_ratio`` is B_synthetic / B_real, as
-    ``hsg.synthetic_ratio``. The baseline takes no part in HSG or HPG, so both must be off. Train such a
-    generator with realism alone, e.g. ``--hsg.lambda_hard=0 --hsg.warmup_epochs=<epochs>`` (the encoder of
-    that run never sees its samples), from the same ``generator.init_run`` as the method's runs when they
-    start from a pre-trained GAN.
-    """
-
-    READS: ClassVar[dict[str, tuple[str, ...] | None]] = {"hsg": ("enabled",), "hpg": ("enabled",)}
-    STANDALONE: ClassVar[bool] = True
-    kind: str = "naive"
-    run: str | None = None
-    synthetic_ratio: float = 0.25
-    builder: str | None = None
-    weights: str | None = None
-    z_dim: int = 64
-    num_classes: int = 0
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if (self.run is None) == (self.builder is None):
-            raise ConfigError(
-                "generator.run: the naive baseline samples either a finished run (generator.run=RUN) or your "
-                "own generator (generator.builder=package.module:function, generator.weights=FILE): give one"
-            )
-        if self.z_dim < 1 or self.num_classes < 0:
-            raise ConfigError("generator.z_dim/num_classes: must be >= 1 and >= 0")
-        if not 0 < self.synthetic_ratio <= 4:
-            raise ConfigError(f"generator.synthetic_ratio: must be in (0, 4], got {self.synthetic_ratio}")
-
-    def check_pipeline(self, cfg: PipelineConfig) -> None:
-        if cfg.hsg.enabled or cfg.hpg.enabled:
-            raise ConfigError(
-                "generator.kind: naive samples a frozen generator and takes no part in HSG or HPG; set "
-                "hsg.enabled=false and hpg.enabled=false"
-            )
 
 
 def _hash_file(path: str) -> str:

@@ -24,9 +24,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from synthkit.config import CGanConfig, HPGConfig
+from synthkit.config import HPGConfig
 from synthkit.generators.cgan import Generator
 from synthkit.losses.precision import float32
+from synthkit.producer_configs.cgan import CGanConfig
 from synthkit.producers.hard_samples import ema_copy
 
 

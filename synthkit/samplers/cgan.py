@@ -15,9 +15,10 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from torch import nn
 
-from synthkit.config import CGanConfig, PipelineConfig
+from synthkit.config import PipelineConfig
 from synthkit.errors import CheckpointError
 from synthkit.generators.cgan import Generator, build_discriminator, build_generator
+from synthkit.producer_configs.cgan import CGanConfig
 from synthkit.samplers.base import Sampler, Samples, chunk_generator, interleave
 from synthkit.samplers.conditions import Conditions, load_conditions
 from synthkit.weights import load_into, load_state_dict

@@ -21,9 +21,10 @@ import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler, UNet2DModel
 
-from synthkit.config import DiffusionConfig, PipelineConfig
+from synthkit.config import PipelineConfig
 from synthkit.errors import CheckpointError
 from synthkit.generators.diffusion import SCHEDULER_DIR, UNET_DIR, build_scheduler, build_unet
+from synthkit.producer_configs.diffusion import DiffusionConfig
 from synthkit.progress import Phase
 from synthkit.provenance import state_dict_hash
 from synthkit.samplers.base import Sampler, Samples, chunk_generator, interleave

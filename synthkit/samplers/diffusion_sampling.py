@@ -30,9 +30,9 @@ from typing import TYPE_CHECKING
 import torch
 from diffusers import DDIMScheduler
 
-from synthkit.config import DiffusionConfig
 from synthkit.determinism import seeded
 from synthkit.generators.diffusion import ddim_scheduler, to_image_range
+from synthkit.producer_configs.diffusion import DiffusionConfig
 
 if TYPE_CHECKING:
     from synthkit.objectives.scoring import Scorer

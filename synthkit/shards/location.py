@@ -49,7 +49,6 @@ from __future__ import annotations
 
 import contextlib
 import http.client
-import math
 import os
 import random
 import re
@@ -65,6 +64,7 @@ from typing import Any, TypeVar
 
 from braceexpand import braceexpand
 
+from synthkit.config import RemoteConfig
 from synthkit.errors import ShardError
 
 _URL = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://")
@@ -78,8 +78,9 @@ T = TypeVar("T")
 
 
 @dataclass(frozen=True)
-class RemotePolicy:
-    """How remote reads and uploads meet transient faults; see the module docstring.
+class RemotePolicy(RemoteConfig):
+    """How remote reads and uploads meet transient faults; see the module docstring. The ``remote`` config
+    section at work: its keys, defaults and checks are :class:`synthkit.config.RemoteConfig`'s.
 
     The defaults suit a training run that streams shards for hours: a fault that clears within about half
     a minute costs one shard a few seconds, and a store that is down fails the read after about three and
@@ -95,26 +96,6 @@ class RemotePolicy:
         backoff_s: wait before the second try; doubled for each further one (with jitter of up to half).
         backoff_max_s: the longest wait between two tries (also the most a ``Retry-After`` is honoured).
     """
-
-    attempts: int = 6
-    connect_timeout_s: float = 10.0
-    read_timeout_s: float = 30.0
-    min_bytes_per_s: int = 1024
-    backoff_s: float = 1.0
-    backoff_max_s: float = 30.0
-
-    def __post_init__(self) -> None:
-        attempts = self.attempts
-        if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
-            raise ValueError(f"remote.attempts must be an integer >= 1, got {attempts!r}")
-        for f in fields(self)[1:]:
-            value = getattr(self, f.name)
-            positive = f.name.endswith("timeout_s")
-            ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
-            if not ok or value < 0 or (positive and value == 0):
-                raise ValueError(
-                    f"remote.{f.name} must be a number {'> 0' if positive else '>= 0'}, got {value!r}"
-                )
 
     def backoff(self, failures: int) -> float:
         """Seconds to wait after the ``failures``-th failed try: exponential, capped, with jitter."""

@@ -310,3 +310,36 @@ def test_rgb_pipeline_trains_and_exports_rgb(tiny_pipeline: Path, tmp_path: Path
     assert len(images) == 8 and all(im.mode == "RGB" and im.size == (16, 16) for im in images)
     res = json.loads(_run(capsys, "eval", "--run", str(run), "--json")[1])
     assert 0.0 <= res["linear_accuracy"] <= 1.0
+
+
+def test_convert_with_a_pipeline_takes_its_data_section_under_the_flags(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``shards convert --pipeline P`` reads P's data section and puts the flags given over it: the same set,
+    byte for byte, as naming that section with flags alone; a --data of another source is refused."""
+    quickstart = str(Path(__file__).resolve().parents[2] / "pipelines" / "quickstart.yaml")  # digits, 16 px
+    common = ["--subset", "24", "--subset-seed", "3", "--maxcount", "10", "--json", "--no-progress"]
+    a, b = tmp_path / "a", tmp_path / "b"
+    code, out, _ = _run(capsys, "shards", "convert", "--pipeline", quickstart, "--out", str(a), *common)
+    assert code == 0 and json.loads(out)["total"] == 24
+    code, out, _ = _run(
+        capsys, "shards", "convert", "--data", "digits", "--size", "16", "--out", str(b), *common
+    )
+    assert code == 0
+    assert (
+        json.loads((a / "manifest.json").read_text())["shards"]
+        == json.loads((b / "manifest.json").read_text())["shards"]
+    )
+    code, _, err = _run(
+        capsys,
+        "shards",
+        "convert",
+        "--pipeline",
+        quickstart,
+        "--data",
+        "cifar10",
+        "--out",
+        str(tmp_path / "c"),
+    )
+    assert code == 2 and "--data cifar10 differs from" in err and "data.name digits" in err
+    assert not (tmp_path / "c").exists()

@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from synthkit.config import CGanConfig
 from synthkit.generators.cgan import Discriminator, Generator, build_cgan, num_upsamplings
+from synthkit.producer_configs.cgan import CGanConfig
 
 Z = 8
 

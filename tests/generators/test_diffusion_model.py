@@ -8,7 +8,7 @@ import pytest
 import torch
 from diffusers import DDPMScheduler, UNet2DModel
 
-from synthkit.config import ConfigError, DiffusionConfig, load_pipeline
+from synthkit.config import ConfigError, load_pipeline
 from synthkit.generators.diffusion import (
     build_scheduler,
     build_unet,
@@ -16,6 +16,7 @@ from synthkit.generators.diffusion import (
     load_diffusion,
     save_diffusion,
 )
+from synthkit.producer_configs.diffusion import DiffusionConfig
 
 TOY = DiffusionConfig(block_out_channels=(8, 16, 16), norm_num_groups=4, num_train_timesteps=50)
 

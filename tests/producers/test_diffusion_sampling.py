@@ -5,13 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from synthkit.config import DiffusionConfig, EncoderConfig, SimCLRConfig, ViewsConfig
+from synthkit.config import EncoderConfig, SimCLRConfig, ViewsConfig
 from synthkit.data.views import Views
 from synthkit.encoders.model import Encoder
 from synthkit.generators.diffusion import build_scheduler, build_unet, diffusion_loss
 from synthkit.losses.nt_xent import nt_xent
 from synthkit.objectives.base import build_objective
 from synthkit.objectives.scoring import Scorer
+from synthkit.producer_configs.diffusion import DiffusionConfig
 from synthkit.samplers.diffusion_sampling import (
     Guidance,
     ddim_pairs,

@@ -12,11 +12,12 @@ from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from torch import nn
 
-from synthkit.config import CGanConfig, EncoderConfig, HSGConfig, PipelineConfig, SimCLRConfig, ViewsConfig
+from synthkit.config import EncoderConfig, HSGConfig, PipelineConfig, SimCLRConfig, ViewsConfig
 from synthkit.data.views import Views
 from synthkit.encoders.model import Encoder
 from synthkit.losses.nt_xent import nt_xent, nt_xent_per_view
 from synthkit.objectives.base import build_objective
+from synthkit.producer_configs.cgan import CGanConfig
 from synthkit.producers.base import TrainContext
 from synthkit.producers.cgan import CGanProducer
 from synthkit.producers.hard_samples import HardSampleGAN, grad_reverse, hsg_lambda

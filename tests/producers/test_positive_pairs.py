@@ -7,9 +7,10 @@ import math
 import pytest
 import torch
 
-from synthkit.config import CGanConfig, EncoderConfig, HPGConfig
+from synthkit.config import EncoderConfig, HPGConfig
 from synthkit.encoders.model import Encoder
 from synthkit.generators.cgan import build_cgan
+from synthkit.producer_configs.cgan import CGanConfig
 from synthkit.producers.positive_pairs import (
     AdaptiveTarget,
     GeneratorPair,

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from synthkit.audit import REPORT_HTML, AuditConfig, audit
+from synthkit.audit import REPORT_HTML, audit
+from synthkit.config import AuditConfig
 from synthkit.report.html import SECTIONS
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from synthkit.audit import REPORT_HTML, AuditConfig, audit
+from synthkit.audit import REPORT_HTML, audit
+from synthkit.config import AuditConfig
 from synthkit.report.html import SECTIONS
 from synthkit.shards import ShardSetWriter
 
