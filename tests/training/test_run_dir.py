@@ -460,7 +460,7 @@ def test_a_launch_whose_processes_formed_no_group_is_refused(monkeypatch) -> Non
     from accelerate import Accelerator
 
     from synthkit.errors import RunError
-    from synthkit.training.run import check_launch
+    from synthkit.training.launch import check_launch
 
     alone = Accelerator(cpu=True)
     check_launch(alone)  # no launcher: nothing promised
