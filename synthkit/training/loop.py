@@ -171,8 +171,8 @@ def train(
 
     The training data are checked before the run directory is made. The run directory is locked for the
     whole run; ``--resume`` of a finished run returns its summary with ``already_finished`` set and changes
-    nothing (``training/run.py`` describes the directory's life). On several processes an error on any one
-    ends them all, in bounded time, with the error printed once (:class:`FailTogether`). With
+    nothing (``training/run_dir.py`` describes the directory's life). On several processes an error on any
+    one ends them all, in bounded time, with the error printed once (:class:`FailTogether`). With
     ``train.deterministic`` the run's torch settings are deterministic (``synthkit/determinism.py``), set
     before anything touches CUDA and restored when it returns.
     """

@@ -6,8 +6,9 @@ with ``train.record_indices``, which real images every process saw (indices into
 tensor, or, streaming from shards, sample keys in the JSON).
 
 Its files are checked against their expected structure before anything is loaded
-(``Run.load_checkpoint``): ``loop_state.json`` holds exactly ``epoch`` and ``step`` (and ``seen_keys`` when
-keys are recorded), ``loop_state.safetensors`` the ``seen`` indices (steps x processes x images) or nothing.
+(``training/checkpoints.py``): ``loop_state.json`` holds exactly ``epoch`` and ``step`` (and ``seen_keys``
+when keys are recorded), ``loop_state.safetensors`` the ``seen`` indices (steps x processes x images) or
+nothing.
 """
 
 from __future__ import annotations
