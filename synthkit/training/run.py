@@ -106,7 +106,7 @@ class Run:
     def __init__(
         self, cfg: PipelineConfig, run_dir: Path, *, resume: bool, accelerator: Accelerator | None = None
     ) -> None:
-        self.cfg, self.resume = cfg, resume
+        self.cfg = cfg
         self.dir = check_output_dir(run_dir, "--out (the run directory)", create=False)
         trackers = resolve_trackers(cfg.train.trackers)
         self.accelerator = accelerator or make_accelerator(cfg, self.dir, trackers)
