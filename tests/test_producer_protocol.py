@@ -26,8 +26,8 @@ from synthkit.logs import error_lines
 from synthkit.objectives.scoring import Scorer, pair_groups, reference_batch
 from synthkit.run_files.final import load_final
 from synthkit.shards import ShardSetWriter, iter_samples
+from synthkit.training.checkpoints import Checkpoints
 from synthkit.training.loop import train
-from synthkit.training.run import Run
 from tests.conftest import TINY_DIFFUSION, tiny_config
 
 
@@ -181,17 +181,17 @@ def test_diffusion_resume_matches_an_uninterrupted_run(tmp_path: Path, monkeypat
     )
     full, part = tmp_path / "full", tmp_path / "part"
     train(cfg, full, progress=False)
-    real_save = Run.save_checkpoint
+    real_save = Checkpoints.save
 
     def save_then_die(self, state, *rest):
         real_save(self, state, *rest)
         if state.epoch == 2:
             raise _Kill
 
-    monkeypatch.setattr(Run, "save_checkpoint", save_then_die)
+    monkeypatch.setattr(Checkpoints, "save", save_then_die)
     with pytest.raises(_Kill):
         train(cfg, part, progress=False)
-    monkeypatch.setattr(Run, "save_checkpoint", real_save)
+    monkeypatch.setattr(Checkpoints, "save", real_save)
     assert not (part / "final").exists()
     train(cfg, part, resume=True, progress=False)
     for name in ("encoder", "objective_momentum", "conditions", "diffusion/unet/diffusion_pytorch_model"):

@@ -14,7 +14,7 @@ wall time of the epoch's steps, data loading included, epoch-start work and the 
 processes per second: ``train.batch_size * steps / epoch_time_s``; synthetic images ride along in the same
 steps). Read top to bottom:
 
-1. the run (directory, Accelerator, log, trackers: ``training/run.py``) and the real data;
+1. the run (directory, Accelerator, log, trackers, checkpoints: ``training/run.py``) and the real data;
 2. encoder, views, objective and producer, all seeded alike on every process; prepared;
 3. resume from the newest checkpoint when asked, then the producer's start (e.g. GAN pre-training);
 4. per epoch: the producer's epoch work (conditions, pools), then per step the producer's contribution and
@@ -137,7 +137,7 @@ def _checked(run: Run, records: StepRecords, state: LoopState) -> Read:
     read = records.read()
     if read.diverged is not None:
         key, value, step = read.diverged
-        run.check_finite({key: value}, LoopState(epoch=state.epoch, step=step))
+        run.checkpoints.check_finite({key: value}, LoopState(epoch=state.epoch, step=step))
     return read
 
 
@@ -171,8 +171,8 @@ def train(
 
     The training data are checked before the run directory is made. The run directory is locked for the
     whole run; ``--resume`` of a finished run returns its summary with ``already_finished`` set and changes
-    nothing (``training/run.py`` describes the directory's life). On several processes an error on any one
-    ends them all, in bounded time, with the error printed once (:class:`FailTogether`). With
+    nothing (``training/run_dir.py`` describes the directory's life). On several processes an error on any
+    one ends them all, in bounded time, with the error printed once (:class:`FailTogether`). With
     ``train.deterministic`` the run's torch settings are deterministic (``synthkit/determinism.py``), set
     before anything touches CUDA and restored when it returns.
     """
@@ -277,7 +277,7 @@ def _models(
         objective=objective,
         run_dir=run.dir,
         encoder=lambda: acc.unwrap_model(encoder_ddp),
-        log=run.log,
+        log=run.logbook.log,
         progress=progress,
     )
     producer: Producer = NullProducer()
@@ -334,7 +334,7 @@ def _epoch_steps(
             shown = contribution
         # this process's records -> the global batch's, on the device (one all-reduce, no host read;
         # the producer's after_step, e.g. HPG's adaptive target, sees the same numbers on every process)
-        state.step = run.step = state.step + 1
+        state.step = run.logbook.step = state.step + 1
         rec = records.add(m.step(x_real, contribution), state.step)
         m.producer.after_step(rec)
         if cfg.train.record_indices:
@@ -344,7 +344,7 @@ def _epoch_steps(
                 state.seen.append(acc.gather(idx.to(device)).view(run.world, -1).cpu())
         if state.step % cfg.train.log_every == 0:  # the one host read of these steps
             read = _checked(run, records, state)
-            run.log({"epoch": epoch, **read.last}, namespace="train")
+            run.logbook.log({"epoch": epoch, **read.last}, namespace="train")
             bar.set_postfix(loss=f"{read.last.get('loss_cl', 0):.3f}")
     bar.close()
     if i + 1 != steps_per_epoch:  # never: both kinds of batches give len(batches), or raise
@@ -381,16 +381,16 @@ def _end_epoch(
     last = state.epoch == cfg.train.epochs
     if test is not None and real is not None and (state.epoch % cfg.train.knn_every == 0 or last):
         if run.is_main:
-            epoch_rec["knn_acc"] = run.knn_monitor(acc.unwrap_model(m.encoder_ddp), real, test)
+            epoch_rec["knn_acc"] = run.monitor(acc.unwrap_model(m.encoder_ddp), real, test)
         acc.wait_for_everyone()
-    run.log(epoch_rec, namespace="epoch")
-    run.log_samples(shown, state.epoch, real.images if real is not None else None)
+    run.logbook.log(epoch_rec, namespace="epoch")
+    run.logbook.log_samples(shown, state.epoch, real.images if real is not None else None)
     if run.is_main:  # a log record, with or without progress bars
         seconds = time.perf_counter() - started  # the steps and the monitor
         logger.info(epoch_line(state.epoch, cfg.train.epochs, state.step, epoch_rec, seconds))
     if state.epoch % cfg.train.checkpoint_every == 0 or last:
         watched = [m.encoder_ddp, *m.producer.fingerprint_modules().values()]
-        run.save_checkpoint(state, m.objective, m.producer, watched)
+        run.checkpoints.save(state, m.objective, m.producer, watched)
 
 
 def _mix_record(cfg: PipelineConfig, batches: MixBatches, device: torch.device) -> dict[str, int]:

@@ -6,8 +6,9 @@ with ``train.record_indices``, which real images every process saw (indices into
 tensor, or, streaming from shards, sample keys in the JSON).
 
 Its files are checked against their expected structure before anything is loaded
-(``Run.load_checkpoint``): ``loop_state.json`` holds exactly ``epoch`` and ``step`` (and ``seen_keys`` when
-keys are recorded), ``loop_state.safetensors`` the ``seen`` indices (steps x processes x images) or nothing.
+(``training/checkpoints.py``): ``loop_state.json`` holds exactly ``epoch`` and ``step`` (and ``seen_keys``
+when keys are recorded), ``loop_state.safetensors`` the ``seen`` indices (steps x processes x images) or
+nothing.
 """
 
 from __future__ import annotations
@@ -45,35 +46,51 @@ def save_loop_state(directory: Path, state: LoopState) -> None:
 
 def read_counters(directory: Path, optional: frozenset[str] = frozenset()) -> dict[str, object]:
     """``loop_state.json``, checked: ``epoch`` and ``step`` (non-negative counts), ``optional`` keys, no
-    other."""
+    other; ``seen_keys``, when there, one list of sample keys per process for each step."""
     path = directory / STATE_JSON
     try:
         meta = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as e:
         raise CheckpointError(f"cannot read {path}: {type(e).__name__}: {e}") from e
-    keys = {"epoch", "step"}
-    if not isinstance(meta, dict) or not keys <= set(meta) <= keys | optional:
-        have = sorted(meta) if isinstance(meta, dict) else type(meta).__name__
-        raise CheckpointError(
-            f"{path} holds {have}, a loop state holds {sorted(keys)} (and {sorted(optional)})"
-            if optional
-            else f"{path} holds {have}, a loop state holds exactly {sorted(keys)}"
-        )
+    _check_keys(meta, path, optional)
     epoch, step = meta["epoch"], meta["step"]
-    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in (epoch, step)):
+    if not (_is_count(epoch) and _is_count(step)):
         raise CheckpointError(
             f"{path}: epoch and step must be non-negative integers, got {epoch!r}, {step!r}"
         )
-    if "seen_keys" in meta:
-        seen = meta["seen_keys"]
-        ok = isinstance(seen, list) and len(seen) == step
-        ok = ok and all(
-            isinstance(s, list) and all(isinstance(r, list) and all(isinstance(k, str) for k in r) for r in s)
-            for s in seen
-        )
-        if not ok:
-            raise CheckpointError(f"{path}: seen_keys is not one list of sample keys per process and step")
+    if "seen_keys" in meta and not _is_key_table(meta["seen_keys"], step):
+        raise CheckpointError(f"{path}: seen_keys is not one list of sample keys per process and step")
     return meta
+
+
+def _check_keys(meta: object, path: Path, optional: frozenset[str]) -> None:
+    """``meta`` is a JSON object of ``epoch``, ``step`` and, of ``optional``, any."""
+    keys = {"epoch", "step"}
+    if isinstance(meta, dict) and keys <= set(meta) <= keys | optional:
+        return
+    have = sorted(meta) if isinstance(meta, dict) else type(meta).__name__
+    raise CheckpointError(
+        f"{path} holds {have}, a loop state holds {sorted(keys)} (and {sorted(optional)})"
+        if optional
+        else f"{path} holds {have}, a loop state holds exactly {sorted(keys)}"
+    )
+
+
+def _is_count(value: object) -> bool:
+    """A non-negative int (JSON's ``true`` is not one)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _is_str_lists(value: object) -> bool:
+    """A list of lists of strings (one step's sample keys, one list per process)."""
+    return isinstance(value, list) and all(
+        isinstance(keys, list) and all(isinstance(k, str) for k in keys) for keys in value
+    )
+
+
+def _is_key_table(seen: object, steps: int) -> bool:
+    """One entry of sample keys per process for each of ``steps`` steps."""
+    return isinstance(seen, list) and len(seen) == steps and all(_is_str_lists(s) for s in seen)
 
 
 def load_loop_state(directory: Path, optional: frozenset[str] = frozenset()) -> LoopState:

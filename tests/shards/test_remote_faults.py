@@ -410,7 +410,7 @@ def test_resume_may_change_the_remote_settings_only(tmp_path):
     """Retry settings do not change what a run computes: ``--resume`` takes new ones; other keys still not."""
     from synthkit.config import load_pipeline, save_pipeline
     from synthkit.errors import RunError
-    from synthkit.training.run import check_run_dir
+    from synthkit.training.run_dir import check_run_dir
 
     tiny = Path(__file__).resolve().parents[2] / "pipelines" / "tiny.yaml"
     save_pipeline(load_pipeline(tiny), tmp_path / "config.yaml")

@@ -91,18 +91,18 @@ def test_existing_run_needs_resume_and_same_config(trained_run: Path, tmp_path: 
 def test_resume_before_the_first_checkpoint_starts_the_run_over(tmp_path: Path, caplog, monkeypatch) -> None:
     """A run killed before its first checkpoint: --resume starts it over (and says so), instead of sending
     the user between "no checkpoint" and "pass --resume"."""
-    from synthkit.training.run import Run
+    from synthkit.training.checkpoints import Checkpoints
 
     run = tmp_path / "run"
-    real_save = Run.save_checkpoint
+    real_save = Checkpoints.save
 
     def killed(self, *a, **k):
         raise KeyboardInterrupt  # the process dies before its first checkpoint is published
 
-    monkeypatch.setattr(Run, "save_checkpoint", killed)
+    monkeypatch.setattr(Checkpoints, "save", killed)
     with pytest.raises(KeyboardInterrupt):
         train(tiny_config(), run, progress=False)
-    monkeypatch.setattr(Run, "save_checkpoint", real_save)
+    monkeypatch.setattr(Checkpoints, "save", real_save)
     assert (run / "config.yaml").exists() and (run / "metrics.jsonl").exists()
     with pytest.raises(RunError, match="--resume"):
         train(tiny_config(), run, progress=False)

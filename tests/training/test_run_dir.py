@@ -116,6 +116,36 @@ def test_more_epochs_without_the_last_checkpoint_is_one_line_and_changes_nothing
     assert _snapshot(run) == before
 
 
+def test_opening_a_run_directory_names_what_it_found_and_writes_nothing(finished, tmp_path) -> None:
+    """``RunDir.open`` (the main process's part): a new run, a finished one, one to train further, one
+    killed before its first checkpoint; it holds the lock after, and a new directory it made goes with the
+    lock."""
+    from synthkit.config import load_pipeline
+    from synthkit.training.run_dir import FINISHED, NEW, RESUME, START_OVER, RunDir
+
+    def opened(path: Path, resume: bool, *overrides: str) -> str:
+        directory = RunDir(load_pipeline(finished / "config.yaml", list(overrides)), path, resume)
+        found = directory.open()
+        assert directory.lock.held and (path / LOCK_NAME).exists()
+        directory.lock.release()
+        return found
+
+    assert opened(tmp_path / "new", False) == NEW
+    assert not (tmp_path / "new").exists()  # made for the lock, and gone with it
+    run = _copy(finished, tmp_path)
+    before = _snapshot(run)
+    assert opened(run, True) == FINISHED
+    assert opened(run, True, "--train.epochs=2") == RESUME
+    assert _snapshot(run) == before
+    shutil.rmtree(run / "final")
+    shutil.rmtree(run / "checkpoints")
+    assert opened(run, True) == START_OVER
+    directory = RunDir(load_pipeline(run / "config.yaml", []), run, True)
+    directory.start_over()  # what a run killed before its first checkpoint leaves goes; its config stays
+    assert (run / "config.yaml").exists() and not (run / "metrics.jsonl").exists()
+    assert not (run / "summary.json").exists() and not (run / LOCK_NAME).exists()
+
+
 # ------------------------------------------------------------------------------ checkpoints by structure
 class Payload:
     """Unpickled by a plain ``pickle.load`` or ``torch.load(weights_only=False)``, it creates a file."""
@@ -460,7 +490,7 @@ def test_a_launch_whose_processes_formed_no_group_is_refused(monkeypatch) -> Non
     from accelerate import Accelerator
 
     from synthkit.errors import RunError
-    from synthkit.training.run import check_launch
+    from synthkit.training.launch import check_launch
 
     alone = Accelerator(cpu=True)
     check_launch(alone)  # no launcher: nothing promised
