@@ -14,7 +14,7 @@ from synthkit.encoders.model import Encoder
 from synthkit.generators.diffusion import build_unet
 from synthkit.objectives.base import build_objective
 from synthkit.objectives.scoring import Scorer
-from synthkit.producers.diffusion import read_pool
+from synthkit.producers.diffusion_pools import read_pool
 from synthkit.samplers.conditions import Conditions
 from synthkit.samplers.diffusion import DiffusionSampler, Settings
 from synthkit.samplers.write import SetEvents, SetPlan, write_samples
