@@ -224,8 +224,7 @@ class DiffusionProducer(Producer):
 
     def save_state(self, directory: Path) -> None:
         save_state_dict(self.frozen.unet, directory / "producer_unet_ema.safetensors")
-        if self.frozen.conditions is not None:
-            save_conditions(self.frozen.conditions, directory / "producer_conditions.safetensors")
+        cond = self.frozen.conditions
         meta = {
             "stage1_done": self.stage1_done,
             "trained_steps": self.frozen.trained_steps,
@@ -234,8 +233,8 @@ class DiffusionProducer(Producer):
             "pool_dir": self.pools.state(),
             "pools": self.frozen.pools,
             "conditions": None
-            if self.frozen.conditions is None
-            else {"num_classes": self.frozen.conditions.num_classes, "source": self.frozen.conditions.source},
+            if cond is None
+            else save_conditions(cond, directory / "producer_conditions.safetensors"),
         }
         (directory / STATE_JSON).write_text(json.dumps(meta, indent=2))
 

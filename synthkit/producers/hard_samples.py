@@ -194,6 +194,11 @@ class HardSampleGAN(nn.Module):
     def adversarial_loss(self, fake: torch.Tensor, c_fake: torch.Tensor | None) -> torch.Tensor:
         return adversarial_loss(self.discriminator, self.gen_cfg, fake, c_fake)
 
+    def optimizer(self) -> torch.optim.Optimizer:
+        """G's Adam; fused: one kernel per step, its step counters on the device (no host read)."""
+        g = self.gen_cfg
+        return torch.optim.Adam(self.generator.parameters(), lr=g.lr_g, betas=g.betas, fused=True)
+
     @torch.no_grad()
     def update_ema(self) -> None:
         self.ema.update_parameters(self.generator)
