@@ -159,8 +159,9 @@ def ema_copy(generator: nn.Module, decay: float) -> EMA:
 class HardSampleGAN(nn.Module):
     """HSG's modules: G, D and G's EMA copy, with D's loss and G's realism term.
 
-    The cGAN trainer (``producers/cgan.py``) owns the order of operations and the optimizers of a joint
-    step; this class only holds the modules and knows how to score samples for D and for realism.
+    The cGAN trainer (``producers/cgan.py``) owns the order of operations of a joint step, and D's side of it
+    (its optimizer and step, the realism terms) is ``producers/adversary.py``'s; this class holds the modules
+    and G's optimizer, and knows how to score samples for D and for realism.
     """
 
     def __init__(

@@ -1,11 +1,11 @@
 """The frozen cGAN of a finished run: HSG's EMA generator and HPG's pair of EMA generators.
 
 ``final/`` of a cGAN run holds ``generator_ema`` (HSG), ``generator_a_ema``/``generator_b_ema`` (HPG), the
-discriminator and the conditions (``producers/cgan.py`` publishes them). Export samples the generators with
-conditions drawn from the run's final frequencies; ``generator.init_run`` starts another run's G, D and
-conditions from here; the naive baseline samples the HSG generator (G_a for a pairs-only run). The trainer
-publishes its EMA generators as one of these (:meth:`CGanSampler.publish`), so that what is written and what
-``load`` reads back are defined in one place.
+discriminator and the conditions: the trainer (``producers/cgan.py``) publishes them as one of these
+(:meth:`CGanSampler.publish`), so that what is written and what ``load`` reads back are defined in one place.
+Export samples the generators with conditions drawn from the run's final frequencies; ``generator.init_run``
+starts another run's G, D and conditions from here; the naive baseline samples the HSG generator (G_a for a
+pairs-only run).
 """
 
 from __future__ import annotations

@@ -1,13 +1,13 @@
 """The frozen diffusion model of a finished run: guided hard samples and branched pairs by DDIM.
 
 docs/method.md, "The same two producers with diffusion". ``final/diffusion`` holds the EMA UNet and its
-noise schedule in diffusers' layout, ``final/conditions.safetensors`` the conditions (``producers/
-diffusion.py`` publishes them). A sampler makes hard samples with encoder guidance of strength
-``settings.guidance_scale`` (:func:`~synthkit.samplers.diffusion_sampling.guidance_scale_at`) and pairs
-branched at ``settings.t_split``; exports use the end-of-training settings, the trainer's pools the
-settings of their epoch (:meth:`DiffusionSampler.at`). A sampler is also what a pretrained diffusers model
-(``generator.pretrained``) is, sampled as it is or fine-tuned from (:meth:`DiffusionSampler.pretrained`), and
-it writes what ``load`` reads back (:meth:`DiffusionSampler.publish`).
+noise schedule in diffusers' layout, ``final/conditions.safetensors`` the conditions (the trainer,
+``producers/diffusion.py``, publishes them through :meth:`DiffusionSampler.publish`). A sampler makes hard
+samples with encoder guidance of strength ``settings.guidance_scale``
+(:func:`~synthkit.samplers.diffusion_sampling.guidance_scale_at`) and pairs branched at
+``settings.t_split``; exports use the end-of-training settings, the trainer's pools the settings of their
+epoch (:meth:`DiffusionSampler.at`). A sampler is also what a pretrained diffusers model
+(``generator.pretrained``) is, sampled as it is or fine-tuned from (:meth:`DiffusionSampler.pretrained`).
 """
 
 from __future__ import annotations
