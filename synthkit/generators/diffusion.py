@@ -183,21 +183,39 @@ def load_pretrained(directory: str | Path, default_scheduler: DiffusionConfig | 
             f"pretrained model {directory} is not a local directory; synthkit never downloads models: save "
             "it with save_pretrained and pass the directory"
         )
+    layout, unet_dir, sched_dir = _layout(root)
+    unet = _load_unet(unet_dir)
+    scheduler_config, scheduler_source = _scheduler(root, sched_dir, layout, default_scheduler)
+    meta = _read_json(root / PIPELINE_META) if (root / PIPELINE_META).is_file() else {}
+    value_range = tuple(float(v) for v in meta.get("value_range", DEFAULT_VALUE_RANGE))
+    if value_range != DEFAULT_VALUE_RANGE:
+        raise ModelError(
+            f"{root}: the model's samples are in {list(value_range)}; synthkit's sampler assumes diffusers' "
+            f"{list(DEFAULT_VALUE_RANGE)}"
+        )
+    return Pretrained(unet, dict(scheduler_config), layout, scheduler_source, value_range, meta)  # type: ignore[arg-type]
+
+
+def _layout(root: Path) -> tuple[str, Path, Path]:
+    """Which layout ``root`` has: (layout, the UNet's directory, where its schedule would be)."""
     if (root / "model_index.json").is_file():
         index = _read_json(root / "model_index.json")
         if not isinstance(index.get("unet"), list) or index["unet"][-1:] != ["UNet2DModel"]:
             raise ModelError(f"{root}/model_index.json names no UNet2DModel (unet: {index.get('unet')!r})")
-        layout, unet_dir, sched_dir = "pipeline", root / UNET_DIR, root / SCHEDULER_DIR
-    elif (root / UNET_DIR / "config.json").is_file():
-        layout, unet_dir, sched_dir = "synthkit", root / UNET_DIR, root / SCHEDULER_DIR
-    elif (root / "config.json").is_file():
-        layout, unet_dir = "unet", root
+        return "pipeline", root / UNET_DIR, root / SCHEDULER_DIR
+    if (root / UNET_DIR / "config.json").is_file():
+        return "synthkit", root / UNET_DIR, root / SCHEDULER_DIR
+    if (root / "config.json").is_file():
         sched_dir = root if (root / "scheduler_config.json").is_file() else root.parent / SCHEDULER_DIR
-    else:
-        raise ModelError(
-            f"{root} holds no diffusers model: expected model_index.json (a pipeline), unet/config.json, or "
-            "the config.json of a UNet2DModel"
-        )
+        return "unet", root, sched_dir
+    raise ModelError(
+        f"{root} holds no diffusers model: expected model_index.json (a pipeline), unet/config.json, or "
+        "the config.json of a UNet2DModel"
+    )
+
+
+def _load_unet(unet_dir: Path) -> UNet2DModel:
+    """The UNet2DModel of ``unet_dir`` (safetensors only, local files only), in eval mode."""
     weights = unet_dir / "diffusion_pytorch_model.safetensors"
     if not weights.is_file():
         raise ModelError(
@@ -211,26 +229,23 @@ def load_pretrained(directory: str | Path, default_scheduler: DiffusionConfig | 
         unet = UNet2DModel.from_pretrained(unet_dir, use_safetensors=True, local_files_only=True)
     except (OSError, ValueError, RuntimeError, TypeError) as e:
         raise ModelError(f"cannot load the UNet in {unet_dir}: {type(e).__name__}: {e}") from e
-    unet.eval()
+    return unet.eval()
+
+
+def _scheduler(root: Path, sched_dir: Path, layout: str, default: DiffusionConfig | None) -> tuple[dict, str]:
+    """The noise schedule's config and where it came from: ``sched_dir``'s file, or the default (a bare UNet,
+    or when the caller gives one); it must predict epsilon."""
     if (sched_dir / "scheduler_config.json").is_file():
-        scheduler_config = _read_json(sched_dir / "scheduler_config.json")
-        scheduler_source = str(sched_dir / "scheduler_config.json")
-    elif default_scheduler is not None or layout == "unet":
-        cfg = default_scheduler or DiffusionConfig()
-        scheduler_config = dict(build_scheduler(cfg).config)
-        scheduler_source = "default (generator.num_train_timesteps, generator.beta_schedule)"
+        config = _read_json(sched_dir / "scheduler_config.json")
+        source = str(sched_dir / "scheduler_config.json")
+    elif default is not None or layout == "unet":
+        config = dict(build_scheduler(default or DiffusionConfig()).config)
+        source = "default (generator.num_train_timesteps, generator.beta_schedule)"
     else:
         raise ModelError(f"{root} has no scheduler ({sched_dir / 'scheduler_config.json'} is missing)")
-    if scheduler_config.get("prediction_type", "epsilon") != "epsilon":
+    if config.get("prediction_type", "epsilon") != "epsilon":
         raise ModelError(
-            f"{root}: the scheduler predicts {scheduler_config.get('prediction_type')!r}; synthkit's sampler "
+            f"{root}: the scheduler predicts {config.get('prediction_type')!r}; synthkit's sampler "
             "and guidance need an epsilon-predicting model"
         )
-    meta = _read_json(root / PIPELINE_META) if (root / PIPELINE_META).is_file() else {}
-    value_range = tuple(float(v) for v in meta.get("value_range", DEFAULT_VALUE_RANGE))
-    if value_range != DEFAULT_VALUE_RANGE:
-        raise ModelError(
-            f"{root}: the model's samples are in {list(value_range)}; synthkit's sampler assumes diffusers' "
-            f"{list(DEFAULT_VALUE_RANGE)}"
-        )
-    return Pretrained(unet, dict(scheduler_config), layout, scheduler_source, value_range, meta)  # type: ignore[arg-type]
+    return config, source

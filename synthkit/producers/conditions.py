@@ -3,13 +3,13 @@
 docs/method.md, "Conditions without labels". Clusters are refreshed as the encoder improves; each refresh is
 matched to the previous assignment (Hungarian matching on the overlap of the two labelings), so that
 condition id j keeps meaning roughly the same group of images and the generator's class embeddings stay
-useful across refreshes.
+useful across refreshes. A trainer inside a run gets its conditions through :class:`RunConditions`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -18,13 +18,16 @@ from scipy.optimize import linear_sum_assignment
 from sklearn.cluster import KMeans
 
 from synthkit.config import ConditionsConfig
-from synthkit.encoders.model import extract_features
+from synthkit.data.batches import FIT_EPOCH, sample_images
+from synthkit.encoders.model import eval_features, extract_features
 from synthkit.samplers.conditions import Conditions
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
 
+    from synthkit.config import PipelineConfig
     from synthkit.data.sources import ImageSet
+    from synthkit.producers.base import TrainContext
 
 
 def num_conditions(cfg: ConditionsConfig, num_label_classes: int | None) -> int:
@@ -158,3 +161,54 @@ def refresh_stream_conditions(
     # the sample's labels, rebuilt from the cluster sizes: the same frequencies on every process
     labels = torch.repeat_interleave(torch.arange(num_classes), counts)
     return Conditions(labels, num_classes, "kmeans", centroids)
+
+
+class RunConditions:
+    """The conditions of a trainer inside a run (``num_classes`` ids; 0: unconditional).
+
+    ``fit`` computes them under the run's current encoder: for in-memory real data every image's id, for
+    streamed data k-means on a bounded sample of the stream (its centroids assign any batch); ``of_batch``
+    gives a real batch's ids and ``draw`` ids for generated samples, both on the batch's device without
+    making the host wait for it (in-memory data).
+    """
+
+    def __init__(self, cfg: PipelineConfig, ctx: TrainContext, num_classes: int) -> None:
+        self.cfg, self.ctx, self.num_classes = cfg, ctx, num_classes
+
+    def fit(self, epoch: int, previous: Conditions | None) -> Conditions:
+        """The conditions at ``epoch`` (seeded by it), matched to ``previous``; on every process alike."""
+        cfg, ctx = self.cfg, self.ctx
+        if ctx.real is None:  # streamed: k-means on a bounded sample, batches assigned by their features
+            return refresh_stream_conditions(
+                cfg.conditions,
+                ctx.accelerator,
+                ctx.encoder(),
+                lambda: sample_images(ctx.batches, cfg.conditions.fit_samples, FIT_EPOCH + epoch),
+                previous,
+                seed=cfg.train.seed + epoch,
+                num_classes=self.num_classes,
+            )
+        return refresh_conditions(
+            cfg.conditions,
+            ctx.accelerator,
+            ctx.encoder(),
+            ctx.real,
+            previous,
+            seed=cfg.train.seed + epoch,
+            num_classes=self.num_classes,
+        )
+
+    def of_batch(self, cond: Conditions | None, index: Any, images: torch.Tensor) -> torch.Tensor | None:
+        """A real batch's ids (``index``: its indices into the in-memory data): looked up, or assigned by the
+        current encoder's features of ``images`` (streamed data)."""
+        if not self.num_classes or cond is None:
+            return None
+        if cond.centroids is None:
+            # non-blocking: a fresh host tensor, staged by the copy; the host does not wait for the device
+            return cond.labels[index].to(images.device, non_blocking=True)
+        return cond.assign(eval_features(self.ctx.encoder(), images))
+
+    def draw(self, cond: Conditions | None, n: int) -> torch.Tensor | None:
+        """``n`` ids drawn from ``cond``'s frequencies (the global generator), on the run's device."""
+        c = cond.sample(n) if self.num_classes and cond is not None else None
+        return None if c is None else c.to(self.ctx.accelerator.device, non_blocking=True)

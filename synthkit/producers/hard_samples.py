@@ -160,8 +160,9 @@ def ema_copy(generator: nn.Module, decay: float) -> EMA:
 class HardSampleGAN(nn.Module):
     """HSG's modules: G, D and G's EMA copy, with D's loss and G's realism term.
 
-    The cGAN trainer (``producers/cgan.py``) owns the order of operations and the optimizers of a joint
-    step; this class only holds the modules and knows how to score samples for D and for realism.
+    The cGAN trainer (``producers/cgan.py``) owns the order of operations of a joint step, and D's side of it
+    (its optimizer and step, the realism terms) is ``producers/adversary.py``'s; this class holds the modules
+    and G's optimizer, and knows how to score samples for D and for realism.
     """
 
     def __init__(
@@ -194,6 +195,11 @@ class HardSampleGAN(nn.Module):
 
     def adversarial_loss(self, fake: torch.Tensor, c_fake: torch.Tensor | None) -> torch.Tensor:
         return adversarial_loss(self.discriminator, self.gen_cfg, fake, c_fake)
+
+    def optimizer(self) -> torch.optim.Optimizer:
+        """G's Adam; fused: one kernel per step, its step counters on the device (no host read)."""
+        g = self.gen_cfg
+        return torch.optim.Adam(self.generator.parameters(), lr=g.lr_g, betas=g.betas, fused=True)
 
     @torch.no_grad()
     def update_ema(self) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -80,6 +81,10 @@ class AdaptiveTarget:
         self.value = measured if self.value is None else m * self.value + (1 - m) * measured
         return self.value
 
+    def restore(self, value: Any, device: torch.device | str) -> None:
+        """The value a checkpoint recorded (None: nothing measured yet), as a tensor on ``device``."""
+        self.value = None if value is None else torch.tensor(float(value), device=device)
+
 
 @torch.no_grad()
 def _perturb(module: nn.Module, noise: float, generator: torch.Generator | None = None) -> None:
@@ -133,6 +138,23 @@ class GeneratorPair(nn.Module):
     def update_ema(self) -> None:
         self.ema_a.update_parameters(self.generator_a)
         self.ema_b.update_parameters(self.generator_b)
+
+    def similarity_terms(
+        self, encoder: nn.Module, x_a: torch.Tensor, x_b: torch.Tensor, target: float | torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, Any]]:
+        """The pair term of samples (``x_a``, ``x_b``) under the fixed ``encoder`` towards ``target``, and its
+        records (0-d tensors on the device, and the target)."""
+        s = backbone_similarity(encoder, x_a, x_b)
+        loss = pair_loss(s, target, self.hpg_cfg.lambda_pair, self.hpg_cfg.mu)
+        return loss, {"pair_similarity": s.detach().mean(), "pair_target": target, "loss_pair": loss.detach()}
+
+
+@torch.no_grad()
+def real_positive_similarity(encoder: nn.Module, views: Any, x_real: torch.Tensor) -> torch.Tensor:
+    """The encoder's mean backbone similarity of two augmented views of each real image: what the adaptive
+    target (:class:`AdaptiveTarget`) measures."""
+    v1, v2 = views.two_views(x_real)
+    return backbone_similarity(encoder, v1, v2).mean()
 
 
 def backbone_similarity(encoder: nn.Module, x_a: torch.Tensor, x_b: torch.Tensor) -> torch.Tensor:

@@ -1,9 +1,11 @@
 """The frozen cGAN of a finished run: HSG's EMA generator and HPG's pair of EMA generators.
 
 ``final/`` of a cGAN run holds ``generator_ema`` (HSG), ``generator_a_ema``/``generator_b_ema`` (HPG), the
-discriminator and the conditions (``producers/cgan.py`` publishes them). Export samples the generators with
-conditions drawn from the run's final frequencies; ``generator.init_run`` starts another run's G, D and
-conditions from here; the naive baseline samples the HSG generator (G_a for a pairs-only run).
+discriminator and the conditions: the trainer (``producers/cgan.py``) publishes them as one of these
+(:meth:`CGanSampler.publish`), so that what is written and what ``load`` reads back are defined in one place.
+Export samples the generators with conditions drawn from the run's final frequencies; ``generator.init_run``
+starts another run's G, D and conditions from here; the naive baseline samples the HSG generator (G_a for a
+pairs-only run).
 """
 
 from __future__ import annotations
@@ -20,8 +22,8 @@ from synthkit.errors import CheckpointError
 from synthkit.generators.cgan import Generator, build_discriminator, build_generator
 from synthkit.producer_configs.cgan import CGanConfig
 from synthkit.samplers.base import Sampler, Samples, chunk_generator, interleave
-from synthkit.samplers.conditions import Conditions, load_conditions
-from synthkit.weights import load_into, load_state_dict
+from synthkit.samplers.conditions import Conditions, load_conditions, save_conditions
+from synthkit.weights import load_into, load_state_dict, save_state_dict
 
 if TYPE_CHECKING:
     from synthkit.objectives.scoring import Scorer
@@ -120,6 +122,28 @@ class CGanSampler(Sampler):
             conditions=conditions,
             generator_steps=int(record.get("generator_steps", 0)),
         )
+
+    def publish(self, directory: Path) -> dict[str, Any]:
+        """Write the generators, the discriminator and the conditions into ``directory`` (a run's ``final/``);
+        return the record ``load`` reads them back with (the trainer adds its kind)."""
+        hashes: dict[str, str] = {}
+        record: dict[str, Any] = {}
+        if self.generator is not None:
+            hashes["generator_ema"] = save_state_dict(self.generator, directory / "generator_ema.safetensors")
+            record["generator"] = dict(self.meta)
+        if self.pair is not None:
+            for side, module in zip("ab", self.pair, strict=True):
+                path = directory / f"generator_{side}_ema.safetensors"
+                hashes[f"generator_{side}_ema"] = save_state_dict(module, path)
+            record["pair_generator"] = dict(self.meta)
+        if self.discriminator is not None:
+            path = directory / "discriminator.safetensors"
+            hashes["discriminator"] = save_state_dict(self.discriminator, path)
+        if self.conditions is not None:
+            record["conditions"] = save_conditions(self.conditions, directory / "conditions.safetensors")
+        record["generator_steps"] = self.generator_steps
+        record["hashes"] = hashes
+        return record
 
     def _generators(self, kind: str) -> tuple[nn.Module, nn.Module | None]:
         if kind == "hard" and self.generator is not None:

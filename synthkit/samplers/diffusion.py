@@ -1,11 +1,13 @@
 """The frozen diffusion model of a finished run: guided hard samples and branched pairs by DDIM.
 
 docs/method.md, "The same two producers with diffusion". ``final/diffusion`` holds the EMA UNet and its
-noise schedule in diffusers' layout, ``final/conditions.safetensors`` the conditions (``producers/
-diffusion.py`` publishes them). A sampler makes hard samples with encoder guidance of strength
-``settings.guidance_scale`` (:func:`~synthkit.samplers.diffusion_sampling.guidance_scale_at`) and pairs
-branched at ``settings.t_split``; exports use the end-of-training settings, the trainer's pools the
-settings of their epoch (:meth:`DiffusionSampler.at`).
+noise schedule in diffusers' layout, ``final/conditions.safetensors`` the conditions (the trainer,
+``producers/diffusion.py``, publishes them through :meth:`DiffusionSampler.publish`). A sampler makes hard
+samples with encoder guidance of strength ``settings.guidance_scale``
+(:func:`~synthkit.samplers.diffusion_sampling.guidance_scale_at`) and pairs branched at
+``settings.t_split``; exports use the end-of-training settings, the trainer's pools the settings of their
+epoch (:meth:`DiffusionSampler.at`). A sampler is also what a pretrained diffusers model
+(``generator.pretrained``) is, sampled as it is or fine-tuned from (:meth:`DiffusionSampler.pretrained`).
 """
 
 from __future__ import annotations
@@ -22,13 +24,20 @@ import torch.nn.functional as F
 from diffusers import DDPMScheduler, UNet2DModel
 
 from synthkit.config import PipelineConfig
-from synthkit.errors import CheckpointError
-from synthkit.generators.diffusion import SCHEDULER_DIR, UNET_DIR, build_scheduler, build_unet
+from synthkit.errors import CheckpointError, ModelError
+from synthkit.generators.diffusion import (
+    SCHEDULER_DIR,
+    UNET_DIR,
+    build_scheduler,
+    build_unet,
+    load_pretrained,
+    save_diffusion,
+)
 from synthkit.producer_configs.diffusion import DiffusionConfig
 from synthkit.progress import Phase
 from synthkit.provenance import state_dict_hash
 from synthkit.samplers.base import Sampler, Samples, chunk_generator, interleave
-from synthkit.samplers.conditions import Conditions, load_conditions
+from synthkit.samplers.conditions import Conditions, load_conditions, save_conditions
 from synthkit.samplers.diffusion_sampling import Guidance, ddim_pairs, ddim_sample, guidance_scale_at
 from synthkit.weights import cpu_state
 
@@ -156,6 +165,37 @@ class DiffusionSampler(Sampler):
         self.pools = list(record.get("pools", []))
         return self
 
+    @classmethod
+    def pretrained(
+        cls, cfg: PipelineConfig, channels: int, size: int, n_cond: int
+    ) -> tuple[DiffusionSampler, UNet2DModel]:
+        """``generator.pretrained``, loaded (safetensors only, never downloaded) and checked against the data
+        (``n_cond``: the run's conditions, which fine-tuning re-learns): the frozen sampler, on its own copy
+        of the UNet, and the UNet as loaded, which fine-tuning starts from."""
+        d = cfg.generator
+        assert isinstance(d, DiffusionConfig) and d.pretrained is not None
+        found = load_pretrained(d.pretrained, default_scheduler=d)
+        unet = found.unet
+        unfit = _pretrained_unfit(unet, d, channels, size, n_cond)
+        if unfit:
+            raise ModelError(f"generator.pretrained={d.pretrained} {unfit}")
+        s, k = unet.config.sample_size, int(unet.config.num_class_embeds or 0)
+        info = {
+            "path": str(Path(d.pretrained).resolve()),
+            "layout": found.layout,
+            "scheduler": found.scheduler_source,
+            "hash": state_dict_hash(cpu_state(unet)),
+            "size": int(s),
+            "resized_to": size if s != size else None,
+            "fine_tune_steps": d.train_steps,
+            "num_classes": k,
+        }
+        frozen = cls(
+            cfg, channels, size, k, unet=copy.deepcopy(unet), scheduler_config=found.scheduler_config,
+            pretrained=info,
+        )  # fmt: skip
+        return frozen, unet
+
     def draw_conditions(self, k: int, g: torch.Generator) -> torch.Tensor | None:
         cond = self.conditions
         return cond.sample(k, generator=g) if cond is not None and cond.num_classes else None
@@ -235,6 +275,43 @@ class DiffusionSampler(Sampler):
             **({"pretrained": self.pretrained} if self.pretrained else {}),
         }
 
+    def class_ids(self) -> dict[str, Any]:
+        """What the class ids of the published model mean (``synthkit.json``)."""
+        cond, k = self.conditions, self.num_classes
+        if not k:
+            return {"num_classes": 0, "meaning": "unconditional"}
+        source = cond.source if cond is not None else "model"
+        meaning = {
+            "kmeans": f"k-means pseudo-classes of the run's encoder features (k={k}); sample "
+            "them with the frequencies in final/conditions.safetensors",
+            "labels": "the data set's true labels (conditions.mode=labels)",
+            "model": "the pretrained model's own classes (synthkit samples them uniformly)",
+        }.get(source, source)
+        return {"num_classes": k, "source": source, "meaning": meaning}
+
+    def publish(self, directory: Path) -> dict[str, Any]:
+        """Write the UNet (moved to the CPU) and its noise schedule in diffusers' layout, with what its class
+        ids mean, and the conditions into ``directory`` (a run's ``final/``); return the record ``load`` reads
+        them back with (the trainer adds its kind)."""
+        unet = self.unet.to("cpu")
+        meta = {"class_ids": self.class_ids(), "data": {"size": self.size, "channels": self.channels}}
+        if self.pretrained:
+            meta["pretrained"] = self.pretrained
+        save_diffusion(
+            unet, DDPMScheduler.from_config(self.scheduler_config), directory / DIFFUSION_DIR, meta
+        )
+        record: dict[str, Any] = {
+            "hashes": {"unet_ema": state_dict_hash(cpu_state(unet))},
+            "train_steps": self.trained_steps,
+            "num_classes": self.num_classes,
+            "condition_source": self.conditions.source if self.conditions else "none",
+            "pools": self.pools,
+            **({"pretrained": self.pretrained} if self.pretrained else {}),
+        }
+        if self.conditions is not None:
+            record["conditions"] = save_conditions(self.conditions, directory / "conditions.safetensors")
+        return record
+
     @torch.no_grad()
     def naive_pool(self, seed: int, device: torch.device) -> torch.Tensor:
         """The naive baseline's NAIVE_POOL unguided samples for ``seed`` (the same images every time): what
@@ -263,3 +340,35 @@ class DiffusionSampler(Sampler):
             return pool[0][torch.randint(len(pool[0]), (n,))].to(device)
 
         return sample
+
+
+def _pretrained_unfit(
+    unet: UNet2DModel, d: DiffusionConfig, channels: int, size: int, n_cond: int
+) -> str | None:
+    """Why a pretrained UNet cannot serve this run (its data, ``generator.resize``, fine-tuning to ``n_cond``
+    conditions), or None."""
+    c_in, c_out, s = unet.config.in_channels, unet.config.out_channels, unet.config.sample_size
+    embed, k = unet.config.class_embed_type, int(unet.config.num_class_embeds or 0)
+    rows = (
+        (
+            c_in != channels or c_out != channels,
+            f"makes {c_out}-channel images from {c_in}-channel inputs, the data have {channels} channels "
+            "(data.channels)",
+        ),
+        (
+            s != size and not d.resize,
+            f"makes {s} px images but data.size is {size}; set --data.size={s}, or --generator.resize=true "
+            "to resize its samples (recorded in every output)",
+        ),
+        (
+            embed is not None,
+            f"uses class_embed_type={embed!r}; synthkit conditions through num_class_embeds only",
+        ),
+        (
+            bool(d.train_steps and k and k != n_cond),
+            f"has {k} classes; fine-tuning it (generator.train_steps={d.train_steps}) re-learns them as this "
+            f"run's {n_cond} conditions: set conditions.k={k} (or generator.train_steps=0 to sample its own "
+            "classes)",
+        ),
+    )
+    return next((message for unfit, message in rows if unfit), None)

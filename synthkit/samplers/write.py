@@ -5,7 +5,7 @@ encoder and objective (``objectives/scoring.py``) and writes its samples through
 resuming from the writer's journal: chunks before the first missing sample are skipped, the chunk holding
 it is recomputed whole (its hardness depends on the whole chunk) and only the missing samples are written,
 so an interrupted set ends byte-identical to an uninterrupted one. ``synthkit generate`` (``export.py``)
-writes exports with it and the diffusion trainer its pools (``producers/diffusion.py``), so a pool the
+writes exports with it and the diffusion trainer its pools (``producers/diffusion_pools.py``), so a pool the
 encoder trained on and an exported set have one format.
 """
 

@@ -1,20 +1,26 @@
-"""Pools of diffusion samples as shard sets (the export's writer): layout, determinism, resume, read-back."""
+"""Pools of diffusion samples as shard sets (the export's writer): layout, determinism, resume, read-back, and
+the trainer's pools (``Pools``): what a step draws, which pools a start keeps, which a checkpoint may name."""
 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
 import torch
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 
 from synthkit.config import EncoderConfig, ViewsConfig, from_dict
 from synthkit.data.views import Views
 from synthkit.encoders.model import Encoder
+from synthkit.errors import CheckpointError
 from synthkit.generators.diffusion import build_unet
 from synthkit.objectives.base import build_objective
 from synthkit.objectives.scoring import Scorer
-from synthkit.producers.diffusion import read_pool
+from synthkit.producers.base import StepInput, TrainContext
+from synthkit.producers.diffusion_pools import POOLS_DIR, Pools, read_pool
 from synthkit.samplers.conditions import Conditions
 from synthkit.samplers.diffusion import DiffusionSampler, Settings
 from synthkit.samplers.write import SetEvents, SetPlan, write_samples
@@ -98,3 +104,40 @@ def test_guidance_scale_zero_pool_is_the_unguided_pool(parts, tmp_path: Path) ->
     b = _write(parts, tmp_path / "b", guidance_scale=0.05, n_pairs=0)
     assert a.manifest["shards"][0]["sha256"] != b.manifest["shards"][0]["sha256"]
     assert sum(b.hardness) / 6 != sum(a.hardness) / 6
+
+
+def _pools(run_dir: Path, b_hard: int = 3, b_pair: int = 2) -> Pools:
+    AcceleratorState._reset_state(reset_partial_state=True)
+    acc = Accelerator(cpu=True, mixed_precision="no")
+    ctx = TrainContext(CFG, acc, 1, 8, None, None, None, None, run_dir, lambda: None, lambda r: None)  # type: ignore[arg-type]
+    return Pools(ctx, b_hard, b_pair, logging.getLogger("test"))
+
+
+def test_a_pool_holds_each_kind_in_the_proportion_a_step_draws_it(parts, tmp_path: Path) -> None:
+    pools = _pools(tmp_path)
+    n_pairs = round(CFG.generator.pool_size * 2 / (3 + 2 * 2))
+    assert pools.counts == {"hard": CFG.generator.pool_size - 2 * n_pairs, "pair": 2 * n_pairs}
+    assert _pools(tmp_path, b_hard=0).counts["hard"] == 0  # HSG off: pairs only
+    batch = StepInput(torch.zeros(4, 1, 8, 8), None, epoch=100, t=100.0)
+    assert pools.chunks(batch) == []  # nothing to draw before the first pool
+    _write(parts, tmp_path / POOLS_DIR / "epoch-0003")
+    pools.restore(f"{POOLS_DIR}/epoch-0003", tmp_path / "state.json")
+    syn, pair = pools.chunks(batch)
+    assert syn.name == "syn" and syn.images.shape == (3, 1, 8, 8) and syn.partner is None
+    assert pair.name == "pair" and pair.images.shape == pair.partner.shape == (2, 1, 8, 8)  # type: ignore[union-attr]
+    assert pools.chunks(StepInput(torch.zeros(4, 1, 8, 8), None, epoch=0, t=0.0)) == []  # warm-ups
+
+
+def test_a_start_keeps_only_the_checkpointed_pool_and_a_checkpoint_names_only_pools_of_its_run(
+    tmp_path: Path,
+) -> None:
+    pools = _pools(tmp_path)
+    for name in ("epoch-0000", "epoch-0002", "epoch-0004"):
+        (tmp_path / POOLS_DIR / name).mkdir(parents=True)
+    pools.dir = tmp_path / POOLS_DIR / "epoch-0002"
+    assert pools.state() == f"{POOLS_DIR}/epoch-0002"
+    pools.clear_stale()
+    assert sorted(p.name for p in (tmp_path / POOLS_DIR).iterdir()) == ["epoch-0002"]
+    for bad in ("../other-run/pools/epoch-0000", str(tmp_path / POOLS_DIR / "epoch-0002"), 7):
+        with pytest.raises(CheckpointError, match="is not a pool of this run"):
+            pools.restore(bad, tmp_path / "state.json")

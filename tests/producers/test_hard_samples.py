@@ -255,7 +255,7 @@ def _joint_setup(accelerator: Accelerator, monkeypatch: pytest.MonkeyPatch):
     torch.manual_seed(0)
     producer = CGanProducer(cfg, 1, SIZE, K)
     # realism term off: what is left of G's update comes from the reversed contrastive gradient alone
-    monkeypatch.setattr(producer, "realism", lambda fake, c: fake.sum() * 0.0)
+    monkeypatch.setattr(producer.adversary, "realism", lambda fake, c: fake.sum() * 0.0)
     encoder = _encoder()
     views = ReplayViews(Views(ViewsConfig(), 1, SIZE))
     objective = build_objective(SimCLRConfig(temperature=0.5), encoder, 8, seed=0)
@@ -275,7 +275,7 @@ def _joint_setup(accelerator: Accelerator, monkeypatch: pytest.MonkeyPatch):
     producer.prepare(accelerator)
     assert producer.hsg is not None
     producer.opt_g = torch.optim.SGD(producer.hsg.generator.parameters(), lr=0.05)
-    producer.opt_d = torch.optim.SGD(producer.discriminator.parameters(), lr=0.05)
+    producer.adversary.opt = torch.optim.SGD(producer.discriminator.parameters(), lr=0.05)
     step = EncoderStep(accelerator, encoder, views, torch.optim.SGD(encoder.parameters(), lr=0.05), objective)  # type: ignore[arg-type]
 
     def joint_step(real, c_real, z, c_fake, *, lambda_hard: float, use_synthetic: bool) -> dict[str, float]:
