@@ -307,11 +307,7 @@ def _headers(data: bytes) -> tuple[list[int], list[int]] | None:
             pos += _BLOCK + size + (-size % _BLOCK)
     except ValueError:
         return None
-    if pos > n:
-        return None
-    if not offsets:
-        return offsets, sizes
-    if not _headers_ok(data, offsets):
+    if pos > n or not _headers_ok(data, offsets):
         return None
     return offsets, sizes
 
@@ -336,13 +332,32 @@ def plain_groups(data: bytes, max_member_bytes: int) -> list[tuple[str, dict[str
 
     The common case, every member a regular ``KEY.EXT`` file of a decoded extension, each key's members
     adjacent and each extension once per key, within the size limit, costs one regex match and one size
-    parse per member; the other header fields of all members are then checked at once (as in _headers).
-    Whatever does not fit returns None: the general path (read_members, then the rules of split_member and
-    of the reader's grouping) then parses the shard again and names exactly what is wrong.
+    parse per member (:func:`_plain_walk`); the other header fields of all members are then checked at once
+    (:func:`_headers_ok`). Whatever does not fit returns None: the general path (read_members, then the
+    rules of split_member and of the reader's grouping) then parses the shard again and names exactly what
+    is wrong.
+    """
+    if len(data) % _BLOCK:
+        return None
+    try:
+        walked = _plain_walk(data, max_member_bytes)
+    except ValueError:  # a size field that is not octal digits
+        return None
+    if walked is None:
+        return None
+    groups, offsets = walked
+    return groups if _headers_ok(data, offsets) else None
+
+
+def _plain_walk(
+    data: bytes, max_member_bytes: int
+) -> tuple[list[tuple[str, dict[str, bytes]]], list[int]] | None:
+    """Follow the members of a plain archive from header to header up to its end-of-archive block:
+    (samples, header offsets), or None at the first member that is not plain.
+
+    One loop with the grouping inline: this runs once per member on the training stream's path.
     """
     n = len(data)
-    if n % _BLOCK:
-        return None
     groups: list[tuple[str, dict[str, bytes]]] = []
     offsets: list[int] = []
     seen: set[bytes] = set()
@@ -350,38 +365,29 @@ def plain_groups(data: bytes, max_member_bytes: int) -> list[tuple[str, dict[str
     parts: dict[str, bytes] = {}
     match = _PLAIN_NAME_BYTES.match
     pos = 0
-    try:
-        while True:
-            if pos + _BLOCK > n:
+    while pos + _BLOCK <= n:
+        m = match(data, pos, pos + 100)
+        if m is None:  # the end-of-archive block, or a member the general path must name
+            return (groups, offsets) if data[pos : pos + _BLOCK] == _END_BLOCK else None
+        size = int(data[pos + 124 : pos + 135], 8)  # digits are checked by _headers_ok, for all at once
+        if size > max_member_bytes:
+            return None
+        key, ext = m.group(1, 2)
+        if key != current:  # a new sample: its key must not have been seen before
+            if key in seen:
                 return None
-            m = match(data, pos, pos + 100)
-            if m is None:
-                if data[pos] == 0 and data[pos : pos + _BLOCK] == _END_BLOCK:
-                    break
-                return None
-            size = int(data[pos + 124 : pos + 135], 8)  # digits are checked below, for every header at once
-            if size > max_member_bytes:
-                return None
-            key, ext = m.group(1, 2)
-            if key != current:
-                if key in seen:
-                    return None
-                seen.add(key)
-                parts = {}
-                groups.append((key.decode("utf-8", "surrogateescape"), parts))
-                current = key
-            ext_name = _EXT_NAMES[ext]
-            if ext_name in parts:
-                return None
-            start = pos + _BLOCK
-            parts[ext_name] = data[start : start + size]
-            offsets.append(pos)
-            pos = start + size + (-size % _BLOCK)
-    except ValueError:
-        return None
-    if pos > n or (offsets and not _headers_ok(data, offsets)):
-        return None
-    return groups
+            seen.add(key)
+            parts = {}
+            groups.append((key.decode("utf-8", "surrogateescape"), parts))
+            current = key
+        ext_name = _EXT_NAMES[ext]
+        if ext_name in parts:
+            return None
+        start = pos + _BLOCK
+        parts[ext_name] = data[start : start + size]
+        offsets.append(pos)
+        pos = start + size + (-size % _BLOCK)
+    return None  # no end-of-archive block: the full parser names the truncation
 
 
 _EXT_NAMES = {ext.encode(): ext for ext in DECODED_EXTENSIONS}
@@ -389,6 +395,8 @@ _EXT_NAMES = {ext.encode(): ext for ext in DECODED_EXTENSIONS}
 
 def _headers_ok(data: bytes, offsets: list[int]) -> bool:
     """Every header at ``offsets``: checksum, type, octal size, no prefix, NUL-ended name (see _headers)."""
+    if not offsets:
+        return True
     blocks = np.frombuffer(data, dtype=np.uint8).reshape(-1, _BLOCK)[np.asarray(offsets) // _BLOCK]
     chk = blocks[:, 148:154]
     ok = (
