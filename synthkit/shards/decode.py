@@ -41,6 +41,7 @@ _DECIMAL = re.compile(r"-?[0-9]{1,30}")
 _PNG_TYPES = {0: ("L", 1), 2: ("RGB", 3), 3: ("P", 1), 4: ("LA", 2), 6: ("RGBA", 4)}
 _PNG_DEPTHS = {0: (1, 2, 4, 8, 16), 2: (8, 16), 3: (1, 2, 4, 8), 4: (8, 16), 6: (8, 16)}
 _IHDR = struct.Struct(">IIBBBBB")
+_CRC_AND_LENGTH = struct.Struct(">II")
 # Adam7 passes: (x start, y start, x step, y step).
 _ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))
 # Pillow's PNG row decoder (what Image.open and Image.frombytes(..., "zip") run), called directly so that a
@@ -94,9 +95,8 @@ class PngHeader:
 def png_header(where: str, data: bytes) -> PngHeader:
     """Parse and check a PNG's chunk layout (signature, IHDR first, CRCs, IEND last, nothing after)."""
     if _one_idat_layout(data):
-        fields = _IHDR.unpack_from(data, 16)
-        if _ihdr_ok(fields):
-            width, height, depth, color, _, _, interlace = fields
+        width, height, depth, color, compression, filtering, interlace = _IHDR.unpack_from(data, 16)
+        if _ihdr_ok(width, height, depth, color, compression, filtering, interlace):
             return PngHeader(width, height, depth, color, interlace, data[41 : len(data) - 16])
     # Anything else (ancillary chunks, several IDATs, a palette, or something wrong that must be named).
     return _ChunkWalker(where, data).header()
@@ -106,21 +106,23 @@ def _one_idat_layout(data: bytes) -> bool:
     """The layout every PNG encoder writes for a small image, checked in a few slices: signature, IHDR,
     one IDAT, IEND, nothing after; the CRCs of IHDR and IDAT verified as :class:`_ChunkWalker` does."""
     n = len(data)
+    if n < 57 or data[:16] != _SIGNATURE_IHDR:
+        return False
+    ihdr_crc, idat_length = _CRC_AND_LENGTH.unpack_from(data, 29)  # IHDR's CRC, then IDAT's length
     return (
-        n >= 57
-        and data[:16] == _SIGNATURE_IHDR
+        idat_length == n - 57
         and data[37:41] == b"IDAT"
         and data[n - 12 :] == _IEND
-        and int.from_bytes(data[33:37], "big") == n - 57
-        and zlib.crc32(data[12:29]) == int.from_bytes(data[29:33], "big")
+        and zlib.crc32(data[12:29]) == ihdr_crc
         and zlib.crc32(data[37 : n - 16]) == int.from_bytes(data[n - 16 : n - 12], "big")
     )
 
 
-def _ihdr_ok(fields: tuple[int, ...]) -> bool:
+def _ihdr_ok(
+    width: int, height: int, depth: int, color: int, compression: int, filtering: int, interlace: int
+) -> bool:
     """IHDR fields the PNG spec allows (section 11.2.2): a colour type with one of its bit depths, compression
     and filter method 0, no interlacing or Adam7, and a width and height in 1 .. 2**31 - 1."""
-    width, height, depth, color, compression, filtering, interlace = fields
     return (
         color in _PNG_TYPES
         and depth in _PNG_DEPTHS[color]
@@ -159,7 +161,7 @@ class _ChunkWalker:
                 self._fail("PNG does not start with IHDR")
             done = self._handler(ctype)(self, start, stop)
             pos = stop + 4  # past the CRC
-        if not _ihdr_ok(self.fields):  # type: ignore[arg-type]  # IHDR came first
+        if not _ihdr_ok(*self.fields):  # type: ignore[misc]  # IHDR came first, so fields are set
             self._fail(f"invalid PNG header {self.fields}")
         if not self.idat:
             self._fail("PNG has no image data (IDAT)")
