@@ -22,7 +22,8 @@ import re
 import struct
 import warnings
 import zlib
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NoReturn
 
 import numpy as np
 from PIL import Image
@@ -40,12 +41,14 @@ _DECIMAL = re.compile(r"-?[0-9]{1,30}")
 _PNG_TYPES = {0: ("L", 1), 2: ("RGB", 3), 3: ("P", 1), 4: ("LA", 2), 6: ("RGBA", 4)}
 _PNG_DEPTHS = {0: (1, 2, 4, 8, 16), 2: (8, 16), 3: (1, 2, 4, 8), 4: (8, 16), 6: (8, 16)}
 _IHDR = struct.Struct(">IIBBBBB")
+_CRC_AND_LENGTH = struct.Struct(">II")
 # Adam7 passes: (x start, y start, x step, y step).
 _ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))
 # Pillow's PNG row decoder (what Image.open and Image.frombytes(..., "zip") run), called directly so that a
 # batch of images costs one decoder object each and no Image objects.
 _zip_decoder = Image.core.zip_decoder
 _IEND = b"\x00\x00\x00\x00IEND\xaeB`\x82"
+_SIGNATURE_IHDR = PNG_SIGNATURE + b"\x00\x00\x00\rIHDR"
 _RAW_SIZES: dict[tuple[int, int, int, int, int], int] = {}
 
 
@@ -91,74 +94,136 @@ class PngHeader:
 
 def png_header(where: str, data: bytes) -> PngHeader:
     """Parse and check a PNG's chunk layout (signature, IHDR first, CRCs, IEND last, nothing after)."""
-    # The layout every PNG encoder writes for a small image, checked in a few slices: signature, IHDR,
-    # one IDAT, IEND, nothing after; the CRCs of IHDR and IDAT are verified as in the general loop.
+    if _one_idat_layout(data):
+        width, height, depth, color, compression, filtering, interlace = _IHDR.unpack_from(data, 16)
+        if _ihdr_ok(width, height, depth, color, compression, filtering, interlace):
+            return PngHeader(width, height, depth, color, interlace, data[41 : len(data) - 16])
+    # Anything else (ancillary chunks, several IDATs, a palette, or something wrong that must be named).
+    return _ChunkWalker(where, data).header()
+
+
+def _one_idat_layout(data: bytes) -> bool:
+    """The layout every PNG encoder writes for a small image, checked in a few slices: signature, IHDR,
+    one IDAT, IEND, nothing after; the CRCs of IHDR and IDAT verified as :class:`_ChunkWalker` does."""
     n = len(data)
-    if (
-        n >= 57
-        and data[:16] == b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR"
+    if n < 57 or data[:16] != _SIGNATURE_IHDR:
+        return False
+    ihdr_crc, idat_length = _CRC_AND_LENGTH.unpack_from(data, 29)  # IHDR's CRC, then IDAT's length
+    return (
+        idat_length == n - 57
         and data[37:41] == b"IDAT"
         and data[n - 12 :] == _IEND
-        and int.from_bytes(data[33:37], "big") == n - 57
-        and zlib.crc32(data[12:29]) == int.from_bytes(data[29:33], "big")
+        and zlib.crc32(data[12:29]) == ihdr_crc
         and zlib.crc32(data[37 : n - 16]) == int.from_bytes(data[n - 16 : n - 12], "big")
-    ):
-        width, height, depth, color, compression, filtering, interlace = _IHDR.unpack_from(data, 16)
-        if (
-            color in _PNG_TYPES
-            and depth in _PNG_DEPTHS[color]
-            and compression == filtering == 0
-            and interlace in (0, 1)
-            and 0 < width < 2**31
-            and 0 < height < 2**31
-        ):
-            return PngHeader(width, height, depth, color, interlace, data[41 : n - 16])
-    if data[:8] != PNG_SIGNATURE:
-        raise ShardError(f"{where}: cannot decode image: not a PNG (bad signature)")
-    pos, n = 8, len(data)
-    header: tuple[int, ...] | None = None
-    idat: list[bytes] = []
-    while True:
+    )
+
+
+def _ihdr_ok(
+    width: int, height: int, depth: int, color: int, compression: int, filtering: int, interlace: int
+) -> bool:
+    """IHDR fields the PNG spec allows (section 11.2.2): a colour type with one of its bit depths, compression
+    and filter method 0, no interlacing or Adam7, and a width and height in 1 .. 2**31 - 1."""
+    return (
+        color in _PNG_TYPES
+        and depth in _PNG_DEPTHS[color]
+        and compression == filtering == 0
+        and interlace in (0, 1)
+        and 0 < width < 2**31
+        and 0 < height < 2**31
+    )
+
+
+class _ChunkWalker:
+    """A PNG's chunks walked in order, one method per critical chunk kind, each refusal named.
+
+    Every chunk is framed (its length inside the data) and, when critical, its CRC checked; the first must
+    be IHDR; ancillary chunks are skipped unread, as by every decoder that ignores them; PLTE is skipped
+    (Pillow reads it); any other critical chunk is refused; IEND must be last, with nothing after it.
+    """
+
+    def __init__(self, where: str, data: bytes) -> None:
+        self.where = where
+        self.data = data
+        self.fields: tuple[int, ...] | None = None  # the IHDR fields once read
+        self.idat: list[bytes] = []
+
+    def _fail(self, problem: str) -> NoReturn:
+        raise ShardError(f"{self.where}: cannot decode image: {problem}")
+
+    def header(self) -> PngHeader:
+        """Walk every chunk up to IEND, then check what IHDR declares."""
+        if self.data[:8] != PNG_SIGNATURE:
+            self._fail("not a PNG (bad signature)")
+        pos, done = 8, False
+        while not done:
+            ctype, start, stop = self._chunk(pos)
+            if self.fields is None and ctype != b"IHDR":
+                self._fail("PNG does not start with IHDR")
+            done = self._handler(ctype)(self, start, stop)
+            pos = stop + 4  # past the CRC
+        if not _ihdr_ok(*self.fields):  # type: ignore[misc]  # IHDR came first, so fields are set
+            self._fail(f"invalid PNG header {self.fields}")
+        if not self.idat:
+            self._fail("PNG has no image data (IDAT)")
+        width, height, depth, color, _, _, interlace = self.fields  # type: ignore[misc]
+        return PngHeader(width, height, depth, color, interlace, b"".join(self.idat))
+
+    def _chunk(self, pos: int) -> tuple[bytes, int, int]:
+        """(type, start, stop) of the data of the chunk at ``pos``: framed within the PNG, CRC checked."""
+        data, n = self.data, len(self.data)
         if pos + 12 > n:
-            raise ShardError(f"{where}: cannot decode image: PNG truncated (no IEND chunk)")
+            self._fail("PNG truncated (no IEND chunk)")
         length = int.from_bytes(data[pos : pos + 4], "big")
         ctype = data[pos + 4 : pos + 8]
-        end = pos + 12 + length
-        if length > 0x7FFFFFFF or end > n:
-            raise ShardError(f"{where}: cannot decode image: PNG chunk {ctype!r} runs past the end")
-        critical = ctype[:1].isupper()
-        if critical:  # ancillary chunks are skipped unread, as by every decoder that ignores them
-            body = data[pos + 4 : pos + 8 + length]
-            if zlib.crc32(body) != int.from_bytes(data[pos + 8 + length : end], "big"):
-                raise ShardError(f"{where}: cannot decode image: CRC error in PNG chunk {ctype!r}")
-        if header is None and ctype != b"IHDR":
-            raise ShardError(f"{where}: cannot decode image: PNG does not start with IHDR")
-        if ctype == b"IHDR":
-            if header is not None or length != 13:
-                raise ShardError(f"{where}: cannot decode image: invalid PNG IHDR chunk")
-            header = _IHDR.unpack_from(data, pos + 8)
-        elif ctype == b"IDAT":
-            idat.append(data[pos + 8 : pos + 8 + length])
-        elif ctype == b"IEND":
-            if end != n:
-                raise ShardError(f"{where}: cannot decode image: {n - end} bytes after the PNG's IEND chunk")
-            break
-        elif critical and ctype not in (b"PLTE",):
-            raise ShardError(f"{where}: cannot decode image: unknown critical PNG chunk {ctype!r}")
-        pos = end
-    width, height, depth, color, compression, filtering, interlace = header  # type: ignore[misc]
-    if (
-        color not in _PNG_TYPES
-        or depth not in _PNG_DEPTHS[color]
-        or compression != 0
-        or filtering != 0
-        or interlace not in (0, 1)
-        or not (0 < width < 2**31 and 0 < height < 2**31)
-    ):
-        raise ShardError(f"{where}: cannot decode image: invalid PNG header {header}")
-    if not idat:
-        raise ShardError(f"{where}: cannot decode image: PNG has no image data (IDAT)")
-    return PngHeader(width, height, depth, color, interlace, b"".join(idat))
+        stop = pos + 8 + length
+        if length > 0x7FFFFFFF or stop + 4 > n:
+            self._fail(f"PNG chunk {ctype!r} runs past the end")
+        crc = int.from_bytes(data[stop : stop + 4], "big")
+        if _critical(ctype) and zlib.crc32(data[pos + 4 : stop]) != crc:
+            self._fail(f"CRC error in PNG chunk {ctype!r}")
+        return ctype, pos + 8, stop
+
+    def _handler(self, ctype: bytes) -> Callable[[_ChunkWalker, int, int], bool]:
+        handler = _CHUNK_HANDLERS.get(ctype)
+        if handler is not None:
+            return handler
+        if _critical(ctype):
+            self._fail(f"unknown critical PNG chunk {ctype!r}")
+        return _ChunkWalker._skip
+
+    # Handlers: the chunk's data is data[start:stop]; each returns True at the last chunk.
+
+    def _ihdr(self, start: int, stop: int) -> bool:
+        if self.fields is not None or stop - start != 13:
+            self._fail("invalid PNG IHDR chunk")
+        self.fields = _IHDR.unpack_from(self.data, start)
+        return False
+
+    def _idat(self, start: int, stop: int) -> bool:
+        self.idat.append(self.data[start:stop])
+        return False
+
+    def _iend(self, start: int, stop: int) -> bool:
+        after = len(self.data) - (stop + 4)
+        if after:
+            self._fail(f"{after} bytes after the PNG's IEND chunk")
+        return True
+
+    def _skip(self, start: int, stop: int) -> bool:
+        return False
+
+
+def _critical(ctype: bytes) -> bool:
+    """A critical chunk (first letter upper case): a decoder must understand it, and its CRC is checked."""
+    return ctype[:1].isupper()
+
+
+_CHUNK_HANDLERS = {
+    b"IHDR": _ChunkWalker._ihdr,
+    b"IDAT": _ChunkWalker._idat,
+    b"IEND": _ChunkWalker._iend,
+    b"PLTE": _ChunkWalker._skip,
+}
 
 
 def check_pixels(where: str, width: int, height: int, max_pixels: int) -> None:

@@ -45,6 +45,7 @@ from synthkit.errors import ShardError
 from synthkit.shards import location as loc
 from synthkit.shards.decode import (
     DEFAULT_MAX_PIXELS,
+    PngHeader,
     check_pixels,
     decode_cls,
     decode_image,
@@ -132,6 +133,14 @@ class SetRules:
         self.declared = self.shape is not None
         self.mode: str | None = None
         self.keys: dict[str, str] = {}  # key -> the shard it was first seen in
+
+    def key_problem(self, key: str, shard: str) -> str | None:
+        """Why a sample's key cannot be used (None: it can, and is now taken by ``shard``)."""
+        first = self.keys.get(key)
+        if first is not None:
+            return f"key also used in {first}; keys must be unique in a set"
+        self.keys[key] = shard
+        return None
 
     def image_problem(self, height: int, width: int, channels: int, mode: str) -> str | None:
         """Why an image does not fit the set (None: it fits); the first image fixes what was not declared."""
@@ -347,83 +356,153 @@ def _general_sample(
     return {"__key__": key, "__shard__": shard, "image": image, "meta": meta, "cls": cls}
 
 
-def _decode_groups(read: ShardRead, groups: list[tuple[str, Any]], rules: SetRules, max_pixels: int) -> None:
-    """Decode and check every sample; valid ones go to ``read.samples``, refusals to ``read.problems``.
+def _common_layout(parts: dict[str, bytes]) -> bool:
+    """The layout synthkit writes: ``png`` and ``json``, with or without ``cls``, and nothing else."""
+    n = len(parts)
+    return "png" in parts and "json" in parts and (n == 2 or (n == 3 and "cls" in parts))
 
-    The common layout (``png`` + ``json`` [+ ``cls``], an 8-bit gray or RGB PNG) is checked inline, with
-    messages built only on a refusal, and its images are unfiltered in one batch per size
+
+def _strict_meta(shard: str, key: str, text: bytes) -> dict[str, Any]:
+    """A sample's metadata by the format's rules (as decode_json and validate_meta), its messages built only
+    on a refusal."""
+    try:
+        meta = loads_strict(text)
+    except (ValueError, RecursionError) as exc:
+        raise ShardError(f"{shard}: sample {key!r} ({key}.json): invalid JSON metadata: {exc}") from exc
+    if meta.__class__ is not dict:
+        kind = type(meta).__name__
+        raise ShardError(f"{shard}: sample {key!r} ({key}.json): JSON metadata must be an object, got {kind}")
+    schema = validate_meta(meta, parsed=True)
+    if schema:
+        raise ShardError(f"{shard}: sample {key!r}: metadata does not match the format: {'; '.join(schema)}")
+    return meta
+
+
+class _ShardDecoder:
+    """Decodes and checks the samples of one shard, in shard order; valid ones go to ``read.samples``,
+    refusals to ``read.problems``.
+
+    The common layout (:func:`_common_layout` with an 8-bit gray or RGB PNG) is checked here and its image
+    waits in a batch per size, unfiltered in one call at the end
     (:func:`synthkit.shards.decode.decode_png_batch`); every other layout goes through _general_sample.
     The checks are the same either way.
     """
-    shard = read.shard
-    keys = rules.keys
-    slots: list[dict[str, Any] | None] = []
-    batches: dict[tuple[int, int, int], list[tuple[int, str, Any, bytes]]] = {}
-    for key, parts in groups:
-        try:
-            if parts.__class__ is not dict:
-                raise ShardError(parts)
-            if key in keys:
-                raise ShardError(
-                    f"{shard}: sample {key!r}: key also used in {keys[key]}; keys must be unique in a set"
-                )
-            keys[key] = shard
-            png, text, n = parts.get("png"), parts.get("json"), len(parts)
-            if png is None or text is None or n > 3 or (n == 3 and "cls" not in parts):
-                slots.append(_general_sample(shard, key, parts, rules, max_pixels))
-                continue
+
+    def __init__(self, read: ShardRead, rules: SetRules, max_pixels: int) -> None:
+        self.read = read
+        self.shard = read.shard
+        self.rules = rules
+        self.max_pixels = max_pixels
+        self.slots: list[dict[str, Any] | None] = []  # one per sample in shard order; None: refused
+        # (width, height, colour type) -> (slot, where, header, inflated data) of the images to unfilter
+        self.batches: dict[tuple[int, int, int], list[tuple[int, str, PngHeader, bytes]]] = {}
+
+    def decode(self, groups: list[tuple[str, Any]]) -> None:
+        shard, problems = self.shard, self.read.problems
+        for key, parts in groups:
             try:
-                meta = loads_strict(text)
-            except (ValueError, RecursionError) as exc:
-                raise ShardError(
-                    f"{shard}: sample {key!r} ({key}.json): invalid JSON metadata: {exc}"
-                ) from exc
-            if meta.__class__ is not dict:
-                raise ShardError(
-                    f"{shard}: sample {key!r} ({key}.json): JSON metadata must be an object, "
-                    f"got {type(meta).__name__}"
-                )
-            schema = validate_meta(meta, parsed=True)
-            if schema:
-                raise ShardError(
-                    f"{shard}: sample {key!r}: metadata does not match the format: {'; '.join(schema)}"
-                )
-            cls = decode_cls(f"{shard}: sample {key!r} ({key}.cls)", parts["cls"]) if n == 3 else None
-            header = png_header(f"{shard}: sample {key!r} ({key}.png)", png)
-            if header.width * header.height > max_pixels or not header.fast:
-                check_pixels(f"{shard}: sample {key!r} ({key}.png)", header.width, header.height, max_pixels)
-                slots.append(_general_sample(shard, key, parts, rules, max_pixels))
-                continue
-            misfit = rules.image_problem(header.height, header.width, header.channels, header.mode)
-            if misfit:
-                raise ShardError(f"{shard}: sample {key!r} ({key}.png): {misfit}")
-            where = f"{shard}: sample {key!r} ({key}.png)"
+                slot = self._sample(key, parts)
+            except ShardError as exc:
+                problems.append((f"{shard}:{key}", str(exc)))
+                slot = None
+            self.slots.append(slot)
+        for batch in self.batches.values():
+            self._unfilter(batch)
+        self.read.samples = [s for s in self.slots if s is not None]
+        if self.batches and len(problems) > 1:  # batch refusals were appended after the others: shard order
+            order = {key: i for i, (key, _) in enumerate(groups)}
+            problems.sort(key=lambda p: order.get(p[0][len(shard) + 1 :], 0))
+
+    def _sample(self, key: str, parts: dict[str, bytes] | str) -> dict[str, Any]:
+        """One sample checked; a common-layout image is left to its batch (the slot's ``image`` is None)."""
+        shard, rules, max_pixels = self.shard, self.rules, self.max_pixels
+        if isinstance(parts, str):  # the grouping refused it already
+            raise ShardError(parts)
+        taken = rules.key_problem(key, shard)
+        if taken:
+            raise ShardError(f"{shard}: sample {key!r}: {taken}")
+        if not _common_layout(parts):
+            return _general_sample(shard, key, parts, rules, max_pixels)
+        meta = _strict_meta(shard, key, parts["json"])
+        cls = decode_cls(f"{shard}: sample {key!r} ({key}.cls)", parts["cls"]) if len(parts) == 3 else None
+        where = f"{shard}: sample {key!r} ({key}.png)"
+        header = png_header(where, parts["png"])
+        if header.width * header.height > max_pixels or not header.fast:
             check_pixels(where, header.width, header.height, max_pixels)
-            raw = inflate_exact(where, header)
-            batches.setdefault((header.width, header.height, header.color), []).append(
-                (len(slots), where, header, raw)
-            )
-            slots.append({"__key__": key, "__shard__": shard, "image": None, "meta": meta, "cls": cls})
-        except ShardError as exc:
-            read.problems.append((f"{shard}:{key}", str(exc)))
-            slots.append(None)
-    for batch in batches.values():
+            return _general_sample(shard, key, parts, rules, max_pixels)
+        misfit = rules.image_problem(header.height, header.width, header.channels, header.mode)
+        if misfit:
+            raise ShardError(f"{where}: {misfit}")
+        check_pixels(where, header.width, header.height, max_pixels)
+        raw = inflate_exact(where, header)
+        batch = self.batches.setdefault((header.width, header.height, header.color), [])
+        batch.append((len(self.slots), where, header, raw))
+        return {"__key__": key, "__shard__": shard, "image": None, "meta": meta, "cls": cls}
+
+    def _unfilter(self, batch: list[tuple[int, str, PngHeader, bytes]]) -> None:
+        """The images of one batch into their slots; where the batch fails, one by one to find which."""
         try:
             images = decode_png_batch([b[1] for b in batch], [b[2] for b in batch], [b[3] for b in batch])
         except ShardError:  # find the one that failed; the others are still good
-            for i, where, header, raw in batch:
-                try:
-                    slots[i]["image"] = decode_png_batch([where], [header], [raw])[0]  # type: ignore[index]
-                except ShardError as exc:
-                    read.problems.append((f"{shard}:{slots[i]['__key__']}", str(exc)))  # type: ignore[index]
-                    slots[i] = None
-            continue
+            for entry in batch:
+                self._unfilter_one(*entry)
+            return
         for (i, *_), image in zip(batch, images, strict=True):
-            slots[i]["image"] = image  # type: ignore[index]
-    read.samples = [s for s in slots if s is not None]
-    if batches and len(read.problems) > 1:  # batch refusals were appended after the others: shard order
-        order = {key: i for i, (key, _) in enumerate(groups)}
-        read.problems.sort(key=lambda p: order.get(p[0][len(shard) + 1 :], 0))
+            self.slots[i]["image"] = image  # type: ignore[index]
+
+    def _unfilter_one(self, i: int, where: str, header: PngHeader, raw: bytes) -> None:
+        slot: dict[str, Any] = self.slots[i]  # type: ignore[assignment]
+        try:
+            slot["image"] = decode_png_batch([where], [header], [raw])[0]
+        except ShardError as exc:
+            self.read.problems.append((f"{self.shard}:{slot['__key__']}", str(exc)))
+            self.slots[i] = None
+
+
+def _tar_groups(shard: str, data: bytes, max_member_bytes: int) -> tuple[list[tuple[str, Any]], str | None]:
+    """The shard's members grouped into samples ([(key, {ext: bytes} or a refusal reason)]) and the tar's
+    structural problem (None: none)."""
+    groups: list[tuple[str, Any]] | None = plain_groups(data, max_member_bytes)
+    if groups is not None:
+        return groups, None
+    # Anything but the plain layout: parsed again, every rule applied and named.
+    members, tar_error = read_members(data)
+    return _group(shard, data, members, max_member_bytes), tar_error
+
+
+def _tar_break(
+    shard: str, groups: list[tuple[str, Any]], tar_error: str
+) -> tuple[list[tuple[str, Any]], str, int]:
+    """A tar that broke: the samples complete before the break, why it is broken, and the samples cut (0, 1).
+
+    The tar broke inside the last sample or right after it; whether a member of it (its cls, say) is
+    missing cannot be told, so it is not given out, and is counted as dropped. Where the member the tar
+    broke at was refused (a size above the limit, say), that refusal is the reason given.
+    """
+    if not groups:
+        return groups, f"{shard}: corrupt or truncated tar: {tar_error}", 0
+    complete, last = groups[:-1], groups[-1][1]
+    if isinstance(last, str):
+        return complete, last, 1
+    after = f" after sample {complete[-1][0]!r}" if complete else ""
+    return complete, f"{shard}: corrupt or truncated tar{after}: {tar_error}", 1
+
+
+def _count_problem(ref: ShardRef, count: int) -> str | None:
+    """Why a whole tar's sample count is wrong (None: it is right): none in a vouched shard, or not the
+    manifest's count."""
+    if count == 0 and ref.vouched:
+        return f"{ref.location}: holds no samples (an empty tar)"
+    if ref.count is not None and count != ref.count:
+        return f"{ref.location}: holds {count} samples, the manifest says {ref.count}"
+    return None
+
+
+def _disown(read: ShardRead, ref: ShardRef) -> None:
+    """The manifest vouched for bytes that do not make the shard it describes: give out none of it."""
+    read.dropped = max(len(read.samples) + read.dropped, (ref.count or 0) - len(read.problems))
+    read.samples = []
+    read.broken = f"{read.broken}; none of its samples is used"
 
 
 def read_shard(
@@ -438,6 +517,11 @@ def read_shard(
 ) -> ShardRead:
     """Read, check and decode one whole shard; see the module docstring for the checks.
 
+    In steps: the bytes, read whole and checked against the manifest's size and hash (_fetch); the tar's
+    members grouped into samples (_tar_groups), a sample cut by a break in the tar set aside (_tar_break);
+    every sample decoded and checked (_ShardDecoder); the shard's count checked (_count_problem); and a
+    vouched shard that broke disowned whole (_disown).
+
     Args:
         ref: the shard and what its manifest promises.
         rules: the set's state (keys, image shape); a fresh one checks this shard alone.
@@ -446,7 +530,6 @@ def read_shard(
         vouch: False (``shards verify``) reports size and hash mismatches in ``integrity`` and checks the
             content anyway, so that every problem is listed; consumers keep the default.
     """
-    rules = rules if rules is not None else SetRules()
     read = ShardRead(ref.location)
     if not check_hash:
         ref = ShardRef(ref.location, ref.count, ref.size, None)
@@ -454,35 +537,15 @@ def read_shard(
     if data is None:
         read.dropped = ref.count or 0
         return read
-    groups: list[tuple[str, Any]] | None = plain_groups(data, max_member_bytes)
-    tar_error = None
-    if groups is None:  # anything but the plain layout: parsed again, every rule applied and named
-        members, tar_error = read_members(data)
-        groups = _group(ref.location, data, members, max_member_bytes)
-    cut, refused_at_break = 0, None
-    if tar_error is not None and groups:
-        # The tar broke inside the last sample or right after it; whether a member of it (its cls, say) is
-        # missing cannot be told, so it is not given out, and is counted as dropped. Where the member the
-        # tar broke at was refused (a size above the limit, say), that refusal is the reason given.
-        if isinstance(groups[-1][1], str):
-            refused_at_break = groups[-1][1]
-        groups, cut = groups[:-1], 1
-    _decode_groups(read, groups, rules, max_pixels)
-    read.count = len(groups)  # complete samples found (a sample cut by a break is not one)
-    after = f" after sample {groups[-1][0]!r}" if groups else ""
+    groups, tar_error = _tar_groups(ref.location, data, max_member_bytes)
     if tar_error is not None:
-        read.broken = refused_at_break or f"{ref.location}: corrupt or truncated tar{after}: {tar_error}"
-    elif not groups and ref.vouched:
-        read.broken = f"{ref.location}: holds no samples (an empty tar)"
-    elif ref.count is not None and len(groups) != ref.count:
-        read.broken = f"{ref.location}: holds {len(groups)} samples, the manifest says {ref.count}"
-    if cut and read.broken is not None:
-        read.dropped = cut
+        groups, read.broken, read.dropped = _tar_break(ref.location, groups, tar_error)
+    _ShardDecoder(read, rules if rules is not None else SetRules(), max_pixels).decode(groups)
+    read.count = len(groups)  # complete samples found (a sample cut by a break is not one)
+    if tar_error is None:
+        read.broken = _count_problem(ref, len(groups))
     if read.broken is not None and ref.vouched and vouch:
-        # The manifest vouched for bytes that do not make the shard it describes: give out none of it.
-        read.dropped = max(len(read.samples) + cut, (ref.count or 0) - len(read.problems))
-        read.samples = []
-        read.broken += "; none of its samples is used"
+        _disown(read, ref)
     return read
 
 
@@ -604,15 +667,15 @@ def iter_shard_members(
     data = loc.read_bytes(shard, DEFAULT_MAX_SHARD_BYTES)
     members, tar_error = read_members(data)
     groups = _group(shard, data, members, max_member_bytes)
-    for key, parts in groups[:-1] if tar_error else groups:
+    broken = None
+    if tar_error is not None:
+        groups, broken, _ = _tar_break(shard, groups, tar_error)
+    for key, parts in groups:
         if isinstance(parts, str):
             raise ShardError(parts)
         yield key, parts
-    if tar_error is not None:
-        after = f" after sample {groups[-2][0]!r}" if len(groups) > 1 else ""
-        if groups and isinstance(groups[-1][1], str):
-            raise ShardError(groups[-1][1])
-        raise ShardError(f"{shard}: corrupt or truncated tar{after}: {tar_error}")
+    if broken is not None:
+        raise ShardError(broken)
 
 
 def decode_sample(

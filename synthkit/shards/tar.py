@@ -32,7 +32,13 @@ _LONG_NAME, _LONG_LINK = b"L", b"K"
 _PAX = (b"x", b"X")  # per-member extended header (X: the old Solaris spelling)
 _PAX_GLOBAL = b"g"
 _NO_DATA = (b"1", b"2", b"3", b"4", b"5", b"6")
-_KINDS = {b"2": "a symlink to {!r}", b"1": "a hard link to {!r}", b"5": "a directory"}
+# What a member that is not a regular file is, for its refusal ({!r}: the link's target).
+_KINDS = {
+    b"2": "a symlink to {!r}",
+    b"1": "a hard link to {!r}",
+    b"5": "a directory",
+    b"S": "a GNU sparse file",
+}
 _SPECIAL = "a device, fifo or other special file"
 
 
@@ -91,6 +97,26 @@ def _parse_pax(data: bytes, records: dict[str, str]) -> None:
         pos = stop
 
 
+def _override(
+    records: list[tuple[str, str]], name: str, linkname: str, size: int, typeflag: bytes
+) -> tuple[str, str, int, bytes]:
+    """A member's (name, linkname, size, typeflag) with extension records applied in order, the last winning:
+    GNU long names and links, PAX ``path``/``linkpath``/``size``; any ``GNU.sparse.*`` record marks the
+    member sparse (refused later); other records are ignored, as by tarfile."""
+    for keyword, value in records:
+        if keyword in ("name", "path"):
+            name = value
+        elif keyword in ("linkname", "linkpath"):
+            linkname = value
+        elif keyword == "size":
+            if not value.isdigit():
+                raise _TarError(f"invalid PAX size {value[:40]!r}")
+            size = int(value)
+        elif keyword.startswith("GNU.sparse."):
+            typeflag = b"S"
+    return name, linkname, size, typeflag
+
+
 class _TarReader:
     """A strict streaming reader of ustar/GNU/PAX tar headers: only what synthkit's checks need, nothing else.
 
@@ -120,36 +146,54 @@ class _TarReader:
     def next(self) -> tuple[str, bytes, str, int] | None:
         """(name, typeflag, linkname, size) of the next member, positioned at its data; None at the end.
 
-        A stream that ends where a header should be is truncated: a complete archive ends with a zero block.
+        Extension headers (GNU long name or link, PAX records) before the member's own header are read
+        first; their values override the header's fields.
         """
         overrides: list[tuple[str, str]] = []  # ("name" | "linkname" | pax keyword, value), outermost first
-        first = True
+        buf = self.raw.read(_BLOCK)
+        if buf == _END_BLOCK:
+            return None
+        after_extension = False
         while True:
-            buf = self.raw.read(_BLOCK)
-            if buf == _END_BLOCK and first:
-                return None
-            if len(buf) != _BLOCK:
-                if not first:
-                    raise _TarError("an extension header is not followed by a member header")
-                raise _TarError("empty file" if self.offset == 0 and not buf else "no end-of-archive marker")
-            if buf == _END_BLOCK:
-                raise _TarError("an extension header is not followed by a member header")
-            if not _checksum_ok(buf):
-                raise _TarError(f"bad header checksum at byte {self.offset}")
-            typeflag = buf[156:157]
-            size = _number(buf[124:136])
-            if typeflag in (_LONG_NAME, _LONG_LINK):
-                value = _nts(self._extension(size))
-                overrides.append(("name" if typeflag == _LONG_NAME else "linkname", value))
-            elif typeflag in _PAX:
-                records: dict[str, str] = {}
-                _parse_pax(self._extension(size), records)
-                overrides.extend(records.items())
-            elif typeflag == _PAX_GLOBAL:
-                _parse_pax(self._extension(size), self.globals)
-            else:
-                break
-            first = False
+            self._check_header(buf, after_extension)
+            typeflag, size = buf[156:157], _number(buf[124:136])
+            if not self._read_extension(typeflag, size, overrides):
+                return self._member(buf, typeflag, size, overrides)
+            buf, after_extension = self.raw.read(_BLOCK), True
+
+    def _check_header(self, buf: bytes, after_extension: bool) -> None:
+        """Refuse a header block that is short, zero after an extension header, or fails its checksum.
+
+        A stream that ends where a header should be is truncated: a complete archive ends with a zero block,
+        and that block may not follow an extension header, which belongs to the member after it.
+        """
+        if after_extension and (buf == _END_BLOCK or len(buf) != _BLOCK):
+            raise _TarError("an extension header is not followed by a member header")
+        if len(buf) != _BLOCK:
+            raise _TarError("empty file" if self.offset == 0 and not buf else "no end-of-archive marker")
+        if not _checksum_ok(buf):
+            raise _TarError(f"bad header checksum at byte {self.offset}")
+
+    def _read_extension(self, typeflag: bytes, size: int, overrides: list[tuple[str, str]]) -> bool:
+        """Read the extension header of this type into ``overrides`` (PAX globals: into ``self.globals``);
+        False when the header is a member's own."""
+        if typeflag in (_LONG_NAME, _LONG_LINK):
+            value = _nts(self._extension(size))
+            overrides.append(("name" if typeflag == _LONG_NAME else "linkname", value))
+        elif typeflag in _PAX:
+            records: dict[str, str] = {}
+            _parse_pax(self._extension(size), records)
+            overrides.extend(records.items())
+        elif typeflag == _PAX_GLOBAL:
+            _parse_pax(self._extension(size), self.globals)
+        else:
+            return False
+        return True
+
+    def _member(
+        self, buf: bytes, typeflag: bytes, size: int, overrides: list[tuple[str, str]]
+    ) -> tuple[str, bytes, str, int]:
+        """The member header's fields as tarfile reads them, then the extension overrides applied."""
         name = _nts(buf[:100])
         linkname = _nts(buf[157:257]) if typeflag not in _REGULAR else ""
         if typeflag == b"\0" and name.endswith("/"):  # old V7 tar: a directory is a regular file named "x/"
@@ -159,17 +203,9 @@ class _TarReader:
         if buf[345] and typeflag != b"S":  # ustar prefix, as tarfile joins it
             name = _nts(buf[345:500]) + "/" + name
         # Innermost first, as tarfile does: global PAX records, then the extensions nearest the header.
-        for keyword, value in [*self.globals.items(), *reversed(overrides)]:
-            if keyword in ("name", "path"):
-                name = value
-            elif keyword in ("linkname", "linkpath"):
-                linkname = value
-            elif keyword == "size":
-                if not value.isdigit():
-                    raise _TarError(f"invalid PAX size {value[:40]!r}")
-                size = int(value)
-            elif keyword.startswith("GNU.sparse."):
-                typeflag = b"S"
+        name, linkname, size, typeflag = _override(
+            [*self.globals.items(), *reversed(overrides)], name, linkname, size, typeflag
+        )
         if typeflag == b"5":
             name = name.rstrip("/")
         if size < 0:
@@ -189,20 +225,15 @@ class _TarReader:
 def _split_member(
     shard: str, name: str, typeflag: bytes, linkname: str, size: int, max_member_bytes: int
 ) -> tuple[str, str]:
-    """Check one member header and return (key, extension); key is the name up to the first dot."""
+    """Check one member header and return (key, extension); key is the name up to the first dot.
+
+    The checks run in a fixed order, so that a member wrong in several ways is named by the worst:
+    where its name points, then what kind of file it is, then its name's form, then its size.
+    """
     where = f"{shard}: member {name!r}"
-    if "/" in name or "\\" in name or name[1:2] == ":":
-        if name.startswith(("/", "\\")) or re.match(r"[A-Za-z]:", name):
-            raise ShardError(f"{where}: absolute member names are refused")
-        if ".." in re.split(r"[/\\]", name):
-            raise ShardError(f"{where}: member names with '..' are refused")
-        if "/" in name or "\\" in name:
-            raise ShardError(f"{where}: synthkit shards hold flat KEY.EXT members, not directories")
-    elif name == "..":
-        raise ShardError(f"{where}: member names with '..' are refused")
-    if typeflag not in _REGULAR:
-        kind = "a GNU sparse file" if typeflag == b"S" else _KINDS.get(typeflag, _SPECIAL).format(linkname)
-        raise ShardError(f"{where}: is {kind}; only regular files are allowed")
+    problem = _path_problem(name) or _kind_problem(typeflag, linkname)
+    if problem is not None:
+        raise ShardError(f"{where}: {problem}")
     key, dot, ext = name.partition(".")
     if not key or not dot:
         raise ShardError(f"{where}: member names must be KEY.EXT with a non-empty key")
@@ -214,6 +245,29 @@ def _split_member(
     if size > max_member_bytes:
         raise ShardError(f"{where}: {size} bytes is above the limit of {max_member_bytes}")
     return key, ext
+
+
+_SEPARATOR = re.compile(r"[/\\]")
+_DRIVE = re.compile(r"[A-Za-z]:")
+
+
+def _path_problem(name: str) -> str | None:
+    """Why a member name is a path rather than a flat name (None: flat): absolute (a leading separator or a
+    Windows drive letter), climbing out with ``..``, or into a directory."""
+    if name.startswith(("/", "\\")) or _DRIVE.match(name):
+        return "absolute member names are refused"
+    if ".." in _SEPARATOR.split(name):
+        return "member names with '..' are refused"
+    if "/" in name or "\\" in name:
+        return "synthkit shards hold flat KEY.EXT members, not directories"
+    return None
+
+
+def _kind_problem(typeflag: bytes, linkname: str) -> str | None:
+    """Why a member is not a regular file (None: it is), naming a link's target."""
+    if typeflag in _REGULAR:
+        return None
+    return f"is {_KINDS.get(typeflag, _SPECIAL).format(linkname)}; only regular files are allowed"
 
 
 # One member of a shard: (name, typeflag, linkname, size, offset of its data in the shard's bytes).
@@ -253,11 +307,7 @@ def _headers(data: bytes) -> tuple[list[int], list[int]] | None:
             pos += _BLOCK + size + (-size % _BLOCK)
     except ValueError:
         return None
-    if pos > n:
-        return None
-    if not offsets:
-        return offsets, sizes
-    if not _headers_ok(data, offsets):
+    if pos > n or not _headers_ok(data, offsets):
         return None
     return offsets, sizes
 
@@ -282,13 +332,32 @@ def plain_groups(data: bytes, max_member_bytes: int) -> list[tuple[str, dict[str
 
     The common case, every member a regular ``KEY.EXT`` file of a decoded extension, each key's members
     adjacent and each extension once per key, within the size limit, costs one regex match and one size
-    parse per member; the other header fields of all members are then checked at once (as in _headers).
-    Whatever does not fit returns None: the general path (read_members, then the rules of split_member and
-    of the reader's grouping) then parses the shard again and names exactly what is wrong.
+    parse per member (:func:`_plain_walk`); the other header fields of all members are then checked at once
+    (:func:`_headers_ok`). Whatever does not fit returns None: the general path (read_members, then the
+    rules of split_member and of the reader's grouping) then parses the shard again and names exactly what
+    is wrong.
+    """
+    if len(data) % _BLOCK:
+        return None
+    try:
+        walked = _plain_walk(data, max_member_bytes)
+    except ValueError:  # a size field that is not octal digits
+        return None
+    if walked is None:
+        return None
+    groups, offsets = walked
+    return groups if _headers_ok(data, offsets) else None
+
+
+def _plain_walk(
+    data: bytes, max_member_bytes: int
+) -> tuple[list[tuple[str, dict[str, bytes]]], list[int]] | None:
+    """Follow the members of a plain archive from header to header up to its end-of-archive block:
+    (samples, header offsets), or None at the first member that is not plain.
+
+    One loop with the grouping inline: this runs once per member on the training stream's path.
     """
     n = len(data)
-    if n % _BLOCK:
-        return None
     groups: list[tuple[str, dict[str, bytes]]] = []
     offsets: list[int] = []
     seen: set[bytes] = set()
@@ -296,38 +365,29 @@ def plain_groups(data: bytes, max_member_bytes: int) -> list[tuple[str, dict[str
     parts: dict[str, bytes] = {}
     match = _PLAIN_NAME_BYTES.match
     pos = 0
-    try:
-        while True:
-            if pos + _BLOCK > n:
+    while pos + _BLOCK <= n:
+        m = match(data, pos, pos + 100)
+        if m is None:  # the end-of-archive block, or a member the general path must name
+            return (groups, offsets) if data[pos : pos + _BLOCK] == _END_BLOCK else None
+        size = int(data[pos + 124 : pos + 135], 8)  # digits are checked by _headers_ok, for all at once
+        if size > max_member_bytes:
+            return None
+        key, ext = m.group(1, 2)
+        if key != current:  # a new sample: its key must not have been seen before
+            if key in seen:
                 return None
-            m = match(data, pos, pos + 100)
-            if m is None:
-                if data[pos] == 0 and data[pos : pos + _BLOCK] == _END_BLOCK:
-                    break
-                return None
-            size = int(data[pos + 124 : pos + 135], 8)  # digits are checked below, for every header at once
-            if size > max_member_bytes:
-                return None
-            key, ext = m.group(1, 2)
-            if key != current:
-                if key in seen:
-                    return None
-                seen.add(key)
-                parts = {}
-                groups.append((key.decode("utf-8", "surrogateescape"), parts))
-                current = key
-            ext_name = _EXT_NAMES[ext]
-            if ext_name in parts:
-                return None
-            start = pos + _BLOCK
-            parts[ext_name] = data[start : start + size]
-            offsets.append(pos)
-            pos = start + size + (-size % _BLOCK)
-    except ValueError:
-        return None
-    if pos > n or (offsets and not _headers_ok(data, offsets)):
-        return None
-    return groups
+            seen.add(key)
+            parts = {}
+            groups.append((key.decode("utf-8", "surrogateescape"), parts))
+            current = key
+        ext_name = _EXT_NAMES[ext]
+        if ext_name in parts:
+            return None
+        start = pos + _BLOCK
+        parts[ext_name] = data[start : start + size]
+        offsets.append(pos)
+        pos = start + size + (-size % _BLOCK)
+    return None  # no end-of-archive block: the full parser names the truncation
 
 
 _EXT_NAMES = {ext.encode(): ext for ext in DECODED_EXTENSIONS}
@@ -335,6 +395,8 @@ _EXT_NAMES = {ext.encode(): ext for ext in DECODED_EXTENSIONS}
 
 def _headers_ok(data: bytes, offsets: list[int]) -> bool:
     """Every header at ``offsets``: checksum, type, octal size, no prefix, NUL-ended name (see _headers)."""
+    if not offsets:
+        return True
     blocks = np.frombuffer(data, dtype=np.uint8).reshape(-1, _BLOCK)[np.asarray(offsets) // _BLOCK]
     chk = blocks[:, 148:154]
     ok = (

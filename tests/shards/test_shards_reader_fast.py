@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from synthkit.shards import ShardError, iter_samples, iter_shard_members
+from synthkit.shards.reader import SetRules, ShardRef, read_shard
 
 META = json.dumps({"kind": "real", "producer": "test"}).encode()
 
@@ -131,6 +132,32 @@ def test_every_cut_of_a_tar_is_refused_as_truncated(tmp_path, fmt):
         path.write_bytes(data[:cut])
         with pytest.raises(ShardError, match=re.escape(str(path)) + ".*truncated"):
             list(iter_shard_members(path))
+
+
+def test_a_break_inside_a_sample_is_named_alike_by_both_readers(tmp_path):
+    """The sample a break cuts is not given out (a member of it may be missing) and is counted as dropped;
+    the complete samples before it are, and the break names the last of them."""
+    members = [("a.png", _png()), ("a.json", META), ("b.png", _png()), ("b.json", META)]
+    data = _tar(tmp_path / "full.tar", members, tarfile.GNU_FORMAT).read_bytes()
+    cut = tmp_path / "cut.tar"
+    cut.write_bytes(data[: data.index(b"b.json") + 512 + 10])  # inside the data of b.json
+    got = []
+    with pytest.raises(ShardError) as err:
+        for key, parts in iter_shard_members(cut):
+            got.append((key, sorted(parts)))
+    assert got == [("a", ["json", "png"])]
+    assert str(err.value) == f"{cut}: corrupt or truncated tar after sample 'a': unexpected end of data"
+    read = read_shard(ShardRef(str(cut)))
+    assert [s["__key__"] for s in read.samples] == ["a"]
+    assert (read.broken, read.dropped, read.count) == (str(err.value), 1, 1)
+
+
+def test_set_rules_give_each_key_to_one_shard():
+    rules = SetRules()
+    assert rules.key_problem("k", "a.tar") is None
+    assert rules.key_problem("j", "b.tar") is None
+    assert rules.key_problem("k", "b.tar") == "key also used in a.tar; keys must be unique in a set"
+    assert rules.keys == {"k": "a.tar", "j": "b.tar"}
 
 
 def test_empty_archive_and_sparse_members(tmp_path):
