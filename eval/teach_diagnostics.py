@@ -33,11 +33,12 @@ import torch
 
 from synthkit.data.sources import ImageSet
 from synthkit.encoders.model import Encoder, extract_features, load_encoder_weights
+from synthkit.generators.cgan import build_discriminator, build_generator
 from synthkit.images import rows_grid, to_uint8
 from synthkit.metrics.linear_probe import linear_probe_accuracy
-from synthkit.producers.conditions import Conditions, load_conditions
 from synthkit.run_files.checkpoint import checkpoint_dirs, verify_checkpoint
 from synthkit.run_files.final import load_final
+from synthkit.samplers.conditions import Conditions, load_conditions
 from synthkit.weights import load_state_dict
 
 LOG_KEYS = (
@@ -110,7 +111,6 @@ def diagnose(run: Path, real: ImageSet, val: ImageSet, *, n: int = 512, seed: in
     the order the run had them: its conditions are per image), ``val`` held-out real images."""
     art = load_final(run)
     cfg = art.cfg
-    producer = art.producer
     kind = cfg.generator.kind
     g = torch.Generator().manual_seed(seed)
     out: dict[str, Any] = {"kind": kind, "log": log_series(run), "checkpoints": []}
@@ -118,11 +118,12 @@ def diagnose(run: Path, real: ImageSet, val: ImageSet, *, n: int = 512, seed: in
     frozen = None
     if kind == "naive":  # the frozen generator of another run: the same samples at every checkpoint
         gen_run = Path(cfg.generator.run)  # type: ignore[attr-defined]
-        source = load_final(gen_run).producer
+        source = load_final(gen_run).sampler
         assert source is not None
         torch.manual_seed(seed)
         frozen = source.sampler(seed)(n, torch.device("cpu")).float()
         grid_rows.append(list(to_uint8(frozen[:GRID_PER_ROW])))
+    nets = _cgan_nets(art) if kind == "cgan" else None
     ckpts = checkpoint_dirs(run / "checkpoints")
     shown = set(np.linspace(0, len(ckpts) - 1, min(len(ckpts), MAX_GRID_ROWS)).round().astype(int).tolist())
     z = None
@@ -136,17 +137,10 @@ def diagnose(run: Path, real: ImageSet, val: ImageSet, *, n: int = 512, seed: in
         x_real = _to_float(real.images)
         if frozen is not None:
             rec["syn_real_probe"] = syn_real_probe(enc, x_real, frozen)
-        elif producer is not None and kind == "cgan":
+        elif nets is not None:
             files = _model_files(ckpt)[1:]  # [0] is the encoder
-            d = producer.discriminator  # type: ignore[attr-defined]
+            d, gens = nets
             d_states = _matching(files, d)
-            gens = []
-            for gen in (
-                getattr(producer.hsg, "generator", None),  # type: ignore[attr-defined]
-                *((producer.pairs.generator_a, producer.pairs.generator_b) if producer.pairs else ()),  # type: ignore[attr-defined]
-            ):
-                if gen is not None:
-                    gens.append(gen)
             g_states = _matching(files, gens[0])
             if len(d_states) != 1 or len(g_states) != len(gens):
                 raise SystemExit(
@@ -179,19 +173,33 @@ def diagnose(run: Path, real: ImageSet, val: ImageSet, *, n: int = 512, seed: in
                 else:
                     c_val = None
                 rec["d_real_val"] = _d_real_share(d, _to_float(val.images), c_val)
-                if producer.pairs is not None:  # type: ignore[attr-defined]
+                if cfg.hpg.enabled:
                     x_a, x_b = gens[-2](z, c_fake).float(), gens[-1](z, c_fake).float()
                     fa, fb = extract_features(enc, x_a), extract_features(enc, x_b)
                     rec["pair_cos"] = float(torch.nn.functional.cosine_similarity(fa, fb).mean())
             rec["syn_real_probe"] = syn_real_probe(enc, x_real, fake)  # the probe trains: outside no_grad
             if i in shown:
                 grid_rows.append(list(to_uint8(fake[:GRID_PER_ROW])))
-                if producer.pairs is not None and producer.hsg is None:  # type: ignore[attr-defined]
+                if cfg.hpg.enabled and not cfg.hsg.enabled:
                     grid_rows.append(list(to_uint8(x_b[:GRID_PER_ROW])))
         out["checkpoints"].append(rec)
     out["grid_rows"] = len(grid_rows)
     out["_grid"] = rows_grid(grid_rows, scale=2) if grid_rows else None
     return out
+
+
+def _cgan_nets(art: Any) -> tuple[torch.nn.Module, list[torch.nn.Module]]:
+    """A discriminator and the raw generators of a cGAN method run (HSG's, then the pair's G_a and G_b), built
+    from the architecture its final record names; the weights come from each checkpoint."""
+    record = art.meta.get("producer") or {}
+    raw = record.get("generator") or record.get("pair_generator")
+    if not isinstance(raw, dict):
+        raise SystemExit(f"{art.run_dir}: final.json names no cGAN generator")
+    shape = int(raw["channels"]), int(raw["size"]), int(raw["num_classes"])
+    gen_cfg, cfg = art.cfg.generator, art.cfg
+    d = build_discriminator(gen_cfg, *shape, load_weights=False)
+    count = int(cfg.hsg.enabled) + 2 * int(cfg.hpg.enabled)
+    return d, [build_generator(gen_cfg, *shape, load_weights=False) for _ in range(count)]
 
 
 def plot(diag: dict[str, Any], title: str, path: Path) -> None:

@@ -148,6 +148,17 @@ SETTINGS: dict[str, Setting] = {
         "digits", "pipelines/tiny.yaml", n=100, width=8, batch=50, epochs=1000, curve_every=50, size=16,
         note="the screen, 5x longer", extra=("--train.log_every=25",),
     ),
+    # added (session of 19:45 UTC) after no setting kept: the conv net has one conv per stage (~25k weights at
+    # width 8), so 100 images under strong augmentation are no harder to fit than 1,000: more capacity, on
+    # the cheap screen first
+    "digits-n100-w32": Setting(
+        "digits", "pipelines/tiny.yaml", n=100, width=32, batch=50, epochs=200, curve_every=10, size=16,
+        note="the screen at width 32", extra=("--train.log_every=5",),
+    ),
+    "digits-n100-w64": Setting(
+        "digits", "pipelines/tiny.yaml", n=100, width=64, batch=50, epochs=200, curve_every=10, size=16,
+        note="the screen at width 64", extra=("--train.log_every=5",),
+    ),
     # the script's own smoke test (seconds): not a study setting
     "digits-smoke": Setting(
         "digits", "pipelines/tiny.yaml", n=100, width=8, batch=50, epochs=10, curve_every=10, size=16,
