@@ -578,6 +578,9 @@ def arms_table(out: Path, name: str, baselines: Path) -> dict[str, Any]:
             if folder == baselines and arm in METHOD_ARMS and out != baselines:
                 continue  # a variant's method arms are its own
             by.setdefault(arm, {})[r["seed"]] = r
+    arm_seeds = set().union(*(by[a] for a in METHOD_ARMS if a in by))
+    if arm_seeds:  # every row over the method arms' seeds (the head-room part may have run more)
+        by = {arm: {s: r for s, r in runs.items() if s in arm_seeds} for arm, runs in by.items()}
     rows = {
         arm: {
             "seeds": sorted(runs),
