@@ -184,24 +184,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(m, indent=1))
         return 0
-    print(f"arrows that run back up: {len(m['arrows_back_up'])}")
-    for a in m["arrows_back_up"]:
-        print(f"  {a}")
-    print(f"function-level imports of package modules outside cli.py: {len(m['function_level_imports'])}")
-    for a in m["function_level_imports"]:
-        print(f"  {a}")
-    print(f"module import cycles: {len(m['module_cycles'])}")
-    for g in m["module_cycles"]:
-        print(f"  {' <-> '.join(g)}")
-    print("longest functions:")
-    for a in m["longest_functions"]:
-        print(f"  {a}")
-    print(f"functions with branching >= 15: {len(m['branching_ge_15'])}")
-    for a in m["branching_ge_15"]:
-        print(f"  {a}")
-    print("largest classes:")
-    for a in m["largest_classes"]:
-        print(f"  {a}")
+    sections = (  # (heading, key, whether the heading counts its rows)
+        ("arrows that run back up", "arrows_back_up", True),
+        ("function-level imports of package modules outside cli.py", "function_level_imports", True),
+        ("module import cycles", "module_cycles", True),
+        ("longest functions", "longest_functions", False),
+        ("functions with branching >= 15", "branching_ge_15", True),
+        ("largest classes", "largest_classes", False),
+    )
+    for heading, key, counted in sections:
+        print(f"{heading}: {len(m[key])}" if counted else f"{heading}:")
+        for row in m[key]:
+            print(f"  {' <-> '.join(row) if key == 'module_cycles' else row}")
     return 0
 
 

@@ -55,3 +55,15 @@ def write_set(tmp_path: Path, samples: list[Sample]) -> Callable[..., Path]:
         return out
 
     return write
+
+
+@pytest.fixture(scope="module")
+def moto_url():
+    """A moto S3 server on 127.0.0.1 for the module's tests (skipped without the s3 extra)."""
+    pytest.importorskip("s3fs", reason="the S3 tests need the s3 extra: pip install -e '.[s3]'")
+    moto_server = pytest.importorskip("moto.moto_server.threaded_moto_server", reason="needs moto[server]")
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()

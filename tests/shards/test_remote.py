@@ -106,19 +106,8 @@ def test_cli_takes_urls(served, write_set, capsys):
 # --------------------------------------------------------------------------- S3 (moto server, s3fs client)
 
 
-@pytest.fixture(scope="module")
-def s3_server():
-    pytest.importorskip("s3fs", reason="the S3 tests need the s3 extra: pip install -e '.[s3]'")
-    moto_server = pytest.importorskip("moto.moto_server.threaded_moto_server", reason="needs moto[server]")
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
-
-
 @pytest.fixture
-def s3(s3_server: str, monkeypatch: pytest.MonkeyPatch) -> str:
+def s3(moto_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
     """A fresh bucket on the local S3 server; fsspec's s3:// URLs reach it through the environment."""
     import boto3
     import s3fs
@@ -127,12 +116,12 @@ def s3(s3_server: str, monkeypatch: pytest.MonkeyPatch) -> str:
         "AWS_ACCESS_KEY_ID": "testing",
         "AWS_SECRET_ACCESS_KEY": "testing",
         "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_ENDPOINT_URL": s3_server,
+        "AWS_ENDPOINT_URL": moto_url,
     }.items():
         monkeypatch.setenv(name, value)
     s3fs.S3FileSystem.clear_instance_cache()
     bucket = f"b{np.random.default_rng().integers(1 << 30)}"
-    boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket=bucket)
+    boto3.client("s3", endpoint_url=moto_url).create_bucket(Bucket=bucket)
     yield bucket
     s3fs.S3FileSystem.clear_instance_cache()
 

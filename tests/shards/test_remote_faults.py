@@ -305,17 +305,6 @@ def test_audit_of_remote_shards_through_faults_equals_the_local_audit(fast, www,
 # --------------------------------------------------------------------------- uploads (moto S3 + proxy)
 
 
-@pytest.fixture(scope="module")
-def moto_url():
-    pytest.importorskip("s3fs", reason="the S3 tests need the s3 extra: pip install -e '.[s3]'")
-    moto_server = pytest.importorskip("moto.moto_server.threaded_moto_server", reason="needs moto[server]")
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
-
-
 @pytest.fixture
 def s3_through(moto_url: str, monkeypatch: pytest.MonkeyPatch, fast):
     """``(connect(rules) -> FaultServer, bucket)``: s3:// URLs reach moto through a fault proxy."""
